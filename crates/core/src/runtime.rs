@@ -1,0 +1,166 @@
+//! The [`Runtime`] trait: how a workspace is isolated and where its files
+//! live. The provider drives provisioning, caching and the registry; a
+//! runtime only makes, runs and removes what it is told to.
+
+use crate::{ExecEvent, ExecRequest, FileEntry, PathError, Workspace, WorkspacePath};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+/// The events of one running command; the last is always `Exit`.
+pub type ExecStream = tokio::sync::mpsc::Receiver<ExecEvent>;
+
+/// The isolation a workspace actually has, reported as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Isolation {
+    /// Whether commands are isolated from the host at all.
+    pub isolated: bool,
+    /// Namespaces in force (`mount`, `pid`, `net`, ...).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Limits enforced, as `memory=536870912`, `pids=64`, ...
+    #[serde(default)]
+    pub limits: Vec<String>,
+    /// Whether a seccomp filter is in force.
+    #[serde(default)]
+    pub seccomp: bool,
+    /// The network a workspace sees.
+    pub network: String,
+    /// Anything a user should know about this isolation.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A runtime's failure, naming the workspace, path or resource involved.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("no such file or directory: `{0}`")]
+    NotFound(String),
+    #[error("path `{0}` leads outside the workspace")]
+    Escapes(String),
+    #[error("`{path}` is {problem}")]
+    WrongKind { path: String, problem: &'static str },
+    #[error("workspace {id} is gone from the runtime: {detail}")]
+    Gone { id: String, detail: String },
+    #[error("runtime `{runtime}` is unavailable: {reason}")]
+    Unavailable { runtime: String, reason: String },
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RuntimeError {
+    /// Wraps an I/O error with what was being done, mapping "not found".
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// One way of isolating workspaces. Every call names the workspace by its
+/// registry record, whose `runtime_info` is what `create` returned.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The name used in specs, `--runtime` and `BERTH_RUNTIME`.
+    fn name(&self) -> &'static str;
+
+    /// A one-line description for `berth runtimes`.
+    fn description(&self) -> &'static str;
+
+    /// Whether the runtime can be used on this machine; the reason if not.
+    async fn available(&self) -> Result<(), String>;
+
+    /// Makes the workspace's filesystem, empty or from the cache entry
+    /// `from_cache`, and returns the runtime info to store with it.
+    async fn create(
+        &self,
+        ws: &Workspace,
+        from_cache: Option<&str>,
+    ) -> Result<serde_json::Value, RuntimeError>;
+
+    /// The workspace's files as the provider's own processes see them
+    /// (where provider-side git runs), if the runtime exposes them.
+    fn host_path(&self, ws: &Workspace) -> Option<PathBuf>;
+
+    /// Moves a directory prepared on the host (a clone) into the workspace.
+    async fn import(
+        &self,
+        ws: &Workspace,
+        host_dir: &Path,
+        dest: &WorkspacePath,
+    ) -> Result<(), RuntimeError>;
+
+    /// Starts the workspace so that commands can run; returns updated info.
+    async fn start(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError>;
+
+    /// Stops everything running in the workspace, keeping its files.
+    async fn stop(&self, ws: &Workspace) -> Result<(), RuntimeError>;
+
+    /// Removes the workspace and everything it holds. Removing what is
+    /// already gone succeeds.
+    async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError>;
+
+    /// Whether the workspace still exists in the runtime.
+    async fn exists(&self, ws: &Workspace) -> Result<bool, RuntimeError>;
+
+    /// The isolation in force for this workspace.
+    fn isolation(&self, ws: &Workspace) -> Isolation;
+
+    /// Runs a command. Cancelling the token, or dropping the stream, ends
+    /// the command's whole process tree; the stream then ends with `Exit`.
+    async fn exec(
+        &self,
+        ws: &Workspace,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, RuntimeError>;
+
+    async fn read_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+    ) -> Result<Vec<u8>, RuntimeError>;
+
+    /// Writes a file, creating its parent directories.
+    async fn write_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+        data: Vec<u8>,
+    ) -> Result<(), RuntimeError>;
+
+    async fn list_files(
+        &self,
+        ws: &Workspace,
+        dir: &WorkspacePath,
+    ) -> Result<Vec<FileEntry>, RuntimeError>;
+
+    /// Removes a file, or a directory with everything in it.
+    async fn remove_file(&self, ws: &Workspace, path: &WorkspacePath) -> Result<(), RuntimeError>;
+
+    /// Saves the workspace's current state as the cache entry `key`.
+    async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError>;
+
+    /// Whether the cache entry `key` exists.
+    async fn has_cache(&self, key: &str) -> bool;
+
+    /// Removes the cache entry `key`; removing a missing entry succeeds.
+    async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError>;
+}

@@ -1,0 +1,506 @@
+//! The spec: what a workspace is made of.
+//!
+//! A spec is read from JSON, TOML or YAML (chosen by file extension), checked
+//! field by field, and refused with an error that names the file, the field
+//! and what was expected. Derrick's workspace config file is a valid spec.
+
+use crate::WorkspacePath;
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use utoipa::ToSchema;
+
+/// A workspace spec.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// A name for workspaces made from this spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The runtime: `local`, `sandbox`, `docker`, `fake`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The base image (ignored by `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<Repository>,
+    /// A shell script run in the workspace root after cloning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_script: Option<String>,
+    /// Environment of the setup script and of every command.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+    /// Network access; `none` by default on isolated runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+}
+
+/// A git repository cloned into the workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    pub url: String,
+    /// Where the clone goes, relative to the workspace root.
+    #[schema(value_type = String)]
+    pub path: WorkspacePath,
+    /// A branch, tag or commit; the remote's default branch when absent.
+    #[serde(
+        default,
+        rename = "ref",
+        alias = "reference",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reference: Option<String>,
+    /// The name of a provider-held credential used to clone and fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Resource limits; each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory in bytes; also accepts strings like `512m` or `2g`.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory: Option<u64>,
+    /// Maximum number of processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+    /// CPU share, in cores (e.g. `0.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self == &Limits::default()
+    }
+}
+
+/// Network access for a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Loopback only.
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// Time limits, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Limit for the setup script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<u64>,
+    /// Default limit for each command run in the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<u64>,
+}
+
+impl Timeouts {
+    pub fn is_empty(&self) -> bool {
+        self == &Timeouts::default()
+    }
+}
+
+/// The formats a spec file can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Toml,
+    Yaml,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "json" => Some(Format::Json),
+            "toml" => Some(Format::Toml),
+            "yaml" | "yml" => Some(Format::Yaml),
+            _ => None,
+        }
+    }
+}
+
+/// A spec that could not be read, naming the file and the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct SpecError {
+    /// The spec file, when the spec came from one.
+    pub file: Option<PathBuf>,
+    /// The field at fault, as a path like `repositories[1].path`; empty for
+    /// the spec as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid spec")?;
+        if let Some(file) = &self.file {
+            write!(f, " {}", file.display())?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": field `{}`", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl SpecError {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            file: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+}
+
+impl Spec {
+    /// Reads and checks a spec file; its extension picks the format.
+    pub fn from_file(file: &Path) -> Result<Spec, SpecError> {
+        let format = Format::from_path(file).ok_or_else(|| {
+            SpecError::field(
+                "",
+                "unknown file extension; expected .json, .toml, .yaml or .yml",
+            )
+            .in_file(file)
+        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| SpecError::field("", format!("cannot read file: {e}")).in_file(file))?;
+        Spec::parse(&text, format).map_err(|e| e.in_file(file))
+    }
+
+    /// Parses and checks a spec from text.
+    pub fn parse(text: &str, format: Format) -> Result<Spec, SpecError> {
+        let spec: Spec = match format {
+            Format::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de).map_err(located)?
+            }
+            Format::Toml => {
+                let de = toml::Deserializer::parse(text)
+                    .map_err(|e| SpecError::field("", e.to_string()))?;
+                serde_path_to_error::deserialize(de).map_err(located)?
+            }
+            Format::Yaml => {
+                let de = serde_yaml_ng::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(located)?
+            }
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks what the types alone cannot: names, paths, overlaps, ranges.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(name) = &self.name {
+            check_name("name", name)?;
+        }
+        if let Some(runtime) = &self.runtime {
+            check_name("runtime", runtime)?;
+        }
+        let mut seen: Vec<&WorkspacePath> = Vec::new();
+        for (i, repo) in self.repositories.iter().enumerate() {
+            if repo.url.trim().is_empty() {
+                return Err(SpecError::field(
+                    format!("repositories[{i}].url"),
+                    "expected a git URL, found an empty string",
+                ));
+            }
+            if let Some(reference) = &repo.reference
+                && (reference.is_empty() || reference.starts_with('-'))
+            {
+                return Err(SpecError::field(
+                    format!("repositories[{i}].ref"),
+                    format!("`{reference}` is not a branch, tag or commit"),
+                ));
+            }
+            if let Some(credential) = &repo.credential {
+                check_name(&format!("repositories[{i}].credential"), credential)?;
+            }
+            for other in &seen {
+                if repo.path == **other {
+                    return Err(SpecError::field(
+                        format!("repositories[{i}].path"),
+                        format!("duplicate repository path `{}`", repo.path),
+                    ));
+                }
+                if repo.path.starts_with(other) || other.starts_with(&repo.path) {
+                    return Err(SpecError::field(
+                        format!("repositories[{i}].path"),
+                        format!(
+                            "repository path `{}` overlaps repository path `{}`",
+                            repo.path, other
+                        ),
+                    ));
+                }
+            }
+            seen.push(&repo.path);
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SpecError::field(
+                    format!("env.{key}"),
+                    "expected a variable name without `=` or NUL",
+                ));
+            }
+        }
+        if self.limits.memory == Some(0) {
+            return Err(SpecError::field(
+                "limits.memory",
+                "expected more than 0 bytes",
+            ));
+        }
+        if self.limits.pids == Some(0) {
+            return Err(SpecError::field(
+                "limits.pids",
+                "expected at least 1 process",
+            ));
+        }
+        if let Some(cpus) = self.limits.cpus
+            && !(cpus.is_finite() && cpus > 0.0)
+        {
+            return Err(SpecError::field(
+                "limits.cpus",
+                "expected a positive number of cores",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key under which this spec's provisioned state is cached: a hash of
+    /// everything that determines it (image, repositories and refs, setup
+    /// script, env). Upstream commits are not part of it: a cached state is
+    /// brought up to date by fetching, not by provisioning again.
+    pub fn cache_key(&self, runtime: &str) -> String {
+        #[derive(Serialize)]
+        struct Determinants<'a> {
+            version: u32,
+            runtime: &'a str,
+            image: &'a Option<String>,
+            repositories: Vec<(&'a str, &'a str, &'a Option<String>)>,
+            setup_script: &'a Option<String>,
+            env: &'a BTreeMap<String, String>,
+        }
+        let determinants = Determinants {
+            version: 1,
+            runtime,
+            image: &self.image,
+            repositories: self
+                .repositories
+                .iter()
+                .map(|r| (r.url.as_str(), r.path.as_str(), &r.reference))
+                .collect(),
+            setup_script: &self.setup_script,
+            env: &self.env,
+        };
+        // Serialising plain structs, vectors and sorted maps cannot fail.
+        let canonical = serde_json::to_vec(&determinants).unwrap_or_default();
+        hex::encode(&Sha256::digest(&canonical)[..16])
+    }
+}
+
+fn located<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> SpecError {
+    let field = err.path().to_string();
+    let field = if field == "." { String::new() } else { field };
+    SpecError::field(field, err.into_inner().to_string())
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::field(
+            field,
+            format!(
+                "`{value}` is not a name: expected 1-128 characters of letters, digits, `-`, `_`, `.`"
+            ),
+        ))
+    }
+}
+
+/// Accepts bytes as an integer or as a string with a k/m/g/t suffix.
+fn deserialize_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Number(n)) => Ok(Some(n)),
+        Some(Raw::Text(text)) => parse_bytes(&text).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a size: expected bytes or a number with k, m, g or t"
+            ))
+        }),
+    }
+}
+
+/// Parses sizes like `512m`, `2G`, `1.5g`, `4096`.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let text = text.strip_suffix('b').unwrap_or(&text);
+    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "k" | "ki" => 10,
+        "m" | "mi" => 20,
+        "g" | "gi" => 30,
+        "t" | "ti" => 40,
+        _ => return None,
+    };
+    let number: f64 = number.trim().parse().ok()?;
+    (number.is_finite() && number >= 0.0).then(|| (number * (1u64 << shift) as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(text: &str) -> Result<Spec, SpecError> {
+        Spec::parse(text, Format::Json)
+    }
+
+    #[test]
+    fn derricks_config_is_a_valid_spec() {
+        let spec = json(
+            r#"{"name": "test-123",
+                "repositories": [{"url": "https://example.com/a.git", "path": "a", "reference": "main"}],
+                "setup_script": "echo \"Hello World\""}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.repositories[0].reference.as_deref(), Some("main"));
+        assert_eq!(spec.setup_script.as_deref(), Some("echo \"Hello World\""));
+    }
+
+    #[test]
+    fn the_three_formats_read_the_same_spec() {
+        let from_json = json(
+            r#"{"runtime":"local","repositories":[{"url":"u","path":"p","ref":"v1"}],
+                "env":{"A":"1"},"limits":{"memory":"512m","pids":64}}"#,
+        )
+        .unwrap();
+        let from_toml = Spec::parse(
+            "runtime = \"local\"\nenv = { A = \"1\" }\nlimits = { memory = \"512m\", pids = 64 }\n\
+             [[repositories]]\nurl = \"u\"\npath = \"p\"\nref = \"v1\"\n",
+            Format::Toml,
+        )
+        .unwrap();
+        let from_yaml = Spec::parse(
+            "runtime: local\nrepositories:\n  - url: u\n    path: p\n    ref: v1\nenv:\n  A: \"1\"\n\
+             limits:\n  memory: 512m\n  pids: 64\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        assert_eq!(from_json, from_toml);
+        assert_eq!(from_json, from_yaml);
+        assert_eq!(from_json.limits.memory, Some(512 << 20));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = json(r#"{"repositories":[{"url":"u","path":"p","colour":1}]}"#).unwrap_err();
+        assert!(err.field.starts_with("repositories[0]"), "{err}");
+        assert!(err.message.contains("unknown field `colour`"), "{err}");
+
+        let err = json(r#"{"limits":{"pids":"many"}}"#).unwrap_err();
+        assert_eq!(err.field, "limits.pids", "{err}");
+
+        let err = json(r#"{"repositories":[{"url":"u","path":"../x"}]}"#).unwrap_err();
+        assert_eq!(err.field, "repositories[0].path", "{err}");
+        assert!(err.message.contains(".."), "{err}");
+
+        let err =
+            Spec::parse("repositories:\n  - url: u\n    path: /abs\n", Format::Yaml).unwrap_err();
+        assert_eq!(err.field, "repositories[0].path", "{err}");
+
+        let err = Spec::parse("[limits]\nmemory = \"lots\"\n", Format::Toml).unwrap_err();
+        assert_eq!(err.field, "limits.memory", "{err}");
+    }
+
+    #[test]
+    fn duplicate_and_nested_repository_paths_are_refused() {
+        let err = json(r#"{"repositories":[{"url":"a","path":"x"},{"url":"b","path":"./x/"}]}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "repositories[1].path");
+        assert!(err.message.contains("duplicate"), "{err}");
+        let err = json(r#"{"repositories":[{"url":"a","path":"x"},{"url":"b","path":"x/y"}]}"#)
+            .unwrap_err();
+        assert!(err.message.contains("overlaps"), "{err}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("berth-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.json");
+        std::fs::write(&file, r#"{"name": 5}"#).unwrap();
+        let err = Spec::from_file(&file).unwrap_err();
+        assert!(err.to_string().contains("bad.json"), "{err}");
+        assert!(err.to_string().contains("field `name`"), "{err}");
+        let err = Spec::from_file(&dir.join("spec.ini")).unwrap_err();
+        assert!(err.message.contains("extension"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cache_key_follows_what_determines_the_state() {
+        let a = json(r#"{"repositories":[{"url":"u","path":"p"}],"setup_script":"make"}"#).unwrap();
+        let mut b = a.clone();
+        b.name = Some("other-name".into());
+        assert_eq!(a.cache_key("local"), b.cache_key("local"));
+        b.setup_script = Some("make all".into());
+        assert_ne!(a.cache_key("local"), b.cache_key("local"));
+        assert_ne!(a.cache_key("local"), a.cache_key("sandbox"));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("2g"), Some(2 << 30));
+        assert_eq!(parse_bytes("1.5K"), Some(1536));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("12 parsecs"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_accepted_repository_path_escapes(path in "[a-z./]{0,12}") {
+            let text = format!(r#"{{"repositories":[{{"url":"u","path":"{path}"}}]}}"#);
+            if let Ok(spec) = json(&text) {
+                let p = &spec.repositories[0].path;
+                proptest::prop_assert!(!p.as_str().starts_with('/'));
+                proptest::prop_assert!(p.components().all(|c| c != ".." && c != "."));
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Workspace records, as the registry keeps them and the APIs return them.
+
+use crate::Spec;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use utoipa::ToSchema;
+
+/// A workspace id: a lowercase ULID, so ids sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct WorkspaceId(String);
+
+impl WorkspaceId {
+    pub fn generate() -> Self {
+        WorkspaceId(ulid::Ulid::generate().to_string().to_ascii_lowercase())
+    }
+
+    /// Wraps an id read back from storage or given by a user.
+    pub fn from_string(id: impl Into<String>) -> Self {
+        WorkspaceId(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkspaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a workspace is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceState {
+    Creating,
+    Running,
+    Stopped,
+    Failed,
+    Removed,
+}
+
+impl WorkspaceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceState::Creating => "creating",
+            WorkspaceState::Running => "running",
+            WorkspaceState::Stopped => "stopped",
+            WorkspaceState::Failed => "failed",
+            WorkspaceState::Removed => "removed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "creating" => WorkspaceState::Creating,
+            "running" => WorkspaceState::Running,
+            "stopped" => WorkspaceState::Stopped,
+            "failed" => WorkspaceState::Failed,
+            "removed" => WorkspaceState::Removed,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for WorkspaceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A workspace as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    pub name: String,
+    pub runtime: String,
+    pub spec: Spec,
+    pub state: WorkspaceState,
+    /// What the runtime needs to find this workspace again (paths, container
+    /// ids) and the isolation in force; its shape is the runtime's own.
+    #[schema(value_type = Object)]
+    pub runtime_info: serde_json::Value,
+    /// The provisioning cache entry this workspace was made from or saved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    /// Why the workspace failed, with the failing step's output tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Id of the process provisioning this workspace, while it is `creating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_pid: Option<u32>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Milliseconds since the Unix epoch.
+    pub updated_at: i64,
+}
