@@ -1,0 +1,268 @@
+//! Runs one command as a process tree that berth can always end.
+//!
+//! The command gets exactly the environment it is given (nothing is
+//! inherited), runs in its own process group, and has its stdout and stderr
+//! streamed as [`ExecEvent`]s, in order per stream, bounded per stream with
+//! an exact count of what was dropped. A timeout, a cancel, or the receiver
+//! of the events going away ends the whole group: SIGTERM, a grace period,
+//! then SIGKILL. The last event is always [`ExecEvent::Exit`].
+//!
+//! Used by the `local` runtime in the provider and by the in-workspace agent.
+
+use berth_proto::{ExecEvent, ExitStatus, Stream};
+use rustix::process::{Pid, Signal, kill_process_group};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Grace period between SIGTERM and SIGKILL when none is given.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long output is still collected after the command itself exited,
+/// from background processes that kept its stdout or stderr open.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What to run and how.
+#[derive(Debug)]
+pub struct Spawn {
+    pub argv: Vec<String>,
+    /// Absolute working directory, already checked by the caller.
+    pub cwd: PathBuf,
+    /// The complete environment; nothing is inherited.
+    pub env: Vec<(String, String)>,
+    pub stdin: Stdin,
+    pub timeout: Option<Duration>,
+    /// Bytes delivered per stream; the rest is counted and dropped.
+    pub output_limit: Option<u64>,
+    /// Time between SIGTERM and SIGKILL when the command must end.
+    pub grace: Duration,
+}
+
+/// What the command reads on stdin.
+#[derive(Debug, Default)]
+pub enum Stdin {
+    /// Nothing: stdin is `/dev/null`.
+    #[default]
+    Null,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// Chunks as they come; end of file when the sender is dropped.
+    Stream(mpsc::Receiver<Vec<u8>>),
+}
+
+/// A command that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("cannot run `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started command.
+#[derive(Debug)]
+pub struct Running {
+    /// The command's pid, which is also its process group id.
+    pub pid: u32,
+    /// Output as produced, then `Exit`. Dropping this ends the command.
+    pub events: mpsc::Receiver<ExecEvent>,
+}
+
+/// Starts a command. Must be called within a tokio runtime.
+pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnError> {
+    let (program, args) = spawn.argv.split_first().ok_or(SpawnError::EmptyCommand)?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(&spawn.cwd)
+        .env_clear()
+        .envs(spawn.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(match spawn.stdin {
+            Stdin::Null => Stdio::null(),
+            _ => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or_default();
+    let (events, receiver) = mpsc::channel(64);
+
+    if let Some(stdin) = child.stdin.take() {
+        tokio::spawn(feed_stdin(stdin, spawn.stdin));
+    }
+    let limit = spawn.output_limit.unwrap_or(u64::MAX);
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|out| tokio::spawn(pump(out, Stream::Stdout, limit, events.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|err| tokio::spawn(pump(err, Stream::Stderr, limit, events.clone()))),
+    ];
+    tokio::spawn(supervise(
+        child,
+        pid,
+        readers,
+        events,
+        spawn.timeout,
+        spawn.grace,
+        cancel,
+    ));
+    Ok(Running {
+        pid,
+        events: receiver,
+    })
+}
+
+async fn feed_stdin(mut pipe: tokio::process::ChildStdin, stdin: Stdin) {
+    // A command that exits without reading its input closes the pipe; the
+    // resulting write error is expected and not the command's failure.
+    match stdin {
+        Stdin::Null => {}
+        Stdin::Bytes(bytes) => {
+            let _ = pipe.write_all(&bytes).await;
+        }
+        Stdin::Stream(mut chunks) => {
+            while let Some(chunk) = chunks.recv().await {
+                if pipe.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Forwards one stream's output, delivering at most `limit` bytes; returns
+/// how many bytes were dropped beyond it.
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    limit: u64,
+    events: mpsc::Sender<ExecEvent>,
+) -> u64 {
+    let mut delivered = 0u64;
+    let mut dropped = 0u64;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let room = limit.saturating_sub(delivered).min(n as u64) as usize;
+        dropped += (n - room) as u64;
+        if room > 0 {
+            delivered += room as u64;
+            if events
+                .send(ExecEvent::output(stream, buf[..room].to_vec()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    dropped
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    Exited,
+    TimedOut,
+    Cancelled,
+}
+
+async fn supervise(
+    mut child: Child,
+    pid: u32,
+    readers: [Option<JoinHandle<u64>>; 2],
+    events: mpsc::Sender<ExecEvent>,
+    timeout: Option<Duration>,
+    grace: Duration,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let deadline = async {
+        match timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (status, ending) = tokio::select! {
+        status = child.wait() => (status.ok(), Ending::Exited),
+        () = deadline => (None, Ending::TimedOut),
+        () = cancel.cancelled() => (None, Ending::Cancelled),
+        () = events.closed() => (None, Ending::Cancelled),
+    };
+    let status = match status {
+        Some(status) => status,
+        None => end_group(&mut child, pid, grace).await,
+    };
+    if ending != Ending::Exited {
+        // Whatever of the group survived the leader goes too.
+        signal_group(pid, Signal::KILL);
+    }
+
+    let mut dropped = [0u64; 2];
+    let drain_until = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
+    for (slot, reader) in readers.into_iter().enumerate() {
+        let Some(mut reader) = reader else { continue };
+        match tokio::time::timeout_at(drain_until, &mut reader).await {
+            Ok(Ok(count)) => dropped[slot] = count,
+            Ok(Err(_)) => {}
+            // Background processes still hold the pipe: stop reading, and
+            // leave them running, as a shell would.
+            Err(_) => reader.abort(),
+        }
+    }
+
+    let exit = ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+        timed_out: ending == Ending::TimedOut,
+        cancelled: ending == Ending::Cancelled,
+        stdout_dropped: dropped[0],
+        stderr_dropped: dropped[1],
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let _ = events.send(ExecEvent::Exit(exit)).await;
+}
+
+/// SIGTERM to the whole group, then SIGKILL after the grace period.
+async fn end_group(child: &mut Child, pid: u32, grace: Duration) -> std::process::ExitStatus {
+    signal_group(pid, Signal::TERM);
+    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+        return status;
+    }
+    signal_group(pid, Signal::KILL);
+    match child.wait().await {
+        Ok(status) => status,
+        // The child was reaped by someone else; report it as killed.
+        Err(_) => std::process::ExitStatus::from_raw(Signal::KILL.as_raw()),
+    }
+}
+
+/// Sends a signal to the process group led by `pid`. A group already gone
+/// is not an error.
+pub fn signal_group(pid: u32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = kill_process_group(pid, signal);
+    }
+}
