@@ -1,4 +1,5 @@
 //! The process engine, exercised with real processes.
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 
 use berth_exec::{DEFAULT_GRACE, Spawn, Stdin, spawn};
 use berth_proto::{ExecEvent, ExitStatus};
