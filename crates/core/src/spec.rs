@@ -186,7 +186,25 @@ impl Spec {
         })?;
         let text = std::fs::read_to_string(file)
             .map_err(|e| SpecError::field("", format!("cannot read file: {e}")).in_file(file))?;
-        Spec::parse(&text, format).map_err(|e| e.in_file(file))
+        let mut spec = Spec::parse(&text, format).map_err(|e| e.in_file(file))?;
+        spec.resolve_local_urls(file.parent().unwrap_or(Path::new(".")));
+        Ok(spec)
+    }
+
+    /// Repository URLs that are relative paths (`.`, `./x`, `../x`) are
+    /// taken relative to the spec file's directory.
+    fn resolve_local_urls(&mut self, base: &Path) {
+        for repo in &mut self.repositories {
+            let relative = repo.url == "."
+                || repo.url == ".."
+                || repo.url.starts_with("./")
+                || repo.url.starts_with("../");
+            if relative {
+                let joined = base.join(&repo.url);
+                let absolute = std::fs::canonicalize(&joined).unwrap_or(joined);
+                repo.url = absolute.display().to_string();
+            }
+        }
     }
 
     /// Parses and checks a spec from text.
@@ -469,6 +487,18 @@ mod tests {
         assert!(err.to_string().contains("field `name`"), "{err}");
         let err = Spec::from_file(&dir.join("spec.ini")).unwrap_err();
         assert!(err.message.contains("extension"), "{err}");
+        let relative = dir.join("relative.toml");
+        std::fs::write(
+            &relative,
+            "[[repositories]]\nurl = \"./repo\"\npath = \"r\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("repo")).unwrap();
+        let spec = Spec::from_file(&relative).unwrap();
+        assert_eq!(
+            Path::new(&spec.repositories[0].url),
+            std::fs::canonicalize(dir.join("repo")).unwrap()
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
