@@ -5,6 +5,7 @@
 //! Nothing here does heavy I/O; the crates around it do.
 
 pub mod events;
+pub mod layers;
 pub mod runtime;
 pub mod spec;
 pub mod workspace;
@@ -15,6 +16,7 @@ pub use berth_proto::{
     WorkspacePath,
 };
 pub use events::ProvisionEvent;
+pub use layers::{Change, ChangeKind, ExportSummary, ExportTarget, GcReport, Snapshot};
 pub use runtime::{ExecStream, Isolation, Runtime, RuntimeError};
 pub use spec::{Spec, SpecError};
 pub use workspace::{Workspace, WorkspaceId, WorkspaceState};

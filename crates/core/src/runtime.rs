@@ -2,6 +2,7 @@
 //! live. The provider drives provisioning, caching and the registry; a
 //! runtime only makes, runs and removes what it is told to.
 
+use crate::layers::{Change, ExportSummary, ExportTarget, GcReport, Snapshot};
 use crate::{ExecEvent, ExecRequest, FileEntry, PathError, Workspace, WorkspacePath};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,11 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("runtime `{runtime}` does not support {operation}")]
+    Unsupported {
+        runtime: String,
+        operation: &'static str,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -70,6 +76,13 @@ impl RuntimeError {
         RuntimeError::Io {
             context: context.into(),
             source,
+        }
+    }
+    /// The answer of a runtime that lacks `operation`.
+    pub fn unsupported(runtime: &str, operation: &'static str) -> Self {
+        RuntimeError::Unsupported {
+            runtime: runtime.to_string(),
+            operation,
         }
     }
 }
@@ -163,4 +176,59 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Removes the cache entry `key`; removing a missing entry succeeds.
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError>;
+
+    /// Freezes the workspace's current files into a snapshot, leaving the
+    /// workspace running as it is.
+    async fn snapshot(&self, ws: &Workspace) -> Result<Snapshot, RuntimeError> {
+        let _ = ws;
+        Err(RuntimeError::unsupported(self.name(), "snapshots"))
+    }
+
+    /// Returns the workspace's files to its provisioned state, or to the
+    /// snapshot `to`. Processes running in it are ended.
+    async fn reset(&self, ws: &Workspace, to: Option<&str>) -> Result<(), RuntimeError> {
+        let _ = (ws, to);
+        Err(RuntimeError::unsupported(self.name(), "reset"))
+    }
+
+    /// The paths added, modified and deleted since the provisioned state
+    /// (or the snapshot last reset to), sorted by path.
+    async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
+        let _ = ws;
+        Err(RuntimeError::unsupported(self.name(), "changes"))
+    }
+
+    /// Writes the added and modified files to `target`.
+    async fn export_changes(
+        &self,
+        ws: &Workspace,
+        target: &ExportTarget,
+    ) -> Result<ExportSummary, RuntimeError> {
+        let _ = (ws, target);
+        Err(RuntimeError::unsupported(self.name(), "export"))
+    }
+
+    /// Makes the filesystem of the new workspace `ws` from `origin`'s
+    /// current state, like `create`; the two are independent afterwards.
+    async fn fork(
+        &self,
+        origin: &Workspace,
+        ws: &Workspace,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let _ = (origin, ws);
+        Err(RuntimeError::unsupported(self.name(), "fork"))
+    }
+
+    /// Removes a snapshot; its layer goes once nothing else uses it.
+    async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::unsupported(self.name(), "snapshots"))
+    }
+
+    /// Removes the runtime's workspaces not in `live` and every layer that
+    /// no workspace, cache entry or snapshot uses.
+    async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
+        let _ = live;
+        Err(RuntimeError::unsupported(self.name(), "garbage collection"))
+    }
 }

@@ -1,0 +1,74 @@
+//! Types of the layer operations a runtime may offer beyond running
+//! commands: snapshots, reset, change listing, export and fork. Runtimes
+//! without layers answer these with [`crate::RuntimeError::Unsupported`].
+
+use crate::{FileKind, WorkspaceId};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use utoipa::ToSchema;
+
+/// What happened to one path since the workspace's base state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One changed path, relative to the workspace root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Change {
+    pub path: String,
+    pub kind: ChangeKind,
+    /// What the path is (for deletions: what it was).
+    #[schema(value_type = String)]
+    pub file_kind: FileKind,
+}
+
+/// A frozen state of a workspace that it can be reset to or forked from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    /// The snapshot's id (the id of the layer holding it).
+    pub id: String,
+    /// The workspace it was taken from.
+    pub workspace: WorkspaceId,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// Where exported changes go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExportTarget {
+    /// A `.tar.zst` archive written at this host path.
+    Archive {
+        #[schema(value_type = String)]
+        path: PathBuf,
+    },
+    /// Changed files copied into this host directory.
+    Directory {
+        #[schema(value_type = String)]
+        path: PathBuf,
+    },
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExportSummary {
+    /// Files, links and directories written.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Paths deleted in the workspace; an export cannot carry them as files.
+    pub deleted: Vec<String>,
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcReport {
+    /// Ids of the layers removed.
+    pub removed: Vec<String>,
+    /// Workspaces removed because the registry no longer knows them.
+    pub orphans: Vec<String>,
+}
