@@ -1,0 +1,344 @@
+//! Running the git executable safely: a clean environment, configuration
+//! that turns off everything able to prompt or run other programs, the
+//! credential header only for commands that talk to the remote, and
+//! redaction of everything git says before it reaches an error.
+//!
+//! All configuration travels in `GIT_CONFIG_COUNT` / `GIT_CONFIG_KEY_n` /
+//! `GIT_CONFIG_VALUE_n`: never in argv (`git -c` is visible in `ps`) and never
+//! through `git clone -c` (which writes it into `.git/config`).
+
+use crate::GitError;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// Variables passed through from the provider's environment: what git needs
+/// to find programs, certificates, proxies and an ssh agent. Everything else,
+/// and every `GIT_*` variable in particular, is left out.
+const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "http_proxy",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "SSH_AUTH_SOCK",
+];
+
+/// The most lines of git's stderr kept in an error.
+const STDERR_LINES: usize = 20;
+
+/// The credential of one remote URL, as git will send it.
+pub(crate) struct Auth {
+    /// The repository URL the header is scoped to.
+    pub url: String,
+    /// The credential's name, for error messages.
+    pub name: String,
+    /// `Authorization: ...`.
+    pub header: String,
+}
+
+/// Replaces known secrets in text with `***`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Redactor {
+    /// Longest first, so that a secret containing another is replaced whole.
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(mut secrets: Vec<String>) -> Redactor {
+        secrets.retain(|s| !s.is_empty());
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Redactor { secrets }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets
+            .iter()
+            .fold(text.to_owned(), |text, secret| text.replace(secret, "***"))
+    }
+}
+
+/// A git command that ran to completion.
+pub(crate) struct Finished {
+    pub success: bool,
+    /// The exit code, when it exited rather than being killed.
+    pub code: Option<i32>,
+    /// How it ended, e.g. `exit status: 128`.
+    pub status: String,
+    pub stdout: String,
+    /// Redacted and trimmed to its last lines.
+    pub stderr: String,
+    /// The command, for error messages.
+    pub command: String,
+    /// Where it ran, unless that was the provider's working directory.
+    pub dir: Option<PathBuf>,
+}
+
+impl Finished {
+    /// The error for a command that failed.
+    pub fn error(self) -> GitError {
+        GitError::Command {
+            command: self.command,
+            dir: self.dir,
+            status: self.status,
+            stderr: self.stderr,
+        }
+    }
+}
+
+/// Runs git commands with one program and one set of secrets to redact.
+#[derive(Clone, Debug)]
+pub(crate) struct Runner {
+    pub program: PathBuf,
+    pub redactor: Redactor,
+}
+
+impl Runner {
+    /// Runs `git ARGS` in `dir`; a non-zero exit is an error.
+    pub async fn run<I, S>(
+        &self,
+        dir: &Path,
+        args: I,
+        auth: Option<&Auth>,
+    ) -> Result<String, GitError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let finished = self.try_run(dir, args, auth).await?;
+        if finished.success {
+            Ok(finished.stdout)
+        } else {
+            Err(finished.error())
+        }
+    }
+
+    /// Runs `git ARGS` in `dir` and reports how it ended, failure included.
+    pub async fn try_run<I, S>(
+        &self,
+        dir: &Path,
+        args: I,
+        auth: Option<&Auth>,
+    ) -> Result<Finished, GitError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&args)
+            .current_dir(dir)
+            .env_clear()
+            .envs(environment(auth, |key| std::env::var_os(key)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Dropping the future (a cancelled provision) must not leave git
+            // running.
+            .kill_on_drop(true);
+        let output = command.output().await.map_err(|source| GitError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        })?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
+        let command_text = args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Finished {
+            success: output.status.success(),
+            code: output.status.code(),
+            status: output.status.to_string(),
+            stdout: self
+                .redactor
+                .redact(&String::from_utf8_lossy(&output.stdout)),
+            stderr: self.redactor.redact(&tail),
+            command: self.redactor.redact(&command_text),
+            dir: (dir != Path::new(".")).then(|| dir.to_path_buf()),
+        })
+    }
+}
+
+/// The complete environment of a git process. `inherited` looks up the
+/// provider's variables (a parameter so tests can give their own).
+pub(crate) fn environment(
+    auth: Option<&Auth>,
+    inherited: impl Fn(&str) -> Option<OsString>,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = INHERITED
+        .iter()
+        .filter_map(|key| Some((OsString::from(key), inherited(key)?)))
+        .collect();
+    let fixed = [
+        // English messages, so errors read the same everywhere.
+        ("LC_ALL", "C"),
+        // Never wait for a password nobody will type.
+        ("GIT_TERMINAL_PROMPT", "0"),
+        // Empty (not unset) stops git falling back to SSH_ASKPASS.
+        ("GIT_ASKPASS", ""),
+        ("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+        // The provider user's own git configuration (credential helpers,
+        // URL rewrites) has no say in what berth clones.
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
+    ];
+    env.extend(
+        fixed
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    let config = config(auth, &inherited);
+    env.push(("GIT_CONFIG_COUNT".into(), config.len().to_string().into()));
+    for (n, (key, value)) in config.into_iter().enumerate() {
+        env.push((format!("GIT_CONFIG_KEY_{n}").into(), key.into()));
+        env.push((format!("GIT_CONFIG_VALUE_{n}").into(), value.into()));
+    }
+    env
+}
+
+/// Configuration given to every git command. It is read after the
+/// repository's own `.git/config`, so for single-valued keys it wins over
+/// whatever a workspace wrote there.
+fn config(
+    auth: Option<&Auth>,
+    inherited: &impl Fn(&str) -> Option<OsString>,
+) -> Vec<(String, String)> {
+    let mut config: Vec<(String, String)> = [
+        // An empty value clears the list of helpers: nothing stores or
+        // supplies credentials behind berth's back.
+        ("credential.helper", ""),
+        // No hooks, no filesystem monitor, no `ext::` remotes: nothing from
+        // a repository runs a program.
+        ("core.hooksPath", "/dev/null"),
+        ("core.fsmonitor", "false"),
+        ("protocol.ext.allow", "never"),
+        ("gc.auto", "0"),
+        ("maintenance.auto", "false"),
+        ("fetch.recurseSubmodules", "false"),
+        ("submodule.recurse", "false"),
+        ("advice.detachedHead", "false"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if let Some(auth) = auth {
+        // The proxy the provider's environment asks for (as git itself would
+        // pick it), or none: a proxy from the repository's configuration
+        // would see the header of a plain-http request.
+        let proxy = proxy_for(&auth.url, inherited).unwrap_or_default();
+        config.push(("http.proxy".into(), proxy.to_string_lossy().into_owned()));
+        // Scoped to the repository URL, so the header goes nowhere else
+        // (not to another host on redirect, not to other repositories).
+        config.push((
+            format!("http.{}.extraHeader", auth.url),
+            auth.header.clone(),
+        ));
+    }
+    config
+}
+
+/// The proxy git would take from the environment for this URL.
+fn proxy_for(url: &str, inherited: &impl Fn(&str) -> Option<OsString>) -> Option<OsString> {
+    let https = url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    let keys: &[&str] = if https {
+        &["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]
+    } else {
+        &["http_proxy", "all_proxy", "ALL_PROXY"]
+    };
+    keys.iter().find_map(|key| inherited(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    fn as_strings(env: Vec<(OsString, OsString)>) -> Vec<(String, String)> {
+        env.into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn only_known_variables_are_inherited() {
+        let env = as_strings(environment(
+            None,
+            lookup(&[
+                ("PATH", "/usr/bin"),
+                ("GIT_DIR", "/elsewhere"),
+                ("GIT_TRACE_CURL", "1"),
+                ("AWS_SECRET_ACCESS_KEY", "x"),
+            ]),
+        ));
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(keys.contains(&"PATH"));
+        assert!(!keys.contains(&"GIT_DIR"));
+        assert!(!keys.contains(&"GIT_TRACE_CURL"));
+        assert!(!keys.contains(&"AWS_SECRET_ACCESS_KEY"));
+        assert!(env.contains(&("GIT_TERMINAL_PROMPT".into(), "0".into())));
+        assert!(env.contains(&("GIT_ASKPASS".into(), "".into())));
+    }
+
+    #[test]
+    fn the_header_is_configured_through_the_environment_for_its_url_only() {
+        let auth = Auth {
+            url: "https://example.com/org/repo.git".into(),
+            name: "gh".into(),
+            header: "Authorization: Bearer tok".into(),
+        };
+        let env = as_strings(environment(
+            Some(&auth),
+            lookup(&[
+                ("https_proxy", "http://proxy:3128"),
+                ("http_proxy", "http://other:1"),
+            ]),
+        ));
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let count: usize = get("GIT_CONFIG_COUNT").unwrap().parse().unwrap();
+        let config: Vec<(String, String)> = (0..count)
+            .map(|n| {
+                (
+                    get(&format!("GIT_CONFIG_KEY_{n}")).unwrap(),
+                    get(&format!("GIT_CONFIG_VALUE_{n}")).unwrap(),
+                )
+            })
+            .collect();
+        assert!(config.contains(&(
+            "http.https://example.com/org/repo.git.extraHeader".into(),
+            "Authorization: Bearer tok".into()
+        )));
+        assert!(config.contains(&("credential.helper".into(), "".into())));
+        assert!(config.contains(&("http.proxy".into(), "http://proxy:3128".into())));
+        let without = as_strings(environment(None, lookup(&[])));
+        assert!(!without.iter().any(|(_, v)| v.contains("tok")));
+    }
+
+    #[test]
+    fn redaction_replaces_every_secret() {
+        let r = Redactor::new(vec!["abc".into(), "abcdef".into(), String::new()]);
+        assert_eq!(r.redact("x abcdef y abc z"), "x *** y *** z");
+        assert_eq!(r.redact("nothing"), "nothing");
+    }
+}
