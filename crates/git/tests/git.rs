@@ -101,6 +101,15 @@ async fn clone_then_follow_upstream(git: &Git, upstream: &Upstream, repo: &Repos
     assert_eq!(outcome.commit, second);
 }
 
+#[test]
+fn debug_output_holds_no_secret() {
+    let git = with_credential(Credential::basic("u", TOKEN));
+    let text = format!("{git:?}");
+    assert!(text.contains(CREDENTIAL), "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(!text.contains(&base64_of(&format!("u:{TOKEN}"))), "{text}");
+}
+
 #[tokio::test]
 async fn clone_and_fetch_over_file_urls() {
     let upstream = Upstream::new();
