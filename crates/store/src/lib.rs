@@ -1,0 +1,116 @@
+//! berth's embedded registry: every workspace and provisioning cache entry,
+//! kept in one SQLite file (`$BERTH_HOME/berth.db`).
+//!
+//! Several berth processes (the CLI and the provider daemon) open the same
+//! file at once, so the database runs in WAL mode with a busy timeout, every
+//! write is one short statement or one `BEGIN IMMEDIATE` transaction, and no
+//! transaction is held while anything else happens. The schema is versioned
+//! with `PRAGMA user_version` and moved forward by [`schema`]'s migrations.
+//!
+//! Calls are synchronous and take well under a millisecond; async callers
+//! wrap them as they see fit. A [`Store`] is `Send + Sync`.
+
+mod cache;
+mod error;
+mod owner;
+mod schema;
+mod workspaces;
+
+pub use cache::CacheEntry;
+pub use error::StoreError;
+pub use workspaces::MIN_PREFIX;
+
+use rusqlite::{Connection, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The registry file's name inside berth's home directory.
+pub const DB_FILE: &str = "berth.db";
+
+/// How long a statement waits for another process's write to finish before
+/// giving up with "database is locked". Writes take microseconds, so this is
+/// only reached when something is badly stuck.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A handle on the registry. Cheap calls, one connection behind a mutex:
+/// calls from many threads are serialised here, calls from other handles
+/// and processes are serialised by SQLite's locks.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the registry in `home`, creating `home`
+    /// too, and brings its schema up to date.
+    pub fn open(home: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(home).map_err(|source| StoreError::CreateDir {
+            path: home.to_path_buf(),
+            source,
+        })?;
+        let path = home.join(DB_FILE);
+        let db = |source| StoreError::Database {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(db)?;
+        // The busy timeout first: switching to WAL and migrating both take
+        // locks that another process opening at the same moment may hold.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NoWal { path, mode });
+        }
+        // In WAL mode `normal` never corrupts the database on a crash; it can
+        // only lose the last commits on power loss, which berth's start-up
+        // reconciliation (orphaned provisions) already copes with.
+        conn.pragma_update(None, "synchronous", "normal")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
+        schema::migrate(&mut conn, &path)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// Where the registry lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave the connection in a
+        // half-written state that matters: SQLite rolls back an unfinished
+        // transaction when the next one begins. So a poisoned lock is used.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` inside a `BEGIN IMMEDIATE` transaction: the write lock is
+    /// taken up front, so a read-modify-write never fails half-way with
+    /// "database is locked" when another process writes at the same time.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        let value = f(&tx)?;
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(value)
+    }
+
+    fn db(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}

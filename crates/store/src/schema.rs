@@ -1,0 +1,87 @@
+//! The registry's schema and its forward-only migrations.
+//!
+//! The database's `PRAGMA user_version` is the number of migrations applied.
+//! Opening a registry applies the missing ones in one `BEGIN IMMEDIATE`
+//! transaction, so two processes opening an old file at once migrate it
+//! exactly once and a crash mid-migration leaves the old version intact.
+//! Migrations are never edited once released: a change is a new entry.
+//!
+//! Later concepts (layers, snapshots, jobs and their logs) each get their
+//! own tables through a new migration and their own module beside
+//! `workspaces` and `cache`.
+
+use crate::StoreError;
+use rusqlite::{Connection, TransactionBehavior};
+use std::path::Path;
+
+/// Migration `i` brings the schema from version `i` to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the workspaces.
+    "CREATE TABLE workspaces (
+        id           TEXT PRIMARY KEY NOT NULL,
+        name         TEXT NOT NULL,
+        runtime      TEXT NOT NULL,
+        spec         TEXT NOT NULL,             -- the Spec as JSON
+        state        TEXT NOT NULL,
+        runtime_info TEXT NOT NULL DEFAULT '{}', -- the runtime's own JSON
+        cache_key    TEXT,
+        error        TEXT,
+        created_at   INTEGER NOT NULL,          -- ms since the Unix epoch
+        updated_at   INTEGER NOT NULL
+    ) STRICT;
+    -- Names are unique among the workspaces that are not removed; removed
+    -- ones stay listed and keep their names.
+    CREATE UNIQUE INDEX workspaces_live_name ON workspaces (name) WHERE state <> 'removed';
+    CREATE INDEX workspaces_created ON workspaces (created_at, id);",
+    // 2: who is provisioning a workspace, so that a crashed provision can
+    // be found; and the provisioning cache.
+    "ALTER TABLE workspaces ADD COLUMN owner_pid INTEGER;
+    -- The owner's start time (clock ticks after boot), so that a new process
+    -- that was given a dead owner's pid is not taken for the owner.
+    ALTER TABLE workspaces ADD COLUMN owner_start INTEGER;
+    CREATE INDEX workspaces_state ON workspaces (state);
+    CREATE TABLE cache_entries (
+        key          TEXT PRIMARY KEY NOT NULL,
+        runtime      TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL,
+        info         TEXT NOT NULL DEFAULT '{}'  -- the runtime's own JSON
+    ) STRICT;",
+];
+
+/// The schema version this build writes.
+pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let db = |source| StoreError::Database {
+        path: path.to_path_buf(),
+        source,
+    };
+    let version = user_version(conn).map_err(db)?;
+    if version == LATEST {
+        // The common case, checked without taking the write lock.
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    // Read again under the lock: another process may have migrated since.
+    let version = user_version(&tx).map_err(db)?;
+    let pending = usize::try_from(version)
+        .ok()
+        .and_then(|applied| MIGRATIONS.get(applied..))
+        .ok_or_else(|| StoreError::UnknownVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: LATEST,
+        })?;
+    for sql in pending {
+        tx.execute_batch(sql).map_err(db)?;
+    }
+    tx.pragma_update(None, "user_version", LATEST).map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
