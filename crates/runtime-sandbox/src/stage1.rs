@@ -1,0 +1,627 @@
+//! Stage 1: the namespace setup that must happen before any async runtime
+//! or second thread exists. A fresh single-threaded process (the
+//! `berth-sandbox-init` binary, or any binary that calls [`main`] first
+//! thing, such as the agent) runs it:
+//!
+//! - `start CONFIG`: in a private mount namespace, mounts the workspace's
+//!   overlay and host-side binds, joins the workspace's cgroups, forks a
+//!   child into new user/mount/PID/UTS/IPC/cgroup (and network)
+//!   namespaces, maps its ids, and stays as its parent until it exits.
+//!   The child mounts `/proc` and `/dev/pts`, pivots into the overlay,
+//!   drops capabilities, sets `no_new_privs`, installs the seccomp filter
+//!   and executes the workspace's PID 1. The line `started PID` on stdout
+//!   tells the caller it all went through; any failure is printed as
+//!   `failed: ...` instead.
+//! - `exec CONFIG PID CWD -- ARGV...`: joins the cgroups and namespaces of
+//!   workspace init PID, forks, and runs ARGV inside under the same
+//!   restrictions, relaying its exit status.
+//! - `reap`: a minimal PID 1 that reaps orphans until killed.
+
+use crate::config::{InitConfig, Mount};
+use crate::{seccomp, sys};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Capabilities the workspace's root keeps (Docker's default set); the
+/// rest, notably CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE and
+/// CAP_NET_ADMIN, go from the bounding set.
+pub const KEPT_CAPABILITIES: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("usage: berth-sandbox-init start CONFIG | exec CONFIG PID CWD -- ARGV... | reap")]
+    Usage,
+    #[error("cannot read the sandbox config `{path}`: {detail}")]
+    Config { path: PathBuf, detail: String },
+    #[error("{step}: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mount target `{0}` passes through a symlink in the workspace")]
+    SymlinkTarget(PathBuf),
+    #[error("the workspace's init failed: {0}")]
+    Child(String),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+}
+
+fn step<T>(what: impl FnOnce() -> String, result: io::Result<T>) -> Result<T, InitError> {
+    result.map_err(|source| InitError::Step {
+        step: what(),
+        source,
+    })
+}
+
+fn errno<T>(what: impl FnOnce() -> String, result: rustix::io::Result<T>) -> Result<T, InitError> {
+    step(what, result.map_err(io::Error::from))
+}
+
+/// Runs stage 1 from command-line arguments (without the program name)
+/// and returns the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let result = match args.first().map(String::as_str) {
+        Some("start") if args.len() == 2 => load(&args[1]).and_then(|c| start(&c)),
+        Some("exec") if args.len() >= 6 && args[4] == "--" => {
+            let pid = args[2].parse().map_err(|_| InitError::Usage);
+            load(&args[1]).and_then(|c| exec(&c, pid?, &args[3], &args[5..]))
+        }
+        Some("reap") => reap(),
+        _ => Err(InitError::Usage),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "failed: {error}");
+            let _ = out.flush();
+            eprintln!("berth-sandbox-init: {error}");
+            125
+        }
+    }
+}
+
+fn load(path: &str) -> Result<InitConfig, InitError> {
+    let text = fs::read(path).map_err(|e| InitError::Config {
+        path: path.into(),
+        detail: e.to_string(),
+    })?;
+    serde_json::from_slice(&text).map_err(|e| InitError::Config {
+        path: path.into(),
+        detail: e.to_string(),
+    })
+}
+
+fn namespace_flags(config: &InitConfig) -> libc::c_int {
+    let mut flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP;
+    if config.id_map.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    if config.private_network {
+        flags |= libc::CLONE_NEWNET;
+    }
+    flags
+}
+
+/// `start`: see the module documentation.
+pub fn start(config: &InitConfig) -> Result<i32, InitError> {
+    step(
+        || "cannot make a private mount namespace".into(),
+        sys::unshare(UnshareFlags::NEWNS),
+    )?;
+    errno(
+        || "cannot make mounts private".into(),
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+        ),
+    )?;
+    for mount in &config.mounts {
+        host_mount(&config.rootfs, mount)?;
+    }
+    join_cgroups(&config.cgroups)?;
+
+    let (sync_read, mut sync_write) = step(|| "cannot make a pipe".into(), io::pipe())?;
+    let (mut err_read, err_write) = step(|| "cannot make a pipe".into(), io::pipe())?;
+    let flags = namespace_flags(config);
+    let child = step(
+        || "cannot create the workspace's namespaces".into(),
+        sys::clone_into(flags),
+    )?;
+    let Some(pid) = child else {
+        drop(sync_write);
+        drop(err_read);
+        let error = match child_setup(config, sync_read) {
+            Err(error) => error.to_string(),
+            Ok(never) => match never {},
+        };
+        let mut err_write = err_write;
+        let _ = err_write.write_all(error.as_bytes());
+        std::process::exit(126);
+    };
+    drop(sync_read);
+    drop(err_write);
+
+    let parent_side = (|| {
+        if let Some(map) = config.id_map {
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            let line = format!("0 {} {}\n", map.host, map.size);
+            step(
+                || "cannot deny setgroups".into(),
+                fs::write(proc.join("setgroups"), "deny"),
+            )?;
+            step(
+                || format!("cannot write uid_map `{}`", line.trim()),
+                fs::write(proc.join("uid_map"), &line),
+            )?;
+            step(
+                || format!("cannot write gid_map `{}`", line.trim()),
+                fs::write(proc.join("gid_map"), &line),
+            )?;
+        }
+        step(
+            || "cannot release the workspace's init".into(),
+            sync_write.write_all(b"1"),
+        )
+    })();
+    drop(sync_write);
+    let mut failure = String::new();
+    let _ = err_read.read_to_string(&mut failure);
+    if let Err(error) = parent_side {
+        let _ = rustix::process::kill_process(pid_of(pid), rustix::process::Signal::KILL);
+        let _ = wait(pid);
+        return Err(error);
+    }
+    if !failure.is_empty() {
+        let _ = wait(pid);
+        return Err(InitError::Child(failure));
+    }
+    // Off the workspace's books: this process only waits.
+    join_cgroups(&config.cgroup_parents)?;
+    {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "started {pid}");
+        let _ = out.flush();
+    }
+    wait(pid)
+}
+
+fn pid_of(pid: u32) -> rustix::process::Pid {
+    // A pid returned by clone is never zero.
+    rustix::process::Pid::from_raw(pid as i32).unwrap_or(rustix::process::Pid::INIT)
+}
+
+/// Waits for `pid` and turns its end into an exit code (128 + signal).
+fn wait(pid: u32) -> Result<i32, InitError> {
+    let status = errno(
+        || format!("cannot wait for process {pid}"),
+        rustix::process::waitpid(Some(pid_of(pid)), rustix::process::WaitOptions::empty()),
+    )?;
+    Ok(match status {
+        Some((_, status)) => status
+            .exit_status()
+            .or_else(|| status.terminating_signal().map(|s| 128 + s))
+            .unwrap_or(1),
+        None => 1,
+    })
+}
+
+fn join_cgroups(cgroups: &[PathBuf]) -> Result<(), InitError> {
+    let pid = std::process::id().to_string();
+    for dir in cgroups {
+        let procs = dir.join("cgroup.procs");
+        step(
+            || format!("cannot join cgroup `{}`", dir.display()),
+            fs::write(&procs, &pid),
+        )?;
+    }
+    Ok(())
+}
+
+/// `rootfs/rel`, refusing any component that is a symlink: the rootfs
+/// holds the workspace's own files, which must not redirect a mount.
+fn inside(rootfs: &Path, rel: &Path) -> Result<PathBuf, InitError> {
+    let mut path = rootfs.to_path_buf();
+    for component in rel.components() {
+        match component {
+            Component::Normal(name) => path.push(name),
+            Component::RootDir | Component::CurDir => continue,
+            _ => return Err(InitError::SymlinkTarget(rel.to_path_buf())),
+        }
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(InitError::SymlinkTarget(rel.to_path_buf()));
+        }
+    }
+    Ok(path)
+}
+
+fn host_mount(rootfs: &Path, mount: &Mount) -> Result<(), InitError> {
+    match mount {
+        Mount::Overlay {
+            lowers,
+            upper,
+            work,
+        } => overlay(rootfs, lowers, upper, work),
+        Mount::Bind {
+            source,
+            target,
+            readonly,
+        } => {
+            let target = inside(rootfs, target)?;
+            let meta = step(
+                || format!("cannot bind `{}`", source.display()),
+                fs::metadata(source),
+            )?;
+            if fs::symlink_metadata(&target).is_err() {
+                let made = if meta.is_dir() {
+                    fs::create_dir_all(&target)
+                } else {
+                    target
+                        .parent()
+                        .map_or(Ok(()), fs::create_dir_all)
+                        .and_then(|()| fs::File::create(&target).map(drop))
+                };
+                step(
+                    || format!("cannot create mount point `{}`", target.display()),
+                    made,
+                )?;
+            }
+            errno(
+                || {
+                    format!(
+                        "cannot bind `{}` to `{}`",
+                        source.display(),
+                        target.display()
+                    )
+                },
+                rustix::mount::mount_bind_recursive(source, &target),
+            )?;
+            if *readonly {
+                errno(
+                    || format!("cannot make `{}` read-only", target.display()),
+                    rustix::mount::mount_remount(
+                        &target,
+                        MountFlags::BIND
+                            | MountFlags::RDONLY
+                            | MountFlags::NOSUID
+                            | MountFlags::NODEV,
+                        "",
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        Mount::Tmpfs { target, mode } => {
+            let target = inside(rootfs, target)?;
+            step(
+                || format!("cannot create `{}`", target.display()),
+                fs::create_dir_all(&target),
+            )?;
+            errno(
+                || format!("cannot mount tmpfs at `{}`", target.display()),
+                rustix::mount::mount(
+                    "tmpfs",
+                    &target,
+                    "tmpfs",
+                    MountFlags::NOSUID | MountFlags::NODEV,
+                    std::ffi::CString::new(format!("mode={mode:o}"))
+                        .unwrap_or_default()
+                        .as_c_str(),
+                ),
+            )
+        }
+        Mount::Dir { target, mode } => {
+            let target = inside(rootfs, target)?;
+            step(
+                || format!("cannot create `{}`", target.display()),
+                fs::create_dir_all(&target).and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&target, fs::Permissions::from_mode(*mode))
+                }),
+            )
+        }
+        Mount::Symlink { link, target } => {
+            let link = inside(rootfs, link)?;
+            if fs::symlink_metadata(&link).is_ok() {
+                return Ok(());
+            }
+            step(
+                || format!("cannot link `{}`", link.display()),
+                symlink(target, &link),
+            )
+        }
+    }
+}
+
+/// Mounts the overlay with the new mount API, one `lowerdir+` per layer,
+/// so the number of layers is not bounded by one page of options.
+fn overlay(rootfs: &Path, lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<(), InitError> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let what = || format!("cannot mount the overlay at `{}`", rootfs.display());
+    let fs = errno(what, fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC))?;
+    for lower in lowers {
+        errno(
+            || {
+                format!(
+                    "overlay refuses lower layer `{}` (needs Linux 6.8+)",
+                    lower.display()
+                )
+            },
+            fsconfig_set_string(&fs, "lowerdir+", lower),
+        )?;
+    }
+    errno(what, fsconfig_set_string(&fs, "upperdir", upper))?;
+    errno(what, fsconfig_set_string(&fs, "workdir", work))?;
+    // Renamed directories are copied by userland instead of redirected, and
+    // no metadata-only copies: the upper directory then holds whole files,
+    // which is what change listing and layer freezing rely on.
+    errno(what, fsconfig_set_string(&fs, "redirect_dir", "off"))?;
+    errno(what, fsconfig_set_string(&fs, "metacopy", "off"))?;
+    errno(what, fsconfig_create(&fs))?;
+    let mnt = errno(
+        what,
+        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty()),
+    )?;
+    errno(
+        what,
+        move_mount(
+            &mnt,
+            "",
+            rustix::fs::CWD,
+            rootfs,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        ),
+    )
+}
+
+/// The child, in its new namespaces: finishes the filesystem, locks
+/// itself down and becomes the workspace's PID 1.
+fn child_setup(
+    config: &InitConfig,
+    mut sync: io::PipeReader,
+) -> Result<std::convert::Infallible, InitError> {
+    let mut byte = [0u8; 1];
+    step(
+        || "the init's parent went away".into(),
+        sync.read_exact(&mut byte),
+    )?;
+    drop(sync);
+    if config.id_map.is_some() {
+        become_root()?;
+    }
+    errno(
+        || "cannot set the hostname".into(),
+        rustix::system::sethostname(config.hostname.as_bytes()),
+    )?;
+    if config.private_network {
+        step(
+            || "cannot bring up the loopback interface".into(),
+            sys::loopback_up(),
+        )?;
+    }
+    let rootfs = &config.rootfs;
+    let proc = inside(rootfs, Path::new("proc"))?;
+    errno(
+        || "cannot mount /proc".into(),
+        rustix::mount::mount(
+            "proc",
+            &proc,
+            "proc",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
+        ),
+    )?;
+    mask_proc(&proc, &inside(rootfs, Path::new("dev/null"))?)?;
+    let pts = inside(rootfs, Path::new("dev/pts"))?;
+    errno(
+        || "cannot mount /dev/pts".into(),
+        rustix::mount::mount(
+            "devpts",
+            &pts,
+            "devpts",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+            c"newinstance,ptmxmode=0666,mode=0620",
+        ),
+    )?;
+
+    // The overlay was mounted before this mount namespace existed, so it
+    // is locked here and pivot_root refuses it; a bind of it made here is
+    // not (and takes the lock over from the old root when pivoting).
+    errno(
+        || "cannot bind the workspace's root".into(),
+        rustix::mount::mount_bind_recursive(rootfs, rootfs),
+    )?;
+    step(
+        || format!("cannot enter `{}`", rootfs.display()),
+        std::env::set_current_dir(rootfs),
+    )?;
+    errno(
+        || "cannot pivot into the workspace".into(),
+        rustix::process::pivot_root(".", "."),
+    )?;
+    errno(
+        || "cannot detach the host's filesystem".into(),
+        rustix::mount::unmount(".", UnmountFlags::DETACH),
+    )?;
+    step(|| "cannot enter /".into(), std::env::set_current_dir("/"))?;
+    lock_down(config.seccomp)?;
+    Err(run(&config.command, &config.env, &config.cwd))
+}
+
+/// Switches to root of the new user namespace (host ids are unmapped).
+fn become_root() -> Result<(), InitError> {
+    let root_gid = rustix::process::Gid::ROOT;
+    let root_uid = rustix::process::Uid::ROOT;
+    errno(
+        || "cannot become root in the user namespace".into(),
+        rustix::thread::set_thread_res_gid(root_gid, root_gid, root_gid),
+    )?;
+    errno(
+        || "cannot become root in the user namespace".into(),
+        rustix::thread::set_thread_res_uid(root_uid, root_uid, root_uid),
+    )
+}
+
+/// Hides the `/proc` entries that expose the host's kernel, and makes the
+/// kernel's tunables read-only, as container runtimes do.
+fn mask_proc(proc: &Path, null: &Path) -> Result<(), InitError> {
+    for name in [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "sysrq-trigger",
+    ] {
+        let path = proc.join(name);
+        if path.exists() {
+            errno(
+                || format!("cannot mask /proc/{name}"),
+                rustix::mount::mount_bind(null, &path),
+            )?;
+        }
+    }
+    for name in ["sys", "bus", "irq", "fs"] {
+        let path = proc.join(name);
+        if !path.is_dir() {
+            continue;
+        }
+        errno(
+            || format!("cannot protect /proc/{name}"),
+            rustix::mount::mount_bind_recursive(&path, &path),
+        )?;
+        errno(
+            || format!("cannot make /proc/{name} read-only"),
+            rustix::mount::mount_remount(
+                &path,
+                MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                "",
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Drops capabilities, forbids gaining privileges, installs the filter.
+fn lock_down(with_seccomp: bool) -> Result<(), InitError> {
+    let keep: u64 = KEPT_CAPABILITIES
+        .iter()
+        .fold(0, |bits, cap| bits | (1 << cap));
+    step(
+        || "cannot drop capabilities".into(),
+        sys::drop_bounding_set(keep),
+    )?;
+    let kept = CapabilitySet::from_bits_truncate(keep);
+    let current = errno(
+        || "cannot read capabilities".into(),
+        rustix::thread::capabilities(None),
+    )?;
+    errno(
+        || "cannot drop capabilities".into(),
+        rustix::thread::set_capabilities(
+            None,
+            CapabilitySets {
+                effective: current.effective & kept,
+                permitted: current.permitted & kept,
+                inheritable: current.inheritable & kept,
+            },
+        ),
+    )?;
+    errno(
+        || "cannot set no_new_privs".into(),
+        rustix::thread::set_no_new_privs(true),
+    )?;
+    if with_seccomp {
+        seccomp::install_default()?;
+    }
+    Ok(())
+}
+
+fn run(argv: &[String], env: &[(String, String)], cwd: &str) -> InitError {
+    let Some((program, args)) = argv.split_first() else {
+        return InitError::Usage;
+    };
+    if let Err(source) = std::env::set_current_dir(cwd) {
+        return InitError::Step {
+            step: format!("cannot enter `{cwd}`"),
+            source,
+        };
+    }
+    let source = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .exec();
+    InitError::Step {
+        step: format!("cannot run `{program}`"),
+        source,
+    }
+}
+
+/// `exec`: see the module documentation.
+pub fn exec(config: &InitConfig, pid: u32, cwd: &str, argv: &[String]) -> Result<i32, InitError> {
+    // A pidfd pins the process: if PID 1 died and its number was reused,
+    // the namespaces joined below could only be the reuser's, so the
+    // caller checks the process's start time before calling this.
+    join_cgroups(&config.cgroups)?;
+    let pidfd = errno(
+        || format!("workspace init {pid} is gone"),
+        rustix::process::pidfd_open(pid_of(pid), rustix::process::PidfdFlags::empty()),
+    )?;
+    let mut flags = rustix::thread::ThreadNameSpaceType::MOUNT
+        | rustix::thread::ThreadNameSpaceType::PROCESS_ID
+        | rustix::thread::ThreadNameSpaceType::HOST_NAME_AND_NIS_DOMAIN_NAME
+        | rustix::thread::ThreadNameSpaceType::INTER_PROCESS_COMMUNICATION
+        | rustix::thread::ThreadNameSpaceType::CONTROL_GROUP;
+    if config.id_map.is_some() {
+        flags |= rustix::thread::ThreadNameSpaceType::USER;
+    }
+    if config.private_network {
+        flags |= rustix::thread::ThreadNameSpaceType::NETWORK;
+    }
+    errno(
+        || format!("cannot enter the namespaces of workspace init {pid}"),
+        rustix::thread::move_into_thread_name_spaces(std::os::fd::AsFd::as_fd(&pidfd), flags),
+    )?;
+    drop(pidfd);
+    if config.id_map.is_some() {
+        become_root()?;
+    }
+    // Joining a PID namespace applies to children only.
+    match step(|| "cannot fork".into(), sys::fork())? {
+        Some(child) => wait(child),
+        None => {
+            let error = match lock_down(config.seccomp) {
+                Ok(()) => run(argv, &config.env, cwd),
+                Err(error) => error,
+            };
+            eprintln!("berth-sandbox-init: {error}");
+            std::process::exit(126);
+        }
+    }
+}
+
+/// `reap`: waits for children forever (orphans are re-parented to PID 1).
+fn reap() -> Result<i32, InitError> {
+    loop {
+        if let Err(rustix::io::Errno::CHILD) =
+            rustix::process::wait(rustix::process::WaitOptions::empty())
+        {
+            // Nothing to reap yet; SIGCHLD cannot wake a pause() without a
+            // handler, so look again a second later.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
