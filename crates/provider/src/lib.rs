@@ -1,0 +1,476 @@
+//! berth's service layer. Every front end (the CLI, the HTTP API, later NATS)
+//! is a thin translation over [`Provider`]: it owns the registry, the git
+//! credentials and the runtimes, provisions workspaces through the cache,
+//! and runs their operations.
+
+mod error;
+mod provision;
+
+pub use error::ServiceError;
+pub use provision::Progress;
+
+use berth_core::{
+    ExecRequest, ExecStream, FileEntry, Isolation, Runtime, Spec, Workspace, WorkspaceId,
+    WorkspacePath, WorkspaceState,
+};
+use berth_git::{Credentials, Git};
+use berth_store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+/// Bytes kept per output stream of a command when the request sets no limit.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
+
+/// How a provider is set up.
+pub struct ProviderConfig {
+    /// berth's state directory: registry, credentials, runtimes' files.
+    pub home: PathBuf,
+    /// The runtime used when neither the spec nor the request names one
+    /// (from `BERTH_RUNTIME`).
+    pub default_runtime: Option<String>,
+    /// Bytes kept per output stream when a request sets no limit.
+    pub output_limit: u64,
+    pub runtimes: Vec<Arc<dyn Runtime>>,
+}
+
+impl ProviderConfig {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        ProviderConfig {
+            home: home.into(),
+            default_runtime: None,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+            runtimes: Vec::new(),
+        }
+    }
+
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtimes.push(runtime);
+        self
+    }
+}
+
+/// Options of a new workspace beyond its spec.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateOptions {
+    /// Overrides the spec's runtime.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Overrides the spec's name; an explicit name must be free.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A runtime and whether it can be used here.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RuntimeStatus {
+    pub name: String,
+    pub description: String,
+    pub available: bool,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A workspace with the isolation actually in force.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceDetails {
+    #[serde(flatten)]
+    pub workspace: Workspace,
+    pub isolation: Isolation,
+}
+
+/// What fetching one repository did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FetchResult {
+    pub path: String,
+    pub previous: String,
+    pub commit: String,
+    pub updated: bool,
+}
+
+/// The service layer. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    home: PathBuf,
+    store: Store,
+    git: Git,
+    runtimes: BTreeMap<&'static str, Arc<dyn Runtime>>,
+    default_runtime: Option<String>,
+    output_limit: u64,
+}
+
+impl Provider {
+    /// Opens the registry in `config.home` and settles what a previous
+    /// process left behind: interrupted provisions are cleaned and marked
+    /// failed, workspaces whose runtime state vanished are marked failed.
+    pub async fn open(config: ProviderConfig) -> Result<Provider, ServiceError> {
+        std::fs::create_dir_all(&config.home).map_err(|e| ServiceError::InvalidRequest {
+            field: "BERTH_HOME".into(),
+            message: format!("cannot create {}: {e}", config.home.display()),
+        })?;
+        let store = Store::open(&config.home)?;
+        let credentials = Credentials::load(&config.home).map_err(|source| ServiceError::Git {
+            id: "-".into(),
+            source,
+        })?;
+        let provider = Provider {
+            inner: Arc::new(Inner {
+                home: config.home,
+                store,
+                git: Git::new(credentials),
+                runtimes: config.runtimes.into_iter().map(|r| (r.name(), r)).collect(),
+                default_runtime: config.default_runtime,
+                output_limit: config.output_limit,
+            }),
+        };
+        provider.recover().await?;
+        Ok(provider)
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn git(&self) -> &Git {
+        &self.inner.git
+    }
+
+    /// The runtimes this provider knows, and whether each works here.
+    pub async fn runtimes(&self) -> Vec<RuntimeStatus> {
+        let mut statuses = Vec::new();
+        for runtime in self.inner.runtimes.values() {
+            let reason = runtime.available().await.err();
+            statuses.push(RuntimeStatus {
+                name: runtime.name().into(),
+                description: runtime.description().into(),
+                available: reason.is_none(),
+                reason,
+            });
+        }
+        statuses
+    }
+
+    async fn available_runtimes(&self) -> String {
+        let names: Vec<String> = self
+            .runtimes()
+            .await
+            .into_iter()
+            .filter(|r| r.available)
+            .map(|r| r.name)
+            .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// Chooses the runtime: the request's, else the spec's, else the default.
+    /// Never guessed.
+    pub(crate) async fn choose_runtime(
+        &self,
+        spec: &Spec,
+        options: &CreateOptions,
+    ) -> Result<Arc<dyn Runtime>, ServiceError> {
+        let name = options
+            .runtime
+            .as_ref()
+            .or(spec.runtime.as_ref())
+            .or(self.inner.default_runtime.as_ref());
+        let Some(name) = name else {
+            return Err(ServiceError::NoRuntime {
+                available: self.available_runtimes().await,
+            });
+        };
+        let runtime =
+            self.inner
+                .runtimes
+                .get(name.as_str())
+                .ok_or_else(|| ServiceError::UnknownRuntime {
+                    name: name.clone(),
+                    available: String::new(),
+                });
+        let runtime = match runtime {
+            Ok(runtime) => runtime.clone(),
+            Err(_) => {
+                return Err(ServiceError::UnknownRuntime {
+                    name: name.clone(),
+                    available: self.available_runtimes().await,
+                });
+            }
+        };
+        runtime
+            .available()
+            .await
+            .map_err(|reason| ServiceError::RuntimeUnavailable {
+                name: name.clone(),
+                reason,
+            })?;
+        Ok(runtime)
+    }
+
+    pub(crate) fn runtime_of(&self, ws: &Workspace) -> Result<Arc<dyn Runtime>, ServiceError> {
+        self.inner
+            .runtimes
+            .get(ws.runtime.as_str())
+            .cloned()
+            .ok_or_else(|| ServiceError::RuntimeUnavailable {
+                name: ws.runtime.clone(),
+                reason: "this provider was started without it".into(),
+            })
+    }
+
+    /// Every workspace, oldest first; removed ones only when asked.
+    pub fn list(&self, include_removed: bool) -> Result<Vec<Workspace>, ServiceError> {
+        Ok(self.store().list(include_removed)?)
+    }
+
+    /// A workspace by id, unique id prefix, or name.
+    pub fn get(&self, id: &str) -> Result<Workspace, ServiceError> {
+        Ok(self.store().resolve(id)?)
+    }
+
+    /// A workspace with the isolation in force.
+    pub fn describe(&self, id: &str) -> Result<WorkspaceDetails, ServiceError> {
+        let workspace = self.get(id)?;
+        let isolation = self.runtime_of(&workspace)?.isolation(&workspace);
+        Ok(WorkspaceDetails {
+            workspace,
+            isolation,
+        })
+    }
+
+    /// Starts a stopped workspace; starting a running one does nothing.
+    pub async fn start(&self, id: &str) -> Result<Workspace, ServiceError> {
+        let ws = self.get(id)?;
+        match ws.state {
+            WorkspaceState::Running => return Ok(ws),
+            WorkspaceState::Stopped => {}
+            state => {
+                return Err(ServiceError::WrongState {
+                    id: ws.id.to_string(),
+                    state,
+                    hint: "only a stopped workspace can be started",
+                });
+            }
+        }
+        let runtime = self.runtime_of(&ws)?;
+        let info = runtime
+            .start(&ws)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        self.store().set_runtime_info(&ws.id, &info)?;
+        Ok(self
+            .store()
+            .set_state(&ws.id, WorkspaceState::Running, None)?)
+    }
+
+    /// Stops a running workspace, keeping its files.
+    pub async fn stop(&self, id: &str) -> Result<Workspace, ServiceError> {
+        let ws = self.get(id)?;
+        match ws.state {
+            WorkspaceState::Stopped => return Ok(ws),
+            WorkspaceState::Running => {}
+            state => {
+                return Err(ServiceError::WrongState {
+                    id: ws.id.to_string(),
+                    state,
+                    hint: "only a running workspace can be stopped",
+                });
+            }
+        }
+        let runtime = self.runtime_of(&ws)?;
+        runtime
+            .stop(&ws)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        Ok(self
+            .store()
+            .set_state(&ws.id, WorkspaceState::Stopped, None)?)
+    }
+
+    /// Removes a workspace and everything in it; the record stays, marked
+    /// removed.
+    pub async fn remove(&self, id: &str) -> Result<Workspace, ServiceError> {
+        let ws = self.get(id)?;
+        if ws.state == WorkspaceState::Removed {
+            return Ok(ws);
+        }
+        let orphaned = || -> Result<bool, ServiceError> {
+            Ok(self
+                .store()
+                .orphaned_provisions()?
+                .iter()
+                .any(|o| o.id == ws.id))
+        };
+        if ws.state == WorkspaceState::Creating && !orphaned()? {
+            return Err(ServiceError::WrongState {
+                id: ws.id.to_string(),
+                state: ws.state,
+                hint: "it is still being provisioned",
+            });
+        }
+        let runtime = self.runtime_of(&ws)?;
+        runtime
+            .remove(&ws)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        Ok(self
+            .store()
+            .set_state(&ws.id, WorkspaceState::Removed, None)?)
+    }
+
+    fn running(&self, id: &str) -> Result<(Workspace, Arc<dyn Runtime>), ServiceError> {
+        let ws = self.get(id)?;
+        if ws.state != WorkspaceState::Running {
+            return Err(ServiceError::WrongState {
+                id: ws.id.to_string(),
+                state: ws.state,
+                hint: "start it first",
+            });
+        }
+        let runtime = self.runtime_of(&ws)?;
+        Ok((ws, runtime))
+    }
+
+    /// Runs a command in a running workspace. The spec's exec timeout and
+    /// the provider's output limit apply when the request sets none.
+    pub async fn exec(
+        &self,
+        id: &str,
+        mut request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<(WorkspaceId, ExecStream), ServiceError> {
+        let (ws, runtime) = self.running(id)?;
+        if let Some(cwd) = &request.cwd {
+            WorkspacePath::parse(cwd)?;
+        }
+        if request
+            .command
+            .to_argv()
+            .first()
+            .is_none_or(|p| p.is_empty())
+        {
+            return Err(ServiceError::InvalidRequest {
+                field: "command".into(),
+                message: "expected a command to run".into(),
+            });
+        }
+        if request.timeout_ms.is_none() {
+            request.timeout_ms = ws.spec.timeouts.exec.map(|secs| secs * 1000);
+        }
+        request.output_limit.get_or_insert(self.inner.output_limit);
+        let events = runtime
+            .exec(&ws, request, cancel)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        Ok((ws.id, events))
+    }
+
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, ServiceError> {
+        let (ws, runtime) = self.running(id)?;
+        let path = WorkspacePath::parse(path)?;
+        runtime
+            .read_file(&ws, &path)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    pub async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<(), ServiceError> {
+        let (ws, runtime) = self.running(id)?;
+        let path = WorkspacePath::parse(path)?;
+        if path.is_root() {
+            return Err(ServiceError::InvalidRequest {
+                field: "path".into(),
+                message: "expected a file path, found the workspace root".into(),
+            });
+        }
+        runtime
+            .write_file(&ws, &path, data)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    pub async fn list_files(&self, id: &str, dir: &str) -> Result<Vec<FileEntry>, ServiceError> {
+        let (ws, runtime) = self.running(id)?;
+        let dir = WorkspacePath::parse(dir)?;
+        runtime
+            .list_files(&ws, &dir)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    pub async fn remove_file(&self, id: &str, path: &str) -> Result<(), ServiceError> {
+        let (ws, runtime) = self.running(id)?;
+        let path = WorkspacePath::parse(path)?;
+        if path.is_root() {
+            return Err(ServiceError::InvalidRequest {
+                field: "path".into(),
+                message: "refusing to remove the workspace root; remove the workspace instead"
+                    .into(),
+            });
+        }
+        runtime
+            .remove_file(&ws, &path)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    /// Settles what an earlier process left: see [`Provider::open`].
+    async fn recover(&self) -> Result<(), ServiceError> {
+        for ws in self.store().orphaned_provisions()? {
+            tracing::warn!(id = %ws.id, "cleaning an interrupted provision");
+            if let Ok(runtime) = self.runtime_of(&ws)
+                && let Err(e) = runtime.remove(&ws).await
+            {
+                tracing::warn!(id = %ws.id, error = %e, "could not clean an interrupted provision");
+            }
+            let _ = tokio::fs::remove_dir_all(provision::staging_dir(self.home(), &ws.id)).await;
+            let pid = ws
+                .owner_pid
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default();
+            self.store().set_state(
+                &ws.id,
+                WorkspaceState::Failed,
+                Some(&format!(
+                    "provisioning was interrupted: the process provisioning it{pid} ended"
+                )),
+            )?;
+            self.store().set_owner(&ws.id, None)?;
+        }
+        for ws in self.store().list(false)? {
+            if !matches!(ws.state, WorkspaceState::Running | WorkspaceState::Stopped) {
+                continue;
+            }
+            let Ok(runtime) = self.runtime_of(&ws) else {
+                continue;
+            };
+            if let Ok(false) = runtime.exists(&ws).await {
+                self.store().set_state(
+                    &ws.id,
+                    WorkspaceState::Failed,
+                    Some("its runtime state is gone: it was removed outside berth"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

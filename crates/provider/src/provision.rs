@@ -1,0 +1,470 @@
+//! Provisioning: from a spec to a running workspace, through the cache.
+//!
+//! On a cache miss the repositories are cloned on the provider side (where
+//! the credentials are), moved into the workspace, the setup script runs
+//! inside the runtime, and the result is saved under the spec's cache key.
+//! On a hit the workspace starts from the cached state and fetches whatever
+//! moved upstream. Progress is reported as [`ProvisionEvent`]s; a failure
+//! leaves the workspace `failed` with the failing step's output tail.
+
+use crate::error::step_name;
+use crate::{CreateOptions, FetchResult, Provider, ServiceError};
+use berth_core::events::ProvisionStep;
+use berth_core::{
+    ExecEvent, ExecRequest, ProvisionEvent, Runtime, Spec, Stream, Workspace, WorkspaceId,
+    WorkspaceState, now_ms,
+};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Lines of a failing step's output kept in the workspace's error.
+const TAIL_LINES: usize = 20;
+
+/// Where provisioning events go: a channel, or nowhere.
+#[derive(Clone, Default)]
+pub struct Progress(Option<mpsc::Sender<ProvisionEvent>>);
+
+impl Progress {
+    pub fn none() -> Self {
+        Progress(None)
+    }
+
+    pub fn to(sender: mpsc::Sender<ProvisionEvent>) -> Self {
+        Progress(Some(sender))
+    }
+
+    async fn send(&self, event: ProvisionEvent) {
+        // A receiver that went away does not stop provisioning.
+        if let Some(sender) = &self.0 {
+            let _ = sender.send(event).await;
+        }
+    }
+}
+
+/// Where clones are prepared before they move into a workspace.
+pub(crate) fn staging_dir(home: &Path, id: &WorkspaceId) -> PathBuf {
+    home.join("staging").join(id.as_str())
+}
+
+fn log_path(home: &Path, id: &WorkspaceId) -> PathBuf {
+    home.join("logs").join(format!("{id}.setup.log"))
+}
+
+/// A provisioning step that failed.
+struct Failure {
+    step: ProvisionStep,
+    message: String,
+    output_tail: String,
+}
+
+impl Failure {
+    fn new(step: ProvisionStep, message: impl ToString) -> Self {
+        Failure {
+            step,
+            message: message.to_string(),
+            output_tail: String::new(),
+        }
+    }
+}
+
+/// The last lines of a stream of output.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    partial: String,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        for c in String::from_utf8_lossy(data).chars() {
+            if c == '\n' {
+                self.lines.push_back(std::mem::take(&mut self.partial));
+                if self.lines.len() > TAIL_LINES {
+                    self.lines.pop_front();
+                }
+            } else {
+                self.partial.push(c);
+            }
+        }
+    }
+
+    fn text(mut self) -> String {
+        if !self.partial.is_empty() {
+            self.lines.push_back(self.partial);
+            if self.lines.len() > TAIL_LINES {
+                self.lines.pop_front();
+            }
+        }
+        Vec::from(self.lines).join("\n")
+    }
+}
+
+impl Provider {
+    /// Provisions and starts a workspace from a spec.
+    pub async fn create(
+        &self,
+        spec: Spec,
+        options: CreateOptions,
+        progress: Progress,
+    ) -> Result<Workspace, ServiceError> {
+        spec.validate()?;
+        if let Some(name) = &options.name {
+            Spec {
+                name: Some(name.clone()),
+                ..Spec::default()
+            }
+            .validate()?;
+        }
+        let runtime = self.choose_runtime(&spec, &options).await?;
+        for (i, repo) in spec.repositories.iter().enumerate() {
+            if let Some(credential) = &repo.credential
+                && self.git().credentials().get(credential).is_none()
+            {
+                return Err(ServiceError::InvalidRequest {
+                    field: format!("repositories[{i}].credential"),
+                    message: format!("no credential named `{credential}` is configured"),
+                });
+            }
+        }
+        let ws = self.register(spec, &options, runtime.name())?;
+        progress
+            .send(ProvisionEvent::Created {
+                id: ws.id.clone(),
+                name: ws.name.clone(),
+            })
+            .await;
+        match self.provision(ws.clone(), &runtime, &progress).await {
+            Ok(ws) => {
+                progress
+                    .send(ProvisionEvent::Ready { id: ws.id.clone() })
+                    .await;
+                Ok(ws)
+            }
+            Err(failure) => {
+                let error = if failure.output_tail.is_empty() {
+                    failure.message.clone()
+                } else {
+                    format!("{}\n{}", failure.message, failure.output_tail)
+                };
+                self.store()
+                    .set_state(&ws.id, WorkspaceState::Failed, Some(&error))?;
+                self.store().set_owner(&ws.id, None)?;
+                let _ = tokio::fs::remove_dir_all(staging_dir(self.home(), &ws.id)).await;
+                progress
+                    .send(ProvisionEvent::Failed {
+                        step: failure.step,
+                        message: failure.message.clone(),
+                        output_tail: failure.output_tail,
+                    })
+                    .await;
+                Err(ServiceError::ProvisionFailed {
+                    id: ws.id.to_string(),
+                    step: step_name(failure.step),
+                    message: failure.message,
+                })
+            }
+        }
+    }
+
+    /// Records the new workspace as `creating`, owned by this process. A
+    /// name from the spec gets a numeric suffix when taken; an explicit name
+    /// must be free.
+    fn register(
+        &self,
+        spec: Spec,
+        options: &CreateOptions,
+        runtime: &str,
+    ) -> Result<Workspace, ServiceError> {
+        let id = WorkspaceId::generate();
+        let now = now_ms();
+        let base_name = options
+            .name
+            .clone()
+            .or_else(|| spec.name.clone())
+            .unwrap_or_else(|| format!("ws-{}", &id.as_str()[id.as_str().len() - 6..]));
+        let mut ws = Workspace {
+            id,
+            name: base_name.clone(),
+            runtime: runtime.into(),
+            spec,
+            state: WorkspaceState::Creating,
+            runtime_info: serde_json::Value::Null,
+            cache_key: None,
+            error: None,
+            owner_pid: Some(std::process::id()),
+            created_at: now,
+            updated_at: now,
+        };
+        for suffix in 2.. {
+            match self.store().insert_workspace(&ws) {
+                Ok(()) => return Ok(ws),
+                Err(berth_store::StoreError::AlreadyExists(_)) if options.name.is_none() => {
+                    ws.name = format!("{base_name}-{suffix}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the suffixes never run out")
+    }
+
+    async fn provision(
+        &self,
+        mut ws: Workspace,
+        runtime: &Arc<dyn Runtime>,
+        progress: &Progress,
+    ) -> Result<Workspace, Failure> {
+        let key = ws.spec.cache_key(runtime.name());
+        let cached =
+            matches!(self.store().cache_entry(&key), Ok(Some(_))) && runtime.has_cache(&key).await;
+        let store_err = |e: berth_store::StoreError| Failure::new(ProvisionStep::Create, e);
+
+        if cached {
+            progress
+                .send(ProvisionEvent::CacheHit { key: key.clone() })
+                .await;
+            ws.runtime_info = runtime
+                .create(&ws, Some(&key))
+                .await
+                .map_err(|e| Failure::new(ProvisionStep::Create, e))?;
+            self.store()
+                .set_runtime_info(&ws.id, &ws.runtime_info)
+                .map_err(store_err)?;
+            self.start_runtime(&mut ws, runtime).await?;
+            self.fetch_into(&ws, runtime, progress)
+                .await
+                .map_err(|e| Failure::new(ProvisionStep::Fetch, e))?;
+            let _ = self.store().touch_cache_entry(&key);
+        } else {
+            progress
+                .send(ProvisionEvent::CacheMiss { key: key.clone() })
+                .await;
+            ws.runtime_info = runtime
+                .create(&ws, None)
+                .await
+                .map_err(|e| Failure::new(ProvisionStep::Create, e))?;
+            self.store()
+                .set_runtime_info(&ws.id, &ws.runtime_info)
+                .map_err(store_err)?;
+            self.clone_into(&ws, runtime, progress).await?;
+            self.start_runtime(&mut ws, runtime).await?;
+            if let Some(script) = ws.spec.setup_script.clone() {
+                self.run_setup(&ws, runtime, &script, progress).await?;
+            }
+            runtime
+                .save_cache(&ws, &key)
+                .await
+                .map_err(|e| Failure::new(ProvisionStep::Cache, e))?;
+            self.store()
+                .put_cache_entry(&berth_store::CacheEntry {
+                    key: key.clone(),
+                    runtime: runtime.name().into(),
+                    created_at: now_ms(),
+                    last_used_at: now_ms(),
+                    info: serde_json::json!({ "workspace": ws.id }),
+                })
+                .map_err(|e| Failure::new(ProvisionStep::Cache, e))?;
+            progress
+                .send(ProvisionEvent::Cached { key: key.clone() })
+                .await;
+        }
+        self.store()
+            .set_cache_key(&ws.id, Some(&key))
+            .map_err(store_err)?;
+        self.store().set_owner(&ws.id, None).map_err(store_err)?;
+        self.store()
+            .set_state(&ws.id, WorkspaceState::Running, None)
+            .map_err(store_err)
+    }
+
+    async fn start_runtime(
+        &self,
+        ws: &mut Workspace,
+        runtime: &Arc<dyn Runtime>,
+    ) -> Result<(), Failure> {
+        ws.runtime_info = runtime
+            .start(ws)
+            .await
+            .map_err(|e| Failure::new(ProvisionStep::Start, e))?;
+        self.store()
+            .set_runtime_info(&ws.id, &ws.runtime_info)
+            .map(drop)
+            .map_err(|e| Failure::new(ProvisionStep::Start, e))
+    }
+
+    async fn clone_into(
+        &self,
+        ws: &Workspace,
+        runtime: &Arc<dyn Runtime>,
+        progress: &Progress,
+    ) -> Result<(), Failure> {
+        let staging = staging_dir(self.home(), &ws.id);
+        let total = ws.spec.repositories.len();
+        for (index, repo) in ws.spec.repositories.iter().enumerate() {
+            progress
+                .send(ProvisionEvent::Cloning {
+                    repository: repo.url.clone(),
+                    path: repo.path.to_string(),
+                    index,
+                    total,
+                })
+                .await;
+            let dest = staging.join(index.to_string());
+            let commit = self
+                .git()
+                .clone(repo, &dest)
+                .await
+                .map_err(|e| Failure::new(ProvisionStep::Clone, e))?;
+            runtime
+                .import(ws, &dest, &repo.path)
+                .await
+                .map_err(|e| Failure::new(ProvisionStep::Clone, e))?;
+            progress
+                .send(ProvisionEvent::Cloned {
+                    repository: repo.url.clone(),
+                    path: repo.path.to_string(),
+                    commit,
+                })
+                .await;
+        }
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        Ok(())
+    }
+
+    async fn run_setup(
+        &self,
+        ws: &Workspace,
+        runtime: &Arc<dyn Runtime>,
+        script: &str,
+        progress: &Progress,
+    ) -> Result<(), Failure> {
+        let fail = |e: &dyn std::fmt::Display| Failure::new(ProvisionStep::Setup, e);
+        progress.send(ProvisionEvent::SetupStarted).await;
+        let log_file = log_path(self.home(), &ws.id);
+        if let Some(dir) = log_file.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| fail(&e))?;
+        }
+        let mut log = tokio::fs::File::create(&log_file)
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut request = ExecRequest::shell(script);
+        request.timeout_ms = ws.spec.timeouts.setup.map(|secs| secs * 1000);
+        let mut events = runtime
+            .exec(ws, request, CancellationToken::new())
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut tail = Tail::default();
+        let mut status = None;
+        while let Some(event) = events.recv().await {
+            let (stream, data) = match event {
+                ExecEvent::Stdout { data } => (Stream::Stdout, data),
+                ExecEvent::Stderr { data } => (Stream::Stderr, data),
+                ExecEvent::Exit(exit) => {
+                    status = Some(exit);
+                    continue;
+                }
+            };
+            tail.push(&data.0);
+            let _ = log.write_all(&data.0).await;
+            progress
+                .send(ProvisionEvent::SetupOutput { stream, data })
+                .await;
+        }
+        let _ = log.flush().await;
+        let status = status.unwrap_or_default();
+        progress
+            .send(ProvisionEvent::SetupFinished {
+                exit_code: status.shell_code(),
+            })
+            .await;
+        if status.success() {
+            return Ok(());
+        }
+        let message = if status.timed_out {
+            format!(
+                "the setup script ran past its timeout of {} s (log: {})",
+                ws.spec.timeouts.setup.unwrap_or_default(),
+                log_file.display()
+            )
+        } else {
+            format!(
+                "the setup script exited with code {} (log: {})",
+                status.shell_code(),
+                log_file.display()
+            )
+        };
+        Err(Failure {
+            step: ProvisionStep::Setup,
+            message,
+            output_tail: tail.text(),
+        })
+    }
+
+    /// Fetches upstream changes into every repository of a workspace.
+    pub async fn fetch(
+        &self,
+        id: &str,
+        progress: Progress,
+    ) -> Result<Vec<FetchResult>, ServiceError> {
+        let ws = self.get(id)?;
+        if !matches!(ws.state, WorkspaceState::Running | WorkspaceState::Stopped) {
+            return Err(ServiceError::WrongState {
+                id: ws.id.to_string(),
+                state: ws.state,
+                hint: "only a running or stopped workspace can fetch",
+            });
+        }
+        let runtime = self.runtime_of(&ws)?;
+        self.fetch_into(&ws, &runtime, &progress).await
+    }
+
+    async fn fetch_into(
+        &self,
+        ws: &Workspace,
+        runtime: &Arc<dyn Runtime>,
+        progress: &Progress,
+    ) -> Result<Vec<FetchResult>, ServiceError> {
+        let mut results = Vec::new();
+        if ws.spec.repositories.is_empty() {
+            return Ok(results);
+        }
+        let root = runtime
+            .host_path(ws)
+            .ok_or_else(|| ServiceError::RuntimeUnavailable {
+                name: runtime.name().into(),
+                reason: "fetching into its workspaces is not supported".into(),
+            })?;
+        for repo in &ws.spec.repositories {
+            progress
+                .send(ProvisionEvent::Fetching {
+                    path: repo.path.to_string(),
+                })
+                .await;
+            let outcome = self
+                .git()
+                .fetch(repo, &repo.path.under(&root))
+                .await
+                .map_err(|source| ServiceError::Git {
+                    id: ws.id.to_string(),
+                    source,
+                })?;
+            progress
+                .send(ProvisionEvent::Fetched {
+                    path: repo.path.to_string(),
+                    commit: outcome.commit.clone(),
+                    updated: outcome.updated,
+                })
+                .await;
+            results.push(FetchResult {
+                path: repo.path.to_string(),
+                previous: outcome.previous,
+                commit: outcome.commit,
+                updated: outcome.updated,
+            });
+        }
+        Ok(results)
+    }
+}
