@@ -33,7 +33,7 @@
 //! | `write_file` (payload) | `done` | |
 //! | `list_dir`, `stat` | `entries` / `entry` | |
 //! | `remove`, `mkdir`, `rename` | `done` | |
-//! | `watch` | `changed`* until cancelled, then `done` | `cancel` |
+//! | `watch` | `ready`, `changed`* until cancelled, then `done` | `cancel` |
 //! | `info` | `info` | |
 
 use crate::Command;
@@ -204,6 +204,8 @@ pub enum AgentMessage {
     Entries { entries: Vec<FileEntry> },
     /// What a stat found. Final.
     Entry { entry: FileEntry },
+    /// A watch is armed: changes from now on are reported.
+    Ready,
     /// A change seen by a watch.
     Changed { event: WatchEvent },
     /// The agent's info. Final.
@@ -221,6 +223,7 @@ impl AgentMessage {
             AgentMessage::Hello { .. }
             | AgentMessage::Started { .. }
             | AgentMessage::Output { .. }
+            | AgentMessage::Ready
             | AgentMessage::Changed { .. } => false,
             AgentMessage::Data { last } => *last,
             AgentMessage::Exit(_)
@@ -236,6 +239,16 @@ impl AgentMessage {
         AgentMessage::Error(ErrorBody {
             code,
             message: message.into(),
+            path: None,
+        })
+    }
+
+    /// An error about a workspace path, which the client can show alone.
+    pub fn path_error(code: ErrorCode, path: &WorkspacePath, message: impl Into<String>) -> Self {
+        AgentMessage::Error(ErrorBody {
+            code,
+            message: message.into(),
+            path: Some(path.to_string()),
         })
     }
 }
@@ -245,6 +258,9 @@ impl AgentMessage {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// The workspace path the error is about, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl fmt::Display for ErrorBody {

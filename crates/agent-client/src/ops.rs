@@ -1,0 +1,499 @@
+//! The operations: each sends its first frame under a fresh id and reads
+//! the agent's frames for that id until the final one.
+
+use crate::{AgentClient, ClientError};
+use berth_proto::frame::MAX_PAYLOAD;
+use berth_proto::{
+    AgentInfo, AgentMessage, ClientMessage, ExecEvent, ExecRequest, ExitStatus, FileEntry, Frame,
+    SessionParams, Stream, TerminalParams, WatchEvent, WorkspacePath,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One operation's frames. Dropped before its final frame, it cancels the
+/// operation in the agent.
+#[derive(Debug)]
+pub(crate) struct Op {
+    client: AgentClient,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Frame<AgentMessage>>,
+    finished: bool,
+}
+
+impl Op {
+    pub(crate) fn new(
+        client: AgentClient,
+        id: u64,
+        rx: mpsc::UnboundedReceiver<Frame<AgentMessage>>,
+    ) -> Self {
+        Op {
+            client,
+            id,
+            rx,
+            finished: false,
+        }
+    }
+
+    /// The next frame; `Closed` when the connection is lost first.
+    async fn next(&mut self) -> Result<Frame<AgentMessage>, ClientError> {
+        let frame = self.rx.recv().await.ok_or(ClientError::Closed)?;
+        if frame.message.is_final() {
+            self.finished = true;
+        }
+        Ok(frame)
+    }
+
+    fn send(&self, message: ClientMessage, payload: &[u8]) -> Result<(), ClientError> {
+        self.client.send(self.id, &message, payload)
+    }
+
+    /// Waits for the final frame, failing on an error answer.
+    async fn answer(mut self) -> Result<Frame<AgentMessage>, ClientError> {
+        loop {
+            let frame = self.next().await?;
+            match frame.message {
+                AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
+                _ if frame.message.is_final() => return Ok(frame),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.client.send(self.id, &ClientMessage::Cancel, &[]);
+        }
+        self.client.forget(self.id);
+    }
+}
+
+/// Waits for the `started` answer and returns the pid.
+async fn started(op: &mut Op) -> Result<u32, ClientError> {
+    match op.next().await?.message {
+        AgentMessage::Started { pid } => Ok(pid),
+        AgentMessage::Error(body) => Err(ClientError::Agent(body)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(message: &AgentMessage) -> ClientError {
+    ClientError::Protocol(format!("{message:?}"))
+}
+
+/// A running command, session command or terminal.
+#[derive(Debug)]
+pub struct Process {
+    /// The process id in the workspace (none for a session command, which
+    /// runs inside the session's shell).
+    pub pid: Option<u32>,
+    /// Output as produced, then `Exit`. A terminal's output is `Stdout`.
+    pub events: mpsc::Receiver<ExecEvent>,
+    client: AgentClient,
+    id: u64,
+    cancel: CancellationToken,
+}
+
+impl Process {
+    /// Writes bytes to the command's stdin (or the terminal's input).
+    pub fn write(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        for chunk in bytes.chunks(MAX_PAYLOAD) {
+            self.client.send(self.id, &ClientMessage::Stdin, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Closes stdin (for a terminal: sends end-of-file, Ctrl-D).
+    pub fn close_stdin(&self) -> Result<(), ClientError> {
+        self.client.send(self.id, &ClientMessage::CloseStdin, &[])
+    }
+
+    /// Sends a signal to the process group (for a session command: to the
+    /// command, not the shell).
+    pub fn signal(&self, signal: i32) -> Result<(), ClientError> {
+        self.client
+            .send(self.id, &ClientMessage::Signal { signal }, &[])
+    }
+
+    /// Resizes a terminal.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.client
+            .send(self.id, &ClientMessage::Resize { rows, cols }, &[])
+    }
+
+    /// Ends the process tree; `events` still ends with `Exit`.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Reads every event to the end: stdout, stderr and the exit status.
+    pub async fn output(mut self) -> (Vec<u8>, Vec<u8>, ExitStatus) {
+        collect(&mut self.events).await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Reads an event stream to its end: stdout, stderr and the exit status.
+pub async fn collect(events: &mut mpsc::Receiver<ExecEvent>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    while let Some(event) = events.recv().await {
+        match event {
+            ExecEvent::Stdout { data } => stdout.extend_from_slice(&data.0),
+            ExecEvent::Stderr { data } => stderr.extend_from_slice(&data.0),
+            ExecEvent::Exit(status) => return (stdout, stderr, status),
+        }
+    }
+    (stdout, stderr, lost())
+}
+
+/// The exit reported when the agent went away before the command ended.
+fn lost() -> ExitStatus {
+    ExitStatus {
+        cancelled: true,
+        ..Default::default()
+    }
+}
+
+/// Forwards an operation's output frames as events until `Exit`; cancels
+/// it when `cancel` fires or the receiver is dropped.
+fn forward(
+    mut op: Op,
+    first: Option<Frame<AgentMessage>>,
+    cancel: CancellationToken,
+) -> mpsc::Receiver<ExecEvent> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut pending = first;
+        let mut cancelled = false;
+        loop {
+            let frame = match pending.take() {
+                Some(frame) => Ok(frame),
+                None => tokio::select! {
+                    frame = op.next() => frame,
+                    () = cancel.cancelled(), if !cancelled => {
+                        cancelled = true;
+                        let _ = op.send(ClientMessage::Cancel, &[]);
+                        continue;
+                    }
+                    () = tx.closed(), if !cancelled => {
+                        cancelled = true;
+                        let _ = op.send(ClientMessage::Cancel, &[]);
+                        continue;
+                    }
+                },
+            };
+            let event = match frame {
+                Ok(Frame {
+                    message: AgentMessage::Output { stream },
+                    payload,
+                    ..
+                }) => ExecEvent::output(stream, payload),
+                Ok(Frame {
+                    message: AgentMessage::Exit(status),
+                    ..
+                }) => {
+                    let _ = tx.send(ExecEvent::Exit(status)).await;
+                    return;
+                }
+                Ok(Frame {
+                    message: AgentMessage::Error(body),
+                    ..
+                }) => {
+                    let message = format!("{body}\n").into_bytes();
+                    let _ = tx.send(ExecEvent::output(Stream::Stderr, message)).await;
+                    let _ = tx.send(ExecEvent::Exit(lost())).await;
+                    return;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = tx.send(ExecEvent::Exit(lost())).await;
+                    return;
+                }
+            };
+            if tx.send(event).await.is_err() && !cancelled {
+                cancelled = true;
+                let _ = op.send(ClientMessage::Cancel, &[]);
+            }
+        }
+    });
+    rx
+}
+
+/// A persistent shell; closed when dropped.
+#[derive(Debug)]
+pub struct Session {
+    pub pid: u32,
+    client: AgentClient,
+    op: Op,
+}
+
+impl Session {
+    /// Starts a command in the session and streams its output. Commands
+    /// queue behind one another.
+    pub async fn start(
+        &self,
+        command: &str,
+        timeout_ms: Option<u64>,
+        output_limit: Option<u64>,
+    ) -> Result<Process, ClientError> {
+        let mut op = self.client.start(
+            ClientMessage::RunInSession {
+                session: self.op.id,
+                command: command.into(),
+                timeout_ms,
+                output_limit,
+            },
+            Vec::new(),
+        )?;
+        let first = op.next().await?;
+        if let AgentMessage::Error(body) = first.message {
+            return Err(ClientError::Agent(body));
+        }
+        let id = op.id;
+        let cancel = CancellationToken::new();
+        Ok(Process {
+            pid: None,
+            events: forward(op, Some(first), cancel.clone()),
+            client: self.client.clone(),
+            id,
+            cancel,
+        })
+    }
+
+    /// Runs a command to its end: stdout, stderr and exit status.
+    pub async fn run(&self, command: &str) -> Result<(Vec<u8>, Vec<u8>, ExitStatus), ClientError> {
+        Ok(self.start(command, None, None).await?.output().await)
+    }
+
+    /// Closes the session, ending its shell; returns how the shell ended.
+    pub async fn close(mut self) -> Result<ExitStatus, ClientError> {
+        self.op.send(ClientMessage::Cancel, &[])?;
+        loop {
+            let frame = self.op.next().await?;
+            match frame.message {
+                AgentMessage::Exit(status) => return Ok(status),
+                AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Changes under a watched directory; the watch ends when dropped.
+#[derive(Debug)]
+pub struct Watch {
+    pub events: mpsc::Receiver<WatchEvent>,
+}
+
+/// A terminal is a process whose output is the terminal's.
+pub type Terminal = Process;
+
+/// Writes to a command's stdin.
+pub type Stdin = Process;
+
+impl AgentClient {
+    /// Runs a command: its events, ending with `Exit`. Cancelling the token
+    /// or dropping the receiver ends the command's process tree.
+    pub async fn exec(
+        &self,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<mpsc::Receiver<ExecEvent>, ClientError> {
+        let mut op = self.start(
+            ClientMessage::Exec {
+                request,
+                stream_stdin: false,
+            },
+            Vec::new(),
+        )?;
+        started(&mut op).await?;
+        Ok(forward(op, None, cancel))
+    }
+
+    /// Starts a command whose stdin stays open for [`Process::write`]
+    /// until [`Process::close_stdin`] (when `stream_stdin`).
+    pub async fn spawn(
+        &self,
+        request: ExecRequest,
+        stream_stdin: bool,
+    ) -> Result<Process, ClientError> {
+        self.started(ClientMessage::Exec {
+            request,
+            stream_stdin,
+        })
+        .await
+    }
+
+    /// Opens a terminal running `params.command` (a shell by default).
+    pub async fn terminal(&self, params: TerminalParams) -> Result<Terminal, ClientError> {
+        self.started(ClientMessage::OpenTerminal(params)).await
+    }
+
+    async fn started(&self, message: ClientMessage) -> Result<Process, ClientError> {
+        let mut op = self.start(message, Vec::new())?;
+        let pid = started(&mut op).await?;
+        let id = op.id;
+        let cancel = CancellationToken::new();
+        Ok(Process {
+            pid: Some(pid),
+            events: forward(op, None, cancel.clone()),
+            client: self.clone(),
+            id,
+            cancel,
+        })
+    }
+
+    /// Opens a persistent shell session.
+    pub async fn session(&self, params: SessionParams) -> Result<Session, ClientError> {
+        let mut op = self.start(ClientMessage::OpenSession(params), Vec::new())?;
+        match op.next().await?.message {
+            AgentMessage::Started { pid } => Ok(Session {
+                pid,
+                client: self.clone(),
+                op,
+            }),
+            AgentMessage::Error(body) => Err(ClientError::Agent(body)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn read_file(&self, path: &WorkspacePath) -> Result<Vec<u8>, ClientError> {
+        let mut op = self.start(ClientMessage::ReadFile { path: path.clone() }, Vec::new())?;
+        let mut data = Vec::new();
+        loop {
+            let frame = op.next().await?;
+            match frame.message {
+                AgentMessage::Data { last } => {
+                    data.extend_from_slice(&frame.payload);
+                    if last {
+                        return Ok(data);
+                    }
+                }
+                AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Writes a file (in frames of at most the payload limit), creating
+    /// its parent directories. `mode` applies to a new file.
+    pub async fn write_file(
+        &self,
+        path: &WorkspacePath,
+        data: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let mut chunks = data.chunks(MAX_PAYLOAD).peekable();
+        let mut append = false;
+        loop {
+            let chunk = chunks.next().unwrap_or_default();
+            let message = ClientMessage::WriteFile {
+                path: path.clone(),
+                append,
+                mode,
+            };
+            self.done(message, chunk.to_vec()).await?;
+            append = true;
+            if chunks.peek().is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    pub async fn list_dir(&self, path: &WorkspacePath) -> Result<Vec<FileEntry>, ClientError> {
+        let op = self.start(ClientMessage::ListDir { path: path.clone() }, Vec::new())?;
+        match op.answer().await?.message {
+            AgentMessage::Entries { entries } => Ok(entries),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn stat(&self, path: &WorkspacePath) -> Result<FileEntry, ClientError> {
+        let op = self.start(ClientMessage::Stat { path: path.clone() }, Vec::new())?;
+        match op.answer().await?.message {
+            AgentMessage::Entry { entry } => Ok(entry),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes a file, or a directory with everything in it.
+    pub async fn remove(&self, path: &WorkspacePath) -> Result<(), ClientError> {
+        self.done(ClientMessage::Remove { path: path.clone() }, Vec::new())
+            .await
+    }
+
+    /// Creates a directory and any missing parents.
+    pub async fn mkdir(&self, path: &WorkspacePath) -> Result<(), ClientError> {
+        self.done(ClientMessage::Mkdir { path: path.clone() }, Vec::new())
+            .await
+    }
+
+    pub async fn rename(
+        &self,
+        from: &WorkspacePath,
+        to: &WorkspacePath,
+    ) -> Result<(), ClientError> {
+        let message = ClientMessage::Rename {
+            from: from.clone(),
+            to: to.clone(),
+        };
+        self.done(message, Vec::new()).await
+    }
+
+    async fn done(&self, message: ClientMessage, payload: Vec<u8>) -> Result<(), ClientError> {
+        match self.start(message, payload)?.answer().await?.message {
+            AgentMessage::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Streams changes under `path` until the returned watch is dropped.
+    pub async fn watch(&self, path: &WorkspacePath, recursive: bool) -> Result<Watch, ClientError> {
+        let mut op = self.start(
+            ClientMessage::Watch {
+                path: path.clone(),
+                recursive,
+            },
+            Vec::new(),
+        )?;
+        // Changes made once this returns are reported.
+        match op.next().await?.message {
+            AgentMessage::Ready => {}
+            AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
+            other => return Err(unexpected(&other)),
+        }
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    frame = op.next() => match frame {
+                        Ok(Frame { message: AgentMessage::Changed { event }, .. }) => {
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Watch { events: rx })
+    }
+
+    /// The agent's version, interpreters and resource use; with `detect`,
+    /// interpreters are probed again first.
+    pub async fn info(&self, detect: bool) -> Result<AgentInfo, ClientError> {
+        let op = self.start(ClientMessage::Info { detect }, Vec::new())?;
+        match op.answer().await?.message {
+            AgentMessage::Info { info } => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

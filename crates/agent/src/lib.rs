@@ -1,0 +1,231 @@
+//! `berth-agent`: the one static program that serves every isolated berth
+//! workspace. It runs as the workspace's PID 1 in any Linux image — one
+//! with only a static busybox, a Debian root, or no shell at all — and
+//! speaks the agent protocol (see `berth-proto`) on a unix socket.
+//!
+//! # Contract with the runtime that starts it
+//!
+//! - **Command line**: `berth-agent --socket PATH [--root DIR]
+//!   [--hints FILE] [--grace-ms N]`. The socket's directory is one the
+//!   runtime bind-mounts from the host; the agent removes a stale socket
+//!   file at `PATH` and creates the socket with mode 0600 (the provider
+//!   runs as the same user or as root). `--root` (default `/workspace`,
+//!   created when missing) is what command working directories and file
+//!   paths are relative to. `--grace-ms` (default 2000) is the time between
+//!   SIGTERM and SIGKILL whenever commands must end.
+//! - **Environment of commands**: the agent's own environment (for a
+//!   container, the image's), minus variables starting with
+//!   `BERTH_AGENT_`, with `PATH` set to
+//!   `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` and
+//!   `HOME` to `/root` (or, for a non-root agent, the workspace root) when
+//!   the image sets none; then each request's variables. Terminals also
+//!   get `TERM=xterm-256color` unless given one. There is no user-database
+//!   lookup: the image may have none.
+//! - **Processes**: every command runs in its own process group (a
+//!   terminal in its own session); ending a command ends its whole group
+//!   with SIGTERM, the grace period, then SIGKILL. As PID 1 (or as a child
+//!   subreaper when run as an ordinary process) the agent reaps every
+//!   orphan; this reads `/proc`, which docker and the sandbox mount.
+//! - **SIGTERM** (or SIGINT) to the agent: it stops taking work, ends
+//!   every running command, session and terminal (SIGTERM, grace, SIGKILL;
+//!   as PID 1 also every other process of the workspace), delivers their
+//!   last frames, and exits 0.
+//! - **Interpreter detection**: at start and on request, `python`,
+//!   `node`, `ruby`, `go`, `java`, `perl`, `r`, `bash` and `sh` are looked
+//!   up on `PATH` and probed for their version, each with a short timeout
+//!   and a minimal environment (`PATH`, `HOME`, `LANG=C`). The hints file
+//!   (see [`detect`]) adds or overrides entries.
+//!
+//! The agent runs on a current-thread tokio runtime: it is small, and the
+//! reaper's correctness relies on it (see [`reaper`]).
+
+pub mod args;
+pub mod detect;
+pub mod env;
+mod exec;
+mod fdio;
+mod files;
+mod info;
+pub mod procfs;
+pub mod reaper;
+mod server;
+mod session;
+mod spawn;
+mod terminal;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The agent's version, reported in the handshake and in info.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything the operations share.
+#[derive(Debug)]
+pub struct Agent {
+    pub root: PathBuf,
+    pub env: env::BaseEnv,
+    pub grace: Duration,
+    pub reaper: reaper::Reaper,
+    pub detector: detect::Detector,
+    pub started: Instant,
+    /// Cancelled when the agent is asked to stop.
+    pub shutdown: CancellationToken,
+    /// Every connection and operation, so that stopping can wait for them.
+    pub tasks: TaskTracker,
+    /// Operations running on all connections.
+    pub operations: AtomicU32,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the workspace root `{path}`: {source}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on `{path}`: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves until SIGTERM or SIGINT, then ends everything gracefully. Must
+/// run on a current-thread runtime.
+pub async fn run(options: args::Options) -> Result<(), StartError> {
+    std::fs::create_dir_all(&options.root).map_err(|source| StartError::Root {
+        path: options.root.clone(),
+        source,
+    })?;
+    let listener = listen(&options.socket)?;
+    let env = env::BaseEnv::from_process(&options.root.to_string_lossy());
+    let reaper = reaper::Reaper::start();
+    let detector = detect::Detector::new(options.hints.clone());
+    let agent = Arc::new(Agent {
+        root: options.root.clone(),
+        env,
+        grace: options.grace,
+        reaper,
+        detector,
+        started: Instant::now(),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        operations: AtomicU32::new(0),
+    });
+    agent.detector.start(agent.clone());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    agent.tasks.spawn(server::serve(agent.clone(), stream));
+                }
+            }
+            Some(()) = recv(&mut term) => break,
+            Some(()) = recv(&mut int) => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&options.socket);
+    stop(&agent).await;
+    Ok(())
+}
+
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn listen(path: &std::path::Path) -> Result<UnixListener, StartError> {
+    let err = |source| StartError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A socket left by an earlier agent would make bind fail.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Ends every operation (each ends its process group: SIGTERM, grace,
+/// SIGKILL), waits for them, and as PID 1 ends whatever else is left.
+async fn stop(agent: &Arc<Agent>) {
+    agent.shutdown.cancel();
+    agent.tasks.close();
+    // Operations end within the grace period; the margin covers delivering
+    // their last frames.
+    let _ =
+        tokio::time::timeout(agent.grace * 2 + Duration::from_secs(1), agent.tasks.wait()).await;
+    if rustix::process::getpid().is_init() {
+        end_everyone_else(agent.grace).await;
+    }
+}
+
+/// As PID 1: SIGTERM to every other process of the workspace, then wait
+/// up to the grace period for them to go. Whatever is left is killed by the
+/// kernel when PID 1 exits.
+async fn end_everyone_else(grace: Duration) {
+    let others = || {
+        procfs::all()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.pid != 1 && p.state != 'Z')
+            .map(|p| p.pid)
+            .collect::<Vec<_>>()
+    };
+    for pid in others() {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while !others().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Agent {
+    /// A working directory: `cwd` relative to the root, which must be an
+    /// existing directory.
+    pub fn workdir(&self, cwd: Option<&str>) -> Result<PathBuf, (berth_proto::ErrorCode, String)> {
+        use berth_proto::ErrorCode;
+        let rel = berth_proto::WorkspacePath::parse(cwd.unwrap_or(""))
+            .map_err(|e| (ErrorCode::Escapes, format!("cwd: {e}")))?;
+        let dir = rel.under(&self.root);
+        match std::fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => Ok(dir),
+            Ok(_) => Err((
+                ErrorCode::WrongKind,
+                format!("cwd `{rel}` is not a directory"),
+            )),
+            Err(e) => Err((ErrorCode::NotFound, format!("cwd `{rel}`: {e}"))),
+        }
+    }
+}
+
+/// Sends `signal` (a raw number) to the process group led by `pid`; an
+/// unknown signal number or a group already gone is ignored.
+pub(crate) fn signal_group(pid: u32, signal: i32) {
+    if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
+        berth_exec::signal_group(pid, signal);
+    }
+}

@@ -1,0 +1,40 @@
+//! The `berth-agent` binary: parses its arguments and serves on a
+//! current-thread runtime (see the library docs for the contract).
+
+use berth_agent::args::{self, Invocation};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let options = match args::parse(std::env::args_os().skip(1)) {
+        Ok(Invocation::Serve(options)) => options,
+        Ok(Invocation::Version) => {
+            println!("berth-agent {}", berth_agent::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Help) => {
+            print!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("berth-agent: {err}\n\n{}", args::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("berth-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(berth_agent::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("berth-agent: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Sessions: a persistent shell in which `cd`, exported variables and
+//! functions persist from one command to the next.
+//!
+//! Each command is sent to the shell's stdin as
+//!
+//! ```text
+//! command eval 'CMD' 3>&- </dev/null; printf '%s %d\n' MARKER "$?" >&3
+//! ```
+//!
+//! so its exit status arrives on a pipe of its own (fd 3 of the shell),
+//! tagged with a random per-command marker. Output is never parsed for a
+//! prompt: once the status has arrived, every byte the command wrote is
+//! already in the stdout and stderr pipes, and draining them without
+//! blocking yields exactly the command's output, whatever it looks like.
+//! `command eval` keeps a syntax error from ending the shell (POSIX shells
+//! exit on an error in a special built-in, but not when it is run through
+//! `command`), and `</dev/null` keeps the command from reading the script.
+//!
+//! The shell leads its own process group and runs `trap : INT`, so an
+//! interrupt (SIGINT to the group) ends the running command while the
+//! shell — whose handler does nothing — lives on; commands still get the
+//! default SIGINT disposition, as a handler is reset on exec.
+
+use crate::Agent;
+use crate::fdio::{read_now, read_some, sleep_until};
+use crate::server::{Control, Controls, Outbox, SessionRun};
+use berth_proto::{AgentMessage, ErrorCode, ExitStatus, SessionParams, Stream};
+use rustix::process::{Pid, Signal};
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt as _;
+use tokio::io::unix::AsyncFd;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Shell {
+    child: Child,
+    pid: u32,
+    stdin: ChildStdin,
+    stdout: AsyncFd<OwnedFd>,
+    stderr: AsyncFd<OwnedFd>,
+    status: AsyncFd<OwnedFd>,
+    /// Status bytes received but not yet consumed as a whole line.
+    status_buf: Vec<u8>,
+    /// Whether stdout and stderr have not reached end of file.
+    stdout_open: bool,
+    stderr_open: bool,
+}
+
+/// What ended a command.
+enum RunEnd {
+    /// The command finished; the shell waits for the next one.
+    Finished,
+    /// The shell itself is gone (the command ran `exit`, or it was killed).
+    ShellGone(std::process::ExitStatus),
+    /// The session was closed while the command ran.
+    Closed,
+}
+
+pub async fn run(
+    agent: &Arc<Agent>,
+    params: SessionParams,
+    mut controls: Controls,
+    mut runs: mpsc::UnboundedReceiver<SessionRun>,
+    out: Outbox,
+) {
+    let mut shell = match start(agent, &params) {
+        Ok(shell) => shell,
+        Err((code, message)) => {
+            out.error(code, message).await;
+            return;
+        }
+    };
+    let _owned = agent.reaper.own(shell.pid);
+    out.message(AgentMessage::Started { pid: shell.pid }).await;
+    let started = Instant::now();
+    let mut discard_out = vec![0u8; READ_CHUNK];
+    let mut discard_err = vec![0u8; READ_CHUNK];
+    let mut closing = shell.stdin.write_all(b"trap : INT\n").await.is_err();
+    let mut gone = None;
+    while !closing && gone.is_none() {
+        tokio::select! {
+            control = controls.recv() => match control {
+                Some(Control::Signal(signal)) => crate::signal_group(shell.pid, signal),
+                Some(Control::Cancel) | None => closing = true,
+                Some(_) => {}
+            },
+            () = agent.shutdown.cancelled() => closing = true,
+            run = runs.recv() => match run {
+                Some(run) => match execute(agent, &mut shell, run, &mut controls).await {
+                    RunEnd::Finished => {}
+                    RunEnd::ShellGone(status) => gone = Some(status),
+                    RunEnd::Closed => closing = true,
+                },
+                None => closing = true,
+            },
+            status = shell.child.wait() => {
+                gone = Some(status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(0)));
+            }
+            // Output of background jobs between commands belongs to no
+            // command; reading it keeps their writes from blocking.
+            read = read_some(&shell.stdout, &mut discard_out), if shell.stdout_open => {
+                shell.stdout_open = matches!(read, Ok(n) if n > 0);
+            }
+            read = read_some(&shell.stderr, &mut discard_err), if shell.stderr_open => {
+                shell.stderr_open = matches!(read, Ok(n) if n > 0);
+            }
+        }
+    }
+    let status = match gone {
+        Some(status) => status,
+        None => end(agent, &mut shell).await,
+    };
+    // Commands queued behind the one that ended the session.
+    runs.close();
+    while let Some(run) = runs.recv().await {
+        run.out
+            .error(ErrorCode::UnknownOperation, "the session has ended")
+            .await;
+    }
+    out.message(AgentMessage::Exit(exit_status(status, started, !closing)))
+        .await;
+}
+
+fn exit_status(status: std::process::ExitStatus, started: Instant, natural: bool) -> ExitStatus {
+    ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+        cancelled: !natural,
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..Default::default()
+    }
+}
+
+/// Starts the shell with its three pipes.
+fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, String)> {
+    let cwd = agent.workdir(params.cwd.as_deref())?;
+    let shell = match &params.shell {
+        Some(shell) => shell.clone(),
+        None => ["bash", "sh"]
+            .iter()
+            .find_map(|name| agent.env.which(name))
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok_or((
+                ErrorCode::Unsupported,
+                "no shell in this workspace: neither `bash` nor `sh` is on PATH".to_string(),
+            ))?,
+    };
+    let io_err = |what: &str, e: io::Error| (ErrorCode::Io, format!("{what}: {e}"));
+    let (out_r, out_w) = crate::fdio::pipe().map_err(|e| io_err("stdout pipe", e))?;
+    let (err_r, err_w) = crate::fdio::pipe().map_err(|e| io_err("stderr pipe", e))?;
+    let (status_r, status_w) = crate::fdio::pipe().map_err(|e| io_err("status pipe", e))?;
+    let mut command = Command::new(&shell);
+    command
+        .current_dir(cwd)
+        .env_clear()
+        .envs(agent.env.compose(&params.env))
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w));
+    crate::spawn::pass_as_fd3(&mut command, &status_w);
+    let mut child = command
+        .spawn()
+        .map_err(|e| (ErrorCode::Spawn, format!("cannot run `{shell}`: {e}")))?;
+    // The write ends now live in the shell only, so they report end of
+    // file when it is gone.
+    drop(command);
+    drop(status_w);
+    let pid = child.id().unwrap_or_default();
+    let stdin = child.stdin.take().ok_or((
+        ErrorCode::Spawn,
+        format!("`{shell}` started without a stdin"),
+    ))?;
+    let watch = |fd: OwnedFd, what: &str| crate::fdio::register(fd).map_err(|e| io_err(what, e));
+    Ok(Shell {
+        child,
+        pid,
+        stdin,
+        stdout: watch(out_r, "stdout")?,
+        stderr: watch(err_r, "stderr")?,
+        status: watch(status_r, "status")?,
+        status_buf: Vec::new(),
+        stdout_open: true,
+        stderr_open: true,
+    })
+}
+
+/// Reads what is in the pipe right now, without waiting.
+/// Delivers output up to a limit and counts what is dropped beyond it.
+struct Bounded {
+    stream: Stream,
+    left: u64,
+    dropped: u64,
+}
+
+impl Bounded {
+    fn new(stream: Stream, limit: Option<u64>) -> Self {
+        Bounded {
+            stream,
+            left: limit.unwrap_or(u64::MAX),
+            dropped: 0,
+        }
+    }
+
+    async fn deliver(&mut self, out: &Outbox, data: &[u8]) {
+        let keep = self.left.min(data.len() as u64) as usize;
+        self.left -= keep as u64;
+        self.dropped += (data.len() - keep) as u64;
+        if keep > 0 {
+            out.send(
+                AgentMessage::Output {
+                    stream: self.stream,
+                },
+                &data[..keep],
+            )
+            .await;
+        }
+    }
+}
+
+fn marker() -> String {
+    // RandomState is seeded from the OS; hashing the time under it gives
+    // an unpredictable marker without a random-number crate.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("berth{:016x}", hasher.finish())
+}
+
+/// `text` as one single-quoted shell word.
+fn single_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Runs one command to its end.
+async fn execute(
+    agent: &Agent,
+    shell: &mut Shell,
+    mut run: SessionRun,
+    session_controls: &mut Controls,
+) -> RunEnd {
+    let started = Instant::now();
+    let marker = marker();
+    let script = format!(
+        "command eval {} 3>&- </dev/null; printf '%s %d\\n' {marker} \"$?\" >&3\n",
+        single_quoted(&run.command)
+    );
+    let mut stdout = Bounded::new(Stream::Stdout, run.output_limit);
+    let mut stderr = Bounded::new(Stream::Stderr, run.output_limit);
+    let mut out_buf = vec![0u8; READ_CHUNK];
+    let mut err_buf = vec![0u8; READ_CHUNK];
+    let mut status_chunk = [0u8; 256];
+    let mut controls_open = true;
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let mut closing = false;
+    let deadline = run
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    // When set, the command was interrupted and is killed at this time if
+    // it is still running.
+    let mut kill_at: Option<tokio::time::Instant> = None;
+
+    if shell.stdin.write_all(script.as_bytes()).await.is_err() {
+        let status = shell.child.wait().await;
+        let status = status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(0));
+        run.out
+            .error(ErrorCode::Io, "the session's shell has exited")
+            .await;
+        return RunEnd::ShellGone(status);
+    }
+    let code = loop {
+        tokio::select! {
+            read = read_some(&shell.stdout, &mut out_buf), if shell.stdout_open => match read {
+                Ok(n) if n > 0 => stdout.deliver(&run.out, &out_buf[..n]).await,
+                _ => shell.stdout_open = false,
+            },
+            read = read_some(&shell.stderr, &mut err_buf), if shell.stderr_open => match read {
+                Ok(n) if n > 0 => stderr.deliver(&run.out, &err_buf[..n]).await,
+                _ => shell.stderr_open = false,
+            },
+            read = read_some(&shell.status, &mut status_chunk) => match read {
+                Ok(n) if n > 0 => {
+                    shell.status_buf.extend_from_slice(&status_chunk[..n]);
+                    if let Some(code) = take_status(&mut shell.status_buf, &marker) {
+                        break Some(code);
+                    }
+                }
+                // The shell is gone.
+                _ => break None,
+            },
+            control = run.controls.recv(), if controls_open => match control {
+                Some(Control::Signal(signal)) => signal_command(shell.pid, signal),
+                Some(Control::Cancel) => {
+                    cancelled = true;
+                    interrupt(agent, shell.pid, &mut kill_at);
+                }
+                Some(_) => {}
+                None => {
+                    controls_open = false;
+                    cancelled = true;
+                    interrupt(agent, shell.pid, &mut kill_at);
+                }
+            },
+            control = session_controls.recv(), if !closing => match control {
+                Some(Control::Signal(signal)) => crate::signal_group(shell.pid, signal),
+                Some(Control::Cancel) | None => {
+                    closing = true;
+                    cancelled = true;
+                    // Ending the shell ends the command; the status pipe
+                    // then reports end of file.
+                    crate::signal_group(shell.pid, Signal::TERM.as_raw());
+                    crate::signal_group(shell.pid, Signal::HUP.as_raw());
+                    kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
+                }
+                Some(_) => {}
+            },
+            () = agent.shutdown.cancelled(), if !closing => {
+                closing = true;
+                cancelled = true;
+                crate::signal_group(shell.pid, Signal::TERM.as_raw());
+                kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
+            }
+            () = sleep_until(deadline), if !timed_out && kill_at.is_none() => {
+                timed_out = true;
+                interrupt(agent, shell.pid, &mut kill_at);
+            }
+            () = sleep_until(kill_at) => {
+                if closing {
+                    crate::signal_group(shell.pid, Signal::KILL.as_raw());
+                } else {
+                    signal_command(shell.pid, Signal::KILL.as_raw());
+                }
+                kill_at = None;
+            }
+        }
+    };
+    // The status came after every write of the command had completed, so
+    // what the pipes hold now is the rest of its output.
+    while let Some(n) = read_now(&shell.stdout, &mut out_buf) {
+        stdout.deliver(&run.out, &out_buf[..n]).await;
+    }
+    while let Some(n) = read_now(&shell.stderr, &mut err_buf) {
+        stderr.deliver(&run.out, &err_buf[..n]).await;
+    }
+    let mut status = ExitStatus {
+        code,
+        timed_out,
+        cancelled,
+        stdout_dropped: stdout.dropped,
+        stderr_dropped: stderr.dropped,
+        ..Default::default()
+    };
+    let end = match code {
+        Some(_) if closing => RunEnd::Closed,
+        Some(_) => RunEnd::Finished,
+        None => {
+            let shell_status = shell
+                .child
+                .wait()
+                .await
+                .unwrap_or_else(|_| std::process::ExitStatus::from_raw(0));
+            status.code = shell_status.code();
+            status.signal = shell_status.signal();
+            if closing {
+                RunEnd::Closed
+            } else {
+                RunEnd::ShellGone(shell_status)
+            }
+        }
+    };
+    status.duration_ms = started.elapsed().as_millis() as u64;
+    run.out.message(AgentMessage::Exit(status)).await;
+    end
+}
+
+/// SIGINT to the group (the shell survives it), SIGKILL after the grace.
+fn interrupt(agent: &Agent, shell: u32, kill_at: &mut Option<tokio::time::Instant>) {
+    crate::signal_group(shell, Signal::INT.as_raw());
+    kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
+}
+
+/// A signal for the running command. SIGINT goes to the whole group (the
+/// shell ignores it through its trap); any other signal goes to every
+/// member of the group but the shell.
+fn signal_command(shell: u32, signal: i32) {
+    if signal == Signal::INT.as_raw() {
+        crate::signal_group(shell, signal);
+        return;
+    }
+    let Some(signal) = Signal::from_named_raw(signal) else {
+        return;
+    };
+    for pid in crate::procfs::group_members(shell as i32, shell as i32) {
+        if let Some(pid) = Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}
+
+/// Takes the status line for `marker` out of `buf`, if it has arrived.
+fn take_status(buf: &mut Vec<u8>, marker: &str) -> Option<i32> {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let mut consumed = 0;
+    let mut found = None;
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') {
+            break;
+        }
+        consumed += line.len();
+        if let Some(code) = line.trim_end().strip_prefix(marker) {
+            found = code.trim().parse().ok();
+            break;
+        }
+    }
+    buf.drain(..consumed);
+    found
+}
+
+/// Closes the session: SIGTERM and SIGHUP to its group, SIGKILL after the
+/// grace period.
+async fn end(agent: &Agent, shell: &mut Shell) -> std::process::ExitStatus {
+    crate::signal_group(shell.pid, Signal::TERM.as_raw());
+    crate::signal_group(shell.pid, Signal::HUP.as_raw());
+    if let Ok(Ok(status)) = tokio::time::timeout(agent.grace, shell.child.wait()).await {
+        crate::signal_group(shell.pid, Signal::KILL.as_raw());
+        return status;
+    }
+    crate::signal_group(shell.pid, Signal::KILL.as_raw());
+    shell
+        .child
+        .wait()
+        .await
+        .unwrap_or_else(|_| std::process::ExitStatus::from_raw(Signal::KILL.as_raw()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_are_matched_by_marker_only() {
+        let mut buf = b"other 3\nberthX 7\nberthY".to_vec();
+        assert_eq!(take_status(&mut buf, "berthX"), Some(7));
+        assert_eq!(buf, b"berthY");
+        assert_eq!(take_status(&mut buf, "berthY"), None);
+        buf.extend_from_slice(b" 0\n");
+        assert_eq!(take_status(&mut buf, "berthY"), Some(0));
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(single_quoted("echo 'a'"), r"'echo '\''a'\'''");
+        assert_ne!(marker(), marker());
+    }
+}

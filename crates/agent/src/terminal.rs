@@ -1,0 +1,202 @@
+//! Terminals: a command on a new pseudo-terminal, for interactive use.
+//! Input and output are raw bytes; resizing sets the window size, which
+//! the kernel announces to the foreground job with SIGWINCH.
+
+use crate::Agent;
+use crate::fdio::{read_some, sleep_until, write_all};
+use crate::server::{Control, Controls, Outbox};
+use berth_proto::{
+    AgentMessage, Command as WireCommand, ErrorCode, ExitStatus, Stream, TerminalParams,
+};
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+use rustix::termios::Winsize;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::unix::AsyncFd;
+use tokio::process::Command;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+pub async fn run(agent: &Arc<Agent>, params: TerminalParams, mut controls: Controls, out: Outbox) {
+    let started = Instant::now();
+    let (master, mut child) = match start(agent, &params) {
+        Ok(started) => started,
+        Err((code, message)) => {
+            out.error(code, message).await;
+            return;
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    let _owned = agent.reaper.own(pid);
+    out.message(AgentMessage::Started { pid }).await;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut output_open = true;
+    let mut cancelled = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut controls_open = true;
+    let status = loop {
+        tokio::select! {
+            read = read_some(&master, &mut buf), if output_open => match read {
+                Ok(n) if n > 0 => {
+                    if !out.send(AgentMessage::Output { stream: Stream::Stdout }, &buf[..n]).await {
+                        cancelled = true;
+                        end_group(pid, &mut kill_at, agent);
+                    }
+                }
+                // EIO: every slave descriptor is closed.
+                _ => output_open = false,
+            },
+            status = child.wait() => break status,
+            control = controls.recv(), if controls_open => match control {
+                Some(Control::Stdin(bytes)) => {
+                    if write_all(&master, &bytes).await.is_err() {
+                        output_open = false;
+                    }
+                }
+                Some(Control::Resize { rows, cols }) => {
+                    let _ = rustix::termios::tcsetwinsize(master.get_ref(), winsize(rows, cols));
+                }
+                Some(Control::Signal(signal)) => crate::signal_group(pid, signal),
+                Some(Control::CloseStdin) => {
+                    // End of input, as Ctrl-D at the start of a line.
+                    let _ = write_all(&master, &[4]).await;
+                }
+                Some(Control::Cancel) => {
+                    cancelled = true;
+                    end_group(pid, &mut kill_at, agent);
+                }
+                None => {
+                    controls_open = false;
+                    cancelled = true;
+                    end_group(pid, &mut kill_at, agent);
+                }
+            },
+            () = agent.shutdown.cancelled(), if kill_at.is_none() => {
+                cancelled = true;
+                end_group(pid, &mut kill_at, agent);
+            }
+            () = sleep_until(kill_at) => {
+                crate::signal_group(pid, rustix::process::Signal::KILL.as_raw());
+                kill_at = None;
+            }
+        }
+    };
+    // What the command wrote just before exiting is still in the terminal.
+    while output_open {
+        match rustix::io::read(master.get_ref(), &mut buf) {
+            Ok(n) if n > 0 => {
+                out.send(
+                    AgentMessage::Output {
+                        stream: Stream::Stdout,
+                    },
+                    &buf[..n],
+                )
+                .await;
+            }
+            _ => output_open = false,
+        }
+    }
+    let status = status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(0));
+    out.message(AgentMessage::Exit(ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+        cancelled,
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..Default::default()
+    }))
+    .await;
+}
+
+fn winsize(rows: u16, cols: u16) -> Winsize {
+    Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+fn end_group(pid: u32, kill_at: &mut Option<tokio::time::Instant>, agent: &Agent) {
+    crate::signal_group(pid, rustix::process::Signal::HUP.as_raw());
+    crate::signal_group(pid, rustix::process::Signal::TERM.as_raw());
+    kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
+}
+
+/// Opens a terminal pair and starts the command on its slave side.
+fn start(
+    agent: &Agent,
+    params: &TerminalParams,
+) -> Result<(AsyncFd<OwnedFd>, tokio::process::Child), (ErrorCode, String)> {
+    let cwd = agent.workdir(params.cwd.as_deref())?;
+    let io_err = |what: &str, e: io::Error| (ErrorCode::Io, format!("{what}: {e}"));
+    let (master, slave) = open_pty().map_err(|e| io_err("cannot open a terminal", e))?;
+    rustix::termios::tcsetwinsize(&master, winsize(params.rows, params.cols))
+        .map_err(|e| io_err("cannot size the terminal", e.into()))?;
+    let argv = match &params.command {
+        Some(command) => command.to_argv(),
+        None => {
+            let shell = ["bash", "sh"]
+                .iter()
+                .find_map(|name| agent.env.which(name))
+                .ok_or((
+                    ErrorCode::Unsupported,
+                    "no shell in this workspace: neither `bash` nor `sh` is on PATH; name a command"
+                        .to_string(),
+                ))?;
+            vec![shell.to_string_lossy().into_owned()]
+        }
+    };
+    let display = params
+        .command
+        .as_ref()
+        .map(WireCommand::display)
+        .unwrap_or_else(|| argv.join(" "));
+    let (program, args) = argv
+        .split_first()
+        .ok_or((ErrorCode::BadRequest, "empty command".to_string()))?;
+    let mut env = params.env.clone();
+    env.entry("TERM".into())
+        .or_insert_with(|| "xterm-256color".into());
+    let stdio = |what: &str| -> Result<Stdio, (ErrorCode, String)> {
+        Ok(Stdio::from(slave.try_clone().map_err(|e| io_err(what, e))?))
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(agent.env.compose(&env))
+        .stdin(stdio("terminal stdin")?)
+        .stdout(stdio("terminal stdout")?)
+        .stderr(stdio("terminal stderr")?);
+    crate::spawn::controlling_terminal(&mut command);
+    let child = command
+        .spawn()
+        .map_err(|e| (ErrorCode::Spawn, format!("cannot run `{display}`: {e}")))?;
+    // Only the command holds the slave side now, so the master reports EIO
+    // once the command and everything it started have closed it.
+    drop(command);
+    drop(slave);
+    rustix::io::ioctl_fionbio(&master, true).map_err(|e| io_err("terminal", e.into()))?;
+    let master = crate::fdio::register(master).map_err(|e| io_err("terminal", e))?;
+    Ok((master, child))
+}
+
+fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok((master, slave))
+}

@@ -1,0 +1,496 @@
+//! The real agent binary, started as a child on a temporary socket and
+//! driven through the real client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use berth_agent_client::{AgentClient, ClientError};
+use berth_proto::{
+    ErrorCode, ExecEvent, ExecRequest, ExitStatus, InterpreterSource, SessionParams,
+    TerminalParams, WatchKind, WorkspacePath,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+struct Agent {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    child: Child,
+    client: AgentClient,
+}
+
+impl Agent {
+    async fn start() -> Agent {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(args: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--root")
+            .arg(&root)
+            .args(["--grace-ms", "300"])
+            .args(args)
+            .spawn()
+            .unwrap();
+        let client = AgentClient::connect(&socket, Duration::from_secs(10))
+            .await
+            .unwrap();
+        Agent {
+            _dir: dir,
+            root,
+            child,
+            client,
+        }
+    }
+
+    async fn run(&self, request: ExecRequest) -> (String, String, ExitStatus) {
+        let mut events = self
+            .client
+            .exec(request, CancellationToken::new())
+            .await
+            .unwrap();
+        let (out, err, status) = berth_agent_client::collect(&mut events).await;
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+            status,
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `done` holds, failing after a generous bound.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn path(p: &str) -> WorkspacePath {
+    WorkspacePath::parse(p).unwrap()
+}
+
+#[tokio::test]
+async fn exec_streams_output_and_reports_exit_codes() {
+    let agent = Agent::start().await;
+    let (out, err, status) = agent
+        .run(ExecRequest::shell(
+            "printf 'line\\n'; printf 'oops' >&2; printf '$ user@host:~> '; exit 3",
+        ))
+        .await;
+    assert_eq!(out, "line\n$ user@host:~> ");
+    assert_eq!(err, "oops");
+    assert_eq!(status.code, Some(3));
+
+    std::fs::create_dir_all(agent.root.join("sub")).unwrap();
+    let mut request = ExecRequest::argv(["sh", "-c", "pwd; echo $GREETING"]);
+    request.cwd = Some("sub".into());
+    request.env.insert("GREETING".into(), "hi".into());
+    let (out, _, status) = agent.run(request).await;
+    assert_eq!(out, format!("{}\nhi\n", agent.root.join("sub").display()));
+    assert!(status.success());
+
+    let mut escape = ExecRequest::shell("true");
+    escape.cwd = Some("../..".into());
+    let err = agent
+        .client
+        .exec(escape, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Escapes));
+
+    let missing = agent
+        .client
+        .exec(
+            ExecRequest::argv(["/no/such/program"]),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Some(ErrorCode::Spawn), "{missing}");
+}
+
+#[tokio::test]
+async fn stdin_is_streamed_and_closable() {
+    let agent = Agent::start().await;
+    let mut cat = agent
+        .client
+        .spawn(ExecRequest::argv(["cat"]), true)
+        .await
+        .unwrap();
+    cat.write(b"hello").unwrap();
+    match cat.events.recv().await.unwrap() {
+        ExecEvent::Stdout { data } => assert_eq!(data.0, b"hello"),
+        other => panic!("expected output, got {other:?}"),
+    }
+    cat.write(b" world").unwrap();
+    cat.close_stdin().unwrap();
+    let (out, _, status) = cat.output().await;
+    assert_eq!(out, b" world");
+    assert_eq!(status.code, Some(0));
+
+    let mut request = ExecRequest::argv(["wc", "-c"]);
+    request.stdin = Some(vec![7; 12345]);
+    let (out, _, _) = agent.run(request).await;
+    assert_eq!(out.trim(), "12345");
+}
+
+#[tokio::test]
+async fn timeout_kills_a_tree_that_ignores_sigterm_and_keeps_output() {
+    let agent = Agent::start().await;
+    let mut request = ExecRequest::shell("trap '' TERM; sleep 1000 & echo $!; wait");
+    request.timeout_ms = Some(300);
+    let (out, _, status) = agent.run(request).await;
+    assert!(status.timed_out, "{status:?}");
+    let grandchild: u32 = out.trim().parse().unwrap();
+    eventually("the grandchild to be killed and reaped", || {
+        gone(grandchild)
+    });
+}
+
+#[tokio::test]
+async fn cancel_ends_the_command() {
+    let agent = Agent::start().await;
+    let cancel = CancellationToken::new();
+    let mut events = agent
+        .client
+        .exec(
+            ExecRequest::shell("echo started; exec sleep 1000"),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        events.recv().await,
+        Some(ExecEvent::Stdout { .. })
+    ));
+    cancel.cancel();
+    let (_, _, status) = berth_agent_client::collect(&mut events).await;
+    assert!(status.cancelled);
+    assert_eq!(status.signal, Some(15));
+}
+
+#[tokio::test]
+async fn output_beyond_the_limit_is_counted() {
+    let agent = Agent::start().await;
+    let mut request = ExecRequest::shell("head -c 100000 /dev/zero; head -c 10 /dev/zero >&2");
+    request.output_limit = Some(1000);
+    let (out, err, status) = agent.run(request).await;
+    assert_eq!(out.len(), 1000);
+    assert_eq!(err.len(), 10);
+    assert_eq!(status.stdout_dropped, 99_000);
+    assert_eq!(status.stderr_dropped, 0);
+}
+
+#[tokio::test]
+async fn a_hundred_commands_share_one_connection() {
+    let agent = Agent::start().await;
+    let runs = (0..100).map(|i| {
+        let client = agent.client.clone();
+        async move {
+            let mut events = client
+                .exec(
+                    ExecRequest::shell(format!("echo {i}; echo e{i} >&2")),
+                    CancellationToken::new(),
+                )
+                .await
+                .unwrap();
+            let (out, err, status) = berth_agent_client::collect(&mut events).await;
+            assert_eq!(out, format!("{i}\n").as_bytes());
+            assert_eq!(err, format!("e{i}\n").as_bytes());
+            assert_eq!(status.code, Some(0));
+        }
+    });
+    let tasks: Vec<_> = runs.map(tokio::spawn).collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_session_keeps_directory_variables_and_functions() {
+    let agent = Agent::start().await;
+    let session = agent
+        .client
+        .session(SessionParams::default())
+        .await
+        .unwrap();
+    let (_, _, status) = session.run("mkdir -p sub && cd sub").await.unwrap();
+    assert_eq!(status.code, Some(0));
+    session
+        .run("export FOO=bar; greet() { echo \"hi $1\"; }")
+        .await
+        .unwrap();
+    let (out, _, _) = session.run("pwd; echo $FOO; greet you").await.unwrap();
+    let expected = format!("{}\nbar\nhi you\n", agent.root.join("sub").display());
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+
+    // Output without a newline, or looking like a prompt, is delimited
+    // exactly, and each command has its own exit code.
+    let (out, err, status) = session
+        .run("printf 'bash-5.2$ '; printf 'no newline' >&2; false")
+        .await
+        .unwrap();
+    assert_eq!(
+        (&out[..], &err[..]),
+        (&b"bash-5.2$ "[..], &b"no newline"[..])
+    );
+    assert_eq!(status.code, Some(1));
+
+    // A syntax error is the command's failure, not the session's end.
+    let (_, err, status) = session.run("echo 'unterminated").await.unwrap();
+    assert_ne!(status.code, Some(0));
+    assert!(!err.is_empty());
+    let (out, _, status) = session.run("echo still here; (exit 42)").await.unwrap();
+    assert_eq!((out, status.code), (b"still here\n".to_vec(), Some(42)));
+}
+
+#[tokio::test]
+async fn an_interrupted_session_command_leaves_the_session_working() {
+    let agent = Agent::start().await;
+    let session = agent
+        .client
+        .session(SessionParams::default())
+        .await
+        .unwrap();
+    session.run("cd /tmp").await.unwrap();
+    let mut sleeper = session
+        .start("echo sleeping; sleep 1000", None, None)
+        .await
+        .unwrap();
+    match sleeper.events.recv().await.unwrap() {
+        ExecEvent::Stdout { data } => assert_eq!(data.0, b"sleeping\n"),
+        other => panic!("expected output, got {other:?}"),
+    }
+    sleeper.signal(2).unwrap();
+    let (_, _, status) = sleeper.output().await;
+    assert_eq!(status.code, Some(130));
+    let (out, _, status) = session.run("pwd").await.unwrap();
+    assert_eq!((out, status.code), (b"/tmp\n".to_vec(), Some(0)));
+
+    // A timeout interrupts the same way.
+    let (_, _, status) = session
+        .start("sleep 1000", Some(200), None)
+        .await
+        .unwrap()
+        .output()
+        .await;
+    assert!(status.timed_out);
+    let (out, _, _) = session.run("echo ok").await.unwrap();
+    assert_eq!(out, b"ok\n");
+
+    // A command that exits the shell ends the session with its code.
+    let (_, _, status) = session.run("exit 4").await.unwrap();
+    assert_eq!(status.code, Some(4));
+    let after = session.run("true").await.unwrap_err();
+    assert!(matches!(after, ClientError::Agent(_)), "{after}");
+}
+
+#[tokio::test]
+async fn a_terminal_has_a_tty_and_follows_resizes() {
+    let agent = Agent::start().await;
+    let mut terminal = agent
+        .client
+        .terminal(TerminalParams {
+            command: Some(berth_proto::Command::Shell(
+                "read go; tty; stty size; echo TERM=$TERM".into(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    terminal.resize(40, 100).unwrap();
+    terminal.write(b"go\n").unwrap();
+    let mut screen = Vec::new();
+    let status = loop {
+        match terminal.events.recv().await.unwrap() {
+            ExecEvent::Stdout { data } => screen.extend_from_slice(&data.0),
+            ExecEvent::Stderr { .. } => panic!("a terminal has one stream"),
+            ExecEvent::Exit(status) => break status,
+        }
+    };
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("40 100"), "{screen}");
+    assert!(screen.contains("TERM=xterm-256color"), "{screen}");
+    assert_eq!(status.code, Some(0));
+}
+
+#[tokio::test]
+async fn a_watch_sees_files_created_after_it_is_armed() {
+    let agent = Agent::start().await;
+    std::fs::create_dir_all(agent.root.join("src")).unwrap();
+    let mut watch = agent.client.watch(&path("src"), true).await.unwrap();
+    std::fs::write(agent.root.join("src/new.txt"), "x").unwrap();
+    let event = watch.events.recv().await.unwrap();
+    assert_eq!(event.path, path("src/new.txt"));
+    assert_eq!(event.kind, WatchKind::Created);
+
+    let missing = agent.client.watch(&path("nope"), false).await.unwrap_err();
+    assert_eq!(missing.code(), Some(ErrorCode::NotFound));
+}
+
+fn version_of(argv: &[&str]) -> Option<String> {
+    let output = Command::new(argv[0]).args(&argv[1..]).output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    berth_agent::detect::extract_version(&text)
+}
+
+#[tokio::test]
+async fn detection_finds_this_hosts_interpreters_with_their_versions() {
+    let agent = Agent::start().await;
+    let info = agent.client.info(false).await.unwrap();
+    let find = |name: &str| info.interpreters.iter().find(|i| i.name == name);
+    let expected = [
+        ("python", vec!["python3", "--version"]),
+        ("perl", vec!["perl", "-e", "print $^V"]),
+        ("bash", vec!["bash", "--version"]),
+        ("node", vec!["node", "--version"]),
+    ];
+    let mut checked = 0;
+    for (name, argv) in expected {
+        let Some(version) = version_of(&argv) else {
+            assert!(find(name).is_none(), "{name} found but not runnable here");
+            continue;
+        };
+        let found = find(name).unwrap_or_else(|| panic!("{name} not detected: {info:?}"));
+        assert_eq!(found.version.as_deref(), Some(version.as_str()), "{name}");
+        assert_eq!(found.source, InterpreterSource::Detected);
+        checked += 1;
+    }
+    assert!(checked >= 2, "this host should have bash and perl at least");
+    assert!(find("sh").is_some());
+    assert_eq!(info.protocol, berth_proto::PROTOCOL_VERSION);
+    assert!(info.resources.agent_rss_bytes > 0);
+    assert!(info.resources.processes > 0);
+}
+
+#[tokio::test]
+async fn a_hints_file_adds_and_overrides_interpreters() {
+    let hints = tempfile::NamedTempFile::new().unwrap();
+    let perl = which("perl");
+    std::fs::write(
+        hints.path(),
+        format!(
+            r#"{{"python": "{}", "mytool": {{"path": "/bin/true", "version": "9.9"}}, "ghost": "/no/such"}}"#,
+            perl.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start_with(&["--hints", hints.path().to_str().unwrap()]).await;
+    let info = agent.client.info(false).await.unwrap();
+    let find = |name: &str| info.interpreters.iter().find(|i| i.name == name);
+    let python = find("python").unwrap();
+    assert_eq!(python.path, perl.to_string_lossy());
+    assert_eq!(python.source, InterpreterSource::Hint);
+    let mytool = find("mytool").unwrap();
+    assert_eq!(mytool.version.as_deref(), Some("9.9"));
+    assert!(find("ghost").is_none());
+
+    // Detection on request reads the hints again.
+    std::fs::write(hints.path(), "mytool: /bin/false\n").unwrap();
+    let info = agent.client.info(true).await.unwrap();
+    let mytool = info
+        .interpreters
+        .iter()
+        .find(|i| i.name == "mytool")
+        .unwrap();
+    assert_eq!(mytool.path, "/bin/false");
+}
+
+fn which(program: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[tokio::test]
+async fn orphans_are_reaped() {
+    let agent = Agent::start().await;
+    // The shell exits at once; its background child is orphaned to the
+    // agent and must be reaped when it exits, or it stays a zombie.
+    let (out, _, _) = agent
+        .run(ExecRequest::shell("sleep 0.2 >/dev/null 2>&1 & echo $!"))
+        .await;
+    let orphan: u32 = out.trim().parse().unwrap();
+    eventually("the orphan to be reaped", || gone(orphan));
+}
+
+#[tokio::test]
+async fn sigterm_ends_commands_then_the_agent_exits_zero() {
+    let mut agent = Agent::start().await;
+    let mut events = agent
+        .client
+        .exec(
+            ExecRequest::shell(
+                "trap 'echo bye; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+            ),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        events.recv().await,
+        Some(ExecEvent::Stdout { .. })
+    ));
+    let pid = rustix::process::Pid::from_raw(agent.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let (out, _, status) = berth_agent_client::collect(&mut events).await;
+    assert!(status.cancelled);
+    assert_eq!(String::from_utf8(out).unwrap(), "bye\n", "{status:?}");
+    assert_eq!(status.code, Some(7));
+    let exit = agent.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_wrong_protocol_version_is_refused() {
+    let agent = Agent::start().await;
+    let socket = agent.client.socket().to_path_buf();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let hello = berth_proto::frame::encode(&berth_proto::Frame::new(
+        0,
+        berth_proto::ClientMessage::Hello {
+            version: 999,
+            client: "old".into(),
+        },
+    ))
+    .unwrap();
+    stream.write_all(&hello).await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    let mut decoder = berth_proto::FrameDecoder::new();
+    decoder.feed(&reply);
+    let frame = decoder
+        .next_frame::<berth_proto::AgentMessage>()
+        .unwrap()
+        .unwrap();
+    match frame.message {
+        berth_proto::AgentMessage::Error(body) => {
+            assert_eq!(body.code, ErrorCode::Version);
+            assert!(body.message.contains("999"));
+        }
+        other => panic!("expected a version error, got {other:?}"),
+    }
+}
