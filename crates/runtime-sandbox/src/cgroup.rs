@@ -28,7 +28,7 @@ pub enum Layout {
 }
 
 /// The limits to apply.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub memory: Option<u64>,
     pub pids: Option<u32>,

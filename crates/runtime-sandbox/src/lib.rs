@@ -23,3 +23,8 @@ mod sys;
 
 #[cfg(target_os = "linux")]
 pub use config::{IdMap, InitConfig, Mount};
+#[cfg(all(target_os = "linux", feature = "runtime"))]
+pub mod runtime;
+
+#[cfg(all(target_os = "linux", feature = "runtime"))]
+pub use runtime::{Base, SandboxConfig, SandboxRuntime};

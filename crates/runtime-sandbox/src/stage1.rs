@@ -201,14 +201,18 @@ fn pid_of(pid: u32) -> rustix::process::Pid {
     rustix::process::Pid::from_raw(pid as i32).unwrap_or(rustix::process::Pid::INIT)
 }
 
-/// Waits for `pid` and turns its end into an exit code (128 + signal).
-fn wait(pid: u32) -> Result<i32, InitError> {
+fn wait_status(pid: u32) -> Result<Option<rustix::process::WaitStatus>, InitError> {
     let status = errno(
         || format!("cannot wait for process {pid}"),
         rustix::process::waitpid(Some(pid_of(pid)), rustix::process::WaitOptions::empty()),
     )?;
-    Ok(match status {
-        Some((_, status)) => status
+    Ok(status.map(|(_, status)| status))
+}
+
+/// Waits for `pid` and turns its end into an exit code (128 + signal).
+fn wait(pid: u32) -> Result<i32, InitError> {
+    Ok(match wait_status(pid)? {
+        Some(status) => status
             .exit_status()
             .or_else(|| status.terminating_signal().map(|s| 128 + s))
             .unwrap_or(1),
@@ -601,10 +605,19 @@ pub fn exec(config: &InitConfig, pid: u32, cwd: &str, argv: &[String]) -> Result
     }
     // Joining a PID namespace applies to children only.
     match step(|| "cannot fork".into(), sys::fork())? {
-        Some(child) => wait(child),
+        Some(child) => {
+            let status = wait_status(child)?;
+            if let Some(signal) = status.and_then(|s| s.terminating_signal()) {
+                sys::die_by(signal);
+            }
+            Ok(status.and_then(|s| s.exit_status()).unwrap_or(1))
+        }
         None => {
+            // The command's environment is this process's own: the caller
+            // composed it, as for any other process it spawns.
+            let env: Vec<(String, String)> = std::env::vars().collect();
             let error = match lock_down(config.seccomp) {
-                Ok(()) => run(argv, &config.env, cwd),
+                Ok(()) => run(argv, &env, cwd),
                 Err(error) => error,
             };
             eprintln!("berth-sandbox-init: {error}");

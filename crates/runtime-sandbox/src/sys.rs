@@ -94,3 +94,14 @@ pub fn fork() -> io::Result<Option<u32>> {
         pid => Ok(Some(pid as u32)),
     }
 }
+
+/// Ends the calling process with `signal`, as the process it waited for
+/// ended, so that its own parent sees the same end.
+pub fn die_by(signal: libc::c_int) -> ! {
+    // SAFETY: resetting a disposition and raising a signal take integers.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+    std::process::exit(128 + signal)
+}

@@ -1,0 +1,1384 @@
+//! The [`Runtime`] implementation: workspaces as overlays of layers from
+//! the layer store, run by the stage-1 init, with their state kept in
+//! `$BERTH_HOME/sandbox/<id>/state.json` so a restarted provider finds
+//! them again.
+//!
+//! Nothing is mounted on the host: the overlay lives only in the
+//! workspace's own mount namespace, so when its processes end, for any
+//! reason, the mounts go with them. A workspace is its upper directory,
+//! its layer stack, and (while running) the pid of its init.
+
+use crate::cgroup::{self, Layout};
+use crate::config::IdMap;
+use crate::plan::{self, BERTH_DIR, Dirs, HostBase, PlanInput, WORKSPACE_DIR};
+use async_trait::async_trait;
+use berth_core::{
+    Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind, GcReport,
+    Isolation, Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath, spec::Network,
+};
+use berth_layers::{IdShift, LayerId, LayerKind, LayerStore, tree};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
+
+const NAME: &str = "sandbox";
+const STATE_VERSION: u32 = 1;
+/// Root inside maps to this host uid and gid, and the next 65535 ids too.
+pub const DEFAULT_ID_MAP: IdMap = IdMap {
+    host: 100_000,
+    size: 65_536,
+};
+/// The pids limit when a spec gives none: a fork bomb must not reach the
+/// host's limit.
+pub const DEFAULT_PIDS: u32 = 4096;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const KILL_PATIENCE: Duration = Duration::from_secs(10);
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How the sandbox runtime is set up on this host.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// berth's state directory; layers go in `layers/`, workspaces in
+    /// `sandbox/`.
+    pub home: PathBuf,
+    /// The stage-1 init binary (`berth-sandbox-init`).
+    pub init_program: PathBuf,
+    /// The agent, run as each workspace's PID 1 when given; otherwise the
+    /// init's own minimal reaper is.
+    pub agent_program: Option<PathBuf>,
+    /// More host paths bound read-only into `host`-based workspaces (for
+    /// toolchains installed outside the system directories).
+    pub host_binds: Vec<PathBuf>,
+    /// `None` runs without a user namespace (root inside is host root
+    /// with fewer capabilities): weaker, so only with `accept_weaker`.
+    pub id_map: Option<IdMap>,
+    /// Whether to run when a mechanism (user namespace, cgroups) is
+    /// missing instead of refusing.
+    pub accept_weaker: bool,
+}
+
+impl SandboxConfig {
+    /// The defaults for `home`, with the init binary found next to the
+    /// current executable (or in `BERTH_SANDBOX_INIT`), the agent in
+    /// `BERTH_AGENT` and extra binds in `BERTH_SANDBOX_HOST_BINDS`
+    /// (colon-separated).
+    pub fn from_env(home: impl Into<PathBuf>) -> Self {
+        let init_program = std::env::var_os("BERTH_SANDBOX_INIT")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|d| d.join("berth-sandbox-init")))
+            })
+            .unwrap_or_else(|| PathBuf::from("berth-sandbox-init"));
+        let host_binds = std::env::var("BERTH_SANDBOX_HOST_BINDS")
+            .map(|v| {
+                v.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        SandboxConfig {
+            home: home.into(),
+            init_program,
+            agent_program: std::env::var_os("BERTH_AGENT").map(PathBuf::from),
+            host_binds,
+            id_map: Some(DEFAULT_ID_MAP),
+            accept_weaker: std::env::var("BERTH_SANDBOX_ACCEPT_WEAKER").is_ok_and(|v| v == "1"),
+        }
+    }
+}
+
+/// Where a workspace's base filesystem comes from (`spec.image`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// The host's system directories, read-only (no image, or `host`).
+    Host,
+    /// A root filesystem tarball (`.tar`, `.tar.zst`).
+    Tarball(PathBuf),
+    /// A root filesystem directory.
+    Directory(PathBuf),
+    /// A local Docker image, exported once into a layer.
+    Docker(String),
+}
+
+impl Base {
+    /// Reads `spec.image`: `host`, `docker:NAME`, or a host path.
+    pub fn parse(image: Option<&str>) -> Base {
+        match image {
+            None | Some("host") | Some("") => Base::Host,
+            Some(name) => match name.strip_prefix("docker:") {
+                Some(image) => Base::Docker(image.to_string()),
+                None => {
+                    let path = PathBuf::from(name.strip_prefix("dir:").unwrap_or(name));
+                    if path.is_dir() {
+                        Base::Directory(path)
+                    } else {
+                        Base::Tarball(PathBuf::from(name.strip_prefix("tar:").unwrap_or(name)))
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A running workspace's init, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Init {
+    pid: u32,
+    /// The process's start time (clock ticks after boot), which tells it
+    /// from a later process that reuses the pid.
+    start_time: u64,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    id: String,
+    /// The layers under the upper directory, bottom first.
+    stack: Vec<LayerId>,
+    /// The stack a reset without a snapshot returns to.
+    provisioned: Vec<LayerId>,
+    host_base: bool,
+    private_network: bool,
+    limits: cgroup::Limits,
+    #[serde(default)]
+    init: Option<Init>,
+}
+
+/// The sandbox runtime.
+pub struct SandboxRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for SandboxRuntime {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// The runtime's state, shared with blocking tasks.
+#[doc(hidden)]
+pub struct Inner {
+    config: SandboxConfig,
+    store: LayerStore,
+    cgroups: Result<Layout, String>,
+    host: HostBase,
+    /// Serialises changes of a workspace's lifecycle (start, stop, reset,
+    /// freeze) so two of them never interleave.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
+    let context = context.into();
+    move |source| RuntimeError::io(context, source)
+}
+
+fn other(error: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Other(error.to_string())
+}
+
+fn holder(ws: &str) -> String {
+    format!("workspace:{ws}")
+}
+
+fn cache_holder(key: &str) -> String {
+    format!(
+        "cache:{}",
+        LayerId::derive(&[b"cache-key", key.as_bytes()]).short()
+    )
+}
+
+/// The start time of a process, or `None` if there is no such process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; fields restart
+    // after the last `)`. starttime is field 22, the 20th after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl SandboxRuntime {
+    pub fn new(config: SandboxConfig) -> Result<Self, RuntimeError> {
+        Ok(SandboxRuntime {
+            inner: Arc::new(Inner::new(config)?),
+        })
+    }
+
+    fn clone_handle(&self) -> Arc<Inner> {
+        self.inner.clone()
+    }
+
+    /// Runs a command inside and collects its output (for file operations).
+    async fn run_inside(
+        &self,
+        ws: &Workspace,
+        argv: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<(i32, Vec<u8>, Vec<u8>), RuntimeError> {
+        let mut request = ExecRequest::new(berth_core::Command::Argv(argv));
+        request.stdin = stdin;
+        let mut events = self.exec(ws, request, CancellationToken::new()).await?;
+        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), -1);
+        while let Some(event) = events.recv().await {
+            match event {
+                berth_core::ExecEvent::Stdout { data } => out.extend_from_slice(&data.0),
+                berth_core::ExecEvent::Stderr { data } => err.extend_from_slice(&data.0),
+                berth_core::ExecEvent::Exit(status) => code = status.code.unwrap_or(-1),
+            }
+        }
+        Ok((code, out, err))
+    }
+}
+
+impl Inner {
+    fn new(config: SandboxConfig) -> Result<Self, RuntimeError> {
+        let store = LayerStore::open(config.home.join("layers")).map_err(other)?;
+        let sandbox = config.home.join("sandbox");
+        fs::create_dir_all(&sandbox)
+            .map_err(io_err(format!("cannot create `{}`", sandbox.display())))?;
+        let cgroups = cgroup::detect().map_err(|e| e.to_string());
+        let host = plan::host_base(Path::new("/"), &config.host_binds);
+        Ok(Inner {
+            config,
+            store,
+            cgroups,
+            host,
+            lifecycle: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &LayerStore {
+        &self.store
+    }
+
+    fn ws_dir(&self, id: &str) -> PathBuf {
+        self.config.home.join("sandbox").join(id)
+    }
+
+    fn dirs(&self, id: &str) -> Dirs {
+        let dir = self.ws_dir(id);
+        Dirs {
+            rootfs: dir.join("rootfs"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            run: dir.join("run"),
+        }
+    }
+
+    fn cache_file(&self, key: &str) -> PathBuf {
+        let name = LayerId::derive(&[b"cache-key", key.as_bytes()]);
+        self.config.home.join("sandbox-cache").join(name.as_str())
+    }
+
+    fn load(&self, id: &str) -> Result<State, RuntimeError> {
+        let path = self.ws_dir(id).join("state.json");
+        let text = fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => RuntimeError::Gone {
+                id: id.to_string(),
+                detail: "no sandbox state".into(),
+            },
+            _ => RuntimeError::io(format!("cannot read `{}`", path.display()), e),
+        })?;
+        serde_json::from_slice(&text)
+            .map_err(|e| other(format!("malformed `{}`: {e}", path.display())))
+    }
+
+    fn save(&self, state: &State) -> Result<(), RuntimeError> {
+        let path = self.ws_dir(&state.id).join("state.json");
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(state).map_err(other)?;
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(io_err(format!("cannot write `{}`", path.display())))
+    }
+
+    fn running(&self, state: &State) -> Option<Init> {
+        state
+            .init
+            .filter(|init| start_time(init.pid) == Some(init.start_time))
+    }
+
+    fn shift(&self) -> (u32, u32) {
+        match self.config.id_map {
+            Some(map) => (map.host, map.size),
+            None => (0, 0),
+        }
+    }
+
+    /// The bottom of a new workspace's stack for `base`.
+    fn base_stack(&self, base: &Base) -> Result<(Vec<LayerId>, bool), RuntimeError> {
+        let (shift, range) = self.shift();
+        let layer = match base {
+            Base::Host => self.host_skeleton()?,
+            Base::Tarball(path) => self
+                .store
+                .import_tarball(path, shift, range)
+                .map_err(other)?,
+            Base::Directory(path) => self.store.import_dir(path, shift, range).map_err(other)?,
+            Base::Docker(image) => {
+                return Err(RuntimeError::Unavailable {
+                    runtime: NAME.into(),
+                    reason: format!(
+                        "docker image `{image}` as a base needs an exported tarball; \
+                         export it (docker save / docker export) and give its path"
+                    ),
+                });
+            }
+        };
+        Ok((layer.stack(), base == &Base::Host))
+    }
+
+    /// The layer holding the mount points of the host base, and the
+    /// workspace's own top-level directories owned by its root.
+    fn host_skeleton(&self) -> Result<berth_layers::Layer, RuntimeError> {
+        let (shift, _) = self.shift();
+        let mut entries = Vec::new();
+        for dir in plan::HOST_DIRS {
+            let path = Path::new("/").join(dir);
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let target = fs::read_link(&path).unwrap_or_default();
+                    entries.push(format!("link {dir} {}", target.display()));
+                }
+                Ok(m) if m.is_dir() => entries.push(format!("dir {dir}")),
+                _ => {}
+            }
+        }
+        for bind in &self.host.binds {
+            let rel = bind.strip_prefix("/").unwrap_or(bind).display().to_string();
+            if bind.is_dir() {
+                entries.push(format!("dir {rel}"));
+            } else {
+                entries.push(format!("file {rel}"));
+            }
+        }
+        entries.sort();
+        entries.dedup();
+        let key = format!("{shift}\n{}", entries.join("\n"));
+        let make = |tree: &Path| -> io::Result<()> {
+            for dir in ["proc", "dev", "tmp", "sys", "etc", "run", BERTH_DIR] {
+                fs::create_dir_all(tree.join(dir))?;
+            }
+            fs::create_dir_all(tree.join(BERTH_DIR).join("run"))?;
+            for entry in &entries {
+                let parts: Vec<&str> = entry.splitn(3, ' ').collect();
+                match parts.as_slice() {
+                    ["link", name, target] => std::os::unix::fs::symlink(target, tree.join(name))?,
+                    ["dir", rel] => fs::create_dir_all(tree.join(rel))?,
+                    ["file", rel] => {
+                        let path = tree.join(rel);
+                        if let Some(parent) = path.parent() {
+                            fs::create_dir_all(parent)?;
+                        }
+                        fs::File::create(path)?;
+                    }
+                    _ => {}
+                }
+            }
+            // The workspace's root owns its home, its workspace and /var/tmp.
+            for (dir, mode) in [
+                (WORKSPACE_DIR, 0o755),
+                ("root", 0o700),
+                ("home", 0o755),
+                ("var/tmp", 0o1777),
+            ] {
+                let path = tree.join(dir);
+                fs::create_dir_all(&path)?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+                std::os::unix::fs::lchown(&path, Some(shift), Some(shift))?;
+            }
+            Ok(())
+        };
+        self.store
+            .get_or_build(
+                LayerKind::HostSkeleton,
+                &[b"host-skeleton", key.as_bytes()],
+                "host",
+                make,
+            )
+            .map_err(other)
+    }
+
+    /// Makes an empty upper directory (with the workspace directory owned
+    /// by the workspace's root) and a clean work directory.
+    fn fresh_upper(&self, dirs: &Dirs) -> Result<(), RuntimeError> {
+        let (shift, _) = self.shift();
+        let made = (|| -> io::Result<()> {
+            for dir in [&dirs.rootfs, &dirs.run] {
+                fs::create_dir_all(dir)?;
+            }
+            tree::remove_tree(&dirs.work)?;
+            fs::create_dir_all(&dirs.work)?;
+            fs::create_dir(&dirs.upper)?;
+            let ws = dirs.upper.join(WORKSPACE_DIR);
+            fs::create_dir(&ws)?;
+            fs::set_permissions(&ws, fs::Permissions::from_mode(0o755))?;
+            std::os::unix::fs::lchown(&ws, Some(shift), Some(shift))
+        })();
+        made.map_err(io_err(format!("cannot prepare `{}`", dirs.upper.display())))
+    }
+
+    /// Moves a directory away and removes it.
+    fn discard(&self, dir: &Path) -> Result<(), RuntimeError> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        let trash = self.store.staging_dir().map_err(other)?.join("discarded");
+        fs::rename(dir, &trash).map_err(io_err(format!("cannot move `{}` away", dir.display())))?;
+        // Removal is O(size); the workspace does not wait for it.
+        std::thread::spawn(move || {
+            let _ = tree::remove_tree(&trash);
+        });
+        Ok(())
+    }
+
+    fn set_refs(&self, id: &str, old: &[LayerId], new: &[LayerId]) -> Result<(), RuntimeError> {
+        for layer in new {
+            self.store.add_ref(layer, &holder(id)).map_err(other)?;
+        }
+        for layer in old.iter().filter(|l| !new.contains(l)) {
+            self.store.remove_ref(layer, &holder(id)).map_err(other)?;
+        }
+        Ok(())
+    }
+
+    fn limits_of(ws: &Workspace) -> cgroup::Limits {
+        cgroup::Limits {
+            memory: ws.spec.limits.memory,
+            pids: Some(ws.spec.limits.pids.unwrap_or(DEFAULT_PIDS)),
+            cpus: ws.spec.limits.cpus,
+        }
+    }
+
+    fn check_mechanisms(&self) -> Result<(), RuntimeError> {
+        if self.config.accept_weaker {
+            return Ok(());
+        }
+        let refuse = |reason: String| RuntimeError::Unavailable {
+            runtime: NAME.into(),
+            reason: format!(
+                "{reason}; set BERTH_SANDBOX_ACCEPT_WEAKER=1 to run with weaker isolation"
+            ),
+        };
+        if let Err(reason) = &self.cgroups {
+            return Err(refuse(reason.clone()));
+        }
+        if self.config.id_map.is_none() {
+            return Err(refuse("no user namespace id range is configured".into()));
+        }
+        let max = fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+        if max.trim() == "0" {
+            return Err(refuse(
+                "user namespaces are disabled (user.max_user_namespaces = 0)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn new_state(
+        &self,
+        ws: &Workspace,
+        stack: Vec<LayerId>,
+        provisioned: Vec<LayerId>,
+        host_base: bool,
+    ) -> State {
+        State {
+            version: STATE_VERSION,
+            id: ws.id.to_string(),
+            stack,
+            provisioned,
+            host_base,
+            private_network: ws.spec.network.unwrap_or(Network::None) != Network::Host,
+            limits: Self::limits_of(ws),
+            init: None,
+        }
+    }
+
+    fn make_workspace(
+        &self,
+        ws: &Workspace,
+        stack: Vec<LayerId>,
+        provisioned: Vec<LayerId>,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let id = ws.id.to_string();
+        let host_base = stack
+            .first()
+            .and_then(|l| self.store.get(l).ok())
+            .is_some_and(|l| l.meta.kind == LayerKind::HostSkeleton);
+        let dirs = self.dirs(&id);
+        if self.ws_dir(&id).exists() {
+            return Err(other(format!(
+                "workspace {id} already exists in the sandbox runtime"
+            )));
+        }
+        fs::create_dir_all(self.ws_dir(&id))
+            .map_err(io_err("cannot create the workspace directory"))?;
+        self.fresh_upper(&dirs)?;
+        self.set_refs(&id, &[], &stack)?;
+        self.set_refs(&id, &[], &provisioned)?;
+        let state = self.new_state(ws, stack, provisioned, host_base);
+        self.save(&state)?;
+        Ok(self.info(&state))
+    }
+
+    fn info(&self, state: &State) -> serde_json::Value {
+        serde_json::json!({
+            "dir": self.ws_dir(&state.id),
+            "stack": state.stack,
+            "pid": state.init.map(|i| i.pid),
+        })
+    }
+
+    fn config_path(&self, id: &str) -> PathBuf {
+        self.ws_dir(id).join("init.json")
+    }
+
+    async fn start_locked(&self, ws: &Workspace) -> Result<State, RuntimeError> {
+        let id = ws.id.to_string();
+        let mut state = self.load(&id)?;
+        if self.running(&state).is_some() {
+            return Ok(state);
+        }
+        self.check_mechanisms()?;
+        let dirs = self.dirs(&id);
+        let cgroups = match &self.cgroups {
+            Ok(layout) => {
+                let existing = layout.cgroups(&id);
+                cgroup::kill_and_remove(&existing, KILL_PATIENCE).map_err(other)?;
+                Some(layout.create(&id, state.limits).map_err(other)?)
+            }
+            Err(_) => None,
+        };
+        let mut programs = vec![self.config.init_program.clone()];
+        let command = match &self.config.agent_program {
+            Some(agent) => {
+                programs.push(agent.clone());
+                vec![
+                    plan::program_inside(agent),
+                    "--socket".into(),
+                    format!("/{BERTH_DIR}/run/agent.sock"),
+                    "--root".into(),
+                    format!("/{WORKSPACE_DIR}"),
+                ]
+            }
+            None => vec![
+                plan::program_inside(&self.config.init_program),
+                "reap".into(),
+            ],
+        };
+        let lowers = self.store.trees_top_first(&state.stack);
+        let config = plan::plan(&PlanInput {
+            dirs: &dirs,
+            lowers,
+            host_base: state.host_base.then_some(&self.host),
+            id_map: self.config.id_map,
+            private_network: state.private_network,
+            hostname: format!("ws-{}", &id[id.len().saturating_sub(8)..]),
+            cgroups: cgroups.as_ref(),
+            seccomp: true,
+            programs,
+            command,
+            env: self.base_env(ws),
+        });
+        let config_path = self.config_path(&id);
+        fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&config).map_err(other)?,
+        )
+        .map_err(io_err(format!("cannot write `{}`", config_path.display())))?;
+        // Stale work files from a killed overlay would make the mount fail.
+        tree::remove_tree(&dirs.work).map_err(io_err("cannot clear the overlay work directory"))?;
+        fs::create_dir_all(&dirs.work)
+            .map_err(io_err("cannot create the overlay work directory"))?;
+
+        let log = fs::File::create(self.ws_dir(&id).join("init.log"))
+            .map_err(io_err("cannot create the init log"))?;
+        let mut child = tokio::process::Command::new(&self.config.init_program)
+            .arg("start")
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn {
+                command: self.config.init_program.display().to_string(),
+                source,
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| other("the init has no stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .map_err(|_| {
+                other(format!(
+                    "workspace {id}: the init did not report within {START_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(io_err("cannot read the init's report"))?
+            .unwrap_or_default();
+        let started = line
+            .strip_prefix("started ")
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        let Some(pid) = started else {
+            if let Some(cgroups) = &cgroups {
+                let _ = cgroup::kill_and_remove(cgroups, KILL_PATIENCE);
+            }
+            let reason = line.strip_prefix("failed: ").unwrap_or(&line).to_string();
+            return Err(RuntimeError::Unavailable {
+                runtime: NAME.into(),
+                reason: format!("workspace {id} did not start: {reason}"),
+            });
+        };
+        // The init stays as the workspace's parent; tokio reaps it when it
+        // ends, whoever ends it.
+        drop(child);
+        let start_time = start_time(pid).ok_or_else(|| RuntimeError::Gone {
+            id: id.clone(),
+            detail: "its init ended right after starting".into(),
+        })?;
+        state.init = Some(Init { pid, start_time });
+        self.save(&state)?;
+        if self.config.agent_program.is_some() {
+            self.wait_for_socket(&dirs.run.join("agent.sock")).await?;
+        }
+        Ok(state)
+    }
+
+    async fn wait_for_socket(&self, socket: &Path) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while !socket.exists() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(other(format!(
+                    "the agent socket `{}` did not appear",
+                    socket.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    /// Ends every process of the workspace and removes its cgroups.
+    fn stop_locked(&self, id: &str) -> Result<State, RuntimeError> {
+        let mut state = self.load(id)?;
+        if let Some(init) = self.running(&state)
+            && let Some(pid) = rustix::process::Pid::from_raw(init.pid as i32)
+        {
+            // Killing a PID namespace's init kills everything in it.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        if let Ok(layout) = &self.cgroups {
+            cgroup::kill_and_remove(&layout.cgroups(id), KILL_PATIENCE).map_err(other)?;
+        }
+        if let Some(init) = state.init {
+            // The init leaves its PID namespace only when reaped; wait for
+            // that so that the overlay is gone before the caller goes on.
+            let deadline = std::time::Instant::now() + KILL_PATIENCE;
+            while start_time(init.pid) == Some(init.start_time)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        state.init = None;
+        self.save(&state)?;
+        Ok(state)
+    }
+
+    fn base_env(&self, ws: &Workspace) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PATH".to_string(), DEFAULT_PATH.to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+            ("USER".to_string(), "root".to_string()),
+            ("LANG".to_string(), "C.UTF-8".to_string()),
+        ];
+        for (key, value) in &ws.spec.env {
+            env.retain(|(k, _)| k != key);
+            env.push((key.clone(), value.clone()));
+        }
+        env
+    }
+
+    /// Freezes the upper directory of a stopped workspace into a layer on
+    /// its stack, which becomes its new stack, with a fresh upper.
+    fn freeze_upper(
+        &self,
+        state: &mut State,
+        kind: LayerKind,
+    ) -> Result<berth_layers::Layer, RuntimeError> {
+        let dirs = self.dirs(&state.id);
+        let layer = self
+            .store
+            .freeze(
+                &dirs.upper,
+                &state.stack,
+                kind,
+                &format!("workspace {}", state.id),
+            )
+            .map_err(other)?;
+        self.fresh_upper(&dirs)?;
+        let old = state.stack.clone();
+        let new = layer.stack();
+        self.set_refs(&state.id, &[], &new)?;
+        state.stack = new;
+        let _ = old;
+        Ok(layer)
+    }
+
+    fn cached_layer(&self, key: &str) -> Result<Option<berth_layers::Layer>, RuntimeError> {
+        let file = self.cache_file(key);
+        let text = match fs::read_to_string(&file) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            other => other.map_err(io_err(format!("cannot read cache entry `{key}`")))?,
+        };
+        let id = LayerId::parse(text.trim()).map_err(other)?;
+        match self.store.get(&id) {
+            Ok(layer) => Ok(Some(layer)),
+            Err(berth_layers::StoreError::Missing(_)) => Ok(None),
+            Err(e) => Err(other(e)),
+        }
+    }
+
+    /// Freezes a copy of the workspace's upper directory (it may be
+    /// running) on top of its stack: O(changed files).
+    fn copy_upper(
+        &self,
+        state: &State,
+        kind: LayerKind,
+    ) -> Result<berth_layers::Layer, RuntimeError> {
+        let dirs = self.dirs(&state.id);
+        self.store
+            .freeze_copy(
+                &dirs.upper,
+                &state.stack,
+                kind,
+                &format!("workspace {}", state.id),
+            )
+            .map_err(other)
+    }
+
+    fn changes_of(&self, state: &State) -> Result<Vec<Change>, RuntimeError> {
+        let dirs = self.dirs(&state.id);
+        let lowers = self.store.trees_top_first(&state.stack);
+        berth_layers::changes(&dirs.upper, &lowers, Path::new(WORKSPACE_DIR)).map_err(io_err(
+            format!("cannot list the changes of workspace {}", state.id),
+        ))
+    }
+
+    fn isolation_of(&self, state: &State) -> Isolation {
+        let mut namespaces = vec!["mount", "pid", "uts", "ipc", "cgroup"];
+        if self.config.id_map.is_some() {
+            namespaces.insert(0, "user");
+        }
+        if state.private_network {
+            namespaces.push("net");
+        }
+        let mut notes = Vec::new();
+        let mut limits = Vec::new();
+        match &self.cgroups {
+            Ok(layout) => {
+                if let Some(memory) = state.limits.memory {
+                    limits.push(format!("memory={memory}"));
+                }
+                if let Some(pids) = state.limits.pids {
+                    limits.push(format!("pids={pids}"));
+                }
+                if let Some(cpus) = state.limits.cpus {
+                    limits.push(format!("cpus={cpus}"));
+                }
+                notes.push(format!("limits through cgroup {}", layout.version()));
+            }
+            Err(reason) => notes.push(format!("no limits: {reason}")),
+        }
+        match self.config.id_map {
+            Some(map) => notes.push(format!("root inside is host uid {}", map.host)),
+            None => notes.push(
+                "no user namespace: root inside is host root with reduced capabilities".into(),
+            ),
+        }
+        notes.push("capabilities reduced to Docker's default set; no_new_privs".into());
+        Isolation {
+            isolated: true,
+            namespaces: namespaces.into_iter().map(String::from).collect(),
+            limits,
+            seccomp: true,
+            network: if state.private_network {
+                "none (loopback only)"
+            } else {
+                "host"
+            }
+            .into(),
+            notes,
+        }
+    }
+
+    /// Rebuilds a workspace on `stack` with an empty upper directory,
+    /// restarting it if it was running.
+    async fn restack(&self, ws: &Workspace, stack: Vec<LayerId>) -> Result<(), RuntimeError> {
+        let id = ws.id.to_string();
+        let was_running = self.running(&self.load(&id)?).is_some();
+        let mut state = self.stop_locked(&id)?;
+        let dirs = self.dirs(&id);
+        self.discard(&dirs.upper)?;
+        self.fresh_upper(&dirs)?;
+        let old = state.stack.clone();
+        self.set_refs(&id, &[], &stack)?;
+        state.stack = stack;
+        let keep: Vec<LayerId> = state
+            .stack
+            .iter()
+            .chain(&state.provisioned)
+            .cloned()
+            .collect();
+        self.set_refs(&id, &old, &keep)?;
+        self.save(&state)?;
+        if was_running {
+            self.start_locked(ws).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Runtime for SandboxRuntime {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "Linux namespaces, overlay layers, cgroups and seccomp; no daemon"
+    }
+
+    async fn available(&self) -> Result<(), String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(
+                "the sandbox runtime needs root (user namespaces are mapped from root)".into(),
+            );
+        }
+        let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        if !filesystems.contains("overlay") {
+            return Err("overlayfs is not available (modprobe overlay)".into());
+        }
+        if !self.config.init_program.is_file() {
+            return Err(format!(
+                "the stage-1 init `{}` is missing (build berth-sandbox-init or set BERTH_SANDBOX_INIT)",
+                self.config.init_program.display()
+            ));
+        }
+        self.check_mechanisms().map_err(|e| e.to_string())
+    }
+
+    async fn create(
+        &self,
+        ws: &Workspace,
+        from_cache: Option<&str>,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let (stack, _) = match from_cache {
+            Some(key) => {
+                let layer = self
+                    .cached_layer(key)?
+                    .ok_or_else(|| other(format!("no cache entry `{key}`")))?;
+                (layer.stack(), false)
+            }
+            None => {
+                let base = Base::parse(ws.spec.image.as_deref());
+                let store = self.clone_handle();
+                tokio::task::spawn_blocking(move || store.base_stack(&base))
+                    .await
+                    .map_err(other)??
+            }
+        };
+        self.make_workspace(ws, stack.clone(), stack)
+    }
+
+    fn host_path(&self, ws: &Workspace) -> Option<PathBuf> {
+        let state = self.load(ws.id.as_str()).ok()?;
+        self.running(&state)
+            .map(|init| PathBuf::from(format!("/proc/{}/root/{WORKSPACE_DIR}", init.pid)))
+    }
+
+    async fn import(
+        &self,
+        ws: &Workspace,
+        host_dir: &Path,
+        dest: &WorkspacePath,
+    ) -> Result<(), RuntimeError> {
+        let id = ws.id.to_string();
+        let state = self.load(&id)?;
+        let (shift, range) = self.shift();
+        let dirs = self.dirs(&id);
+        let host_dir = host_dir.to_path_buf();
+        let rel = dest.as_str().to_string();
+        let running = self.running(&state);
+        let lowers = self.store.trees_top_first(&state.stack);
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            tree::shift_ownership(&host_dir, shift, range).map_err(io_err(format!(
+                "cannot hand `{}` to the workspace's root",
+                host_dir.display()
+            )))?;
+            if let Some(init) = running {
+                // Live overlays must not have their upper directory changed
+                // underneath; go through the workspace's own view.
+                let target =
+                    PathBuf::from(format!("/proc/{}/root/{WORKSPACE_DIR}", init.pid)).join(&rel);
+                tree::remove_tree(&target).map_err(io_err("cannot replace the destination"))?;
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(io_err("cannot create the destination"))?;
+                }
+                tree::copy_tree(&host_dir, &target)
+                    .map_err(io_err("cannot copy into the workspace"))?;
+                return tree::remove_tree(&host_dir)
+                    .map_err(io_err("cannot remove the imported directory"));
+            }
+            let target = dirs.upper.join(WORKSPACE_DIR).join(&rel);
+            tree::remove_tree(&target).map_err(io_err("cannot replace the destination"))?;
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(io_err("cannot create the destination"))?;
+            }
+            if let Err(e) = fs::rename(&host_dir, &target) {
+                if e.raw_os_error() != Some(libc::EXDEV) {
+                    return Err(RuntimeError::io(
+                        format!("cannot move `{}` into the workspace", host_dir.display()),
+                        e,
+                    ));
+                }
+                tree::copy_tree(&host_dir, &target)
+                    .map_err(io_err("cannot copy into the workspace"))?;
+                tree::remove_tree(&host_dir)
+                    .map_err(io_err("cannot remove the imported directory"))?;
+            }
+            // Whatever the layers held there is replaced, not merged.
+            let below = Path::new(WORKSPACE_DIR).join(&rel);
+            if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir())
+                && tree::lookup(&lowers, &below).ok().flatten().is_some()
+            {
+                tree::set_opaque(&target).map_err(io_err("cannot mark the destination opaque"))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(other)?
+    }
+
+    async fn start(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let state = self.start_locked(ws).await?;
+        Ok(self.info(&state))
+    }
+
+    async fn stop(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let this = self.clone_handle();
+        let id = ws.id.to_string();
+        tokio::task::spawn_blocking(move || this.stop_locked(&id).map(drop))
+            .await
+            .map_err(other)?
+    }
+
+    async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let id = ws.id.to_string();
+        let state = match self.load(&id) {
+            Ok(state) => state,
+            Err(RuntimeError::Gone { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let this = self.clone_handle();
+        let id2 = id.clone();
+        tokio::task::spawn_blocking(move || this.stop_locked(&id2))
+            .await
+            .map_err(other)??;
+        let layers: Vec<LayerId> = state
+            .stack
+            .iter()
+            .chain(&state.provisioned)
+            .cloned()
+            .collect();
+        self.set_refs(&id, &layers, &[])?;
+        self.discard(&self.ws_dir(&id))
+    }
+
+    async fn exists(&self, ws: &Workspace) -> Result<bool, RuntimeError> {
+        Ok(self.ws_dir(ws.id.as_str()).join("state.json").is_file())
+    }
+
+    fn isolation(&self, ws: &Workspace) -> Isolation {
+        match self.load(ws.id.as_str()) {
+            Ok(state) => self.isolation_of(&state),
+            Err(e) => Isolation {
+                isolated: true,
+                network: "unknown".into(),
+                notes: vec![e.to_string()],
+                ..Isolation::default()
+            },
+        }
+    }
+
+    async fn exec(
+        &self,
+        ws: &Workspace,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, RuntimeError> {
+        let id = ws.id.to_string();
+        let state = self.load(&id)?;
+        let init = self.running(&state).ok_or_else(|| RuntimeError::Gone {
+            id: id.clone(),
+            detail: "it is not running".into(),
+        })?;
+        let cwd = match &request.cwd {
+            Some(cwd) => inside_path(&WorkspacePath::parse(cwd)?),
+            None => format!("/{WORKSPACE_DIR}"),
+        };
+        let mut argv = vec![
+            self.config.init_program.display().to_string(),
+            "exec".into(),
+            self.config_path(&id).display().to_string(),
+            init.pid.to_string(),
+            cwd,
+            "--".into(),
+        ];
+        argv.extend(request.command.to_argv());
+        let mut env = self.base_env(ws);
+        for (key, value) in request.env {
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
+        }
+        let running = berth_exec::spawn(
+            berth_exec::Spawn {
+                argv,
+                cwd: PathBuf::from("/"),
+                env,
+                stdin: match request.stdin {
+                    Some(bytes) => berth_exec::Stdin::Bytes(bytes),
+                    None => berth_exec::Stdin::Null,
+                },
+                timeout: request.timeout_ms.map(Duration::from_millis),
+                output_limit: request.output_limit,
+                grace: berth_exec::DEFAULT_GRACE,
+            },
+            cancel,
+        )
+        .map_err(|e| RuntimeError::Spawn {
+            command: request.command.display(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok(running.events)
+    }
+
+    async fn read_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let inside = inside_path(path);
+        let (code, out, err) = self
+            .run_inside(ws, vec!["cat".into(), "--".into(), inside], None)
+            .await?;
+        match code {
+            0 => Ok(out),
+            _ => Err(file_error(path, &err)),
+        }
+    }
+
+    async fn write_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+        data: Vec<u8>,
+    ) -> Result<(), RuntimeError> {
+        let inside = inside_path(path);
+        let script = "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"";
+        let argv = vec!["sh".into(), "-c".into(), script.into(), "sh".into(), inside];
+        let (code, _, err) = self.run_inside(ws, argv, Some(data)).await?;
+        match code {
+            0 => Ok(()),
+            _ => Err(file_error(path, &err)),
+        }
+    }
+
+    async fn list_files(
+        &self,
+        ws: &Workspace,
+        dir: &WorkspacePath,
+    ) -> Result<Vec<FileEntry>, RuntimeError> {
+        let inside = inside_path(dir);
+        let argv = vec![
+            "find".into(),
+            inside,
+            "-mindepth".into(),
+            "1".into(),
+            "-maxdepth".into(),
+            "1".into(),
+            "-printf".into(),
+            "%y %s %m %T@ %f\\0".into(),
+        ];
+        let (code, out, err) = self.run_inside(ws, argv, None).await?;
+        if code != 0 {
+            return Err(file_error(dir, &err));
+        }
+        let mut entries = Vec::new();
+        for record in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            let text = String::from_utf8_lossy(record);
+            let mut parts = text.splitn(5, ' ');
+            let (Some(kind), Some(size), Some(mode), Some(time), Some(name)) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
+                continue;
+            };
+            let path = if dir.as_str().is_empty() {
+                name.to_string()
+            } else {
+                format!("{}/{name}", dir.as_str())
+            };
+            entries.push(FileEntry {
+                path,
+                kind: match kind {
+                    "f" => FileKind::File,
+                    "d" => FileKind::Dir,
+                    "l" => FileKind::Symlink,
+                    _ => FileKind::Other,
+                },
+                size: size.parse().unwrap_or(0),
+                mode: u32::from_str_radix(mode, 8).unwrap_or(0),
+                modified: time
+                    .split('.')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            });
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(entries)
+    }
+
+    async fn remove_file(&self, ws: &Workspace, path: &WorkspacePath) -> Result<(), RuntimeError> {
+        if path.as_str().is_empty() {
+            return Err(RuntimeError::WrongKind {
+                path: String::new(),
+                problem: "the workspace root, which cannot be removed",
+            });
+        }
+        let inside = inside_path(path);
+        let argv = vec![
+            "sh".into(),
+            "-c".into(),
+            "test -e \"$1\" -o -L \"$1\" && rm -rf -- \"$1\"".into(),
+            "sh".into(),
+            inside,
+        ];
+        let (code, _, err) = self.run_inside(ws, argv, None).await?;
+        match code {
+            0 => Ok(()),
+            _ if err.is_empty() => Err(RuntimeError::NotFound(path.as_str().to_string())),
+            _ => Err(file_error(path, &err)),
+        }
+    }
+
+    async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let id = ws.id.to_string();
+        let was_running = self.running(&self.load(&id)?).is_some();
+        let mut state = self.stop_locked(&id)?;
+        let layer = self.freeze_upper(&mut state, LayerKind::Cache)?;
+        let old_provisioned = std::mem::replace(&mut state.provisioned, state.stack.clone());
+        let keep: Vec<LayerId> = state.stack.clone();
+        self.set_refs(&id, &old_provisioned, &keep)?;
+        self.save(&state)?;
+        self.store
+            .add_ref(&layer.meta.id, &cache_holder(key))
+            .map_err(other)?;
+        let file = self.cache_file(key);
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create the cache directory"))?;
+        }
+        fs::write(&file, layer.meta.id.as_str())
+            .map_err(io_err(format!("cannot record cache entry `{key}`")))?;
+        if was_running {
+            self.start_locked(ws).await?;
+        }
+        Ok(())
+    }
+
+    async fn has_cache(&self, key: &str) -> bool {
+        matches!(self.cached_layer(key), Ok(Some(_)))
+    }
+
+    async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {
+        let file = self.cache_file(key);
+        if let Ok(Some(layer)) = self.cached_layer(key) {
+            self.store
+                .remove_ref(&layer.meta.id, &cache_holder(key))
+                .map_err(other)?;
+        }
+        match fs::remove_file(&file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(RuntimeError::io("cannot remove the cache entry", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn snapshot(&self, ws: &Workspace) -> Result<Snapshot, RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let state = self.load(ws.id.as_str())?;
+        let layer = self.copy_upper(&state, LayerKind::Snapshot)?;
+        let holder = format!("snapshot:{}", layer.meta.id);
+        self.store.add_ref(&layer.meta.id, &holder).map_err(other)?;
+        Ok(Snapshot {
+            id: layer.meta.id.to_string(),
+            workspace: ws.id.clone(),
+            created_at: layer.meta.created_at,
+        })
+    }
+
+    async fn reset(&self, ws: &Workspace, to: Option<&str>) -> Result<(), RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let state = self.load(ws.id.as_str())?;
+        let stack = match to {
+            None => state.provisioned.clone(),
+            Some(snapshot) => {
+                let id = LayerId::parse(snapshot).map_err(other)?;
+                let layer = self.store.get(&id).map_err(other)?;
+                if layer.meta.kind != LayerKind::Snapshot {
+                    return Err(other(format!("{snapshot} is not a snapshot")));
+                }
+                layer.stack()
+            }
+        };
+        self.restack(ws, stack).await
+    }
+
+    async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
+        let state = self.load(ws.id.as_str())?;
+        let this = self.clone_handle();
+        tokio::task::spawn_blocking(move || this.changes_of(&state))
+            .await
+            .map_err(other)?
+    }
+
+    async fn export_changes(
+        &self,
+        ws: &Workspace,
+        target: &ExportTarget,
+    ) -> Result<ExportSummary, RuntimeError> {
+        let state = self.load(ws.id.as_str())?;
+        let this = self.clone_handle();
+        let target = target.clone();
+        let (shift, range) = self.shift();
+        tokio::task::spawn_blocking(move || {
+            let changes = this.changes_of(&state)?;
+            let root = this.dirs(&state.id).upper.join(WORKSPACE_DIR);
+            match &target {
+                ExportTarget::Archive { path } => {
+                    berth_layers::export_archive(&root, &changes, path, IdShift { shift, range })
+                        .map_err(io_err(format!("cannot export to `{}`", path.display())))
+                }
+                ExportTarget::Directory { path } => berth_layers::export_dir(&root, &changes, path)
+                    .map_err(io_err(format!("cannot export to `{}`", path.display()))),
+            }
+        })
+        .await
+        .map_err(other)?
+    }
+
+    async fn fork(
+        &self,
+        origin: &Workspace,
+        ws: &Workspace,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let state = self.load(origin.id.as_str())?;
+        let layer = self.copy_upper(&state, LayerKind::Snapshot)?;
+        self.make_workspace(ws, layer.stack(), state.provisioned.clone())
+    }
+
+    async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
+        let layer = LayerId::parse(id).map_err(other)?;
+        self.store
+            .remove_ref(&layer, &format!("snapshot:{layer}"))
+            .map_err(other)
+    }
+
+    async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
+        let _guard = self.lifecycle.lock().await;
+        let live_ids: BTreeSet<String> = live.iter().map(|w| w.id.to_string()).collect();
+        let mut report = GcReport::default();
+        let sandbox = self.config.home.join("sandbox");
+        for entry in fs::read_dir(&sandbox).map_err(io_err("cannot list workspaces"))? {
+            let entry = entry.map_err(io_err("cannot list workspaces"))?;
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if live_ids.contains(&id) {
+                continue;
+            }
+            if let Ok(state) = self.stop_locked(&id) {
+                let layers: Vec<LayerId> = state
+                    .stack
+                    .iter()
+                    .chain(&state.provisioned)
+                    .cloned()
+                    .collect();
+                self.set_refs(&id, &layers, &[])?;
+            }
+            self.discard(&entry.path())?;
+            report.orphans.push(id);
+        }
+        let holders: BTreeSet<String> = live_ids.iter().map(|id| holder(id)).collect();
+        self.store
+            .drop_holders_except("workspace:", &holders)
+            .map_err(other)?;
+        report.removed = self
+            .store
+            .gc()
+            .map_err(other)?
+            .into_iter()
+            .map(String::from)
+            .collect();
+        Ok(report)
+    }
+}
+
+fn inside_path(path: &WorkspacePath) -> String {
+    let rel = path.as_str();
+    if rel.is_empty() {
+        format!("/{WORKSPACE_DIR}")
+    } else {
+        format!("/{WORKSPACE_DIR}/{rel}")
+    }
+}
+
+fn file_error(path: &WorkspacePath, stderr: &[u8]) -> RuntimeError {
+    let text = String::from_utf8_lossy(stderr);
+    if text.contains("No such file") {
+        RuntimeError::NotFound(path.as_str().to_string())
+    } else if text.contains("Is a directory") {
+        RuntimeError::WrongKind {
+            path: path.as_str().to_string(),
+            problem: "a directory",
+        }
+    } else if text.contains("Not a directory") {
+        RuntimeError::WrongKind {
+            path: path.as_str().to_string(),
+            problem: "not a directory",
+        }
+    } else {
+        RuntimeError::Other(format!("`{}`: {}", path.as_str(), text.trim()))
+    }
+}

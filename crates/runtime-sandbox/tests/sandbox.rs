@@ -1,0 +1,639 @@
+//! The sandbox runtime on the real kernel: escape attempts that must fail,
+//! limits that must hold, and layer semantics (reset, snapshots, forks,
+//! changes) that must be exact. Needs root, overlayfs, user namespaces and
+//! cgroups; each test says which is missing.
+
+#![expect(clippy::unwrap_used, reason = "a failing step should fail the test")]
+
+use berth_core::{
+    Change, ChangeKind, ExecEvent, ExecRequest, ExportTarget, FileKind, Runtime, Spec, Workspace,
+    WorkspaceId, WorkspacePath, WorkspaceState, spec::Network,
+};
+use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
+use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+fn config(home: &Path) -> SandboxConfig {
+    SandboxConfig {
+        home: home.to_path_buf(),
+        init_program: PathBuf::from(env!("CARGO_BIN_EXE_berth-sandbox-init")),
+        agent_program: None,
+        host_binds: Vec::new(),
+        id_map: Some(DEFAULT_ID_MAP),
+        accept_weaker: false,
+    }
+}
+
+async fn runtime(home: &Path) -> SandboxRuntime {
+    let runtime = SandboxRuntime::new(config(home)).unwrap();
+    if let Err(reason) = runtime.available().await {
+        panic!("the sandbox runtime cannot run here: {reason}");
+    }
+    runtime
+}
+
+thread_local! {
+    static MADE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Ends the processes of every workspace this test made, even when the
+/// test fails half-way (a failed fork-bomb test must not leave its bomb).
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Ok(layout) = berth_runtime_sandbox::cgroup::detect() else {
+            return;
+        };
+        for id in MADE.with(|m| m.take()) {
+            let _ = berth_runtime_sandbox::cgroup::kill_and_remove(
+                &layout.cgroups(&id),
+                std::time::Duration::from_secs(10),
+            );
+        }
+    }
+}
+
+fn workspace(spec: Spec) -> Workspace {
+    let id = WorkspaceId::generate();
+    MADE.with(|m| m.borrow_mut().push(id.to_string()));
+    Workspace {
+        id,
+        name: "test".into(),
+        runtime: "sandbox".into(),
+        spec,
+        state: WorkspaceState::Creating,
+        runtime_info: serde_json::Value::Null,
+        cache_key: None,
+        error: None,
+        owner_pid: None,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+struct Ran {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(rt: &SandboxRuntime, ws: &Workspace, request: ExecRequest) -> Ran {
+    let mut events = rt
+        .exec(ws, request, CancellationToken::new())
+        .await
+        .unwrap();
+    let mut ran = Ran {
+        code: None,
+        signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    while let Some(event) = events.recv().await {
+        match event {
+            ExecEvent::Stdout { data } => ran.stdout += &String::from_utf8_lossy(&data.0),
+            ExecEvent::Stderr { data } => ran.stderr += &String::from_utf8_lossy(&data.0),
+            ExecEvent::Exit(status) => {
+                ran.code = status.code;
+                ran.signal = status.signal;
+            }
+        }
+    }
+    ran
+}
+
+async fn sh(rt: &SandboxRuntime, ws: &Workspace, script: &str) -> Ran {
+    run(rt, ws, ExecRequest::argv(["/bin/sh", "-c", script])).await
+}
+
+/// A started workspace on the host base.
+async fn started(rt: &SandboxRuntime, spec: Spec) -> Workspace {
+    let ws = workspace(spec);
+    rt.create(&ws, None).await.unwrap();
+    rt.start(&ws).await.unwrap();
+    ws
+}
+
+#[tokio::test]
+async fn host_processes_are_invisible_and_isolation_is_reported() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let mut marker = std::process::Command::new("sleep")
+        .arg("31337")
+        .spawn()
+        .unwrap();
+    let ws = started(&rt, Spec::default()).await;
+
+    let ran = sh(
+        &rt,
+        &ws,
+        "cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo; ls -d /proc/[0-9]* | wc -l",
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        !ran.stdout.contains("31337"),
+        "a host process is visible: {}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("berth-sandbox-init reap"),
+        "pid 1 is the workspace's init: {}",
+        ran.stdout
+    );
+    let count: u32 = ran.stdout.lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        count <= 4,
+        "only the workspace's own processes: {}",
+        ran.stdout
+    );
+    let whoami = sh(&rt, &ws, "id -u; cat /proc/self/uid_map; hostname").await;
+    assert!(
+        whoami
+            .stdout
+            .starts_with("0\n         0     100000      65536\nws-"),
+        "{}",
+        whoami.stdout
+    );
+
+    let isolation = rt.isolation(&ws);
+    assert!(isolation.isolated && isolation.seccomp);
+    for ns in ["user", "mount", "pid", "uts", "ipc", "net", "cgroup"] {
+        assert!(
+            isolation.namespaces.iter().any(|n| n == ns),
+            "{ns} missing: {isolation:?}"
+        );
+    }
+    assert_eq!(isolation.network, "none (loopback only)");
+    assert!(isolation.limits.contains(&"pids=4096".to_string()));
+
+    rt.remove(&ws).await.unwrap();
+    marker.kill().unwrap();
+    marker.wait().unwrap();
+}
+
+#[tokio::test]
+async fn host_files_outside_the_layers_cannot_be_read_or_written() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let secret = home.path().join("secret.txt");
+    fs::write(&secret, "host secret").unwrap();
+    let ws = started(&rt, Spec::default()).await;
+    let secret_path = secret.display().to_string();
+
+    let script = format!(
+        "cat {s} /proc/1/root{s} /proc/self/root{s} 2>/dev/null;
+         ln -s {s} /workspace/link; cat /workspace/link 2>/dev/null;
+         ln -s /proc/1/root/.. /workspace/up; ls /workspace/up/$(dirname {s}) 2>/dev/null;
+         cat /proc/1/root/../../../../..{s} 2>/dev/null;
+         echo written > /usr/bin/berth-escape 2>/dev/null && echo WROTE-USR;
+         echo written >> /etc/passwd 2>/dev/null && echo WROTE-ETC;
+         mkdir -p /tmp/b && mount --bind / /tmp/b 2>/dev/null && echo MOUNTED;
+         ls /proc/1/root/root/.cargo 2>/dev/null && echo SAW-ROOT-HOME;
+         echo done",
+        s = secret_path
+    );
+    let ran = sh(&rt, &ws, &script).await;
+    assert_eq!(
+        ran.stdout.trim(),
+        "done",
+        "something got through: {}",
+        ran.stdout
+    );
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "host secret");
+    assert!(!Path::new("/usr/bin/berth-escape").exists());
+    assert!(
+        !fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains("written")
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_service_on_the_host_loopback_is_unreachable_unless_the_spec_asks() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!(
+        "bash -c 'echo hello > /dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo CONNECTED || echo REFUSED"
+    );
+
+    let isolated = started(&rt, Spec::default()).await;
+    let ran = sh(&rt, &isolated, &probe).await;
+    assert_eq!(ran.stdout.trim(), "REFUSED");
+    let lo = sh(
+        &rt,
+        &isolated,
+        "cat /sys/class/net/lo/operstate 2>/dev/null; grep -c : /proc/net/dev",
+    )
+    .await;
+    assert_eq!(
+        lo.stdout.lines().last(),
+        Some("1"),
+        "only lo exists: {}",
+        lo.stdout
+    );
+
+    // The same probe gets through with the host's network: the test can fail.
+    let spec = Spec {
+        network: Some(Network::Host),
+        ..Spec::default()
+    };
+    let open = started(&rt, spec).await;
+    let ran = sh(&rt, &open, &probe).await;
+    assert_eq!(ran.stdout.trim(), "CONNECTED");
+    assert_eq!(rt.isolation(&open).network, "host");
+    rt.remove(&isolated).await.unwrap();
+    rt.remove(&open).await.unwrap();
+}
+
+fn limited(memory: Option<u64>, pids: Option<u32>) -> Spec {
+    let mut spec = Spec::default();
+    spec.limits.memory = memory;
+    spec.limits.pids = pids;
+    spec
+}
+
+fn cgroup_file(ws: &Workspace, file: &str) -> Option<String> {
+    for root in [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ] {
+        let path = Path::new(root)
+            .join("berth")
+            .join(ws.id.as_str())
+            .join(file);
+        if let Ok(text) = fs::read_to_string(path) {
+            return Some(text.trim().to_string());
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_by_the_pids_limit() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, limited(None, Some(64))).await;
+    // Forks until refused, counting the children that could be made.
+    let forks = "my $n = 0; for (1..200) { my $p = fork; next unless defined $p;
+                 if ($p == 0) { sleep 600; exit } $n++ } print \"$n\\n\"";
+    let ran = run(&rt, &ws, ExecRequest::argv(["perl", "-e", forks])).await;
+    let made: u32 = ran
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{:?} {}", ran.code, ran.stderr));
+    // 64 minus the init, the exec helper and perl itself.
+    assert_eq!(made, 61, "children made under pids=64");
+    assert_eq!(cgroup_file(&ws, "pids.max").as_deref(), Some("64"));
+    let current: u32 = cgroup_file(&ws, "pids.current").unwrap().parse().unwrap();
+    assert!(current <= 64);
+
+    // A real bomb, ended by its timeout; the host can still fork.
+    let mut bomb = ExecRequest::argv(["/bin/bash", "-c", "b(){ b|b& }; b; wait"]);
+    bomb.timeout_ms = Some(1500);
+    let _ = run(&rt, &ws, bomb).await;
+    let host = std::process::Command::new("true").status().unwrap();
+    assert!(host.success());
+    let current: u32 = cgroup_file(&ws, "pids.current").unwrap().parse().unwrap();
+    assert!(current <= 64);
+
+    rt.stop(&ws).await.unwrap();
+    assert_eq!(
+        cgroup_file(&ws, "pids.current"),
+        None,
+        "stop removes the cgroup"
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_memory_limit_is_enforced() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, limited(Some(64 << 20), None)).await;
+    let hog = "my $x = 'a' x 300_000_000; print length $x";
+    let ran = run(&rt, &ws, ExecRequest::argv(["perl", "-e", hog])).await;
+    assert_eq!(
+        ran.signal,
+        Some(9),
+        "killed by the OOM killer: {:?} {}",
+        ran.code,
+        ran.stderr
+    );
+    let fits = run(
+        &rt,
+        &ws,
+        ExecRequest::argv([
+            "sh",
+            "-c",
+            "head -c 10000000 /dev/zero | tail -c 10000000 | wc -c",
+        ]),
+    )
+    .await;
+    assert_eq!(fits.stdout.trim(), "10000000");
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn mounting_new_namespaces_and_module_loading_are_refused() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let ran = sh(
+        &rt,
+        &ws,
+        "mkdir -p /tmp/m; mount -t tmpfs none /tmp/m 2>/dev/null && echo MOUNTED;
+         unshare -U true 2>/dev/null && echo UNSHARED;
+         unshare -m true 2>/dev/null && echo UNSHARED-MOUNT;
+         perl -e 'open(F, \"<\", \"/dev/null\"); my ($e, $m) = (\"\", \"x\" x 16);
+                  syscall(313, fileno(F), $e, 0); print \"finit_module: $!\\n\";
+                  syscall(175, $m, 16, $e); print \"init_module: $!\\n\"'
+         echo done",
+    )
+    .await;
+    assert_eq!(
+        ran.stdout,
+        "finit_module: Operation not permitted\ninit_module: Operation not permitted\ndone\n",
+        "{}",
+        ran.stderr
+    );
+    let caps = sh(
+        &rt,
+        &ws,
+        "grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
+    )
+    .await;
+    assert!(caps.stdout.contains("NoNewPrivs:\t1"), "{}", caps.stdout);
+    assert!(caps.stdout.contains("Seccomp:\t2"), "{}", caps.stdout);
+    let bounding = u64::from_str_radix(
+        caps.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split('\t')
+            .nth(1)
+            .unwrap(),
+        16,
+    )
+    .unwrap();
+    assert_eq!(bounding & (1 << 21), 0, "CAP_SYS_ADMIN is gone");
+    assert_eq!(bounding & (1 << 16), 0, "CAP_SYS_MODULE is gone");
+    rt.remove(&ws).await.unwrap();
+}
+
+/// A host directory like a fresh clone: files, a nested directory, modes.
+fn repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("clone");
+    fs::create_dir_all(repo.join("src/deep/er")).unwrap();
+    fs::write(repo.join("README"), "readme\n").unwrap();
+    fs::write(repo.join("src/main.rs"), "fn main() {}\n").unwrap();
+    fs::write(repo.join("src/deep/er/leaf.txt"), "leaf\n").unwrap();
+    fs::write(repo.join("run.sh"), "echo run\n").unwrap();
+    fs::set_permissions(repo.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    repo
+}
+
+fn change(path: &str, kind: ChangeKind, file_kind: FileKind) -> Change {
+    Change {
+        path: path.into(),
+        kind,
+        file_kind,
+    }
+}
+
+/// A workspace provisioned with `repo` at `project/` and cached as `key`.
+async fn provisioned(rt: &SandboxRuntime, home: &Path, key: &str) -> Workspace {
+    let ws = workspace(Spec::default());
+    rt.create(&ws, None).await.unwrap();
+    let dest = WorkspacePath::parse("project").unwrap();
+    rt.import(&ws, &repo(home), &dest).await.unwrap();
+    rt.start(&ws).await.unwrap();
+    let setup = sh(
+        rt,
+        &ws,
+        "cd project && echo built > build.out && id -u > owner",
+    )
+    .await;
+    assert_eq!(setup.code, Some(0), "{}", setup.stderr);
+    rt.save_cache(&ws, key).await.unwrap();
+    ws
+}
+
+const EDITS: &str = "cd /workspace/project
+    echo changed > README
+    rm run.sh
+    chmod 600 src/main.rs
+    mv src/deep src/moved
+    mkdir -p new/dir && echo n > new/dir/file";
+
+#[tokio::test]
+async fn changes_are_exact_and_reset_restores_files_deletions_and_permissions() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = provisioned(&rt, home.path(), "key-reset").await;
+    assert!(rt.has_cache("key-reset").await);
+    assert_eq!(
+        rt.changes(&ws).await.unwrap(),
+        vec![],
+        "provisioned state is the base"
+    );
+    let owner = rt
+        .read_file(&ws, &WorkspacePath::parse("project/owner").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        owner, b"0\n",
+        "files made inside belong to the workspace's root"
+    );
+
+    let ran = sh(&rt, &ws, EDITS).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    use ChangeKind::*;
+    use FileKind::{Dir, File};
+    assert_eq!(
+        rt.changes(&ws).await.unwrap(),
+        vec![
+            change("project/README", Modified, File),
+            change("project/new", Added, Dir),
+            change("project/new/dir", Added, Dir),
+            change("project/new/dir/file", Added, File),
+            change("project/run.sh", Deleted, File),
+            change("project/src/deep", Deleted, Dir),
+            change("project/src/deep/er", Deleted, Dir),
+            change("project/src/deep/er/leaf.txt", Deleted, File),
+            change("project/src/main.rs", Modified, File),
+            change("project/src/moved", Added, Dir),
+            change("project/src/moved/er", Added, Dir),
+            change("project/src/moved/er/leaf.txt", Added, File),
+        ]
+    );
+
+    let archive = home.path().join("changes.tar.zst");
+    let summary = rt
+        .export_changes(
+            &ws,
+            &ExportTarget::Archive {
+                path: archive.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.deleted.len(), 4);
+    let out = home.path().join("exported");
+    berth_layers::extract_archive(&archive, &out).unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("project/README")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("project/src/moved/er/leaf.txt")).unwrap(),
+        "leaf\n"
+    );
+
+    rt.reset(&ws, None).await.unwrap();
+    assert_eq!(rt.changes(&ws).await.unwrap(), vec![]);
+    let after = sh(&rt, &ws, "cd /workspace/project; cat README run.sh src/deep/er/leaf.txt; stat -c %a src/main.rs run.sh; ls").await;
+    assert_eq!(
+        after.stdout, "readme\necho run\nleaf\n644\n755\nREADME\nbuild.out\nowner\nrun.sh\nsrc\n",
+        "{}",
+        after.stderr
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshots_survive_a_restart_and_forks_are_independent() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = provisioned(&rt, home.path(), "key-snap").await;
+    sh(&rt, &ws, "echo snapshotted > /workspace/project/README").await;
+    let snapshot = rt.snapshot(&ws).await.unwrap();
+    sh(
+        &rt,
+        &ws,
+        "echo later > /workspace/project/README; rm -r /workspace/project/src",
+    )
+    .await;
+
+    let fork = workspace(Spec::default());
+    rt.fork(&ws, &fork).await.unwrap();
+    rt.start(&fork).await.unwrap();
+    let seen = sh(&rt, &fork, "cat /workspace/project/README; ls /workspace/project/src 2>&1 | head -c 0; test -e /workspace/project/src || echo nosrc").await;
+    assert_eq!(seen.stdout, "later\nnosrc\n");
+    sh(&rt, &fork, "echo fork > /workspace/project/README").await;
+    sh(&rt, &ws, "echo origin > /workspace/project/extra").await;
+    let origin = sh(&rt, &ws, "cat /workspace/project/README").await;
+    assert_eq!(
+        origin.stdout, "later\n",
+        "the fork's write stays in the fork"
+    );
+    let forked = sh(
+        &rt,
+        &fork,
+        "cat /workspace/project/README; test -e /workspace/project/extra || echo noextra",
+    )
+    .await;
+    assert_eq!(forked.stdout, "fork\nnoextra\n");
+
+    // A new runtime over the same state directory, as after a restart.
+    drop(rt);
+    let rt = runtime(home.path()).await;
+    assert!(rt.exists(&ws).await.unwrap());
+    rt.reset(&ws, Some(&snapshot.id)).await.unwrap();
+    let restored = sh(
+        &rt,
+        &ws,
+        "cat /workspace/project/README /workspace/project/src/main.rs",
+    )
+    .await;
+    assert_eq!(
+        restored.stdout, "snapshotted\nfn main() {}\n",
+        "{}",
+        restored.stderr
+    );
+    rt.reset(&ws, None).await.unwrap();
+    let provisioned = sh(&rt, &ws, "cat /workspace/project/README").await;
+    assert_eq!(provisioned.stdout, "readme\n");
+
+    // Layers stay while something holds them, and go after.
+    let report = rt.gc(&[ws.clone(), fork.clone()]).await.unwrap();
+    assert!(report.orphans.is_empty());
+    assert!(
+        report.removed.is_empty(),
+        "nothing unreferenced yet: {report:?}"
+    );
+    rt.remove_snapshot(&snapshot.id).await.unwrap();
+    rt.remove(&fork).await.unwrap();
+    rt.remove(&ws).await.unwrap();
+    rt.remove_cache("key-snap").await.unwrap();
+    let report = rt.gc(&[]).await.unwrap();
+    assert!(report.removed.len() >= 3, "{report:?}");
+    assert!(rt.store().list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_cached_workspace_starts_from_the_cache_and_files_round_trip() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let first = provisioned(&rt, home.path(), "key-files").await;
+    rt.remove(&first).await.unwrap();
+
+    let ws = workspace(Spec::default());
+    rt.create(&ws, Some("key-files")).await.unwrap();
+    rt.start(&ws).await.unwrap();
+    let listed = rt
+        .list_files(&ws, &WorkspacePath::parse("project").unwrap())
+        .await
+        .unwrap();
+    let names: Vec<_> = listed.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "project/README",
+            "project/build.out",
+            "project/owner",
+            "project/run.sh",
+            "project/src"
+        ]
+    );
+    let path = WorkspacePath::parse("notes/today.md").unwrap();
+    rt.write_file(&ws, &path, b"# notes\n".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(rt.read_file(&ws, &path).await.unwrap(), b"# notes\n");
+    let upper = home
+        .path()
+        .join("sandbox")
+        .join(ws.id.as_str())
+        .join("upper/workspace/notes/today.md");
+    assert_eq!(
+        fs::metadata(&upper).unwrap().uid(),
+        100_000,
+        "stored as the workspace's root"
+    );
+    rt.remove_file(&ws, &path).await.unwrap();
+    assert!(matches!(
+        rt.read_file(&ws, &path).await,
+        Err(berth_core::RuntimeError::NotFound(_))
+    ));
+    rt.remove(&ws).await.unwrap();
+    assert!(!rt.exists(&ws).await.unwrap());
+}
