@@ -112,7 +112,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// (where provider-side git runs), if the runtime exposes them.
     fn host_path(&self, ws: &Workspace) -> Option<PathBuf>;
 
-    /// Moves a directory prepared on the host (a clone) into the workspace.
+    /// Moves a directory prepared on the host (a clone) into the workspace,
+    /// replacing whatever was at `dest`.
     async fn import(
         &self,
         ws: &Workspace,
@@ -176,6 +177,20 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Removes the cache entry `key`; removing a missing entry succeeds.
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError>;
+
+    /// Copies the directory `src` of the workspace into the new host
+    /// directory `host_dir`, for provider-side work on it (a git fetch) in
+    /// runtimes without a [`Runtime::host_path`]; [`Runtime::import`] puts
+    /// it back.
+    async fn copy_out(
+        &self,
+        ws: &Workspace,
+        src: &WorkspacePath,
+        host_dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        let _ = (ws, src, host_dir);
+        Err(RuntimeError::unsupported(self.name(), "copying files out"))
+    }
 
     /// Freezes the workspace's current files into a snapshot, leaving the
     /// workspace running as it is.

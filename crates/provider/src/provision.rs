@@ -421,6 +421,48 @@ impl Provider {
         self.fetch_into(&ws, &runtime, &progress).await
     }
 
+    /// Fetches one repository with provider-side git: in place when the
+    /// runtime exposes the workspace's files, else on a copy brought out
+    /// and put back.
+    async fn fetch_repository(
+        &self,
+        ws: &Workspace,
+        runtime: &Arc<dyn Runtime>,
+        repo: &berth_core::spec::Repository,
+    ) -> Result<berth_git::FetchOutcome, ServiceError> {
+        let git_error = |source| ServiceError::Git {
+            id: ws.id.to_string(),
+            source,
+        };
+        if let Some(root) = runtime.host_path(ws) {
+            return self
+                .git()
+                .fetch(repo, &repo.path.under(&root))
+                .await
+                .map_err(git_error);
+        }
+        let staging = staging_dir(self.home(), &ws.id).join("fetch");
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        if let Some(parent) = staging.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                ServiceError::runtime(&ws.id, berth_core::RuntimeError::io("create staging", e))
+            })?;
+        }
+        runtime
+            .copy_out(ws, &repo.path, &staging)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        let fetched = self.git().fetch(repo, &staging).await.map_err(git_error);
+        if matches!(&fetched, Ok(outcome) if outcome.updated) {
+            runtime
+                .import(ws, &staging, &repo.path)
+                .await
+                .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        }
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        fetched
+    }
+
     async fn fetch_into(
         &self,
         ws: &Workspace,
@@ -431,26 +473,13 @@ impl Provider {
         if ws.spec.repositories.is_empty() {
             return Ok(results);
         }
-        let root = runtime
-            .host_path(ws)
-            .ok_or_else(|| ServiceError::RuntimeUnavailable {
-                name: runtime.name().into(),
-                reason: "fetching into its workspaces is not supported".into(),
-            })?;
         for repo in &ws.spec.repositories {
             progress
                 .send(ProvisionEvent::Fetching {
                     path: repo.path.to_string(),
                 })
                 .await;
-            let outcome = self
-                .git()
-                .fetch(repo, &repo.path.under(&root))
-                .await
-                .map_err(|source| ServiceError::Git {
-                    id: ws.id.to_string(),
-                    source,
-                })?;
+            let outcome = self.fetch_repository(ws, runtime, repo).await?;
             progress
                 .send(ProvisionEvent::Fetched {
                     path: repo.path.to_string(),
