@@ -1,0 +1,458 @@
+//! Derrick's routes, with Derrick's request and response shapes, so that
+//! clients written for Derrick work against berth unchanged.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /health` | | `{"healthy": true}` |
+//! | `POST /workspaces` | none, or `{env?, spec?}` | `{"id"}` |
+//! | `GET /workspaces` | | `{"workspaces": [{"id", "name", "state"}]}` |
+//! | `DELETE /workspaces/{id}` | | `true`, or `false` when there is no such workspace |
+//! | `POST /workspaces/{id}/cmd` | `{cmd, working_dir?, env?, timeout?}` | `{"exit_code", "timed_out"}` |
+//! | `POST /workspaces/{id}/cmd_with_output` | same | `{"output", "exit_code", "stdout", "stderr", "timed_out"}` |
+//! | `POST /workspaces/{id}/write_file` | `{path, content, working_dir?}`, content base64 | `{"success": true}` |
+//! | `POST /workspaces/{id}/read_file` | `{path, working_dir?}` | the raw bytes (`application/octet-stream`); `{"content"}` base64 with `Accept: application/json` |
+//!
+//! `cmd` is a string run by `/bin/sh -c`; `timeout` is in seconds;
+//! `output` is stdout and stderr interleaved as they were written, as
+//! Derrick returns it. Paths are relative to the workspace root (or to
+//! `working_dir`); absolute paths are refused, since the workspace is not
+//! the host's root. Errors are berth's JSON errors.
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorResponse};
+use crate::extract::{ApiJson, body_bytes, parse_json};
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use berth_core::{ExecEvent, ExecRequest, Spec, WorkspaceState};
+use berth_provider::{CreateOptions, Progress, ServiceError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(create_workspace, list_workspaces))
+        .routes(routes!(remove_workspace))
+        .routes(routes!(cmd))
+        .routes(routes!(cmd_with_output))
+        .routes(routes!(write_file))
+        .routes(routes!(read_file))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    pub healthy: bool,
+}
+
+/// Derrick's create body. Unknown fields are ignored, as Derrick did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateParams {
+    /// Added to the spec's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The spec to use instead of the server's default spec.
+    #[serde(default, alias = "config")]
+    pub spec: Option<Spec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceRef {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceSummary {
+    pub id: String,
+    pub name: String,
+    pub state: WorkspaceState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceListResponse {
+    pub workspaces: Vec<WorkspaceSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CmdParams {
+    /// A shell command, run by `/bin/sh -c`.
+    #[serde(alias = "command")]
+    pub cmd: String,
+    /// Relative to the workspace root.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds; the command's whole process tree is ended past it.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CmdResponse {
+    /// The exit code, or 128 + the signal that ended the command.
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CmdOutputResponse {
+    /// stdout and stderr interleaved as they were written (lossy UTF-8).
+    pub output: String,
+    /// The exit code, or 128 + the signal that ended the command.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WriteFileParams {
+    pub path: String,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// The file's bytes, base64 (line breaks allowed).
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WriteFileResponse {
+    pub success: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReadFileParams {
+    pub path: String,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReadFileResponse {
+    /// The file's bytes, base64.
+    pub content: String,
+}
+
+/// Whether the provider is up (Derrick's health check); needs no token.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "derrick",
+    security(()),
+    responses((status = 200, body = HealthResponse))
+)]
+pub(crate) async fn health() -> Json<HealthResponse> {
+    Json(HealthResponse { healthy: true })
+}
+
+/// Provisions a workspace from the body's spec, or from the server's default
+/// spec, and answers with its id once it is running.
+#[utoipa::path(
+    post,
+    path = "/workspaces",
+    tag = "derrick",
+    request_body(content = Option<CreateParams>, description = "Optional"),
+    responses(
+        (status = 200, body = WorkspaceRef),
+        (status = 400, description = "A malformed body, or no spec to use", body = ErrorResponse),
+        (status = 422, description = "An invalid spec, or provisioning failed", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn create_workspace(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<WorkspaceRef>, ApiError> {
+    let params: CreateParams = optional_json(request).await?.unwrap_or_default();
+    let mut spec = match (params.spec, &state.default_spec) {
+        (Some(spec), _) => spec,
+        (None, Some(default)) => Spec::clone(default),
+        (None, None) => {
+            return Err(ApiError::new(
+                "no_default_spec",
+                "no spec to provision from: send `{\"spec\": {...}}`, or start the server \
+                 with a default spec (`berth serve --workspace-config-path FILE`)",
+            ));
+        }
+    };
+    spec.env.extend(params.env);
+    let provider = state.provider;
+    // Its own task: provisioning completes even if the client goes away.
+    let created = tokio::spawn(async move {
+        provider
+            .create(spec, CreateOptions::default(), Progress::none())
+            .await
+    })
+    .await
+    .map_err(|e| ApiError::new("internal", format!("the provisioning task failed: {e}")))??;
+    Ok(Json(WorkspaceRef {
+        id: created.id.to_string(),
+    }))
+}
+
+/// The workspaces not removed, oldest first.
+#[utoipa::path(
+    get,
+    path = "/workspaces",
+    tag = "derrick",
+    responses((status = 200, body = WorkspaceListResponse))
+)]
+pub(crate) async fn list_workspaces(
+    State(state): State<AppState>,
+) -> Result<Json<WorkspaceListResponse>, ApiError> {
+    let workspaces = state
+        .provider
+        .list(false)?
+        .into_iter()
+        .map(|ws| WorkspaceSummary {
+            id: ws.id.to_string(),
+            name: ws.name,
+            state: ws.state,
+        })
+        .collect();
+    Ok(Json(WorkspaceListResponse { workspaces }))
+}
+
+/// Removes a workspace: `true`, or `false` when there is no such workspace.
+#[utoipa::path(
+    delete,
+    path = "/workspaces/{id}",
+    tag = "derrick",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = bool),
+        (status = 409, description = "It is still being provisioned", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn remove_workspace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<bool>, ApiError> {
+    match state.provider.remove(&id).await {
+        Ok(_) => Ok(Json(true)),
+        Err(ServiceError::NotFound(_)) => Ok(Json(false)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a shell command and answers with its exit code.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{id}/cmd",
+    tag = "derrick",
+    params(("id" = String, Path)),
+    request_body = CmdParams,
+    responses(
+        (status = 200, body = CmdResponse),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "The workspace is not running", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn cmd(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(params): ApiJson<CmdParams>,
+) -> Result<Json<CmdResponse>, ApiError> {
+    let done = run(&state, &id, params).await?;
+    Ok(Json(CmdResponse {
+        exit_code: done.exit_code,
+        timed_out: done.timed_out,
+    }))
+}
+
+/// Runs a shell command and answers with its output and exit code.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{id}/cmd_with_output",
+    tag = "derrick",
+    params(("id" = String, Path)),
+    request_body = CmdParams,
+    responses(
+        (status = 200, body = CmdOutputResponse),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "The workspace is not running", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn cmd_with_output(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(params): ApiJson<CmdParams>,
+) -> Result<Json<CmdOutputResponse>, ApiError> {
+    let done = run(&state, &id, params).await?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Ok(Json(CmdOutputResponse {
+        output: text(&done.output),
+        exit_code: done.exit_code,
+        stdout: text(&done.stdout),
+        stderr: text(&done.stderr),
+        timed_out: done.timed_out,
+    }))
+}
+
+/// Writes a file from base64 content, creating parent directories.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{id}/write_file",
+    tag = "derrick",
+    params(("id" = String, Path)),
+    request_body = WriteFileParams,
+    responses(
+        (status = 200, body = WriteFileResponse),
+        (status = 400, description = "Bad base64, or a path leaving the workspace", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+pub(crate) async fn write_file(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(params): ApiJson<WriteFileParams>,
+) -> Result<Json<WriteFileResponse>, ApiError> {
+    // Some encoders (Ruby's `Base64.encode64`) break lines every 60 characters.
+    let encoded: String = params
+        .content
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let data = BASE64.decode(encoded).map_err(|e| {
+        ApiError::new(
+            "invalid_body",
+            format!("request body: field `content`: expected base64: {e}"),
+        )
+    })?;
+    let path = joined(params.working_dir.as_deref(), &params.path);
+    state.provider.write_file(&id, &path, data).await?;
+    Ok(Json(WriteFileResponse { success: true }))
+}
+
+/// Reads a file: its raw bytes, or `{"content"}` in base64 when the client
+/// accepts `application/json`.
+#[utoipa::path(
+    post,
+    path = "/workspaces/{id}/read_file",
+    tag = "derrick",
+    params(("id" = String, Path)),
+    request_body = ReadFileParams,
+    responses(
+        (status = 200, description = "The file's bytes", content(
+            ([u8] = "application/octet-stream"),
+            (ReadFileResponse = "application/json"))),
+        (status = 400, description = "A path leaving the workspace", body = ErrorResponse),
+        (status = 404, description = "No such workspace or file", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn read_file(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(params): ApiJson<ReadFileParams>,
+) -> Result<Response, ApiError> {
+    let path = joined(params.working_dir.as_deref(), &params.path);
+    let data = state.provider.read_file(&id, &path).await?;
+    if accepts_json(&headers) {
+        return Ok(Json(ReadFileResponse {
+            content: BASE64.encode(data),
+        })
+        .into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        data,
+    )
+        .into_response())
+}
+
+/// What a finished command did.
+struct Done {
+    output: Vec<u8>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit_code: i32,
+    timed_out: bool,
+}
+
+/// Runs a command to its end. Dropping this future (the client went away)
+/// cancels the command.
+async fn run(state: &AppState, id: &str, params: CmdParams) -> Result<Done, ApiError> {
+    let mut request = ExecRequest::shell(params.cmd);
+    request.cwd = params.working_dir;
+    request.env = params.env;
+    request.timeout_ms = params.timeout.map(|secs| secs.saturating_mul(1000));
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let (workspace, mut events) = state.provider.exec(id, request, cancel).await?;
+    let mut done = Done {
+        output: Vec::new(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        exit_code: 0,
+        timed_out: false,
+    };
+    let mut exited = false;
+    while let Some(event) = events.recv().await {
+        match event {
+            ExecEvent::Stdout { data } => {
+                done.output.extend_from_slice(&data.0);
+                done.stdout.extend(data.0);
+            }
+            ExecEvent::Stderr { data } => {
+                done.output.extend_from_slice(&data.0);
+                done.stderr.extend(data.0);
+            }
+            ExecEvent::Exit(status) => {
+                done.exit_code = status.shell_code();
+                done.timed_out = status.timed_out;
+                exited = true;
+            }
+        }
+    }
+    if !exited {
+        return Err(ApiError::new(
+            "runtime_error",
+            format!("workspace {workspace}: the command's output ended without an exit status"),
+        ));
+    }
+    Ok(done)
+}
+
+/// `path` under `working_dir`, when one is given. An absolute path is left
+/// as it is, to be refused as such rather than quietly moved.
+fn joined(working_dir: Option<&str>, path: &str) -> String {
+    match working_dir {
+        Some(dir) if !dir.is_empty() && !path.starts_with('/') => {
+            format!("{}/{path}", dir.trim_end_matches('/'))
+        }
+        _ => path.to_string(),
+    }
+}
+
+fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+        })
+}
+
+/// A JSON body that may be absent (empty, or `null`).
+async fn optional_json<T: DeserializeOwned>(request: Request) -> Result<Option<T>, ApiError> {
+    let bytes = body_bytes(request, &()).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_json(&bytes)
+}

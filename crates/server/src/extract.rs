@@ -1,0 +1,78 @@
+//! Request extractors whose rejections are JSON errors naming the field,
+//! parameter or path at fault, like every other error of the API.
+//!
+//! JSON bodies are parsed whatever their `Content-Type` says: Derrick's
+//! clients and plain `curl -d` do not always send `application/json`, and
+//! the body's shape is checked field by field anyway.
+
+use crate::error::ApiError;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+/// A JSON body, refused with `invalid_body` naming the offending field.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The raw body, with an oversized body refused as `body_too_large`.
+pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|rejection: BytesRejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    "body_too_large",
+                    format!(
+                        "the request body is larger than the limit of {} bytes",
+                        crate::BODY_LIMIT
+                    ),
+                )
+            } else {
+                ApiError::new("invalid_body", rejection.body_text())
+            }
+        })
+}
+
+/// Parses a JSON body; the error names the path of the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() || path == "." {
+            format!("request body: {inner}")
+        } else {
+            format!("request body: field `{path}`: {inner}")
+        };
+        ApiError::new("invalid_body", message)
+    })?;
+    deserializer
+        .end()
+        .map_err(|err| ApiError::new("invalid_body", format!("request body: {err}")))?;
+    Ok(value)
+}
+
+/// Query parameters, refused with `invalid_query` naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|query| ApiQuery(query.0))
+            .map_err(|rejection| ApiError::new("invalid_query", rejection.body_text()))
+    }
+}

@@ -1,0 +1,91 @@
+//! berth's HTTP API: a thin translation of HTTP requests into calls on the
+//! provider's service layer ([`berth_provider::Provider`]) and of its
+//! answers and errors back into HTTP.
+//!
+//! Two surfaces share one router:
+//! - the versioned REST API under `/v1` ([`v1`]), described by an OpenAPI
+//!   document generated from the code and served at `GET /v1/openapi.json`;
+//! - Derrick's routes ([`derrick`]), so that clients written for Derrick keep
+//!   working unchanged.
+//!
+//! [`serve`] binds a loopback TCP port (token-protected) or a unix socket
+//! (protected by its file mode) and runs the router until a shutdown signal.
+
+mod auth;
+pub mod derrick;
+mod error;
+mod extract;
+pub mod openapi;
+mod server;
+mod stream;
+pub mod v1;
+
+pub use auth::{Auth, TOKEN_FILE};
+pub use error::{ErrorBody, ErrorResponse, status_for};
+pub use server::{DEFAULT_PORT, Listen, Server, ServerConfig, ServerError, bind, serve};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use berth_core::Spec;
+use berth_provider::Provider;
+use std::sync::Arc;
+use tower_http::trace::TraceLayer;
+
+/// The largest request body accepted, in bytes (file writes are buffered
+/// whole before they reach the workspace).
+pub const BODY_LIMIT: usize = 100 << 20;
+
+/// How the router is set up.
+#[derive(Clone)]
+pub struct RouterConfig {
+    pub auth: Auth,
+    /// The spec Derrick's `POST /workspaces` uses when its body names none
+    /// (`berth serve --workspace-config-path`).
+    pub default_spec: Option<Spec>,
+}
+
+impl RouterConfig {
+    pub fn new(auth: Auth) -> Self {
+        RouterConfig {
+            auth,
+            default_spec: None,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub provider: Provider,
+    pub default_spec: Option<Arc<Spec>>,
+}
+
+/// The whole HTTP API over `provider`: `/v1`, Derrick's routes, the health
+/// checks, the OpenAPI document, authentication and request tracing.
+pub fn router(provider: Provider, config: RouterConfig) -> Router {
+    let state = AppState {
+        provider,
+        default_spec: config.default_spec.map(Arc::new),
+    };
+    let (routes, document) = openapi::routes().split_for_parts();
+    // Rendered once: the document never changes while the server runs.
+    let document = bytes::Bytes::from(document.to_pretty_json().unwrap_or_default());
+    routes
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+            }),
+        )
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            config.auth,
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

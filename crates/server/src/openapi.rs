@@ -1,0 +1,229 @@
+//! The OpenAPI document, generated from the handlers and types, served at
+//! `GET /v1/openapi.json`.
+
+use crate::AppState;
+use crate::error::{ErrorBody, ErrorResponse};
+use crate::stream::{ErrorLine, ProgressLine};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "berth",
+        description = "Fresh, isolated, pre-provisioned workspaces for coding agents.\n\n\
+            Every route but `/healthz` and `/health` needs `Authorization: Bearer <token>` on \
+            TCP (the token is in `$BERTH_HOME/server-token`); a unix socket needs none. Errors \
+            are `{\"error\": {\"code\", \"message\"}}` with a stable code.",
+    ),
+    components(schemas(ErrorResponse, ErrorBody, ProgressLine, ErrorLine, wire::ExecEvent)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "workspaces", description = "Provision, list, start, stop, fetch and remove workspaces"),
+        (name = "exec", description = "Run commands in a workspace"),
+        (name = "files", description = "Read, write, list and remove a workspace's files"),
+        (name = "health", description = "Liveness"),
+        (name = "derrick", description = "Derrick's routes, for its existing clients"),
+    )
+)]
+struct ApiDoc;
+
+/// Requires the bearer token on every operation that does not opt out.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// Every documented route, with the document describing them.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::v1::routes())
+        .merge(crate::derrick::routes())
+}
+
+/// The OpenAPI document of the whole API.
+pub fn document() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// OpenAPI descriptions of the wire types defined in `berth-proto`, which
+/// stays free of OpenAPI dependencies so that the in-workspace agent stays
+/// small. A test checks that each description reads and writes exactly
+/// what the real type does.
+pub mod wire {
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+    use utoipa::ToSchema;
+
+    /// What to run: an argv vector run directly, or a string run by `sh -c`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(untagged)]
+    pub enum Command {
+        Argv(Vec<String>),
+        Shell(String),
+    }
+
+    /// A command to run in a workspace.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ExecRequest {
+        pub command: Command,
+        /// Working directory relative to the workspace root; the root when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cwd: Option<String>,
+        /// Variables added to (and overriding) the workspace's environment.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub env: BTreeMap<String, String>,
+        /// Bytes written to the command's stdin (base64), which is then closed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(format = Byte)]
+        pub stdin: Option<String>,
+        /// Time limit in milliseconds; the whole process tree is ended past it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub timeout_ms: Option<u64>,
+        /// Bytes kept per stream; anything beyond is counted and dropped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub output_limit: Option<u64>,
+    }
+
+    /// Bytes of output: a string when they are UTF-8, `{"base64"}` otherwise.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(untagged)]
+    pub enum Output {
+        Text(String),
+        Binary {
+            #[schema(format = Byte)]
+            base64: String,
+        },
+    }
+
+    /// One event of a running command; `exit` is always the last.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum ExecEvent {
+        Stdout { data: Output },
+        Stderr { data: Output },
+        Exit(ExitStatus),
+    }
+
+    /// How a command ended.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ExitStatus {
+        /// The exit code, when the command exited normally.
+        pub code: Option<i32>,
+        /// The signal that ended the command, when it was killed by one.
+        pub signal: Option<i32>,
+        /// The command ran past its timeout and was ended.
+        #[serde(default)]
+        pub timed_out: bool,
+        /// The command was cancelled (explicitly or by its client going away).
+        #[serde(default)]
+        pub cancelled: bool,
+        /// Bytes of stdout beyond the output limit, not delivered.
+        #[serde(default)]
+        pub stdout_dropped: u64,
+        /// Bytes of stderr beyond the output limit, not delivered.
+        #[serde(default)]
+        pub stderr_dropped: u64,
+        /// Wall-clock time from start to exit, in milliseconds.
+        #[serde(default)]
+        pub duration_ms: u64,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum FileKind {
+        File,
+        Dir,
+        Symlink,
+        Other,
+    }
+
+    /// One entry of a directory listing.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct FileEntry {
+        /// Path relative to the workspace root.
+        pub path: String,
+        pub kind: FileKind,
+        pub size: u64,
+        /// Unix permission bits.
+        pub mode: u32,
+        /// Last modification, seconds since the Unix epoch.
+        pub modified: i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire;
+    use berth_core::{Command, ExecEvent, ExecRequest, ExitStatus, FileEntry, FileKind, Output};
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// `real` serialises to what its description reads back, and back again.
+    fn same_wire<R, W>(real: &R)
+    where
+        R: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+        W: Serialize + DeserializeOwned,
+    {
+        let json = serde_json::to_value(real).unwrap();
+        let described: W = serde_json::from_value(json.clone())
+            .unwrap_or_else(|e| panic!("the description cannot read {json}: {e}"));
+        assert_eq!(serde_json::to_value(&described).unwrap(), json);
+        let back: R = serde_json::from_value(serde_json::to_value(&described).unwrap()).unwrap();
+        assert_eq!(&back, real);
+    }
+
+    #[test]
+    fn wire_descriptions_match_the_real_types() {
+        let mut request = ExecRequest::argv(["ls", "-l"]);
+        request.cwd = Some("src".into());
+        request.env.insert("A".into(), "1".into());
+        request.stdin = Some(vec![0, 1, 255]);
+        request.timeout_ms = Some(5);
+        request.output_limit = Some(7);
+        same_wire::<_, wire::ExecRequest>(&request);
+        same_wire::<_, wire::ExecRequest>(&ExecRequest::shell("echo hi"));
+        for event in [
+            ExecEvent::Stdout {
+                data: Output(b"text".to_vec()),
+            },
+            ExecEvent::Stderr {
+                data: Output(vec![0xff, 0xfe]),
+            },
+            ExecEvent::Exit(ExitStatus {
+                code: Some(3),
+                signal: None,
+                timed_out: true,
+                cancelled: true,
+                stdout_dropped: 1,
+                stderr_dropped: 2,
+                duration_ms: 9,
+            }),
+        ] {
+            same_wire::<_, wire::ExecEvent>(&event);
+        }
+        same_wire::<_, wire::FileEntry>(&FileEntry {
+            path: "a/b".into(),
+            kind: FileKind::Symlink,
+            size: 3,
+            mode: 0o644,
+            modified: 17,
+        });
+        same_wire::<_, wire::Command>(&Command::Shell("true".into()));
+    }
+}
