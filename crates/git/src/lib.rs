@@ -116,7 +116,9 @@ impl Git {
             });
         }
         let previous = self.head(checkout).await?;
-        self.fetch_objects(repo, checkout, auth.as_ref()).await?;
+        let sha256 = previous.len() == 64;
+        self.fetch_objects(repo, checkout, sha256, auth.as_ref())
+            .await?;
         let unchanged = || FetchOutcome {
             commit: previous.clone(),
             previous: previous.clone(),
@@ -190,6 +192,65 @@ impl Git {
             commit,
             previous,
         })
+    }
+
+    /// What `repo`'s ref points to upstream now, asked without fetching
+    /// anything: the commit of its branch or tag, or of the remote's default
+    /// branch when it names none. `None` when the ref is no branch or tag
+    /// upstream but looks like a commit hash, which never moves. This is
+    /// how to tell, cheaply, whether a checkout needs a fetch.
+    pub async fn upstream_commit(&self, repo: &Repository) -> Result<Option<String>, GitError> {
+        url::check(&repo.url)?;
+        let auth = self.auth(repo)?;
+        let wanted: Vec<String> = match &repo.reference {
+            None => vec!["HEAD".to_owned()],
+            Some(reference) => {
+                check_ref(reference, &repo.url)?;
+                let tag = |name: &str| {
+                    [
+                        format!("refs/tags/{name}^{{}}"),
+                        format!("refs/tags/{name}"),
+                    ]
+                };
+                if let Some(name) = reference.strip_prefix("refs/tags/") {
+                    tag(name).into()
+                } else if reference.starts_with("refs/") {
+                    vec![reference.clone()]
+                } else {
+                    let mut wanted = vec![format!("refs/heads/{reference}")];
+                    wanted.extend(tag(reference));
+                    wanted
+                }
+            }
+        };
+        let mut args = vec!["ls-remote", "--", &repo.url];
+        args.extend(wanted.iter().map(String::as_str));
+        let listed = self
+            .runner
+            .try_run(Path::new("."), args, auth.as_ref())
+            .await?;
+        if !listed.success {
+            return Err(remote_failure(listed, &repo.url, auth.as_ref()));
+        }
+        let refs: Vec<(&str, &str)> = listed
+            .stdout
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .collect();
+        // In order of preference: a branch, a tag's commit, the tag itself.
+        let found = wanted.iter().find_map(|name| {
+            refs.iter()
+                .find(|(_, listed)| listed == name)
+                .map(|(commit, _)| commit.to_string())
+        });
+        match (found, &repo.reference) {
+            (Some(commit), _) => Ok(Some(commit)),
+            (None, Some(reference)) if looks_like_commit(reference) => Ok(None),
+            (None, reference) => Err(GitError::MissingRef {
+                reference: reference.clone().unwrap_or_else(|| "HEAD".to_owned()),
+                url: repo.url.clone(),
+            }),
+        }
     }
 
     /// The commit HEAD points to (full hash).
@@ -344,6 +405,7 @@ impl Git {
         &self,
         repo: &Repository,
         checkout: &Path,
+        sha256: bool,
         auth: Option<&Auth>,
     ) -> Result<(), GitError> {
         let io = |path: &Path| {
@@ -358,6 +420,9 @@ impl Git {
             .tempdir()
             .map_err(io(&std::env::temp_dir()))?;
         let private_path = private.path();
+        // No templates: the private repository needs no hooks or samples,
+        // and copying them is most of what `init` costs.
+        let format = if sha256 { "sha256" } else { "sha1" };
         self.runner
             .run(
                 Path::new("."),
@@ -365,6 +430,8 @@ impl Git {
                     "init".as_ref(),
                     "--quiet".as_ref(),
                     "--bare".as_ref(),
+                    "--template=".as_ref(),
+                    format!("--object-format={format}").as_ref(),
                     private_path.as_os_str(),
                 ],
                 None,
@@ -556,6 +623,11 @@ fn check_ref(reference: &str, url: &str) -> Result<(), GitError> {
         }),
         None => Ok(()),
     }
+}
+
+/// Whether a ref could be an abbreviated or full commit hash.
+fn looks_like_commit(reference: &str) -> bool {
+    (4..=64).contains(&reference.len()) && reference.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Checks that `dest` is absent or an empty directory; returns whether it

@@ -7,7 +7,6 @@ use berth_core::WorkspacePath;
 use berth_core::spec::Repository;
 use berth_git::{Credential, Credentials, FetchOutcome, Git, GitError};
 use berth_testkit::{self as kit, GitDaemon, GitHttpServer};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const TOKEN: &str = "berth-test-token-5f3a9c71";
@@ -363,6 +362,32 @@ async fn workspace_git_config_cannot_reach_the_token() {
 }
 
 #[tokio::test]
+async fn a_sha256_repository_is_cloned_and_fetched() {
+    let base = kit::temp_dir();
+    let upstream = base.path().join("project");
+    std::fs::create_dir(&upstream).unwrap();
+    kit::git(
+        &upstream,
+        &[
+            "init",
+            "--quiet",
+            "--object-format=sha256",
+            "--initial-branch=main",
+        ],
+    );
+    let first = kit::commit_files(&upstream, &[("README", "one\n")], "first");
+    assert_eq!(first.len(), 64);
+    let repo = spec(&format!("file://{}", upstream.display()), None, None);
+    let git = Git::new(Credentials::new());
+    let workspace = kit::temp_dir();
+    let dest = workspace.path().join("project");
+    assert_eq!(git.clone(&repo, &dest).await.unwrap(), first);
+    let second = kit::commit_files(&upstream, &[("README", "two\n")], "second");
+    assert_eq!(git.fetch(&repo, &dest).await.unwrap().commit, second);
+    assert_eq!(read(&dest.join("README")), "two\n");
+}
+
+#[tokio::test]
 async fn a_conflicting_uncommitted_change_stops_the_fetch_and_survives() {
     let upstream = Upstream::new();
     let repo = spec(&upstream.file_url(), None, None);
@@ -541,6 +566,52 @@ async fn a_branch_ref_follows_that_branch() {
 }
 
 #[tokio::test]
+async fn upstream_commit_tells_whether_a_fetch_is_needed() {
+    let upstream = Upstream::new();
+    kit::tag(&upstream.repo(), "v1");
+    kit::git(&upstream.repo(), &["tag", "light"]);
+    kit::create_branch(&upstream.repo(), "dev");
+    let server = GitHttpServer::start(upstream.base(), TOKEN);
+    let url = format!("{}project", server.url());
+    let git = with_token();
+    let ask = |reference: Option<&str>| {
+        let repo = spec(&url, reference, Some(CREDENTIAL));
+        let git = &git;
+        async move { git.upstream_commit(&repo).await }
+    };
+    let first = Some(upstream.first.clone());
+    for reference in [
+        None,
+        Some("main"),
+        Some("refs/heads/main"),
+        Some("v1"),
+        Some("light"),
+    ] {
+        assert_eq!(ask(reference).await.unwrap(), first, "{reference:?}");
+    }
+    assert_eq!(ask(Some("refs/tags/v1")).await.unwrap(), first);
+
+    let second = Some(upstream.commit(&[("README", "moved\n")]));
+    assert_eq!(ask(None).await.unwrap(), second);
+    assert_eq!(ask(Some("main")).await.unwrap(), second);
+    assert_eq!(ask(Some("v1")).await.unwrap(), first, "tags stay");
+    assert_eq!(
+        ask(Some("dev")).await.unwrap(),
+        first,
+        "other branches stay"
+    );
+    assert_eq!(ask(Some(&upstream.first[..10])).await.unwrap(), None);
+
+    let err = ask(Some("no-such-branch")).await.unwrap_err();
+    assert!(matches!(err, GitError::MissingRef { .. }), "{err}");
+    let err = Git::new(Credentials::new())
+        .upstream_commit(&spec(&url, None, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GitError::Authentication { .. }), "{err}");
+}
+
+#[tokio::test]
 async fn a_missing_ref_is_named_with_its_url() {
     let upstream = Upstream::new();
     let server = GitHttpServer::start(upstream.base(), TOKEN);
@@ -683,9 +754,24 @@ impl Trap {
     }
 }
 
+/// Writes an executable script. A child process writes it: were this
+/// process to hold it open for writing while another test forks, running
+/// the script could fail with "text file busy".
 fn write_script(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    use std::io::Write;
+    let mut writer = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writer
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(writer.wait().unwrap().success());
 }
 
 fn base64_of(text: &str) -> String {
