@@ -43,6 +43,7 @@ pub struct Root {
 impl Root {
     /// Opens `dir` (which the caller trusts: it may itself be reached through
     /// symlinks) as a workspace root, with the best resolution the kernel has.
+    /// A missing `dir` is [`FilesError::NotFound`] naming it.
     pub fn open(dir: &Path) -> Result<Root, FilesError> {
         let mut root = Root::open_with(dir, Resolution::Walk)?;
         root.how = resolve::probe(root.fd.as_fd());
@@ -58,7 +59,12 @@ impl Root {
         };
         let path = std::path::absolute(dir).map_err(open_root)?;
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = rustix::fs::open(&path, flags, Mode::empty()).map_err(|e| open_root(e.into()))?;
+        let fd = rustix::fs::open(&path, flags, Mode::empty()).map_err(|e| match e {
+            // A workspace whose directory is gone: callers tell this apart.
+            Errno::NOENT => FilesError::NotFound(path.display().to_string()),
+            Errno::NOTDIR => FilesError::NotADirectory(path.display().to_string()),
+            other => open_root(other.into()),
+        })?;
         Ok(Root { fd, path, how })
     }
 

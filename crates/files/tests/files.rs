@@ -507,6 +507,19 @@ fn resolve_dir_gives_a_checked_host_path() {
 }
 
 #[test]
+fn a_missing_root_is_not_found_by_its_host_path() {
+    let fx = Fixture::new();
+    let gone = fx.ws.join("gone");
+    let err = Root::open(&gone).unwrap_err();
+    assert!(matches!(&err, FilesError::NotFound(path) if *path == gone.display().to_string()));
+    fs::write(&gone, "a file").unwrap();
+    assert!(matches!(
+        Root::open(&gone),
+        Err(FilesError::NotADirectory(_))
+    ));
+}
+
+#[test]
 fn a_root_keeps_meaning_its_directory_after_being_moved() {
     let fx = Fixture::new();
     fx.file("f", "mine");
