@@ -8,9 +8,10 @@
 //! through `git clone -c` (which writes it into `.git/config`).
 
 use crate::GitError;
+use berth_core::ExecEvent;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use tokio_util::sync::CancellationToken;
 
 /// Variables passed through from the provider's environment: what git needs
 /// to find programs, certificates, proxies and an ssh agent. Everything else,
@@ -78,7 +79,7 @@ pub(crate) struct Finished {
     pub success: bool,
     /// The exit code, when it exited rather than being killed.
     pub code: Option<i32>,
-    /// How it ended, e.g. `exit status: 128`.
+    /// How it ended, e.g. `exit code 128`.
     pub status: String,
     pub stdout: String,
     /// Redacted and trimmed to its last lines.
@@ -139,38 +140,65 @@ impl Runner {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let mut command = tokio::process::Command::new(&self.program);
-        command
-            .args(&args)
-            .current_dir(dir)
-            .env_clear()
-            .envs(environment(auth, |key| std::env::var_os(key)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Dropping the future (a cancelled provision) must not leave git
-            // running.
-            .kill_on_drop(true);
-        let output = command.output().await.map_err(|source| GitError::Spawn {
-            program: self.program.display().to_string(),
-            source,
-        })?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        let program = self.program.to_string_lossy().into_owned();
+        let env = environment(auth, |key| std::env::var_os(key))
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        // berth-exec runs git in its own process group: when this future is
+        // dropped (a cancelled provision), the whole group ends, helpers
+        // such as git-remote-http included.
+        let spawn = berth_exec::Spawn {
+            argv: std::iter::once(program.clone())
+                .chain(args.iter().cloned())
+                .collect(),
+            cwd: dir.to_path_buf(),
+            env,
+            stdin: berth_exec::Stdin::Null,
+            timeout: None,
+            output_limit: None,
+            grace: berth_exec::DEFAULT_GRACE,
+        };
+        let mut running =
+            berth_exec::spawn(spawn, CancellationToken::new()).map_err(|e| GitError::Spawn {
+                program: program.clone(),
+                source: match e {
+                    berth_exec::SpawnError::Spawn { source, .. } => source,
+                    other => std::io::Error::other(other.to_string()),
+                },
+            })?;
+        let (mut stdout, mut stderr, mut exit) = (Vec::new(), Vec::new(), None);
+        while let Some(event) = running.events.recv().await {
+            match event {
+                ExecEvent::Stdout { data } => stdout.extend_from_slice(&data.0),
+                ExecEvent::Stderr { data } => stderr.extend_from_slice(&data.0),
+                ExecEvent::Exit(status) => exit = Some(status),
+            }
+        }
+        let exit = exit.unwrap_or_default();
+        let status = match (exit.code, exit.signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            (None, None) => "ended without a status".to_owned(),
+        };
+        let stderr = String::from_utf8_lossy(&stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
-        let command_text = args
-            .iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let command_text = args.join(" ");
         Ok(Finished {
-            success: output.status.success(),
-            code: output.status.code(),
-            status: output.status.to_string(),
-            stdout: self
-                .redactor
-                .redact(&String::from_utf8_lossy(&output.stdout)),
+            success: exit.code == Some(0),
+            code: exit.code,
+            status,
+            stdout: self.redactor.redact(&String::from_utf8_lossy(&stdout)),
             stderr: self.redactor.redact(&tail),
             command: self.redactor.redact(&command_text),
             dir: (dir != Path::new(".")).then(|| dir.to_path_buf()),

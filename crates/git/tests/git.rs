@@ -388,6 +388,49 @@ async fn a_sha256_repository_is_cloned_and_fetched() {
 }
 
 #[tokio::test]
+async fn a_cancelled_clone_leaves_no_git_process_behind() {
+    // A server that accepts and never answers: git waits forever.
+    let silent = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let url = format!(
+        "http://{}/stuck-{}",
+        silent.local_addr().unwrap(),
+        std::process::id()
+    );
+    let workspace = kit::temp_dir();
+    let git = Git::new(Credentials::new());
+    let (repo, dest) = (spec(&url, None, None), workspace.path().join("p"));
+    let clone = git.clone(&repo, &dest);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(500), clone).await;
+    assert!(waited.is_err(), "the clone should still be waiting");
+    // Ending the group is asynchronous; it must happen soon, and for every
+    // process, including the helper git started for http.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = processes_mentioning(&url);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The command lines of live processes that contain `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some(cmdline)
+        })
+        .collect()
+}
+
+#[tokio::test]
 async fn a_conflicting_uncommitted_change_stops_the_fetch_and_survives() {
     let upstream = Upstream::new();
     let repo = spec(&upstream.file_url(), None, None);
