@@ -12,6 +12,7 @@ use crate::cgroup::{self, Layout};
 use crate::config::IdMap;
 use crate::plan::{self, BERTH_DIR, Dirs, HostBase, PlanInput, WORKSPACE_DIR};
 use async_trait::async_trait;
+use berth_agent_client::AgentClient;
 use berth_core::{
     Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind, GcReport,
     Isolation, Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath, spec::Network,
@@ -174,6 +175,8 @@ pub struct Inner {
     store: LayerStore,
     cgroups: Result<Layout, String>,
     host: HostBase,
+    /// One connection per running workspace's agent.
+    agents: std::sync::Mutex<std::collections::HashMap<String, Arc<AgentClient>>>,
     /// Serialises changes of a workspace's lifecycle (start, stop, reset,
     /// freeze) so two of them never interleave.
     lifecycle: tokio::sync::Mutex<()>,
@@ -219,6 +222,31 @@ impl SandboxRuntime {
         self.inner.clone()
     }
 
+    /// The agent serving a running workspace, when the runtime runs one.
+    async fn agent(&self, ws: &Workspace) -> Result<Option<Arc<AgentClient>>, RuntimeError> {
+        if self.config.agent_program.is_none() {
+            return Ok(None);
+        }
+        let id = ws.id.to_string();
+        let state = self.load(&id)?;
+        if self.running(&state).is_none() {
+            return Err(RuntimeError::Gone {
+                id,
+                detail: "it is not running".into(),
+            });
+        }
+        let cached = self.agents.lock().ok().and_then(|a| a.get(&id).cloned());
+        if let Some(agent) = cached.filter(|a| a.is_connected()) {
+            return Ok(Some(agent));
+        }
+        let socket = self.dirs(&id).run.join("agent.sock");
+        let agent = Arc::new(AgentClient::connect(&socket, START_TIMEOUT).await?);
+        if let Ok(mut agents) = self.agents.lock() {
+            agents.insert(id, agent.clone());
+        }
+        Ok(Some(agent))
+    }
+
     /// Runs a command inside and collects its output (for file operations).
     async fn run_inside(
         &self,
@@ -254,6 +282,7 @@ impl Inner {
             store,
             cgroups,
             host,
+            agents: std::sync::Mutex::new(std::collections::HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
         })
     }
@@ -418,6 +447,8 @@ impl Inner {
             for dir in [&dirs.rootfs, &dirs.run] {
                 fs::create_dir_all(dir)?;
             }
+            // The agent, as the workspace's root, makes its socket here.
+            std::os::unix::fs::lchown(&dirs.run, Some(shift), Some(shift))?;
             tree::remove_tree(&dirs.work)?;
             fs::create_dir_all(&dirs.work)?;
             fs::create_dir(&dirs.upper)?;
@@ -673,6 +704,9 @@ impl Inner {
 
     /// Ends every process of the workspace and removes its cgroups.
     fn stop_locked(&self, id: &str) -> Result<State, RuntimeError> {
+        if let Ok(mut agents) = self.agents.lock() {
+            agents.remove(id);
+        }
         let mut state = self.load(id)?;
         if let Some(init) = self.running(&state)
             && let Some(pid) = rustix::process::Pid::from_raw(init.pid as i32)
@@ -1170,6 +1204,9 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn remove_file(&self, ws: &Workspace, path: &WorkspacePath) -> Result<(), RuntimeError> {
+        if let Some(agent) = self.agent(ws).await? {
+            return Ok(agent.remove(path).await?);
+        }
         if path.as_str().is_empty() {
             return Err(RuntimeError::WrongKind {
                 path: String::new(),

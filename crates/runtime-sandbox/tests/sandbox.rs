@@ -637,3 +637,74 @@ async fn a_cached_workspace_starts_from_the_cache_and_files_round_trip() {
     rt.remove(&ws).await.unwrap();
     assert!(!rt.exists(&ws).await.unwrap());
 }
+
+/// The agent binary built next to the init binary (`cargo build -p
+/// berth-agent`, which a workspace-wide build or test run does).
+fn agent_binary() -> PathBuf {
+    let init = PathBuf::from(env!("CARGO_BIN_EXE_berth-sandbox-init"));
+    let agent = init.with_file_name("berth-agent");
+    assert!(
+        agent.is_file(),
+        "`{}` is missing: build it with `cargo build -p berth-agent`",
+        agent.display()
+    );
+    agent
+}
+
+#[tokio::test]
+async fn the_agent_is_pid_1_and_serves_commands_and_files() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(home.path());
+    config.agent_program = Some(agent_binary());
+    let rt = SandboxRuntime::new(config).unwrap();
+    let ws = started(&rt, Spec::default()).await;
+
+    let ran = sh(
+        &rt,
+        &ws,
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; id -u; pwd",
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        ran.stdout,
+        "/.berth/berth-agent --socket /.berth/run/agent.sock --root /workspace \n0\n/workspace\n"
+    );
+    let path = WorkspacePath::parse("dir/file.txt").unwrap();
+    rt.write_file(&ws, &path, b"through the agent".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.read_file(&ws, &path).await.unwrap(),
+        b"through the agent"
+    );
+    let upper = home
+        .path()
+        .join("sandbox")
+        .join(ws.id.as_str())
+        .join("upper/workspace/dir/file.txt");
+    assert_eq!(fs::metadata(&upper).unwrap().uid(), 100_000);
+    assert_eq!(
+        rt.changes(&ws).await.unwrap(),
+        vec![
+            change("dir", ChangeKind::Added, FileKind::Dir),
+            change("dir/file.txt", ChangeKind::Added, FileKind::File)
+        ]
+    );
+    // Isolation holds for what the agent runs too.
+    let seen = sh(
+        &rt,
+        &ws,
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; ls -d /proc/[0-9]* | wc -l",
+    )
+    .await;
+    assert_eq!(
+        seen.stdout.lines().take(2).collect::<Vec<_>>(),
+        ["NoNewPrivs:\t1", "Seccomp:\t2"]
+    );
+
+    // A stuck agent does not stop teardown.
+    rt.remove(&ws).await.unwrap();
+    assert!(cgroup_file(&ws, "pids.current").is_none());
+}
