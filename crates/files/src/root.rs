@@ -219,6 +219,11 @@ impl Root {
     /// Creates `dir` and its missing parents, naming `asked` (the path the
     /// caller gave) in errors.
     fn make_dirs(&self, dir: &str, asked: &WorkspacePath) -> Result<(), FilesError> {
+        // Usually the directory is there already: one lookup instead of one
+        // per level.
+        if self.open_rel(dir, DIR_PATH, true).is_ok() {
+            return Ok(());
+        }
         let parts: Vec<&str> = dir.split('/').filter(|part| !part.is_empty()).collect();
         for (depth, part) in parts.iter().enumerate() {
             let parent = self
