@@ -69,6 +69,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug)]
 pub struct Agent {
     pub root: PathBuf,
+    /// The root, opened for confined file operations.
+    pub files: Arc<berth_files::Root>,
     pub env: env::BaseEnv,
     pub grace: Duration,
     pub reaper: reaper::Reaper,
@@ -85,7 +87,7 @@ pub struct Agent {
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot create the workspace root `{path}`: {source}")]
+    #[error("cannot open the workspace root `{path}`: {source}")]
     Root {
         path: PathBuf,
         #[source]
@@ -106,12 +108,17 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
         path: options.root.clone(),
         source,
     })?;
+    let files = berth_files::Root::open(&options.root).map_err(|e| StartError::Root {
+        path: options.root.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let listener = listen(&options.socket)?;
     let env = env::BaseEnv::from_process(&options.root.to_string_lossy());
     let reaper = reaper::Reaper::start();
     let detector = detect::Detector::new(options.hints.clone());
     let agent = Arc::new(Agent {
         root: options.root.clone(),
+        files: Arc::new(files),
         env,
         grace: options.grace,
         reaper,
@@ -204,21 +211,10 @@ async fn end_everyone_else(grace: Duration) {
 }
 
 impl Agent {
-    /// A working directory: `cwd` relative to the root, which must be an
-    /// existing directory.
+    /// A working directory: `cwd` relative to the root, an existing
+    /// directory that does not lead outside it.
     pub fn workdir(&self, cwd: Option<&str>) -> Result<PathBuf, (berth_proto::ErrorCode, String)> {
-        use berth_proto::ErrorCode;
-        let rel = berth_proto::WorkspacePath::parse(cwd.unwrap_or(""))
-            .map_err(|e| (ErrorCode::Escapes, format!("cwd: {e}")))?;
-        let dir = rel.under(&self.root);
-        match std::fs::metadata(&dir) {
-            Ok(meta) if meta.is_dir() => Ok(dir),
-            Ok(_) => Err((
-                ErrorCode::WrongKind,
-                format!("cwd `{rel}` is not a directory"),
-            )),
-            Err(e) => Err((ErrorCode::NotFound, format!("cwd `{rel}`: {e}"))),
-        }
+        files::workdir(self, cwd).map_err(|body| (body.code, body.message))
     }
 }
 

@@ -494,3 +494,72 @@ async fn a_wrong_protocol_version_is_refused() {
         other => panic!("expected a version error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn file_operations_stay_inside_the_workspace() {
+    let agent = Agent::start().await;
+    let client = &agent.client;
+    client
+        .write_file(&path("src/main.rs"), b"fn main() {}\n", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(agent.root.join("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+    assert_eq!(
+        client.read_file(&path("src/main.rs")).await.unwrap(),
+        b"fn main() {}\n"
+    );
+    client.mkdir(&path("a/b/c")).await.unwrap();
+    client
+        .rename(&path("src/main.rs"), &path("a/b/lib.rs"))
+        .await
+        .unwrap();
+    let names: Vec<_> = client
+        .list_dir(&path("a/b"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(names, ["a/b/c", "a/b/lib.rs"]);
+    let stat = client.stat(&path("a/b/lib.rs")).await.unwrap();
+    assert_eq!(stat.size, 13);
+    client.remove(&path("a")).await.unwrap();
+    let gone = client.stat(&path("a")).await.unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::NotFound));
+
+    // Larger than one frame both ways, with every byte value.
+    let big: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    client
+        .write_file(&path("big.bin"), &big, Some(0o600))
+        .await
+        .unwrap();
+    assert_eq!(client.read_file(&path("big.bin")).await.unwrap(), big);
+    assert_eq!(
+        client.stat(&path("big.bin")).await.unwrap().mode & 0o777,
+        0o600
+    );
+
+    // A symlink leading out is refused, whatever the operation.
+    std::os::unix::fs::symlink("/etc", agent.root.join("out")).unwrap();
+    for err in [
+        client.read_file(&path("out/passwd")).await.unwrap_err(),
+        client
+            .write_file(&path("out/evil"), b"x", None)
+            .await
+            .unwrap_err(),
+        client.list_dir(&path("out")).await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Some(ErrorCode::Escapes), "{err}");
+    }
+    let mut request = ExecRequest::shell("true");
+    request.cwd = Some("out".into());
+    let err = client
+        .exec(request, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Escapes), "{err}");
+    assert!(!Path::new("/etc/evil").exists());
+}
