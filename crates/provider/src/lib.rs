@@ -454,7 +454,6 @@ impl Provider {
                     "provisioning was interrupted: the process provisioning it{pid} ended"
                 )),
             )?;
-            self.store().set_owner(&ws.id, None)?;
         }
         for ws in self.store().list(false)? {
             if !matches!(ws.state, WorkspaceState::Running | WorkspaceState::Stopped) {

@@ -152,7 +152,6 @@ impl Provider {
                 };
                 self.store()
                     .set_state(&ws.id, WorkspaceState::Failed, Some(&error))?;
-                self.store().set_owner(&ws.id, None)?;
                 let _ = tokio::fs::remove_dir_all(staging_dir(self.home(), &ws.id)).await;
                 progress
                     .send(ProvisionEvent::Failed {
@@ -274,7 +273,8 @@ impl Provider {
         self.store()
             .set_cache_key(&ws.id, Some(&key))
             .map_err(store_err)?;
-        self.store().set_owner(&ws.id, None).map_err(store_err)?;
+        // Leaving `creating` clears the owner in the same update, so no
+        // other process ever sees an ownerless provision.
         self.store()
             .set_state(&ws.id, WorkspaceState::Running, None)
             .map_err(store_err)

@@ -1,0 +1,361 @@
+//! The `local` runtime: a workspace is a directory on this host and commands
+//! run as the provider's user, with no isolation — and it says so.
+//!
+//! Commands get an environment built from the spec, never the provider's
+//! own, so provider secrets do not leak into them. The provisioning cache is
+//! a directory per key, copied into new workspaces (with reflinks where the
+//! filesystem has them).
+
+use async_trait::async_trait;
+use berth_core::{
+    ExecRequest, ExecStream, FileEntry, Isolation, Runtime, RuntimeError, Workspace, WorkspacePath,
+};
+use berth_exec::{DEFAULT_GRACE, Spawn, Stdin};
+use berth_files::{FilesError, Root};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// PATH for commands when the provider has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Variables passed from the provider's environment to commands: locale,
+/// terminal and search path, nothing that could carry a secret.
+const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "TERM", "TZ", "USER", "LOGNAME"];
+
+/// What the registry keeps for a local workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalInfo {
+    /// The workspace root on this host.
+    pub root: PathBuf,
+}
+
+pub struct LocalRuntime {
+    workspaces: PathBuf,
+    cache: PathBuf,
+}
+
+impl LocalRuntime {
+    /// A runtime keeping its workspaces and cache under `home`.
+    pub fn new(home: &Path) -> Self {
+        LocalRuntime {
+            workspaces: home.join("local").join("workspaces"),
+            cache: home.join("local").join("cache"),
+        }
+    }
+
+    fn root(&self, ws: &Workspace) -> PathBuf {
+        serde_json::from_value::<LocalInfo>(ws.runtime_info.clone())
+            .map(|info| info.root)
+            .unwrap_or_else(|_| self.workspaces.join(ws.id.as_str()))
+    }
+
+    fn open_root(&self, ws: &Workspace) -> Result<Root, RuntimeError> {
+        let root = self.root(ws);
+        Root::open(&root).map_err(|e| match e {
+            FilesError::NotFound(_) => RuntimeError::Gone {
+                id: ws.id.to_string(),
+                detail: format!("its directory {} no longer exists", root.display()),
+            },
+            other => files_error(other),
+        })
+    }
+
+    fn environment(
+        &self,
+        ws: &Workspace,
+        root: &Path,
+        request: &ExecRequest,
+    ) -> Vec<(String, String)> {
+        let mut env: std::collections::BTreeMap<String, String> = PASSED_THROUGH
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v)))
+            .collect();
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        env.insert("HOME".into(), root.display().to_string());
+        env.insert("BERTH_WORKSPACE_ID".into(), ws.id.to_string());
+        env.insert("BERTH_WORKSPACE_ROOT".into(), root.display().to_string());
+        env.extend(ws.spec.env.clone());
+        env.extend(request.env.clone());
+        env.into_iter().collect()
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RuntimeError::Other(format!("file task failed: {e}")))?
+}
+
+fn files_error(err: FilesError) -> RuntimeError {
+    match err {
+        FilesError::NotFound(path) => RuntimeError::NotFound(path),
+        FilesError::Escapes(path) => RuntimeError::Escapes(path),
+        FilesError::NotADirectory(path) => RuntimeError::WrongKind {
+            path,
+            problem: "not a directory",
+        },
+        FilesError::IsADirectory(path) => RuntimeError::WrongKind {
+            path,
+            problem: "a directory",
+        },
+        FilesError::NotAFile(path) => RuntimeError::WrongKind {
+            path,
+            problem: "not a regular file",
+        },
+        other => RuntimeError::Other(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Runtime for LocalRuntime {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn description(&self) -> &'static str {
+        "a directory on this host; no isolation"
+    }
+
+    async fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        ws: &Workspace,
+        from_cache: Option<&str>,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let root = self.workspaces.join(ws.id.as_str());
+        tokio::fs::create_dir_all(&self.workspaces)
+            .await
+            .map_err(|e| RuntimeError::io(format!("create {}", self.workspaces.display()), e))?;
+        match from_cache {
+            Some(key) => copy_tree(&self.cache.join(key), &root).await?,
+            None => tokio::fs::create_dir(&root)
+                .await
+                .map_err(|e| RuntimeError::io(format!("create {}", root.display()), e))?,
+        }
+        Ok(serde_json::json!(LocalInfo { root }))
+    }
+
+    fn host_path(&self, ws: &Workspace) -> Option<PathBuf> {
+        Some(self.root(ws))
+    }
+
+    async fn import(
+        &self,
+        ws: &Workspace,
+        host_dir: &Path,
+        dest: &WorkspacePath,
+    ) -> Result<(), RuntimeError> {
+        let target = dest.under(&self.root(ws));
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| RuntimeError::io(format!("create {}", parent.display()), e))?;
+        }
+        if dest.is_root() {
+            // The workspace root exists already: move the clone's entries in.
+            let mut entries = tokio::fs::read_dir(host_dir)
+                .await
+                .map_err(|e| RuntimeError::io(format!("read {}", host_dir.display()), e))?;
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| RuntimeError::io(format!("read {}", host_dir.display()), e))?
+            {
+                let to = target.join(entry.file_name());
+                tokio::fs::rename(entry.path(), &to)
+                    .await
+                    .map_err(|e| RuntimeError::io(format!("move into {}", to.display()), e))?;
+            }
+            return Ok(());
+        }
+        match tokio::fs::remove_dir_all(&target).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::io(format!("replace {}", target.display()), e));
+            }
+            _ => {}
+        }
+        tokio::fs::rename(host_dir, &target)
+            .await
+            .map_err(|e| RuntimeError::io(format!("move into {}", target.display()), e))
+    }
+
+    async fn start(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError> {
+        self.open_root(ws)?;
+        Ok(ws.runtime_info.clone())
+    }
+
+    async fn stop(&self, _ws: &Workspace) -> Result<(), RuntimeError> {
+        // Nothing runs on its own in a local workspace: each command belongs
+        // to the process that started it and ends with it.
+        Ok(())
+    }
+
+    async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let root = self.root(ws);
+        blocking(move || match std::fs::remove_dir_all(&root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("remove {}", root.display()), e))
+            }
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn exists(&self, ws: &Workspace) -> Result<bool, RuntimeError> {
+        Ok(tokio::fs::metadata(self.root(ws))
+            .await
+            .is_ok_and(|m| m.is_dir()))
+    }
+
+    fn isolation(&self, _ws: &Workspace) -> Isolation {
+        Isolation {
+            isolated: false,
+            network: "host".into(),
+            notes: vec![
+                "no isolation: commands run on this host as the provider's user; \
+                 only their environment is the workspace's own"
+                    .into(),
+            ],
+            ..Isolation::default()
+        }
+    }
+
+    async fn exec(
+        &self,
+        ws: &Workspace,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, RuntimeError> {
+        let root_dir = self.root(ws);
+        let root = self.open_root(ws)?;
+        let cwd = match &request.cwd {
+            Some(dir) => {
+                let dir = WorkspacePath::parse(dir)?;
+                blocking(move || root.resolve_dir(&dir).map_err(files_error)).await?
+            }
+            None => root_dir.clone(),
+        };
+        let spawn = Spawn {
+            argv: request.command.to_argv(),
+            cwd,
+            env: self.environment(ws, &root_dir, &request),
+            stdin: request.stdin.map(Stdin::Bytes).unwrap_or_default(),
+            timeout: request.timeout_ms.map(Duration::from_millis),
+            output_limit: request.output_limit,
+            grace: DEFAULT_GRACE,
+        };
+        let command = request.command.display();
+        let running = berth_exec::spawn(spawn, cancel).map_err(|e| match e {
+            berth_exec::SpawnError::Spawn { source, .. } => RuntimeError::Spawn { command, source },
+            other => RuntimeError::Other(other.to_string()),
+        })?;
+        Ok(running.events)
+    }
+
+    async fn read_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let root = self.open_root(ws)?;
+        let path = path.clone();
+        blocking(move || root.read(&path).map_err(files_error)).await
+    }
+
+    async fn write_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+        data: Vec<u8>,
+    ) -> Result<(), RuntimeError> {
+        let root = self.open_root(ws)?;
+        let path = path.clone();
+        blocking(move || root.write(&path, &data).map_err(files_error)).await
+    }
+
+    async fn list_files(
+        &self,
+        ws: &Workspace,
+        dir: &WorkspacePath,
+    ) -> Result<Vec<FileEntry>, RuntimeError> {
+        let root = self.open_root(ws)?;
+        let dir = dir.clone();
+        blocking(move || root.list(&dir).map_err(files_error)).await
+    }
+
+    async fn remove_file(&self, ws: &Workspace, path: &WorkspacePath) -> Result<(), RuntimeError> {
+        let root = self.open_root(ws)?;
+        let path = path.clone();
+        blocking(move || root.remove(&path).map_err(files_error)).await
+    }
+
+    async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError> {
+        let entry = self.cache.join(key);
+        let partial = self.cache.join(format!(".{key}.partial"));
+        let _ = tokio::fs::remove_dir_all(&partial).await;
+        tokio::fs::create_dir_all(&self.cache)
+            .await
+            .map_err(|e| RuntimeError::io(format!("create {}", self.cache.display()), e))?;
+        copy_tree(&self.root(ws), &partial).await?;
+        // Replacing an entry is a rename, so a reader sees the old or the new tree.
+        let _ = tokio::fs::remove_dir_all(&entry).await;
+        tokio::fs::rename(&partial, &entry)
+            .await
+            .map_err(|e| RuntimeError::io(format!("save cache entry {}", entry.display()), e))
+    }
+
+    async fn has_cache(&self, key: &str) -> bool {
+        tokio::fs::metadata(self.cache.join(key))
+            .await
+            .is_ok_and(|m| m.is_dir())
+    }
+
+    async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {
+        let entry = self.cache.join(key);
+        match tokio::fs::remove_dir_all(&entry).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io(
+                format!("remove cache entry {}", entry.display()),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Copies a directory tree, keeping modes, links and times. `cp` is used
+/// because it is the one tool that does reflinks (instant copies on btrfs
+/// and xfs) and falls back to a full copy elsewhere.
+async fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
+    let output = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(from)
+        .arg(to)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .output()
+        .await
+        .map_err(|source| RuntimeError::Spawn {
+            command: "cp".into(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Other(format!(
+            "copy {} to {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
