@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 /// and every `GIT_*` variable in particular, is left out.
 const INHERITED: &[&str] = &[
     "PATH",
-    "HOME",
     "TMPDIR",
     "http_proxy",
     "https_proxy",
@@ -217,6 +216,10 @@ pub(crate) fn environment(
         .filter_map(|key| Some((OsString::from(key), inherited(key)?)))
         .collect();
     let fixed = [
+        // Not the provider user's home: curl would send the logins of its
+        // `~/.netrc` to any host a spec names there. (ssh finds its keys
+        // through the password database, not HOME.)
+        ("HOME", "/nonexistent"),
         // English messages, so errors read the same everywhere.
         ("LC_ALL", "C"),
         // Never wait for a password nobody will type.
@@ -322,6 +325,7 @@ mod tests {
             None,
             lookup(&[
                 ("PATH", "/usr/bin"),
+                ("HOME", "/home/provider"),
                 ("GIT_DIR", "/elsewhere"),
                 ("GIT_TRACE_CURL", "1"),
                 ("AWS_SECRET_ACCESS_KEY", "x"),
@@ -332,6 +336,8 @@ mod tests {
         assert!(!keys.contains(&"GIT_DIR"));
         assert!(!keys.contains(&"GIT_TRACE_CURL"));
         assert!(!keys.contains(&"AWS_SECRET_ACCESS_KEY"));
+        assert!(env.contains(&("HOME".into(), "/nonexistent".into())));
+        assert!(!env.iter().any(|(_, v)| v == "/home/provider"), "no netrc");
         assert!(env.contains(&("GIT_TERMINAL_PROMPT".into(), "0".into())));
         assert!(env.contains(&("GIT_ASKPASS".into(), "".into())));
     }
