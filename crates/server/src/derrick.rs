@@ -147,7 +147,7 @@ pub struct ReadFileResponse {
     path = "/health",
     tag = "derrick",
     security(()),
-    responses((status = 200, body = HealthResponse))
+    responses((status = 200, description = "The provider is up", body = HealthResponse))
 )]
 pub(crate) async fn health() -> Json<HealthResponse> {
     Json(HealthResponse { healthy: true })
@@ -161,7 +161,7 @@ pub(crate) async fn health() -> Json<HealthResponse> {
     tag = "derrick",
     request_body(content = Option<CreateParams>, description = "Optional"),
     responses(
-        (status = 200, body = WorkspaceRef),
+        (status = 200, description = "The new workspace's id", body = WorkspaceRef),
         (status = 400, description = "A malformed body, or no spec to use", body = ErrorResponse),
         (status = 422, description = "An invalid spec, or provisioning failed", body = ErrorResponse),
     )
@@ -202,7 +202,7 @@ pub(crate) async fn create_workspace(
     get,
     path = "/workspaces",
     tag = "derrick",
-    responses((status = 200, body = WorkspaceListResponse))
+    responses((status = 200, description = "The workspaces", body = WorkspaceListResponse))
 )]
 pub(crate) async fn list_workspaces(
     State(state): State<AppState>,
@@ -227,7 +227,7 @@ pub(crate) async fn list_workspaces(
     tag = "derrick",
     params(("id" = String, Path)),
     responses(
-        (status = 200, body = bool),
+        (status = 200, description = "Whether a workspace was removed", body = bool),
         (status = 409, description = "It is still being provisioned", body = ErrorResponse),
     )
 )]
@@ -250,9 +250,9 @@ pub(crate) async fn remove_workspace(
     params(("id" = String, Path)),
     request_body = CmdParams,
     responses(
-        (status = 200, body = CmdResponse),
-        (status = 400, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "The command's exit code", body = CmdResponse),
+        (status = 400, description = "A malformed request", body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
     )
 )]
@@ -276,9 +276,9 @@ pub(crate) async fn cmd(
     params(("id" = String, Path)),
     request_body = CmdParams,
     responses(
-        (status = 200, body = CmdOutputResponse),
-        (status = 400, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "The command's output and exit code", body = CmdOutputResponse),
+        (status = 400, description = "A malformed request", body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
     )
 )]
@@ -306,9 +306,9 @@ pub(crate) async fn cmd_with_output(
     params(("id" = String, Path)),
     request_body = WriteFileParams,
     responses(
-        (status = 200, body = WriteFileResponse),
+        (status = 200, description = "Written", body = WriteFileResponse),
         (status = 400, description = "Bad base64, or a path leaving the workspace", body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
     )
 )]
 pub(crate) async fn write_file(

@@ -35,13 +35,13 @@ pub struct ErrorBody {
 /// | 401 | `unauthorized` |
 /// | 404 | `not_found`, `file_not_found`, `route_not_found` |
 /// | 405 | `method_not_allowed` |
-/// | 409 | `wrong_state`, `name_taken`, `git_not_fast_forward` |
+/// | 409 | `wrong_state`, `name_taken`, `cannot_fast_forward` |
 /// | 410 | `workspace_gone` |
 /// | 413 | `body_too_large` |
-/// | 422 | `invalid_spec`, `no_runtime`, `unknown_runtime`, `provision_failed`, `command_not_started` |
-/// | 502 | other `git_*` codes (the remote refused or failed) |
+/// | 422 | `invalid_spec`, `no_runtime`, `unknown_runtime`, `provision_failed`, `command_not_started`, `invalid_repository`, `invalid_ref`, `credential_unusable` |
+/// | 502 | `git_authentication_failed`, `git_failed` (the remote refused or failed) |
 /// | 503 | `runtime_unavailable` |
-/// | 500 | anything else |
+/// | 500 | anything else (`runtime_error`, `registry_error`, `credentials_invalid`, ...) |
 ///
 /// 422 means the request was well-formed but what it asks for cannot be
 /// made: an invalid spec, a runtime that does not exist or was not chosen,
@@ -54,16 +54,19 @@ pub fn status_for(code: &str) -> StatusCode {
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "not_found" | "file_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "wrong_state" | "name_taken" | "git_not_fast_forward" => StatusCode::CONFLICT,
+        "wrong_state" | "name_taken" | "cannot_fast_forward" => StatusCode::CONFLICT,
         "workspace_gone" => StatusCode::GONE,
         "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "invalid_spec"
         | "no_runtime"
         | "unknown_runtime"
         | "provision_failed"
-        | "command_not_started" => StatusCode::UNPROCESSABLE_ENTITY,
+        | "command_not_started"
+        | "invalid_repository"
+        | "invalid_ref"
+        | "credential_unusable" => StatusCode::UNPROCESSABLE_ENTITY,
+        "git_authentication_failed" | "git_failed" => StatusCode::BAD_GATEWAY,
         "runtime_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-        code if code.starts_with("git_") => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -158,6 +161,13 @@ mod tests {
             ("runtime_error", 500),
             ("provision_failed", 422),
             ("registry_error", 500),
+            ("credentials_invalid", 500),
+            ("credential_unusable", 422),
+            ("invalid_repository", 422),
+            ("invalid_ref", 422),
+            ("git_authentication_failed", 502),
+            ("cannot_fast_forward", 409),
+            ("git_failed", 502),
         ];
         for (code, status) in expected {
             assert_eq!(status_for(code).as_u16(), status, "{code}");

@@ -4,7 +4,8 @@
 use crate::AppState;
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::stream::{ErrorLine, ProgressLine};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -18,7 +19,6 @@ use utoipa_axum::router::OpenApiRouter;
             are `{\"error\": {\"code\", \"message\"}}` with a stable code.",
     ),
     components(schemas(ErrorResponse, ErrorBody, ProgressLine, ErrorLine, wire::ExecEvent)),
-    modifiers(&BearerAuth),
     tags(
         (name = "workspaces", description = "Provision, list, start, stop, fetch and remove workspaces"),
         (name = "exec", description = "Run commands in a workspace"),
@@ -29,7 +29,8 @@ use utoipa_axum::router::OpenApiRouter;
 )]
 struct ApiDoc;
 
-/// Requires the bearer token on every operation that does not opt out.
+/// Requires the bearer token on every operation that does not opt out, and
+/// documents the 401 answer of each one that requires it.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -39,18 +40,53 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
-        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+        openapi.security = Some(vec![SecurityRequirement::new(
             "bearer",
             Vec::<String>::new(),
         )]);
+        let unauthorized = ResponseBuilder::new()
+            .description("No bearer token, or the wrong one")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                // An operation opts out with an empty requirement.
+                let open = operation.security.as_ref().is_some_and(|requirements| {
+                    requirements
+                        .iter()
+                        .all(|r| r == &SecurityRequirement::default())
+                });
+                if !open {
+                    operation
+                        .responses
+                        .responses
+                        .insert("401".into(), unauthorized.clone().into());
+                }
+            }
+        }
     }
 }
 
 /// Every documented route, with the document describing them.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::v1::routes())
-        .merge(crate::derrick::routes())
+        .merge(crate::derrick::routes());
+    // After the merge: the modifier needs every operation in place.
+    BearerAuth.modify(routes.get_openapi_mut());
+    routes
 }
 
 /// The OpenAPI document of the whole API.

@@ -174,7 +174,7 @@ pub(crate) async fn create_workspace(
     path = "/v1/workspaces",
     tag = "workspaces",
     params(ListQuery),
-    responses((status = 200, body = WorkspaceList))
+    responses((status = 200, description = "The workspaces", body = WorkspaceList))
 )]
 pub(crate) async fn list_workspaces(
     State(state): State<AppState>,
@@ -192,9 +192,9 @@ pub(crate) async fn list_workspaces(
     tag = "workspaces",
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
     responses(
-        (status = 200, body = WorkspaceDetails),
+        (status = 200, description = "The workspace and its isolation", body = WorkspaceDetails),
         (status = 400, description = "An ambiguous id prefix", body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
     )
 )]
 pub(crate) async fn get_workspace(
@@ -212,7 +212,7 @@ pub(crate) async fn get_workspace(
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
     responses(
         (status = 200, description = "The removed workspace", body = Workspace),
-        (status = 404, body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "It is still being provisioned", body = ErrorResponse),
     )
 )]
@@ -230,8 +230,8 @@ pub(crate) async fn remove_workspace(
     tag = "workspaces",
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
     responses(
-        (status = 200, body = Workspace),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "The workspace", body = Workspace),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "It is neither stopped nor running", body = ErrorResponse),
     )
 )]
@@ -249,8 +249,8 @@ pub(crate) async fn start_workspace(
     tag = "workspaces",
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
     responses(
-        (status = 200, body = Workspace),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "The workspace", body = Workspace),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "It is neither running nor stopped", body = ErrorResponse),
     )
 )]
@@ -275,7 +275,7 @@ pub(crate) async fn stop_workspace(
             (FetchResponse = "application/json"),
             (ProgressLine = "application/x-ndjson"),
             (ProgressLine = "text/event-stream"))),
-        (status = 404, body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "Not running or stopped, or the fetch cannot fast-forward", body = ErrorResponse),
         (status = 502, description = "The remote refused or failed", body = ErrorResponse),
     )
@@ -315,7 +315,7 @@ pub(crate) async fn fetch_workspace(
             (wire::ExecEvent = "application/x-ndjson"),
             (wire::ExecEvent = "text/event-stream"))),
         (status = 400, description = "A malformed request or a path leaving the workspace", body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The command cannot be started", body = ErrorResponse),
     )
@@ -372,7 +372,7 @@ pub(crate) async fn exec(
     tag = "files",
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), DirQuery),
     responses(
-        (status = 200, body = FileList),
+        (status = 200, description = "The directory's entries", body = FileList),
         (status = 400, description = "A path leaving the workspace", body = ErrorResponse),
         (status = 404, description = "No such workspace or directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
@@ -443,7 +443,7 @@ pub(crate) async fn read_file(
     responses(
         (status = 204, description = "Written"),
         (status = 400, description = "A path leaving the workspace", body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 413, description = "The body is over the limit", body = ErrorResponse),
     )
@@ -467,7 +467,7 @@ pub(crate) async fn write_file(
     get,
     path = "/v1/runtimes",
     tag = "workspaces",
-    responses((status = 200, body = RuntimeList))
+    responses((status = 200, description = "The runtimes", body = RuntimeList))
 )]
 pub(crate) async fn list_runtimes(State(state): State<AppState>) -> Json<RuntimeList> {
     Json(RuntimeList {
@@ -481,7 +481,7 @@ pub(crate) async fn list_runtimes(State(state): State<AppState>) -> Json<Runtime
     path = "/healthz",
     tag = "health",
     security(()),
-    responses((status = 200, body = Health))
+    responses((status = 200, description = "The server is up", body = Health))
 )]
 pub(crate) async fn healthz() -> Json<Health> {
     Json(Health {
