@@ -4,6 +4,7 @@
 
 use berth_provider::{Provider, ProviderConfig};
 use berth_runtime_fake::{Behaviour, FakeRuntime};
+use berth_runtime_local::LocalRuntime;
 use berth_server::{Listen, ServerConfig, ServerError, TOKEN_FILE};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
@@ -41,9 +42,14 @@ impl Api {
         configure: impl FnOnce(ServerConfig) -> ServerConfig,
     ) -> Api {
         let fake = Arc::new(FakeRuntime::new());
-        let provider = Provider::open(ProviderConfig::new(home.path()).runtime(fake.clone()))
-            .await
-            .unwrap();
+        let local = Arc::new(LocalRuntime::new(home.path()));
+        let provider = Provider::open(
+            ProviderConfig::new(home.path())
+                .runtime(fake.clone())
+                .runtime(local),
+        )
+        .await
+        .unwrap();
         let config = configure(ServerConfig {
             listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
             token: Some(TOKEN.into()),
@@ -780,14 +786,16 @@ async fn runtimes_are_listed_with_their_availability() {
     let (status, body) = api.json(api.get("/v1/runtimes")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        body["runtimes"],
-        json!([{
+        body["runtimes"][0],
+        json!({
             "name": "fake",
             "description": "in memory with scripted commands, for tests",
             "available": false,
             "reason": "switched off"
-        }])
+        })
     );
+    assert_eq!(body["runtimes"][1]["name"], "local");
+    assert_eq!(body["runtimes"][1]["available"], true);
 }
 
 // --- exec (scripted) ------------------------------------------------------
@@ -906,4 +914,561 @@ async fn the_openapi_document_describes_every_route() {
         assert!(paths.iter().any(|p| *p == path), "{path} is not documented");
     }
     insta::assert_json_snapshot!("openapi", document);
+}
+
+// --- real commands in `local` workspaces ----------------------------------
+
+/// Waits until `done` holds, polling; fails after a generous deadline.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a process has ended (gone, or a zombie waiting to be reaped).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Reads an NDJSON response line by line, as it arrives.
+struct Lines {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Lines {
+    fn new(response: reqwest::Response) -> Lines {
+        Lines {
+            response,
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            match self.response.chunk().await.unwrap() {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                None => {
+                    assert!(self.buffer.is_empty(), "a partial last line");
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn rest(mut self) -> Vec<Value> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.next().await {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+impl Api {
+    async fn local(&self) -> String {
+        self.create(json!({ "runtime": "local" })).await
+    }
+
+    /// The workspace's directory on this host.
+    fn root(&self, id: &str) -> std::path::PathBuf {
+        let ws = self.provider.get(id).unwrap();
+        std::path::PathBuf::from(ws.runtime_info["root"].as_str().unwrap())
+    }
+
+    async fn exec_stream(&self, id: &str, request: Value) -> Lines {
+        let response = self
+            .post(&format!("/v1/workspaces/{id}/exec"))
+            .header(header::ACCEPT, "application/x-ndjson")
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        Lines::new(response)
+    }
+}
+
+/// The bytes of one stream, concatenated from exec events.
+fn stream_text(events: &[Value], stream: &str) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == stream)
+        .map(|e| e["data"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn exec_output_streams_live_and_in_order_per_stream() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    let script = "for i in $(seq 1 300); do echo \"out $i\"; echo \"err $i\" >&2; done; \
+                  echo waiting; while [ ! -e release ]; do sleep 0.01; done; echo released; exit 7";
+    let mut lines = api.exec_stream(&id, json!({ "command": script })).await;
+    let mut events = Vec::new();
+    // The output arrives while the command is still running: it cannot end
+    // before `release` exists.
+    while !stream_text(&events, "stdout").ends_with("waiting\n") {
+        events.push(lines.next().await.expect("output before the command ends"));
+    }
+    std::fs::write(api.root(&id).join("release"), "").unwrap();
+    events.extend(lines.rest().await);
+
+    let expected_out: String = (1..=300).map(|i| format!("out {i}\n")).collect();
+    let expected_err: String = (1..=300).map(|i| format!("err {i}\n")).collect();
+    assert_eq!(
+        stream_text(&events, "stdout"),
+        format!("{expected_out}waiting\nreleased\n")
+    );
+    assert_eq!(stream_text(&events, "stderr"), expected_err);
+    let exit = events.last().unwrap();
+    assert_eq!(exit["type"], "exit");
+    assert_eq!(exit["code"], 7);
+    assert_eq!(types(&events).iter().filter(|t| **t == "exit").count(), 1);
+}
+
+#[tokio::test]
+async fn exec_runs_in_the_workspace_with_cwd_env_stdin_and_timeout() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    let exec = format!("/v1/workspaces/{id}/exec");
+    std::fs::create_dir(api.root(&id).join("sub")).unwrap();
+
+    let (status, body) = api
+        .json(api.post(&exec).json(&json!({
+            "command": ["sh", "-c", "pwd; echo $GREETING; cat"],
+            "cwd": "sub",
+            "env": { "GREETING": "hi" },
+            "stdin": "ZnJvbSBzdGRpbg==",
+        })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let root = api.root(&id);
+    assert_eq!(
+        body["stdout"],
+        format!("{}\nhi\nfrom stdin", root.join("sub").display())
+    );
+    assert_eq!(body["exit"]["code"], 0);
+
+    let (_, body) = api
+        .json(
+            api.post(&exec)
+                .json(&json!({ "command": "sleep 30", "timeout_ms": 100 })),
+        )
+        .await;
+    assert_eq!(body["exit"]["timed_out"], true, "{body}");
+
+    let (status, body) = api
+        .json(
+            api.post(&exec)
+                .json(&json!({ "command": "true", "cwd": "../.." })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        &["../.."],
+    );
+    let (status, body) = api
+        .json(
+            api.post(&exec)
+                .json(&json!({ "command": ["/no/such/program"] })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "command_not_started",
+        &["/no/such/program"],
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_ends_the_whole_command() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    let script = "sleep 300 & echo $! > child.pid; echo $$ > shell.pid; echo started; wait";
+    let mut lines = api.exec_stream(&id, json!({ "command": script })).await;
+    let first = lines.next().await.unwrap();
+    assert_eq!(first["data"], "started\n");
+    let root = api.root(&id);
+    let pid = |name: &str| -> u32 {
+        std::fs::read_to_string(root.join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (shell, child) = (pid("shell.pid"), pid("child.pid"));
+    assert!(!process_gone(shell) && !process_gone(child));
+
+    drop(lines);
+    eventually("the shell and its child are gone", || async {
+        process_gone(shell) && process_gone(child)
+    })
+    .await;
+
+    // The workspace is still usable.
+    let (_, body) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/exec"))
+                .json(&json!({ "command": "echo ok" })),
+        )
+        .await;
+    assert_eq!(body["stdout"], "ok\n");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_while_waiting_for_json_ends_the_command() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    let script = "echo $$ > shell.pid; exec sleep 300";
+    let request = api
+        .post(&format!("/v1/workspaces/{id}/exec"))
+        .json(&json!({ "command": script }));
+    let waiting = tokio::spawn(async move { request.send().await });
+    let pid_file = api.root(&id).join("shell.pid");
+    eventually("the command has started", || async {
+        std::fs::read_to_string(&pid_file).is_ok_and(|text| text.ends_with('\n'))
+    })
+    .await;
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!process_gone(pid));
+
+    waiting.abort();
+    eventually("the command is gone", || async { process_gone(pid) }).await;
+}
+
+#[tokio::test]
+async fn a_long_command_does_not_hold_up_other_requests() {
+    let api = Arc::new(Api::start().await);
+    let busy = api.local().await;
+    let others = [api.local().await, api.local().await];
+    let mut long = api
+        .exec_stream(
+            &busy,
+            json!({ "command": "echo holding; while [ ! -e release ]; do sleep 0.01; done; echo done" }),
+        )
+        .await;
+    assert_eq!(long.next().await.unwrap()["data"], "holding\n");
+    // Another long one in the same workspace.
+    let mut second = api
+        .exec_stream(
+            &busy,
+            json!({ "command": "echo holding; while [ ! -e release ]; do sleep 0.01; done" }),
+        )
+        .await;
+    assert_eq!(second.next().await.unwrap()["data"], "holding\n");
+
+    let mut short = Vec::new();
+    for i in 0..40 {
+        let api = api.clone();
+        let id = if i % 3 == 0 {
+            busy.clone()
+        } else {
+            others[i % 2].clone()
+        };
+        short.push(tokio::spawn(async move {
+            if i % 4 == 0 {
+                let (status, body) = api.json(api.get("/v1/workspaces")).await;
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(body["workspaces"].as_array().unwrap().len(), 3);
+            } else {
+                let (status, body) = api
+                    .json(
+                        api.post(&format!("/v1/workspaces/{id}/exec"))
+                            .json(&json!({ "command": ["echo", format!("n{i}")] })),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(body["stdout"], format!("n{i}\n"));
+            }
+        }));
+    }
+    for request in short {
+        request.await.unwrap();
+    }
+    // Every short request finished while both long commands were still
+    // waiting for `release`.
+    std::fs::write(api.root(&busy).join("release"), "").unwrap();
+    let rest = long.rest().await;
+    assert_eq!(rest[0]["data"], "done\n");
+    assert_eq!(rest.last().unwrap()["code"], 0);
+    assert_eq!(second.rest().await.last().unwrap()["code"], 0);
+}
+
+#[tokio::test]
+async fn provisioning_goes_on_when_the_client_disconnects() {
+    let api = Api::start().await;
+    let release = tempfile::tempdir().unwrap();
+    let gate = release.path().join("release");
+    let spec = json!({
+        "runtime": "local",
+        "setup_script": format!(
+            "while [ ! -e {} ]; do sleep 0.01; done; echo provisioned > marker",
+            gate.display()
+        ),
+    });
+    let response = api
+        .post("/v1/workspaces")
+        .header(header::ACCEPT, "application/x-ndjson")
+        .json(&json!({ "spec": spec }))
+        .send()
+        .await
+        .unwrap();
+    let mut lines = Lines::new(response);
+    let created = lines.next().await.unwrap();
+    assert_eq!(created["type"], "created");
+    let id = created["id"].as_str().unwrap().to_string();
+    drop(lines);
+
+    std::fs::write(&gate, "").unwrap();
+    eventually("the workspace is running", || async {
+        api.provider.get(&id).unwrap().state.to_string() == "running"
+    })
+    .await;
+    let marker = api.provider.read_file(&id, "marker").await.unwrap();
+    assert_eq!(marker, b"provisioned\n");
+}
+
+#[tokio::test]
+async fn fetch_brings_upstream_commits_in_and_can_stream_progress() {
+    let api = Api::start().await;
+    let upstream = tempfile::tempdir().unwrap();
+    berth_testkit::make_repo(upstream.path(), &[("README", "one\n")]);
+    let spec = json!({
+        "runtime": "local",
+        "repositories": [{ "url": format!("file://{}", upstream.path().display()), "path": "code" }],
+    });
+    let id = api.create(spec).await;
+    let fetch = format!("/v1/workspaces/{id}/fetch");
+
+    let (status, body) = api.json(api.post(&fetch)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["path"], "code");
+    assert_eq!(body["results"][0]["updated"], false);
+
+    let commit = berth_testkit::commit_files(upstream.path(), &[("README", "two\n")], "second");
+    let response = api
+        .post(&fetch)
+        .header(header::ACCEPT, "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    let events = ndjson(response).await;
+    assert_eq!(types(&events), ["fetching", "fetched"]);
+    assert_eq!(events[1]["commit"], commit.as_str());
+    assert_eq!(events[1]["updated"], true);
+    assert_eq!(
+        api.provider.read_file(&id, "code/README").await.unwrap(),
+        b"two\n"
+    );
+
+    let (status, body) = api.json(api.post("/v1/workspaces/nope/fetch")).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", &["nope"]);
+}
+
+// --- Derrick's routes, as Derrick's own test suite drives them -------------
+
+#[tokio::test]
+async fn derricks_clients_work_end_to_end() {
+    let upstream = tempfile::tempdir().unwrap();
+    berth_testkit::make_repo(upstream.path(), &[("Cargo.toml", "[package]\n")]);
+    // Derrick's config file, as it is.
+    let config: berth_core::Spec = serde_json::from_value(json!({
+        "name": "test-123",
+        "repositories": [{
+            "url": format!("file://{}", upstream.path().display()),
+            "path": "code/swiftide-ask",
+            "reference": "main",
+        }],
+        "setup_script": "echo \"Hello World\" > hello.txt",
+        "runtime": "local",
+    }))
+    .unwrap();
+    let api = Api::start_with(|server| ServerConfig {
+        default_spec: Some(config),
+        token: None,
+        insecure_no_auth: true,
+        ..server
+    })
+    .await;
+    let (_, list) = api.json(api.get("/workspaces")).await;
+    assert_eq!(list, json!({ "workspaces": [] }));
+
+    let (status, created) = api
+        .json(api.post("/workspaces").json(&json!({ "env": {} })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, list) = api.json(api.get("/workspaces")).await;
+    assert_eq!(list["workspaces"][0]["id"], id.as_str());
+    // With no body at all, too.
+    let (status, second) = api.json(api.post("/workspaces")).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+
+    let cmd = format!("/workspaces/{id}/cmd_with_output");
+    let run = |body: Value| {
+        let request = api.post(&cmd).json(&body);
+        async { api.json(request).await.1 }
+    };
+    let out = run(json!({ "cmd": "echo hello" })).await;
+    assert_eq!(
+        (out["output"].as_str(), out["exit_code"].as_i64()),
+        (Some("hello\n"), Some(0))
+    );
+    let out = run(json!({ "cmd": "ls ./code/swiftide-ask" })).await;
+    assert!(
+        out["output"].as_str().unwrap().contains("Cargo.toml"),
+        "{out}"
+    );
+    let out = run(json!({ "cmd": "cd ./code/swiftide-ask && ls" })).await;
+    assert!(
+        out["output"].as_str().unwrap().contains("Cargo.toml"),
+        "{out}"
+    );
+    let out = run(json!({ "cmd": "echo hello\necho world" })).await;
+    assert_eq!(out["output"], "hello\nworld\n");
+    let out = run(json!({ "cmd": "cat hello.txt" })).await;
+    assert_eq!(out["output"], "Hello World\n");
+    let out = run(json!({ "cmd": "echo $HELLO", "env": { "HELLO": "WORLD" } })).await;
+    assert_eq!(out["output"], "WORLD\n");
+    let out = run(json!({ "cmd": "cat <<-\"EOF\" > t.txt\nhello\nworld\nEOF\ncat t.txt\n" })).await;
+    assert_eq!(out["output"], "hello\nworld\n");
+    let out = run(json!({ "cmd": "ls /nonexistent/directory" })).await;
+    assert_eq!(out["exit_code"], 2);
+    assert!(
+        out["output"]
+            .as_str()
+            .unwrap()
+            .contains("No such file or directory"),
+        "{out}"
+    );
+    assert_eq!(out["stdout"], "");
+    let out =
+        run(json!({ "cmd": "echo one; echo two >&2; echo three", "working_dir": "code" })).await;
+    assert_eq!(out["stdout"], "one\nthree\n");
+    assert_eq!(out["stderr"], "two\n");
+    let out = run(json!({ "cmd": "sleep 30", "timeout": 1 })).await;
+    assert_eq!(out["timed_out"], true, "{out}");
+    assert_ne!(out["exit_code"], 0);
+
+    let (status, done) = api
+        .json(
+            api.post(&format!("/workspaces/{id}/cmd"))
+                .json(&json!({ "cmd": "exit 3" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["exit_code"], 3);
+
+    // Base64 with line breaks every 60 characters, as Ruby's encoder writes it.
+    let content = "Hello, world! ".repeat(10);
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&content)
+    };
+    let wrapped: String = encoded
+        .as_bytes()
+        .chunks(60)
+        .map(|line| format!("{}\n", std::str::from_utf8(line).unwrap()))
+        .collect();
+    let (status, written) = api
+        .json(
+            api.post(&format!("/workspaces/{id}/write_file"))
+                .json(&json!({ "path": "test.txt", "content": wrapped, "working_dir": "out" })),
+        )
+        .await;
+    assert_eq!(
+        (status, written),
+        (StatusCode::OK, json!({ "success": true }))
+    );
+    let response = api
+        .post(&format!("/workspaces/{id}/read_file"))
+        .json(&json!({ "path": "out/test.txt" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/octet-stream"
+    );
+    assert_eq!(response.text().await.unwrap(), content);
+    let (_, as_json) = api
+        .json(
+            api.post(&format!("/workspaces/{id}/read_file"))
+                .header(header::ACCEPT, "application/json")
+                .json(&json!({ "path": "test.txt", "working_dir": "out" })),
+        )
+        .await;
+    assert_eq!(as_json["content"], encoded.as_str());
+
+    let (status, body) = api
+        .json(
+            api.post(&format!("/workspaces/{id}/write_file"))
+                .json(&json!({ "path": "/tmp/test.txt", "content": "aGk=" })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        &["/tmp/test.txt"],
+    );
+    let (status, body) = api
+        .json(
+            api.post(&format!("/workspaces/{id}/write_file"))
+                .json(&json!({ "path": "x", "content": "not base64!" })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        &["content", "base64"],
+    );
+    let (status, body) = api
+        .json(api.post(&cmd).json(&json!({ "working_dir": "code" })))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        &["cmd"],
+    );
+
+    let (_, removed) = api
+        .json(api.request(Method::DELETE, &format!("/workspaces/{id}")))
+        .await;
+    assert_eq!(removed, json!(true));
+    let (_, list) = api.json(api.get("/workspaces")).await;
+    assert_eq!(list["workspaces"].as_array().unwrap().len(), 1);
 }
