@@ -22,9 +22,11 @@
 
 mod conn;
 mod ops;
+mod pool;
 
 pub use conn::AgentClient;
 pub use ops::{Process, Session, Stdin, Terminal, Watch, collect};
+pub use pool::AgentPool;
 
 use berth_proto::{ErrorBody, ErrorCode, FrameError};
 use std::path::PathBuf;
