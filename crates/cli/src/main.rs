@@ -1,0 +1,514 @@
+//! `berth`: the command line. It wires the runtimes into a provider and
+//! translates each subcommand into one service-layer call; no daemon is
+//! needed, and `berth serve` puts the same calls behind HTTP.
+
+mod progress;
+
+use anyhow::{Context, Result, bail};
+use berth_core::{ExecEvent, ExecRequest, Spec, Workspace};
+use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig, ServiceError};
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code when berth itself failed around a command (as `docker exec`).
+const EXIT_BERTH_FAILED: u8 = 125;
+/// Exit code when the command could not be started.
+const EXIT_NOT_STARTED: u8 = 127;
+/// Exit code when the command ran past its timeout (as `timeout(1)`).
+const EXIT_TIMED_OUT: u8 = 124;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Fresh, isolated, pre-provisioned workspaces for coding agents"
+)]
+struct Cli {
+    /// berth's state directory (registry, credentials, workspaces).
+    #[arg(long, env = "BERTH_HOME", global = true)]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provision and start a workspace from a spec (JSON, TOML or YAML);
+    /// prints its id as the last line.
+    Up {
+        spec: PathBuf,
+        /// The runtime; overrides the spec's.
+        #[arg(long, env = "BERTH_RUNTIME")]
+        runtime: Option<String>,
+        /// A name for the workspace; overrides the spec's.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List workspaces.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        /// Include removed workspaces.
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Show a workspace, with the isolation in force.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped workspace.
+    Start { id: String },
+    /// Stop a running workspace, keeping its files.
+    Stop { id: String },
+    /// Remove workspaces and everything in them.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Fetch upstream changes into a workspace's repositories.
+    Fetch { id: String },
+    /// List the runtimes and whether each works here.
+    Runtimes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a workspace; exits with its exit code.
+    Exec {
+        id: String,
+        /// Working directory, relative to the workspace root.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Environment variables, as KEY=VALUE.
+        #[arg(long = "env", short = 'e', value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Seconds before the command's whole process tree is ended.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Pass this process's standard input to the command.
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a file of a workspace.
+    Read { id: String, path: String },
+    /// Write standard input to a file of a workspace.
+    Write { id: String, path: String },
+    /// List a directory of a workspace.
+    Files {
+        id: String,
+        #[arg(default_value = "")]
+        dir: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; loopback by default.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Listen on a unix socket instead of TCP.
+    #[arg(long, conflicts_with = "listen")]
+    socket: Option<PathBuf>,
+    /// Bearer token demanded on TCP; generated and stored on first start.
+    #[arg(long, env = "BERTH_TOKEN")]
+    token: Option<String>,
+    /// Accept requests without a token. Only allowed on loopback.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// The runtime for workspaces whose spec names none (Derrick's flag).
+    #[arg(short = 'p', long = "provisioning-mode", env = "BERTH_RUNTIME")]
+    provisioning_mode: Option<String>,
+    /// Front end; only `http` (Derrick's flag).
+    #[arg(short = 's', long = "server-mode", default_value = "http")]
+    server_mode: String,
+    /// The default spec for workspaces created without one (Derrick's flag).
+    #[arg(short = 'w', long = "workspace-config-path")]
+    workspace_config_path: Option<PathBuf>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
+        _ => Err(format!("expected KEY=VALUE, found `{text}`")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_BERTH_FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("berth: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn home_dir(home: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(home) = home {
+        return Ok(home);
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(data).join("berth"));
+    }
+    let home = std::env::var_os("HOME").context("neither BERTH_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/berth"))
+}
+
+async fn open_provider(home: PathBuf, default_runtime: Option<String>) -> Result<Provider> {
+    let mut config =
+        ProviderConfig::new(&home).runtime(Arc::new(berth_runtime_local::LocalRuntime::new(&home)));
+    config.default_runtime = default_runtime;
+    if let Some(limit) = std::env::var_os("BERTH_OUTPUT_LIMIT") {
+        let text = limit.to_string_lossy();
+        config.output_limit = berth_core::spec::parse_bytes(&text)
+            .with_context(|| format!("BERTH_OUTPUT_LIMIT: `{text}` is not a size"))?;
+    }
+    Provider::open(config)
+        .await
+        .with_context(|| format!("cannot open berth's state in {}", home.display()))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let home = home_dir(cli.home)?;
+    let default_runtime = std::env::var("BERTH_RUNTIME")
+        .ok()
+        .filter(|r| !r.is_empty());
+    let provider = open_provider(home, default_runtime).await?;
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Up {
+            spec,
+            runtime,
+            name,
+        } => {
+            let spec = Spec::from_file(&spec)?;
+            let (sender, receiver) = tokio::sync::mpsc::channel(64);
+            let renderer = tokio::spawn(progress::render(receiver));
+            let created = provider
+                .create(spec, CreateOptions { runtime, name }, Progress::to(sender))
+                .await;
+            let _ = renderer.await;
+            let ws = created?;
+            writeln!(stdout, "{}", ws.id)?;
+        }
+        Command::Ls { json, all } => {
+            let workspaces = provider.list(all)?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &workspaces)?;
+                writeln!(stdout)?;
+            } else {
+                print_table(&mut stdout, &workspaces)?;
+            }
+        }
+        Command::Show { id, json } => {
+            let details = provider.describe(&id)?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &details)?;
+                writeln!(stdout)?;
+            } else {
+                print_details(&mut stdout, &details)?;
+            }
+        }
+        Command::Start { id } => writeln!(stdout, "{}", provider.start(&id).await?.id)?,
+        Command::Stop { id } => writeln!(stdout, "{}", provider.stop(&id).await?.id)?,
+        Command::Rm { ids } => {
+            let mut failed = false;
+            for id in ids {
+                match provider.remove(&id).await {
+                    Ok(ws) => writeln!(stdout, "{}", ws.id)?,
+                    Err(e) => {
+                        eprintln!("berth: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Fetch { id } => {
+            for result in provider.fetch(&id, Progress::none()).await? {
+                let state = if result.updated {
+                    format!("{} -> {}", short(&result.previous), short(&result.commit))
+                } else {
+                    format!("up to date at {}", short(&result.commit))
+                };
+                writeln!(stdout, "{}: {state}", result.path)?;
+            }
+        }
+        Command::Runtimes { json } => {
+            let runtimes = provider.runtimes().await;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &runtimes)?;
+                writeln!(stdout)?;
+            } else {
+                for r in runtimes {
+                    let status = match &r.reason {
+                        None => "available".to_string(),
+                        Some(reason) => format!("unavailable: {reason}"),
+                    };
+                    writeln!(stdout, "{:<10} {:<12} {}", r.name, status, r.description)?;
+                }
+            }
+        }
+        Command::Exec {
+            id,
+            cwd,
+            env,
+            timeout,
+            interactive,
+            command,
+        } => {
+            drop(stdout);
+            return exec(&provider, id, cwd, env, timeout, interactive, command).await;
+        }
+        Command::Read { id, path } => stdout.write_all(&provider.read_file(&id, &path).await?)?,
+        Command::Write { id, path } => {
+            let mut data = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut data)
+                .context("cannot read standard input")?;
+            provider.write_file(&id, &path, data).await?;
+        }
+        Command::Files { id, dir, json } => {
+            let entries = provider.list_files(&id, &dir).await?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &entries)?;
+                writeln!(stdout)?;
+            } else {
+                for entry in entries {
+                    let suffix = if entry.kind == berth_core::FileKind::Dir {
+                        "/"
+                    } else {
+                        ""
+                    };
+                    writeln!(stdout, "{}{suffix}", entry.path)?;
+                }
+            }
+        }
+        Command::Serve(args) => {
+            drop(stdout);
+            serve(provider, args).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(
+    provider: &Provider,
+    id: String,
+    cwd: Option<String>,
+    env: Vec<(String, String)>,
+    timeout: Option<f64>,
+    interactive: bool,
+    command: Vec<String>,
+) -> Result<ExitCode> {
+    let mut request = ExecRequest::argv(command);
+    request.cwd = cwd;
+    request.env = env.into_iter().collect();
+    if let Some(secs) = timeout {
+        if !(secs.is_finite() && secs > 0.0) {
+            bail!("--timeout: expected a positive number of seconds, found {secs}");
+        }
+        request.timeout_ms = Some((secs * 1000.0) as u64);
+    }
+    if interactive {
+        let mut data = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .context("cannot read standard input")?;
+        request.stdin = Some(data);
+    }
+    let cancel = CancellationToken::new();
+    let interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            interrupt.cancel();
+        }
+    });
+    let (_, mut events) = match provider.exec(&id, request, cancel).await {
+        Ok(started) => started,
+        Err(err @ ServiceError::Runtime { .. }) if err.code() == "command_not_started" => {
+            eprintln!("berth: {err}");
+            return Ok(ExitCode::from(EXIT_NOT_STARTED));
+        }
+        Err(err) => {
+            eprintln!("berth: {err}");
+            return Ok(ExitCode::from(EXIT_BERTH_FAILED));
+        }
+    };
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    while let Some(event) = events.recv().await {
+        match event {
+            ExecEvent::Stdout { data } => {
+                out.write_all(&data.0)?;
+                out.flush()?;
+            }
+            ExecEvent::Stderr { data } => {
+                err.write_all(&data.0)?;
+                err.flush()?;
+            }
+            ExecEvent::Exit(status) => {
+                for (name, dropped) in [
+                    ("stdout", status.stdout_dropped),
+                    ("stderr", status.stderr_dropped),
+                ] {
+                    if dropped > 0 {
+                        eprintln!(
+                            "berth: {dropped} bytes of {name} dropped beyond the output limit"
+                        );
+                    }
+                }
+                if status.timed_out {
+                    eprintln!("berth: timed out after {} ms", status.duration_ms);
+                    return Ok(ExitCode::from(EXIT_TIMED_OUT));
+                }
+                if status.cancelled {
+                    eprintln!("berth: cancelled");
+                }
+                return Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8));
+            }
+        }
+    }
+    bail!("the command's output ended without an exit status")
+}
+
+async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
+    if args.server_mode != "http" {
+        bail!(
+            "--server-mode: `{}` is not available; this build serves `http`",
+            args.server_mode
+        );
+    }
+    let default_spec = match &args.workspace_config_path {
+        Some(path) => {
+            let mut spec = Spec::from_file(path)?;
+            if spec.runtime.is_none() {
+                spec.runtime = args.provisioning_mode.clone();
+            }
+            Some(spec)
+        }
+        None => None,
+    };
+    // Derrick's invocation listens where Derrick does.
+    let derrick = args.workspace_config_path.is_some() || args.provisioning_mode.is_some();
+    let listen = match (&args.socket, args.listen) {
+        (Some(path), _) => berth_server::Listen::Unix(path.clone()),
+        (None, Some(addr)) => berth_server::Listen::Tcp(addr),
+        (None, None) if derrick => berth_server::Listen::Tcp(([127, 0, 0, 1], 50080).into()),
+        (None, None) => berth_server::Listen::default(),
+    };
+    let config = berth_server::ServerConfig {
+        listen,
+        token: args.token,
+        insecure_no_auth: args.insecure_no_auth,
+        default_spec,
+    };
+    berth_server::serve(provider, config).await?;
+    Ok(())
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn print_table(out: &mut impl Write, workspaces: &[Workspace]) -> Result<()> {
+    writeln!(
+        out,
+        "{:<26}  {:<20}  {:<8}  {:<9}  CREATED",
+        "ID", "NAME", "RUNTIME", "STATE"
+    )?;
+    for ws in workspaces {
+        writeln!(
+            out,
+            "{:<26}  {:<20}  {:<8}  {:<9}  {}",
+            ws.id,
+            ws.name,
+            ws.runtime,
+            ws.state,
+            progress::ago(ws.created_at)
+        )?;
+    }
+    Ok(())
+}
+
+fn print_details(out: &mut impl Write, details: &berth_provider::WorkspaceDetails) -> Result<()> {
+    let ws = &details.workspace;
+    let iso = &details.isolation;
+    writeln!(out, "id:        {}", ws.id)?;
+    writeln!(out, "name:      {}", ws.name)?;
+    writeln!(out, "runtime:   {}", ws.runtime)?;
+    writeln!(out, "state:     {}", ws.state)?;
+    writeln!(out, "created:   {}", progress::ago(ws.created_at))?;
+    if let Some(key) = &ws.cache_key {
+        writeln!(out, "cache key: {key}")?;
+    }
+    for repo in &ws.spec.repositories {
+        let reference = repo.reference.as_deref().unwrap_or("default branch");
+        writeln!(
+            out,
+            "repo:      {} -> {} ({reference})",
+            repo.url, repo.path
+        )?;
+    }
+    writeln!(
+        out,
+        "isolation: {}",
+        if iso.isolated { "isolated" } else { "none" }
+    )?;
+    if !iso.namespaces.is_empty() {
+        writeln!(out, "  namespaces: {}", iso.namespaces.join(", "))?;
+    }
+    if !iso.limits.is_empty() {
+        writeln!(out, "  limits:     {}", iso.limits.join(", "))?;
+    }
+    writeln!(
+        out,
+        "  seccomp:    {}",
+        if iso.seccomp { "on" } else { "off" }
+    )?;
+    writeln!(out, "  network:    {}", iso.network)?;
+    for note in &iso.notes {
+        writeln!(out, "  note:       {note}")?;
+    }
+    if let Some(error) = &ws.error {
+        writeln!(out, "error:     {}", error.replace('\n', "\n           "))?;
+    }
+    Ok(())
+}

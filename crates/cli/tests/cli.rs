@@ -1,0 +1,329 @@
+//! The `berth` binary as a user drives it: real processes, a real registry
+//! in a scratch BERTH_HOME, real git repositories.
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
+
+use berth_testkit::{commit_files, make_repo, temp_dir};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use tempfile::TempDir;
+
+struct Env {
+    dir: TempDir,
+    home: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = temp_dir();
+        let home = dir.path().join("home");
+        Env { dir, home }
+    }
+
+    fn berth(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        command
+            .env("BERTH_HOME", &self.home)
+            .env_remove("BERTH_RUNTIME")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.berth().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn up_then_exec_read_write_files_and_remove() {
+    let env = Env::new();
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("hello.txt", "hi\n")]);
+    let spec = env.file(
+        "spec.yaml",
+        &format!(
+            "runtime: local\nrepositories:\n  - url: {}\n    path: code\nsetup_script: echo prepared > ready\n",
+            repo.display()
+        ),
+    );
+    let out = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let progress = stderr(&out);
+    assert!(
+        progress.contains("cloning"),
+        "plain progress lines: {progress}"
+    );
+    assert!(progress.contains("running the setup script"), "{progress}");
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 26, "the last line is the id: {id}");
+
+    let out = env.run(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "cat ready code/hello.txt; echo oops >&2; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "prepared\nhi\n");
+    assert_eq!(stderr(&out), "oops\n");
+
+    let out = env.run(&[
+        "exec",
+        &id,
+        "--cwd",
+        "code",
+        "-e",
+        "X=1",
+        "--",
+        "sh",
+        "-c",
+        "echo $X; ls",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\nhello.txt\n");
+
+    let out = env.run(&[
+        "exec",
+        &id,
+        "--timeout",
+        "0.5",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 30",
+    ]);
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+    assert!(stderr(&out).contains("timed out"));
+
+    let out = env.run(&["exec", &id, "--", "/no/such/program"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+
+    let mut write = env
+        .berth()
+        .args(["write", &id, "notes/todo.md"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(write.stdin.as_mut().unwrap(), b"- ship it\n").unwrap();
+    drop(write.stdin.take());
+    assert!(write.wait().unwrap().success());
+    assert_eq!(env.ok(&["read", &id, "notes/todo.md"]), "- ship it\n");
+    assert_eq!(env.ok(&["files", &id]), "code/\nnotes/\nready\n");
+    let out = env.run(&["read", &id, "../../etc/passwd"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(".."), "{}", stderr(&out));
+
+    let listed: serde_json::Value = serde_json::from_str(&env.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["state"], "running");
+    let shown = env.ok(&["show", &id]);
+    assert!(
+        shown.contains("no isolation"),
+        "local says it is not isolated: {shown}"
+    );
+
+    assert_eq!(env.ok(&["stop", &id]).trim(), id);
+    assert_eq!(env.ok(&["start", &id]).trim(), id);
+    assert_eq!(env.ok(&["rm", &id]).trim(), id);
+    assert_eq!(
+        env.ok(&["ls"]).lines().count(),
+        1,
+        "only the header is left"
+    );
+}
+
+#[test]
+fn the_second_workspace_comes_from_the_cache_and_fetches() {
+    let env = Env::new();
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("v", "1\n")]);
+    let spec = env.file(
+        "spec.toml",
+        &format!(
+            "runtime = \"local\"\nsetup_script = \"echo SETUP-RAN\"\n[[repositories]]\nurl = \"{}\"\npath = \"r\"\n",
+            repo.display()
+        ),
+    );
+    let first = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(stderr(&first).contains("SETUP-RAN"));
+    commit_files(&repo, &[("v", "2\n")], "two");
+    let second = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        !stderr(&second).contains("SETUP-RAN"),
+        "setup ran again: {}",
+        stderr(&second)
+    );
+    assert!(stderr(&second).contains("cached"), "{}", stderr(&second));
+    let id = String::from_utf8(second.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert_eq!(env.ok(&["read", &id, "r/v"]), "2\n");
+
+    commit_files(&repo, &[("v", "3\n")], "three");
+    assert!(env.ok(&["fetch", &id]).contains("r: "));
+    assert_eq!(env.ok(&["read", &id, "r/v"]), "3\n");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_creates_nothing() {
+    let env = Env::new();
+    let spec = env.file(
+        "bad.json",
+        r#"{"runtime": "local", "repositories": [{"url": "x", "path": "a", "branch": "main"}]}"#,
+    );
+    let out = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("bad.json"), "{message}");
+    assert!(message.contains("repositories[0]"), "{message}");
+    assert!(message.contains("unknown field `branch`"), "{message}");
+
+    let spec = env.file("none.toml", "setup_script = \"true\"\n");
+    let out = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("no runtime chosen"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("available here: local"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env
+        .berth()
+        .args(["up", spec.to_str().unwrap()])
+        .env("BERTH_RUNTIME", "local")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "BERTH_RUNTIME chooses: {}",
+        stderr(&out)
+    );
+    let out = env.run(&["up", spec.to_str().unwrap(), "--runtime", "nope"]);
+    assert!(
+        stderr(&out).contains("unknown runtime `nope`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = env.run(&["exec", "no-such-workspace", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("no-such-workspace"));
+    let listed: serde_json::Value = serde_json::from_str(&env.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "only the BERTH_RUNTIME one exists"
+    );
+}
+
+#[test]
+fn runtimes_lists_what_works_here() {
+    let env = Env::new();
+    let runtimes: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runtimes", "--json"])).unwrap();
+    let local = runtimes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "local")
+        .unwrap();
+    assert_eq!(local["available"], true);
+}
+
+#[tokio::test]
+async fn derricks_invocation_serves_derricks_routes_with_a_token() {
+    let env = Env::new();
+    let config = env.file(
+        "config.json",
+        r#"{"name": "test-123", "repositories": [], "setup_script": "echo \"Hello World\" > hello"}"#,
+    );
+    let mut server = env
+        .berth()
+        .args([
+            "serve",
+            "--provisioning-mode",
+            "local",
+            "--server-mode",
+            "http",
+        ])
+        .args(["--workspace-config-path", config.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = "http://127.0.0.1:50080";
+    let mut healthy = false;
+    for _ in 0..200 {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await {
+            healthy = response.status().is_success();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "berth serve answered /health on Derrick's port");
+
+    let refused = client
+        .post(format!("{base}/workspaces"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "no token, no workspace");
+    let token = std::fs::read_to_string(env.home.join("server-token")).unwrap();
+    let created: serde_json::Value = client
+        .post(format!("{base}/workspaces"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let output: serde_json::Value = client
+        .post(format!("{base}/workspaces/{id}/cmd_with_output"))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"cmd": "cat hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(output["stdout"], "Hello World\n", "{output}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&env.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["name"], "test-123");
+}
