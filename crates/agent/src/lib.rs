@@ -31,7 +31,7 @@
 //!   as PID 1 also every other process of the workspace), delivers their
 //!   last frames, and exits 0.
 //! - **Interpreter detection**: at start and on request, `python`,
-//!   `node`, `ruby`, `go`, `java`, `perl`, `r`, `bash` and `sh` are looked
+//!   `node`, `ruby`, `go`, `java`, `perl`, `R`, `bash` and `sh` are looked
 //!   up on `PATH` and probed for their version, each with a short timeout
 //!   and a minimal environment (`PATH`, `HOME`, `LANG=C`). The hints file
 //!   (see [`detect`]) adds or overrides entries.

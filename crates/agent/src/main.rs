@@ -30,7 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(berth_agent::run(options)) {
+    let result = runtime.block_on(berth_agent::run(options));
+    // Everything that mattered has ended; a file operation stuck on a slow
+    // filesystem must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("berth-agent: {err}");

@@ -563,3 +563,27 @@ async fn file_operations_stay_inside_the_workspace() {
     assert_eq!(err.code(), Some(ErrorCode::Escapes), "{err}");
     assert!(!Path::new("/etc/evil").exists());
 }
+
+#[tokio::test]
+async fn signals_reach_the_command() {
+    let agent = Agent::start().await;
+    let mut process = agent
+        .client
+        .spawn(
+            ExecRequest::shell(
+                "trap 'echo got-usr1; exit 3' USR1; echo ready; while :; do sleep 0.05; done",
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+    match process.events.recv().await.unwrap() {
+        ExecEvent::Stdout { data } => assert_eq!(data.0, b"ready\n"),
+        other => panic!("expected output, got {other:?}"),
+    }
+    process.signal(10).unwrap();
+    let (out, _, status) = process.output().await;
+    assert_eq!(out, b"got-usr1\n");
+    assert_eq!(status.code, Some(3));
+    assert!(!status.cancelled);
+}

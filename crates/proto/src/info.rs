@@ -21,7 +21,7 @@ pub struct AgentInfo {
 /// An interpreter or shell found in the workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interpreter {
-    /// `python`, `node`, `ruby`, `go`, `java`, `perl`, `r`, `bash`, `sh`,
+    /// `python`, `node`, `ruby`, `go`, `java`, `perl`, `R`, `bash`, `sh`,
     /// or a name from the hints file.
     pub name: String,
     /// Absolute path of the executable.
