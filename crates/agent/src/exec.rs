@@ -26,6 +26,10 @@ pub async fn run(
     };
     let (mut stdin_tx, stdin) = if stream_stdin {
         let (tx, rx) = mpsc::channel(16);
+        // Bytes given with the request come first, then the stream.
+        if let Some(bytes) = request.stdin.clone() {
+            let _ = tx.try_send(bytes);
+        }
         (Some(tx), Stdin::Stream(rx))
     } else {
         let stdin = request.stdin.clone().map_or(Stdin::Null, Stdin::Bytes);

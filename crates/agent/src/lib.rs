@@ -7,9 +7,11 @@
 //!
 //! - **Command line**: `berth-agent --socket PATH [--root DIR]
 //!   [--hints FILE] [--grace-ms N]`. The socket's directory is one the
-//!   runtime bind-mounts from the host; the agent removes a stale socket
-//!   file at `PATH` and creates the socket with mode 0600 (the provider
-//!   runs as the same user or as root). `--root` (default `/workspace`,
+//!   runtime bind-mounts from the host and keeps private to the provider
+//!   (mode 0700): that directory is what guards the agent. The agent
+//!   removes a stale socket file at `PATH` and creates the socket with
+//!   mode 0666, so a provider running as another user than the agent can
+//!   connect through the directory it owns. `--root` (default `/workspace`,
 //!   created when missing) is what command working directories and file
 //!   paths are relative to. `--grace-ms` (default 2000) is the time between
 //!   SIGTERM and SIGKILL whenever commands must end.
@@ -169,7 +171,10 @@ fn listen(path: &std::path::Path) -> Result<UnixListener, StartError> {
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    // Who may connect is decided by the socket's directory, which the
+    // runtime keeps private to the provider: the agent (often root in the
+    // container) cannot know the provider's user to hand the socket to.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
     Ok(listener)
 }
 

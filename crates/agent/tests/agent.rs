@@ -150,6 +150,15 @@ async fn stdin_is_streamed_and_closable() {
     request.stdin = Some(vec![7; 12345]);
     let (out, _, _) = agent.run(request).await;
     assert_eq!(out.trim(), "12345");
+
+    // Bytes given with the request come before the streamed ones.
+    let mut request = ExecRequest::argv(["cat"]);
+    request.stdin = Some(b"first ".to_vec());
+    let cat = agent.client.spawn(request, true).await.unwrap();
+    cat.write(b"then more").unwrap();
+    cat.close_stdin().unwrap();
+    let (out, _, _) = cat.output().await;
+    assert_eq!(out, b"first then more");
 }
 
 #[tokio::test]
