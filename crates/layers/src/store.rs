@@ -113,14 +113,29 @@ pub struct LayerStore {
 impl LayerStore {
     /// Opens (creating if needed) the store at `root` and clears what a
     /// crash may have left half-built.
+    /// Several processes may share a store (a CLI next to a daemon), so
+    /// only what processes that no longer run left behind is cleared.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         for sub in [".tmp", ".trash"] {
             let dir = root.join(sub);
-            tree::remove_tree(&dir).map_err(io_err("cannot clear", &dir))?;
             fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+            for entry in fs::read_dir(&dir).map_err(io_err("cannot list", &dir))? {
+                let entry = entry.map_err(io_err("cannot list", &dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+                if owner.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                    let path = entry.path();
+                    tree::remove_tree(&path).map_err(io_err("cannot clear", &path))?;
+                }
+            }
         }
         Ok(LayerStore { root })
+    }
+
+    /// A name for a scratch entry: the owning process, then a unique id.
+    fn scratch_name() -> String {
+        format!("{}-{}", std::process::id(), ulid::Ulid::generate())
     }
 
     pub fn root(&self) -> &Path {
@@ -134,10 +149,7 @@ impl LayerStore {
     /// A fresh directory under `.tmp/` on the store's filesystem, for
     /// building something that will be renamed into place.
     pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
-        let dir = self
-            .root
-            .join(".tmp")
-            .join(ulid::Ulid::generate().to_string());
+        let dir = self.root.join(".tmp").join(Self::scratch_name());
         fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         Ok(dir)
     }
@@ -415,10 +427,7 @@ impl LayerStore {
     /// Removes one layer, whoever holds it.
     fn remove(&self, id: &LayerId) -> Result<(), StoreError> {
         let dir = self.dir(id);
-        let trash = self
-            .root
-            .join(".trash")
-            .join(ulid::Ulid::generate().to_string());
+        let trash = self.root.join(".trash").join(Self::scratch_name());
         match fs::rename(&dir, &trash) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             other => other.map_err(io_err("cannot remove", &dir))?,

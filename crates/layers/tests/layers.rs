@@ -341,3 +341,16 @@ fn extraction_refuses_entries_that_climb_out() {
     assert!(extract_archive(&archive, &dest).is_err());
     assert!(!home.path().join("escaped.txt").exists());
 }
+
+#[test]
+fn reopening_clears_only_what_dead_processes_left() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("layers");
+    let store = LayerStore::open(&root).unwrap();
+    let mine = store.staging_dir().unwrap();
+    let stale = root.join(".tmp").join("999999999-01abc");
+    fs::create_dir_all(stale.join("tree")).unwrap();
+    LayerStore::open(&root).unwrap();
+    assert!(mine.exists(), "a live process's staging stays");
+    assert!(!stale.exists(), "a dead process's staging goes");
+}

@@ -583,6 +583,10 @@ impl Inner {
         }
         self.check_mechanisms()?;
         let dirs = self.dirs(&id);
+        if !dirs.upper.exists() {
+            // A reset interrupted between dropping and remaking it.
+            self.fresh_upper(&dirs)?;
+        }
         let cgroups = match &self.cgroups {
             Ok(layout) => {
                 let existing = layout.cgroups(&id);
@@ -938,10 +942,11 @@ impl Runtime for SandboxRuntime {
         self.make_workspace(ws, stack.clone(), stack)
     }
 
-    fn host_path(&self, ws: &Workspace) -> Option<PathBuf> {
-        let state = self.load(ws.id.as_str()).ok()?;
-        self.running(&state)
-            .map(|init| PathBuf::from(format!("/proc/{}/root/{WORKSPACE_DIR}", init.pid)))
+    /// None: a sandbox's files hold symlinks the workspace made, which a
+    /// host process (running as host root) would follow to host paths.
+    /// Clones go in through [`Runtime::import`] instead.
+    fn host_path(&self, _ws: &Workspace) -> Option<PathBuf> {
+        None
     }
 
     async fn import(
@@ -956,27 +961,19 @@ impl Runtime for SandboxRuntime {
         let dirs = self.dirs(&id);
         let host_dir = host_dir.to_path_buf();
         let rel = dest.as_str().to_string();
-        let running = self.running(&state);
+        if self.running(&state).is_some() {
+            // A live overlay must not have its upper directory changed
+            // underneath, and its merged view is the workspace's to shape.
+            return Err(RuntimeError::Other(format!(
+                "workspace {id} is running; import into it before starting it"
+            )));
+        }
         let lowers = self.store.trees_top_first(&state.stack);
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             tree::shift_ownership(&host_dir, shift, range).map_err(io_err(format!(
                 "cannot hand `{}` to the workspace's root",
                 host_dir.display()
             )))?;
-            if let Some(init) = running {
-                // Live overlays must not have their upper directory changed
-                // underneath; go through the workspace's own view.
-                let target =
-                    PathBuf::from(format!("/proc/{}/root/{WORKSPACE_DIR}", init.pid)).join(&rel);
-                tree::remove_tree(&target).map_err(io_err("cannot replace the destination"))?;
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent).map_err(io_err("cannot create the destination"))?;
-                }
-                tree::copy_tree(&host_dir, &target)
-                    .map_err(io_err("cannot copy into the workspace"))?;
-                return tree::remove_tree(&host_dir)
-                    .map_err(io_err("cannot remove the imported directory"));
-            }
             let target = dirs.upper.join(WORKSPACE_DIR).join(&rel);
             tree::remove_tree(&target).map_err(io_err("cannot replace the destination"))?;
             if let Some(parent) = target.parent() {

@@ -599,6 +599,18 @@ async fn a_cached_workspace_starts_from_the_cache_and_files_round_trip() {
     let ws = workspace(Spec::default());
     rt.create(&ws, Some("key-files")).await.unwrap();
     rt.start(&ws).await.unwrap();
+    assert_eq!(
+        rt.host_path(&ws),
+        None,
+        "no host view of workspace-made symlinks"
+    );
+    let late = rt
+        .import(&ws, &repo(home.path()), &WorkspacePath::parse("late").unwrap())
+        .await;
+    assert!(
+        late.is_err(),
+        "a running overlay's upper directory is left alone"
+    );
     let listed = rt
         .list_files(&ws, &WorkspacePath::parse("project").unwrap())
         .await
