@@ -16,4 +16,4 @@ pub mod tree;
 pub use changes::changes;
 pub use export::{IdShift, export_archive, export_dir, extract_archive};
 pub use id::LayerId;
-pub use store::{Layer, LayerKind, LayerMeta, LayerStore, StoreError};
+pub use store::{Layer, LayerKind, LayerMeta, LayerStore, StoreError, unpack_tarball};

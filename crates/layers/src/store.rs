@@ -322,10 +322,7 @@ impl LayerStore {
             LayerKind::Base,
             &[b"tarball", digest.as_bytes(), shift_text.as_bytes()],
             &source,
-            |tree| {
-                unpack_preserving(BufReader::new(file), tree)?;
-                tree::shift_ownership(tree, shift, range)
-            },
+            |tree| unpack_tarball(BufReader::new(file), tree, shift, range),
         )
     }
 
@@ -458,6 +455,19 @@ fn check_holder(holder: &str) -> Result<(), StoreError> {
     } else {
         Err(StoreError::BadHolder(holder.to_string()))
     }
+}
+
+/// Unpacks a root filesystem tarball (zstd-compressed or not) into an
+/// empty layer tree, keeping modes, xattrs and device nodes, with owners
+/// shifted by `shift` for ids below `range`.
+pub fn unpack_tarball(
+    reader: impl io::BufRead,
+    into: &Path,
+    shift: u32,
+    range: u32,
+) -> io::Result<()> {
+    unpack_preserving(reader, into)?;
+    tree::shift_ownership(into, shift, range)
 }
 
 /// Unpacks a tar stream (zstd-compressed or not) keeping owners, modes,

@@ -98,6 +98,17 @@ impl SandboxConfig {
     }
 }
 
+/// Exports a local container image's root filesystem: the seam through
+/// which a container engine's client (the docker runtime's) provides
+/// bases, exported once per image and kept as a layer.
+pub trait ImageExporter: Send + Sync {
+    /// The image's content id (such as `sha256:...`), which names its
+    /// layer: the same id is never exported twice.
+    fn image_id(&self, image: &str) -> Result<String, String>;
+    /// Writes the image's root filesystem as a tar archive at `into`.
+    fn export(&self, image: &str, into: &Path) -> Result<(), String>;
+}
+
 /// Where a workspace's base filesystem comes from (`spec.image`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Base {
@@ -175,6 +186,7 @@ pub struct Inner {
     store: LayerStore,
     cgroups: Result<Layout, String>,
     host: HostBase,
+    exporter: Option<Arc<dyn ImageExporter>>,
     /// One connection per running workspace's agent.
     agents: std::sync::Mutex<std::collections::HashMap<String, Arc<AgentClient>>>,
     /// Serialises changes of a workspace's lifecycle (start, stop, reset,
@@ -213,8 +225,17 @@ fn start_time(pid: u32) -> Option<u64> {
 
 impl SandboxRuntime {
     pub fn new(config: SandboxConfig) -> Result<Self, RuntimeError> {
+        Self::with_exporter(config, None)
+    }
+
+    /// A runtime that can base workspaces on container images (`docker:NAME`)
+    /// through `exporter`.
+    pub fn with_exporter(
+        config: SandboxConfig,
+        exporter: Option<Arc<dyn ImageExporter>>,
+    ) -> Result<Self, RuntimeError> {
         Ok(SandboxRuntime {
-            inner: Arc::new(Inner::new(config)?),
+            inner: Arc::new(Inner::new(config, exporter)?),
         })
     }
 
@@ -270,7 +291,10 @@ impl SandboxRuntime {
 }
 
 impl Inner {
-    fn new(config: SandboxConfig) -> Result<Self, RuntimeError> {
+    fn new(
+        config: SandboxConfig,
+        exporter: Option<Arc<dyn ImageExporter>>,
+    ) -> Result<Self, RuntimeError> {
         let store = LayerStore::open(config.home.join("layers")).map_err(other)?;
         let sandbox = config.home.join("sandbox");
         fs::create_dir_all(&sandbox)
@@ -282,6 +306,7 @@ impl Inner {
             store,
             cgroups,
             host,
+            exporter,
             agents: std::sync::Mutex::new(std::collections::HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
         })
@@ -356,13 +381,37 @@ impl Inner {
                 .map_err(other)?,
             Base::Directory(path) => self.store.import_dir(path, shift, range).map_err(other)?,
             Base::Docker(image) => {
-                return Err(RuntimeError::Unavailable {
-                    runtime: NAME.into(),
-                    reason: format!(
-                        "docker image `{image}` as a base needs an exported tarball; \
-                         export it (docker save / docker export) and give its path"
-                    ),
-                });
+                let Some(exporter) = &self.exporter else {
+                    return Err(RuntimeError::Unavailable {
+                        runtime: NAME.into(),
+                        reason: format!(
+                            "image `{image}` needs a container engine to export it, and none is configured; \
+                             `docker export` a container of it and give the tarball's path as the image"
+                        ),
+                    });
+                };
+                let image_id = exporter
+                    .image_id(image)
+                    .map_err(|e| RuntimeError::Unavailable {
+                        runtime: NAME.into(),
+                        reason: format!("cannot find image `{image}`: {e}"),
+                    })?;
+                let shift_text = format!("{shift}:{range}");
+                let source = format!("image {image} {image_id}");
+                self.store
+                    .get_or_build(
+                        LayerKind::Base,
+                        &[b"image", image_id.as_bytes(), shift_text.as_bytes()],
+                        &source,
+                        |tree| {
+                            let archive = tree.with_file_name("image.tar");
+                            exporter.export(image, &archive).map_err(io::Error::other)?;
+                            let file = io::BufReader::new(fs::File::open(&archive)?);
+                            berth_layers::unpack_tarball(file, tree, shift, range)?;
+                            fs::remove_file(&archive)
+                        },
+                    )
+                    .map_err(other)?
             }
         };
         Ok((layer.stack(), base == &Base::Host))

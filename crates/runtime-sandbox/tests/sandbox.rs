@@ -605,7 +605,11 @@ async fn a_cached_workspace_starts_from_the_cache_and_files_round_trip() {
         "no host view of workspace-made symlinks"
     );
     let late = rt
-        .import(&ws, &repo(home.path()), &WorkspacePath::parse("late").unwrap())
+        .import(
+            &ws,
+            &repo(home.path()),
+            &WorkspacePath::parse("late").unwrap(),
+        )
         .await;
     assert!(
         late.is_err(),
@@ -719,4 +723,121 @@ async fn the_agent_is_pid_1_and_serves_commands_and_files() {
     // A stuck agent does not stop teardown.
     rt.remove(&ws).await.unwrap();
     assert!(cgroup_file(&ws, "pids.current").is_none());
+}
+
+/// A container engine stand-in: exports a small root filesystem made of
+/// host binaries and their libraries, and counts its exports.
+struct Exporter {
+    rootfs: tempfile::TempDir,
+    exports: std::sync::atomic::AtomicUsize,
+}
+
+impl Exporter {
+    fn new() -> Exporter {
+        let rootfs = tempfile::tempdir().unwrap();
+        let root = rootfs.path();
+        let init = env!("CARGO_BIN_EXE_berth-sandbox-init");
+        for program in ["/usr/bin/sh", "/usr/bin/cat", "/usr/bin/ls", init] {
+            let ldd = std::process::Command::new("ldd")
+                .arg(program)
+                .output()
+                .unwrap();
+            let libs = String::from_utf8_lossy(&ldd.stdout).into_owned();
+            let mut needed: Vec<String> = libs
+                .split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(String::from)
+                .collect();
+            if program != init {
+                needed.push(program.to_string());
+            }
+            for path in needed {
+                let target = root.join(path.trim_start_matches('/'));
+                fs::create_dir_all(target.parent().unwrap()).unwrap();
+                fs::copy(&path, &target).unwrap();
+            }
+        }
+        // Merged /usr as on the host, so /lib64/ld-linux... resolves.
+        for link in ["bin", "lib", "lib64"] {
+            if root.join("usr").join(link).exists()
+                && fs::symlink_metadata(root.join(link)).is_err()
+            {
+                std::os::unix::fs::symlink(format!("usr/{link}"), root.join(link)).unwrap();
+            }
+        }
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/os-release"), "ID=berth-test-image\n").unwrap();
+        Exporter {
+            rootfs,
+            exports: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl berth_runtime_sandbox::ImageExporter for Exporter {
+    fn image_id(&self, image: &str) -> Result<String, String> {
+        match image {
+            "test/image" => Ok("sha256:test-image".into()),
+            other => Err(format!("no such image: {other}")),
+        }
+    }
+
+    fn export(&self, _image: &str, into: &Path) -> Result<(), String> {
+        self.exports
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let status = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(self.rootfs.path())
+            .arg("-cf")
+            .arg(into)
+            .arg(".")
+            .status()
+            .map_err(|e| e.to_string())?;
+        status
+            .success()
+            .then_some(())
+            .ok_or_else(|| "tar failed".to_string())
+    }
+}
+
+#[tokio::test]
+async fn a_container_image_is_exported_once_into_a_base_layer() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let exporter = std::sync::Arc::new(Exporter::new());
+    let rt = SandboxRuntime::with_exporter(config(home.path()), Some(exporter.clone())).unwrap();
+    let spec = Spec {
+        image: Some("docker:test/image".into()),
+        ..Spec::default()
+    };
+    let first = started(&rt, spec.clone()).await;
+    let second = started(&rt, spec).await;
+    assert_eq!(
+        exporter.exports.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let ran = sh(&rt, &second, "cat /etc/os-release; ls /; ls /usr/bin").await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        ran.stdout.starts_with("ID=berth-test-image\n"),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(
+        ran.stdout
+            .lines()
+            .filter(|l| *l == "cat" || *l == "ls" || *l == "sh")
+            .count(),
+        3,
+        "only the image's programs, not the host's: {}",
+        ran.stdout
+    );
+    let missing = workspace(Spec {
+        image: Some("docker:missing".into()),
+        ..Spec::default()
+    });
+    let error = rt.create(&missing, None).await.unwrap_err().to_string();
+    assert!(error.contains("cannot find image `missing`"), "{error}");
+    rt.remove(&first).await.unwrap();
+    rt.remove(&second).await.unwrap();
 }
