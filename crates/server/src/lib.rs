@@ -8,6 +8,13 @@
 //! - Derrick's routes ([`derrick`]), so that clients written for Derrick keep
 //!   working unchanged.
 //!
+//! Errors are JSON, `{"error": {"code", "message"}}`, with the service
+//! layer's stable code; [`status_for`] is the one mapping from codes to
+//! statuses. Long operations never block others: each request is its own
+//! task, provisioning and fetches run in tasks of their own (so they finish
+//! even if their client goes away), and a command whose client goes away is
+//! cancelled, its whole process tree ended.
+//!
 //! [`serve`] binds a loopback TCP port (token-protected) or a unix socket
 //! (protected by its file mode) and runs the router until a shutdown signal.
 

@@ -36,7 +36,7 @@ impl Default for Listen {
 }
 
 /// How the server is set up.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ServerConfig {
     pub listen: Listen,
     /// The bearer token TCP clients must send; when absent, the one stored
@@ -47,6 +47,18 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// The spec Derrick's `POST /workspaces` uses when the body has none.
     pub default_spec: Option<Spec>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    // By hand, so that the token never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("default_spec", &self.default_spec)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,5 +299,21 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = interrupt.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let config = ServerConfig {
+            token: Some("s3cret-value".into()),
+            ..ServerConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -48,7 +48,7 @@ pub struct CreateWorkspaceParams {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
-    /// Stream progress as NDJSON (same as `Accept: application/x-ndjson`).
+    /// Stream events as NDJSON (same as `Accept: application/x-ndjson`).
     #[serde(default)]
     pub stream: bool,
 }
