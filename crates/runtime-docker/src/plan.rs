@@ -1,0 +1,318 @@
+//! What berth asks of the Docker Engine, decided without talking to it:
+//! names, labels and image tags, the container a workspace becomes, the
+//! isolation that container has, and how the Engine's change list maps to
+//! workspace changes. Pure, so it is unit-tested without a daemon.
+
+use berth_core::spec::Network;
+use berth_core::{ChangeKind, Isolation, Spec, WorkspaceId};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use std::collections::HashMap;
+
+/// Where the agent is mounted (read-only) in every container.
+pub const AGENT_PATH: &str = "/.berth/agent";
+/// The host directory where the agent serves its socket is mounted here.
+pub const RUN_DIR: &str = "/.berth/run";
+/// The socket's file name, in [`RUN_DIR`] and in its host directory.
+pub const SOCKET_NAME: &str = "agent.sock";
+/// The workspace root inside the container.
+pub const WORKSPACE_DIR: &str = "/workspace";
+
+/// Marks a container or image as berth's.
+pub const LABEL_MANAGED: &str = "dev.berth.managed";
+/// The workspace id a container serves.
+pub const LABEL_WORKSPACE: &str = "dev.berth.workspace";
+
+/// Image repositories berth tags its images in.
+pub const CACHE_REPO: &str = "berth-cache";
+pub const SNAPSHOT_REPO: &str = "berth-snapshot";
+/// Each workspace's provisioned state: what a reset returns to.
+pub const PROVISIONED_REPO: &str = "berth-provisioned";
+
+/// Seconds the Engine waits after SIGTERM before SIGKILL on stop. The agent
+/// needs at most twice its grace period (2 s) and a margin to end commands.
+pub const STOP_TIMEOUT_SECS: i32 = 10;
+/// The process limit when a spec gives none: a fork bomb must not reach
+/// the host's limit.
+pub const DEFAULT_PIDS: u32 = 4096;
+
+/// The container serving workspace `id`.
+pub fn container_name(id: &WorkspaceId) -> String {
+    format!("berth-{id}")
+}
+
+pub fn cache_image(key: &str) -> String {
+    format!("{CACHE_REPO}:{key}")
+}
+
+pub fn snapshot_image(id: &str) -> String {
+    format!("{SNAPSHOT_REPO}:{id}")
+}
+
+pub fn provisioned_image(id: &WorkspaceId) -> String {
+    format!("{PROVISIONED_REPO}:{id}")
+}
+
+/// Whether `text` can be an image tag (and so a snapshot id or cache key):
+/// what Docker accepts, which also keeps it from naming another image.
+pub fn valid_tag(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && text.len() <= 128
+}
+
+/// What a container is made from, besides the workspace's spec.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan<'a> {
+    pub id: &'a WorkspaceId,
+    pub spec: &'a Spec,
+    /// The image (name or id) the container starts from.
+    pub image: &'a str,
+    /// The agent executable on the host.
+    pub agent: &'a str,
+    /// The host directory mounted at [`RUN_DIR`].
+    pub run_dir: &'a str,
+}
+
+/// The Engine's create request for a workspace's container: the agent as
+/// its entrypoint, the socket directory mounted, limits, network, labels.
+pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
+    let spec = plan.spec;
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_WORKSPACE.to_string(), plan.id.to_string()),
+    ]);
+    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let memory = spec.limits.memory.and_then(|m| i64::try_from(m).ok());
+    let host_config = HostConfig {
+        binds: Some(vec![
+            format!("{}:{AGENT_PATH}:ro", plan.agent),
+            format!("{}:{RUN_DIR}", plan.run_dir),
+        ]),
+        network_mode: Some(network_mode(spec).to_string()),
+        memory,
+        // Swap beyond the memory limit would let a workspace exceed it.
+        memory_swap: memory,
+        pids_limit: Some(i64::from(spec.limits.pids.unwrap_or(DEFAULT_PIDS))),
+        nano_cpus: spec.limits.cpus.map(|c| (c * 1e9) as i64),
+        // The agent is PID 1 and reaps; Docker's own init would hide it.
+        init: Some(false),
+        ..HostConfig::default()
+    };
+    ContainerCreateBody {
+        image: Some(plan.image.to_string()),
+        entrypoint: Some(vec![AGENT_PATH.to_string()]),
+        cmd: Some(vec![
+            "--socket".into(),
+            format!("{RUN_DIR}/{SOCKET_NAME}"),
+            "--root".into(),
+            WORKSPACE_DIR.into(),
+        ]),
+        working_dir: Some(WORKSPACE_DIR.to_string()),
+        env: (!env.is_empty()).then_some(env),
+        labels: Some(labels),
+        stop_timeout: Some(i64::from(STOP_TIMEOUT_SECS)),
+        host_config: Some(host_config),
+        ..ContainerCreateBody::default()
+    }
+}
+
+fn network_mode(spec: &Spec) -> &'static str {
+    match spec.network {
+        Some(Network::Host) => "host",
+        Some(Network::None) | None => "none",
+    }
+}
+
+/// The isolation a workspace's container has.
+pub fn isolation(spec: &Spec) -> Isolation {
+    let mut namespaces: Vec<String> = ["mount", "pid", "uts", "ipc"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let network = network_mode(spec);
+    if network == "none" {
+        namespaces.push("net".into());
+    }
+    let mut limits = vec![format!("pids={}", spec.limits.pids.unwrap_or(DEFAULT_PIDS))];
+    if let Some(memory) = spec.limits.memory {
+        limits.push(format!("memory={memory}"));
+    }
+    if let Some(cpus) = spec.limits.cpus {
+        limits.push(format!("cpus={cpus}"));
+    }
+    Isolation {
+        isolated: true,
+        namespaces,
+        limits,
+        seccomp: true,
+        network: network.into(),
+        notes: vec![
+            "a Docker container: the Engine's default seccomp profile and capabilities, \
+             no user namespace unless the daemon remaps users"
+                .into(),
+        ],
+    }
+}
+
+/// One entry of the Engine's change list, under the workspace root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineChange {
+    /// Relative to the workspace root.
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// Keeps the Engine's changes under the workspace root, relative to it:
+/// what a workspace's files are, as opposed to caches and logs the
+/// commands left elsewhere in the container.
+pub fn workspace_changes<'a>(
+    changes: impl IntoIterator<Item = (&'a str, ChangeKind)>,
+) -> Vec<EngineChange> {
+    let prefix = format!("{WORKSPACE_DIR}/");
+    let mut out: Vec<EngineChange> = changes
+        .into_iter()
+        .filter_map(|(path, kind)| {
+            let rel = path.strip_prefix(&prefix)?;
+            (!rel.is_empty()).then(|| EngineChange {
+                path: rel.trim_end_matches('/').to_string(),
+                kind,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// The kind of a path from a Go `os.FileMode`, as the Engine's archive
+/// stat reports it.
+pub fn file_kind(go_mode: u32) -> berth_core::FileKind {
+    const DIR: u32 = 1 << 31;
+    const SYMLINK: u32 = 1 << 27;
+    const OTHER: u32 = (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19);
+    if go_mode & DIR != 0 {
+        berth_core::FileKind::Dir
+    } else if go_mode & SYMLINK != 0 {
+        berth_core::FileKind::Symlink
+    } else if go_mode & OTHER != 0 {
+        berth_core::FileKind::Other
+    } else {
+        berth_core::FileKind::File
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::FileKind;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn body(spec: &Spec) -> ContainerCreateBody {
+        container_body(&ContainerPlan {
+            id: &WorkspaceId::from_string("01abc"),
+            spec,
+            image: "debian:12",
+            agent: "/home/b/docker/agent/berth-agent-1234",
+            run_dir: "/home/b/docker/run/01abc",
+        })
+    }
+
+    #[test]
+    fn the_agent_is_the_read_only_entrypoint_serving_the_mounted_socket() {
+        let body = body(&spec("{}"));
+        assert_eq!(body.entrypoint, Some(vec![AGENT_PATH.to_string()]));
+        let cmd = body.cmd.unwrap();
+        assert_eq!(cmd[..2], ["--socket", "/.berth/run/agent.sock"]);
+        let binds = body.host_config.unwrap().binds.unwrap();
+        assert_eq!(
+            binds,
+            [
+                "/home/b/docker/agent/berth-agent-1234:/.berth/agent:ro",
+                "/home/b/docker/run/01abc:/.berth/run"
+            ]
+        );
+        assert_eq!(body.working_dir.as_deref(), Some("/workspace"));
+    }
+
+    #[test]
+    fn network_is_none_unless_the_spec_asks_for_the_host() {
+        let none = body(&spec("{}")).host_config.unwrap();
+        assert_eq!(none.network_mode.as_deref(), Some("none"));
+        let host = body(&spec(r#"{"network":"host"}"#)).host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("host"));
+        assert!(isolation(&spec("{}")).namespaces.contains(&"net".into()));
+        assert_eq!(isolation(&spec(r#"{"network":"host"}"#)).network, "host");
+    }
+
+    #[test]
+    fn limits_become_memory_pids_and_cpus() {
+        let host = body(&spec(
+            r#"{"limits":{"memory":"256m","pids":64,"cpus":1.5}}"#,
+        ))
+        .host_config
+        .unwrap();
+        assert_eq!(host.memory, Some(256 << 20));
+        assert_eq!(host.memory_swap, Some(256 << 20));
+        assert_eq!(host.pids_limit, Some(64));
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        let unlimited = body(&spec("{}")).host_config.unwrap();
+        assert_eq!(unlimited.memory, None);
+        assert_eq!(unlimited.pids_limit, Some(i64::from(DEFAULT_PIDS)));
+    }
+
+    #[test]
+    fn labels_name_the_workspace_and_env_comes_from_the_spec() {
+        let body = body(&spec(r#"{"env":{"A":"1","B":"two words"}}"#));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_MANAGED], "true");
+        assert_eq!(labels[LABEL_WORKSPACE], "01abc");
+        assert_eq!(body.env.unwrap(), ["A=1", "B=two words"]);
+    }
+
+    #[test]
+    fn changes_outside_the_workspace_root_are_left_out() {
+        let changes = workspace_changes([
+            ("/workspace", ChangeKind::Modified),
+            ("/workspace/repo/b.txt", ChangeKind::Added),
+            ("/tmp/cache", ChangeKind::Added),
+            ("/workspace/repo/a.txt", ChangeKind::Deleted),
+            ("/workspaces/other", ChangeKind::Added),
+            ("/root/.ash_history", ChangeKind::Modified),
+        ]);
+        assert_eq!(
+            changes,
+            [
+                EngineChange {
+                    path: "repo/a.txt".into(),
+                    kind: ChangeKind::Deleted
+                },
+                EngineChange {
+                    path: "repo/b.txt".into(),
+                    kind: ChangeKind::Added
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn tags_refuse_what_would_name_another_image() {
+        assert!(valid_tag("01hx2k9q"));
+        assert!(valid_tag("0123abcd.v-2_x"));
+        for bad in ["", "a:b", "a/b", "-a", ".a", "a b", &"x".repeat(129)] {
+            assert!(!valid_tag(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn go_file_modes_map_to_kinds() {
+        assert_eq!(file_kind(0o644), FileKind::File);
+        assert_eq!(file_kind((1 << 31) | 0o755), FileKind::Dir);
+        assert_eq!(file_kind((1 << 27) | 0o777), FileKind::Symlink);
+        assert_eq!(file_kind((1 << 26) | (1 << 21) | 0o666), FileKind::Other);
+    }
+}

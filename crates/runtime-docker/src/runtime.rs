@@ -1,0 +1,1115 @@
+//! [`DockerRuntime`]: the [`Runtime`] over the Docker Engine API.
+//!
+//! Containers, images and tags are the only state: a workspace is the
+//! container `berth-<id>`, its provisioned state the image tagged
+//! `berth-provisioned:<id>`, cache entries `berth-cache:<key>`, snapshots
+//! `berth-snapshot:<id>`. A restarted provider finds everything again by
+//! name, and the labels let it find what it made and no longer knows.
+//!
+//! The Engine is used for what only it can do (containers, images,
+//! archives, change lists); everything that runs inside goes through the
+//! agent's socket, never `docker exec`.
+
+use crate::archive;
+use crate::plan::{self, ContainerPlan, EngineChange, LABEL_MANAGED, LABEL_WORKSPACE};
+use async_trait::async_trait;
+use berth_agent_client::{AgentClient, AgentPool};
+use berth_core::{
+    Change, ChangeKind, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind,
+    GcReport, Isolation, Runtime, RuntimeError, Snapshot, Workspace, WorkspaceId, WorkspacePath,
+};
+use bollard::Docker;
+use bollard::container::PathStatResponse;
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerConfig, ContainerStateStatusEnum};
+use bollard::query_parameters::{
+    CommitContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder,
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+const NAME: &str = "docker";
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// How long `available` and the first connection wait for the Engine.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a started container has to bring its agent up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Archive stats made at once when listing changes.
+const STAT_CONCURRENCY: usize = 16;
+
+/// The docker runtime. Cheap to share; one per provider.
+pub struct DockerRuntime {
+    /// `$BERTH_HOME/docker`: the agent, socket directories, staging.
+    dir: PathBuf,
+    /// Where the Engine is, for messages (`DOCKER_HOST` or the default).
+    host: String,
+    engine: OnceCell<Docker>,
+    agent_binary: OnceCell<PathBuf>,
+    agents: AgentPool,
+}
+
+impl DockerRuntime {
+    /// A runtime keeping its files in `home/docker`, talking to the Engine
+    /// at `DOCKER_HOST` (a unix socket by default; Podman's compatible
+    /// socket works too). Nothing is contacted until first use.
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        DockerRuntime {
+            dir: home.into().join("docker"),
+            host,
+            engine: OnceCell::new(),
+            agent_binary: OnceCell::new(),
+            agents: AgentPool::new(),
+        }
+    }
+
+    /// The Engine, connected and with the API version both sides speak.
+    async fn engine(&self) -> Result<&Docker, RuntimeError> {
+        self.engine
+            .get_or_try_init(|| async {
+                let docker = Docker::connect_with_defaults().map_err(|e| self.unreachable(e))?;
+                tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version())
+                    .await
+                    .map_err(|_| self.unreachable("no answer within 3 s"))?
+                    .map_err(|e| self.unreachable(e))
+            })
+            .await
+    }
+
+    fn unreachable(&self, reason: impl Display) -> RuntimeError {
+        RuntimeError::Unavailable {
+            runtime: NAME.into(),
+            reason: format!("cannot reach the Docker engine at {}: {reason}", self.host),
+        }
+    }
+
+    /// An Engine failure while doing `context`.
+    fn fail(&self, context: impl Display, err: EngineError) -> RuntimeError {
+        match err {
+            EngineError::DockerResponseServerError { message, .. } => {
+                RuntimeError::Other(format!("{context}: {}", message.trim()))
+            }
+            EngineError::IOError { .. }
+            | EngineError::HyperResponseError { .. }
+            | EngineError::HyperLegacyError { .. }
+            | EngineError::RequestTimeoutError
+            | EngineError::SocketNotFoundError(_) => self.unreachable(err),
+            other => RuntimeError::Other(format!("{context}: {other}")),
+        }
+    }
+
+    fn run_dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.dir.join("run").join(id.as_str())
+    }
+
+    fn socket(&self, id: &WorkspaceId) -> PathBuf {
+        self.run_dir(id).join(plan::SOCKET_NAME)
+    }
+
+    /// The agent executable on the host, installed once.
+    async fn agent_binary(&self) -> Result<&Path, RuntimeError> {
+        let dir = self.dir.join("agent");
+        let path = self
+            .agent_binary
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || berth_agent_bin::install(&dir))
+                    .await
+                    .map_err(|e| RuntimeError::Other(e.to_string()))?
+                    .map_err(|e| RuntimeError::Other(e.to_string()))
+            })
+            .await?;
+        Ok(path)
+    }
+
+    /// The workspace's container: running or not, or `Gone`.
+    async fn inspect(
+        &self,
+        ws: &Workspace,
+    ) -> Result<bollard::models::ContainerInspectResponse, RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        match self.engine().await?.inspect_container(&name, None).await {
+            Ok(found) => Ok(found),
+            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) => Err(self.fail(format!("cannot inspect container `{name}`"), e)),
+        }
+    }
+
+    async fn is_running(&self, ws: &Workspace) -> Result<bool, RuntimeError> {
+        let found = self.inspect(ws).await?;
+        Ok(found.state.and_then(|s| s.running).unwrap_or(false))
+    }
+
+    /// The connection to a running workspace's agent.
+    async fn agent(&self, ws: &Workspace) -> Result<AgentClient, RuntimeError> {
+        if let Some(client) = self.agents.connected(ws.id.as_str()) {
+            return Ok(client);
+        }
+        if !self.is_running(ws).await? {
+            return Err(RuntimeError::Gone {
+                id: ws.id.to_string(),
+                detail: format!(
+                    "its container `{}` is not running",
+                    plan::container_name(&ws.id)
+                ),
+            });
+        }
+        Ok(self
+            .agents
+            .get(ws.id.as_str(), &self.socket(&ws.id), START_TIMEOUT)
+            .await?)
+    }
+
+    /// Waits for a just-started container's agent; tells why when the
+    /// container ends first.
+    async fn wait_for_agent(&self, ws: &Workspace) -> Result<AgentClient, RuntimeError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let socket = self.socket(&ws.id);
+        loop {
+            let attempt = self
+                .agents
+                .get(ws.id.as_str(), &socket, Duration::from_millis(200))
+                .await;
+            let err = match attempt {
+                Ok(client) => return Ok(client),
+                Err(err) => err,
+            };
+            let found = self.inspect(ws).await?;
+            let state = found.state.unwrap_or_default();
+            let name = plan::container_name(&ws.id);
+            if !state.running.unwrap_or(false) {
+                let logs = self.logs_tail(&name).await;
+                return Err(RuntimeError::Other(format!(
+                    "container `{name}` exited with code {} before its agent answered{}",
+                    state.exit_code.unwrap_or(-1),
+                    if logs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(":\n{logs}")
+                    }
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::Other(format!(
+                    "the agent in container `{name}` did not answer within {} s: {err}",
+                    START_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+
+    /// The last lines a container wrote, for an error message.
+    async fn logs_tail(&self, name: &str) -> String {
+        let Ok(docker) = self.engine().await else {
+            return String::new();
+        };
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("20")
+            .build();
+        let chunks: Vec<_> = docker
+            .logs(name, Some(options))
+            .take(200)
+            .filter_map(|c| async move { c.ok() })
+            .collect()
+            .await;
+        let text: String = chunks.iter().map(|c| c.to_string()).collect();
+        text.trim_end().to_string()
+    }
+
+    /// Creates the workspace's container from `image`, replacing any
+    /// container of that name left by an interrupted create or reset.
+    async fn make_container(&self, ws: &Workspace, image: &str) -> Result<String, RuntimeError> {
+        let docker = self.engine().await?;
+        let agent = self.agent_binary().await?.display().to_string();
+        let run_dir = self.run_dir(&ws.id);
+        tokio::fs::create_dir_all(&run_dir)
+            .await
+            .map_err(|e| RuntimeError::io(format!("cannot create `{}`", run_dir.display()), e))?;
+        let _ = tokio::fs::remove_file(self.socket(&ws.id)).await;
+        let name = plan::container_name(&ws.id);
+        self.remove_container(&name).await?;
+        let body = plan::container_body(&ContainerPlan {
+            id: &ws.id,
+            spec: &ws.spec,
+            image,
+            agent: &agent,
+            run_dir: &run_dir.display().to_string(),
+        });
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.fail(format!("cannot create container `{name}`"), e))?;
+        Ok(created.id)
+    }
+
+    /// Force-removes a container and its anonymous volumes; a missing one
+    /// is fine.
+    async fn remove_container(&self, name: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self
+            .engine()
+            .await?
+            .remove_container(name, Some(options))
+            .await
+        {
+            Err(e) if !not_found(&e) => {
+                Err(self.fail(format!("cannot remove container `{name}`"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes an image reference; a missing one is fine. Forced, so a
+    /// reference to an image a container still uses is only untagged.
+    async fn untag(&self, image: &str) -> Result<(), RuntimeError> {
+        let options = RemoveImageOptionsBuilder::new().force(true).build();
+        match self
+            .engine()
+            .await?
+            .remove_image(image, Some(options), None)
+            .await
+        {
+            Err(e) if !not_found(&e) => Err(self.fail(format!("cannot remove image `{image}`"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        self.engine()
+            .await
+            .map_err(|e| EngineError::IOError {
+                err: std::io::Error::other(e.to_string()),
+            })?
+            .tag_image(image, Some(options))
+            .await
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.engine().await?.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(self.fail(format!("cannot inspect image `{image}`"), e)),
+        }
+    }
+
+    /// Commits the workspace's container to an image; returns its id.
+    async fn commit(
+        &self,
+        ws: &Workspace,
+        repo_tag: Option<(&str, &str)>,
+    ) -> Result<String, RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        let mut options = CommitContainerOptionsBuilder::new()
+            .container(&name)
+            .pause(true);
+        if let Some((repo, tag)) = repo_tag {
+            options = options.repo(repo).tag(tag);
+        }
+        match self
+            .engine()
+            .await?
+            .commit_container(options.build(), ContainerConfig::default())
+            .await
+        {
+            Ok(id) => Ok(id.id),
+            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) => Err(self.fail(format!("cannot commit container `{name}`"), e)),
+        }
+    }
+
+    async fn start_container(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        match self.engine().await?.start_container(&name, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) => Err(self.fail(format!("cannot start container `{name}`"), e)),
+        }
+    }
+
+    async fn stop_container(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        self.agents.forget(ws.id.as_str());
+        let name = plan::container_name(&ws.id);
+        let options = StopContainerOptionsBuilder::new()
+            .t(plan::STOP_TIMEOUT_SECS)
+            .build();
+        match self
+            .engine()
+            .await?
+            .stop_container(&name, Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) => Err(self.fail(format!("cannot stop container `{name}`"), e)),
+        }
+    }
+
+    /// Replaces the workspace's container with a fresh one from `image`,
+    /// running again if it was running.
+    async fn recreate(&self, ws: &Workspace, image: &str) -> Result<(), RuntimeError> {
+        let running = self.is_running(ws).await?;
+        if running {
+            self.stop_container(ws).await?;
+        }
+        self.agents.forget(ws.id.as_str());
+        self.make_container(ws, image).await?;
+        if running {
+            self.start_container(ws).await?;
+            self.wait_for_agent(ws).await?;
+        }
+        Ok(())
+    }
+
+    /// What the provider stores with the workspace.
+    async fn info(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError> {
+        let found = self.inspect(ws).await?;
+        let state = found
+            .state
+            .and_then(|s| s.status)
+            .unwrap_or(ContainerStateStatusEnum::EMPTY);
+        Ok(serde_json::json!({
+            "container": found.id,
+            "name": plan::container_name(&ws.id),
+            "image": found.config.and_then(|c| c.image),
+            "state": state.to_string(),
+            "socket": self.socket(&ws.id),
+            "engine": self.host,
+        }))
+    }
+
+    /// Stats a path in a container; `None` when it does not exist.
+    async fn stat(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<PathStatResponse>, RuntimeError> {
+        let options = ContainerArchiveInfoOptionsBuilder::new().path(path).build();
+        match self
+            .engine()
+            .await?
+            .get_container_archive_info(container, Some(options))
+            .await
+        {
+            Ok(stat) => Ok(Some(stat)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(self.fail(format!("cannot stat `{path}` in `{container}`"), e)),
+        }
+    }
+
+    /// Uploads `host_dir` as `dest` of the workspace.
+    async fn upload(
+        &self,
+        ws: &Workspace,
+        host_dir: &Path,
+        dest: &WorkspacePath,
+    ) -> Result<(), RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        let target = inside(dest);
+        let (stream, packing) = archive::pack(
+            host_dir.to_path_buf(),
+            target.trim_start_matches('/').to_string(),
+        );
+        let options = UploadToContainerOptionsBuilder::new().path("/").build();
+        let uploaded = self
+            .engine()
+            .await?
+            .upload_to_container(&name, Some(options), bollard::body_try_stream(stream))
+            .await;
+        let packed = packing
+            .await
+            .map_err(|e| RuntimeError::Other(e.to_string()))?;
+        packed.map_err(|e| RuntimeError::io(format!("cannot pack `{}`", host_dir.display()), e))?;
+        match uploaded {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) => Err(self.fail(format!("cannot copy into `{target}` of `{name}`"), e)),
+        }
+    }
+
+    /// Removes `path` of a running workspace through its agent; the root
+    /// is emptied instead.
+    async fn clear(&self, ws: &Workspace, path: &WorkspacePath) -> Result<(), RuntimeError> {
+        let agent = self.agent(ws).await?;
+        let targets = if path.is_root() {
+            agent
+                .list_dir(path)
+                .await?
+                .into_iter()
+                .map(|e| WorkspacePath::parse(&e.path))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![path.clone()]
+        };
+        for target in targets {
+            match agent.remove(&target).await {
+                Err(e) if e.code() != Some(berth_core::proto::ErrorCode::NotFound) => {
+                    return Err(e.into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The kind of each present path, from stats in `container`.
+    async fn kinds(
+        &self,
+        container: &str,
+        paths: Vec<String>,
+    ) -> Result<HashMap<String, Option<FileKind>>, RuntimeError> {
+        futures::stream::iter(paths)
+            .map(|path| async move {
+                let stat = self.stat(container, &inside_str(&path)).await?;
+                Ok::<_, RuntimeError>((path, stat.map(|s| plan::file_kind(s.file_mode))))
+            })
+            .buffer_unordered(STAT_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// What deleted paths were, read from the container's image through a
+    /// container that is created for it and never started; deleted
+    /// directories are expanded to everything they held.
+    async fn deleted(
+        &self,
+        ws: &Workspace,
+        image: &str,
+        paths: Vec<String>,
+    ) -> Result<Vec<Change>, RuntimeError> {
+        let docker = self.engine().await?;
+        let probe = format!(
+            "berth-probe-{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec![plan::AGENT_PATH.into()]),
+            labels: Some(HashMap::from([(LABEL_MANAGED.into(), "true".into())])),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&probe).build();
+        docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.fail(format!("cannot read the base of `{}`", ws.id), e))?;
+        let result = self.deleted_in(&probe, paths).await;
+        self.remove_container(&probe).await?;
+        result
+    }
+
+    async fn deleted_in(
+        &self,
+        probe: &str,
+        paths: Vec<String>,
+    ) -> Result<Vec<Change>, RuntimeError> {
+        let kinds = self.kinds(probe, paths).await?;
+        let mut out = Vec::new();
+        for (path, kind) in kinds {
+            let kind = kind.unwrap_or(FileKind::Other);
+            if kind == FileKind::Dir {
+                let options = DownloadFromContainerOptionsBuilder::new()
+                    .path(&inside_str(&path))
+                    .build();
+                let stream = self
+                    .engine()
+                    .await?
+                    .download_from_container(probe, Some(options));
+                let entries = archive::list(stream).await.map_err(|e| {
+                    RuntimeError::io(format!("cannot list deleted directory `{path}`"), e)
+                })?;
+                let parent = parent_of(&path);
+                for (entry, kind) in entries {
+                    out.push(change(join(parent, &entry), ChangeKind::Deleted, kind));
+                }
+            } else {
+                out.push(change(path, ChangeKind::Deleted, kind));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads `paths` of the container into `staging`, each at its own
+    /// relative path.
+    async fn download(
+        &self,
+        ws: &Workspace,
+        paths: &[String],
+        staging: &Path,
+    ) -> Result<(), RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        for path in paths {
+            let options = DownloadFromContainerOptionsBuilder::new()
+                .path(&inside_str(path))
+                .build();
+            let stream = self
+                .engine()
+                .await?
+                .download_from_container(&name, Some(options));
+            let dest = staging.join(parent_of(path));
+            archive::unpack(stream, dest).await.map_err(|e| {
+                RuntimeError::io(format!("cannot copy `{path}` out of `{name}`"), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.dir
+            .join("tmp")
+            .join(ulid::Ulid::generate().to_string().to_lowercase())
+    }
+}
+
+fn not_found(err: &EngineError) -> bool {
+    matches!(
+        err,
+        EngineError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn gone(ws: &Workspace) -> RuntimeError {
+    RuntimeError::Gone {
+        id: ws.id.to_string(),
+        detail: format!(
+            "its container `{}` was removed outside berth",
+            plan::container_name(&ws.id)
+        ),
+    }
+}
+
+/// The absolute path in the container of a workspace path.
+fn inside(path: &WorkspacePath) -> String {
+    inside_str(path.as_str())
+}
+
+fn inside_str(rel: &str) -> String {
+    if rel.is_empty() {
+        plan::WORKSPACE_DIR.to_string()
+    } else {
+        format!("{}/{rel}", plan::WORKSPACE_DIR)
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/')
+        .map(|(parent, _)| parent)
+        .unwrap_or("")
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+fn change(path: String, kind: ChangeKind, file_kind: FileKind) -> Change {
+    Change {
+        path,
+        kind,
+        file_kind,
+    }
+}
+
+fn change_kind(kind: bollard::models::ChangeType) -> ChangeKind {
+    match kind {
+        bollard::models::ChangeType::_0 => ChangeKind::Modified,
+        bollard::models::ChangeType::_1 => ChangeKind::Added,
+        bollard::models::ChangeType::_2 => ChangeKind::Deleted,
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "Docker containers from any local image (or Podman's Docker-compatible API), \
+         served by the injected berth agent"
+    }
+
+    async fn available(&self) -> Result<(), String> {
+        let docker = self.engine().await.map_err(|e| unavailable_reason(&e))?;
+        match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable_reason(&self.fail("ping", e))),
+            Err(_) => Err(unavailable_reason(
+                &self.unreachable("no answer within 3 s"),
+            )),
+        }
+    }
+
+    async fn create(
+        &self,
+        ws: &Workspace,
+        from_cache: Option<&str>,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let image = match (from_cache, &ws.spec.image) {
+            (Some(key), _) => plan::cache_image(key),
+            (None, Some(image)) => image.clone(),
+            (None, None) => {
+                return Err(RuntimeError::Other(
+                    "the docker runtime needs `image` in the spec: a local Docker image".into(),
+                ));
+            }
+        };
+        if !self.image_exists(&image).await? {
+            return Err(RuntimeError::Other(match from_cache {
+                Some(key) => format!("the cache image `{image}` of entry `{key}` is gone"),
+                None => format!(
+                    "image `{image}` is not in the Docker engine at {}: pull, build or \
+                     `docker import` it first",
+                    self.host
+                ),
+            }));
+        }
+        self.make_container(ws, &image).await?;
+        // Until a cache entry is saved, the image is the provisioned state.
+        self.tag(&image, plan::PROVISIONED_REPO, ws.id.as_str())
+            .await
+            .map_err(|e| self.fail(format!("cannot tag image `{image}`"), e))?;
+        self.info(ws).await
+    }
+
+    fn host_path(&self, _ws: &Workspace) -> Option<PathBuf> {
+        None
+    }
+
+    async fn import(
+        &self,
+        ws: &Workspace,
+        host_dir: &Path,
+        dest: &WorkspacePath,
+    ) -> Result<(), RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        let exists = self.stat(&name, &inside(dest)).await?.is_some();
+        if !exists {
+            // A 404 may also mean the container went: then say that.
+            self.inspect(ws).await?;
+            return self.upload(ws, host_dir, dest).await;
+        }
+        // What was at `dest` goes first, through the agent; a stopped
+        // workspace is started for it and stopped again.
+        let running = self.is_running(ws).await?;
+        if !running {
+            self.start_container(ws).await?;
+            self.wait_for_agent(ws).await?;
+        }
+        let result = match self.clear(ws, dest).await {
+            Ok(()) => self.upload(ws, host_dir, dest).await,
+            Err(e) => Err(e),
+        };
+        if !running {
+            self.stop_container(ws).await?;
+        }
+        result
+    }
+
+    async fn start(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError> {
+        self.start_container(ws).await?;
+        self.wait_for_agent(ws).await?;
+        self.info(ws).await
+    }
+
+    async fn stop(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        self.stop_container(ws).await
+    }
+
+    async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        self.agents.forget(ws.id.as_str());
+        self.remove_container(&plan::container_name(&ws.id)).await?;
+        self.untag(&plan::provisioned_image(&ws.id)).await?;
+        let run_dir = self.run_dir(&ws.id);
+        match tokio::fs::remove_dir_all(&run_dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io(
+                format!("cannot remove `{}`", run_dir.display()),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn exists(&self, ws: &Workspace) -> Result<bool, RuntimeError> {
+        match self.inspect(ws).await {
+            Ok(_) => Ok(true),
+            Err(RuntimeError::Gone { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn isolation(&self, ws: &Workspace) -> Isolation {
+        plan::isolation(&ws.spec)
+    }
+
+    async fn exec(
+        &self,
+        ws: &Workspace,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, RuntimeError> {
+        Ok(self.agent(ws).await?.exec(request, cancel).await?)
+    }
+
+    async fn read_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        Ok(self.agent(ws).await?.read_file(path).await?)
+    }
+
+    async fn write_file(
+        &self,
+        ws: &Workspace,
+        path: &WorkspacePath,
+        data: Vec<u8>,
+    ) -> Result<(), RuntimeError> {
+        Ok(self.agent(ws).await?.write_file(path, &data, None).await?)
+    }
+
+    async fn list_files(
+        &self,
+        ws: &Workspace,
+        dir: &WorkspacePath,
+    ) -> Result<Vec<FileEntry>, RuntimeError> {
+        Ok(self.agent(ws).await?.list_dir(dir).await?)
+    }
+
+    async fn remove_file(&self, ws: &Workspace, path: &WorkspacePath) -> Result<(), RuntimeError> {
+        Ok(self.agent(ws).await?.remove(path).await?)
+    }
+
+    async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError> {
+        if !plan::valid_tag(key) {
+            return Err(RuntimeError::Other(format!(
+                "`{key}` cannot be a cache key: it is not a valid image tag"
+            )));
+        }
+        let image = self.commit(ws, Some((plan::CACHE_REPO, key))).await?;
+        self.tag(&image, plan::PROVISIONED_REPO, ws.id.as_str())
+            .await
+            .map_err(|e| self.fail(format!("cannot tag image `{image}`"), e))?;
+        // The container is remade from what was just saved, so that its
+        // change list starts from the provisioned state.
+        self.recreate(ws, &plan::provisioned_image(&ws.id)).await
+    }
+
+    async fn has_cache(&self, key: &str) -> bool {
+        plan::valid_tag(key) && matches!(self.image_exists(&plan::cache_image(key)).await, Ok(true))
+    }
+
+    async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {
+        if !plan::valid_tag(key) {
+            return Ok(());
+        }
+        self.untag(&plan::cache_image(key)).await
+    }
+
+    async fn copy_out(
+        &self,
+        ws: &Workspace,
+        src: &WorkspacePath,
+        host_dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        let path = inside(src);
+        if self.stat(&name, &path).await?.is_none() {
+            self.inspect(ws).await?;
+            return Err(RuntimeError::NotFound(src.as_str().to_string()));
+        }
+        let parent = host_dir.parent().unwrap_or(Path::new("/"));
+        let unpacked = parent.join(format!(
+            ".berth-copy-{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        ));
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(&path)
+            .build();
+        let stream = self
+            .engine()
+            .await?
+            .download_from_container(&name, Some(options));
+        let result = async {
+            archive::unpack(stream, unpacked.clone())
+                .await
+                .map_err(|e| {
+                    RuntimeError::io(format!("cannot copy `{path}` out of `{name}`"), e)
+                })?;
+            // The archive holds the directory under its own name.
+            let base = path.rsplit('/').next().unwrap_or_default();
+            tokio::fs::rename(unpacked.join(base), host_dir)
+                .await
+                .map_err(|e| {
+                    RuntimeError::io(
+                        format!("cannot move the copy to `{}`", host_dir.display()),
+                        e,
+                    )
+                })
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&unpacked).await;
+        result
+    }
+
+    async fn snapshot(&self, ws: &Workspace) -> Result<Snapshot, RuntimeError> {
+        let id = ulid::Ulid::generate().to_string().to_lowercase();
+        self.commit(ws, Some((plan::SNAPSHOT_REPO, &id))).await?;
+        Ok(Snapshot {
+            id,
+            workspace: ws.id.clone(),
+            created_at: berth_core::now_ms(),
+        })
+    }
+
+    async fn reset(&self, ws: &Workspace, to: Option<&str>) -> Result<(), RuntimeError> {
+        let image = match to {
+            Some(id) if !plan::valid_tag(id) => {
+                return Err(RuntimeError::Other(format!("no snapshot `{id}`")));
+            }
+            Some(id) => plan::snapshot_image(id),
+            None => plan::provisioned_image(&ws.id),
+        };
+        if !self.image_exists(&image).await? {
+            return Err(RuntimeError::Other(match to {
+                Some(id) => format!("no snapshot `{id}`"),
+                None => format!(
+                    "the provisioned state of workspace {} (image `{image}`) is gone",
+                    ws.id
+                ),
+            }));
+        }
+        self.inspect(ws).await?;
+        self.recreate(ws, &image).await
+    }
+
+    async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
+        let name = plan::container_name(&ws.id);
+        let listed = match self.engine().await?.container_changes(&name).await {
+            Ok(listed) => listed.unwrap_or_default(),
+            Err(e) if not_found(&e) => return Err(gone(ws)),
+            Err(e) => return Err(self.fail(format!("cannot list the changes of `{name}`"), e)),
+        };
+        let engine: Vec<EngineChange> = plan::workspace_changes(
+            listed
+                .iter()
+                .map(|c| (c.path.as_str(), change_kind(c.kind))),
+        );
+        let (deleted, present): (Vec<_>, Vec<_>) = engine
+            .into_iter()
+            .partition(|c| c.kind == ChangeKind::Deleted);
+        let kinds = self
+            .kinds(&name, present.iter().map(|c| c.path.clone()).collect())
+            .await?;
+        let mut out = Vec::new();
+        for c in present {
+            match kinds.get(&c.path).copied().flatten() {
+                // The Engine marks every directory above a change as
+                // modified; only the entries themselves are changes.
+                Some(FileKind::Dir) if c.kind == ChangeKind::Modified => {}
+                Some(kind) => out.push(change(c.path, c.kind, kind)),
+                // Gone again since the list was made.
+                None => {}
+            }
+        }
+        if !deleted.is_empty() {
+            let image = self.inspect(ws).await?.image.unwrap_or_default();
+            let paths = deleted.into_iter().map(|c| c.path).collect();
+            out.extend(self.deleted(ws, &image, paths).await?);
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    async fn export_changes(
+        &self,
+        ws: &Workspace,
+        target: &ExportTarget,
+    ) -> Result<ExportSummary, RuntimeError> {
+        let changes = self.changes(ws).await?;
+        // An added directory is downloaded whole; what lies under it comes
+        // with it.
+        let added_dirs: HashSet<&str> = changes
+            .iter()
+            .filter(|c| c.kind == ChangeKind::Added && c.file_kind == FileKind::Dir)
+            .map(|c| c.path.as_str())
+            .collect();
+        let under_added = |path: &str| {
+            let mut parent = parent_of(path);
+            while !parent.is_empty() {
+                if added_dirs.contains(parent) {
+                    return true;
+                }
+                parent = parent_of(parent);
+            }
+            false
+        };
+        let wanted: Vec<String> = changes
+            .iter()
+            .filter(|c| c.kind != ChangeKind::Deleted && c.file_kind != FileKind::Other)
+            .filter(|c| !under_added(&c.path))
+            .map(|c| c.path.clone())
+            .collect();
+        let staging = self.staging();
+        let result = async {
+            tokio::fs::create_dir_all(&staging).await.map_err(|e| {
+                RuntimeError::io(format!("cannot create `{}`", staging.display()), e)
+            })?;
+            self.download(ws, &wanted, &staging).await?;
+            let target = target.clone();
+            let root = staging.clone();
+            tokio::task::spawn_blocking(move || match &target {
+                ExportTarget::Archive { path } => {
+                    berth_layers::export_archive(&root, &changes, path, berth_layers::IdShift::NONE)
+                        .map_err(|e| {
+                            RuntimeError::io(format!("cannot export to `{}`", path.display()), e)
+                        })
+                }
+                ExportTarget::Directory { path } => berth_layers::export_dir(&root, &changes, path)
+                    .map_err(|e| {
+                        RuntimeError::io(format!("cannot export to `{}`", path.display()), e)
+                    }),
+            })
+            .await
+            .map_err(|e| RuntimeError::Other(e.to_string()))?
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        result
+    }
+
+    async fn fork(
+        &self,
+        origin: &Workspace,
+        ws: &Workspace,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let image = self.commit(origin, None).await?;
+        self.make_container(ws, &image).await?;
+        // The fork resets to the origin's provisioned state, as the origin
+        // does; if that is gone, to the fork point.
+        let provisioned = plan::provisioned_image(&origin.id);
+        let base = if self.image_exists(&provisioned).await? {
+            provisioned
+        } else {
+            image
+        };
+        self.tag(&base, plan::PROVISIONED_REPO, ws.id.as_str())
+            .await
+            .map_err(|e| self.fail(format!("cannot tag image `{base}`"), e))?;
+        self.info(ws).await
+    }
+
+    async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
+        let image = plan::snapshot_image(id);
+        if !plan::valid_tag(id) || !self.image_exists(&image).await? {
+            return Err(RuntimeError::Other(format!("no snapshot `{id}`")));
+        }
+        self.untag(&image).await
+    }
+
+    async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
+        let docker = self.engine().await?;
+        let live: BTreeSet<&str> = live.iter().map(|w| w.id.as_str()).collect();
+        let mut report = GcReport::default();
+        let managed = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+        let containers = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&managed)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.fail("cannot list berth's containers", e))?;
+        for container in containers {
+            let labels = container.labels.unwrap_or_default();
+            let id = labels.get(LABEL_WORKSPACE).cloned().unwrap_or_default();
+            if live.contains(id.as_str()) {
+                continue;
+            }
+            if let Some(container_id) = container.id {
+                self.remove_container(&container_id).await?;
+            }
+            if !id.is_empty() {
+                let ws = WorkspaceId::from_string(id.clone());
+                self.agents.forget(&id);
+                let _ = tokio::fs::remove_dir_all(self.run_dir(&ws)).await;
+                report.orphans.push(id);
+            }
+        }
+        let provisioned = HashMap::from([("reference", vec![plan::PROVISIONED_REPO.to_string()])]);
+        let images = docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::new()
+                    .filters(&provisioned)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.fail("cannot list berth's images", e))?;
+        for image in images {
+            for tag in image.repo_tags {
+                let owner = tag
+                    .strip_prefix(plan::PROVISIONED_REPO)
+                    .and_then(|t| t.strip_prefix(':'));
+                if let Some(owner) = owner
+                    && !live.contains(owner)
+                {
+                    self.untag(&tag).await?;
+                }
+            }
+        }
+        let dangling = HashMap::from([
+            ("dangling", vec!["true".to_string()]),
+            ("label", vec![format!("{LABEL_MANAGED}=true")]),
+        ]);
+        let images = docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::new().filters(&dangling).build(),
+            ))
+            .await
+            .map_err(|e| self.fail("cannot list berth's images", e))?;
+        for image in images {
+            let options = RemoveImageOptionsBuilder::new().build();
+            // An image a container still uses stays.
+            if docker
+                .remove_image(&image.id, Some(options), None)
+                .await
+                .is_ok()
+            {
+                report.removed.push(image.id);
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn unavailable_reason(err: &RuntimeError) -> String {
+    match err {
+        RuntimeError::Unavailable { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
