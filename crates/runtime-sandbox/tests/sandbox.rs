@@ -721,7 +721,15 @@ async fn the_agent_is_pid_1_and_serves_commands_and_files() {
     );
 
     // A stuck agent does not stop teardown.
+    let info = rt.start(&ws).await.unwrap();
+    let pid = info["pid"].as_u64().unwrap() as i32;
+    let agent = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();
     rt.remove(&ws).await.unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the agent is gone"
+    );
     assert!(cgroup_file(&ws, "pids.current").is_none());
 }
 
