@@ -117,6 +117,22 @@ impl Layout {
         }
     }
 
+    /// The cgroups of every instance of workspace `id` (named `id.N`)
+    /// that exist now, including ones a crash left behind.
+    pub fn instances(&self, id: &str) -> Vec<Cgroups> {
+        let first = &self.cgroups(id).parents[0];
+        let prefix = format!("{id}.");
+        let Ok(entries) = fs::read_dir(first) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&prefix) || name == id)
+            .map(|name| self.cgroups(&name))
+            .collect()
+    }
+
     pub fn version(&self) -> &'static str {
         match self {
             Layout::V2 { .. } => "v2",

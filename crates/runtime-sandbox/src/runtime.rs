@@ -165,6 +165,11 @@ struct State {
     limits: cgroup::Limits,
     #[serde(default)]
     init: Option<Init>,
+    /// Counts starts: each start gets its own cgroups and overlay work
+    /// directory, so the previous instance can be torn down in the
+    /// background while the next one starts (a reset does not wait).
+    #[serde(default)]
+    instance: u64,
 }
 
 /// The sandbox runtime.
@@ -498,8 +503,6 @@ impl Inner {
             }
             // The agent, as the workspace's root, makes its socket here.
             std::os::unix::fs::lchown(&dirs.run, Some(shift), Some(shift))?;
-            tree::remove_tree(&dirs.work)?;
-            fs::create_dir_all(&dirs.work)?;
             fs::create_dir(&dirs.upper)?;
             let ws = dirs.upper.join(WORKSPACE_DIR);
             fs::create_dir(&ws)?;
@@ -582,6 +585,7 @@ impl Inner {
             private_network: ws.spec.network.unwrap_or(Network::None) != Network::Host,
             limits: Self::limits_of(ws),
             init: None,
+            instance: 0,
         }
     }
 
@@ -636,12 +640,12 @@ impl Inner {
             // A reset interrupted between dropping and remaking it.
             self.fresh_upper(&dirs)?;
         }
+        state.instance += 1;
+        let instance = format!("{id}.{}", state.instance);
+        let mut dirs = dirs;
+        dirs.work = self.ws_dir(&id).join(format!("work.{}", state.instance));
         let cgroups = match &self.cgroups {
-            Ok(layout) => {
-                let existing = layout.cgroups(&id);
-                cgroup::kill_and_remove(&existing, KILL_PATIENCE).map_err(other)?;
-                Some(layout.create(&id, state.limits).map_err(other)?)
-            }
+            Ok(layout) => Some(layout.create(&instance, state.limits).map_err(other)?),
             Err(_) => None,
         };
         let mut programs = vec![self.config.init_program.clone()];
@@ -681,7 +685,6 @@ impl Inner {
             serde_json::to_vec_pretty(&config).map_err(other)?,
         )
         .map_err(io_err(format!("cannot write `{}`", config_path.display())))?;
-        // Stale work files from a killed overlay would make the mount fail.
         tree::remove_tree(&dirs.work).map_err(io_err("cannot clear the overlay work directory"))?;
         fs::create_dir_all(&dirs.work)
             .map_err(io_err("cannot create the overlay work directory"))?;
@@ -755,8 +758,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Ends every process of the workspace and removes its cgroups.
-    fn stop_locked(&self, id: &str) -> Result<State, RuntimeError> {
+    /// Ends every process of the workspace and removes its cgroups and
+    /// overlay work directories. With `wait`, returns once all is gone;
+    /// otherwise the teardown finishes in the background (the processes
+    /// are already killed, and the next instance uses fresh names).
+    fn stop_locked(&self, id: &str, wait: bool) -> Result<State, RuntimeError> {
         if let Ok(mut agents) = self.agents.lock() {
             agents.remove(id);
         }
@@ -767,18 +773,44 @@ impl Inner {
             // Killing a PID namespace's init kills everything in it.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
-        if let Ok(layout) = &self.cgroups {
-            cgroup::kill_and_remove(&layout.cgroups(id), KILL_PATIENCE).map_err(other)?;
-        }
-        if let Some(init) = state.init {
-            // The init leaves its PID namespace only when reaped; wait for
-            // that so that the overlay is gone before the caller goes on.
-            let deadline = std::time::Instant::now() + KILL_PATIENCE;
-            while start_time(init.pid) == Some(init.start_time)
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
+        let cgroups = match &self.cgroups {
+            Ok(layout) => layout.instances(id),
+            Err(_) => Vec::new(),
+        };
+        let work_dirs: Vec<PathBuf> = fs::read_dir(self.ws_dir(id))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("work"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let init = state.init;
+        let teardown = move || -> Result<(), RuntimeError> {
+            for cgroups in &cgroups {
+                cgroup::kill_and_remove(cgroups, KILL_PATIENCE).map_err(other)?;
             }
+            if let Some(init) = init {
+                // The init leaves its PID namespace only when reaped; wait
+                // for that so that the overlay is gone.
+                let deadline = std::time::Instant::now() + KILL_PATIENCE;
+                while start_time(init.pid) == Some(init.start_time)
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            for dir in &work_dirs {
+                // overlayfs leaves its work directory unreadable to all.
+                let _ = tree::remove_tree(dir);
+            }
+            Ok(())
+        };
+        if wait {
+            teardown()?;
+        } else {
+            std::thread::spawn(teardown);
         }
         state.init = None;
         self.save(&state)?;
@@ -917,7 +949,7 @@ impl Inner {
     async fn restack(&self, ws: &Workspace, stack: Vec<LayerId>) -> Result<(), RuntimeError> {
         let id = ws.id.to_string();
         let was_running = self.running(&self.load(&id)?).is_some();
-        let mut state = self.stop_locked(&id)?;
+        let mut state = self.stop_locked(&id, false)?;
         let dirs = self.dirs(&id);
         self.discard(&dirs.upper)?;
         self.fresh_upper(&dirs)?;
@@ -1063,7 +1095,7 @@ impl Runtime for SandboxRuntime {
         let _guard = self.lifecycle.lock().await;
         let this = self.clone_handle();
         let id = ws.id.to_string();
-        tokio::task::spawn_blocking(move || this.stop_locked(&id).map(drop))
+        tokio::task::spawn_blocking(move || this.stop_locked(&id, true).map(drop))
             .await
             .map_err(other)?
     }
@@ -1078,7 +1110,7 @@ impl Runtime for SandboxRuntime {
         };
         let this = self.clone_handle();
         let id2 = id.clone();
-        tokio::task::spawn_blocking(move || this.stop_locked(&id2))
+        tokio::task::spawn_blocking(move || this.stop_locked(&id2, true))
             .await
             .map_err(other)??;
         let layers: Vec<LayerId> = state
@@ -1279,7 +1311,7 @@ impl Runtime for SandboxRuntime {
         let _guard = self.lifecycle.lock().await;
         let id = ws.id.to_string();
         let was_running = self.running(&self.load(&id)?).is_some();
-        let mut state = self.stop_locked(&id)?;
+        let mut state = self.stop_locked(&id, true)?;
         let layer = self.freeze_upper(&mut state, LayerKind::Cache)?;
         let old_provisioned = std::mem::replace(&mut state.provisioned, state.stack.clone());
         let keep: Vec<LayerId> = state.stack.clone();
@@ -1411,7 +1443,7 @@ impl Runtime for SandboxRuntime {
             if live_ids.contains(&id) {
                 continue;
             }
-            if let Ok(state) = self.stop_locked(&id) {
+            if let Ok(state) = self.stop_locked(&id, true) {
                 let layers: Vec<LayerId> = state
                     .stack
                     .iter()

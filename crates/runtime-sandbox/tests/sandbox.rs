@@ -49,10 +49,12 @@ impl Drop for Cleanup {
             return;
         };
         for id in MADE.with(|m| m.take()) {
-            let _ = berth_runtime_sandbox::cgroup::kill_and_remove(
-                &layout.cgroups(&id),
-                std::time::Duration::from_secs(10),
-            );
+            for cgroups in layout.instances(&id) {
+                let _ = berth_runtime_sandbox::cgroup::kill_and_remove(
+                    &cgroups,
+                    std::time::Duration::from_secs(10),
+                );
+            }
         }
     }
 }
@@ -264,20 +266,17 @@ fn limited(memory: Option<u64>, pids: Option<u32>) -> Spec {
 }
 
 fn cgroup_file(ws: &Workspace, file: &str) -> Option<String> {
-    for root in [
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup",
-    ] {
-        let path = Path::new(root)
-            .join("berth")
-            .join(ws.id.as_str())
-            .join(file);
-        if let Ok(text) = fs::read_to_string(path) {
-            return Some(text.trim().to_string());
-        }
-    }
-    None
+    let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
+    let cgroups = layout.instances(ws.id.as_str());
+    let dir = cgroups
+        .first()?
+        .dirs
+        .iter()
+        .find(|d| d.join("pids.max").exists())?
+        .clone();
+    fs::read_to_string(dir.join(file))
+        .ok()
+        .map(|t| t.trim().to_string())
 }
 
 #[tokio::test]
