@@ -178,6 +178,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes the cache entry `key`; removing a missing entry succeeds.
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError>;
 
+    /// The host path of the unix socket where the workspace's agent serves
+    /// the agent protocol, for runtimes whose workspaces have an agent.
+    fn agent_socket(&self, ws: &Workspace) -> Option<PathBuf> {
+        let _ = ws;
+        None
+    }
+
     /// Copies the directory `src` of the workspace into the new host
     /// directory `host_dir`, for provider-side work on it (a git fetch) in
     /// runtimes without a [`Runtime::host_path`]; [`Runtime::import`] puts

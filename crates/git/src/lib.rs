@@ -253,6 +253,23 @@ impl Git {
         }
     }
 
+    /// The ref recording the commit a workspace's checkout was provisioned
+    /// at; `berth diff` shows the changes made since.
+    pub const BASE_REF: &'static str = "refs/berth/base";
+
+    /// Points [`Git::BASE_REF`] at the commit HEAD is at now.
+    pub async fn mark_base(&self, checkout: &Path) -> Result<String, GitError> {
+        let head = self.head(checkout).await?;
+        self.runner
+            .run(
+                checkout,
+                ["update-ref", Self::BASE_REF, head.as_str()],
+                None,
+            )
+            .await?;
+        Ok(head)
+    }
+
     /// The commit HEAD points to (full hash).
     pub async fn head(&self, checkout: &Path) -> Result<String, GitError> {
         if !checkout.join(".git").exists() {

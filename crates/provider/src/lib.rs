@@ -4,9 +4,11 @@
 //! and runs their operations.
 
 mod error;
+mod layers;
 mod provision;
 
 pub use error::ServiceError;
+pub use layers::RuntimeGc;
 pub use provision::Progress;
 
 use berth_core::{
@@ -105,6 +107,7 @@ struct Inner {
     runtimes: BTreeMap<&'static str, Arc<dyn Runtime>>,
     default_runtime: Option<String>,
     output_limit: u64,
+    agents: berth_agent_client::AgentPool,
 }
 
 impl Provider {
@@ -129,6 +132,7 @@ impl Provider {
                 runtimes: config.runtimes.into_iter().map(|r| (r.name(), r)).collect(),
                 default_runtime: config.default_runtime,
                 output_limit: config.output_limit,
+                agents: berth_agent_client::AgentPool::new(),
             }),
         };
         provider.recover().await?;
@@ -145,6 +149,14 @@ impl Provider {
 
     pub(crate) fn git(&self) -> &Git {
         &self.inner.git
+    }
+
+    pub(crate) fn agents(&self) -> &berth_agent_client::AgentPool {
+        &self.inner.agents
+    }
+
+    pub(crate) fn runtime_list(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
+        self.inner.runtimes.values()
     }
 
     /// The runtimes this provider knows, and whether each works here.

@@ -130,7 +130,7 @@ impl Provider {
                 });
             }
         }
-        let ws = self.register(spec, &options, runtime.name())?;
+        let ws = self.register(spec, &options, None, runtime.name())?;
         progress
             .send(ProvisionEvent::Created {
                 id: ws.id.clone(),
@@ -169,13 +169,14 @@ impl Provider {
         }
     }
 
-    /// Records the new workspace as `creating`, owned by this process. A
-    /// name from the spec gets a numeric suffix when taken; an explicit name
-    /// must be free.
-    fn register(
+    /// Records the new workspace as `creating`, owned by this process. An
+    /// explicit name must be free; any other (`default_name`, the spec's)
+    /// gets a numeric suffix when taken.
+    pub(crate) fn register(
         &self,
         spec: Spec,
         options: &CreateOptions,
+        default_name: Option<String>,
         runtime: &str,
     ) -> Result<Workspace, ServiceError> {
         let id = WorkspaceId::generate();
@@ -183,6 +184,7 @@ impl Provider {
         let base_name = options
             .name
             .clone()
+            .or(default_name)
             .or_else(|| spec.name.clone())
             .unwrap_or_else(|| format!("ws-{}", &id.as_str()[id.as_str().len() - 6..]));
         let mut ws = Workspace {
@@ -313,9 +315,13 @@ impl Provider {
                 })
                 .await;
             let dest = staging.join(index.to_string());
+            self.git()
+                .clone(repo, &dest)
+                .await
+                .map_err(|e| Failure::new(ProvisionStep::Clone, e))?;
             let commit = self
                 .git()
-                .clone(repo, &dest)
+                .mark_base(&dest)
                 .await
                 .map_err(|e| Failure::new(ProvisionStep::Clone, e))?;
             runtime
@@ -435,11 +441,12 @@ impl Provider {
             source,
         };
         if let Some(root) = runtime.host_path(ws) {
-            return self
-                .git()
-                .fetch(repo, &repo.path.under(&root))
-                .await
-                .map_err(git_error);
+            let checkout = repo.path.under(&root);
+            let outcome = self.git().fetch(repo, &checkout).await.map_err(git_error)?;
+            if outcome.updated {
+                self.git().mark_base(&checkout).await.map_err(git_error)?;
+            }
+            return Ok(outcome);
         }
         let staging = staging_dir(self.home(), &ws.id).join("fetch");
         let _ = tokio::fs::remove_dir_all(&staging).await;
@@ -452,13 +459,18 @@ impl Provider {
             .copy_out(ws, &repo.path, &staging)
             .await
             .map_err(|e| ServiceError::runtime(&ws.id, e))?;
-        let fetched = self.git().fetch(repo, &staging).await.map_err(git_error);
-        if matches!(&fetched, Ok(outcome) if outcome.updated) {
-            runtime
-                .import(ws, &staging, &repo.path)
-                .await
-                .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        let fetched = async {
+            let outcome = self.git().fetch(repo, &staging).await.map_err(git_error)?;
+            if outcome.updated {
+                self.git().mark_base(&staging).await.map_err(git_error)?;
+                runtime
+                    .import(ws, &staging, &repo.path)
+                    .await
+                    .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+            }
+            Ok(outcome)
         }
+        .await;
         let _ = tokio::fs::remove_dir_all(&staging).await;
         fetched
     }

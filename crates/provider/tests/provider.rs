@@ -490,3 +490,68 @@ async fn lifecycle_stop_start_remove() {
     assert_eq!(err.code(), "not_found");
     assert!(err.to_string().contains("nonexistent"));
 }
+
+#[tokio::test]
+async fn diff_shows_every_change_since_provisioning_committed_or_not() {
+    let world = World::new();
+    let upstream = world.repo(
+        "app",
+        &[
+            ("keep.txt", "same\n"),
+            ("edit.txt", "old\n"),
+            ("gone.txt", "bye\n"),
+        ],
+    );
+    let provider = world.provider().await;
+    let (ws, _) = create(
+        &provider,
+        spec(&format!(
+            "runtime = \"local\"\n[[repositories]]\nurl = \"{}\"\npath = \"src/app\"\n",
+            url(&upstream)
+        )),
+    )
+    .await;
+    let id = ws.unwrap().id.to_string();
+    let out = exec(
+        &provider,
+        &id,
+        ExecRequest::shell(
+            "cd src/app && echo new > edit.txt && rm gone.txt && echo fresh > added.txt && \
+             git -c user.name=a -c user.email=a@b commit -qm agent-commit edit.txt && echo later >> edit.txt",
+        ),
+    )
+    .await;
+    assert_eq!(out.exit.code, Some(0), "{}", out.stderr);
+    let patch = provider.diff(&id).await.unwrap();
+    assert!(
+        patch.contains("diff --git a/src/app/edit.txt b/src/app/edit.txt"),
+        "{patch}"
+    );
+    assert!(
+        patch.contains("-old\n+new\n+later\n"),
+        "committed and uncommitted edits: {patch}"
+    );
+    assert!(
+        patch.contains("deleted file mode") && patch.contains("src/app/gone.txt"),
+        "{patch}"
+    );
+    assert!(
+        patch.contains("new file mode") && patch.contains("+fresh"),
+        "{patch}"
+    );
+    assert!(!patch.contains("keep.txt"), "{patch}");
+    // The repository's own index is untouched.
+    let status = exec(
+        &provider,
+        &id,
+        ExecRequest::shell("cd src/app && git status --porcelain"),
+    )
+    .await;
+    assert!(status.stdout.contains("?? added.txt"), "{}", status.stdout);
+
+    let err = provider.changes(&id).await.unwrap_err();
+    assert!(
+        err.to_string().contains("does not support"),
+        "local says so: {err}"
+    );
+}

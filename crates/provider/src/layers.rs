@@ -1,0 +1,295 @@
+//! What a workspace's layers make possible: snapshots, reset, forks, the
+//! list of changes, a patch of them, their export, and garbage collection;
+//! plus direct access to a workspace's agent (interpreters, sessions,
+//! terminals) for runtimes that have one.
+
+use crate::{CreateOptions, Provider, ServiceError};
+use berth_agent_client::AgentClient;
+use berth_core::events::ProvisionStep;
+use berth_core::proto::AgentInfo;
+use berth_core::{
+    Change, ExecEvent, ExecRequest, ExportSummary, ExportTarget, GcReport, RuntimeError, Snapshot,
+    Workspace, WorkspaceState,
+};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+/// How long to wait for a workspace's agent socket to answer.
+const AGENT_WAIT: Duration = Duration::from_secs(10);
+
+/// What garbage collection removed in one runtime.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RuntimeGc {
+    pub runtime: String,
+    #[serde(flatten)]
+    pub report: GcReport,
+}
+
+/// Builds the patch of one repository against the commit it was
+/// provisioned at (`refs/berth/base`, else HEAD): a scratch index gets
+/// every file of the working tree (untracked ones too, ignored ones not),
+/// so the repository's own index is left alone. Paths are prefixed with the
+/// repository's path, so the patch applies from the workspace root.
+const DIFF_SCRIPT: &str = r#"set -e
+cd "$1"
+base=$(git rev-parse -q --verify refs/berth/base^{commit} || git rev-parse --verify HEAD^{commit})
+index=$(mktemp)
+trap 'rm -f "$index"' EXIT
+export GIT_INDEX_FILE="$index"
+git read-tree "$base"
+git add -A .
+git -c core.quotepath=off diff --cached --no-color --binary --src-prefix="a/$2" --dst-prefix="b/$2" "$base"
+"#;
+
+impl Provider {
+    fn settled(&self, id: &str) -> Result<Workspace, ServiceError> {
+        let ws = self.get(id)?;
+        match ws.state {
+            WorkspaceState::Running | WorkspaceState::Stopped => Ok(ws),
+            state => Err(ServiceError::WrongState {
+                id: ws.id.to_string(),
+                state,
+                hint: "only a running or stopped workspace has layers to work on",
+            }),
+        }
+    }
+
+    /// Freezes the workspace's current files into a snapshot.
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot, ServiceError> {
+        let ws = self.settled(id)?;
+        self.runtime_of(&ws)?
+            .snapshot(&ws)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    /// Returns the workspace to its provisioned state, or to a snapshot.
+    pub async fn reset(&self, id: &str, to: Option<&str>) -> Result<Workspace, ServiceError> {
+        let ws = self.settled(id)?;
+        self.runtime_of(&ws)?
+            .reset(&ws, to)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        self.get(ws.id.as_str())
+    }
+
+    /// The paths added, modified and deleted since the provisioned state.
+    pub async fn changes(&self, id: &str) -> Result<Vec<Change>, ServiceError> {
+        let ws = self.settled(id)?;
+        self.runtime_of(&ws)?
+            .changes(&ws)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    /// Writes the changed files to a host archive or directory.
+    pub async fn export(
+        &self,
+        id: &str,
+        target: &ExportTarget,
+    ) -> Result<ExportSummary, ServiceError> {
+        let ws = self.settled(id)?;
+        self.runtime_of(&ws)?
+            .export_changes(&ws, target)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    /// A git-style patch of the changes in each of the workspace's
+    /// repositories since they were provisioned, committed or not. Runs
+    /// git inside the workspace.
+    pub async fn diff(&self, id: &str) -> Result<String, ServiceError> {
+        let ws = self.get(id)?;
+        let mut patch = String::new();
+        for repo in &ws.spec.repositories {
+            let prefix = if repo.path.is_root() {
+                String::new()
+            } else {
+                format!("{}/", repo.path)
+            };
+            let request = ExecRequest::argv([
+                "/bin/sh",
+                "-c",
+                DIFF_SCRIPT,
+                "berth-diff",
+                repo.path.to_string().as_str(),
+                prefix.as_str(),
+            ]);
+            let (_, mut events) = self
+                .exec(ws.id.as_str(), request, CancellationToken::new())
+                .await?;
+            let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
+            while let Some(event) = events.recv().await {
+                match event {
+                    ExecEvent::Stdout { data } => stdout.extend(data.0),
+                    ExecEvent::Stderr { data } => stderr.extend(data.0),
+                    ExecEvent::Exit(status) => code = Some(status.shell_code()),
+                }
+            }
+            match code {
+                Some(0) => patch.push_str(&String::from_utf8_lossy(&stdout)),
+                Some(127) => {
+                    return Err(ServiceError::runtime(
+                        &ws.id,
+                        RuntimeError::Other("git is not available in the workspace".into()),
+                    ));
+                }
+                _ => {
+                    return Err(ServiceError::runtime(
+                        &ws.id,
+                        RuntimeError::Other(format!(
+                            "cannot diff repository `{}`: {}",
+                            repo.path,
+                            String::from_utf8_lossy(&stderr).trim()
+                        )),
+                    ));
+                }
+            }
+        }
+        Ok(patch)
+    }
+
+    /// Makes `count` new running workspaces from a workspace's current
+    /// state; each is independent of the origin and of the others.
+    pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<Workspace>, ServiceError> {
+        let origin = self.settled(id)?;
+        let runtime = self.runtime_of(&origin)?;
+        if count == 0 {
+            return Err(ServiceError::InvalidRequest {
+                field: "count".into(),
+                message: "expected at least 1 fork".into(),
+            });
+        }
+        let mut forks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut ws = self.register(
+                origin.spec.clone(),
+                &CreateOptions::default(),
+                Some(format!("{}-fork", origin.name)),
+                runtime.name(),
+            )?;
+            let made = async {
+                ws.runtime_info = runtime
+                    .fork(&origin, &ws)
+                    .await
+                    .map_err(|e| (ProvisionStep::Create, e))?;
+                self.store()
+                    .set_runtime_info(&ws.id, &ws.runtime_info)
+                    .map_err(|e| (ProvisionStep::Create, RuntimeError::Other(e.to_string())))?;
+                let info = runtime
+                    .start(&ws)
+                    .await
+                    .map_err(|e| (ProvisionStep::Start, e))?;
+                self.store()
+                    .set_runtime_info(&ws.id, &info)
+                    .map_err(|e| (ProvisionStep::Start, RuntimeError::Other(e.to_string())))?;
+                Ok::<_, (ProvisionStep, RuntimeError)>(())
+            }
+            .await;
+            if let Err((step, error)) = made {
+                self.store().set_state(
+                    &ws.id,
+                    WorkspaceState::Failed,
+                    Some(&format!("forking {}: {error}", origin.id)),
+                )?;
+                return Err(ServiceError::ProvisionFailed {
+                    id: ws.id.to_string(),
+                    step: crate::error::step_name(step),
+                    message: error.to_string(),
+                });
+            }
+            self.store()
+                .set_cache_key(&ws.id, origin.cache_key.as_deref())?;
+            forks.push(
+                self.store()
+                    .set_state(&ws.id, WorkspaceState::Running, None)?,
+            );
+        }
+        Ok(forks)
+    }
+
+    /// Removes a snapshot from whichever runtime holds it.
+    pub async fn remove_snapshot(&self, snapshot: &str) -> Result<(), ServiceError> {
+        let mut last = None;
+        for runtime in self.runtime_list() {
+            match runtime.remove_snapshot(snapshot).await {
+                Ok(()) => return Ok(()),
+                Err(RuntimeError::Unsupported { .. }) => {}
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(RuntimeError::NotFound(_)) | None => {
+                ServiceError::NotFound(format!("snapshot {snapshot}"))
+            }
+            Some(e) => ServiceError::Runtime {
+                id: snapshot.to_string(),
+                source: e,
+            },
+        })
+    }
+
+    /// Removes what no workspace, cache entry or snapshot uses, in every
+    /// runtime that keeps layers.
+    pub async fn gc(&self) -> Result<Vec<RuntimeGc>, ServiceError> {
+        let live = self.store().list(false)?;
+        let mut reports = Vec::new();
+        for runtime in self.runtime_list() {
+            let theirs: Vec<Workspace> = live
+                .iter()
+                .filter(|ws| ws.runtime == runtime.name())
+                .cloned()
+                .collect();
+            match runtime.gc(&theirs).await {
+                Ok(report) => reports.push(RuntimeGc {
+                    runtime: runtime.name().into(),
+                    report,
+                }),
+                Err(RuntimeError::Unsupported { .. }) => {}
+                Err(source) => {
+                    return Err(ServiceError::Runtime {
+                        id: format!("runtime {}", runtime.name()),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    /// A connection to a running workspace's agent.
+    pub async fn agent(&self, id: &str) -> Result<AgentClient, ServiceError> {
+        let ws = self.get(id)?;
+        if ws.state != WorkspaceState::Running {
+            return Err(ServiceError::WrongState {
+                id: ws.id.to_string(),
+                state: ws.state,
+                hint: "start it first",
+            });
+        }
+        let runtime = self.runtime_of(&ws)?;
+        let socket = runtime
+            .agent_socket(&ws)
+            .ok_or_else(|| ServiceError::Runtime {
+                id: ws.id.to_string(),
+                source: RuntimeError::unsupported(runtime.name(), "an in-workspace agent"),
+            })?;
+        self.agents()
+            .get(ws.id.as_str(), &socket, AGENT_WAIT)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e.into()))
+    }
+
+    /// The agent's version, resource use and interpreters; with `detect`,
+    /// the interpreters are probed again first.
+    pub async fn agent_info(&self, id: &str, detect: bool) -> Result<AgentInfo, ServiceError> {
+        let ws_id = self.get(id)?.id;
+        self.agent(id)
+            .await?
+            .info(detect)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws_id, e.into()))
+    }
+}
