@@ -848,3 +848,40 @@ async fn a_container_image_is_exported_once_into_a_base_layer() {
     rt.remove(&first).await.unwrap();
     rt.remove(&second).await.unwrap();
 }
+
+#[tokio::test]
+async fn weaker_isolation_is_refused_unless_accepted_and_then_reported() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut weaker = config(home.path());
+    weaker.id_map = None;
+    let rt = SandboxRuntime::new(weaker.clone()).unwrap();
+    let error = rt.available().await.unwrap_err();
+    assert!(error.contains("no user namespace"), "{error}");
+    let ws = workspace(Spec::default());
+    rt.create(&ws, None).await.unwrap();
+    let refused = rt.start(&ws).await.unwrap_err().to_string();
+    assert!(refused.contains("BERTH_SANDBOX_ACCEPT_WEAKER"), "{refused}");
+    rt.remove(&ws).await.unwrap();
+
+    weaker.accept_weaker = true;
+    let rt = SandboxRuntime::new(weaker).unwrap();
+    let ws = started(&rt, Spec::default()).await;
+    let isolation = rt.isolation(&ws);
+    assert!(
+        !isolation.namespaces.iter().any(|n| n == "user"),
+        "{isolation:?}"
+    );
+    assert!(
+        isolation.notes.iter().any(|n| n.contains("host root")),
+        "{isolation:?}"
+    );
+    let ran = sh(
+        &rt,
+        &ws,
+        "cat /proc/self/uid_map; mount -t tmpfs none /tmp 2>/dev/null || echo refused",
+    )
+    .await;
+    assert_eq!(ran.stdout, "         0          0 4294967295\nrefused\n");
+    rt.remove(&ws).await.unwrap();
+}
