@@ -3,6 +3,7 @@
 //! needed, and `berth serve` puts the same calls behind HTTP.
 
 mod progress;
+mod terminal;
 
 use anyhow::{Context, Result, bail};
 use berth_core::{ExecEvent, ExecRequest, Spec, Workspace};
@@ -107,6 +108,49 @@ enum Command {
         dir: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Freeze a workspace's current files into a snapshot; prints its id.
+    Snapshot { id: String },
+    /// Make new workspaces from a workspace's current state; prints their ids.
+    Fork {
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// Return a workspace to its provisioned state, or to a snapshot.
+    Reset {
+        id: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// List the paths added (A), modified (M) and deleted (D) since provisioning.
+    Changes {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a git patch of each repository's changes since provisioning.
+    Diff { id: String },
+    /// Write the changed files to a directory, or to FILE.tar.zst.
+    Export {
+        id: String,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+    /// Remove layers and leftovers that nothing uses.
+    Gc,
+    /// List the interpreters a workspace has, with their versions.
+    Detect {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open an interactive terminal in a workspace.
+    Terminal {
+        id: String,
+        /// What to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Serve the HTTP API.
     Serve(ServeArgs),
@@ -320,6 +364,74 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     writeln!(stdout, "{}{suffix}", entry.path)?;
                 }
             }
+        }
+        Command::Snapshot { id } => writeln!(stdout, "{}", provider.snapshot(&id).await?.id)?,
+        Command::Fork { id, count } => {
+            for ws in provider.fork(&id, count).await? {
+                writeln!(stdout, "{}", ws.id)?;
+            }
+        }
+        Command::Reset { id, to } => {
+            writeln!(stdout, "{}", provider.reset(&id, to.as_deref()).await?.id)?
+        }
+        Command::Changes { id, json } => {
+            let changes = provider.changes(&id).await?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &changes)?;
+                writeln!(stdout)?;
+            } else {
+                for change in changes {
+                    let mark = match change.kind {
+                        berth_core::ChangeKind::Added => 'A',
+                        berth_core::ChangeKind::Modified => 'M',
+                        berth_core::ChangeKind::Deleted => 'D',
+                    };
+                    writeln!(stdout, "{mark} {}", change.path)?;
+                }
+            }
+        }
+        Command::Diff { id } => stdout.write_all(provider.diff(&id).await?.as_bytes())?,
+        Command::Export { id, output } => {
+            let is_archive = output.to_string_lossy().ends_with(".tar.zst");
+            let target = if is_archive {
+                berth_core::ExportTarget::Archive { path: output }
+            } else {
+                berth_core::ExportTarget::Directory { path: output }
+            };
+            let summary = provider.export(&id, &target).await?;
+            eprintln!(
+                "exported {} entries ({} bytes); {} deleted paths not carried",
+                summary.entries,
+                summary.bytes,
+                summary.deleted.len()
+            );
+        }
+        Command::Gc => {
+            for gc in provider.gc().await? {
+                writeln!(
+                    stdout,
+                    "{}: {} layers and {} leftover workspaces removed",
+                    gc.runtime,
+                    gc.report.removed.len(),
+                    gc.report.orphans.len()
+                )?;
+            }
+        }
+        Command::Detect { id, json } => {
+            let info = provider.agent_info(&id, true).await?;
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &info.interpreters)?;
+                writeln!(stdout)?;
+            } else {
+                for found in info.interpreters {
+                    let version = found.version.as_deref().unwrap_or("?");
+                    writeln!(stdout, "{:<8} {:<12} {}", found.name, version, found.path)?;
+                }
+            }
+        }
+        Command::Terminal { id, command } => {
+            drop(stdout);
+            return terminal::run(&provider, &id, command).await;
         }
         Command::Serve(args) => {
             drop(stdout);
