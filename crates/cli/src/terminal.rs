@@ -44,7 +44,7 @@ pub async fn run(provider: &Provider, id: &str, command: Vec<String>) -> Result<
     let agent = provider.agent(id).await?;
     let (rows, cols) = window_size();
     let params = TerminalParams {
-        command: (!command.is_empty()).then(|| berth_core::Command::Argv(command)),
+        command: (!command.is_empty()).then_some(berth_core::Command::Argv(command)),
         rows,
         cols,
         ..TerminalParams::default()
