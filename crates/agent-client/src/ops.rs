@@ -162,31 +162,23 @@ fn lost() -> ExitStatus {
 
 /// Forwards an operation's output frames as events until `Exit`; cancels
 /// it when `cancel` fires or the receiver is dropped.
-fn forward(
-    mut op: Op,
-    first: Option<Frame<AgentMessage>>,
-    cancel: CancellationToken,
-) -> mpsc::Receiver<ExecEvent> {
+fn forward(mut op: Op, cancel: CancellationToken) -> mpsc::Receiver<ExecEvent> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let mut pending = first;
         let mut cancelled = false;
         loop {
-            let frame = match pending.take() {
-                Some(frame) => Ok(frame),
-                None => tokio::select! {
-                    frame = op.next() => frame,
-                    () = cancel.cancelled(), if !cancelled => {
-                        cancelled = true;
-                        let _ = op.send(ClientMessage::Cancel, &[]);
-                        continue;
-                    }
-                    () = tx.closed(), if !cancelled => {
-                        cancelled = true;
-                        let _ = op.send(ClientMessage::Cancel, &[]);
-                        continue;
-                    }
-                },
+            let frame = tokio::select! {
+                frame = op.next() => frame,
+                () = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    let _ = op.send(ClientMessage::Cancel, &[]);
+                    continue;
+                }
+                () = tx.closed(), if !cancelled => {
+                    cancelled = true;
+                    let _ = op.send(ClientMessage::Cancel, &[]);
+                    continue;
+                }
             };
             let event = match frame {
                 Ok(Frame {
@@ -251,15 +243,16 @@ impl Session {
             },
             Vec::new(),
         )?;
-        let first = op.next().await?;
-        if let AgentMessage::Error(body) = first.message {
-            return Err(ClientError::Agent(body));
+        match op.next().await?.message {
+            AgentMessage::Ready => {}
+            AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
+            other => return Err(unexpected(&other)),
         }
         let id = op.id;
         let cancel = CancellationToken::new();
         Ok(Process {
             pid: None,
-            events: forward(op, Some(first), cancel.clone()),
+            events: forward(op, cancel.clone()),
             client: self.client.clone(),
             id,
             cancel,
@@ -313,7 +306,7 @@ impl AgentClient {
             Vec::new(),
         )?;
         started(&mut op).await?;
-        Ok(forward(op, None, cancel))
+        Ok(forward(op, cancel))
     }
 
     /// Starts a command whose stdin stays open for [`Process::write`]
@@ -342,7 +335,7 @@ impl AgentClient {
         let cancel = CancellationToken::new();
         Ok(Process {
             pid: Some(pid),
-            events: forward(op, None, cancel.clone()),
+            events: forward(op, cancel.clone()),
             client: self.clone(),
             id,
             cancel,

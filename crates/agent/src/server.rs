@@ -299,6 +299,10 @@ impl Connection {
                 .await;
                 return;
             };
+            // Acknowledged before the session can answer anything else,
+            // so the client knows the command is queued; it may wait
+            // behind another one.
+            out.message(AgentMessage::Ready).await;
             let (tx, controls) = mpsc::unbounded_channel();
             let run = SessionRun {
                 command,

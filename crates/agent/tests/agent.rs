@@ -25,6 +25,10 @@ impl Agent {
     }
 
     async fn start_with(args: &[&str]) -> Agent {
+        Self::start_env(args, &[]).await
+    }
+
+    async fn start_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let socket = dir.path().join("agent.sock");
@@ -35,6 +39,7 @@ impl Agent {
             .arg(&root)
             .args(["--grace-ms", "300"])
             .args(args)
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         let client = AgentClient::connect(&socket, Duration::from_secs(10))
@@ -595,4 +600,60 @@ async fn signals_reach_the_command() {
     assert_eq!(out, b"got-usr1\n");
     assert_eq!(status.code, Some(3));
     assert!(!status.cancelled);
+}
+
+/// A directory with only busybox's `sh`, like a busybox-only image.
+fn busybox_sh() -> tempfile::TempDir {
+    let busybox = which("busybox");
+    assert!(
+        busybox.is_file(),
+        "busybox is needed (scripts/prepare installs busybox-static)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&busybox, dir.path().join("sh")).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn sessions_work_in_busybox_sh() {
+    let bin = busybox_sh();
+    let agent = Agent::start().await;
+    let session = agent
+        .client
+        .session(SessionParams {
+            shell: Some(bin.path().join("sh").to_string_lossy().into_owned()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    session
+        .run("cd /tmp && export X=1 && f() { echo \"f$X\"; }")
+        .await
+        .unwrap();
+    let (out, _, status) = session.run("pwd; f; printf '# '").await.unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "/tmp\nf1\n# ");
+    assert_eq!(status.code, Some(0));
+    let mut sleeper = session.start("sleep 1000", None, None).await.unwrap();
+    sleeper.signal(2).unwrap();
+    let (_, _, status) = sleeper.output().await;
+    assert_eq!(status.code, Some(130));
+    let (_, _, status) = session.run("echo 'unterminated").await.unwrap();
+    assert_ne!(status.code, Some(0));
+    let (out, _, _) = session.run("echo alive").await.unwrap();
+    assert_eq!(out, b"alive\n");
+}
+
+#[tokio::test]
+async fn busybox_sh_is_detected_with_its_version() {
+    let bin = busybox_sh();
+    let path = bin.path().to_string_lossy().into_owned();
+    let agent = Agent::start_env(&[], &[("PATH", &path)]).await;
+    let info = agent.client.info(false).await.unwrap();
+    let names: Vec<_> = info.interpreters.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["sh"], "only sh is on this PATH");
+    let expected = version_of(&["busybox"]).unwrap();
+    assert_eq!(
+        info.interpreters[0].version.as_deref(),
+        Some(expected.as_str())
+    );
 }

@@ -27,7 +27,7 @@
 //! |---|---|---|
 //! | `exec` | `started`, `output`*, `exit` | `stdin`, `close_stdin`, `signal`, `cancel` |
 //! | `open_session` | `started`, then `exit` when the shell ends | `cancel` (closes it) |
-//! | `run_in_session` | `output`*, `exit` | `signal`, `cancel` (interrupts) |
+//! | `run_in_session` | `ready` (queued), `output`*, `exit` | `signal`, `cancel` (interrupts) |
 //! | `open_terminal` | `started`, `output`*, `exit` | `stdin`, `resize`, `signal`, `cancel` |
 //! | `read_file` | `data`* (payload; the last has `last: true`) | |
 //! | `write_file` (payload) | `done` | |
@@ -204,7 +204,8 @@ pub enum AgentMessage {
     Entries { entries: Vec<FileEntry> },
     /// What a stat found. Final.
     Entry { entry: FileEntry },
-    /// A watch is armed: changes from now on are reported.
+    /// The operation is set up: a watch is armed (changes from now on are
+    /// reported), a session command is queued.
     Ready,
     /// A change seen by a watch.
     Changed { event: WatchEvent },
