@@ -633,7 +633,7 @@ async fn sessions_work_in_busybox_sh() {
     let (out, _, status) = session.run("pwd; f; printf '# '").await.unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "/tmp\nf1\n# ");
     assert_eq!(status.code, Some(0));
-    let mut sleeper = session.start("sleep 1000", None, None).await.unwrap();
+    let sleeper = session.start("sleep 1000", None, None).await.unwrap();
     sleeper.signal(2).unwrap();
     let (_, _, status) = sleeper.output().await;
     assert_eq!(status.code, Some(130));
