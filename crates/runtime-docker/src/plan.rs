@@ -21,6 +21,9 @@ pub const WORKSPACE_DIR: &str = "/workspace";
 pub const LABEL_MANAGED: &str = "dev.berth.managed";
 /// The workspace id a container serves.
 pub const LABEL_WORKSPACE: &str = "dev.berth.workspace";
+/// The berth home whose workspace a container is: providers with other
+/// homes may share the Engine, and must not collect each other's.
+pub const LABEL_HOME: &str = "dev.berth.home";
 
 /// Image repositories berth tags its images in.
 pub const CACHE_REPO: &str = "berth-cache";
@@ -67,6 +70,8 @@ pub fn valid_tag(text: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct ContainerPlan<'a> {
     pub id: &'a WorkspaceId,
+    /// The berth home, for [`LABEL_HOME`].
+    pub home: &'a str,
     pub spec: &'a Spec,
     /// The image (name or id) the container starts from.
     pub image: &'a str,
@@ -83,6 +88,7 @@ pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_WORKSPACE.to_string(), plan.id.to_string()),
+        (LABEL_HOME.to_string(), plan.home.to_string()),
     ]);
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let memory = spec.limits.memory.and_then(|m| i64::try_from(m).ok());
@@ -215,6 +221,7 @@ mod tests {
     fn body(spec: &Spec) -> ContainerCreateBody {
         container_body(&ContainerPlan {
             id: &WorkspaceId::from_string("01abc"),
+            home: "/home/b",
             spec,
             image: "debian:12",
             agent: "/home/b/docker/agent/berth-agent-1234",
@@ -271,6 +278,7 @@ mod tests {
         let labels = body.labels.unwrap();
         assert_eq!(labels[LABEL_MANAGED], "true");
         assert_eq!(labels[LABEL_WORKSPACE], "01abc");
+        assert_eq!(labels[LABEL_HOME], "/home/b");
         assert_eq!(body.env.unwrap(), ["A=1", "B=two words"]);
     }
 

@@ -11,7 +11,7 @@
 //! agent's socket, never `docker exec`.
 
 use crate::archive;
-use crate::plan::{self, ContainerPlan, EngineChange, LABEL_MANAGED, LABEL_WORKSPACE};
+use crate::plan::{self, ContainerPlan, EngineChange, LABEL_HOME, LABEL_MANAGED, LABEL_WORKSPACE};
 use async_trait::async_trait;
 use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::{
@@ -50,6 +50,8 @@ const STAT_CONCURRENCY: usize = 16;
 pub struct DockerRuntime {
     /// `$BERTH_HOME/docker`: the agent, socket directories, staging.
     dir: PathBuf,
+    /// `$BERTH_HOME`, as labelled on containers.
+    home: String,
     /// Where the Engine is, for messages (`DOCKER_HOST` or the default).
     host: String,
     engine: OnceCell<Docker>,
@@ -66,9 +68,17 @@ impl DockerRuntime {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        Self::with_host(home, host)
+    }
+
+    /// A runtime talking to the Engine at `host` (`unix:///path`,
+    /// `tcp://host:port`, `http://...`).
+    pub fn with_host(home: impl Into<PathBuf>, host: impl Into<String>) -> Self {
+        let home = home.into();
         DockerRuntime {
-            dir: home.into().join("docker"),
-            host,
+            dir: home.join("docker"),
+            home: home.display().to_string(),
+            host: host.into(),
             engine: OnceCell::new(),
             agent_binary: OnceCell::new(),
             agents: AgentPool::new(),
@@ -79,7 +89,8 @@ impl DockerRuntime {
     async fn engine(&self) -> Result<&Docker, RuntimeError> {
         self.engine
             .get_or_try_init(|| async {
-                let docker = Docker::connect_with_defaults().map_err(|e| self.unreachable(e))?;
+                let docker =
+                    Docker::connect_with_host(&self.host).map_err(|e| self.unreachable(e))?;
                 tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version())
                     .await
                     .map_err(|_| self.unreachable("no answer within 3 s"))?
@@ -151,8 +162,10 @@ impl DockerRuntime {
         Ok(found.state.and_then(|s| s.running).unwrap_or(false))
     }
 
-    /// The connection to a running workspace's agent.
-    async fn agent(&self, ws: &Workspace) -> Result<AgentClient, RuntimeError> {
+    /// The connection to a running workspace's agent: for what the
+    /// [`Runtime`] trait does not carry (sessions, terminals, watches,
+    /// interpreter detection).
+    pub async fn agent(&self, ws: &Workspace) -> Result<AgentClient, RuntimeError> {
         if let Some(client) = self.agents.connected(ws.id.as_str()) {
             return Ok(client);
         }
@@ -243,6 +256,7 @@ impl DockerRuntime {
         self.remove_container(&name).await?;
         let body = plan::container_body(&ContainerPlan {
             id: &ws.id,
+            home: &self.home,
             spec: &ws.spec,
             image,
             agent: &agent,
@@ -502,7 +516,10 @@ impl DockerRuntime {
         let body = bollard::models::ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec![plan::AGENT_PATH.into()]),
-            labels: Some(HashMap::from([(LABEL_MANAGED.into(), "true".into())])),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.into(), "true".into()),
+                (LABEL_HOME.into(), self.home.clone()),
+            ])),
             network_disabled: Some(true),
             ..Default::default()
         };
@@ -1035,12 +1052,16 @@ impl Runtime for DockerRuntime {
         let docker = self.engine().await?;
         let live: BTreeSet<&str> = live.iter().map(|w| w.id.as_str()).collect();
         let mut report = GcReport::default();
-        let managed = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+        let ours = vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_HOME}={}", self.home),
+        ];
+        let filters = HashMap::from([("label", ours.clone())]);
         let containers = docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::new()
                     .all(true)
-                    .filters(&managed)
+                    .filters(&filters)
                     .build(),
             ))
             .await
@@ -1054,41 +1075,22 @@ impl Runtime for DockerRuntime {
             if let Some(container_id) = container.id {
                 self.remove_container(&container_id).await?;
             }
+            // Probe containers left by an interrupted change listing have
+            // no workspace.
             if !id.is_empty() {
                 let ws = WorkspaceId::from_string(id.clone());
                 self.agents.forget(&id);
+                self.untag(&plan::provisioned_image(&ws)).await?;
                 let _ = tokio::fs::remove_dir_all(self.run_dir(&ws)).await;
                 report.orphans.push(id);
             }
         }
-        let provisioned = HashMap::from([("reference", vec![plan::PROVISIONED_REPO.to_string()])]);
+        // Images committed from this home's containers that nothing names
+        // any more (replaced provisioned states, forks' bases).
+        let filters = HashMap::from([("label", ours), ("dangling", vec!["true".to_string()])]);
         let images = docker
             .list_images(Some(
-                ListImagesOptionsBuilder::new()
-                    .filters(&provisioned)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| self.fail("cannot list berth's images", e))?;
-        for image in images {
-            for tag in image.repo_tags {
-                let owner = tag
-                    .strip_prefix(plan::PROVISIONED_REPO)
-                    .and_then(|t| t.strip_prefix(':'));
-                if let Some(owner) = owner
-                    && !live.contains(owner)
-                {
-                    self.untag(&tag).await?;
-                }
-            }
-        }
-        let dangling = HashMap::from([
-            ("dangling", vec!["true".to_string()]),
-            ("label", vec![format!("{LABEL_MANAGED}=true")]),
-        ]);
-        let images = docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::new().filters(&dangling).build(),
+                ListImagesOptionsBuilder::new().filters(&filters).build(),
             ))
             .await
             .map_err(|e| self.fail("cannot list berth's images", e))?;

@@ -1,0 +1,556 @@
+//! The docker runtime against a real Docker Engine, with images made here
+//! by `docker import` (see `support`): workspaces in images with a shell
+//! only, with no shell at all, and with real interpreters.
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
+
+mod support;
+
+use berth_agent_client::collect;
+use berth_core::proto::SessionParams;
+use berth_core::{
+    ChangeKind, ExecRequest, ExitStatus, ExportTarget, FileKind, Runtime, RuntimeError, Spec,
+    Workspace, WorkspacePath,
+};
+use berth_runtime_docker::DockerRuntime;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::{TestImage, World, docker, image, spec_for, workspace};
+use tokio_util::sync::CancellationToken;
+
+/// Creates and starts a workspace of `spec`.
+async fn running(world: &World, spec: Spec) -> Workspace {
+    let ws = workspace(spec);
+    world.track(&ws);
+    world.runtime.create(&ws, None).await.unwrap();
+    world.runtime.start(&ws).await.unwrap();
+    ws
+}
+
+async fn run(
+    runtime: &DockerRuntime,
+    ws: &Workspace,
+    request: ExecRequest,
+) -> (String, String, ExitStatus) {
+    let mut events = runtime
+        .exec(ws, request, CancellationToken::new())
+        .await
+        .unwrap();
+    let (out, err, status) = collect(&mut events).await;
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        status,
+    )
+}
+
+async fn sh(runtime: &DockerRuntime, ws: &Workspace, script: &str) -> (String, ExitStatus) {
+    let (out, _, status) = run(runtime, ws, ExecRequest::shell(script)).await;
+    (out, status)
+}
+
+fn path(text: &str) -> WorkspacePath {
+    WorkspacePath::parse(text).unwrap()
+}
+
+/// Interpreters the agent detects, by name, with their versions.
+async fn detected(runtime: &DockerRuntime, ws: &Workspace) -> BTreeMap<String, Option<String>> {
+    let agent = runtime.agent(ws).await.unwrap();
+    let info = agent.info(true).await.unwrap();
+    info.interpreters
+        .into_iter()
+        .map(|i| (i.name, i.version))
+        .collect()
+}
+
+/// The upstream version of a Debian package installed in the workspace,
+/// read from dpkg's database (`1:5.2.15-2+b7` is `5.2.15`).
+async fn dpkg_version(runtime: &DockerRuntime, ws: &Workspace, package: &str) -> String {
+    let (status, _) = sh(runtime, ws, "cat /var/lib/dpkg/status").await;
+    let stanza = status
+        .split("\n\n")
+        .find(|s| s.lines().any(|l| l == format!("Package: {package}")))
+        .unwrap_or_else(|| panic!("{package} is not installed"));
+    let version = stanza
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .unwrap();
+    let version = version.split_once(':').map_or(version, |(_, v)| v);
+    version.split(['-', '+']).next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_busybox_image_runs_a_workspace_and_detects_only_its_shell() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+
+    let (out, status) = sh(&world.runtime, &ws, "echo hello from $(uname -s); pwd").await;
+    assert_eq!(status.code, Some(0));
+    assert_eq!(out, "hello from Linux\n/workspace\n");
+
+    let host = std::process::Command::new(support::busybox_path())
+        .output()
+        .unwrap();
+    let banner = String::from_utf8_lossy(&host.stdout);
+    let version = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        detected(&world.runtime, &ws).await,
+        BTreeMap::from([("sh".to_string(), Some(version))])
+    );
+}
+
+#[tokio::test]
+async fn an_image_without_a_shell_runs_a_workspace_served_by_the_agent_alone() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::NoShell))).await;
+    let runtime = &world.runtime;
+
+    assert_eq!(detected(runtime, &ws).await, BTreeMap::new());
+    runtime
+        .write_file(
+            &ws,
+            &path("notes/a.txt"),
+            b"written without a shell".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        runtime.read_file(&ws, &path("notes/a.txt")).await.unwrap(),
+        b"written without a shell"
+    );
+    let listed = runtime.list_files(&ws, &path("notes")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].path, "notes/a.txt");
+    // Nothing to run is a clear error naming the program, not a hang.
+    let err = runtime
+        .exec(
+            &ws,
+            ExecRequest::argv(["sh", "-c", "true"]),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Spawn { .. }), "{err:?}");
+    assert!(err.to_string().contains("`sh`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_debian_image_runs_python_and_perl_and_detects_their_versions() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Debian))).await;
+    let runtime = &world.runtime;
+
+    let (out, _, status) = run(
+        runtime,
+        &ws,
+        ExecRequest::argv(["python3", "-c", "print(6 * 7)"]),
+    )
+    .await;
+    assert_eq!((out.as_str(), status.code), ("42\n", Some(0)));
+    let (out, _, _) = run(
+        runtime,
+        &ws,
+        ExecRequest::argv(["perl", "-e", "print 6 * 7"]),
+    )
+    .await;
+    assert_eq!(out, "42");
+
+    let python = dpkg_version(runtime, &ws, "python3-minimal").await;
+    let perl = dpkg_version(runtime, &ws, "perl-base").await;
+    let bash = dpkg_version(runtime, &ws, "bash").await;
+    assert_eq!(
+        detected(runtime, &ws).await,
+        BTreeMap::from([
+            ("bash".to_string(), Some(bash)),
+            ("perl".to_string(), Some(perl)),
+            ("python".to_string(), Some(python)),
+            // dash has no version to tell.
+            ("sh".to_string(), None),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_session_keeps_the_directory_variables_and_functions() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let agent = world.runtime.agent(&ws).await.unwrap();
+    let session = agent
+        .session(SessionParams {
+            shell: None,
+            cwd: None,
+            env: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+
+    let (_, _, status) = session
+        .run("mkdir -p deep/er && cd deep/er && export GREETING=hi && greet() { echo \"$GREETING $1\"; }")
+        .await
+        .unwrap();
+    assert_eq!(status.code, Some(0));
+    let (out, _, _) = session.run("pwd; greet there").await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "/workspace/deep/er\nhi there\n"
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_survive_output_without_a_newline_or_looking_like_a_prompt() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+
+    let (out, status) = sh(runtime, &ws, "printf 'no newline'; exit 3").await;
+    assert_eq!((out.as_str(), status.code), ("no newline", Some(3)));
+
+    let agent = runtime.agent(&ws).await.unwrap();
+    let session = agent
+        .session(SessionParams {
+            shell: None,
+            cwd: None,
+            env: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    let (out, _, status) = session.run("printf 'partial'; false").await.unwrap();
+    assert_eq!((out.as_slice(), status.code), (&b"partial"[..], Some(1)));
+    let prompt_like = "printf '$ \\n# \\nroot@ws:/workspace# exit 0\\n'; (exit 7)";
+    let (out, _, status) = session.run(prompt_like).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "$ \n# \nroot@ws:/workspace# exit 0\n"
+    );
+    assert_eq!(status.code, Some(7));
+    let (out, _, status) = session.run("echo still here").await.unwrap();
+    assert_eq!(
+        (out.as_slice(), status.code),
+        (&b"still here\n"[..], Some(0))
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_ends_a_tree_that_ignores_sigterm() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+
+    let mut request = ExecRequest::shell(
+        "trap '' TERM; (trap '' TERM; sleep 1000; echo child-survived) & \
+         echo started; sleep 1000; echo parent-survived",
+    );
+    request.timeout_ms = Some(300);
+    let began = Instant::now();
+    let (out, _, status) = run(runtime, &ws, request).await;
+    assert!(status.timed_out, "{status:?}");
+    assert_eq!(out, "started\n");
+    assert!(began.elapsed() < Duration::from_secs(20));
+    let (ps, _) = sh(runtime, &ws, "ps -o pid,args").await;
+    assert!(!ps.contains("sleep 1000"), "a process survived:\n{ps}");
+}
+
+#[tokio::test]
+async fn docker_stop_is_answered_gracefully() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let mut events = world
+        .runtime
+        .exec(
+            &ws,
+            ExecRequest::shell("sleep 1000"),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+
+    let name = format!("berth-{}", ws.id);
+    docker(&["stop", &name]);
+    let (_, _, status) = collect(&mut events).await;
+    assert_ne!(status.code, Some(0), "the running command was ended");
+    let exit = docker(&[
+        "inspect",
+        "-f",
+        "{{.State.ExitCode}} {{.State.OOMKilled}}",
+        &name,
+    ]);
+    assert_eq!(exit.trim(), "0 false", "the agent exits 0 on SIGTERM");
+
+    // The workspace starts again where it was.
+    world.runtime.start(&ws).await.unwrap();
+    let (out, _) = sh(&world.runtime, &ws, "echo back").await;
+    assert_eq!(out, "back\n");
+}
+
+#[tokio::test]
+async fn a_container_removed_behind_berths_back_is_reported_as_such() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    assert!(world.runtime.exists(&ws).await.unwrap());
+    docker(&["rm", "-f", &format!("berth-{}", ws.id)]);
+
+    assert!(!world.runtime.exists(&ws).await.unwrap());
+    let err = world.runtime.start(&ws).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Gone { .. }), "{err:?}");
+    assert!(err.to_string().contains("removed outside berth"), "{err}");
+    // Removing what is gone succeeds.
+    world.runtime.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_image_is_named_and_an_unreachable_engine_is_explained() {
+    let world = World::new();
+    let ws = workspace(spec_for("berth-test/never-built:0"));
+    let err = world.runtime.create(&ws, None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("`berth-test/never-built:0`"),
+        "{err}"
+    );
+
+    let nowhere = DockerRuntime::with_host(world.home.path(), "unix:///nonexistent/docker.sock");
+    let reason = nowhere.available().await.unwrap_err();
+    assert!(
+        reason.starts_with("cannot reach the Docker engine at unix:///nonexistent/docker.sock"),
+        "{reason}"
+    );
+    assert!(world.runtime.available().await.is_ok());
+}
+
+#[tokio::test]
+async fn limits_and_the_empty_network_are_in_force() {
+    let world = World::new();
+    let mut spec = spec_for(image(TestImage::Busybox));
+    spec.limits.pids = Some(16);
+    spec.limits.memory = Some(64 << 20);
+    let ws = running(&world, spec).await;
+    let runtime = &world.runtime;
+
+    let (out, _) = sh(
+        runtime,
+        &ws,
+        "ok=0; for i in $(seq 40); do sleep 30 & [ $? = 0 ] && ok=$((ok+1)); done 2>/dev/null; \
+         echo $ok; kill $(jobs -p) 2>/dev/null",
+    )
+    .await;
+    let started: u32 = out.trim().parse().unwrap_or(0);
+    assert!(
+        started < 16,
+        "{started} processes started under a limit of 16"
+    );
+
+    let (links, _) = sh(runtime, &ws, "ls /sys/class/net").await;
+    assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    let isolation = runtime.isolation(&ws);
+    assert_eq!(isolation.network, "none");
+    assert!(isolation.limits.contains(&"pids=16".to_string()));
+
+    let name = format!("berth-{}", ws.id);
+    let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &name]);
+    assert_eq!(memory.trim(), (64u64 << 20).to_string());
+}
+
+#[tokio::test]
+async fn import_replaces_a_directory_and_copy_out_brings_it_back() {
+    let world = World::new();
+    let ws = workspace(spec_for(image(TestImage::Busybox)));
+    world.track(&ws);
+    let runtime = &world.runtime;
+    runtime.create(&ws, None).await.unwrap();
+
+    let host = berth_testkit::temp_dir();
+    let first = host.path().join("first");
+    std::fs::create_dir_all(first.join("src")).unwrap();
+    std::fs::write(first.join("src/old.txt"), "old").unwrap();
+    std::fs::write(first.join("README"), "v1").unwrap();
+    // Imported into a container that was never started.
+    runtime.import(&ws, &first, &path("repo")).await.unwrap();
+    runtime.start(&ws).await.unwrap();
+    assert_eq!(
+        runtime.read_file(&ws, &path("repo/README")).await.unwrap(),
+        b"v1"
+    );
+
+    let second = host.path().join("second");
+    std::fs::create_dir_all(second.join("src")).unwrap();
+    std::fs::write(second.join("src/new.txt"), "new").unwrap();
+    std::fs::write(second.join("README"), "v2").unwrap();
+    runtime.import(&ws, &second, &path("repo")).await.unwrap();
+    let (tree, _) = sh(runtime, &ws, "cd repo && find . | sort").await;
+    assert_eq!(tree, ".\n./README\n./src\n./src/new.txt\n");
+
+    let out = host.path().join("out");
+    runtime.copy_out(&ws, &path("repo"), &out).await.unwrap();
+    assert_eq!(std::fs::read_to_string(out.join("README")).unwrap(), "v2");
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/new.txt")).unwrap(),
+        "new"
+    );
+    assert!(!out.join("src/old.txt").exists());
+
+    let err = runtime
+        .copy_out(&ws, &path("missing"), &host.path().join("none"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::NotFound(ref p) if p == "missing"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn changes_snapshots_resets_and_exports_follow_the_workspace() {
+    let world = World::new();
+    let ws = workspace(spec_for(image(TestImage::Busybox)));
+    world.track(&ws);
+    let runtime = &world.runtime;
+    runtime.create(&ws, None).await.unwrap();
+    let host = berth_testkit::temp_dir();
+    let repo = host.path().join("repo");
+    std::fs::create_dir_all(repo.join("src")).unwrap();
+    std::fs::write(repo.join("src/keep.txt"), "keep").unwrap();
+    std::fs::write(repo.join("src/edit.txt"), "before").unwrap();
+    std::fs::create_dir_all(repo.join("gone/inner")).unwrap();
+    std::fs::write(repo.join("gone/inner/x"), "x").unwrap();
+    runtime.import(&ws, &repo, &path("repo")).await.unwrap();
+    runtime.start(&ws).await.unwrap();
+    // The provisioned state: what the changes are counted from.
+    let key = format!("test{}", ws.id);
+    world.track_image(format!("berth-cache:{key}"));
+    runtime.save_cache(&ws, &key).await.unwrap();
+    assert!(runtime.has_cache(&key).await);
+    assert_eq!(runtime.changes(&ws).await.unwrap(), []);
+
+    sh(
+        runtime,
+        &ws,
+        "cd repo && echo after > src/edit.txt && mkdir -p new/dir && echo n > new/dir/n.txt \
+         && ln -s src/keep.txt link && rm -r gone && echo outside > /tmp/outside",
+    )
+    .await;
+    let changes: Vec<(String, ChangeKind, FileKind)> = runtime
+        .changes(&ws)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.path, c.kind, c.file_kind))
+        .collect();
+    let expected = [
+        ("repo/gone", ChangeKind::Deleted, FileKind::Dir),
+        ("repo/gone/inner", ChangeKind::Deleted, FileKind::Dir),
+        ("repo/gone/inner/x", ChangeKind::Deleted, FileKind::File),
+        ("repo/link", ChangeKind::Added, FileKind::Symlink),
+        ("repo/new", ChangeKind::Added, FileKind::Dir),
+        ("repo/new/dir", ChangeKind::Added, FileKind::Dir),
+        ("repo/new/dir/n.txt", ChangeKind::Added, FileKind::File),
+        ("repo/src/edit.txt", ChangeKind::Modified, FileKind::File),
+    ]
+    .map(|(p, k, f)| (p.to_string(), k, f));
+    assert_eq!(changes, expected);
+
+    let out = host.path().join("export");
+    let summary = runtime
+        .export_changes(&ws, &ExportTarget::Directory { path: out.clone() })
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("repo/src/edit.txt")).unwrap(),
+        "after\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("repo/new/dir/n.txt")).unwrap(),
+        "n\n"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("repo/link")).unwrap(),
+        std::path::Path::new("src/keep.txt")
+    );
+    assert!(
+        !out.join("repo/src/keep.txt").exists(),
+        "only changes are exported"
+    );
+    assert_eq!(
+        summary.deleted,
+        ["repo/gone", "repo/gone/inner", "repo/gone/inner/x"]
+    );
+    let archive = host.path().join("changes.tar.zst");
+    runtime
+        .export_changes(
+            &ws,
+            &ExportTarget::Archive {
+                path: archive.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let unpacked = host.path().join("unpacked");
+    berth_layers::extract_archive(&archive, &unpacked).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join("repo/src/edit.txt")).unwrap(),
+        "after\n"
+    );
+
+    let snapshot = runtime.snapshot(&ws).await.unwrap();
+    world.track_image(format!("berth-snapshot:{}", snapshot.id));
+    sh(runtime, &ws, "echo later > repo/later.txt").await;
+
+    runtime.reset(&ws, None).await.unwrap();
+    let (tree, _) = sh(runtime, &ws, "cd repo && find . | sort && cat src/edit.txt").await;
+    assert_eq!(
+        tree,
+        ".\n./gone\n./gone/inner\n./gone/inner/x\n./src\n./src/edit.txt\n./src/keep.txt\nbefore"
+    );
+    assert_eq!(runtime.changes(&ws).await.unwrap(), []);
+
+    runtime.reset(&ws, Some(&snapshot.id)).await.unwrap();
+    let (edit, _) = sh(runtime, &ws, "cat repo/src/edit.txt; ls repo").await;
+    assert_eq!(edit, "after\nlink\nnew\nsrc\n");
+    runtime.remove_snapshot(&snapshot.id).await.unwrap();
+    let err = runtime.reset(&ws, Some(&snapshot.id)).await.unwrap_err();
+    assert!(err.to_string().contains(&snapshot.id), "{err}");
+
+    runtime.remove_cache(&key).await.unwrap();
+    assert!(!runtime.has_cache(&key).await);
+    // The workspace still resets: its provisioned state outlives the entry.
+    runtime.reset(&ws, None).await.unwrap();
+    runtime.remove(&ws).await.unwrap();
+    assert!(!runtime.exists(&ws).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_fork_is_independent_of_its_origin() {
+    let world = World::new();
+    let origin = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+    runtime
+        .write_file(&origin, &path("shared.txt"), b"from origin".to_vec())
+        .await
+        .unwrap();
+    let fork = workspace(origin.spec.clone());
+    world.track(&fork);
+    runtime.fork(&origin, &fork).await.unwrap();
+    runtime.start(&fork).await.unwrap();
+
+    assert_eq!(
+        runtime.read_file(&fork, &path("shared.txt")).await.unwrap(),
+        b"from origin"
+    );
+    runtime
+        .write_file(&fork, &path("shared.txt"), b"from fork".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        runtime
+            .read_file(&origin, &path("shared.txt"))
+            .await
+            .unwrap(),
+        b"from origin"
+    );
+
+    let report = runtime.gc(std::slice::from_ref(&origin)).await.unwrap();
+    assert!(report.orphans.contains(&fork.id.to_string()), "{report:?}");
+    assert!(!runtime.exists(&fork).await.unwrap());
+    assert!(runtime.exists(&origin).await.unwrap());
+}
