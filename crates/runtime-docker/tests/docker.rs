@@ -7,11 +7,14 @@ mod support;
 
 use berth_agent_client::collect;
 use berth_core::proto::SessionParams;
+use berth_core::spec::Format;
 use berth_core::{
-    ChangeKind, ExecRequest, ExitStatus, ExportTarget, FileKind, Runtime, RuntimeError, Spec,
-    Workspace, WorkspacePath,
+    ChangeKind, ExecRequest, ExitStatus, ExportTarget, FileKind, ProvisionEvent, Runtime,
+    RuntimeError, Spec, Workspace, WorkspacePath, WorkspaceState,
 };
+use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig};
 use berth_runtime_docker::DockerRuntime;
+use berth_testkit::{GitHttpServer, commit_files, make_repo};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::{TestImage, World, docker, image, spec_for, workspace};
@@ -553,4 +556,172 @@ async fn a_fork_is_independent_of_its_origin() {
     assert!(report.orphans.contains(&fork.id.to_string()), "{report:?}");
     assert!(!runtime.exists(&fork).await.unwrap());
     assert!(runtime.exists(&origin).await.unwrap());
+}
+
+/// A provider over the docker runtime of `world`, as `berth` runs one.
+async fn provider(world: &World) -> Provider {
+    let config = ProviderConfig::new(world.home.path()).runtime(world.runtime.clone());
+    Provider::open(config).await.unwrap()
+}
+
+async fn provision(
+    world: &World,
+    provider: &Provider,
+    spec: Spec,
+) -> (Workspace, Vec<ProvisionEvent>) {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(4096);
+    let result = provider
+        .create(spec, CreateOptions::default(), Progress::to(sender))
+        .await;
+    let mut events = Vec::new();
+    while let Ok(event) = receiver.try_recv() {
+        events.push(event);
+    }
+    let ws = result.unwrap_or_else(|e| panic!("provisioning failed: {e}\n{events:#?}"));
+    world.track(&ws);
+    if let Some(key) = &ws.cache_key {
+        world.track_image(format!("berth-cache:{key}"));
+    }
+    (ws, events)
+}
+
+fn private_repo_spec(server: &GitHttpServer, setup: &str) -> Spec {
+    let text = format!(
+        "runtime = \"docker\"\nimage = \"{}\"\nsetup_script = \"{setup}\"\n\
+         [[repositories]]\nurl = \"{}private\"\npath = \"private\"\ncredential = \"forge\"\n",
+        image(TestImage::Busybox),
+        server.url()
+    );
+    Spec::parse(&text, Format::Toml).unwrap()
+}
+
+fn write_credentials(world: &World, token: &str) {
+    let file = world.home.path().join("credentials.toml");
+    std::fs::write(&file, format!("[forge]\ntoken = \"{token}\"\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+#[tokio::test]
+async fn the_clone_token_is_nowhere_in_the_container() {
+    let world = World::new();
+    let repos = berth_testkit::temp_dir();
+    let token = "tok-d0cker-5ecret-77aa";
+    make_repo(
+        &repos.path().join("private"),
+        &[("src/lib.rs", "pub fn f() {}\n")],
+    );
+    let server = GitHttpServer::start(repos.path(), token);
+    write_credentials(&world, token);
+    let provider = provider(&world).await;
+
+    let (ws, events) = provision(
+        &world,
+        &provider,
+        private_repo_spec(&server, "env > setup-env.txt; ls -a private"),
+    )
+    .await;
+    assert!(server.served() > 0);
+    assert_eq!(
+        provider
+            .read_file(ws.id.as_str(), "private/src/lib.rs")
+            .await
+            .unwrap(),
+        b"pub fn f() {}\n"
+    );
+    assert!(!format!("{events:?}").contains(token));
+
+    // Every byte of the container's filesystem, names and contents.
+    let name = format!("berth-{}", ws.id);
+    let export = std::process::Command::new("docker")
+        .args(["export", &name])
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    assert!(
+        export.stdout.len() > 1000,
+        "the export holds the filesystem"
+    );
+    let haystack = export.stdout;
+    assert!(
+        !haystack.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the token is in the container's filesystem"
+    );
+    assert!(!docker(&["inspect", &name]).contains(token));
+    // The environment and argv of every process in the container.
+    let (_, mut events) = provider
+        .exec(
+            ws.id.as_str(),
+            ExecRequest::shell("env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline"),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let (out, _, status) = collect(&mut events).await;
+    assert_eq!(status.code, Some(0));
+    let seen = String::from_utf8_lossy(&out);
+    assert!(seen.contains("PATH="), "the scan read environments: {seen}");
+    assert!(
+        !seen.contains(token),
+        "the token is in a process's environment or argv"
+    );
+}
+
+#[tokio::test]
+async fn a_second_workspace_starts_from_the_cache_and_fetches_what_moved() {
+    let world = World::new();
+    let repos = berth_testkit::temp_dir();
+    let token = "tok-cache-0f0f";
+    let origin = repos.path().join("private");
+    make_repo(&origin, &[("README", "one\n")]);
+    let server = GitHttpServer::start(repos.path(), token);
+    write_credentials(&world, token);
+    let provider = provider(&world).await;
+    let spec = private_repo_spec(&server, "echo ran >> setup.log");
+
+    let (first, events) = provision(&world, &provider, spec.clone()).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProvisionEvent::CacheMiss { .. }))
+    );
+    commit_files(&origin, &[("NEWS", "moved upstream\n")], "news");
+
+    let (second, events) = provision(&world, &provider, spec).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProvisionEvent::CacheHit { .. })),
+        "{events:#?}"
+    );
+    assert_eq!(first.cache_key, second.cache_key);
+    let id = second.id.as_str();
+    // The setup ran once, for the first workspace; the cache carried it.
+    assert_eq!(provider.read_file(id, "setup.log").await.unwrap(), b"ran\n");
+    assert_eq!(
+        provider.read_file(id, "private/NEWS").await.unwrap(),
+        b"moved upstream\n"
+    );
+    assert_eq!(
+        provider
+            .read_file(first.id.as_str(), "private/README")
+            .await
+            .unwrap(),
+        b"one\n"
+    );
+}
+
+#[tokio::test]
+async fn a_container_deleted_behind_berths_back_is_reconciled_on_open() {
+    let world = World::new();
+    let provider = provider(&world).await;
+    let (ws, _) = provision(&world, &provider, spec_for(image(TestImage::Busybox))).await;
+    assert_eq!(ws.state, WorkspaceState::Running);
+    docker(&["rm", "-f", &format!("berth-{}", ws.id)]);
+    drop(provider);
+
+    let provider = self::provider(&world).await;
+    let found = provider.get(ws.id.as_str()).unwrap();
+    assert_eq!(found.state, WorkspaceState::Failed);
+    let error = found.error.unwrap_or_default();
+    assert!(error.contains("removed outside berth"), "{error}");
 }
