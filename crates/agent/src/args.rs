@@ -16,6 +16,7 @@ pub const DEFAULT_HINTS: [&str; 3] = [
 
 pub const USAGE: &str = "\
 usage: berth-agent --socket PATH [--root DIR] [--hints FILE] [--grace-ms N]
+       berth-agent --install DIR
 
   --socket PATH   unix socket to serve (its directory must exist)
   --root DIR      workspace root; command cwds and file paths are relative
@@ -24,6 +25,9 @@ usage: berth-agent --socket PATH [--root DIR] [--hints FILE] [--grace-ms N]
                   /.berth/runtimes.json, /.berth/runtimes.yaml, /.berth/runtimes)
   --grace-ms N    time between SIGTERM and SIGKILL when ending commands
                   (default 2000)
+  --install DIR   copy this executable to DIR/berth-agent (mode 0755) and
+                  exit: how an init container with only the agent in it
+                  hands it to a workspace container
   --version       print the version and exit
 ";
 
@@ -31,6 +35,7 @@ usage: berth-agent --socket PATH [--root DIR] [--hints FILE] [--grace-ms N]
 #[derive(Debug, PartialEq)]
 pub enum Invocation {
     Serve(Options),
+    Install(PathBuf),
     Version,
     Help,
 }
@@ -85,6 +90,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Arg
                 let ms = raw.parse::<u64>().map_err(|_| ArgsError::BadGrace(raw))?;
                 grace = Duration::from_millis(ms);
             }
+            "--install" => return Ok(Invocation::Install(PathBuf::from(value()?))),
             "--version" | "-V" => return Ok(Invocation::Version),
             "--help" | "-h" => return Ok(Invocation::Help),
             _ => return Err(ArgsError::Unknown(arg)),
@@ -135,5 +141,9 @@ mod tests {
             Err(ArgsError::BadGrace("soon".into()))
         );
         assert_eq!(parse(args(&["--version"])), Ok(Invocation::Version));
+        assert_eq!(
+            parse(args(&["--install", "/berth/bin"])),
+            Ok(Invocation::Install(PathBuf::from("/berth/bin")))
+        );
     }
 }

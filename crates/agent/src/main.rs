@@ -7,6 +7,21 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let options = match args::parse(std::env::args_os().skip(1)) {
         Ok(Invocation::Serve(options)) => options,
+        Ok(Invocation::Install(dir)) => {
+            return match berth_agent::install_self(&dir) {
+                Ok(path) => {
+                    println!("{}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!(
+                        "berth-agent: cannot install into `{}`: {err}",
+                        dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Invocation::Version) => {
             println!("berth-agent {}", berth_agent::VERSION);
             return ExitCode::SUCCESS;
