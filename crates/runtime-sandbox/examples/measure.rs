@@ -1,7 +1,7 @@
 //! Measures the sandbox's hot paths on this machine: a new workspace from
 //! a cached spec (against `cp -a` of the same tree), `true` through the
-//! agent, reset after 10 changed files, and the change list of 10 files
-//! (against `git status`). Needs root and the agent binary:
+//! agent, reset after 10 changed files, the change list of 10 files
+//! (against `git status`) and the memory an idle workspace costs. Needs root and the agent binary:
 //!
 //! `cargo run --release -p berth-runtime-sandbox --example measure -- FILES`
 
@@ -33,6 +33,15 @@ fn workspace() -> Workspace {
         created_at: 0,
         updated_at: 0,
     }
+}
+
+fn mem_available_kb() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -155,6 +164,23 @@ async fn main() {
         rt.reset(&ws, None).await.unwrap();
         resets.push(start.elapsed());
     }
+    // Idle workspaces: what each costs the host, from MemAvailable.
+    let idle: usize = std::env::var("MEASURE_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let before = mem_available_kb();
+    let mut many = Vec::new();
+    for _ in 0..idle {
+        let new = workspace();
+        rt.create(&new, Some("measure")).await.unwrap();
+        rt.start(&new).await.unwrap();
+        many.push(new);
+    }
+    let after = mem_available_kb();
+    for new in &many {
+        rt.remove(new).await.unwrap();
+    }
     rt.remove(&ws).await.unwrap();
 
     // git status over the same tree on the host, with the same 10 edits.
@@ -213,5 +239,9 @@ async fn main() {
     println!(
         "reset after 10 changed files (running workspace): {}",
         ms(median(resets))
+    );
+    println!(
+        "{idle} idle workspaces: {} KiB of host memory each",
+        before.saturating_sub(after) / idle.max(1) as u64
     );
 }
