@@ -657,3 +657,44 @@ async fn busybox_sh_is_detected_with_its_version() {
         Some(expected.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_what_it_started() {
+    use berth_proto::{AgentMessage, ClientMessage, Frame, FrameDecoder, frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agent = Agent::start().await;
+    let mut stream = tokio::net::UnixStream::connect(agent.client.socket())
+        .await
+        .unwrap();
+    let mut wire = Vec::new();
+    let hello = ClientMessage::Hello {
+        version: berth_proto::PROTOCOL_VERSION,
+        client: "test".into(),
+    };
+    frame::encode_into(&mut wire, 0, &hello, &[]).unwrap();
+    let exec = ClientMessage::Exec {
+        request: ExecRequest::argv(["sleep", "1000"]),
+        stream_stdin: false,
+    };
+    frame::encode_into(&mut wire, 1, &exec, &[]).unwrap();
+    stream.write_all(&wire).await.unwrap();
+    let mut decoder = FrameDecoder::new();
+    let mut buf = [0u8; 4096];
+    let pid = loop {
+        match decoder.next_frame::<AgentMessage>().unwrap() {
+            Some(Frame {
+                message: AgentMessage::Started { pid },
+                ..
+            }) => break pid,
+            Some(_) => {}
+            None => {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the agent closed the connection");
+                decoder.feed(&buf[..n]);
+            }
+        }
+    };
+    assert!(!gone(pid));
+    drop(stream);
+    eventually("the command of a vanished client to end", || gone(pid));
+}
