@@ -24,6 +24,8 @@ pub enum Layout {
         memory: PathBuf,
         pids: PathBuf,
         cpu: PathBuf,
+        /// Lets a running workspace be paused for a consistent snapshot.
+        freezer: Option<PathBuf>,
     },
 }
 
@@ -87,7 +89,12 @@ fn detect_at(root: &Path) -> Result<Layout, CgroupError> {
         v1("pids"),
         v1("cpu").or_else(|| v1("cpu,cpuacct")),
     ) {
-        (Some(memory), Some(pids), Some(cpu)) => Ok(Layout::V1 { memory, pids, cpu }),
+        (Some(memory), Some(pids), Some(cpu)) => Ok(Layout::V1 {
+            memory,
+            pids,
+            cpu,
+            freezer: v1("freezer"),
+        }),
         _ => Err(CgroupError::Unavailable(format!(
             "neither cgroup v2 with memory and pids nor v1 memory, pids and cpu under {}",
             root.display()
@@ -109,7 +116,16 @@ impl Layout {
     pub fn cgroups(&self, name: &str) -> Cgroups {
         let roots = match self {
             Layout::V2 { root } => vec![root.clone()],
-            Layout::V1 { memory, pids, cpu } => vec![memory.clone(), pids.clone(), cpu.clone()],
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                freezer,
+            } => {
+                let mut roots = vec![memory.clone(), pids.clone(), cpu.clone()];
+                roots.extend(freezer.clone());
+                roots
+            }
         };
         Cgroups {
             dirs: roots.iter().map(|r| r.join(PARENT).join(name)).collect(),
@@ -137,6 +153,47 @@ impl Layout {
         match self {
             Layout::V2 { .. } => "v2",
             Layout::V1 { .. } => "v1",
+        }
+    }
+
+    /// Pauses (`frozen`) or resumes every process of cgroups made by
+    /// [`Layout::create`], waiting until the kernel says it is done.
+    /// Returns false when this host offers no freezer.
+    pub fn freeze(&self, cgroups: &Cgroups, frozen: bool) -> Result<bool, CgroupError> {
+        let (file, value, done) = match self {
+            Layout::V2 { .. } => (
+                cgroups.dirs[0].join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                (
+                    cgroups.dirs[0].join("cgroup.events"),
+                    if frozen { "frozen 1" } else { "frozen 0" },
+                ),
+            ),
+            Layout::V1 { freezer: None, .. } => return Ok(false),
+            Layout::V1 { .. } => {
+                let Some(dir) = cgroups.dirs.get(3) else {
+                    return Ok(false);
+                };
+                let state = if frozen { "FROZEN" } else { "THAWED" };
+                (
+                    dir.join("freezer.state"),
+                    state,
+                    (dir.join("freezer.state"), state),
+                )
+            }
+        };
+        write(&file, value)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = fs::read_to_string(&done.0).map_err(io_err("read", &done.0))?;
+            if now.lines().any(|l| l.trim() == done.1) {
+                return Ok(true);
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Stuck(file));
+            }
+            // Freezing completes asynchronously, task by task.
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -214,6 +271,16 @@ pub fn pids(dir: &Path) -> Vec<i32> {
 /// `patience`) and removes them. Missing cgroups are already removed.
 pub fn kill_and_remove(cgroups: &Cgroups, patience: Duration) -> Result<(), CgroupError> {
     let deadline = Instant::now() + patience;
+    // Frozen tasks do not die, and a snapshot cut short may have left the
+    // workspace frozen: thaw first, in whichever hierarchy freezes.
+    for dir in &cgroups.dirs {
+        for (file, value) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+            let path = dir.join(file);
+            if path.exists() {
+                let _ = fs::write(&path, value);
+            }
+        }
+    }
     for dir in &cgroups.dirs {
         if !dir.exists() {
             continue;

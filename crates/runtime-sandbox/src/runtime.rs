@@ -871,22 +871,38 @@ impl Inner {
         }
     }
 
-    /// Freezes a copy of the workspace's upper directory (it may be
-    /// running) on top of its stack: O(changed files).
+    /// Freezes a copy of the workspace's upper directory on top of its
+    /// stack: O(changed files). A running workspace is paused meanwhile
+    /// (cgroup freezer), so the copy is one consistent state.
     fn copy_upper(
         &self,
         state: &State,
         kind: LayerKind,
     ) -> Result<berth_layers::Layer, RuntimeError> {
         let dirs = self.dirs(&state.id);
-        self.store
+        let paused = match (&self.cgroups, self.running(state)) {
+            (Ok(layout), Some(_)) => {
+                let cgroups = layout.cgroups(&format!("{}.{}", state.id, state.instance));
+                layout
+                    .freeze(&cgroups, true)
+                    .map_err(other)?
+                    .then_some((layout, cgroups))
+            }
+            _ => None,
+        };
+        let copied = self
+            .store
             .freeze_copy(
                 &dirs.upper,
                 &state.stack,
                 kind,
                 &format!("workspace {}", state.id),
             )
-            .map_err(other)
+            .map_err(other);
+        if let Some((layout, cgroups)) = paused {
+            layout.freeze(&cgroups, false).map_err(other)?;
+        }
+        copied
     }
 
     fn changes_of(&self, state: &State) -> Result<Vec<Change>, RuntimeError> {

@@ -885,3 +885,19 @@ async fn weaker_isolation_is_refused_unless_accepted_and_then_reported() {
     assert_eq!(ran.stdout, "         0          0 4294967295\nrefused\n");
     rt.remove(&ws).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_frozen_workspace_is_still_torn_down() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
+    let cgroups = layout.instances(ws.id.as_str()).pop().unwrap();
+    // As a snapshot cut short by a crash would leave it.
+    if !layout.freeze(&cgroups, true).unwrap() {
+        panic!("this host has no cgroup freezer");
+    }
+    rt.remove(&ws).await.unwrap();
+    assert!(layout.instances(ws.id.as_str()).is_empty());
+}
