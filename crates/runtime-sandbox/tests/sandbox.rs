@@ -719,6 +719,21 @@ async fn the_agent_is_pid_1_and_serves_commands_and_files() {
         ["NoNewPrivs:\t1", "Seccomp:\t2"]
     );
 
+    // Nothing of the provider's environment (where credentials live)
+    // reaches the workspace: cargo's variables are in this test's.
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let env = sh(
+        &rt,
+        &ws,
+        "tr '\\0' '\\n' < /proc/1/environ | cut -d= -f1 | sort; echo --; env | cut -d= -f1 | sort",
+    )
+    .await;
+    assert_eq!(
+        env.stdout, "HOME\nLANG\nPATH\nUSER\n--\nHOME\nLANG\nPATH\nPWD\nUSER\n",
+        "{}",
+        env.stderr
+    );
+
     // A stuck agent does not stop teardown.
     let info = rt.start(&ws).await.unwrap();
     let pid = info["pid"].as_u64().unwrap() as i32;
