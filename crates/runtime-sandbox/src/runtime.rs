@@ -849,11 +849,11 @@ impl Inner {
             )
             .map_err(other)?;
         self.fresh_upper(&dirs)?;
-        let old = state.stack.clone();
+        // The layers below stay referenced: they are the new layer's
+        // parents, and the caller decides what the provisioned stack is.
         let new = layer.stack();
         self.set_refs(&state.id, &[], &new)?;
         state.stack = new;
-        let _ = old;
         Ok(layer)
     }
 
