@@ -84,7 +84,10 @@ async fn main() {
     let bin = exe.parent().unwrap().parent().unwrap();
     let mut config = SandboxConfig::from_env(home.path());
     config.init_program = bin.join("berth-sandbox-init");
-    config.agent_program = Some(bin.join("berth-agent"));
+    // MEASURE_NO_AGENT=1 measures the sandbox alone: the init's reaper
+    // as PID 1, commands through the init binary.
+    config.agent_program =
+        (std::env::var_os("MEASURE_NO_AGENT").is_none()).then(|| bin.join("berth-agent"));
     let rt = SandboxRuntime::new(config).unwrap();
     rt.available().await.unwrap();
 
