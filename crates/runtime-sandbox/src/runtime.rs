@@ -66,9 +66,9 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// The defaults for `home`, with the init binary found next to the
-    /// current executable (or in `BERTH_SANDBOX_INIT`), the agent in
-    /// `BERTH_AGENT` and extra binds in `BERTH_SANDBOX_HOST_BINDS`
+    /// The defaults for `home`, with the init binary and the agent found
+    /// next to the current executable (or in `BERTH_SANDBOX_INIT` and
+    /// `BERTH_AGENT`) and extra binds in `BERTH_SANDBOX_HOST_BINDS`
     /// (colon-separated).
     pub fn from_env(home: impl Into<PathBuf>) -> Self {
         let init_program = std::env::var_os("BERTH_SANDBOX_INIT")
@@ -90,7 +90,13 @@ impl SandboxConfig {
         SandboxConfig {
             home: home.into(),
             init_program,
-            agent_program: std::env::var_os("BERTH_AGENT").map(PathBuf::from),
+            agent_program: std::env::var_os("BERTH_AGENT")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let exe = std::env::current_exe().ok()?;
+                    let agent = exe.parent()?.join("berth-agent");
+                    agent.is_file().then_some(agent)
+                }),
             host_binds,
             id_map: Some(DEFAULT_ID_MAP),
             accept_weaker: std::env::var("BERTH_SANDBOX_ACCEPT_WEAKER").is_ok_and(|v| v == "1"),
