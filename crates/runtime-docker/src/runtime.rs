@@ -305,15 +305,14 @@ impl DockerRuntime {
         }
     }
 
-    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+    /// Tags `image` as `repo:tag`, moving the tag if it named another.
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), RuntimeError> {
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
         self.engine()
-            .await
-            .map_err(|e| EngineError::IOError {
-                err: std::io::Error::other(e.to_string()),
-            })?
+            .await?
             .tag_image(image, Some(options))
             .await
+            .map_err(|e| self.fail(format!("cannot tag image `{image}` as `{repo}:{tag}`"), e))
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
@@ -708,8 +707,7 @@ impl Runtime for DockerRuntime {
         self.make_container(ws, &image).await?;
         // Until a cache entry is saved, the image is the provisioned state.
         self.tag(&image, plan::PROVISIONED_REPO, ws.id.as_str())
-            .await
-            .map_err(|e| self.fail(format!("cannot tag image `{image}`"), e))?;
+            .await?;
         self.info(ws).await
     }
 
@@ -829,8 +827,7 @@ impl Runtime for DockerRuntime {
         }
         let image = self.commit(ws, Some((plan::CACHE_REPO, key))).await?;
         self.tag(&image, plan::PROVISIONED_REPO, ws.id.as_str())
-            .await
-            .map_err(|e| self.fail(format!("cannot tag image `{image}`"), e))?;
+            .await?;
         // The container is remade from what was just saved, so that its
         // change list starts from the provisioned state.
         self.recreate(ws, &plan::provisioned_image(&ws.id)).await
@@ -1035,8 +1032,7 @@ impl Runtime for DockerRuntime {
             image
         };
         self.tag(&base, plan::PROVISIONED_REPO, ws.id.as_str())
-            .await
-            .map_err(|e| self.fail(format!("cannot tag image `{base}`"), e))?;
+            .await?;
         self.info(ws).await
     }
 
