@@ -222,5 +222,11 @@ impl Drop for World {
         for image in self.images.lock().unwrap().iter() {
             let _ = Command::new("docker").args(["rmi", "-f", image]).output();
         }
+        // Images committed from this world's containers and named by
+        // nothing any more (a fork's base, a replaced provisioned state).
+        let home = format!("label=dev.berth.home={}", self.home.path().display());
+        let _ = Command::new("docker")
+            .args(["image", "prune", "-f", "--filter", &home])
+            .output();
     }
 }
