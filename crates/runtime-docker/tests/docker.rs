@@ -84,11 +84,21 @@ async fn dpkg_version(runtime: &DockerRuntime, ws: &Workspace, package: &str) ->
 #[tokio::test]
 async fn a_busybox_image_runs_a_workspace_and_detects_only_its_shell() {
     let world = World::new();
-    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let mut spec = spec_for(image(TestImage::Busybox));
+    spec.env.insert("GREETING".into(), "hello".into());
+    let ws = running(&world, spec).await;
 
-    let (out, status) = sh(&world.runtime, &ws, "echo hello from $(uname -s); pwd").await;
+    let (out, status) = sh(&world.runtime, &ws, "echo $GREETING from $(uname -s); pwd").await;
     assert_eq!(status.code, Some(0));
     assert_eq!(out, "hello from Linux\n/workspace\n");
+    // The injected agent cannot be changed from inside.
+    let (out, status) = sh(
+        &world.runtime,
+        &ws,
+        "echo x > /.berth/agent || echo refused",
+    )
+    .await;
+    assert_eq!((out.as_str(), status.code), ("refused\n", Some(0)));
 
     let host = std::process::Command::new(support::busybox_path())
         .output()
