@@ -595,11 +595,10 @@ async fn provision(
     (ws, events)
 }
 
-fn private_repo_spec(server: &GitHttpServer, setup: &str) -> Spec {
+fn private_repo_spec(server: &GitHttpServer, image: &str, setup: &str) -> Spec {
     let text = format!(
-        "runtime = \"docker\"\nimage = \"{}\"\nsetup_script = \"{setup}\"\n\
+        "runtime = \"docker\"\nimage = \"{image}\"\nsetup_script = \"{setup}\"\n\
          [[repositories]]\nurl = \"{}private\"\npath = \"private\"\ncredential = \"forge\"\n",
-        image(TestImage::Busybox),
         server.url()
     );
     Spec::parse(&text, Format::Toml).unwrap()
@@ -627,7 +626,11 @@ async fn the_clone_token_is_nowhere_in_the_container() {
     let (ws, events) = provision(
         &world,
         &provider,
-        private_repo_spec(&server, "env > setup-env.txt; ls -a private"),
+        private_repo_spec(
+            &server,
+            image(TestImage::Busybox),
+            "env > setup-env.txt; ls -a private",
+        ),
     )
     .await;
     assert!(server.served() > 0);
@@ -686,13 +689,25 @@ async fn a_second_workspace_starts_from_the_cache_and_fetches_what_moved() {
     let server = GitHttpServer::start(repos.path(), token);
     write_credentials(&world, token);
     let provider = provider(&world).await;
-    let spec = private_repo_spec(&server, "echo ran >> setup.log");
+    // Fetching into a workspace needs git in it.
+    let spec = private_repo_spec(
+        &server,
+        image(TestImage::Debian),
+        "echo ran | tee -a setup.log",
+    );
 
     let (first, events) = provision(&world, &provider, spec.clone()).await;
     assert!(
         events
             .iter()
             .any(|e| matches!(e, ProvisionEvent::CacheMiss { .. }))
+    );
+    // The setup script's output is streamed as it runs.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProvisionEvent::SetupOutput { data, .. } if data.0 == b"ran\n")),
+        "{events:#?}"
     );
     commit_files(&origin, &[("NEWS", "moved upstream\n")], "news");
 

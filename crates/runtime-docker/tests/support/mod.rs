@@ -19,7 +19,8 @@ pub enum TestImage {
     Busybox,
     /// No shell, no programs at all: just the agent's mount point.
     NoShell,
-    /// A Debian minbase root with python3 and perl.
+    /// A Debian minbase root with python3, perl and git (which fetching
+    /// into a workspace needs).
     Debian,
 }
 
@@ -28,7 +29,7 @@ impl TestImage {
         match self {
             TestImage::Busybox => "berth-test/busybox:1",
             TestImage::NoShell => "berth-test/noshell:1",
-            TestImage::Debian => "berth-test/debian:1",
+            TestImage::Debian => "berth-test/debian:2",
         }
     }
 }
@@ -120,7 +121,7 @@ fn debian_root(root: &Path) {
     let out = Command::new("debootstrap")
         .args([
             "--variant=minbase",
-            "--include=python3-minimal,perl-base",
+            "--include=python3-minimal,perl-base,git",
             "bookworm",
         ])
         .arg(root)
