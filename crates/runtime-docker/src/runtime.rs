@@ -33,6 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,9 @@ pub struct DockerRuntime {
     engine: OnceCell<Docker>,
     agent_binary: OnceCell<PathBuf>,
     agents: AgentPool,
+    /// One lock per workspace, held while its container is started,
+    /// stopped, replaced or removed, so two of those never interleave.
+    lifecycles: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl DockerRuntime {
@@ -82,7 +86,20 @@ impl DockerRuntime {
             engine: OnceCell::new(),
             agent_binary: OnceCell::new(),
             agents: AgentPool::new(),
+            lifecycles: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no other start, stop, replacement or removal of the
+    /// workspace's container runs, and keeps it so until dropped.
+    async fn lifecycle(&self, ws: &Workspace) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = match self.lifecycles.lock() {
+            Ok(mut locks) => locks.entry(ws.id.to_string()).or_default().clone(),
+            // A poisoned map only means a panic elsewhere; a fresh lock
+            // still orders what follows.
+            Err(_) => Arc::default(),
+        };
+        lock.lock_owned().await
     }
 
     /// The Engine, connected and with the API version both sides speak.
@@ -721,6 +738,7 @@ impl Runtime for DockerRuntime {
         host_dir: &Path,
         dest: &WorkspacePath,
     ) -> Result<(), RuntimeError> {
+        let _lifecycle = self.lifecycle(ws).await;
         let name = plan::container_name(&ws.id);
         let exists = self.stat(&name, &inside(dest)).await?.is_some();
         if !exists {
@@ -746,16 +764,22 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError> {
+        let _lifecycle = self.lifecycle(ws).await;
         self.start_container(ws).await?;
         self.wait_for_agent(ws).await?;
         self.info(ws).await
     }
 
     async fn stop(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let _lifecycle = self.lifecycle(ws).await;
         self.stop_container(ws).await
     }
 
     async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let _lifecycle = self.lifecycle(ws).await;
+        if let Ok(mut locks) = self.lifecycles.lock() {
+            locks.remove(ws.id.as_str());
+        }
         self.agents.forget(ws.id.as_str());
         self.remove_container(&plan::container_name(&ws.id)).await?;
         self.untag(&plan::provisioned_image(&ws.id)).await?;
@@ -820,6 +844,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError> {
+        let _lifecycle = self.lifecycle(ws).await;
         if !plan::valid_tag(key) {
             return Err(RuntimeError::Other(format!(
                 "`{key}` cannot be a cache key: it is not a valid image tag"
@@ -901,6 +926,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn reset(&self, ws: &Workspace, to: Option<&str>) -> Result<(), RuntimeError> {
+        let _lifecycle = self.lifecycle(ws).await;
         let image = match to {
             Some(id) if !plan::valid_tag(id) => {
                 return Err(RuntimeError::Other(format!("no snapshot `{id}`")));

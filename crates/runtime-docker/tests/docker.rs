@@ -750,3 +750,21 @@ async fn a_container_deleted_behind_berths_back_is_reconciled_on_open() {
     let error = found.error.unwrap_or_default();
     assert!(error.contains("removed outside berth"), "{error}");
 }
+
+#[tokio::test]
+async fn concurrent_resets_of_a_workspace_take_turns() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+    runtime
+        .write_file(&ws, &path("scratch.txt"), b"x".to_vec())
+        .await
+        .unwrap();
+
+    let (a, b) = tokio::join!(runtime.reset(&ws, None), runtime.reset(&ws, None));
+    a.unwrap();
+    b.unwrap();
+    let (out, status) = sh(runtime, &ws, "ls; echo fine").await;
+    assert_eq!((out.as_str(), status.code), ("fine\n", Some(0)));
+    assert_eq!(runtime.changes(&ws).await.unwrap(), []);
+}
