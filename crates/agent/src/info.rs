@@ -32,7 +32,7 @@ fn resources(agent: &Agent) -> Resources {
     Resources {
         agent_rss_bytes: procfs::kb_field("/proc/self/status", "VmRSS").unwrap_or(0),
         agent_cpu_ms: me.map_or(0, |s| s.cpu_ticks * 1000 / TICKS_PER_SECOND),
-        processes: procfs::all().map_or(0, |all| all.len() as u32),
+        processes: procfs::count().unwrap_or(0),
         // This request is one of them; report the others.
         operations: agent.operations.load(Ordering::Relaxed).saturating_sub(1),
         memory_available_bytes: procfs::kb_field("/proc/meminfo", "MemAvailable").unwrap_or(0),

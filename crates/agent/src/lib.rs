@@ -131,6 +131,11 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
         operations: AtomicU32::new(0),
     });
     agent.detector.start(agent.clone());
+    eprintln!(
+        "berth-agent {VERSION}: serving {} for workspace {}",
+        options.socket.display(),
+        options.root.display()
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();

@@ -4,7 +4,16 @@
 use berth_agent::args::{self, Invocation};
 use std::process::ExitCode;
 
+/// The first argument that makes this binary the sandbox's stage-1 init,
+/// so one static executable serves both roles in any image.
+const SANDBOX_INIT: &str = "sandbox-init";
+
 fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(SANDBOX_INIT) {
+        let code = berth_runtime_sandbox::stage1::main(&raw[1..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let options = match args::parse(std::env::args_os().skip(1)) {
         Ok(Invocation::Serve(options)) => options,
         Ok(Invocation::Install(dir)) => {

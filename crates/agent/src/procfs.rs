@@ -51,6 +51,20 @@ pub fn all() -> Option<Vec<ProcStat>> {
     )
 }
 
+/// How many processes `/proc` shows, without reading any of them.
+pub fn count() -> Option<u32> {
+    let dir = fs::read_dir("/proc").ok()?;
+    let numeric = |name: &std::ffi::OsStr| {
+        name.to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    Some(
+        dir.filter_map(Result::ok)
+            .filter(|e| numeric(&e.file_name()))
+            .count() as u32,
+    )
+}
+
 /// The agent's direct children, from `/proc/self/task/*/children`, which
 /// is much cheaper than reading every process; `None` when the kernel does
 /// not provide it.

@@ -272,6 +272,9 @@ async fn execute(
     // When set, the command was interrupted and is killed at this time if
     // it is still running.
     let mut kill_at: Option<tokio::time::Instant> = None;
+    // A signal that found no process of the command yet, and when to try
+    // again.
+    let mut pending: Option<(i32, tokio::time::Instant, u32)> = None;
 
     if shell.stdin.write_all(script.as_bytes()).await.is_err() {
         let status = shell.child.wait().await;
@@ -302,16 +305,20 @@ async fn execute(
                 _ => break None,
             },
             control = run.controls.recv(), if controls_open => match control {
-                Some(Control::Signal(signal)) => signal_command(shell.pid, signal),
+                Some(Control::Signal(signal)) => {
+                    if !signal_command(shell.pid, signal) {
+                        pending = Some((signal, tokio::time::Instant::now() + RETRY, RETRIES));
+                    }
+                }
                 Some(Control::Cancel) => {
                     cancelled = true;
-                    interrupt(agent, shell.pid, &mut kill_at);
+                    interrupt(agent, shell.pid, &mut kill_at, &mut pending);
                 }
                 Some(_) => {}
                 None => {
                     controls_open = false;
                     cancelled = true;
-                    interrupt(agent, shell.pid, &mut kill_at);
+                    interrupt(agent, shell.pid, &mut kill_at, &mut pending);
                 }
             },
             control = session_controls.recv(), if !closing => match control {
@@ -335,10 +342,26 @@ async fn execute(
             }
             () = sleep_until(deadline), if !timed_out && kill_at.is_none() => {
                 timed_out = true;
-                interrupt(agent, shell.pid, &mut kill_at);
+                interrupt(agent, shell.pid, &mut kill_at, &mut pending);
+            }
+            () = sleep_until(pending.map(|(_, at, _)| at)) => {
+                // Sent before the command had a process of its own (the
+                // shell had not forked it yet): send it again once it has,
+                // for a while (a built-in never gets one).
+                if let Some((signal, _, tries)) = pending.take()
+                    && !signal_command(shell.pid, signal)
+                    && tries > 0
+                {
+                    pending = Some((signal, tokio::time::Instant::now() + RETRY, tries - 1));
+                }
             }
             () = sleep_until(kill_at) => {
-                if closing {
+                pending = None;
+                let command_processes = crate::procfs::group_members(shell.pid as i32, shell.pid as i32);
+                if closing || command_processes.is_empty() {
+                    // Only the shell is left to end: the command is a
+                    // built-in (a `while :; do :; done`), which no signal
+                    // the shell survives can stop, so the session ends.
                     crate::signal_group(shell.pid, Signal::KILL.as_raw());
                 } else {
                     signal_command(shell.pid, Signal::KILL.as_raw());
@@ -386,28 +409,47 @@ async fn execute(
     end
 }
 
+/// How soon, and how many times, a signal that found no process of the
+/// command is sent again.
+const RETRY: Duration = Duration::from_millis(10);
+const RETRIES: u32 = 100;
+
 /// SIGINT to the group (the shell survives it), SIGKILL after the grace.
-fn interrupt(agent: &Agent, shell: u32, kill_at: &mut Option<tokio::time::Instant>) {
-    crate::signal_group(shell, Signal::INT.as_raw());
+fn interrupt(
+    agent: &Agent,
+    shell: u32,
+    kill_at: &mut Option<tokio::time::Instant>,
+    pending: &mut Option<(i32, tokio::time::Instant, u32)>,
+) {
+    if !signal_command(shell, Signal::INT.as_raw()) {
+        *pending = Some((
+            Signal::INT.as_raw(),
+            tokio::time::Instant::now() + RETRY,
+            RETRIES,
+        ));
+    }
     kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
 }
 
 /// A signal for the running command. SIGINT goes to the whole group (the
 /// shell ignores it through its trap); any other signal goes to every
-/// member of the group but the shell.
-fn signal_command(shell: u32, signal: i32) {
+/// member of the group but the shell. Returns whether the command had a
+/// process of its own to receive it.
+fn signal_command(shell: u32, signal: i32) -> bool {
+    let members = crate::procfs::group_members(shell as i32, shell as i32);
     if signal == Signal::INT.as_raw() {
         crate::signal_group(shell, signal);
-        return;
+        return !members.is_empty();
     }
     let Some(signal) = Signal::from_named_raw(signal) else {
-        return;
+        return true;
     };
-    for pid in crate::procfs::group_members(shell as i32, shell as i32) {
-        if let Some(pid) = Pid::from_raw(pid) {
+    for pid in &members {
+        if let Some(pid) = Pid::from_raw(*pid) {
             let _ = rustix::process::kill_process(pid, signal);
         }
     }
+    !members.is_empty()
 }
 
 /// Takes the status line for `marker` out of `buf`, if it has arrived.

@@ -17,6 +17,24 @@ struct Agent {
     root: PathBuf,
     child: Child,
     client: AgentClient,
+    _watchdog: std::sync::mpsc::Sender<()>,
+}
+
+/// How long one test may use its agent; past it the agent is killed, so a
+/// test waiting on it fails instead of hanging.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Kills `pid` after the limit unless the sender is dropped first.
+fn watchdog(pid: u32) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TEST_LIMIT) {
+            eprintln!("the test ran past {TEST_LIMIT:?}; killing its agent");
+            let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    });
+    tx
 }
 
 impl Agent {
@@ -48,6 +66,7 @@ impl Agent {
         Agent {
             _dir: dir,
             root,
+            _watchdog: watchdog(child.id()),
             child,
             client,
         }
@@ -310,6 +329,27 @@ async fn an_interrupted_session_command_leaves_the_session_working() {
     let (out, _, _) = session.run("echo ok").await.unwrap();
     assert_eq!(out, b"ok\n");
 
+    // A loop of built-ins runs in the shell itself, which survives
+    // SIGINT: cancelling it has to end the session, and says so.
+    let looping = session
+        .start("while :; do :; done", Some(200), None)
+        .await
+        .unwrap();
+    let (_, _, status) = looping.output().await;
+    assert!(status.timed_out);
+    assert_eq!(status.signal, Some(9), "{status:?}");
+    let after = session.run("true").await.unwrap_err();
+    assert!(matches!(after, ClientError::Agent(_)), "{after}");
+}
+
+#[tokio::test]
+async fn a_session_ends_with_the_exit_of_its_shell() {
+    let agent = Agent::start().await;
+    let session = agent
+        .client
+        .session(SessionParams::default())
+        .await
+        .unwrap();
     // A command that exits the shell ends the session with its code.
     let (_, _, status) = session.run("exit 4").await.unwrap();
     assert_eq!(status.code, Some(4));
