@@ -89,6 +89,16 @@ pub enum GitError {
     #[error("cannot fast-forward {path}: {reason}")]
     CannotFastForward { path: PathBuf, reason: String },
 
+    #[error(
+        "cannot fetch into `{path}`: the workspace has no `git` (and `sh`) to take the \
+         fetched commits in; use an image that has git"
+    )]
+    NoGitInside { path: String },
+
+    /// A git command run inside a workspace failed or answered nonsense.
+    #[error("git inside the workspace, in `{path}`: {what}")]
+    Inside { path: String, what: String },
+
     #[error("{path} is not a git checkout")]
     NotACheckout { path: PathBuf },
 

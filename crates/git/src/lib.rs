@@ -16,12 +16,15 @@
 mod command;
 mod credentials;
 mod error;
+pub mod inside;
+mod mirror;
 mod url;
 
 pub use credentials::{
     CREDENTIALS_FILE, Credential, Credentials, ENV_PREFIX, ENV_USERNAME_SUFFIX, normalise,
 };
 pub use error::GitError;
+pub use mirror::{CatchUp, Mirror, Mirrors};
 
 use berth_core::spec::Repository;
 use command::{Auth, Finished, Redactor, Runner};

@@ -12,7 +12,7 @@ use crate::{CreateOptions, FetchResult, Provider, ServiceError};
 use berth_core::events::ProvisionStep;
 use berth_core::{
     ExecEvent, ExecRequest, ProvisionEvent, Runtime, Spec, Stream, Workspace, WorkspaceId,
-    WorkspaceState, now_ms,
+    WorkspacePath, WorkspaceState, now_ms,
 };
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,12 @@ impl Progress {
 /// Where clones are prepared before they move into a workspace.
 pub(crate) fn staging_dir(home: &Path, id: &WorkspaceId) -> PathBuf {
     home.join("staging").join(id.as_str())
+}
+
+/// The provider's mirrors of upstream repositories, which every clone and
+/// every fetch into an isolated workspace goes through.
+fn mirrors(home: &Path) -> berth_git::Mirrors {
+    berth_git::Mirrors::new(home.join("git").join("mirrors"))
 }
 
 fn log_path(home: &Path, id: &WorkspaceId) -> PathBuf {
@@ -316,7 +322,7 @@ impl Provider {
                 .await;
             let dest = staging.join(index.to_string());
             self.git()
-                .clone(repo, &dest)
+                .clone_with_mirror(repo, &mirrors(self.home()), &dest)
                 .await
                 .map_err(|e| Failure::new(ProvisionStep::Clone, e))?;
             let commit = self
@@ -427,9 +433,11 @@ impl Provider {
         self.fetch_into(&ws, &runtime, &progress).await
     }
 
-    /// Fetches one repository with provider-side git: in place when the
-    /// runtime exposes the workspace's files, else on a copy brought out
-    /// and put back.
+    /// Fetches one repository. In place, with provider-side git, when the
+    /// runtime exposes the workspace's files (`local`: no isolation to
+    /// keep); otherwise the workspace's own git takes in a bundle made from
+    /// the provider's mirror (see [`berth_git::inside`]), so nothing of the
+    /// checkout is ever read by a git process of the provider.
     async fn fetch_repository(
         &self,
         ws: &Workspace,
@@ -448,6 +456,90 @@ impl Provider {
             }
             return Ok(outcome);
         }
+        if ws.state == WorkspaceState::Stopped {
+            return Err(ServiceError::WrongState {
+                id: ws.id.to_string(),
+                state: ws.state,
+                hint: "fetching runs git inside the workspace; start it first",
+            });
+        }
+        let probed = run_inside(ws, runtime, berth_git::inside::probe(&repo.path)).await?;
+        let probe = match berth_git::inside::read_probe(&repo.path, &probed) {
+            Ok(probe) => probe,
+            Err(berth_git::GitError::NoGitInside { .. }) if runtime.name() == "docker" => {
+                return self.fetch_by_copy(ws, runtime, repo).await;
+            }
+            Err(e) => return Err(git_error(e)),
+        };
+        let unchanged = berth_git::FetchOutcome {
+            commit: probe.head.clone(),
+            previous: probe.head.clone(),
+            updated: false,
+        };
+        let Some(upstream) = probe.upstream.as_deref() else {
+            // A tag or commit checkout, or a branch following nothing on
+            // `origin`: there is nothing to follow.
+            return Ok(unchanged);
+        };
+        let catch_up = {
+            // The mirror stays locked only while it is updated and read.
+            let mirror = self
+                .git()
+                .mirror(repo, &mirrors(self.home()))
+                .await
+                .map_err(git_error)?;
+            self.git()
+                .catch_up(&mirror, upstream, &probe.have)
+                .await
+                .map_err(git_error)?
+        };
+        let Some(catch_up) = catch_up else {
+            // The branch is gone upstream; the checkout keeps what it has.
+            return Ok(unchanged);
+        };
+        // Inside `.git`, where neither the work tree nor `git status` sees
+        // it, under a name no concurrent fetch shares; removed whatever
+        // happens.
+        let bundle = match catch_up.bundle {
+            Some(bytes) => {
+                let name = bundle_name();
+                let at = repo.path.join(&WorkspacePath::parse(&name)?);
+                runtime
+                    .write_file(ws, &at, bytes)
+                    .await
+                    .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+                Some((at, name))
+            }
+            None => None,
+        };
+        let request = berth_git::inside::advance(
+            &repo.path,
+            upstream,
+            &catch_up.commit,
+            bundle.as_ref().map(|(_, name)| name.as_str()),
+            &catch_up.branch_ref,
+        );
+        let advanced = run_inside(ws, runtime, request).await;
+        if let Some((at, _)) = &bundle
+            && let Err(e) = runtime.remove_file(ws, at).await
+        {
+            tracing::warn!(workspace = %ws.id, path = %at, "cannot remove the fetch bundle: {e}");
+        }
+        berth_git::inside::read_advance(&repo.path, upstream, &advanced?).map_err(git_error)
+    }
+
+    /// Fetches on a copy of the checkout brought out of the workspace and
+    /// put back, for images without git.
+    async fn fetch_by_copy(
+        &self,
+        ws: &Workspace,
+        runtime: &Arc<dyn Runtime>,
+        repo: &berth_core::spec::Repository,
+    ) -> Result<berth_git::FetchOutcome, ServiceError> {
+        let git_error = |source| ServiceError::Git {
+            id: ws.id.to_string(),
+            source,
+        };
         let staging = staging_dir(self.home(), &ws.id).join("fetch");
         let _ = tokio::fs::remove_dir_all(&staging).await;
         if let Some(parent) = staging.parent() {
@@ -508,4 +600,37 @@ impl Provider {
         }
         Ok(results)
     }
+}
+
+/// A file name for a bundle inside a checkout's `.git`, unique among the
+/// fetches of this provider.
+fn bundle_name() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".git/berth-fetch-{}-{n}.bundle", std::process::id())
+}
+
+/// Runs a command inside the workspace and collects how it ended.
+async fn run_inside(
+    ws: &Workspace,
+    runtime: &Arc<dyn Runtime>,
+    request: ExecRequest,
+) -> Result<berth_git::inside::Ran, ServiceError> {
+    let mut events = runtime
+        .exec(ws, request, CancellationToken::new())
+        .await
+        .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+    let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
+    while let Some(event) = events.recv().await {
+        match event {
+            ExecEvent::Stdout { data } => stdout.extend_from_slice(&data.0),
+            ExecEvent::Stderr { data } => stderr.extend_from_slice(&data.0),
+            ExecEvent::Exit(status) => code = status.code,
+        }
+    }
+    Ok(berth_git::inside::Ran {
+        code,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
 }
