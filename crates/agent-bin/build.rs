@@ -54,6 +54,7 @@ fn build(root: &Path, out_dir: &Path) -> (PathBuf, String) {
         "crates/proto",
         "crates/exec",
         "crates/files",
+        "crates/runtime-sandbox",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

@@ -208,10 +208,26 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("berth: {err:#}");
+            eprintln!("berth: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause shown once: many errors already
+/// include their cause's message in their own.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -233,9 +249,35 @@ fn home_dir(home: Option<PathBuf>) -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/berth"))
 }
 
+/// The first argument that makes the agent the sandbox's stage-1 init.
+const SANDBOX_INIT: &str = "sandbox-init";
+
+/// The sandbox runtime, with the static agent (installed from this binary
+/// into `$BERTH_HOME/bin`) as both its stage-1 init and each workspace's
+/// PID 1.
+fn sandbox_runtime(home: &std::path::Path) -> Result<berth_runtime_sandbox::SandboxRuntime> {
+    let mut config = berth_runtime_sandbox::SandboxConfig::from_env(home);
+    let bin = home.join("bin");
+    let agent = berth_agent_bin::install(&bin)
+        .with_context(|| format!("cannot install the agent into {}", bin.display()))?;
+    if std::env::var_os("BERTH_SANDBOX_INIT").is_none() {
+        config.init_program = agent.clone();
+        config.init_args = vec![SANDBOX_INIT.into()];
+    }
+    if config.agent_program.is_none() {
+        config.agent_program = Some(agent);
+    }
+    Ok(berth_runtime_sandbox::SandboxRuntime::new(config)?)
+}
+
 async fn open_provider(home: PathBuf, default_runtime: Option<String>) -> Result<Provider> {
-    let mut config =
-        ProviderConfig::new(&home).runtime(Arc::new(berth_runtime_local::LocalRuntime::new(&home)));
+    let mut config = ProviderConfig::new(&home)
+        .runtime(Arc::new(berth_runtime_local::LocalRuntime::new(&home)))
+        .runtime(Arc::new(berth_runtime_docker::DockerRuntime::new(&home)));
+    match sandbox_runtime(&home) {
+        Ok(sandbox) => config = config.runtime(Arc::new(sandbox)),
+        Err(e) => tracing::warn!("the sandbox runtime is unavailable: {e:#}"),
+    }
     config.default_runtime = default_runtime;
     if let Some(limit) = std::env::var_os("BERTH_OUTPUT_LIMIT") {
         let text = limit.to_string_lossy();

@@ -327,3 +327,87 @@ async fn derricks_invocation_serves_derricks_routes_with_a_token() {
     let listed: serde_json::Value = serde_json::from_str(&env.ok(&["ls", "--json"])).unwrap();
     assert_eq!(listed[0]["name"], "test-123");
 }
+
+#[test]
+fn a_sandbox_workspace_from_the_cli_detects_lists_changes_diffs_resets_and_forks() {
+    let env = Env::new();
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("keep.txt", "k\n"), ("edit.txt", "old\n")]);
+    let spec = env.file(
+        "sandbox.toml",
+        &format!(
+            "runtime = \"sandbox\"\nimage = \"host\"\nsetup_script = \"echo ready > ready.txt\"\n\
+             [[repositories]]\nurl = \"{}\"\npath = \"app\"\n",
+            repo.display()
+        ),
+    );
+    let out = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+
+    let shown = env.ok(&["show", &id]);
+    assert!(shown.contains("isolation: isolated"), "{shown}");
+    assert!(shown.contains("pid"), "{shown}");
+    let inside = env.ok(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "cat ready.txt; ls /proc | grep -c '^[0-9]'",
+    ]);
+    let mut lines = inside.lines();
+    assert_eq!(lines.next(), Some("ready"));
+    let processes: u32 = lines.next().unwrap().parse().unwrap();
+    assert!(
+        processes < 10,
+        "the workspace sees only its own processes: {processes}"
+    );
+    let detected = env.ok(&["detect", &id]);
+    assert!(detected.lines().any(|l| l.starts_with("sh ")), "{detected}");
+
+    env.ok(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo new > app/edit.txt; rm app/keep.txt; echo a > app/added.txt",
+    ]);
+    assert_eq!(
+        env.ok(&["changes", &id]),
+        "A app/added.txt\nM app/edit.txt\nD app/keep.txt\n"
+    );
+    let patch = env.ok(&["diff", &id]);
+    assert!(
+        patch.contains("--- a/app/edit.txt") && patch.contains("+new"),
+        "{patch}"
+    );
+
+    let forks = env.ok(&["fork", &id, "--count", "2"]);
+    let forks: Vec<&str> = forks.lines().collect();
+    assert_eq!(forks.len(), 2);
+    let export = env.dir.path().join("out");
+    env.ok(&["export", &id, "-o", export.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(export.join("app/added.txt")).unwrap(),
+        "a\n"
+    );
+    assert!(
+        !export.join("app/keep.txt").exists(),
+        "only changed files are exported"
+    );
+    env.ok(&["reset", &id]);
+    assert_eq!(env.ok(&["changes", &id]), "", "reset drops every change");
+    assert_eq!(
+        env.ok(&["read", forks[0], "app/edit.txt"]),
+        "new\n",
+        "a fork keeps the state it was made from"
+    );
+    env.ok(&["rm", &id, forks[0], forks[1]]);
+}

@@ -49,8 +49,11 @@ pub struct SandboxConfig {
     /// berth's state directory; layers go in `layers/`, workspaces in
     /// `sandbox/`.
     pub home: PathBuf,
-    /// The stage-1 init binary (`berth-sandbox-init`).
+    /// The stage-1 init binary (`berth-sandbox-init`, or the agent).
     pub init_program: PathBuf,
+    /// Arguments put before stage 1's own: `["sandbox-init"]` when the
+    /// init program is the agent, which plays both roles.
+    pub init_args: Vec<String>,
     /// The agent, run as each workspace's PID 1 when given; otherwise the
     /// init's own minimal reaper is.
     pub agent_program: Option<PathBuf>,
@@ -90,6 +93,7 @@ impl SandboxConfig {
         SandboxConfig {
             home: home.into(),
             init_program,
+            init_args: Vec::new(),
             agent_program: std::env::var_os("BERTH_AGENT")
                 .map(PathBuf::from)
                 .or_else(|| {
@@ -666,10 +670,12 @@ impl Inner {
                     format!("/{WORKSPACE_DIR}"),
                 ]
             }
-            None => vec![
-                plan::program_inside(&self.config.init_program),
-                "reap".into(),
-            ],
+            None => {
+                let mut reap = vec![plan::program_inside(&self.config.init_program)];
+                reap.extend(self.config.init_args.iter().cloned());
+                reap.push("reap".into());
+                reap
+            }
         };
         let lowers = self.store.trees_top_first(&state.stack);
         let config = plan::plan(&PlanInput {
@@ -698,6 +704,7 @@ impl Inner {
         let log = fs::File::create(self.ws_dir(&id).join("init.log"))
             .map_err(io_err("cannot create the init log"))?;
         let mut child = tokio::process::Command::new(&self.config.init_program)
+            .args(&self.config.init_args)
             .arg("start")
             .arg(&config_path)
             .stdin(std::process::Stdio::null())
@@ -1048,6 +1055,11 @@ impl Runtime for SandboxRuntime {
     /// None: a sandbox's files hold symlinks the workspace made, which a
     /// host process (running as host root) would follow to host paths.
     /// Clones go in through [`Runtime::import`] instead.
+    fn agent_socket(&self, ws: &Workspace) -> Option<PathBuf> {
+        self.config.agent_program.as_ref()?;
+        Some(self.dirs(ws.id.as_str()).run.join("agent.sock"))
+    }
+
     fn host_path(&self, _ws: &Workspace) -> Option<PathBuf> {
         None
     }
@@ -1177,14 +1189,15 @@ impl Runtime for SandboxRuntime {
             Some(cwd) => inside_path(&WorkspacePath::parse(cwd)?),
             None => format!("/{WORKSPACE_DIR}"),
         };
-        let mut argv = vec![
-            self.config.init_program.display().to_string(),
+        let mut argv = vec![self.config.init_program.display().to_string()];
+        argv.extend(self.config.init_args.iter().cloned());
+        argv.extend([
             "exec".into(),
             self.config_path(&id).display().to_string(),
             init.pid.to_string(),
             cwd,
             "--".into(),
-        ];
+        ]);
         argv.extend(request.command.to_argv());
         let mut env = self.base_env(ws);
         for (key, value) in request.env {

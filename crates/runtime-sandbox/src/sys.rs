@@ -70,11 +70,11 @@ pub fn loopback_up() -> io::Result<()> {
     }
     // SAFETY: the request names an interface and has room for the flags.
     let result = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) < 0 {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut request) < 0 {
             -1
         } else {
             request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &request)
+            libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &request)
         }
     };
     let error = io::Error::last_os_error();

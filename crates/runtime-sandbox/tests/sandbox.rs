@@ -20,6 +20,7 @@ fn config(home: &Path) -> SandboxConfig {
     SandboxConfig {
         home: home.to_path_buf(),
         init_program: PathBuf::from(env!("CARGO_BIN_EXE_berth-sandbox-init")),
+        init_args: Vec::new(),
         agent_program: None,
         host_binds: Vec::new(),
         id_map: Some(DEFAULT_ID_MAP),
