@@ -43,7 +43,18 @@ async fn as_pid_1_the_agent_reaps_orphans_and_stops_gracefully() {
         .args(["--grace-ms", "300"])
         .spawn()
         .expect("unshare (util-linux) must be installed");
-    let client = AgentClient::connect(&socket, Duration::from_secs(10))
+    // Past this, a hung agent is killed so that the test fails instead.
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(60), exercise(&socket, &mut unshare)).await;
+    if outcome.is_err() {
+        let _ = unshare.kill();
+        let _ = unshare.wait();
+        panic!("the agent in its PID namespace did not answer within 60 s");
+    }
+}
+
+async fn exercise(socket: &std::path::Path, unshare: &mut std::process::Child) {
+    let client = AgentClient::connect(socket, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(client.info(false).await.unwrap().pid, 1);

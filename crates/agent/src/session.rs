@@ -19,7 +19,11 @@
 //! The shell leads its own process group and runs `trap : INT`, so an
 //! interrupt (SIGINT to the group) ends the running command while the
 //! shell — whose handler does nothing — lives on; commands still get the
-//! default SIGINT disposition, as a handler is reset on exec.
+//! default SIGINT disposition, as a handler is reset on exec. A signal that
+//! arrives before the shell has forked the command is sent again until the
+//! command has a process. A command made only of built-ins (`while :; do
+//! :; done`) runs in the shell itself and cannot be interrupted without
+//! ending it: past the grace period the session is ended, and says so.
 
 use crate::Agent;
 use crate::fdio::{read_now, read_some, sleep_until};
