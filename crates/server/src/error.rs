@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use berth_core::RuntimeError;
 use berth_provider::ServiceError;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -33,12 +34,13 @@ pub struct ErrorBody {
 /// |---|---|
 /// | 400 | `invalid_request`, `invalid_path`, `invalid_body`, `invalid_query`, `ambiguous_id`, `no_default_spec` |
 /// | 401 | `unauthorized` |
-/// | 404 | `not_found`, `file_not_found`, `route_not_found` |
+/// | 404 | `not_found`, `file_not_found`, `route_not_found`, `agent_not_built` |
 /// | 405 | `method_not_allowed` |
 /// | 409 | `wrong_state`, `name_taken`, `cannot_fast_forward` |
 /// | 410 | `workspace_gone` |
 /// | 413 | `body_too_large` |
-/// | 422 | `invalid_spec`, `no_runtime`, `unknown_runtime`, `provision_failed`, `command_not_started`, `invalid_repository`, `invalid_ref`, `credential_unusable` |
+/// | 422 | `invalid_spec`, `no_runtime`, `unknown_runtime`, `provision_failed`, `command_not_started`, `invalid_repository`, `invalid_ref`, `credential_unusable`, `unsupported` |
+/// | 426 | `websocket_required` |
 /// | 502 | `git_authentication_failed`, `git_failed` (the remote refused or failed) |
 /// | 503 | `runtime_unavailable` |
 /// | 500 | anything else (`runtime_error`, `registry_error`, `credentials_invalid`, ...) |
@@ -46,13 +48,16 @@ pub struct ErrorBody {
 /// 422 means the request was well-formed but what it asks for cannot be
 /// made: an invalid spec, a runtime that does not exist or was not chosen,
 /// a setup script that failed (the workspace is kept, marked `failed`), a
-/// command that cannot be started.
+/// command that cannot be started, an operation the workspace's runtime
+/// lacks (snapshots in `local`, sessions where there is no agent).
 pub fn status_for(code: &str) -> StatusCode {
     match code {
         "invalid_request" | "invalid_path" | "invalid_body" | "invalid_query" | "ambiguous_id"
         | "no_default_spec" => StatusCode::BAD_REQUEST,
         "unauthorized" => StatusCode::UNAUTHORIZED,
-        "not_found" | "file_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
+        "not_found" | "file_not_found" | "route_not_found" | "agent_not_built" => {
+            StatusCode::NOT_FOUND
+        }
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
         "wrong_state" | "name_taken" | "cannot_fast_forward" => StatusCode::CONFLICT,
         "workspace_gone" => StatusCode::GONE,
@@ -64,7 +69,9 @@ pub fn status_for(code: &str) -> StatusCode {
         | "command_not_started"
         | "invalid_repository"
         | "invalid_ref"
-        | "credential_unusable" => StatusCode::UNPROCESSABLE_ENTITY,
+        | "credential_unusable"
+        | "unsupported" => StatusCode::UNPROCESSABLE_ENTITY,
+        "websocket_required" => StatusCode::UPGRADE_REQUIRED,
         "git_authentication_failed" | "git_failed" => StatusCode::BAD_GATEWAY,
         "runtime_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,9 +110,24 @@ impl ApiError {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         ApiError {
-            code: Cow::Borrowed(err.code()),
+            code: Cow::Borrowed(code_of(&err)),
             message: err.to_string(),
         }
+    }
+}
+
+/// The service layer's code, except that an operation the runtime lacks
+/// gets a code of its own: the service layer files it under
+/// `runtime_error` (a 500), but nothing failed on the server — the
+/// workspace's runtime cannot do what was asked, and asking again will
+/// not help.
+fn code_of(err: &ServiceError) -> &'static str {
+    match err {
+        ServiceError::Runtime {
+            source: RuntimeError::Unsupported { .. },
+            ..
+        } => "unsupported",
+        other => other.code(),
     }
 }
 
@@ -168,6 +190,9 @@ mod tests {
             ("git_authentication_failed", 502),
             ("cannot_fast_forward", 409),
             ("git_failed", 502),
+            ("unsupported", 422),
+            ("agent_not_built", 404),
+            ("websocket_required", 426),
         ];
         for (code, status) in expected {
             assert_eq!(status_for(code).as_u16(), status, "{code}");

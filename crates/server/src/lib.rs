@@ -3,8 +3,11 @@
 //! answers and errors back into HTTP.
 //!
 //! Two surfaces share one router:
-//! - the versioned REST API under `/v1` ([`v1`]), described by an OpenAPI
-//!   document generated from the code and served at `GET /v1/openapi.json`;
+//! - the versioned REST API under `/v1`, described by an OpenAPI document
+//!   generated from the code and served at `GET /v1/openapi.json`:
+//!   workspaces, commands and files ([`v1`]), layers ([`layers`]), the
+//!   workspace's agent — interpreters, sessions, terminals ([`agent`]) —
+//!   and the agent binary for hosts that download it ([`distribution`]);
 //! - Derrick's routes ([`derrick`]), so that clients written for Derrick keep
 //!   working unchanged.
 //!
@@ -18,12 +21,16 @@
 //! [`serve`] binds a loopback TCP port (token-protected) or a unix socket
 //! (protected by its file mode) and runs the router until a shutdown signal.
 
+pub mod agent;
 mod auth;
 pub mod derrick;
+pub mod distribution;
 mod error;
 mod extract;
+pub mod layers;
 pub mod openapi;
 mod server;
+mod sessions;
 mod stream;
 pub mod v1;
 
@@ -66,6 +73,8 @@ impl RouterConfig {
 pub(crate) struct AppState {
     pub provider: Provider,
     pub default_spec: Option<Arc<Spec>>,
+    /// Shell sessions open through this router.
+    pub sessions: sessions::Sessions,
 }
 
 /// The whole HTTP API over `provider`: `/v1`, Derrick's routes, the health
@@ -74,6 +83,7 @@ pub fn router(provider: Provider, config: RouterConfig) -> Router {
     let state = AppState {
         provider,
         default_spec: config.default_spec.map(Arc::new),
+        sessions: sessions::Sessions::default(),
     };
     let (routes, document) = openapi::routes().split_for_parts();
     // Rendered once: the document never changes while the server runs.

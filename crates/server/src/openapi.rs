@@ -18,11 +18,20 @@ use utoipa_axum::router::OpenApiRouter;
             TCP (the token is in `$BERTH_HOME/server-token`); a unix socket needs none. Errors \
             are `{\"error\": {\"code\", \"message\"}}` with a stable code.",
     ),
-    components(schemas(ErrorResponse, ErrorBody, ProgressLine, ErrorLine, wire::ExecEvent)),
+    components(schemas(
+        ErrorResponse,
+        ErrorBody,
+        ProgressLine,
+        ErrorLine,
+        wire::ExecEvent,
+        crate::agent::TerminalControl
+    )),
     tags(
         (name = "workspaces", description = "Provision, list, start, stop, fetch and remove workspaces"),
         (name = "exec", description = "Run commands in a workspace"),
         (name = "files", description = "Read, write, list and remove a workspace's files"),
+        (name = "layers", description = "Snapshots, reset, forks, changes, diffs, exports and garbage collection"),
+        (name = "agent", description = "A workspace's agent: interpreters, shell sessions, terminals; and the agent binary itself"),
         (name = "health", description = "Liveness"),
         (name = "derrick", description = "Derrick's routes, for its existing clients"),
     )
@@ -83,6 +92,9 @@ impl Modify for BearerAuth {
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     let mut routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::v1::routes())
+        .merge(crate::layers::routes())
+        .merge(crate::agent::routes())
+        .merge(crate::distribution::routes())
         .merge(crate::derrick::routes());
     // After the merge: the modifier needs every operation in place.
     BearerAuth.modify(routes.get_openapi_mut());
@@ -188,6 +200,66 @@ pub mod wire {
         Other,
     }
 
+    /// What a workspace's agent reports about itself.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct AgentInfo {
+        /// The agent binary's version.
+        pub version: String,
+        /// The protocol version it serves.
+        pub protocol: u32,
+        /// Its process id in the workspace.
+        pub pid: u32,
+        /// Time since the agent started, in milliseconds.
+        pub uptime_ms: u64,
+        /// The workspace root commands and paths are relative to.
+        pub root: String,
+        pub interpreters: Vec<Interpreter>,
+        pub resources: Resources,
+    }
+
+    /// An interpreter or shell found in the workspace.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Interpreter {
+        /// `python`, `node`, `ruby`, `go`, `java`, `perl`, `R`, `bash`,
+        /// `sh`, or a name from the image's hints file.
+        pub name: String,
+        /// Absolute path of the executable.
+        pub path: String,
+        /// The version it reported, when it reported one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub version: Option<String>,
+        pub source: InterpreterSource,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum InterpreterSource {
+        /// Found on the search path and probed.
+        Detected,
+        /// Named by the image's hints file.
+        Hint,
+    }
+
+    /// Resource use, read from `/proc` in the workspace.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Resources {
+        /// The agent's own resident memory, in bytes.
+        pub agent_rss_bytes: u64,
+        /// CPU time the agent used, in milliseconds.
+        pub agent_cpu_ms: u64,
+        /// Processes visible in the workspace, the agent included.
+        pub processes: u32,
+        /// Operations the agent is running.
+        pub operations: u32,
+        /// Memory the kernel reports available, in bytes.
+        pub memory_available_bytes: u64,
+        /// Load average over one minute, times 100.
+        pub load_1m_centi: u64,
+    }
+
     /// One entry of a directory listing.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
     #[serde(deny_unknown_fields)]
@@ -206,6 +278,7 @@ pub mod wire {
 #[cfg(test)]
 mod tests {
     use super::wire;
+    use berth_core::proto::{AgentInfo, Interpreter, InterpreterSource, Resources};
     use berth_core::{Command, ExecEvent, ExecRequest, ExitStatus, FileEntry, FileKind, Output};
     use serde::Serialize;
     use serde::de::DeserializeOwned;
@@ -261,5 +334,30 @@ mod tests {
             modified: 17,
         });
         same_wire::<_, wire::Command>(&Command::Shell("true".into()));
+        let interpreter = |name: &str, version: Option<&str>, source| Interpreter {
+            name: name.into(),
+            path: format!("/usr/bin/{name}"),
+            version: version.map(str::to_string),
+            source,
+        };
+        same_wire::<_, wire::AgentInfo>(&AgentInfo {
+            version: "0.1.0".into(),
+            protocol: 1,
+            pid: 1,
+            uptime_ms: 12,
+            root: "/workspace".into(),
+            interpreters: vec![
+                interpreter("python", Some("3.11.2"), InterpreterSource::Detected),
+                interpreter("tool", None, InterpreterSource::Hint),
+            ],
+            resources: Resources {
+                agent_rss_bytes: 1,
+                agent_cpu_ms: 2,
+                processes: 3,
+                operations: 4,
+                memory_available_bytes: 5,
+                load_1m_centi: 6,
+            },
+        });
     }
 }

@@ -41,15 +41,25 @@ impl Api {
         home: tempfile::TempDir,
         configure: impl FnOnce(ServerConfig) -> ServerConfig,
     ) -> Api {
+        Api::start_with_runtimes(home, Vec::new(), configure).await
+    }
+
+    /// A server whose provider has `extra` runtimes besides `fake` and
+    /// `local`.
+    async fn start_with_runtimes(
+        home: tempfile::TempDir,
+        extra: Vec<Arc<dyn berth_core::Runtime>>,
+        configure: impl FnOnce(ServerConfig) -> ServerConfig,
+    ) -> Api {
         let fake = Arc::new(FakeRuntime::new());
         let local = Arc::new(LocalRuntime::new(home.path()));
-        let provider = Provider::open(
-            ProviderConfig::new(home.path())
-                .runtime(fake.clone())
-                .runtime(local),
-        )
-        .await
-        .unwrap();
+        let mut config = ProviderConfig::new(home.path())
+            .runtime(fake.clone())
+            .runtime(local);
+        for runtime in extra {
+            config = config.runtime(runtime);
+        }
+        let provider = Provider::open(config).await.unwrap();
         let config = configure(ServerConfig {
             listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
             token: Some(TOKEN.into()),
@@ -902,6 +912,21 @@ async fn the_openapi_document_describes_every_route() {
         "/v1/workspaces/{id}/files",
         "/v1/workspaces/{id}/files/content",
         "/v1/runtimes",
+        "/v1/workspaces/{id}/snapshots",
+        "/v1/snapshots/{snapshot}",
+        "/v1/workspaces/{id}/reset",
+        "/v1/workspaces/{id}/changes",
+        "/v1/workspaces/{id}/diff",
+        "/v1/workspaces/{id}/fork",
+        "/v1/workspaces/{id}/export",
+        "/v1/gc",
+        "/v1/workspaces/{id}/info",
+        "/v1/workspaces/{id}/sessions",
+        "/v1/workspaces/{id}/sessions/{session}",
+        "/v1/workspaces/{id}/sessions/{session}/exec",
+        "/v1/workspaces/{id}/sessions/{session}/interrupt",
+        "/v1/workspaces/{id}/terminal",
+        "/v1/agent/binary",
         "/healthz",
         "/health",
         "/workspaces",
@@ -1472,3 +1497,12 @@ async fn derricks_clients_work_end_to_end() {
     let (_, list) = api.json(api.get("/workspaces")).await;
     assert_eq!(list["workspaces"].as_array().unwrap().len(), 1);
 }
+
+// --- layers, the agent, agent distribution, deployment files --------------
+
+#[path = "http/agent.rs"]
+mod agent;
+#[path = "http/distribution.rs"]
+mod distribution;
+#[path = "http/layers.rs"]
+mod layers;
