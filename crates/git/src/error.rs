@@ -99,6 +99,9 @@ pub enum GitError {
     #[error("git inside the workspace, in `{path}`: {what}")]
     Inside { path: String, what: String },
 
+    #[error("refusing to fetch into the copy of {path}: {reason}")]
+    UnsafeCheckout { path: PathBuf, reason: String },
+
     #[error("{path} is not a git checkout")]
     NotACheckout { path: PathBuf },
 

@@ -14,6 +14,7 @@
 //! git process that holds no credential.
 
 mod command;
+mod copied;
 mod credentials;
 mod error;
 pub mod inside;
@@ -122,6 +123,17 @@ impl Git {
         let sha256 = previous.len() == 64;
         self.fetch_objects(repo, checkout, sha256, auth.as_ref())
             .await?;
+        self.fast_forward(checkout, previous).await
+    }
+
+    /// Fast-forwards the branch of `checkout` (whose HEAD was at `previous`
+    /// before its remote-tracking branches were updated) onto its upstream,
+    /// when that loses nothing.
+    async fn fast_forward(
+        &self,
+        checkout: &Path,
+        previous: String,
+    ) -> Result<FetchOutcome, GitError> {
         let unchanged = || FetchOutcome {
             commit: previous.clone(),
             previous: previous.clone(),

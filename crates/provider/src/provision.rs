@@ -466,8 +466,8 @@ impl Provider {
         let probed = run_inside(ws, runtime, berth_git::inside::probe(&repo.path)).await?;
         let probe = match berth_git::inside::read_probe(&repo.path, &probed) {
             Ok(probe) => probe,
-            Err(berth_git::GitError::NoGitInside { .. }) if runtime.name() == "docker" => {
-                return self.fetch_by_copy(ws, runtime, repo).await;
+            Err(no_git @ berth_git::GitError::NoGitInside { .. }) => {
+                return self.fetch_by_copy(ws, runtime, repo, no_git).await;
             }
             Err(e) => return Err(git_error(e)),
         };
@@ -528,13 +528,17 @@ impl Provider {
         berth_git::inside::read_advance(&repo.path, upstream, &advanced?).map_err(git_error)
     }
 
-    /// Fetches on a copy of the checkout brought out of the workspace and
-    /// put back, for images without git.
+    /// Fetches on a copy of the checkout brought out of a workspace that
+    /// has no git, and puts it back: provider-side git, but under a
+    /// configuration of berth's own (see [`berth_git::Git::fetch_copy`]).
+    /// Without a way to copy out, the workspace's lack of git (`no_git`) is
+    /// the error.
     async fn fetch_by_copy(
         &self,
         ws: &Workspace,
         runtime: &Arc<dyn Runtime>,
         repo: &berth_core::spec::Repository,
+        no_git: berth_git::GitError,
     ) -> Result<berth_git::FetchOutcome, ServiceError> {
         let git_error = |source| ServiceError::Git {
             id: ws.id.to_string(),
@@ -547,14 +551,18 @@ impl Provider {
                 ServiceError::runtime(&ws.id, berth_core::RuntimeError::io("create staging", e))
             })?;
         }
-        runtime
-            .copy_out(ws, &repo.path, &staging)
-            .await
-            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        match runtime.copy_out(ws, &repo.path, &staging).await {
+            Ok(()) => {}
+            Err(berth_core::RuntimeError::Unsupported { .. }) => return Err(git_error(no_git)),
+            Err(e) => return Err(ServiceError::runtime(&ws.id, e)),
+        }
         let fetched = async {
-            let outcome = self.git().fetch(repo, &staging).await.map_err(git_error)?;
+            let outcome = self
+                .git()
+                .fetch_copy(repo, &mirrors(self.home()), &staging)
+                .await
+                .map_err(git_error)?;
             if outcome.updated {
-                self.git().mark_base(&staging).await.map_err(git_error)?;
                 runtime
                     .import(ws, &staging, &repo.path)
                     .await
