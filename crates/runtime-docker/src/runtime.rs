@@ -732,6 +732,10 @@ impl Runtime for DockerRuntime {
         None
     }
 
+    fn agent_socket(&self, ws: &Workspace) -> Option<PathBuf> {
+        Some(self.socket(&ws.id))
+    }
+
     async fn import(
         &self,
         ws: &Workspace,
