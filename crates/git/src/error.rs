@@ -90,8 +90,9 @@ pub enum GitError {
     CannotFastForward { path: PathBuf, reason: String },
 
     #[error(
-        "cannot fetch into `{path}`: the workspace has no `git` (and `sh`) to take the \
-         fetched commits in; use an image that has git"
+        "cannot fetch into `{path}`: the workspace has no `git` (or no `sh`) to take the \
+         fetched commits in, and its runtime cannot copy the checkout out; use an image \
+         that has git"
     )]
     NoGitInside { path: String },
 

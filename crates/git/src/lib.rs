@@ -12,6 +12,15 @@
 //! in a private repository of the provider that borrows the checkout's objects,
 //! and only then are the new objects and refs copied into the checkout, by a
 //! git process that holds no credential.
+//!
+//! The provider clones through [`Mirrors`]: one bare repository per URL, the
+//! only place a credential is used, so a second clone of a URL downloads only
+//! what is new. Checkouts inside isolated workspaces are never touched by the
+//! provider's git at all: [`inside`] has the workspace's own git take in a
+//! bundle made from the mirror ([`Git::catch_up`]); a workspace without git
+//! gets [`Git::fetch_copy`] on a copy, under berth's configuration, not the
+//! copy's. [`Git::fetch`], in place, is for checkouts with no isolation to
+//! keep (the `local` runtime).
 
 mod command;
 mod copied;

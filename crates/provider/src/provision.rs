@@ -1,10 +1,11 @@
 //! Provisioning: from a spec to a running workspace, through the cache.
 //!
 //! On a cache miss the repositories are cloned on the provider side (where
-//! the credentials are), moved into the workspace, the setup script runs
-//! inside the runtime, and the result is saved under the spec's cache key.
-//! On a hit the workspace starts from the cached state and fetches whatever
-//! moved upstream. Progress is reported as [`ProvisionEvent`]s; a failure
+//! the credentials are) from the provider's mirrors, moved into the
+//! workspace, the setup script runs inside the runtime, and the result is
+//! saved under the spec's cache key. On a hit the workspace starts from the
+//! cached state and fetches whatever moved upstream: into an isolated
+//! workspace as a bundle its own git takes in, into its own upper layer. Progress is reported as [`ProvisionEvent`]s; a failure
 //! leaves the workspace `failed` with the failing step's output tail.
 
 use crate::error::step_name;

@@ -96,9 +96,13 @@ impl World {
     }
 
     fn spec(&self, setup: &str) -> Spec {
+        self.spec_on("host", setup)
+    }
+
+    fn spec_on(&self, image: &str, setup: &str) -> Spec {
         Spec::parse(
             &format!(
-                "runtime = \"sandbox\"\nsetup_script = \"{setup}\"\n\
+                "runtime = \"sandbox\"\nimage = \"{image}\"\nsetup_script = \"{setup}\"\n\
                  [[repositories]]\nurl = \"{}app\"\npath = \"app\"\ncredential = \"forge\"\n",
                 self.server.url()
             ),
@@ -403,4 +407,61 @@ async fn a_second_clone_of_a_url_only_asks_what_is_new() {
         "the second clone made {second} requests, the first {first}"
     );
     println!("requests: first clone {first}, second clone {second}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_without_git_or_stopped_is_told_so() {
+    let world = World::new().await;
+    // A base of busybox alone: a shell, no git.
+    let rootfs = world.dir.path().join("busybox-root");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    let applets = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(applets.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+    }
+    // The sandbox's init runs inside as the workspace's first process; it
+    // needs its shared libraries there.
+    let ldd = std::process::Command::new("ldd")
+        .arg(init_program())
+        .output()
+        .unwrap();
+    for library in String::from_utf8(ldd.stdout)
+        .unwrap()
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+    {
+        let target = rootfs.join(library.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(library, &target).unwrap();
+    }
+    let image = format!("dir:{}", rootfs.display());
+    let (ws, _) = world.create(world.spec_on(&image, "true")).await;
+    assert_eq!(world.read(&ws, "app/README").await, "one\n");
+    let id = ws.id.as_str();
+    let err = world
+        .provider()
+        .fetch(id, Progress::none())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(id) && text.contains("app") && text.contains("no `git`"),
+        "{text}"
+    );
+
+    let (ws, _) = world.create(world.spec("true")).await;
+    world.provider().stop(ws.id.as_str()).await.unwrap();
+    let err = world
+        .provider()
+        .fetch(ws.id.as_str(), Progress::none())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "wrong_state", "{err}");
+    assert!(err.to_string().contains("start it"), "{err}");
 }
