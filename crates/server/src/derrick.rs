@@ -236,7 +236,10 @@ pub(crate) async fn remove_workspace(
     Path(id): Path<String>,
 ) -> Result<Json<bool>, ApiError> {
     match state.provider.remove(&id).await {
-        Ok(_) => Ok(Json(true)),
+        Ok(removed) => {
+            state.sessions.forget_workspace(removed.id.as_str());
+            Ok(Json(true))
+        }
         Err(ServiceError::NotFound(_)) => Ok(Json(false)),
         Err(e) => Err(e.into()),
     }

@@ -36,7 +36,9 @@ pub struct BinaryQuery {
 ///
 /// Runs unchanged in any Linux image as its entrypoint. The `ETag` and
 /// `x-berth-agent-sha256` headers carry its SHA-256 (hex); a request whose
-/// `If-None-Match` names it gets `304 Not Modified`.
+/// `If-None-Match` names it gets `304 Not Modified`. Like every route, it
+/// needs the server's token on TCP: `deploy/agent-wrapper.sh` sends
+/// `$BERTH_TOKEN`, and keeps it from the agent it starts.
 #[utoipa::path(
     get,
     path = "/v1/agent/binary",

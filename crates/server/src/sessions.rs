@@ -5,9 +5,10 @@
 //! is only ever held to look up, add or remove an entry, never across an
 //! await.
 //!
-//! A session ends when it is closed, when its agent goes away (noticed by
-//! the next request, which is answered with the loss), or when the server
-//! stops.
+//! A session ends when it is closed, when its workspace is stopped or
+//! removed through this server, when its agent goes away otherwise
+//! (noticed by the next request, which is answered with the loss), or when
+//! the server stops.
 
 use berth_agent_client::{ClientError, Process, Session};
 use berth_core::{ExecEvent, ExitStatus};
@@ -160,6 +161,14 @@ impl Sessions {
     /// lives on. Answers whether a command was running.
     pub async fn interrupt(&self, workspace: &str, session: &str) -> Result<bool, SessionError> {
         self.ask(workspace, session, Request::Interrupt).await
+    }
+
+    /// Forgets every session of a workspace that was stopped or removed:
+    /// their tasks end as their mailboxes close, and their ids are not
+    /// found from now on.
+    pub fn forget_workspace(&self, workspace: &str) {
+        self.lock()
+            .retain(|_, handle| handle.workspace != workspace);
     }
 
     /// Closes a session, ending its shell and anything running in it.

@@ -220,7 +220,9 @@ pub(crate) async fn remove_workspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(state.provider.remove(&id).await?))
+    let removed = state.provider.remove(&id).await?;
+    state.sessions.forget_workspace(removed.id.as_str());
+    Ok(Json(removed))
 }
 
 /// Starts a stopped workspace; a running one is left as it is.
@@ -258,7 +260,9 @@ pub(crate) async fn stop_workspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(state.provider.stop(&id).await?))
+    let stopped = state.provider.stop(&id).await?;
+    state.sessions.forget_workspace(stopped.id.as_str());
+    Ok(Json(stopped))
 }
 
 /// Fetches upstream changes into every repository of a workspace, never

@@ -509,14 +509,14 @@ async fn sessions_close_and_unknown_ones_are_not_found() {
 }
 
 #[tokio::test]
-async fn a_session_whose_agent_went_away_answers_with_the_loss() {
-    let api = Api::with_agents().await;
+async fn a_session_whose_agent_died_answers_with_the_loss() {
+    let home = tempfile::tempdir().unwrap();
+    let runtime = Arc::new(AgentLocal::new(home.path()));
+    let api = Api::start_with_runtimes(home, vec![runtime.clone()], |config| config).await;
     let id = api.agent_workspace().await;
     let session = api.open_session(&id, json!({})).await;
-    let (status, _) = api
-        .json(api.post(&format!("/v1/workspaces/{id}/stop")))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    runtime.stop_agent(&api.provider.get(&id).unwrap()).await;
+
     let (status, body) = api.session_exec(&id, &session, "true").await;
     assert_error(
         status,
@@ -534,6 +534,32 @@ async fn a_session_whose_agent_went_away_answers_with_the_loss() {
         "not_found",
         &[&session],
     );
+}
+
+#[tokio::test]
+async fn stopping_a_workspace_ends_its_sessions() {
+    let api = Api::with_agents().await;
+    let id = api.agent_workspace().await;
+    let session = api.open_session(&id, json!({})).await;
+    let other = api.agent_workspace().await;
+    let kept = api.open_session(&other, json!({})).await;
+    for action in ["stop", "start"] {
+        let (status, body) = api
+            .json(api.post(&format!("/v1/workspaces/{id}/{action}")))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = api.session_exec(&id, &session, "true").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no session", &session, &id],
+    );
+    let (status, body) = api.session_exec(&other, &kept, "echo still").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "still\n");
 }
 
 /// Reads a terminal's frames until `needle` shows in its output.
