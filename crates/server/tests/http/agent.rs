@@ -1,8 +1,10 @@
 //! The agent routes — info, sessions, the terminal — against a real
-//! `berth-agent`: `local-agent` is the `local` runtime with an agent
+//! `berth-agent`: in `docker` workspaces, where it is the container's
+//! PID 1, and in `local-agent` ones (the `local` runtime with an agent
 //! process started for each running workspace on a socket of its own,
-//! serving the workspace's directory. Runtimes without an agent answer
-//! with a clear error.
+//! serving the workspace's directory), where its behaviour is easy to
+//! watch from the host. Runtimes without an agent answer with a clear
+//! error.
 
 use super::*;
 use async_trait::async_trait;
@@ -719,3 +721,54 @@ async fn a_terminal_needs_a_websocket_upgrade_and_the_token() {
 }
 
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+#[tokio::test]
+async fn the_agent_routes_reach_a_docker_workspace() {
+    let image = super::layers::image();
+    let (api, _cleanup) = Api::with_docker().await;
+    let id = api
+        .create(json!({ "runtime": "docker", "image": image }))
+        .await;
+
+    let (status, info) = api
+        .json(api.get(&format!("/v1/workspaces/{id}/info?detect=true")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["pid"], 1, "the agent is the container's init: {info}");
+    let names: Vec<&str> = info["interpreters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sh"], "busybox's shell and nothing else: {info}");
+
+    let session = api.open_session(&id, json!({})).await;
+    api.session_exec(&id, &session, "cd /tmp && export A=1")
+        .await;
+    let (status, body) = api
+        .session_exec(
+            &id,
+            &session,
+            "pwd; echo $A; exit_code() { return 4; }; exit_code",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "/tmp\n1\n");
+    assert_eq!(body["exit"]["code"], 4);
+
+    let mut request = api
+        .ws_url(&format!("/v1/workspaces/{id}/terminal"))
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket
+        .send(Message::Binary("echo $((6 * 7)); exit\n".into()))
+        .await
+        .unwrap();
+    read_until(&mut socket, "42").await;
+}

@@ -28,7 +28,7 @@ fn docker(args: &[&str]) -> String {
 
 /// A busybox image (no registry is reachable), made once per machine: the
 /// first test process to need it builds it under a lock.
-fn image() -> &'static str {
+pub(super) fn image() -> &'static str {
     let exists = || {
         Command::new("docker")
             .args(["image", "inspect", IMAGE])
@@ -73,7 +73,7 @@ fn image() -> &'static str {
 
 /// Removes every container and image made for a berth home, even when the
 /// test failed half-way.
-struct DockerCleanup(String);
+pub(super) struct DockerCleanup(String);
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
@@ -100,7 +100,7 @@ impl Drop for DockerCleanup {
 }
 
 impl Api {
-    async fn with_docker() -> (Api, DockerCleanup) {
+    pub(super) async fn with_docker() -> (Api, DockerCleanup) {
         let home = tempfile::tempdir().unwrap();
         let cleanup = DockerCleanup(home.path().display().to_string());
         let docker = Arc::new(DockerRuntime::new(home.path()));
