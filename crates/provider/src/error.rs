@@ -23,6 +23,8 @@ pub enum ServiceError {
     RuntimeUnavailable { name: String, reason: String },
     #[error("no workspace `{0}`")]
     NotFound(String),
+    #[error("no snapshot `{0}`")]
+    SnapshotNotFound(String),
     #[error("{0}")]
     Ambiguous(String),
     #[error("a workspace named `{0}` already exists")]
@@ -69,7 +71,7 @@ impl ServiceError {
             ServiceError::NoRuntime { .. } => "no_runtime",
             ServiceError::UnknownRuntime { .. } => "unknown_runtime",
             ServiceError::RuntimeUnavailable { .. } => "runtime_unavailable",
-            ServiceError::NotFound(_) => "not_found",
+            ServiceError::NotFound(_) | ServiceError::SnapshotNotFound(_) => "not_found",
             ServiceError::FileNotFound { .. } => "file_not_found",
             ServiceError::Ambiguous(_) => "ambiguous_id",
             ServiceError::NameTaken(_) => "name_taken",
@@ -78,6 +80,7 @@ impl ServiceError {
                 RuntimeError::Gone { .. } => "workspace_gone",
                 RuntimeError::Unavailable { .. } => "runtime_unavailable",
                 RuntimeError::Spawn { .. } => "command_not_started",
+                RuntimeError::Unsupported { .. } => "unsupported",
                 _ => "runtime_error",
             },
             ServiceError::Git { source, .. } => git_code(source),

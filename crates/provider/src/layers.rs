@@ -188,6 +188,16 @@ impl Provider {
                 Ok::<_, (ProvisionStep, RuntimeError)>(())
             }
             .await;
+            if let Err((_, error @ RuntimeError::Unsupported { .. })) = made {
+                // Nothing was made: the record goes, and the caller learns
+                // that this runtime cannot fork.
+                self.store().set_state(
+                    &ws.id,
+                    WorkspaceState::Removed,
+                    Some(&error.to_string()),
+                )?;
+                return Err(ServiceError::runtime(&origin.id, error));
+            }
             if let Err((step, error)) = made {
                 self.store().set_state(
                     &ws.id,
@@ -222,7 +232,7 @@ impl Provider {
         }
         Err(match last {
             Some(RuntimeError::NotFound(_)) | None => {
-                ServiceError::NotFound(format!("snapshot {snapshot}"))
+                ServiceError::SnapshotNotFound(snapshot.to_string())
             }
             Some(e) => ServiceError::Runtime {
                 id: snapshot.to_string(),

@@ -5,7 +5,6 @@
 use axum::Json;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use berth_core::RuntimeError;
 use berth_provider::ServiceError;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -110,24 +109,9 @@ impl ApiError {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         ApiError {
-            code: Cow::Borrowed(code_of(&err)),
+            code: Cow::Borrowed(err.code()),
             message: err.to_string(),
         }
-    }
-}
-
-/// The service layer's code, except that an operation the runtime lacks
-/// gets a code of its own: the service layer files it under
-/// `runtime_error` (a 500), but nothing failed on the server — the
-/// workspace's runtime cannot do what was asked, and asking again will
-/// not help.
-fn code_of(err: &ServiceError) -> &'static str {
-    match err {
-        ServiceError::Runtime {
-            source: RuntimeError::Unsupported { .. },
-            ..
-        } => "unsupported",
-        other => other.code(),
     }
 }
 

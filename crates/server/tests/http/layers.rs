@@ -385,8 +385,7 @@ async fn runtimes_without_layers_refuse_clearly() {
             &[&id, "local", what],
         );
     }
-    // The service layer makes the fork's record before asking the runtime,
-    // so the refusal comes as a failed provisioning of the fork.
+    // A runtime that cannot fork says so, and no fork is left listed.
     let (status, body) = api
         .json(api.post(&format!("/v1/workspaces/{id}/fork")))
         .await;
@@ -394,8 +393,14 @@ async fn runtimes_without_layers_refuse_clearly() {
         status,
         &body,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "provision_failed",
+        "unsupported",
         &["local", "fork"],
+    );
+    let (_, listed) = api.json(api.get("/v1/workspaces")).await;
+    assert_eq!(
+        listed["workspaces"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
     );
     let (status, body) = api.json(api.post("/v1/gc")).await;
     assert_eq!((status, body), (StatusCode::OK, json!({ "runtimes": [] })));
