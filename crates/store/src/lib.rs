@@ -50,11 +50,34 @@ impl Store {
             source,
         })?;
         let path = home.join(DB_FILE);
+        // A database being created by several processes at once can answer
+        // SQLITE_BUSY without consulting the busy handler (switching a new
+        // file to WAL takes an exclusive lock that a concurrent opener may
+        // hold); the whole opening is tried again until the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let conn = loop {
+            match Self::open_connection(&path) {
+                Err(StoreError::Database { source, .. })
+                    if is_busy(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// Opens one connection: busy timeout, WAL, pragmas, schema.
+    fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         let db = |source| StoreError::Database {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         };
-        let mut conn = Connection::open(&path).map_err(db)?;
+        let mut conn = Connection::open(path).map_err(db)?;
         // The busy timeout first: switching to WAL and migrating both take
         // locks that another process opening at the same moment may hold.
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
@@ -62,7 +85,10 @@ impl Store {
             .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
             .map_err(db)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::NoWal { path, mode });
+            return Err(StoreError::NoWal {
+                path: path.to_path_buf(),
+                mode,
+            });
         }
         // In WAL mode `normal` never corrupts the database on a crash; it can
         // only lose the last commits on power loss, which berth's start-up
@@ -70,11 +96,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "normal")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
-        schema::migrate(&mut conn, &path)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-            path,
-        })
+        schema::migrate(&mut conn, path)?;
+        Ok(conn)
     }
 
     /// Where the registry lives.
@@ -113,4 +136,12 @@ impl Store {
             source,
         }
     }
+}
+
+/// Whether SQLite answered that the database is locked by someone else.
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DatabaseBusy
+    )
 }
