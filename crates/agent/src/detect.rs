@@ -4,7 +4,13 @@
 //! Each candidate found on `PATH` is run once with its version flag, with a
 //! short timeout, a minimal environment (`PATH`, `HOME`, `LANG=C`) and
 //! `/` as its directory, and the first version-looking token of its output
-//! is taken. Detection runs at start and again on request.
+//! is taken. Detection runs soon after start and again on request.
+//!
+//! The first detection waits for a quiet moment (no operation running)
+//! and its probes run at the lowest CPU priority: a workspace's first
+//! commands, which usually follow its start at once, never share the CPU
+//! with `java -version`. A request for the interpreters before then
+//! detects at once.
 //!
 //! # Hints file
 //!
@@ -35,11 +41,19 @@ use berth_exec::{Spawn, Stdin};
 use berth_proto::{ExecEvent, Interpreter, InterpreterSource};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// How long one probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the agent must be without operations before the first
+/// detection starts.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(500);
+
+/// How long the first detection waits for a quiet moment at most.
+pub const QUIET_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A known interpreter: its name, the programs it may be called, and the
 /// arguments that make it print its version.
@@ -221,16 +235,23 @@ impl Detector {
         }
     }
 
-    /// Starts the first detection in the background; requests wait for it.
+    /// Starts the first detection in the background once the agent is
+    /// quiet: after [`QUIET_PERIOD`] with no operation running, or after
+    /// [`QUIET_PATIENCE`] whatever runs.
     pub fn start(&self, agent: Arc<crate::Agent>) {
-        // Taken here, synchronously, so that no request can see the empty
-        // cache before detection has begun.
-        let Ok(mut slot) = self.cache.clone().try_lock_owned() else {
-            return;
-        };
         tokio::spawn(async move {
-            let found = detect(&agent.env, agent.detector.hints_path(), &agent.reaper).await;
-            *slot = Some(found);
+            let deadline = tokio::time::Instant::now() + QUIET_PATIENCE;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(QUIET_PERIOD) => {}
+                    () = agent.shutdown.cancelled() => return,
+                }
+                let busy = agent.operations.load(Ordering::Relaxed) > 0;
+                if !busy || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            agent.detector.get(&agent.env, &agent.reaper, false).await;
         });
     }
 
@@ -348,6 +369,10 @@ async fn run_probe(env: &BaseEnv, reaper: &Reaper, argv: Vec<String>) -> Option<
     )
     .ok()?;
     let _owned = reaper.own(running.pid);
+    // Detection is never urgent: the workspace's own commands come first.
+    if let Some(pid) = rustix::process::Pid::from_raw(running.pid as i32) {
+        let _ = rustix::process::setpriority_process(Some(pid), 19);
+    }
     let mut output = Vec::new();
     while let Some(event) = running.events.recv().await {
         match event {

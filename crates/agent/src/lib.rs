@@ -32,11 +32,12 @@
 //!   every running command, session and terminal (SIGTERM, grace, SIGKILL;
 //!   as PID 1 also every other process of the workspace), delivers their
 //!   last frames, and exits 0.
-//! - **Interpreter detection**: at start and on request, `python`,
-//!   `node`, `ruby`, `go`, `java`, `perl`, `R`, `bash` and `sh` are looked
-//!   up on `PATH` and probed for their version, each with a short timeout
-//!   and a minimal environment (`PATH`, `HOME`, `LANG=C`). The hints file
-//!   (see [`detect`]) adds or overrides entries.
+//! - **Interpreter detection**: at start (at the first quiet moment, at
+//!   the lowest CPU priority) and on request, `python`, `node`, `ruby`,
+//!   `go`, `java`, `perl`, `R`, `bash` and `sh` are looked up on `PATH` and
+//!   probed for their version, each with a short timeout and a minimal
+//!   environment (`PATH`, `HOME`, `LANG=C`). The hints file (see
+//!   [`detect`]) adds or overrides entries.
 //!
 //! The agent runs on a current-thread tokio runtime: it is small, and the
 //! reaper's correctness relies on it (see [`reaper`]).
