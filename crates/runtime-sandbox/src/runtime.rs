@@ -957,7 +957,7 @@ impl Inner {
                 "no user namespace: root inside is host root with reduced capabilities".into(),
             ),
         }
-        notes.push("capabilities reduced to Docker's default set; no_new_privs".into());
+        notes.push("Docker's default capabilities and seccomp allow list; no_new_privs".into());
         Isolation {
             isolated: true,
             namespaces: namespaces.into_iter().map(String::from).collect(),
