@@ -63,28 +63,103 @@ impl ClientError {
     }
 }
 
+/// The one mapping from the agent's refusals to runtime errors: a refusal
+/// about a path the agent names apart keeps that path; any other refusal
+/// that is the caller's mistake keeps the agent's message, which names the
+/// path or field, under the reason front ends map to their codes.
 impl From<ClientError> for berth_core::RuntimeError {
     fn from(err: ClientError) -> Self {
-        use berth_core::RuntimeError;
+        use berth_core::{Refusal, RuntimeError};
         match err {
             ClientError::Agent(ErrorBody {
                 code,
                 message,
                 path,
-            }) => match (code, path) {
-                (ErrorCode::NotFound, Some(path)) => RuntimeError::NotFound(path),
-                (ErrorCode::Escapes, Some(path)) => RuntimeError::Escapes(path),
-                (ErrorCode::Spawn, _) => RuntimeError::Spawn {
-                    command: message.clone(),
-                    source: std::io::Error::other(message),
-                },
-                _ => RuntimeError::Other(message),
-            },
+            }) => {
+                let reason = match (code, path) {
+                    (ErrorCode::NotFound, Some(path)) => return RuntimeError::NotFound(path),
+                    (ErrorCode::Escapes, Some(path)) => return RuntimeError::Escapes(path),
+                    (ErrorCode::NotFound, None) => Refusal::NotFound,
+                    (ErrorCode::Escapes, None) => Refusal::Escapes,
+                    (ErrorCode::WrongKind, _) => Refusal::WrongKind,
+                    (ErrorCode::BadRequest, _) => Refusal::BadRequest,
+                    (ErrorCode::Spawn, _) => Refusal::NotStarted,
+                    _ => return RuntimeError::Other(message),
+                };
+                RuntimeError::Refused { reason, message }
+            }
             ClientError::Connect { path, source } => RuntimeError::Unavailable {
                 runtime: "agent".into(),
                 reason: format!("cannot connect to `{}`: {source}", path.display()),
             },
             other => RuntimeError::Other(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::{Refusal, RuntimeError};
+
+    fn refusal(code: ErrorCode, message: &str, path: Option<&str>) -> RuntimeError {
+        ClientError::Agent(ErrorBody {
+            code,
+            message: message.into(),
+            path: path.map(String::from),
+        })
+        .into()
+    }
+
+    #[test]
+    fn refusals_keep_their_path_or_else_their_message_and_reason() {
+        let err = refusal(ErrorCode::NotFound, "cannot open `a`", Some("a"));
+        assert!(
+            matches!(&err, RuntimeError::NotFound(path) if path == "a"),
+            "{err:?}"
+        );
+        let err = refusal(ErrorCode::Escapes, "path `..` leads outside", Some(".."));
+        assert!(
+            matches!(&err, RuntimeError::Escapes(path) if path == ".."),
+            "{err:?}"
+        );
+
+        for (code, reason) in [
+            (ErrorCode::NotFound, Refusal::NotFound),
+            (ErrorCode::Escapes, Refusal::Escapes),
+            (ErrorCode::WrongKind, Refusal::WrongKind),
+            (ErrorCode::BadRequest, Refusal::BadRequest),
+            (ErrorCode::Spawn, Refusal::NotStarted),
+        ] {
+            let err = refusal(code, "cwd: `x` is wrong", None);
+            assert!(
+                matches!(&err, RuntimeError::Refused { reason: r, .. } if *r == reason),
+                "{code:?}: {err:?}"
+            );
+            assert_eq!(err.to_string(), "cwd: `x` is wrong");
+        }
+        let err = refusal(ErrorCode::WrongKind, "`d` is a directory", Some("d"));
+        assert!(
+            matches!(
+                &err,
+                RuntimeError::Refused {
+                    reason: Refusal::WrongKind,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "`d` is a directory");
+    }
+
+    #[test]
+    fn other_failures_stay_runtime_failures() {
+        let err = refusal(ErrorCode::Io, "disk full", None);
+        assert!(
+            matches!(&err, RuntimeError::Other(m) if m == "disk full"),
+            "{err:?}"
+        );
+        let err: RuntimeError = ClientError::Closed.into();
+        assert!(matches!(err, RuntimeError::Other(_)), "{err:?}");
     }
 }

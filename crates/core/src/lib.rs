@@ -17,7 +17,7 @@ pub use berth_proto::{
 };
 pub use events::ProvisionEvent;
 pub use layers::{Change, ChangeKind, ExportSummary, ExportTarget, GcReport, Snapshot};
-pub use runtime::{ExecStream, Isolation, Runtime, RuntimeError};
+pub use runtime::{ExecStream, Isolation, Refusal, Runtime, RuntimeError};
 pub use spec::{Spec, SpecError};
 pub use workspace::{Workspace, WorkspaceId, WorkspaceState};
 

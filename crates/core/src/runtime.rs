@@ -66,8 +66,31 @@ pub enum RuntimeError {
         runtime: String,
         operation: &'static str,
     },
+    /// A request refused as the caller's mistake, where the message alone
+    /// names the path or field: how an agent's refusal that carries no path
+    /// apart (a working directory, a shell) or whose kind no variant above
+    /// holds reaches the provider.
+    #[error("{message}")]
+    Refused { reason: Refusal, message: String },
     #[error("{0}")]
     Other(String),
+}
+
+/// Why a request was refused, for [`RuntimeError::Refused`]: each reason is
+/// one way the caller can be wrong, so front ends can tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A path (a file, a directory, a working directory) does not exist.
+    NotFound,
+    /// A path leads outside the workspace.
+    Escapes,
+    /// A path is of the wrong kind: a directory where a file is needed, or
+    /// the other way round.
+    WrongKind,
+    /// The request is malformed or makes no sense in its context.
+    BadRequest,
+    /// The command could not be started (no such program, say).
+    NotStarted,
 }
 
 impl RuntimeError {

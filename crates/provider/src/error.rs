@@ -2,7 +2,7 @@
 //! every front end (CLI exit codes, HTTP statuses, NATS errors) maps from.
 
 use berth_core::events::ProvisionStep;
-use berth_core::{PathError, RuntimeError, SpecError, WorkspaceState};
+use berth_core::{PathError, Refusal, RuntimeError, SpecError, WorkspaceState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -81,6 +81,13 @@ impl ServiceError {
                 RuntimeError::Unavailable { .. } => "runtime_unavailable",
                 RuntimeError::Spawn { .. } => "command_not_started",
                 RuntimeError::Unsupported { .. } => "unsupported",
+                RuntimeError::WrongKind { .. } => "invalid_request",
+                RuntimeError::Refused { reason, .. } => match reason {
+                    Refusal::NotFound => "file_not_found",
+                    Refusal::Escapes => "invalid_path",
+                    Refusal::WrongKind | Refusal::BadRequest => "invalid_request",
+                    Refusal::NotStarted => "command_not_started",
+                },
                 _ => "runtime_error",
             },
             ServiceError::Git { source, .. } => git_code(source),
@@ -89,9 +96,11 @@ impl ServiceError {
         }
     }
 
-    /// Attributes a runtime error to a workspace, lifting the errors that
-    /// are the caller's (paths) out of the runtime's.
-    pub(crate) fn runtime(id: &berth_core::WorkspaceId, source: RuntimeError) -> Self {
+    /// Attributes a runtime error (an agent's refusal included, through
+    /// `From<ClientError>`) to a workspace, lifting the errors that are the
+    /// caller's (paths) out of the runtime's. `id` names the workspace and,
+    /// where it helps, the part of it involved (a session).
+    pub fn runtime(id: impl std::fmt::Display, source: RuntimeError) -> Self {
         let id = id.to_string();
         match source {
             RuntimeError::Path(e) => ServiceError::InvalidPath(e),

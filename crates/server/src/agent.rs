@@ -15,9 +15,9 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_agent_client::{ClientError, Terminal};
-use berth_core::proto::{AgentInfo, ErrorCode, SessionParams, TerminalParams};
-use berth_core::{Command, ExecEvent, Output, RuntimeError, WorkspaceId};
+use berth_agent_client::Terminal;
+use berth_core::proto::{AgentInfo, SessionParams, TerminalParams};
+use berth_core::{Command, ExecEvent, Output, WorkspaceId};
 use berth_provider::ServiceError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -155,7 +155,8 @@ pub(crate) async fn info(
     request_body(content = OpenSessionParams, description = "Optional"),
     responses(
         (status = 201, description = "The session", body = SessionResponse),
-        (status = 404, description = "No such workspace", body = ErrorResponse),
+        (status = 400, description = "A working directory leaving the workspace or not a directory", body = ErrorResponse),
+        (status = 404, description = "No such workspace or working directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The workspace's runtime has no agent, or the shell cannot start", body = ErrorResponse),
     )
@@ -174,7 +175,7 @@ pub(crate) async fn open_session(
             env: params.env,
         })
         .await
-        .map_err(|e| agent_error(&workspace, None, e))?;
+        .map_err(|e| ServiceError::runtime(&workspace, e.into()))?;
     let pid = session.pid;
     let session = state.sessions.open(workspace.as_str(), session);
     Ok((
@@ -333,7 +334,8 @@ pub(crate) async fn session_interrupt(
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), TerminalQuery),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol"),
-        (status = 404, description = "No such workspace", body = ErrorResponse),
+        (status = 400, description = "A working directory leaving the workspace or not a directory", body = ErrorResponse),
+        (status = 404, description = "No such workspace or working directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The workspace's runtime has no agent, or the program cannot start", body = ErrorResponse),
         (status = 426, description = "Not a WebSocket upgrade request", body = ErrorResponse),
@@ -367,13 +369,13 @@ pub(crate) async fn terminal(
             cols: query.cols.unwrap_or(defaults.cols),
         })
         .await
-        .map_err(|e| agent_error(&workspace, None, e))?;
-    Ok(upgrade.on_upgrade(move |socket| relay(socket, terminal)))
+        .map_err(|e| ServiceError::runtime(&workspace, e.into()))?;
+    Ok(upgrade.on_upgrade(move |socket| relay(socket, terminal, workspace)))
 }
 
 /// Carries a terminal's bytes to and from its WebSocket until either end
 /// stops. Dropping the terminal ends its program.
-async fn relay(mut socket: WebSocket, mut terminal: Terminal) {
+async fn relay(mut socket: WebSocket, mut terminal: Terminal, workspace: WorkspaceId) {
     loop {
         tokio::select! {
             event = terminal.events.recv() => match event {
@@ -401,7 +403,7 @@ async fn relay(mut socket: WebSocket, mut terminal: Terminal) {
                     }
                 }
                 Some(Ok(Message::Text(text))) => {
-                    if let Err(err) = control(&terminal, text.as_str()) {
+                    if let Err(err) = control(&workspace, &terminal, text.as_str()) {
                         let line = crate::stream::ErrorLine::new(err);
                         if let Ok(text) = serde_json::to_string(&line) {
                             let _ = socket.send(Message::Text(text.into())).await;
@@ -416,7 +418,7 @@ async fn relay(mut socket: WebSocket, mut terminal: Terminal) {
 }
 
 /// Applies one control message to a terminal.
-fn control(terminal: &Terminal, text: &str) -> Result<(), ApiError> {
+fn control(workspace: &WorkspaceId, terminal: &Terminal, text: &str) -> Result<(), ApiError> {
     let message: TerminalControl = crate::extract::parse_json(text.as_bytes()).map_err(|e| {
         ApiError::new(
             "invalid_body",
@@ -429,38 +431,17 @@ fn control(terminal: &Terminal, text: &str) -> Result<(), ApiError> {
         TerminalControl::Signal { signal } => terminal.signal(signal),
         TerminalControl::Eof => terminal.close_stdin(),
     };
-    sent.map_err(|e| ApiError::new("runtime_error", format!("terminal: {e}")))
+    sent.map_err(|e| ServiceError::runtime(format!("{workspace}, terminal"), e.into()).into())
 }
 
-/// An agent's refusal or a lost connection, as the API reports it: a path
-/// or request the agent refused is the caller's error, as in the service
-/// layer.
-fn agent_error(workspace: &WorkspaceId, session: Option<&str>, err: ClientError) -> ApiError {
-    let id = match session {
-        Some(session) => format!("{workspace}, session `{session}`"),
-        None => workspace.to_string(),
-    };
-    // The agent's own codes first: it names the path in its message even
-    // when it sends none apart.
-    let code = match err.code() {
-        Some(ErrorCode::NotFound) => Some("file_not_found"),
-        Some(ErrorCode::Escapes) => Some("invalid_path"),
-        Some(ErrorCode::BadRequest | ErrorCode::WrongKind) => Some("invalid_request"),
-        Some(ErrorCode::Spawn) => Some("command_not_started"),
-        _ => None,
-    };
-    if let Some(code) = code {
-        return ApiError::new(code, format!("workspace {id}: {err}"));
-    }
-    ApiError::from(ServiceError::Runtime {
-        id,
-        source: RuntimeError::from(err),
-    })
-}
-
+/// A session request's failure: the agent's refusals as every agent
+/// route reports them (naming the session), the server's own session
+/// table's answers as `not_found`.
 fn session_error(workspace: &WorkspaceId, err: SessionError) -> ApiError {
     match err {
-        SessionError::Agent { session, source } => agent_error(workspace, Some(&session), source),
+        SessionError::Agent { session, source } => {
+            ServiceError::runtime(format!("{workspace}, session `{session}`"), source.into()).into()
+        }
         SessionError::NotFound { .. } => ApiError::new("not_found", err.to_string()),
         SessionError::Ended { .. } | SessionError::Lost { .. } => {
             ApiError::new("not_found", format!("workspace {workspace}: {err}"))

@@ -318,8 +318,8 @@ pub(crate) async fn fetch_workspace(
             (ExecResponse = "application/json"),
             (wire::ExecEvent = "application/x-ndjson"),
             (wire::ExecEvent = "text/event-stream"))),
-        (status = 400, description = "A malformed request or a path leaving the workspace", body = ErrorResponse),
-        (status = 404, description = "No such workspace", body = ErrorResponse),
+        (status = 400, description = "A malformed request, or a working directory leaving the workspace or not a directory", body = ErrorResponse),
+        (status = 404, description = "No such workspace or working directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The command cannot be started", body = ErrorResponse),
     )
@@ -377,7 +377,7 @@ pub(crate) async fn exec(
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), DirQuery),
     responses(
         (status = 200, description = "The directory's entries", body = FileList),
-        (status = 400, description = "A path leaving the workspace", body = ErrorResponse),
+        (status = 400, description = "A path leaving the workspace, or not a directory", body = ErrorResponse),
         (status = 404, description = "No such workspace or directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
     )
@@ -423,7 +423,7 @@ pub(crate) async fn remove_file(
     params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), FileQuery),
     responses(
         (status = 200, description = "The file's bytes", body = [u8], content_type = "application/octet-stream"),
-        (status = 400, description = "A path leaving the workspace", body = ErrorResponse),
+        (status = 400, description = "A path leaving the workspace, or not a regular file", body = ErrorResponse),
         (status = 404, description = "No such workspace or file", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
     )

@@ -1129,6 +1129,51 @@ async fn exec_runs_in_the_workspace_with_cwd_env_stdin_and_timeout() {
     );
 }
 
+/// A directory read as a file, or a file listed as (or run in as) a
+/// directory, is the caller's mistake (it used to be a 500
+/// `runtime_error`).
+#[tokio::test]
+async fn a_path_of_the_wrong_kind_is_refused_as_the_callers_error() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    std::fs::create_dir(api.root(&id).join("dir")).unwrap();
+    std::fs::write(api.root(&id).join("dir/file.txt"), "x").unwrap();
+
+    let (status, body) = api
+        .json(api.get(&format!("/v1/workspaces/{id}/files/content?path=dir")))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &[&id, "`dir` is a directory"],
+    );
+    let (status, body) = api
+        .json(api.get(&format!("/v1/workspaces/{id}/files?path=dir/file.txt")))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &[&id, "`dir/file.txt` is not a directory"],
+    );
+    let (status, body) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/exec"))
+                .json(&json!({ "command": "true", "cwd": "dir/file.txt" })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &[&id, "`dir/file.txt` is not a directory"],
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_ends_the_whole_command() {
     let api = Api::start().await;

@@ -772,3 +772,139 @@ async fn the_agent_routes_reach_a_docker_workspace() {
         .unwrap();
     read_until(&mut socket, "42").await;
 }
+
+/// Opening a terminal with `query`; its answer if it was refused before
+/// the upgrade.
+async fn refused_terminal(api: &Api, id: &str, query: &str) -> (StatusCode, Value) {
+    api.json(
+        api.get(&format!("/v1/workspaces/{id}/terminal?{query}"))
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn what_the_agent_refuses_gets_the_code_of_the_callers_mistake() {
+    let api = Api::with_agents().await;
+    let id = api.agent_workspace().await;
+    std::fs::write(api.root(&id).join("file.txt"), "x").unwrap();
+    let open = |params: Value| {
+        api.json(
+            api.post(&format!("/v1/workspaces/{id}/sessions"))
+                .json(&params),
+        )
+    };
+
+    let (status, body) = open(json!({ "cwd": "missing" })).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "file_not_found",
+        &[&id, "`missing`"],
+    );
+    let (status, body) = open(json!({ "cwd": "../up" })).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        &[&id, "cwd", ".."],
+    );
+    let (status, body) = open(json!({ "cwd": "file.txt" })).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &[&id, "`file.txt` is not a directory"],
+    );
+    let (status, body) = open(json!({ "shell": "/no/such/shell" })).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "command_not_started",
+        &[&id, "/no/such/shell"],
+    );
+
+    let (status, body) = refused_terminal(&api, &id, "cwd=missing").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "file_not_found",
+        &[&id, "`missing`"],
+    );
+    let (status, body) = refused_terminal(&api, &id, "cwd=file.txt").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &[&id, "`file.txt` is not a directory"],
+    );
+}
+
+/// Commands and files in docker workspaces go through the agent too, so
+/// its refusals reach them as in every other runtime: a missing working
+/// directory and a directory read as a file used to be 500s, and a
+/// program that cannot start was named twice over.
+#[tokio::test]
+async fn what_a_docker_workspaces_agent_refuses_is_the_callers_mistake() {
+    let image = super::layers::image();
+    let (api, _cleanup) = Api::with_docker().await;
+    let id = api
+        .create(json!({ "runtime": "docker", "image": image }))
+        .await;
+    let exec = |request: Value| {
+        api.json(
+            api.post(&format!("/v1/workspaces/{id}/exec"))
+                .json(&request),
+        )
+    };
+
+    let (status, body) = exec(json!({ "command": "true", "cwd": "missing" })).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "file_not_found",
+        &[&id, "`missing`"],
+    );
+    let (status, body) = exec(json!({ "command": ["/no/such/program"] })).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "command_not_started",
+        &[&id, "/no/such/program"],
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert_eq!(message.matches("/no/such/program").count(), 1, "{message}");
+
+    api.put_file(&id, "dir/file.txt", "x").await;
+    let (status, body) = api
+        .json(api.get(&format!("/v1/workspaces/{id}/files/content?path=dir")))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &[&id, "`dir`"],
+    );
+    let (status, body) = api
+        .json(api.get(&format!("/v1/workspaces/{id}/files?path=dir/file.txt")))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &[&id, "`dir/file.txt` is not a directory"],
+    );
+}

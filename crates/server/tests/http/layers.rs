@@ -108,7 +108,7 @@ impl Api {
         (api, cleanup)
     }
 
-    async fn put_file(&self, id: &str, path: &str, content: &str) {
+    pub(super) async fn put_file(&self, id: &str, path: &str, content: &str) {
         let response = self
             .request(
                 Method::PUT,
