@@ -1138,40 +1138,30 @@ async fn a_path_of_the_wrong_kind_is_refused_as_the_callers_error() {
     let id = api.local().await;
     std::fs::create_dir(api.root(&id).join("dir")).unwrap();
     std::fs::write(api.root(&id).join("dir/file.txt"), "x").unwrap();
-
-    let (status, body) = api
-        .json(api.get(&format!("/v1/workspaces/{id}/files/content?path=dir")))
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &[&id, "`dir` is a directory"],
-    );
-    let (status, body) = api
-        .json(api.get(&format!("/v1/workspaces/{id}/files?path=dir/file.txt")))
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &[&id, "`dir/file.txt` is not a directory"],
-    );
-    let (status, body) = api
-        .json(
-            api.post(&format!("/v1/workspaces/{id}/exec"))
-                .json(&json!({ "command": "true", "cwd": "dir/file.txt" })),
-        )
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &[&id, "`dir/file.txt` is not a directory"],
-    );
+    let exec = json!({ "command": "true", "cwd": "dir/file.txt" });
+    for (request, problem) in [
+        (
+            api.get(&format!("/v1/workspaces/{id}/files/content?path=dir")),
+            "`dir` is a directory",
+        ),
+        (
+            api.get(&format!("/v1/workspaces/{id}/files?path=dir/file.txt")),
+            "`dir/file.txt` is not a directory",
+        ),
+        (
+            api.post(&format!("/v1/workspaces/{id}/exec")).json(&exec),
+            "`dir/file.txt` is not a directory",
+        ),
+    ] {
+        let (status, body) = api.json(request).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &[&id, problem],
+        );
+    }
 }
 
 #[tokio::test]

@@ -272,15 +272,7 @@ async fn runtimes_without_an_agent_say_so_on_every_agent_route() {
         "unsupported",
         &mentions,
     );
-    let (status, body) = api
-        .json(
-            api.get(&format!("/v1/workspaces/{id}/terminal"))
-                .header(header::CONNECTION, "upgrade")
-                .header(header::UPGRADE, "websocket")
-                .header(header::SEC_WEBSOCKET_VERSION, "13")
-                .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="),
-        )
-        .await;
+    let (status, body) = api.json(terminal_request(&api, &id, "")).await;
     assert_error(
         status,
         &body,
@@ -773,17 +765,14 @@ async fn the_agent_routes_reach_a_docker_workspace() {
     read_until(&mut socket, "42").await;
 }
 
-/// Opening a terminal with `query`; its answer if it was refused before
-/// the upgrade.
-async fn refused_terminal(api: &Api, id: &str, query: &str) -> (StatusCode, Value) {
-    api.json(
-        api.get(&format!("/v1/workspaces/{id}/terminal?{query}"))
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header(header::SEC_WEBSOCKET_VERSION, "13")
-            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="),
-    )
-    .await
+/// A request to open a terminal with `query` (may be empty), as a
+/// WebSocket client sends it.
+fn terminal_request(api: &Api, id: &str, query: &str) -> reqwest::RequestBuilder {
+    api.get(&format!("/v1/workspaces/{id}/terminal?{query}"))
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
 }
 
 #[tokio::test]
@@ -791,62 +780,52 @@ async fn what_the_agent_refuses_gets_the_code_of_the_callers_mistake() {
     let api = Api::with_agents().await;
     let id = api.agent_workspace().await;
     std::fs::write(api.root(&id).join("file.txt"), "x").unwrap();
-    let open = |params: Value| {
-        api.json(
-            api.post(&format!("/v1/workspaces/{id}/sessions"))
-                .json(&params),
-        )
+    let session = |params: Value| {
+        api.post(&format!("/v1/workspaces/{id}/sessions"))
+            .json(&params)
     };
-
-    let (status, body) = open(json!({ "cwd": "missing" })).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::NOT_FOUND,
-        "file_not_found",
-        &[&id, "`missing`"],
-    );
-    let (status, body) = open(json!({ "cwd": "../up" })).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_path",
-        &[&id, "cwd", ".."],
-    );
-    let (status, body) = open(json!({ "cwd": "file.txt" })).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &[&id, "`file.txt` is not a directory"],
-    );
-    let (status, body) = open(json!({ "shell": "/no/such/shell" })).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "command_not_started",
-        &[&id, "/no/such/shell"],
-    );
-
-    let (status, body) = refused_terminal(&api, &id, "cwd=missing").await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::NOT_FOUND,
-        "file_not_found",
-        &[&id, "`missing`"],
-    );
-    let (status, body) = refused_terminal(&api, &id, "cwd=file.txt").await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &[&id, "`file.txt` is not a directory"],
-    );
+    let cases = [
+        (
+            session(json!({ "cwd": "missing" })),
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+            "`missing`",
+        ),
+        (
+            session(json!({ "cwd": "../up" })),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "cwd",
+        ),
+        (
+            session(json!({ "cwd": "file.txt" })),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`file.txt` is not a directory",
+        ),
+        (
+            session(json!({ "shell": "/no/such/shell" })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "command_not_started",
+            "/no/such/shell",
+        ),
+        (
+            terminal_request(&api, &id, "cwd=missing"),
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+            "`missing`",
+        ),
+        (
+            terminal_request(&api, &id, "cwd=file.txt"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`file.txt` is not a directory",
+        ),
+    ];
+    for (request, status, code, mention) in cases {
+        let (got, body) = api.json(request).await;
+        assert_error(got, &body, status, code, &[&id, mention]);
+    }
 }
 
 /// Commands and files in docker workspaces go through the agent too, so
@@ -860,51 +839,41 @@ async fn what_a_docker_workspaces_agent_refuses_is_the_callers_mistake() {
     let id = api
         .create(json!({ "runtime": "docker", "image": image }))
         .await;
-    let exec = |request: Value| {
-        api.json(
-            api.post(&format!("/v1/workspaces/{id}/exec"))
-                .json(&request),
-        )
-    };
-
-    let (status, body) = exec(json!({ "command": "true", "cwd": "missing" })).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::NOT_FOUND,
-        "file_not_found",
-        &[&id, "`missing`"],
-    );
-    let (status, body) = exec(json!({ "command": ["/no/such/program"] })).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "command_not_started",
-        &[&id, "/no/such/program"],
-    );
-    let message = body["error"]["message"].as_str().unwrap();
-    assert_eq!(message.matches("/no/such/program").count(), 1, "{message}");
-
     api.put_file(&id, "dir/file.txt", "x").await;
-    let (status, body) = api
-        .json(api.get(&format!("/v1/workspaces/{id}/files/content?path=dir")))
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &[&id, "`dir`"],
-    );
-    let (status, body) = api
-        .json(api.get(&format!("/v1/workspaces/{id}/files?path=dir/file.txt")))
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &[&id, "`dir/file.txt` is not a directory"],
-    );
+    let exec = |request: Value| {
+        api.post(&format!("/v1/workspaces/{id}/exec"))
+            .json(&request)
+    };
+    let cases = [
+        (
+            exec(json!({ "command": "true", "cwd": "missing" })),
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+            "`missing`",
+        ),
+        (
+            exec(json!({ "command": ["/no/such/program"] })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "command_not_started",
+            "/no/such/program",
+        ),
+        (
+            api.get(&format!("/v1/workspaces/{id}/files/content?path=dir")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`dir`",
+        ),
+        (
+            api.get(&format!("/v1/workspaces/{id}/files?path=dir/file.txt")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`dir/file.txt` is not a directory",
+        ),
+    ];
+    for (request, status, code, mention) in cases {
+        let (got, body) = api.json(request).await;
+        assert_error(got, &body, status, code, &[&id, mention]);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert_eq!(message.matches(mention).count(), 1, "{message}");
+    }
 }
