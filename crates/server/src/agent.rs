@@ -9,7 +9,7 @@ use crate::extract::{ApiJson, ApiQuery, JsonOrDefault};
 use crate::openapi::wire;
 use crate::sessions::SessionError;
 use crate::stream::{self, Format, negotiate};
-use crate::v1::{ExecResponse, StreamQuery};
+use crate::v1::{ExecResponse, StreamQuery, WorkspaceRef};
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -34,6 +34,16 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(session_exec))
         .routes(routes!(session_interrupt))
         .routes(routes!(terminal))
+}
+
+/// A session, as its routes' paths name it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SessionRef {
+    /// An id, a unique id prefix, or a name
+    pub id: String,
+    /// A session id
+    pub session: String,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -128,7 +138,7 @@ pub enum TerminalControl {
     get,
     path = "/v1/workspaces/{id}/info",
     tag = "agent",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), InfoQuery),
+    params(WorkspaceRef, InfoQuery),
     responses(
         (status = 200, description = "What the agent reports", body = wire::AgentInfo),
         (status = 404, description = "No such workspace", body = ErrorResponse),
@@ -138,7 +148,7 @@ pub enum TerminalControl {
 )]
 pub(crate) async fn info(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<InfoQuery>,
 ) -> Result<Json<AgentInfo>, ApiError> {
     Ok(Json(state.provider.agent_info(&id, query.detect).await?))
@@ -151,7 +161,7 @@ pub(crate) async fn info(
     post,
     path = "/v1/workspaces/{id}/sessions",
     tag = "agent",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     request_body(content = OpenSessionParams, description = "Optional"),
     responses(
         (status = 201, description = "The session", body = SessionResponse),
@@ -163,7 +173,7 @@ pub(crate) async fn info(
 )]
 pub(crate) async fn open_session(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     JsonOrDefault(params): JsonOrDefault<OpenSessionParams>,
 ) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
     let workspace = state.provider.get(&id)?.id;
@@ -193,10 +203,7 @@ pub(crate) async fn open_session(
     delete,
     path = "/v1/workspaces/{id}/sessions/{session}",
     tag = "agent",
-    params(
-        ("id" = String, Path, description = "An id, a unique id prefix, or a name"),
-        ("session" = String, Path, description = "A session id"),
-    ),
+    params(SessionRef),
     responses(
         (status = 204, description = "Closed"),
         (status = 404, description = "No such workspace or session", body = ErrorResponse),
@@ -204,7 +211,7 @@ pub(crate) async fn open_session(
 )]
 pub(crate) async fn close_session(
     State(state): State<AppState>,
-    Path((id, session)): Path<(String, String)>,
+    Path(SessionRef { id, session }): Path<SessionRef>,
 ) -> Result<StatusCode, ApiError> {
     let workspace = state.provider.get(&id)?.id;
     state
@@ -226,11 +233,7 @@ pub(crate) async fn close_session(
     post,
     path = "/v1/workspaces/{id}/sessions/{session}/exec",
     tag = "agent",
-    params(
-        ("id" = String, Path, description = "An id, a unique id prefix, or a name"),
-        ("session" = String, Path, description = "A session id"),
-        StreamQuery,
-    ),
+    params(SessionRef, StreamQuery),
     request_body = SessionExecParams,
     responses(
         (status = 200, description = "The command's outcome, or its events", content(
@@ -245,7 +248,7 @@ pub(crate) async fn session_exec(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
-    Path((id, session)): Path<(String, String)>,
+    Path(SessionRef { id, session }): Path<SessionRef>,
     ApiJson(params): ApiJson<SessionExecParams>,
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers, query.stream);
@@ -295,10 +298,7 @@ pub(crate) async fn session_exec(
     post,
     path = "/v1/workspaces/{id}/sessions/{session}/interrupt",
     tag = "agent",
-    params(
-        ("id" = String, Path, description = "An id, a unique id prefix, or a name"),
-        ("session" = String, Path, description = "A session id"),
-    ),
+    params(SessionRef),
     responses(
         (status = 200, description = "Whether a command was running", body = InterruptResponse),
         (status = 404, description = "No such workspace or session", body = ErrorResponse),
@@ -306,7 +306,7 @@ pub(crate) async fn session_exec(
 )]
 pub(crate) async fn session_interrupt(
     State(state): State<AppState>,
-    Path((id, session)): Path<(String, String)>,
+    Path(SessionRef { id, session }): Path<SessionRef>,
 ) -> Result<Json<InterruptResponse>, ApiError> {
     let workspace = state.provider.get(&id)?.id;
     let interrupted = state
@@ -331,7 +331,7 @@ pub(crate) async fn session_interrupt(
     get,
     path = "/v1/workspaces/{id}/terminal",
     tag = "agent",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), TerminalQuery),
+    params(WorkspaceRef, TerminalQuery),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol"),
         (status = 400, description = "A working directory leaving the workspace or not a directory", body = ErrorResponse),
@@ -343,7 +343,7 @@ pub(crate) async fn session_interrupt(
 )]
 pub(crate) async fn terminal(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<TerminalQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {

@@ -9,7 +9,7 @@
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{ApiQuery, JsonOrDefault};
-use crate::v1::WorkspaceList;
+use crate::v1::{WorkspaceList, WorkspaceRef};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -88,7 +88,7 @@ pub struct ExportQuery {}
     post,
     path = "/v1/workspaces/{id}/snapshots",
     tag = "layers",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     responses(
         (status = 201, description = "The snapshot", body = Snapshot),
         (status = 404, description = "No such workspace", body = ErrorResponse),
@@ -98,7 +98,7 @@ pub struct ExportQuery {}
 )]
 pub(crate) async fn create_snapshot(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
     Ok((
         StatusCode::CREATED,
@@ -131,7 +131,7 @@ pub(crate) async fn remove_snapshot(
     post,
     path = "/v1/workspaces/{id}/reset",
     tag = "layers",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     request_body(content = ResetParams, description = "Optional"),
     responses(
         (status = 200, description = "The workspace", body = Workspace),
@@ -142,7 +142,7 @@ pub(crate) async fn remove_snapshot(
 )]
 pub(crate) async fn reset(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     JsonOrDefault(params): JsonOrDefault<ResetParams>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(state.provider.reset(&id, params.to.as_deref()).await?))
@@ -154,7 +154,7 @@ pub(crate) async fn reset(
     get,
     path = "/v1/workspaces/{id}/changes",
     tag = "layers",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     responses(
         (status = 200, description = "The changes", body = ChangeList),
         (status = 404, description = "No such workspace", body = ErrorResponse),
@@ -164,7 +164,7 @@ pub(crate) async fn reset(
 )]
 pub(crate) async fn changes(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<ChangeList>, ApiError> {
     Ok(Json(ChangeList {
         changes: state.provider.changes(&id).await?,
@@ -178,7 +178,7 @@ pub(crate) async fn changes(
     get,
     path = "/v1/workspaces/{id}/diff",
     tag = "layers",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     responses(
         (status = 200, description = "The patch", body = String, content_type = "text/x-diff"),
         (status = 404, description = "No such workspace", body = ErrorResponse),
@@ -188,7 +188,7 @@ pub(crate) async fn changes(
 )]
 pub(crate) async fn diff(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Response, ApiError> {
     let patch = state.provider.diff(&id).await?;
     Ok(([(header::CONTENT_TYPE, DIFF)], patch).into_response())
@@ -201,7 +201,7 @@ pub(crate) async fn diff(
     post,
     path = "/v1/workspaces/{id}/fork",
     tag = "layers",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     request_body(content = ForkParams, description = "Optional"),
     responses(
         (status = 201, description = "The new workspaces", body = WorkspaceList),
@@ -213,7 +213,7 @@ pub(crate) async fn diff(
 )]
 pub(crate) async fn fork(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     JsonOrDefault(params): JsonOrDefault<ForkParams>,
 ) -> Result<(StatusCode, Json<WorkspaceList>), ApiError> {
     let workspaces = state.provider.fork(&id, params.count.unwrap_or(1)).await?;
@@ -227,7 +227,7 @@ pub(crate) async fn fork(
     get,
     path = "/v1/workspaces/{id}/export",
     tag = "layers",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), ExportQuery),
+    params(WorkspaceRef, ExportQuery),
     responses(
         (status = 200, description = "The archive (`.tar.zst`)", body = [u8], content_type = "application/zstd",
             headers(
@@ -243,7 +243,7 @@ pub(crate) async fn fork(
 )]
 pub(crate) async fn export(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(_query): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let ws = state.provider.get(&id)?;

@@ -53,6 +53,14 @@ pub struct StreamQuery {
     pub stream: bool,
 }
 
+/// The workspace a route is about, as its path names it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct WorkspaceRef {
+    /// An id, a unique id prefix, or a name
+    pub id: String,
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -190,7 +198,7 @@ pub(crate) async fn list_workspaces(
     get,
     path = "/v1/workspaces/{id}",
     tag = "workspaces",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     responses(
         (status = 200, description = "The workspace and its isolation", body = WorkspaceDetails),
         (status = 400, description = "An ambiguous id prefix", body = ErrorResponse),
@@ -199,7 +207,7 @@ pub(crate) async fn list_workspaces(
 )]
 pub(crate) async fn get_workspace(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<WorkspaceDetails>, ApiError> {
     Ok(Json(state.provider.describe(&id)?))
 }
@@ -209,7 +217,7 @@ pub(crate) async fn get_workspace(
     delete,
     path = "/v1/workspaces/{id}",
     tag = "workspaces",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     responses(
         (status = 200, description = "The removed workspace", body = Workspace),
         (status = 404, description = "No such workspace", body = ErrorResponse),
@@ -218,7 +226,7 @@ pub(crate) async fn get_workspace(
 )]
 pub(crate) async fn remove_workspace(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
     let removed = state.provider.remove(&id).await?;
     state.sessions.forget_workspace(removed.id.as_str());
@@ -230,7 +238,7 @@ pub(crate) async fn remove_workspace(
     post,
     path = "/v1/workspaces/{id}/start",
     tag = "workspaces",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     responses(
         (status = 200, description = "The workspace", body = Workspace),
         (status = 404, description = "No such workspace", body = ErrorResponse),
@@ -239,7 +247,7 @@ pub(crate) async fn remove_workspace(
 )]
 pub(crate) async fn start_workspace(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(state.provider.start(&id).await?))
 }
@@ -249,7 +257,7 @@ pub(crate) async fn start_workspace(
     post,
     path = "/v1/workspaces/{id}/stop",
     tag = "workspaces",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name")),
+    params(WorkspaceRef),
     responses(
         (status = 200, description = "The workspace", body = Workspace),
         (status = 404, description = "No such workspace", body = ErrorResponse),
@@ -258,7 +266,7 @@ pub(crate) async fn start_workspace(
 )]
 pub(crate) async fn stop_workspace(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
     let stopped = state.provider.stop(&id).await?;
     state.sessions.forget_workspace(stopped.id.as_str());
@@ -273,7 +281,7 @@ pub(crate) async fn stop_workspace(
     post,
     path = "/v1/workspaces/{id}/fetch",
     tag = "workspaces",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), StreamQuery),
+    params(WorkspaceRef, StreamQuery),
     responses(
         (status = 200, description = "What each repository's fetch did, or its progress", content(
             (FetchResponse = "application/json"),
@@ -288,7 +296,7 @@ pub(crate) async fn fetch_workspace(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Response {
     let provider = state.provider;
     with_progress(
@@ -311,7 +319,7 @@ pub(crate) async fn fetch_workspace(
     post,
     path = "/v1/workspaces/{id}/exec",
     tag = "exec",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), StreamQuery),
+    params(WorkspaceRef, StreamQuery),
     request_body = wire::ExecRequest,
     responses(
         (status = 200, description = "The command's outcome, or its events", content(
@@ -328,7 +336,7 @@ pub(crate) async fn exec(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiJson(request): ApiJson<ExecRequest>,
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers, query.stream);
@@ -374,7 +382,7 @@ pub(crate) async fn exec(
     get,
     path = "/v1/workspaces/{id}/files",
     tag = "files",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), DirQuery),
+    params(WorkspaceRef, DirQuery),
     responses(
         (status = 200, description = "The directory's entries", body = FileList),
         (status = 400, description = "A path leaving the workspace, or not a directory", body = ErrorResponse),
@@ -384,7 +392,7 @@ pub(crate) async fn exec(
 )]
 pub(crate) async fn list_files(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<DirQuery>,
 ) -> Result<Json<FileList>, ApiError> {
     let dir = query.path.unwrap_or_default();
@@ -398,7 +406,7 @@ pub(crate) async fn list_files(
     delete,
     path = "/v1/workspaces/{id}/files",
     tag = "files",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), FileQuery),
+    params(WorkspaceRef, FileQuery),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "A path leaving the workspace, or the root", body = ErrorResponse),
@@ -408,7 +416,7 @@ pub(crate) async fn list_files(
 )]
 pub(crate) async fn remove_file(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<StatusCode, ApiError> {
     state.provider.remove_file(&id, &query.path).await?;
@@ -420,7 +428,7 @@ pub(crate) async fn remove_file(
     get,
     path = "/v1/workspaces/{id}/files/content",
     tag = "files",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), FileQuery),
+    params(WorkspaceRef, FileQuery),
     responses(
         (status = 200, description = "The file's bytes", body = [u8], content_type = "application/octet-stream"),
         (status = 400, description = "A path leaving the workspace, or not a regular file", body = ErrorResponse),
@@ -430,7 +438,7 @@ pub(crate) async fn remove_file(
 )]
 pub(crate) async fn read_file(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
     let data = state.provider.read_file(&id, &query.path).await?;
@@ -442,7 +450,7 @@ pub(crate) async fn read_file(
     put,
     path = "/v1/workspaces/{id}/files/content",
     tag = "files",
-    params(("id" = String, Path, description = "An id, a unique id prefix, or a name"), FileQuery),
+    params(WorkspaceRef, FileQuery),
     request_body(content = [u8], content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "Written"),
@@ -454,7 +462,7 @@ pub(crate) async fn read_file(
 )]
 pub(crate) async fn write_file(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<FileQuery>,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
