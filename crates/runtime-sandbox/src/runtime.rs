@@ -7,6 +7,11 @@
 //! workspace's own mount namespace, so when its processes end, for any
 //! reason, the mounts go with them. A workspace is its upper directory,
 //! its layer stack, and (while running) the pid of its init.
+//!
+//! With an agent configured (as berth runs it), commands and files go to
+//! the agent over its socket, exactly as in docker; without one, each
+//! command is run by the stage-1 init joining the workspace's namespaces,
+//! and files are handled by commands inside.
 
 use crate::cgroup::{self, Layout};
 use crate::config::IdMap;
@@ -1179,6 +1184,9 @@ impl Runtime for SandboxRuntime {
         request: ExecRequest,
         cancel: CancellationToken,
     ) -> Result<ExecStream, RuntimeError> {
+        if let Some(agent) = self.agent(ws).await? {
+            return Ok(agent.exec(request, cancel).await?);
+        }
         let id = ws.id.to_string();
         let state = self.load(&id)?;
         let init = self.running(&state).ok_or_else(|| RuntimeError::Gone {
@@ -1231,6 +1239,9 @@ impl Runtime for SandboxRuntime {
         ws: &Workspace,
         path: &WorkspacePath,
     ) -> Result<Vec<u8>, RuntimeError> {
+        if let Some(agent) = self.agent(ws).await? {
+            return Ok(agent.read_file(path).await?);
+        }
         let inside = inside_path(path);
         let (code, out, err) = self
             .run_inside(ws, vec!["cat".into(), "--".into(), inside], None)
@@ -1247,6 +1258,9 @@ impl Runtime for SandboxRuntime {
         path: &WorkspacePath,
         data: Vec<u8>,
     ) -> Result<(), RuntimeError> {
+        if let Some(agent) = self.agent(ws).await? {
+            return Ok(agent.write_file(path, &data, None).await?);
+        }
         let inside = inside_path(path);
         let script = "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"";
         let argv = vec!["sh".into(), "-c".into(), script.into(), "sh".into(), inside];
@@ -1262,6 +1276,9 @@ impl Runtime for SandboxRuntime {
         ws: &Workspace,
         dir: &WorkspacePath,
     ) -> Result<Vec<FileEntry>, RuntimeError> {
+        if let Some(agent) = self.agent(ws).await? {
+            return Ok(agent.list_dir(dir).await?);
+        }
         let inside = inside_path(dir);
         let argv = vec![
             "find".into(),
