@@ -403,6 +403,26 @@ impl LayerStore {
     /// Removes every layer that no holder references, directly or as a
     /// parent of a referenced layer. Returns the removed ids.
     pub fn gc(&self) -> Result<Vec<LayerId>, StoreError> {
+        self.collect(|_| true)
+    }
+
+    /// Like [`LayerStore::gc`], but only among `released` and the layers
+    /// below them: what a holder just let go of. A layer another process
+    /// has just made and not yet referenced is never among them.
+    pub fn gc_released(&self, released: &[LayerId]) -> Result<Vec<LayerId>, StoreError> {
+        let mut candidates = BTreeSet::new();
+        for id in released {
+            match self.get(id) {
+                Ok(layer) => candidates.extend(layer.stack()),
+                Err(StoreError::Missing(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.collect(|layer| candidates.contains(&layer.meta.id))
+    }
+
+    /// Removes the unreferenced layers that `candidate` accepts.
+    fn collect(&self, candidate: impl Fn(&Layer) -> bool) -> Result<Vec<LayerId>, StoreError> {
         let layers = self.list()?;
         let mut live = BTreeSet::new();
         for layer in &layers {
@@ -412,7 +432,7 @@ impl LayerStore {
         }
         let mut removed = Vec::new();
         for layer in layers {
-            if live.contains(&layer.meta.id) {
+            if live.contains(&layer.meta.id) || !candidate(&layer) {
                 continue;
             }
             self.remove(&layer.meta.id)?;

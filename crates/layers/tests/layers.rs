@@ -227,6 +227,39 @@ fn referenced_layers_and_their_parents_survive_gc_and_a_reopen() {
 }
 
 #[test]
+fn collecting_what_was_released_leaves_unrelated_unreferenced_layers() {
+    let home = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(home.path().join("layers")).unwrap();
+    let base = base(&store);
+    let upper = home.path().join("upper");
+    write(&upper, "ws/file", "x");
+    let top = store
+        .freeze(
+            &upper,
+            std::slice::from_ref(&base.meta.id),
+            LayerKind::Cache,
+            "ws1",
+        )
+        .unwrap();
+    // Made by someone else and not referenced yet.
+    let fresh = store
+        .get_or_build(LayerKind::Base, &[b"fresh"], "test", |_| Ok(()))
+        .unwrap();
+    store.add_ref(&top.meta.id, "workspace:a").unwrap();
+    store.remove_ref(&top.meta.id, "workspace:a").unwrap();
+
+    let mut removed = store
+        .gc_released(std::slice::from_ref(&top.meta.id))
+        .unwrap();
+    removed.sort();
+    let mut expected = vec![base.meta.id, top.meta.id];
+    expected.sort();
+    assert_eq!(removed, expected, "the released layer and the one below it");
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert!(store.contains(&fresh.meta.id));
+}
+
+#[test]
 fn holders_unknown_to_the_registry_are_dropped() {
     let home = tempfile::tempdir().unwrap();
     let store = LayerStore::open(home.path().join("layers")).unwrap();

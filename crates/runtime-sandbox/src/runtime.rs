@@ -263,6 +263,15 @@ impl SandboxRuntime {
         self.inner.clone()
     }
 
+    /// The automatic collection, once a workspace, cache entry or snapshot
+    /// let go of `released`: removes those of them (and of the layers below
+    /// them) that nothing uses any more. Its failures are left to an
+    /// explicit `gc`, which reports them: what let go has succeeded.
+    async fn collect_released(&self, released: Vec<LayerId>) {
+        let this = self.clone_handle();
+        let _ = tokio::task::spawn_blocking(move || this.store.gc_released(&released)).await;
+    }
+
     /// The agent serving a running workspace, when the runtime runs one.
     async fn agent(&self, ws: &Workspace) -> Result<Option<Arc<AgentClient>>, RuntimeError> {
         if self.config.agent_program.is_none() {
@@ -1159,7 +1168,9 @@ impl Runtime for SandboxRuntime {
             .cloned()
             .collect();
         self.set_refs(&id, &layers, &[])?;
-        self.discard(&self.ws_dir(&id))
+        self.discard(&self.ws_dir(&id))?;
+        self.collect_released(layers).await;
+        Ok(())
     }
 
     async fn exists(&self, ws: &Workspace) -> Result<bool, RuntimeError> {
@@ -1390,17 +1401,21 @@ impl Runtime for SandboxRuntime {
 
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {
         let file = self.cache_file(key);
+        let mut released = Vec::new();
         if let Ok(Some(layer)) = self.cached_layer(key) {
             self.store
                 .remove_ref(&layer.meta.id, &cache_holder(key))
                 .map_err(other)?;
+            released.push(layer.meta.id);
         }
         match fs::remove_file(&file) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(RuntimeError::io("cannot remove the cache entry", e))
+                return Err(RuntimeError::io("cannot remove the cache entry", e));
             }
-            _ => Ok(()),
+            _ => {}
         }
+        self.collect_released(released).await;
+        Ok(())
     }
 
     async fn snapshot(&self, ws: &Workspace) -> Result<Snapshot, RuntimeError> {
@@ -1481,7 +1496,9 @@ impl Runtime for SandboxRuntime {
         let layer = LayerId::parse(id).map_err(other)?;
         self.store
             .remove_ref(&layer, &format!("snapshot:{layer}"))
-            .map_err(other)
+            .map_err(other)?;
+        self.collect_released(vec![layer]).await;
+        Ok(())
     }
 
     async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
