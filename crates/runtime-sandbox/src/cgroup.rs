@@ -107,7 +107,7 @@ fn detect_at(root: &Path) -> Result<Layout, CgroupError> {
 pub struct Cgroups {
     /// The workspace's own directories.
     pub dirs: Vec<PathBuf>,
-    /// Their parents, where helpers move once the workspace runs.
+    /// Their parents, which hold every workspace's cgroups.
     pub parents: Vec<PathBuf>,
 }
 

@@ -27,9 +27,6 @@ pub struct InitConfig {
     /// cgroup directories (one per v1 hierarchy, or the v2 one) the
     /// workspace's processes are born in.
     pub cgroups: Vec<PathBuf>,
-    /// Where the init moves itself once the workspace's first process
-    /// exists, so it does not count against the workspace's limits.
-    pub cgroup_parents: Vec<PathBuf>,
     /// Whether to install the default seccomp filter.
     pub seccomp: bool,
     /// The workspace's PID 1, its environment and working directory.

@@ -164,10 +164,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
             readonly: true,
         });
     }
-    let (cgroups, cgroup_parents) = match input.cgroups {
-        Some(c) => (c.dirs.clone(), c.parents.clone()),
-        None => (Vec::new(), Vec::new()),
-    };
+    let cgroups = input.cgroups.map(|c| c.dirs.clone()).unwrap_or_default();
     InitConfig {
         version: CONFIG_VERSION,
         rootfs: dirs.rootfs.clone(),
@@ -176,7 +173,6 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
         private_network: input.private_network,
         hostname: input.hostname.clone(),
         cgroups,
-        cgroup_parents,
         seccomp: input.seccomp,
         command: input.command.clone(),
         env: input.env.clone(),
@@ -310,7 +306,6 @@ mod tests {
         };
         let config = plan(&input(&dirs, None, Some(&cgroups)));
         assert_eq!(config.cgroups, cgroups.dirs);
-        assert_eq!(config.cgroup_parents, cgroups.parents);
         assert!(config.private_network && config.seccomp);
         assert_eq!(config.id_map.map(|m| m.host), Some(100_000));
     }

@@ -4,12 +4,13 @@
 //! thing, such as the agent) runs it:
 //!
 //! - `start CONFIG`: in a private mount namespace, mounts the workspace's
-//!   overlay and host-side binds, joins the workspace's cgroups, forks a
-//!   child into new user/mount/PID/UTS/IPC/cgroup (and network)
-//!   namespaces, maps its ids, and stays as its parent until it exits.
-//!   The child mounts `/proc` and `/dev/pts`, pivots into the overlay,
-//!   drops capabilities, sets `no_new_privs`, installs the seccomp filter
-//!   and executes the workspace's PID 1. The line `started PID` on stdout
+//!   overlay and host-side binds, forks a child into new user/mount/PID/
+//!   UTS/IPC (and network) namespaces, maps its ids, moves it into the
+//!   workspace's cgroups, and stays as its parent until it exits. The
+//!   child mounts `/proc` and `/dev/pts`, pivots into the overlay, enters
+//!   its own cgroup namespace once moved, drops capabilities, sets
+//!   `no_new_privs`, installs the seccomp filter and executes the
+//!   workspace's PID 1. The line `started PID` on stdout
 //!   tells the caller it all went through; any failure is printed as
 //!   `failed: ...` instead.
 //! - `exec CONFIG PID CWD -- ARGV...`: joins the cgroups and namespaces of
@@ -99,11 +100,8 @@ fn load(path: &str) -> Result<InitConfig, InitError> {
 }
 
 fn namespace_flags(config: &InitConfig) -> libc::c_int {
-    let mut flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWCGROUP;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if config.id_map.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
@@ -129,7 +127,6 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
     for mount in &config.mounts {
         host_mount(&config.rootfs, mount)?;
     }
-    join_cgroups(&config.cgroups)?;
 
     let (sync_read, mut sync_write) = step(|| "cannot make a pipe".into(), io::pipe())?;
     let (mut err_read, err_write) = step(|| "cannot make a pipe".into(), io::pipe())?;
@@ -172,6 +169,14 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
         step(
             || "cannot release the workspace's init".into(),
             sync_write.write_all(b"1"),
+        )?;
+        // Moving a process between cgroups waits for an RCU grace period
+        // on cgroup v1, often milliseconds: it happens while the child
+        // sets itself up, which waits for it only before it runs anything.
+        move_to_cgroups(pid, &config.cgroups)?;
+        step(
+            || "cannot release the workspace's init".into(),
+            sync_write.write_all(b"2"),
         )
     })();
     drop(sync_write);
@@ -186,8 +191,6 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
         let _ = wait(pid);
         return Err(InitError::Child(failure));
     }
-    // Off the workspace's books: this process only waits.
-    join_cgroups(&config.cgroup_parents)?;
     {
         let mut out = io::stdout().lock();
         let _ = writeln!(out, "started {pid}");
@@ -221,7 +224,12 @@ fn wait(pid: u32) -> Result<i32, InitError> {
 }
 
 fn join_cgroups(cgroups: &[PathBuf]) -> Result<(), InitError> {
-    let pid = std::process::id().to_string();
+    move_to_cgroups(std::process::id(), cgroups)
+}
+
+/// Moves process `pid` (all its threads) into each of `cgroups`.
+fn move_to_cgroups(pid: u32, cgroups: &[PathBuf]) -> Result<(), InitError> {
+    let pid = pid.to_string();
     for dir in cgroups {
         let procs = dir.join("cgroup.procs");
         step(
@@ -402,7 +410,6 @@ fn child_setup(
         || "the init's parent went away".into(),
         sync.read_exact(&mut byte),
     )?;
-    drop(sync);
     if config.id_map.is_some() {
         become_root()?;
     }
@@ -461,6 +468,17 @@ fn child_setup(
         rustix::mount::unmount(".", UnmountFlags::DETACH),
     )?;
     step(|| "cannot enter /".into(), std::env::set_current_dir("/"))?;
+    // Nothing runs before the parent has moved this process into the
+    // workspace's cgroups, whose namespace then starts here.
+    step(
+        || "the init's parent went away".into(),
+        sync.read_exact(&mut byte),
+    )?;
+    drop(sync);
+    step(
+        || "cannot make the cgroup namespace".into(),
+        sys::unshare(UnshareFlags::NEWCGROUP),
+    )?;
     lock_down(config.seccomp)?;
     Err(run(&config.command, &config.env, &config.cwd))
 }

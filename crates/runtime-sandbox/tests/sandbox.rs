@@ -164,6 +164,16 @@ async fn host_processes_are_invisible_and_isolation_is_reported() {
         whoami.stdout
     );
 
+    // The workspace sees its own cgroups as the root, and nothing of the
+    // host's hierarchy.
+    let cgroups = sh(&rt, &ws, "cat /proc/self/cgroup").await;
+    assert!(
+        !cgroups.stdout.is_empty() && cgroups.stdout.lines().all(|l| l.ends_with(":/")),
+        "{}",
+        cgroups.stdout
+    );
+    assert!(cgroup_file(&ws, "cgroup.procs").is_some_and(|procs| !procs.is_empty()));
+
     let isolation = rt.isolation(&ws);
     assert!(isolation.isolated && isolation.seccomp);
     for ns in ["user", "mount", "pid", "uts", "ipc", "net", "cgroup"] {
