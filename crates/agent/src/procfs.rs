@@ -92,6 +92,11 @@ pub fn group_members(pgrp: i32, except: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The command line of `pid`, or `None` when it is gone.
+pub fn cmdline(pid: i32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/cmdline")).ok()
+}
+
 /// A field of `/proc/self/status` or `/proc/meminfo` given in kB, in bytes.
 pub fn kb_field(path: &str, name: &str) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;

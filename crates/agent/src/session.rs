@@ -20,8 +20,9 @@
 //! interrupt (SIGINT to the group) ends the running command while the
 //! shell — whose handler does nothing — lives on; commands still get the
 //! default SIGINT disposition, as a handler is reset on exec. A signal that
-//! arrives before the shell has forked the command is sent again until the
-//! command has a process. A command made only of built-ins (`while :; do
+//! arrives before the command has a process of its own (the shell has not
+//! forked it yet, or its fork has not yet executed it) is sent again until
+//! it has. A command made only of built-ins (`while :; do
 //! :; done`) runs in the shell itself and cannot be interrupted without
 //! ending it: past the grace period the session is ended, and says so.
 
@@ -443,7 +444,13 @@ fn signal_command(shell: u32, signal: i32) -> bool {
     let members = crate::procfs::group_members(shell as i32, shell as i32);
     if signal == Signal::INT.as_raw() {
         crate::signal_group(shell, signal);
-        return !members.is_empty();
+        // A member that is still a copy of the shell (forked, not yet
+        // running the command) swallows SIGINT through the shell's trap;
+        // only one running something else has surely been interrupted.
+        let shell_cmdline = crate::procfs::cmdline(shell as i32);
+        return members
+            .iter()
+            .any(|&pid| crate::procfs::cmdline(pid).is_some_and(|c| Some(c) != shell_cmdline));
     }
     let Some(signal) = Signal::from_named_raw(signal) else {
         return true;

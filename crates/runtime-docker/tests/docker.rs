@@ -146,7 +146,16 @@ async fn an_image_without_a_shell_runs_a_workspace_served_by_the_agent_alone() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, RuntimeError::Spawn { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            RuntimeError::Refused {
+                reason: berth_core::Refusal::NotStarted,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("`sh`"), "{err}");
 }
 
