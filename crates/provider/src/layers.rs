@@ -18,6 +18,9 @@ use utoipa::ToSchema;
 
 /// How long to wait for a workspace's agent socket to answer.
 const AGENT_WAIT: Duration = Duration::from_secs(10);
+/// The most forks one request makes: each is a running workspace, and a
+/// typo'd count must not fill the host.
+pub const MAX_FORKS: usize = 64;
 
 /// What garbage collection removed in one runtime.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -156,10 +159,10 @@ impl Provider {
     pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<Workspace>, ServiceError> {
         let origin = self.settled(id)?;
         let runtime = self.runtime_of(&origin)?;
-        if count == 0 {
+        if count == 0 || count > MAX_FORKS {
             return Err(ServiceError::InvalidRequest {
                 field: "count".into(),
-                message: "expected at least 1 fork".into(),
+                message: format!("expected 1 to {MAX_FORKS} forks at once, not {count}"),
             });
         }
         let mut forks = Vec::with_capacity(count);

@@ -273,6 +273,23 @@ async fn snapshots_reset_changes_export_and_forks_work_on_docker_workspaces() {
         "the archive is not left behind"
     );
 
+    // A count outside 1..=64 is refused, naming the field.
+    for count in [0, 65] {
+        let (status, body) = api
+            .json(
+                api.post(&format!("/v1/workspaces/{id}/fork"))
+                    .json(&json!({ "count": count })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`count`") && message.contains(&format!("not {count}")),
+            "{body}"
+        );
+    }
+
     // Forks start from the current state and go their own way.
     let (status, body) = api
         .json(
