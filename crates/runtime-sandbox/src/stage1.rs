@@ -191,10 +191,19 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
         let _ = wait(pid);
         return Err(InitError::Child(failure));
     }
-    {
+    let reported = {
         let mut out = io::stdout().lock();
-        let _ = writeln!(out, "started {pid}");
-        let _ = out.flush();
+        writeln!(out, "started {pid}").and_then(|()| out.flush())
+    };
+    if let Err(source) = reported {
+        // Whoever started this init is gone and will never record the
+        // workspace as running: nothing may be left behind unknown.
+        let _ = rustix::process::kill_process(pid_of(pid), rustix::process::Signal::KILL);
+        let _ = wait(pid);
+        return Err(InitError::Step {
+            step: "the runtime went away before the workspace was reported".into(),
+            source,
+        });
     }
     wait(pid)
 }

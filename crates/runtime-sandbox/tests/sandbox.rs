@@ -935,3 +935,61 @@ async fn a_frozen_workspace_is_still_torn_down() {
     rt.remove(&ws).await.unwrap();
     assert!(layout.instances(ws.id.as_str()).is_empty());
 }
+
+#[tokio::test]
+async fn an_init_whose_runtime_went_away_leaves_nothing_running() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    rt.stop(&ws).await.unwrap();
+    let plan = home
+        .path()
+        .join("sandbox")
+        .join(ws.id.as_str())
+        .join("init.json");
+    assert!(
+        plan.is_file(),
+        "the start left its plan at {}",
+        plan.display()
+    );
+
+    // Its cgroups and overlay work directory went with the stop; the init
+    // needs them again.
+    let config: berth_runtime_sandbox::InitConfig =
+        serde_json::from_slice(&fs::read(&plan).unwrap()).unwrap();
+    for dir in &config.cgroups {
+        fs::create_dir_all(dir).unwrap();
+    }
+    for mount in &config.mounts {
+        if let berth_runtime_sandbox::Mount::Overlay { work, .. } = mount {
+            fs::create_dir_all(work).unwrap();
+        }
+    }
+
+    // The runtime is gone before the init can report: its stdout leads
+    // nowhere.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_berth-sandbox-init"))
+        .arg("start")
+        .arg(&plan)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the runtime went away"),
+        "the init ends because nobody reads its report: {stderr}"
+    );
+    for dir in &config.cgroups {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert_eq!(
+            procs, "",
+            "the workspace's processes are gone with the init"
+        );
+        fs::remove_dir(dir).unwrap();
+    }
+    rt.remove(&ws).await.unwrap();
+}
