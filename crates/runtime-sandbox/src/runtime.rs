@@ -17,7 +17,7 @@ use crate::cgroup::{self, Layout};
 use crate::config::IdMap;
 use crate::plan::{self, BERTH_DIR, Dirs, HostBase, PlanInput, WORKSPACE_DIR};
 use async_trait::async_trait;
-use berth_agent_client::AgentClient;
+use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::{
     Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind, GcReport,
     Isolation, Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath, spec::Network,
@@ -208,7 +208,7 @@ pub struct Inner {
     host: HostBase,
     exporter: Option<Arc<dyn ImageExporter>>,
     /// One connection per running workspace's agent.
-    agents: std::sync::Mutex<std::collections::HashMap<String, Arc<AgentClient>>>,
+    agents: AgentPool,
     /// Serialises changes of a workspace's lifecycle (start, stop, reset,
     /// freeze) so two of them never interleave.
     lifecycle: tokio::sync::Mutex<()>,
@@ -273,11 +273,16 @@ impl SandboxRuntime {
     }
 
     /// The agent serving a running workspace, when the runtime runs one.
-    async fn agent(&self, ws: &Workspace) -> Result<Option<Arc<AgentClient>>, RuntimeError> {
+    async fn agent(&self, ws: &Workspace) -> Result<Option<AgentClient>, RuntimeError> {
         if self.config.agent_program.is_none() {
             return Ok(None);
         }
         let id = ws.id.to_string();
+        // A live connection means a running agent: every command and file
+        // operation takes this path, so it reads no state from disk.
+        if let Some(agent) = self.agents.connected(&id) {
+            return Ok(Some(agent));
+        }
         let state = self.load(&id)?;
         if self.running(&state).is_none() {
             return Err(RuntimeError::Gone {
@@ -285,16 +290,8 @@ impl SandboxRuntime {
                 detail: "it is not running".into(),
             });
         }
-        let cached = self.agents.lock().ok().and_then(|a| a.get(&id).cloned());
-        if let Some(agent) = cached.filter(|a| a.is_connected()) {
-            return Ok(Some(agent));
-        }
         let socket = self.dirs(&id).run.join("agent.sock");
-        let agent = Arc::new(AgentClient::connect(&socket, START_TIMEOUT).await?);
-        if let Ok(mut agents) = self.agents.lock() {
-            agents.insert(id, agent.clone());
-        }
-        Ok(Some(agent))
+        Ok(Some(self.agents.get(&id, &socket, START_TIMEOUT).await?))
     }
 
     /// Runs a command inside and collects its output (for file operations).
@@ -336,7 +333,7 @@ impl Inner {
             cgroups,
             host,
             exporter,
-            agents: std::sync::Mutex::new(std::collections::HashMap::new()),
+            agents: AgentPool::new(),
             lifecycle: tokio::sync::Mutex::new(()),
         })
     }
@@ -790,9 +787,7 @@ impl Inner {
     /// otherwise the teardown finishes in the background (the processes
     /// are already killed, and the next instance uses fresh names).
     fn stop_locked(&self, id: &str, wait: bool) -> Result<State, RuntimeError> {
-        if let Ok(mut agents) = self.agents.lock() {
-            agents.remove(id);
-        }
+        self.agents.forget(id);
         let mut state = self.load(id)?;
         if let Some(init) = self.running(&state)
             && let Some(pid) = rustix::process::Pid::from_raw(init.pid as i32)
