@@ -205,7 +205,7 @@ pub(crate) async fn diff(
     request_body(content = ForkParams, description = "Optional"),
     responses(
         (status = 201, description = "The new workspaces", body = WorkspaceList),
-        (status = 400, description = "A count of 0", body = ErrorResponse),
+        (status = 400, description = "A count outside 1 to 64", body = ErrorResponse),
         (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "Neither running nor stopped", body = ErrorResponse),
         (status = 422, description = "The workspace's runtime cannot fork, or a fork failed", body = ErrorResponse),
