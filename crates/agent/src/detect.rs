@@ -4,7 +4,8 @@
 //! Each candidate found on `PATH` is run once with its version flag, with a
 //! short timeout, a minimal environment (`PATH`, `HOME`, `LANG=C`) and
 //! `/` as its directory, and the first version-looking token of its output
-//! is taken. Detection runs soon after start and again on request.
+//! is taken. Detection runs soon after the first client connects and again
+//! on request.
 //!
 //! The first detection waits for a quiet moment (no operation running)
 //! and its probes run at the lowest CPU priority: a workspace's first

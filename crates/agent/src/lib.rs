@@ -131,7 +131,6 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
         tasks: TaskTracker::new(),
         operations: AtomicU32::new(0),
     });
-    agent.detector.start(agent.clone());
     eprintln!(
         "berth-agent {VERSION}: serving {} for workspace {}",
         options.socket.display(),
@@ -140,10 +139,16 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    // Detection starts with the first connection: an agent nobody uses
+    // yet (a sandbox's standby) probes nothing.
+    let mut detecting = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
+                    if !std::mem::replace(&mut detecting, true) {
+                        agent.detector.start(agent.clone());
+                    }
                     agent.tasks.spawn(server::serve(agent.clone(), stream));
                 }
             }
