@@ -295,8 +295,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .ok()
         .filter(|r| !r.is_empty());
     let provider = open_provider(home, default_runtime).await?;
+    let code = command(cli.command, provider.clone()).await;
+    // What the runtimes finish after answering (a sandbox's standby
+    // instance) is done before the process ends, not cut off.
+    provider.settle().await;
+    code
+}
+
+async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
-    match cli.command {
+    match command {
         Command::Up {
             spec,
             runtime,

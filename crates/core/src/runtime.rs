@@ -201,6 +201,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes the cache entry `key`; removing a missing entry succeeds.
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError>;
 
+    /// Waits for the work the runtime goes on with after answering (such
+    /// as preparing what makes the next reset fast); a process calls it
+    /// before it ends so that nothing is left half done.
+    async fn settle(&self) {}
+
     /// The host path of the unix socket where the workspace's agent serves
     /// the agent protocol, for runtimes whose workspaces have an agent.
     fn agent_socket(&self, ws: &Workspace) -> Option<PathBuf> {

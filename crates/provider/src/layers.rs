@@ -75,6 +75,8 @@ impl Provider {
             .reset(&ws, to)
             .await
             .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        // A new agent serves the workspace after a reset.
+        self.agents().forget(ws.id.as_str());
         self.get(ws.id.as_str())
     }
 

@@ -233,6 +233,14 @@ impl Provider {
         Ok(runtime)
     }
 
+    /// Waits for the work the runtimes go on with after answering; call
+    /// it before the process ends.
+    pub async fn settle(&self) {
+        for runtime in self.runtime_list() {
+            runtime.settle().await;
+        }
+    }
+
     pub(crate) fn runtime_of(&self, ws: &Workspace) -> Result<Arc<dyn Runtime>, ServiceError> {
         self.inner
             .runtimes
@@ -304,6 +312,7 @@ impl Provider {
             }
         }
         let runtime = self.runtime_of(&ws)?;
+        self.agents().forget(ws.id.as_str());
         runtime
             .stop(&ws)
             .await

@@ -69,6 +69,7 @@ impl World {
             host_binds: Vec::new(),
             id_map: Some(DEFAULT_ID_MAP),
             accept_weaker: false,
+            standby: true,
             ..SandboxConfig::from_env(&home)
         })
         .unwrap();

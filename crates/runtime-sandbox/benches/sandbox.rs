@@ -7,10 +7,14 @@
 //! - `true` through the agent in a running workspace, against `docker
 //!   exec` (goal 2 ms);
 //! - reset after changing 10 files, in repositories of 1,000 to 100,000
-//!   files (goal 5 ms, flat);
+//!   files (goal 5 ms, flat): with the workspace's standby ready (it is
+//!   made in the background after a start or reset), back to back (the
+//!   reset may wait for the standby still being made), and with standbys
+//!   off (the reset starts a new instance);
 //! - the changes of 10 files in a 100,000-file repository, against `git
 //!   status` of the same tree (goal 5 ms);
-//! - many idle workspaces at once, with the memory each costs: the larger
+//! - many idle workspaces at once, with standbys and without, with the
+//!   memory each costs: the larger
 //!   of the growth of the kernel's own accounting (`/proc/meminfo`: anon,
 //!   slab, stacks, page tables, vmalloc) and what its memory cgroup is
 //!   charged plus its stage-1 init's share (goal 2 MiB); and, for
@@ -204,8 +208,36 @@ async fn sh(rt: &SandboxRuntime, ws: &Workspace, script: &str) {
     run(rt, ws, ExecRequest::shell(script)).await;
 }
 
+async fn started_from(rt: &SandboxRuntime, key: &str) -> Workspace {
+    let ws = workspace();
+    rt.create(&ws, Some(key)).await.unwrap();
+    rt.start(&ws).await.unwrap();
+    ws
+}
+
+/// The median of 15 resets of a new workspace from `key`, each after
+/// changing 10 files; with `ready`, each once the standby is made.
+async fn resets(rt: &SandboxRuntime, key: &str, ready: bool) -> Duration {
+    let ws = started_from(rt, key).await;
+    let mut resets = Vec::new();
+    for _ in 0..15 {
+        sh(rt, &ws, EDIT_10).await;
+        if ready {
+            rt.settle().await;
+        }
+        let began = Instant::now();
+        rt.reset(&ws, None).await.unwrap();
+        resets.push(began.elapsed());
+        assert!(rt.changes(&ws).await.unwrap().is_empty());
+    }
+    rt.remove(&ws).await.unwrap();
+    median(resets)
+}
+
 struct Bench {
     rt: SandboxRuntime,
+    /// The same, with standbys off.
+    plain: SandboxRuntime,
     scratch: tempfile::TempDir,
     docker: bool,
 }
@@ -239,10 +271,7 @@ impl Bench {
     }
 
     async fn started_from(&self, key: &str) -> Workspace {
-        let ws = workspace();
-        self.rt.create(&ws, Some(key)).await.unwrap();
-        self.rt.start(&ws).await.unwrap();
-        ws
+        started_from(&self.rt, key).await
     }
 
     async fn new_workspace(&self) {
@@ -372,23 +401,18 @@ impl Bench {
         for &files in sizes {
             let key = format!("reset-{files}");
             self.cache(&key, files).await;
-            let ws = self.started_from(&key).await;
-            let mut resets = Vec::new();
-            for _ in 0..15 {
-                sh(&self.rt, &ws, EDIT_10).await;
-                let began = Instant::now();
-                self.rt.reset(&ws, None).await.unwrap();
-                resets.push(began.elapsed());
-                assert!(self.rt.changes(&ws).await.unwrap().is_empty());
-            }
-            let reset = median(resets);
+            let ready = resets(&self.rt, &key, true).await;
+            let back_to_back = resets(&self.rt, &key, false).await;
+            let plain = resets(&self.plain, &key, false).await;
             println!(
-                "  {files:>7} files: median {}  ({})",
-                ms(reset),
-                verdict(reset, GOAL_RESET)
+                "  {files:>7} files: median {} with the standby ready ({}); back to back {}; without standbys {} ({} the standby)",
+                ms(ready),
+                verdict(ready, GOAL_RESET),
+                ms(back_to_back),
+                ms(plain),
+                ratio(plain, ready)
             );
-            all.push(reset);
-            self.rt.remove(&ws).await.unwrap();
+            all.push(ready);
             self.rt.remove_cache(&key).await.unwrap();
         }
         if let (Some(min), Some(max)) = (all.iter().min(), all.iter().max()) {
@@ -449,16 +473,23 @@ impl Bench {
 
     async fn idle(&self, count: usize) {
         self.cache("new", REPO_FILES).await;
+        self.idle_on(&self.rt, count, "with standbys (the default)")
+            .await;
+        self.idle_on(&self.plain, count, "without standbys").await;
+    }
+
+    async fn idle_on(&self, rt: &SandboxRuntime, count: usize, what: &str) {
         let before = meminfo();
         let began = Instant::now();
         let mut many = Vec::new();
         for _ in 0..count {
-            many.push(self.started_from("new").await);
+            many.push(started_from(rt, "new").await);
         }
+        rt.settle().await;
         let started = began.elapsed();
         // Idle means settled: each agent has done its detection.
         for ws in &many {
-            let agent = self.rt.agent_socket(ws).unwrap();
+            let agent = rt.agent_socket(ws).unwrap();
             let client = berth_agent_client::AgentClient::connect(&agent, Duration::from_secs(30))
                 .await
                 .unwrap();
@@ -489,9 +520,9 @@ impl Bench {
         let accounted = (2..=8).map(per).sum::<i64>().max(0) as u64;
         let each = accounted.max((charged + inits) / n);
         for ws in &many {
-            self.rt.remove(ws).await.unwrap();
+            rt.remove(ws).await.unwrap();
         }
-        println!("{count} idle workspaces at once:");
+        println!("{count} idle workspaces at once, {what}:");
         println!(
             "  started in {:.1} s, settled in {:.1} s; {each} KiB each (goal {GOAL_IDLE_KIB} KiB: {})",
             started.as_secs_f64(),
@@ -600,8 +631,14 @@ fn main() {
     config.init_program = agent.clone();
     config.init_args = vec!["sandbox-init".into()];
     config.agent_program = Some(agent);
+    config.standby = true;
+    let plain = SandboxConfig {
+        standby: false,
+        ..config.clone()
+    };
     let bench = Bench {
         rt: SandboxRuntime::new(config).unwrap(),
+        plain: SandboxRuntime::new(plain).unwrap(),
         scratch,
         docker: docker_answers(),
     };

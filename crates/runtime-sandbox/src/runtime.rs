@@ -24,7 +24,7 @@ use berth_core::{
 };
 use berth_layers::{IdShift, LayerId, LayerKind, LayerStore, tree};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const NAME: &str = "sandbox";
 const STATE_VERSION: u32 = 1;
@@ -71,13 +72,17 @@ pub struct SandboxConfig {
     /// Whether to run when a mechanism (user namespace, cgroups) is
     /// missing instead of refusing.
     pub accept_weaker: bool,
+    /// Whether each running workspace keeps a standby instance on its
+    /// provisioned stack, which makes a reset a switch instead of a start,
+    /// at the memory cost of a second idle instance.
+    pub standby: bool,
 }
 
 impl SandboxConfig {
     /// The defaults for `home`, with the init binary and the agent found
     /// next to the current executable (or in `BERTH_SANDBOX_INIT` and
-    /// `BERTH_AGENT`) and extra binds in `BERTH_SANDBOX_HOST_BINDS`
-    /// (colon-separated).
+    /// `BERTH_AGENT`), extra binds in `BERTH_SANDBOX_HOST_BINDS`
+    /// (colon-separated), and standbys unless `BERTH_SANDBOX_STANDBY=0`.
     pub fn from_env(home: impl Into<PathBuf>) -> Self {
         let init_program = std::env::var_os("BERTH_SANDBOX_INIT")
             .map(PathBuf::from)
@@ -109,6 +114,7 @@ impl SandboxConfig {
             host_binds,
             id_map: Some(DEFAULT_ID_MAP),
             accept_weaker: std::env::var("BERTH_SANDBOX_ACCEPT_WEAKER").is_ok_and(|v| v == "1"),
+            standby: std::env::var("BERTH_SANDBOX_STANDBY").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -157,13 +163,28 @@ impl Base {
     }
 }
 
-/// A running workspace's init, as recorded.
+/// A running instance's init, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Init {
     pid: u32,
     /// The process's start time (clock ticks after boot), which tells it
     /// from a later process that reuses the pid.
     start_time: u64,
+    /// Which instance of the workspace it runs: names its cgroups, overlay
+    /// work directory and init config.
+    #[serde(default)]
+    instance: u64,
+}
+
+/// A standby instance: started on the provisioned stack with an empty
+/// upper directory of its own, so that a reset to the provisioned state
+/// only switches to it and no start is on the reset's path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Standby {
+    init: Init,
+    /// The stack it runs on: a reset uses it only while it is still the
+    /// provisioned stack.
+    stack: Vec<LayerId>,
 }
 
 /// `state.json`.
@@ -180,11 +201,62 @@ struct State {
     limits: cgroup::Limits,
     #[serde(default)]
     init: Option<Init>,
-    /// Counts starts: each start gets its own cgroups and overlay work
-    /// directory, so the previous instance can be torn down in the
-    /// background while the next one starts (a reset does not wait).
+    /// Counts instances: each start gets its own cgroups, overlay work
+    /// directory and init config, so the previous instance can be torn
+    /// down in the background while the next one starts (a reset does not
+    /// wait).
     #[serde(default)]
     instance: u64,
+    #[serde(default)]
+    standby: Option<Standby>,
+}
+
+/// Kills an instance: killing a PID namespace's init kills everything in
+/// it.
+fn kill(init: Init) {
+    if start_time(init.pid) == Some(init.start_time)
+        && let Some(pid) = rustix::process::Pid::from_raw(init.pid as i32)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// What is left of killed instances: their cgroups to empty and remove,
+/// their inits to see reaped (an init leaves its PID namespace, and the
+/// overlay with it, only then), and their work directories and configs.
+struct Teardown {
+    cgroups: Vec<cgroup::Cgroups>,
+    inits: Vec<Init>,
+    paths: Vec<PathBuf>,
+}
+
+impl Teardown {
+    fn run(self) -> Result<(), RuntimeError> {
+        for cgroups in &self.cgroups {
+            cgroup::kill_and_remove(cgroups, KILL_PATIENCE).map_err(other)?;
+        }
+        let deadline = std::time::Instant::now() + KILL_PATIENCE;
+        for init in &self.inits {
+            while start_time(init.pid) == Some(init.start_time)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for path in &self.paths {
+            let _ = match fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => tree::remove_tree(path),
+                _ => fs::remove_file(path),
+            };
+        }
+        Ok(())
+    }
+
+    /// Finishes the teardown on a thread of its own: the processes are
+    /// already killed, and the next instance uses fresh names.
+    fn run_in_background(self) {
+        std::thread::spawn(move || self.run());
+    }
 }
 
 /// The sandbox runtime.
@@ -209,9 +281,53 @@ pub struct Inner {
     exporter: Option<Arc<dyn ImageExporter>>,
     /// One connection per running workspace's agent.
     agents: AgentPool,
-    /// Serialises changes of a workspace's lifecycle (start, stop, reset,
-    /// freeze) so two of them never interleave.
-    lifecycle: tokio::sync::Mutex<()>,
+    lifecycle: Lifecycle,
+    /// Work going on after an answer: standbys being made.
+    background: TaskTracker,
+}
+
+/// Serialises changes of each workspace's lifecycle (start, stop, reset,
+/// freeze, standby) so two never interleave, while different workspaces
+/// change at once; `gc`, which looks at them all, excludes everything.
+#[derive(Default)]
+struct Lifecycle {
+    all: Arc<tokio::sync::RwLock<()>>,
+    each: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while one workspace's lifecycle changes.
+struct LifecycleGuard {
+    _one: tokio::sync::OwnedMutexGuard<()>,
+    _all: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl Lifecycle {
+    async fn one(&self, id: &str) -> LifecycleGuard {
+        let all = self.all.clone().read_owned().await;
+        let lock = self
+            .each
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        LifecycleGuard {
+            _one: lock.lock_owned().await,
+            _all: all,
+        }
+    }
+
+    async fn every(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.all.clone().write_owned().await
+    }
+
+    /// Forgets a removed workspace's lock.
+    fn forget(&self, id: &str) {
+        self.each
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(id);
+    }
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -270,6 +386,24 @@ impl SandboxRuntime {
     async fn collect_released(&self, released: Vec<LayerId>) {
         let this = self.clone_handle();
         let _ = tokio::task::spawn_blocking(move || this.store.gc_released(&released)).await;
+    }
+
+    /// Makes a standby for a running workspace in the background, when
+    /// standbys are on: the caller has its answer meanwhile.
+    fn prepare_standby(&self, ws: &Workspace) {
+        if !self.config.standby {
+            return;
+        }
+        let this = self.clone_handle();
+        let ws = ws.clone();
+        self.background.spawn(async move {
+            let _guard = this.lifecycle.one(ws.id.as_str()).await;
+            match this.make_standby(&ws).await {
+                // Removed meanwhile.
+                Ok(()) | Err(RuntimeError::Gone { .. }) => {}
+                Err(e) => tracing::warn!(id = %ws.id, error = %e, "cannot make a standby instance"),
+            }
+        });
     }
 
     /// The agent serving a running workspace, when the runtime runs one.
@@ -334,7 +468,8 @@ impl Inner {
             host,
             exporter,
             agents: AgentPool::new(),
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle: Lifecycle::default(),
+            background: TaskTracker::new(),
         })
     }
 
@@ -607,6 +742,7 @@ impl Inner {
             limits: Self::limits_of(ws),
             init: None,
             instance: 0,
+            standby: None,
         }
     }
 
@@ -645,10 +781,31 @@ impl Inner {
         })
     }
 
-    fn config_path(&self, id: &str) -> PathBuf {
-        self.ws_dir(id).join("init.json")
+    fn config_path(&self, id: &str, instance: u64) -> PathBuf {
+        self.ws_dir(id).join(format!("init.{instance}.json"))
     }
 
+    fn work_dir(&self, id: &str, instance: u64) -> PathBuf {
+        self.ws_dir(id).join(format!("work.{instance}"))
+    }
+
+    fn cgroup_name(id: &str, instance: u64) -> String {
+        format!("{id}.{instance}")
+    }
+
+    /// The upper and run directories a standby instance is made with, and
+    /// that a reset moves into place.
+    fn standby_dirs(&self, id: &str) -> Dirs {
+        let dir = self.ws_dir(id);
+        Dirs {
+            upper: dir.join("upper.standby"),
+            run: dir.join("run.standby"),
+            ..self.dirs(id)
+        }
+    }
+
+    /// Starts the workspace on its stack, unless it is running. A standby
+    /// left by an interrupted reset is ended first.
     async fn start_locked(&self, ws: &Workspace) -> Result<State, RuntimeError> {
         let id = ws.id.to_string();
         let mut state = self.load(&id)?;
@@ -656,17 +813,48 @@ impl Inner {
             return Ok(state);
         }
         self.check_mechanisms()?;
+        if let Some(standby) = state.standby.take() {
+            self.end_instance(&id, standby.init).run_in_background();
+            self.discard_standby_dirs(&id)?;
+        }
         let dirs = self.dirs(&id);
         if !dirs.upper.exists() {
             // A reset interrupted between dropping and remaking it.
             self.fresh_upper(&dirs)?;
         }
         state.instance += 1;
-        let instance = format!("{id}.{}", state.instance);
-        let mut dirs = dirs;
-        dirs.work = self.ws_dir(&id).join(format!("work.{}", state.instance));
+        let stack = state.stack.clone();
+        let init = self
+            .launch(ws, &state, &stack, state.instance, dirs)
+            .await?;
+        state.init = Some(init);
+        self.save(&state)?;
+        Ok(state)
+    }
+
+    /// Starts instance `instance` of the workspace on `stack`, over the
+    /// upper and run directories of `dirs`: its cgroups, its init config
+    /// and the stage-1 init. Returns once the init has reported and, with
+    /// an agent, the agent's socket is there.
+    async fn launch(
+        &self,
+        ws: &Workspace,
+        state: &State,
+        stack: &[LayerId],
+        instance: u64,
+        dirs: Dirs,
+    ) -> Result<Init, RuntimeError> {
+        let id = ws.id.to_string();
+        let dirs = Dirs {
+            work: self.work_dir(&id, instance),
+            ..dirs
+        };
         let cgroups = match &self.cgroups {
-            Ok(layout) => Some(layout.create(&instance, state.limits).map_err(other)?),
+            Ok(layout) => Some(
+                layout
+                    .create(&Self::cgroup_name(&id, instance), state.limits)
+                    .map_err(other)?,
+            ),
             Err(_) => None,
         };
         let mut programs = vec![self.config.init_program.clone()];
@@ -688,7 +876,7 @@ impl Inner {
                 reap
             }
         };
-        let lowers = self.store.trees_top_first(&state.stack);
+        let lowers = self.store.trees_top_first(stack);
         let config = plan::plan(&PlanInput {
             dirs: &dirs,
             lowers,
@@ -702,7 +890,7 @@ impl Inner {
             command,
             env: self.base_env(ws),
         });
-        let config_path = self.config_path(&id);
+        let config_path = self.config_path(&id, instance);
         fs::write(
             &config_path,
             serde_json::to_vec_pretty(&config).map_err(other)?,
@@ -760,12 +948,18 @@ impl Inner {
             id: id.clone(),
             detail: "its init ended right after starting".into(),
         })?;
-        state.init = Some(Init { pid, start_time });
-        self.save(&state)?;
-        if self.config.agent_program.is_some() {
-            self.wait_for_socket(&dirs.run.join("agent.sock")).await?;
+        let init = Init {
+            pid,
+            start_time,
+            instance,
+        };
+        if self.config.agent_program.is_some()
+            && let Err(e) = self.wait_for_socket(&dirs.run.join("agent.sock")).await
+        {
+            self.end_instance(&id, init).run_in_background();
+            return Err(e);
         }
-        Ok(state)
+        Ok(init)
     }
 
     async fn wait_for_socket(&self, socket: &Path) -> Result<(), RuntimeError> {
@@ -782,61 +976,163 @@ impl Inner {
         Ok(())
     }
 
-    /// Ends every process of the workspace and removes its cgroups and
-    /// overlay work directories. With `wait`, returns once all is gone;
+    /// Kills one instance and returns the rest of its teardown: its
+    /// cgroups, overlay work directory and init config.
+    fn end_instance(&self, id: &str, init: Init) -> Teardown {
+        kill(init);
+        Teardown {
+            cgroups: match &self.cgroups {
+                Ok(layout) => vec![layout.cgroups(&Self::cgroup_name(id, init.instance))],
+                Err(_) => Vec::new(),
+            },
+            inits: vec![init],
+            paths: vec![
+                self.work_dir(id, init.instance),
+                self.config_path(id, init.instance),
+            ],
+        }
+    }
+
+    /// Discards a standby's upper and run directories.
+    fn discard_standby_dirs(&self, id: &str) -> Result<(), RuntimeError> {
+        let dirs = self.standby_dirs(id);
+        self.discard(&dirs.upper)?;
+        self.discard(&dirs.run)
+    }
+
+    /// Ends every process of the workspace, its standby's included, and
+    /// removes the cgroups, overlay work directories and init configs of
+    /// all its instances. With `wait`, returns once all is gone;
     /// otherwise the teardown finishes in the background (the processes
     /// are already killed, and the next instance uses fresh names).
     fn stop_locked(&self, id: &str, wait: bool) -> Result<State, RuntimeError> {
         self.agents.forget(id);
         let mut state = self.load(id)?;
-        if let Some(init) = self.running(&state)
-            && let Some(pid) = rustix::process::Pid::from_raw(init.pid as i32)
-        {
-            // Killing a PID namespace's init kills everything in it.
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-        let cgroups = match &self.cgroups {
-            Ok(layout) => layout.instances(id),
-            Err(_) => Vec::new(),
-        };
-        let work_dirs: Vec<PathBuf> = fs::read_dir(self.ws_dir(id))
+        let inits: Vec<Init> = [state.init, state.standby.as_ref().map(|s| s.init)]
+            .into_iter()
+            .flatten()
+            .filter(|init| start_time(init.pid) == Some(init.start_time))
+            .collect();
+        inits.iter().copied().for_each(kill);
+        state.standby = None;
+        self.discard_standby_dirs(id)?;
+        // Every instance, also those a berth killed mid-start left behind.
+        let paths: Vec<PathBuf> = fs::read_dir(self.ws_dir(id))
             .map(|entries| {
                 entries
                     .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("work"))
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with("work")
+                            || (name.starts_with("init.") && name.ends_with(".json"))
+                    })
                     .map(|e| e.path())
                     .collect()
             })
             .unwrap_or_default();
-        let init = state.init;
-        let teardown = move || -> Result<(), RuntimeError> {
-            for cgroups in &cgroups {
-                cgroup::kill_and_remove(cgroups, KILL_PATIENCE).map_err(other)?;
-            }
-            if let Some(init) = init {
-                // The init leaves its PID namespace only when reaped; wait
-                // for that so that the overlay is gone.
-                let deadline = std::time::Instant::now() + KILL_PATIENCE;
-                while start_time(init.pid) == Some(init.start_time)
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            for dir in &work_dirs {
-                // overlayfs leaves its work directory unreadable to all.
-                let _ = tree::remove_tree(dir);
-            }
-            Ok(())
+        let teardown = Teardown {
+            cgroups: match &self.cgroups {
+                Ok(layout) => layout.instances(id),
+                Err(_) => Vec::new(),
+            },
+            inits,
+            paths,
         };
         if wait {
-            teardown()?;
+            teardown.run()?;
         } else {
-            std::thread::spawn(teardown);
+            teardown.run_in_background();
         }
         state.init = None;
         self.save(&state)?;
         Ok(state)
+    }
+
+    /// Resets a running workspace by switching to its standby, when it has
+    /// one on its provisioned stack: the current instance is killed and
+    /// torn down in the background, the standby's directories take the
+    /// place of its own, and no start is on the way. Returns whether it
+    /// switched.
+    ///
+    /// Each step leaves a state a start recovers from: without the upper
+    /// directory, a start makes an empty one on the recorded stack, which
+    /// is the reset's outcome; a standby still recorded is ended.
+    fn switch_to_standby(&self, state: &mut State) -> Result<bool, RuntimeError> {
+        let id = state.id.clone();
+        let (Some(current), Some(standby)) = (self.running(state), state.standby.clone()) else {
+            return Ok(false);
+        };
+        let alive = start_time(standby.init.pid) == Some(standby.init.start_time);
+        let dirs = self.dirs(&id);
+        let standby_dirs = self.standby_dirs(&id);
+        if !alive || standby.stack != state.provisioned || !standby_dirs.upper.is_dir() {
+            state.standby = None;
+            self.end_instance(&id, standby.init).run_in_background();
+            self.discard_standby_dirs(&id)?;
+            self.save(state)?;
+            return Ok(false);
+        }
+        self.agents.forget(&id);
+        self.end_instance(&id, current).run_in_background();
+        self.discard(&dirs.upper)?;
+        let old = std::mem::replace(&mut state.stack, standby.stack.clone());
+        state.init = None;
+        self.save(state)?;
+        self.set_refs(&id, &old, &state.provisioned)?;
+        self.discard(&dirs.run)?;
+        for (from, to) in [
+            (&standby_dirs.upper, &dirs.upper),
+            (&standby_dirs.run, &dirs.run),
+        ] {
+            fs::rename(from, to).map_err(io_err(format!(
+                "cannot move `{}` to `{}`",
+                from.display(),
+                to.display()
+            )))?;
+        }
+        state.init = Some(standby.init);
+        state.standby = None;
+        self.save(state)?;
+        Ok(true)
+    }
+
+    /// Makes a standby for a running workspace that has none; does nothing
+    /// when it is not running or already has a usable one.
+    async fn make_standby(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let id = ws.id.to_string();
+        let mut state = self.load(&id)?;
+        let Some(current) = self.running(&state) else {
+            return Ok(());
+        };
+        if state.standby.is_some() {
+            return Ok(());
+        }
+        // A berth killed while making a standby may have left one running
+        // unrecorded: every instance but the current one ends.
+        if let Ok(layout) = &self.cgroups {
+            let keep = layout.cgroups(&Self::cgroup_name(&id, current.instance));
+            Teardown {
+                cgroups: layout
+                    .instances(&id)
+                    .into_iter()
+                    .filter(|cgroups| *cgroups != keep)
+                    .collect(),
+                inits: Vec::new(),
+                paths: Vec::new(),
+            }
+            .run_in_background();
+        }
+        self.discard_standby_dirs(&id)?;
+        let dirs = self.standby_dirs(&id);
+        self.fresh_upper(&dirs)?;
+        state.instance += 1;
+        self.save(&state)?;
+        let stack = state.provisioned.clone();
+        let init = self
+            .launch(ws, &state, &stack, state.instance, dirs)
+            .await?;
+        state.standby = Some(Standby { init, stack });
+        self.save(&state)
     }
 
     fn base_env(&self, ws: &Workspace) -> Vec<(String, String)> {
@@ -903,8 +1199,8 @@ impl Inner {
     ) -> Result<berth_layers::Layer, RuntimeError> {
         let dirs = self.dirs(&state.id);
         let paused = match (&self.cgroups, self.running(state)) {
-            (Ok(layout), Some(_)) => {
-                let cgroups = layout.cgroups(&format!("{}.{}", state.id, state.instance));
+            (Ok(layout), Some(init)) => {
+                let cgroups = layout.cgroups(&Self::cgroup_name(&state.id, init.instance));
                 layout
                     .freeze(&cgroups, true)
                     .map_err(other)?
@@ -1129,13 +1425,14 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn start(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
+        let _guard = self.lifecycle.one(ws.id.as_str()).await;
         let state = self.start_locked(ws).await?;
+        self.prepare_standby(ws);
         Ok(self.info(&state))
     }
 
     async fn stop(&self, ws: &Workspace) -> Result<(), RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
+        let _guard = self.lifecycle.one(ws.id.as_str()).await;
         let this = self.clone_handle();
         let id = ws.id.to_string();
         tokio::task::spawn_blocking(move || this.stop_locked(&id, true).map(drop))
@@ -1144,7 +1441,7 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
+        let _guard = self.lifecycle.one(ws.id.as_str()).await;
         let id = ws.id.to_string();
         let state = match self.load(&id) {
             Ok(state) => state,
@@ -1164,8 +1461,15 @@ impl Runtime for SandboxRuntime {
             .collect();
         self.set_refs(&id, &layers, &[])?;
         self.discard(&self.ws_dir(&id))?;
+        self.lifecycle.forget(&id);
         self.collect_released(layers).await;
         Ok(())
+    }
+
+    async fn settle(&self) {
+        self.background.close();
+        self.background.wait().await;
+        self.background.reopen();
     }
 
     async fn exists(&self, ws: &Workspace) -> Result<bool, RuntimeError> {
@@ -1207,7 +1511,7 @@ impl Runtime for SandboxRuntime {
         argv.extend(self.config.init_args.iter().cloned());
         argv.extend([
             "exec".into(),
-            self.config_path(&id).display().to_string(),
+            self.config_path(&id, init.instance).display().to_string(),
             init.pid.to_string(),
             cwd,
             "--".into(),
@@ -1366,7 +1670,7 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
+        let _guard = self.lifecycle.one(ws.id.as_str()).await;
         let id = ws.id.to_string();
         let was_running = self.running(&self.load(&id)?).is_some();
         let mut state = self.stop_locked(&id, true)?;
@@ -1386,6 +1690,7 @@ impl Runtime for SandboxRuntime {
             .map_err(io_err(format!("cannot record cache entry `{key}`")))?;
         if was_running {
             self.start_locked(ws).await?;
+            self.prepare_standby(ws);
         }
         Ok(())
     }
@@ -1414,7 +1719,7 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn snapshot(&self, ws: &Workspace) -> Result<Snapshot, RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
+        let _guard = self.lifecycle.one(ws.id.as_str()).await;
         let state = self.load(ws.id.as_str())?;
         let layer = self.copy_upper(&state, LayerKind::Snapshot)?;
         let holder = format!("snapshot:{}", layer.meta.id);
@@ -1427,8 +1732,12 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn reset(&self, ws: &Workspace, to: Option<&str>) -> Result<(), RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
-        let state = self.load(ws.id.as_str())?;
+        let _guard = self.lifecycle.one(ws.id.as_str()).await;
+        let mut state = self.load(ws.id.as_str())?;
+        if to.is_none() && self.switch_to_standby(&mut state)? {
+            self.prepare_standby(ws);
+            return Ok(());
+        }
         let stack = match to {
             None => state.provisioned.clone(),
             Some(snapshot) => {
@@ -1440,7 +1749,9 @@ impl Runtime for SandboxRuntime {
                 layer.stack()
             }
         };
-        self.restack(ws, stack).await
+        self.restack(ws, stack).await?;
+        self.prepare_standby(ws);
+        Ok(())
     }
 
     async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
@@ -1481,7 +1792,7 @@ impl Runtime for SandboxRuntime {
         origin: &Workspace,
         ws: &Workspace,
     ) -> Result<serde_json::Value, RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
+        let _guard = self.lifecycle.one(origin.id.as_str()).await;
         let state = self.load(origin.id.as_str())?;
         let layer = self.copy_upper(&state, LayerKind::Snapshot)?;
         self.make_workspace(ws, layer.stack(), state.provisioned.clone())
@@ -1497,7 +1808,7 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
-        let _guard = self.lifecycle.lock().await;
+        let _guard = self.lifecycle.every().await;
         let live_ids: BTreeSet<String> = live.iter().map(|w| w.id.to_string()).collect();
         let mut report = GcReport::default();
         let sandbox = self.config.home.join("sandbox");

@@ -25,6 +25,7 @@ fn config(home: &Path) -> SandboxConfig {
         host_binds: Vec::new(),
         id_map: Some(DEFAULT_ID_MAP),
         accept_weaker: false,
+        standby: true,
     }
 }
 
@@ -527,6 +528,122 @@ async fn changes_are_exact_and_reset_restores_files_deletions_and_permissions() 
     rt.remove(&ws).await.unwrap();
 }
 
+/// Host pids in the cgroups of every instance of `ws`.
+fn host_pids(ws: &Workspace) -> Vec<u32> {
+    let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
+    let mut pids: Vec<u32> = layout
+        .instances(ws.id.as_str())
+        .iter()
+        .flat_map(|cgroups| cgroups.dirs.first())
+        .flat_map(|dir| {
+            fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Waits (at most 10 s) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::yield_now();
+    }
+}
+
+#[tokio::test]
+async fn a_reset_switches_to_the_standby_and_ends_everything_of_the_old_instance() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = provisioned(&rt, home.path(), "key-standby").await;
+    let ws_dir = home.path().join("sandbox").join(ws.id.as_str());
+    for round in 0..2 {
+        // What the runtime does after answering is done: the standby runs.
+        rt.settle().await;
+        assert!(ws_dir.join("upper.standby").is_dir(), "round {round}");
+        let ran = sh(
+            &rt,
+            &ws,
+            "cd /workspace/project && echo changed > README && rm run.sh && \
+             (sleep 4242 >/dev/null 2>&1 &) && hostname",
+        )
+        .await;
+        assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+        let hostname = ran.stdout;
+        // The old instance: every process in the sleep's PID namespace.
+        let pid_ns = |pid: &u32| fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+        let all = host_pids(&ws);
+        let sleep = all
+            .iter()
+            .find(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x004242\x00")
+            })
+            .unwrap();
+        let before: Vec<u32> = all
+            .iter()
+            .filter(|pid| pid_ns(pid) == pid_ns(sleep))
+            .copied()
+            .collect();
+        assert!(before.len() >= 2, "the init and the sleep: {before:?}");
+
+        rt.reset(&ws, None).await.unwrap();
+        assert_eq!(rt.changes(&ws).await.unwrap(), vec![], "round {round}");
+        let after = sh(&rt, &ws, "cat /workspace/project/README /workspace/project/run.sh; hostname; ps -e -o comm= | grep -c sleep").await;
+        assert_eq!(
+            after.stdout,
+            format!("readme\necho run\n{hostname}0\n"),
+            "round {round}: {}",
+            after.stderr
+        );
+        // The old instance's processes all end; the new one's are others.
+        let now = host_pids(&ws);
+        eventually("the old instance's processes end", || {
+            before
+                .iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        });
+        assert!(
+            now.iter().all(|pid| !before.contains(pid)),
+            "{before:?} {now:?}"
+        );
+        assert_eq!(
+            cgroup_file(&ws, "pids.max").as_deref(),
+            Some("4096"),
+            "the new instance has the workspace's limits"
+        );
+    }
+
+    // A stop ends the standby too, and leaves no instance behind.
+    rt.settle().await;
+    rt.stop(&ws).await.unwrap();
+    assert_eq!(host_pids(&ws), Vec::<u32>::new());
+    let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
+    assert!(layout.instances(ws.id.as_str()).is_empty());
+    assert!(!ws_dir.join("upper.standby").exists());
+
+    // A stopped workspace resets without starting, and starts reset.
+    rt.start(&ws).await.unwrap();
+    let ran = sh(&rt, &ws, "echo again > /workspace/project/README").await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    rt.stop(&ws).await.unwrap();
+    rt.reset(&ws, None).await.unwrap();
+    assert_eq!(
+        host_pids(&ws),
+        Vec::<u32>::new(),
+        "a reset does not start a stopped workspace"
+    );
+    rt.start(&ws).await.unwrap();
+    let ran = sh(&rt, &ws, "cat /workspace/project/README").await;
+    assert_eq!(ran.stdout, "readme\n");
+    rt.remove(&ws).await.unwrap();
+}
+
 #[tokio::test]
 async fn snapshots_survive_a_restart_and_forks_are_independent() {
     let _cleanup = Cleanup;
@@ -942,16 +1059,19 @@ async fn an_init_whose_runtime_went_away_leaves_nothing_running() {
     let home = tempfile::tempdir().unwrap();
     let rt = runtime(home.path()).await;
     let ws = started(&rt, Spec::default()).await;
-    rt.stop(&ws).await.unwrap();
-    let plan = home
-        .path()
-        .join("sandbox")
-        .join(ws.id.as_str())
-        .join("init.json");
+    let ws_dir = home.path().join("sandbox").join(ws.id.as_str());
+    let started_plan = ws_dir.join("init.1.json");
     assert!(
-        plan.is_file(),
+        started_plan.is_file(),
         "the start left its plan at {}",
-        plan.display()
+        started_plan.display()
+    );
+    let plan = home.path().join("plan.json");
+    fs::copy(&started_plan, &plan).unwrap();
+    rt.stop(&ws).await.unwrap();
+    assert!(
+        !started_plan.exists(),
+        "the stop removed the plan with the instance"
     );
 
     // Its cgroups and overlay work directory went with the stop; the init

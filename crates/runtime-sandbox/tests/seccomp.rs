@@ -42,6 +42,7 @@ async fn runtime(home: &Path, with_agent: bool) -> SandboxRuntime {
         host_binds: Vec::new(),
         id_map: Some(DEFAULT_ID_MAP),
         accept_weaker: false,
+        standby: true,
     })
     .unwrap();
     if let Err(reason) = runtime.available().await {
