@@ -65,8 +65,10 @@ impl ClientError {
 
 /// The one mapping from the agent's refusals to runtime errors: a refusal
 /// about a path the agent names apart keeps that path; any other refusal
-/// that is the caller's mistake keeps the agent's message, which names the
-/// path or field, under the reason front ends map to their codes.
+/// that is the caller's mistake, or what the workspace does not allow or
+/// offer, keeps the agent's message, which names the path or field, under
+/// the reason front ends map to their codes. The rest (I/O failures, a
+/// broken exchange) are the runtime's own failures.
 impl From<ClientError> for berth_core::RuntimeError {
     fn from(err: ClientError) -> Self {
         use berth_core::{Refusal, RuntimeError};
@@ -84,6 +86,9 @@ impl From<ClientError> for berth_core::RuntimeError {
                     (ErrorCode::WrongKind, _) => Refusal::WrongKind,
                     (ErrorCode::BadRequest, _) => Refusal::BadRequest,
                     (ErrorCode::Spawn, _) => Refusal::NotStarted,
+                    (ErrorCode::AlreadyExists, _) => Refusal::AlreadyExists,
+                    (ErrorCode::PermissionDenied, _) => Refusal::PermissionDenied,
+                    (ErrorCode::Unsupported, _) => Refusal::Unsupported,
                     _ => return RuntimeError::Other(message),
                 };
                 RuntimeError::Refused { reason, message }
@@ -130,6 +135,9 @@ mod tests {
             (ErrorCode::WrongKind, Refusal::WrongKind),
             (ErrorCode::BadRequest, Refusal::BadRequest),
             (ErrorCode::Spawn, Refusal::NotStarted),
+            (ErrorCode::AlreadyExists, Refusal::AlreadyExists),
+            (ErrorCode::PermissionDenied, Refusal::PermissionDenied),
+            (ErrorCode::Unsupported, Refusal::Unsupported),
         ] {
             let err = refusal(code, "cwd: `x` is wrong", None);
             assert!(
@@ -138,18 +146,32 @@ mod tests {
             );
             assert_eq!(err.to_string(), "cwd: `x` is wrong");
         }
-        let err = refusal(ErrorCode::WrongKind, "`d` is a directory", Some("d"));
-        assert!(
-            matches!(
-                &err,
-                RuntimeError::Refused {
-                    reason: Refusal::WrongKind,
-                    ..
-                }
+        // Refusals whose path the agent names apart too keep the message,
+        // which says what was refused about it.
+        for (code, message, reason) in [
+            (
+                ErrorCode::WrongKind,
+                "`d` is a directory",
+                Refusal::WrongKind,
             ),
-            "{err:?}"
-        );
-        assert_eq!(err.to_string(), "`d` is a directory");
+            (
+                ErrorCode::AlreadyExists,
+                "`d` already exists",
+                Refusal::AlreadyExists,
+            ),
+            (
+                ErrorCode::PermissionDenied,
+                "cannot write `d`: Permission denied (os error 13)",
+                Refusal::PermissionDenied,
+            ),
+        ] {
+            let err = refusal(code, message, Some("d"));
+            assert!(
+                matches!(&err, RuntimeError::Refused { reason: r, .. } if *r == reason),
+                "{code:?}: {err:?}"
+            );
+            assert_eq!(err.to_string(), message);
+        }
     }
 
     #[test]

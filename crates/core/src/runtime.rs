@@ -77,7 +77,8 @@ pub enum RuntimeError {
 }
 
 /// Why a request was refused, for [`RuntimeError::Refused`]: each reason is
-/// one way the caller can be wrong, so front ends can tell them apart.
+/// one way the caller's request can be wrong or not fit the workspace, so
+/// front ends can tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// A path (a file, a directory, a working directory) does not exist.
@@ -91,6 +92,14 @@ pub enum Refusal {
     BadRequest,
     /// The command could not be started (no such program, say).
     NotStarted,
+    /// Something already exists where the request would create it.
+    AlreadyExists,
+    /// The workspace does not let the path be changed: a read-only or
+    /// immutable file or directory, or one the agent's user may not write.
+    PermissionDenied,
+    /// The workspace cannot offer what was asked: a session or terminal
+    /// where there is no shell, a watch the system cannot set up.
+    Unsupported,
 }
 
 impl RuntimeError {

@@ -33,9 +33,10 @@ pub struct ErrorBody {
 /// |---|---|
 /// | 400 | `invalid_request`, `invalid_path`, `invalid_body`, `invalid_query`, `ambiguous_id`, `no_default_spec` |
 /// | 401 | `unauthorized` |
+/// | 403 | `permission_denied` |
 /// | 404 | `not_found`, `file_not_found`, `route_not_found`, `agent_not_built` |
 /// | 405 | `method_not_allowed` |
-/// | 409 | `wrong_state`, `name_taken`, `cannot_fast_forward` |
+/// | 409 | `wrong_state`, `name_taken`, `cannot_fast_forward`, `already_exists` |
 /// | 410 | `workspace_gone` |
 /// | 413 | `body_too_large` |
 /// | 422 | `invalid_spec`, `no_runtime`, `unknown_runtime`, `provision_failed`, `command_not_started`, `invalid_repository`, `invalid_ref`, `credential_unusable`, `unsupported` |
@@ -48,17 +49,25 @@ pub struct ErrorBody {
 /// made: an invalid spec, a runtime that does not exist or was not chosen,
 /// a setup script that failed (the workspace is kept, marked `failed`), a
 /// command that cannot be started, an operation the workspace's runtime
-/// lacks (snapshots in `local`, sessions where there is no agent).
+/// lacks (snapshots in `local`, sessions where there is no agent) or that
+/// the workspace cannot offer (a session where there is no shell).
+///
+/// 403 is a path the workspace does not let be written (a read-only or
+/// immutable one): the request is understood and the token is good, but no
+/// retry will succeed until the workspace changes.
 pub fn status_for(code: &str) -> StatusCode {
     match code {
         "invalid_request" | "invalid_path" | "invalid_body" | "invalid_query" | "ambiguous_id"
         | "no_default_spec" => StatusCode::BAD_REQUEST,
         "unauthorized" => StatusCode::UNAUTHORIZED,
+        "permission_denied" => StatusCode::FORBIDDEN,
         "not_found" | "file_not_found" | "route_not_found" | "agent_not_built" => {
             StatusCode::NOT_FOUND
         }
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "wrong_state" | "name_taken" | "cannot_fast_forward" => StatusCode::CONFLICT,
+        "wrong_state" | "name_taken" | "cannot_fast_forward" | "already_exists" => {
+            StatusCode::CONFLICT
+        }
         "workspace_gone" => StatusCode::GONE,
         "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "invalid_spec"
@@ -175,6 +184,8 @@ mod tests {
             ("cannot_fast_forward", 409),
             ("git_failed", 502),
             ("unsupported", 422),
+            ("already_exists", 409),
+            ("permission_denied", 403),
             ("agent_not_built", 404),
             ("websocket_required", 426),
         ];
