@@ -877,3 +877,114 @@ async fn what_a_docker_workspaces_agent_refuses_is_the_callers_mistake() {
         assert_eq!(message.matches(mention).count(), 1, "{message}");
     }
 }
+
+/// A directory of a running docker workspace, made immutable from the host
+/// (through the container's root) until dropped: a path that even the
+/// container's root cannot write, as a read-only one is.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(id: &str, dir: &str) -> Immutable {
+        let label = format!("label={}={id}", berth_runtime_docker::plan::LABEL_WORKSPACE);
+        let container = command_output("docker", &["ps", "-q", "--filter", &label]);
+        let pid = command_output(
+            "docker",
+            &["inspect", "-f", "{{.State.Pid}}", container.trim()],
+        );
+        let path = PathBuf::from(format!("/proc/{}/root", pid.trim()))
+            .join(berth_runtime_docker::plan::WORKSPACE_DIR.trim_start_matches('/'))
+            .join(dir);
+        command_output("chattr", &["+i", path.to_str().unwrap()]);
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        // Before the container goes: its layer cannot be removed otherwise.
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// Runs a program; its stdout, or a panic with its stderr.
+fn command_output(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writing where the workspace does not let anyone write is refused as
+/// such, naming the path; it used to be a 500 `runtime_error`. Nothing is
+/// changed: no new file, no directory, the existing file neither
+/// overwritten nor removed.
+#[tokio::test]
+async fn writing_where_a_docker_workspace_forbids_it_is_permission_denied() {
+    let image = super::layers::image();
+    let (api, _cleanup) = Api::with_docker().await;
+    let id = api
+        .create(json!({ "runtime": "docker", "image": image }))
+        .await;
+    api.put_file(&id, "locked/old.txt", "before").await;
+    let _locked = Immutable::set(&id, "locked");
+
+    let write = |path: &str| {
+        api.request(
+            Method::PUT,
+            &format!("/v1/workspaces/{id}/files/content?path={path}"),
+        )
+        .body("after")
+    };
+    let cases = [
+        ("locked/new.txt", write("locked/new.txt")),
+        ("locked/old.txt", write("locked/old.txt")),
+        ("locked/deeper/new.txt", write("locked/deeper/new.txt")),
+        (
+            "locked/old.txt",
+            api.request(
+                Method::DELETE,
+                &format!("/v1/workspaces/{id}/files?path=locked/old.txt"),
+            ),
+        ),
+    ];
+    for (path, request) in cases {
+        let (status, body) = api.json(request).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            &[&id, &format!("`{path}`")],
+        );
+    }
+    let (status, listed) = api
+        .json(api.get(&format!("/v1/workspaces/{id}/files?path=locked")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let names: Vec<&str> = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["locked/old.txt"], "{listed}");
+    let old = api
+        .get(&format!(
+            "/v1/workspaces/{id}/files/content?path=locked/old.txt"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), StatusCode::OK);
+    assert_eq!(old.text().await.unwrap(), "before");
+}
