@@ -122,7 +122,10 @@ pub fn error_body(err: &FilesError) -> ErrorBody {
 
 fn io_code(err: &std::io::Error) -> ErrorCode {
     match err.kind() {
-        std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+        // A read-only mount forbids a write as surely as a file's mode.
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ErrorCode::PermissionDenied
+        }
         std::io::ErrorKind::NotFound => ErrorCode::NotFound,
         _ => ErrorCode::Io,
     }
@@ -136,4 +139,23 @@ pub fn workdir(agent: &Agent, cwd: Option<&str>) -> Result<std::path::PathBuf, E
         path: cwd.map(String::from),
     })?;
     agent.files.resolve_dir(&rel).map_err(|e| error_body(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn writes_a_mount_or_a_mode_forbids_are_refusals_not_failures() {
+        for kind in [ErrorKind::PermissionDenied, ErrorKind::ReadOnlyFilesystem] {
+            assert_eq!(
+                io_code(&kind.into()),
+                ErrorCode::PermissionDenied,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(io_code(&ErrorKind::NotFound.into()), ErrorCode::NotFound);
+        assert_eq!(io_code(&ErrorKind::StorageFull.into()), ErrorCode::Io);
+    }
 }
