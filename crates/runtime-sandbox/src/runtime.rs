@@ -1078,7 +1078,9 @@ impl Inner {
         let old = std::mem::replace(&mut state.stack, standby.stack.clone());
         state.init = None;
         self.save(state)?;
-        self.set_refs(&id, &old, &state.provisioned)?;
+        if old != state.provisioned {
+            self.set_refs(&id, &old, &state.provisioned)?;
+        }
         self.discard(&dirs.run)?;
         for (from, to) in [
             (&standby_dirs.upper, &dirs.upper),
