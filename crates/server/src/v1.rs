@@ -410,6 +410,7 @@ pub(crate) async fn list_files(
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "A path leaving the workspace, or the root", body = ErrorResponse),
+        (status = 403, description = "The workspace forbids removing it (its mode, a read-only mount)", body = ErrorResponse),
         (status = 404, description = "No such workspace or file", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
     )
@@ -455,6 +456,7 @@ pub(crate) async fn read_file(
     responses(
         (status = 204, description = "Written"),
         (status = 400, description = "A path leaving the workspace", body = ErrorResponse),
+        (status = 403, description = "The workspace forbids writing it (its mode, a read-only mount)", body = ErrorResponse),
         (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 413, description = "The body is over the limit", body = ErrorResponse),
