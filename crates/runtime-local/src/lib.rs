@@ -8,7 +8,8 @@
 
 use async_trait::async_trait;
 use berth_core::{
-    ExecRequest, ExecStream, FileEntry, Isolation, Runtime, RuntimeError, Workspace, WorkspacePath,
+    ExecRequest, ExecStream, FileEntry, Isolation, Refusal, Runtime, RuntimeError, Workspace,
+    WorkspacePath,
 };
 use berth_exec::{DEFAULT_GRACE, Spawn, Stdin};
 use berth_files::{FilesError, Root};
@@ -108,6 +109,21 @@ fn files_error(err: FilesError) -> RuntimeError {
             path,
             problem: "not a regular file",
         },
+        FilesError::AlreadyExists(_) => RuntimeError::Refused {
+            reason: Refusal::AlreadyExists,
+            message: err.to_string(),
+        },
+        FilesError::Io { ref source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            RuntimeError::Refused {
+                reason: Refusal::PermissionDenied,
+                message: err.to_string(),
+            }
+        }
         other => RuntimeError::Other(other.to_string()),
     }
 }
@@ -357,5 +373,42 @@ async fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
             to.display(),
             String::from_utf8_lossy(&output.stderr).trim()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_reason_and_name_the_path() {
+        let forbidden = |kind: std::io::ErrorKind| FilesError::Io {
+            op: "write",
+            path: "locked/new.txt".into(),
+            source: kind.into(),
+        };
+        for kind in [
+            std::io::ErrorKind::PermissionDenied,
+            std::io::ErrorKind::ReadOnlyFilesystem,
+        ] {
+            match files_error(forbidden(kind)) {
+                RuntimeError::Refused {
+                    reason: Refusal::PermissionDenied,
+                    message,
+                } => assert!(message.contains("locked/new.txt"), "{message}"),
+                other => panic!("{kind:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            files_error(FilesError::AlreadyExists("a".into())),
+            RuntimeError::Refused {
+                reason: Refusal::AlreadyExists,
+                ..
+            }
+        ));
+        assert!(matches!(
+            files_error(forbidden(std::io::ErrorKind::StorageFull)),
+            RuntimeError::Other(_)
+        ));
     }
 }
