@@ -1,12 +1,16 @@
 //! What berth asks of the Docker Engine, decided without talking to it:
 //! names, labels and image tags, the container a workspace becomes, the
-//! isolation that container has, and how the Engine's change list maps to
+//! isolation that container has, when a container made from a committed
+//! image may first be written, and how the Engine's change list maps to
 //! workspace changes. Pure, so it is unit-tested without a daemon.
 
 use berth_core::spec::Network;
 use berth_core::{ChangeKind, Isolation, Spec, WorkspaceId};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// Where the agent is mounted (read-only) in every container.
 pub const AGENT_PATH: &str = "/.berth/agent";
@@ -163,6 +167,52 @@ pub fn isolation(spec: &Spec) -> Isolation {
     }
 }
 
+/// The finest step of the mtimes in an image berth committed.
+const MTIME_GRANULE: Duration = Duration::from_secs(1);
+/// How far behind the wall clock the kernel's file timestamps may be: they
+/// come from a clock that advances once a tick (10 ms at the slowest).
+const STAMP_LAG: Duration = Duration::from_millis(20);
+/// The longest [`first_write_at`] asks anyone to wait.
+pub const LONGEST_FIRST_WRITE_WAIT: Duration = MTIME_GRANULE.saturating_add(STAMP_LAG);
+
+/// When a container made from an image may first be written to (`None`:
+/// at once), from the image's labels and its `Created` timestamp (RFC 3339
+/// with nanoseconds).
+///
+/// `docker commit` truncates every file's mtime to whole seconds, and the
+/// Engine's diff takes two mtimes as equal when their seconds match and
+/// either has no nanoseconds: an edit keeping a file's size, made in the
+/// second of the commit, would not be a change. Files in the image were
+/// stamped at or before its creation, so once the wall clock is past the
+/// creation's second every later edit lands in a later second. A
+/// correctness wait of at most a second and a tick, like git's "racy git"
+/// handling, not a timing guess.
+///
+/// Only images berth committed (they carry [`LABEL_MANAGED`]) need it: a
+/// user's base image holds old files. An unreadable timestamp costs a full
+/// second from `now`, which is past any commit already made; a timestamp
+/// ahead of `now` (another clock) is not waited for beyond that.
+pub fn first_write_at(
+    labels: Option<&HashMap<String, String>>,
+    created: Option<&str>,
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let committed = labels
+        .and_then(|l| l.get(LABEL_MANAGED))
+        .is_some_and(|v| v == "true");
+    if !committed {
+        return None;
+    }
+    let latest = now + LONGEST_FIRST_WRITE_WAIT;
+    let Some(created) = created.and_then(|c| OffsetDateTime::parse(c, &Rfc3339).ok()) else {
+        return Some(latest);
+    };
+    // The creation's whole second, then the next one.
+    let secs = u64::try_from(created.unix_timestamp()).ok()?;
+    let next_second = UNIX_EPOCH + Duration::from_secs(secs) + MTIME_GRANULE + STAMP_LAG;
+    (next_second > now).then(|| next_second.min(latest))
+}
+
 /// One entry of the Engine's change list, under the workspace root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineChange {
@@ -314,6 +364,61 @@ mod tests {
         for bad in ["", "a:b", "a/b", "-a", ".a", "a b", &"x".repeat(129)] {
             assert!(!valid_tag(bad), "{bad:?}");
         }
+    }
+
+    fn at(secs: u64, nanos: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    #[test]
+    fn a_committed_image_is_written_to_only_past_its_creation_second() {
+        let berth = HashMap::from([(LABEL_MANAGED.to_string(), "true".to_string())]);
+        let ours = Some(&berth);
+        // 2026-11-23T23:09:19Z is 1795475359 s.
+        let created = Some("2026-11-23T23:09:19.561306962Z");
+        // The next second, and the kernel's stamps a tick behind.
+        let next = Some(at(1_795_475_360, 20_000_000));
+        assert_eq!(
+            first_write_at(ours, created, at(1_795_475_359, 700_000_000)),
+            next
+        );
+        // The same moment written with an offset.
+        let offset = Some("2026-11-24T01:09:19.561306962+02:00");
+        assert_eq!(
+            first_write_at(ours, offset, at(1_795_475_359, 700_000_000)),
+            next
+        );
+        // Already past: no wait.
+        assert_eq!(
+            first_write_at(ours, created, at(1_795_475_360, 20_000_000)),
+            None
+        );
+        assert_eq!(first_write_at(ours, created, at(1_795_475_400, 0)), None);
+    }
+
+    #[test]
+    fn an_unreadable_or_future_creation_costs_at_most_one_second() {
+        let berth = HashMap::from([(LABEL_MANAGED.to_string(), "true".to_string())]);
+        let now = at(1_795_475_359, 250_000_000);
+        let second_later = Some(at(1_795_475_360, 270_000_000));
+        assert_eq!(first_write_at(Some(&berth), None, now), second_later);
+        assert_eq!(
+            first_write_at(Some(&berth), Some("yesterday"), now),
+            second_later
+        );
+        assert_eq!(
+            first_write_at(Some(&berth), Some("2026-11-23T23:19:19Z"), now),
+            second_later
+        );
+    }
+
+    #[test]
+    fn a_base_image_is_written_to_at_once() {
+        let created = Some("2026-11-23T23:09:19.561306962Z");
+        let now = at(1_795_475_359, 700_000_000);
+        assert_eq!(first_write_at(None, created, now), None);
+        let theirs = HashMap::from([("org.example".to_string(), "x".to_string())]);
+        assert_eq!(first_write_at(Some(&theirs), created, now), None);
     }
 
     #[test]

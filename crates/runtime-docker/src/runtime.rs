@@ -34,7 +34,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -261,8 +261,15 @@ impl DockerRuntime {
 
     /// Creates the workspace's container from `image`, replacing any
     /// container of that name left by an interrupted create or reset.
+    ///
+    /// Every container berth makes for a workspace is made here, so this
+    /// is where it waits, when `image` is one berth committed, until the
+    /// wall clock is past the second of the commit: see
+    /// [`plan::first_write_at`]. The wait overlaps the removal and the
+    /// creation.
     async fn make_container(&self, ws: &Workspace, image: &str) -> Result<String, RuntimeError> {
         let docker = self.engine().await?;
+        let first_write = self.first_write_at(image).await?;
         let agent = self.agent_binary().await?.display().to_string();
         let run_dir = self.run_dir(&ws.id);
         tokio::fs::create_dir_all(&run_dir)
@@ -284,7 +291,27 @@ impl DockerRuntime {
             .create_container(Some(options), body)
             .await
             .map_err(|e| self.fail(format!("cannot create container `{name}`"), e))?;
+        if let Some(moment) = first_write {
+            wait_until(moment).await;
+        }
         Ok(created.id)
+    }
+
+    /// When a container made from `image` may first be written to; `None`
+    /// for at once (a user's image, or a missing one, which the create
+    /// that follows names).
+    async fn first_write_at(&self, image: &str) -> Result<Option<SystemTime>, RuntimeError> {
+        let found = match self.engine().await?.inspect_image(image).await {
+            Ok(found) => found,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.fail(format!("cannot inspect image `{image}`"), e)),
+        };
+        let labels = found.config.as_ref().and_then(|c| c.labels.as_ref());
+        Ok(plan::first_write_at(
+            labels,
+            found.created.as_deref(),
+            SystemTime::now(),
+        ))
     }
 
     /// Force-removes a container and its anonymous volumes; a missing one
@@ -609,6 +636,21 @@ impl DockerRuntime {
         self.dir
             .join("tmp")
             .join(ulid::Ulid::generate().to_string().to_lowercase())
+    }
+}
+
+/// Sleeps until the wall clock reads `moment`, at most
+/// [`plan::LONGEST_FIRST_WRITE_WAIT`] even if the clock is stepped. The
+/// wall clock is read again after each sleep: it, not the monotonic clock
+/// the timer runs on, stamps files.
+async fn wait_until(moment: SystemTime) {
+    let give_up = Instant::now() + plan::LONGEST_FIRST_WRITE_WAIT;
+    while let Ok(left) = moment.duration_since(SystemTime::now()) {
+        let now = Instant::now();
+        if left.is_zero() || now >= give_up {
+            return;
+        }
+        tokio::time::sleep(left.min(give_up - now)).await;
     }
 }
 
@@ -951,6 +993,14 @@ impl Runtime for DockerRuntime {
         self.recreate(ws, &image).await
     }
 
+    /// The Engine's change list of the container against its image, kept
+    /// to the workspace root. The Engine finds a changed file by comparing
+    /// its mode, owner, size and mtime with the image's, the mtimes to the
+    /// second when either has no nanoseconds. So an edit that keeps a
+    /// file's size and puts back an old mtime on purpose (`touch -r`,
+    /// `cp -p`, unpacking a tar) can be invisible: a limit of the Engine.
+    /// An ordinary edit is always seen, one made just after a commit
+    /// included (see [`plan::first_write_at`]).
     async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
         let name = plan::container_name(&ws.id);
         let listed = match self.engine().await?.container_changes(&name).await {

@@ -16,7 +16,7 @@ use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig};
 use berth_runtime_docker::DockerRuntime;
 use berth_testkit::{GitHttpServer, commit_files, make_repo};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{TestImage, World, docker, image, spec_for, workspace};
 use tokio_util::sync::CancellationToken;
 
@@ -539,6 +539,102 @@ async fn changes_snapshots_resets_and_exports_follow_the_workspace() {
     runtime.reset(&ws, None).await.unwrap();
     runtime.remove(&ws).await.unwrap();
     assert!(!runtime.exists(&ws).await.unwrap());
+}
+
+/// Sleeps to just past the start of the next wall-clock second. It waits
+/// for nothing to happen: it places what follows at the start of a second,
+/// so that all of it that fits in one second shares that second.
+async fn at_the_start_of_a_second() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let left = Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()));
+    // The timer and the wall clock may disagree by a little.
+    tokio::time::sleep(left + Duration::from_millis(10)).await;
+}
+
+/// A host directory `repo` holding `edit.txt` ("before"), and that file
+/// opened to set its mtime.
+fn repo_to_import(host: &std::path::Path) -> (std::path::PathBuf, std::fs::File) {
+    let repo = host.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("edit.txt"), "before").unwrap();
+    let file = std::fs::File::options()
+        .write(true)
+        .open(repo.join("edit.txt"))
+        .unwrap();
+    (repo, file)
+}
+
+async fn changed(runtime: &DockerRuntime, ws: &Workspace) -> Vec<(String, ChangeKind)> {
+    runtime
+        .changes(ws)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.path, c.kind))
+        .collect()
+}
+
+/// `docker commit` truncates every mtime to whole seconds, and the Engine's
+/// diff takes a whole-second mtime as equal to any other in that second: an
+/// edit keeping a file's size, made in the second of the save, must still
+/// be a change.
+#[tokio::test]
+async fn a_same_size_edit_in_the_second_of_the_save_is_a_change() {
+    let world = World::new();
+    let ws = workspace(spec_for(image(TestImage::NoShell)));
+    world.track(&ws);
+    let runtime = &world.runtime;
+    runtime.create(&ws, None).await.unwrap();
+    let key = format!("test{}", ws.id);
+    world.track_image(format!("berth-cache:{key}"));
+    let host = berth_testkit::temp_dir();
+    let (repo, file) = repo_to_import(host.path());
+
+    // Stamped, imported, saved and edited within one second (the sequence
+    // takes about half of one): the saved mtime, cut to the whole second,
+    // is the edit's second unless the save waits for the next one.
+    at_the_start_of_a_second().await;
+    file.set_modified(SystemTime::now()).unwrap();
+    runtime.import(&ws, &repo, &path("repo")).await.unwrap();
+    runtime.save_cache(&ws, &key).await.unwrap();
+    runtime.start(&ws).await.unwrap();
+    runtime
+        .write_file(&ws, &path("repo/edit.txt"), b"after!".to_vec())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        changed(runtime, &ws).await,
+        [("repo/edit.txt".to_string(), ChangeKind::Modified)]
+    );
+}
+
+/// As above, for a fork: its container is made from a commit of its
+/// origin.
+#[tokio::test]
+async fn a_same_size_edit_in_the_second_of_the_fork_is_a_change() {
+    let world = World::new();
+    let origin = running(&world, spec_for(image(TestImage::NoShell))).await;
+    let runtime = &world.runtime;
+    let fork = workspace(origin.spec.clone());
+    world.track(&fork);
+    let host = berth_testkit::temp_dir();
+    let (repo, file) = repo_to_import(host.path());
+
+    at_the_start_of_a_second().await;
+    file.set_modified(SystemTime::now()).unwrap();
+    runtime.import(&origin, &repo, &path("repo")).await.unwrap();
+    runtime.fork(&origin, &fork).await.unwrap();
+    runtime.start(&fork).await.unwrap();
+    runtime
+        .write_file(&fork, &path("repo/edit.txt"), b"after!".to_vec())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        changed(runtime, &fork).await,
+        [("repo/edit.txt".to_string(), ChangeKind::Modified)]
+    );
 }
 
 #[tokio::test]
