@@ -7,14 +7,15 @@
 //! - `true` through the agent in a running workspace, against `docker
 //!   exec` (goal 2 ms);
 //! - reset after changing 10 files, in repositories of 1,000 to 100,000
-//!   files (goal 5 ms, flat): with the workspace's standby ready (it is
-//!   made in the background after a start or reset), back to back (the
-//!   reset may wait for the standby still being made), and with standbys
-//!   off (the reset starts a new instance);
+//!   files (goal 5 ms, flat): a workspace's first reset (which starts a
+//!   new instance), then later ones with its standby ready (made in the
+//!   background after each reset), back to back (a reset may wait for the
+//!   standby still being made), and with standbys off (each reset starts
+//!   a new instance);
 //! - the changes of 10 files in a 100,000-file repository, against `git
 //!   status` of the same tree (goal 5 ms);
-//! - many idle workspaces at once, with standbys and without, with the
-//!   memory each costs: the larger
+//! - many idle workspaces at once, and again once each has been reset
+//!   (so that each keeps a standby), with the memory each costs: the larger
 //!   of the growth of the kernel's own accounting (`/proc/meminfo`: anon,
 //!   slab, stacks, page tables, vmalloc) and what its memory cgroup is
 //!   charged plus its stage-1 init's share (goal 2 MiB); and, for
@@ -215,12 +216,13 @@ async fn started_from(rt: &SandboxRuntime, key: &str) -> Workspace {
     ws
 }
 
-/// The median of 15 resets of a new workspace from `key`, each after
-/// changing 10 files; with `ready`, each once the standby is made.
-async fn resets(rt: &SandboxRuntime, key: &str, ready: bool) -> Duration {
+/// The first of 16 resets of a new workspace from `key`, each after
+/// changing 10 files, and the median of the 15 others; with `ready`, each
+/// once the standby is made.
+async fn resets(rt: &SandboxRuntime, key: &str, ready: bool) -> (Duration, Duration) {
     let ws = started_from(rt, key).await;
     let mut resets = Vec::new();
-    for _ in 0..15 {
+    for _ in 0..16 {
         sh(rt, &ws, EDIT_10).await;
         if ready {
             rt.settle().await;
@@ -231,7 +233,8 @@ async fn resets(rt: &SandboxRuntime, key: &str, ready: bool) -> Duration {
         assert!(rt.changes(&ws).await.unwrap().is_empty());
     }
     rt.remove(&ws).await.unwrap();
-    median(resets)
+    let first = resets.remove(0);
+    (first, median(resets))
 }
 
 struct Bench {
@@ -401,14 +404,15 @@ impl Bench {
         for &files in sizes {
             let key = format!("reset-{files}");
             self.cache(&key, files).await;
-            let ready = resets(&self.rt, &key, true).await;
-            let back_to_back = resets(&self.rt, &key, false).await;
-            let plain = resets(&self.plain, &key, false).await;
+            let (first, ready) = resets(&self.rt, &key, true).await;
+            let (_, back_to_back) = resets(&self.rt, &key, false).await;
+            let (_, plain) = resets(&self.plain, &key, false).await;
             println!(
-                "  {files:>7} files: median {} with the standby ready ({}); back to back {}; without standbys {} ({} the standby)",
+                "  {files:>7} files: median {} with the standby ready ({}); back to back {}; the first reset {}; without standbys {} ({} the standby)",
                 ms(ready),
                 verdict(ready, GOAL_RESET),
                 ms(back_to_back),
+                ms(first),
                 ms(plain),
                 ratio(plain, ready)
             );
@@ -473,17 +477,23 @@ impl Bench {
 
     async fn idle(&self, count: usize) {
         self.cache("new", REPO_FILES).await;
-        self.idle_on(&self.rt, count, "with standbys (the default)")
-            .await;
-        self.idle_on(&self.plain, count, "without standbys").await;
+        self.idle_on(count, false).await;
+        self.idle_on(count, true).await;
     }
 
-    async fn idle_on(&self, rt: &SandboxRuntime, count: usize, what: &str) {
+    /// Starts `count` workspaces (`reset` once each, so that each keeps a
+    /// standby) and measures what they cost when idle.
+    async fn idle_on(&self, count: usize, reset: bool) {
+        let rt = &self.rt;
         let before = meminfo();
         let began = Instant::now();
         let mut many = Vec::new();
         for _ in 0..count {
-            many.push(started_from(rt, "new").await);
+            let ws = started_from(rt, "new").await;
+            if reset {
+                rt.reset(&ws, None).await.unwrap();
+            }
+            many.push(ws);
         }
         rt.settle().await;
         let started = began.elapsed();
@@ -522,6 +532,11 @@ impl Bench {
         for ws in &many {
             rt.remove(ws).await.unwrap();
         }
+        let what = if reset {
+            "each reset once, so with its standby"
+        } else {
+            "never reset, so without standbys"
+        };
         println!("{count} idle workspaces at once, {what}:");
         println!(
             "  started in {:.1} s, settled in {:.1} s; {each} KiB each (goal {GOAL_IDLE_KIB} KiB: {})",

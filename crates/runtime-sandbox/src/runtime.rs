@@ -72,9 +72,9 @@ pub struct SandboxConfig {
     /// Whether to run when a mechanism (user namespace, cgroups) is
     /// missing instead of refusing.
     pub accept_weaker: bool,
-    /// Whether each running workspace keeps a standby instance on its
-    /// provisioned stack, which makes a reset a switch instead of a start,
-    /// at the memory cost of a second idle instance.
+    /// Whether a running workspace, once reset, keeps a standby instance
+    /// on its provisioned stack, which makes its next reset a switch
+    /// instead of a start, at the memory cost of a second idle instance.
     pub standby: bool,
 }
 
@@ -389,7 +389,10 @@ impl SandboxRuntime {
     }
 
     /// Makes a standby for a running workspace in the background, when
-    /// standbys are on: the caller has its answer meanwhile.
+    /// standbys are on: the caller has its answer meanwhile. A workspace
+    /// gets one once it has been reset: one that is reset once is reset
+    /// again, while a standby for every workspace would double what an
+    /// idle one costs and slow every start down with a second one.
     fn prepare_standby(&self, ws: &Workspace) {
         if !self.config.standby {
             return;
@@ -1429,7 +1432,6 @@ impl Runtime for SandboxRuntime {
     async fn start(&self, ws: &Workspace) -> Result<serde_json::Value, RuntimeError> {
         let _guard = self.lifecycle.one(ws.id.as_str()).await;
         let state = self.start_locked(ws).await?;
-        self.prepare_standby(ws);
         Ok(self.info(&state))
     }
 
@@ -1692,7 +1694,6 @@ impl Runtime for SandboxRuntime {
             .map_err(io_err(format!("cannot record cache entry `{key}`")))?;
         if was_running {
             self.start_locked(ws).await?;
-            self.prepare_standby(ws);
         }
         Ok(())
     }

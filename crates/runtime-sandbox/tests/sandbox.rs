@@ -563,6 +563,10 @@ async fn a_reset_switches_to_the_standby_and_ends_everything_of_the_old_instance
     let rt = runtime(home.path()).await;
     let ws = provisioned(&rt, home.path(), "key-standby").await;
     let ws_dir = home.path().join("sandbox").join(ws.id.as_str());
+    // A workspace gets its standby once it has been reset.
+    rt.settle().await;
+    assert!(!ws_dir.join("upper.standby").exists());
+    rt.reset(&ws, None).await.unwrap();
     for round in 0..2 {
         // What the runtime does after answering is done: the standby runs.
         rt.settle().await;
@@ -621,6 +625,7 @@ async fn a_reset_switches_to_the_standby_and_ends_everything_of_the_old_instance
 
     // A stop ends the standby too, and leaves no instance behind.
     rt.settle().await;
+    assert!(ws_dir.join("upper.standby").is_dir());
     rt.stop(&ws).await.unwrap();
     assert_eq!(host_pids(&ws), Vec::<u32>::new());
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
