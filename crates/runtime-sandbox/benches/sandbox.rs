@@ -271,6 +271,9 @@ impl Bench {
         self.rt.remove(&ws).await.unwrap();
         // The import may have moved the tree into the layer store.
         let _ = std::fs::remove_dir_all(&repo);
+        // The setup's writes reach the disk before anything is measured,
+        // rather than during it.
+        rustix::fs::sync();
     }
 
     async fn started_from(&self, key: &str) -> Workspace {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -219,6 +220,62 @@ fn kill(init: Init) {
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
+}
+
+/// Blocks until `path` exists, at most `patience`: woken by inotify when an
+/// entry appears in its directory rather than by polling, so that a start
+/// is not rounded up to a timer's tick. Returns the inotify instance too,
+/// for the caller to close when it has passed the answer on.
+fn wait_for_entry(path: &Path, patience: Duration) -> (Result<(), RuntimeError>, Option<OwnedFd>) {
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let watched = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).and_then(|fd| {
+        inotify::add_watch(&fd, dir, WatchFlags::CREATE | WatchFlags::MOVED_TO)?;
+        Ok(fd)
+    });
+    match watched {
+        Ok(events) => (wait_with(&events, path, patience), Some(events)),
+        Err(e) => (
+            Err(RuntimeError::io(
+                format!("cannot watch `{}`", dir.display()),
+                e.into(),
+            )),
+            None,
+        ),
+    }
+}
+
+fn wait_with(events: &OwnedFd, path: &Path, patience: Duration) -> Result<(), RuntimeError> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let deadline = std::time::Instant::now() + patience;
+    // Checked after the watch is set, so that no creation is missed.
+    while !path.exists() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(other(format!(
+                "`{}` did not appear within {patience:?}",
+                path.display()
+            )));
+        }
+        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let mut ready = [PollFd::new(events, PollFlags::IN)];
+        match poll(&mut ready, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(RuntimeError::io(
+                    "cannot wait for the agent's socket",
+                    e.into(),
+                ));
+            }
+        }
+        // The events only say that something appeared; the loop looks.
+        let mut buf = [0u8; 1024];
+        while rustix::io::read(events, &mut buf).is_ok() {}
+    }
+    Ok(())
 }
 
 /// What is left of killed instances: their cgroups to empty and remove,
@@ -965,18 +1022,18 @@ impl Inner {
         Ok(init)
     }
 
+    /// Waits until the agent has made its socket.
     async fn wait_for_socket(&self, socket: &Path) -> Result<(), RuntimeError> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        while !socket.exists() {
-            if tokio::time::Instant::now() > deadline {
-                return Err(other(format!(
-                    "the agent socket `{}` did not appear",
-                    socket.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(())
+        let socket = socket.to_path_buf();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let (waited, watch) = wait_for_entry(&socket, START_TIMEOUT);
+            let _ = reply.send(waited);
+            // Closing an inotify instance waits for an SRCU grace period,
+            // which takes milliseconds: the start does not wait for it.
+            drop(watch);
+        });
+        answer.await.map_err(other)?
     }
 
     /// Kills one instance and returns the rest of its teardown: its
