@@ -8,6 +8,12 @@
 //! reason, the mounts go with them. A workspace is its upper directory,
 //! its layer stack, and (while running) the pid of its init.
 //!
+//! Each start makes a new instance (cgroups, overlay work directory, init
+//! config named by a counter), so an old one is torn down in the
+//! background while the next runs. Once reset, a running workspace also
+//! keeps a standby instance on its provisioned stack, and its next reset
+//! switches to it.
+//!
 //! With an agent configured (as berth runs it), commands and files go to
 //! the agent over its socket, exactly as in docker; without one, each
 //! command is run by the stage-1 init joining the workspace's namespaces,
