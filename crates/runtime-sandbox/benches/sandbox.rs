@@ -35,9 +35,7 @@
     reason = "a benchmark fails loudly on any error"
 )]
 
-use berth_core::{
-    ExecEvent, ExecRequest, Runtime, Spec, Workspace, WorkspaceId, WorkspacePath, WorkspaceState,
-};
+use berth_core::{ExecEvent, ExecRequest, Runtime, Spec, Workspace, WorkspacePath};
 use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime, cgroup};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -52,20 +50,11 @@ const GOAL_RESET: Duration = Duration::from_millis(5);
 const GOAL_CHANGES: Duration = Duration::from_millis(5);
 const GOAL_IDLE_KIB: u64 = 2048;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 fn workspace() -> Workspace {
-    Workspace {
-        id: WorkspaceId::generate(),
-        name: "bench".into(),
-        runtime: "sandbox".into(),
-        spec: Spec::default(),
-        state: WorkspaceState::Creating,
-        runtime_info: serde_json::Value::Null,
-        cache_key: None,
-        error: None,
-        owner_pid: None,
-        created_at: 0,
-        updated_at: 0,
-    }
+    support::workspace("bench", Spec::default())
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -6,35 +6,20 @@
 #![expect(clippy::unwrap_used, reason = "a failing step should fail the test")]
 
 use berth_core::{
-    Change, ChangeKind, ExecEvent, ExecRequest, ExportTarget, FileKind, Runtime, Spec, Workspace,
-    WorkspaceId, WorkspacePath, WorkspaceState, spec::Network,
+    Change, ChangeKind, ExecRequest, ExportTarget, FileKind, Runtime, Spec, Workspace,
+    WorkspacePath, spec::Network,
 };
-use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
-use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
+use berth_runtime_sandbox::SandboxRuntime;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use tokio_util::sync::CancellationToken;
 
-fn config(home: &Path) -> SandboxConfig {
-    SandboxConfig {
-        home: home.to_path_buf(),
-        init_program: PathBuf::from(env!("CARGO_BIN_EXE_berth-sandbox-init")),
-        init_args: Vec::new(),
-        agent_program: None,
-        host_binds: Vec::new(),
-        id_map: Some(DEFAULT_ID_MAP),
-        accept_weaker: false,
-        standby: true,
-    }
-}
+mod support;
+
+use support::{Ran, agent_binary, config, run};
 
 async fn runtime(home: &Path) -> SandboxRuntime {
-    let runtime = SandboxRuntime::new(config(home)).unwrap();
-    if let Err(reason) = runtime.available().await {
-        panic!("the sandbox runtime cannot run here: {reason}");
-    }
-    runtime
+    support::runtime(config(home)).await
 }
 
 thread_local! {
@@ -47,67 +32,16 @@ struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let Ok(layout) = berth_runtime_sandbox::cgroup::detect() else {
-            return;
-        };
         for id in MADE.with(|m| m.take()) {
-            for cgroups in layout.instances(&id) {
-                let _ = berth_runtime_sandbox::cgroup::kill_and_remove(
-                    &cgroups,
-                    std::time::Duration::from_secs(10),
-                );
-            }
+            support::end_instances(&id);
         }
     }
 }
 
 fn workspace(spec: Spec) -> Workspace {
-    let id = WorkspaceId::generate();
-    MADE.with(|m| m.borrow_mut().push(id.to_string()));
-    Workspace {
-        id,
-        name: "test".into(),
-        runtime: "sandbox".into(),
-        spec,
-        state: WorkspaceState::Creating,
-        runtime_info: serde_json::Value::Null,
-        cache_key: None,
-        error: None,
-        owner_pid: None,
-        created_at: 0,
-        updated_at: 0,
-    }
-}
-
-struct Ran {
-    code: Option<i32>,
-    signal: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(rt: &SandboxRuntime, ws: &Workspace, request: ExecRequest) -> Ran {
-    let mut events = rt
-        .exec(ws, request, CancellationToken::new())
-        .await
-        .unwrap();
-    let mut ran = Ran {
-        code: None,
-        signal: None,
-        stdout: String::new(),
-        stderr: String::new(),
-    };
-    while let Some(event) = events.recv().await {
-        match event {
-            ExecEvent::Stdout { data } => ran.stdout += &String::from_utf8_lossy(&data.0),
-            ExecEvent::Stderr { data } => ran.stderr += &String::from_utf8_lossy(&data.0),
-            ExecEvent::Exit(status) => {
-                ran.code = status.code;
-                ran.signal = status.signal;
-            }
-        }
-    }
-    ran
+    let ws = support::workspace("test", spec);
+    MADE.with(|m| m.borrow_mut().push(ws.id.to_string()));
+    ws
 }
 
 async fn sh(rt: &SandboxRuntime, ws: &Workspace, script: &str) -> Ran {
@@ -792,19 +726,6 @@ async fn a_cached_workspace_starts_from_the_cache_and_files_round_trip() {
     ));
     rt.remove(&ws).await.unwrap();
     assert!(!rt.exists(&ws).await.unwrap());
-}
-
-/// The agent binary built next to the init binary (`cargo build -p
-/// berth-agent`, which a workspace-wide build or test run does).
-fn agent_binary() -> PathBuf {
-    let init = PathBuf::from(env!("CARGO_BIN_EXE_berth-sandbox-init"));
-    let agent = init.with_file_name("berth-agent");
-    assert!(
-        agent.is_file(),
-        "`{}` is missing: build it with `cargo build -p berth-agent`",
-        agent.display()
-    );
-    agent
 }
 
 #[tokio::test]

@@ -11,44 +11,20 @@
 
 use berth_agent_client::AgentClient;
 use berth_core::proto::{SessionParams, TerminalParams, WatchKind};
-use berth_core::{
-    ExecEvent, ExecRequest, Runtime, Spec, Workspace, WorkspaceId, WorkspacePath, WorkspaceState,
-};
-use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
-use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
+use berth_core::{ExecEvent, ExecRequest, Runtime, Spec, Workspace, WorkspacePath};
+use berth_runtime_sandbox::SandboxRuntime;
 use linux_raw_sys::general as nr;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-fn agent_binary() -> PathBuf {
-    let init = PathBuf::from(env!("CARGO_BIN_EXE_berth-sandbox-init"));
-    let agent = init.with_file_name("berth-agent");
-    assert!(
-        agent.is_file(),
-        "`{}` is missing: build it with `cargo build -p berth-agent`",
-        agent.display()
-    );
-    agent
-}
+mod support;
 
 async fn runtime(home: &Path, with_agent: bool) -> SandboxRuntime {
-    let runtime = SandboxRuntime::new(SandboxConfig {
-        home: home.to_path_buf(),
-        init_program: PathBuf::from(env!("CARGO_BIN_EXE_berth-sandbox-init")),
-        init_args: Vec::new(),
-        agent_program: with_agent.then(agent_binary),
-        host_binds: Vec::new(),
-        id_map: Some(DEFAULT_ID_MAP),
-        accept_weaker: false,
-        standby: true,
-    })
-    .unwrap();
-    if let Err(reason) = runtime.available().await {
-        panic!("the sandbox runtime cannot run here: {reason}");
-    }
-    runtime
+    let mut config = support::config(home);
+    config.agent_program = with_agent.then(support::agent_binary);
+    support::runtime(config).await
 }
 
 /// Removes a workspace (its processes, mounts and cgroups) even when the
@@ -60,32 +36,16 @@ struct Started<'a> {
 
 impl Drop for Started<'_> {
     fn drop(&mut self) {
-        let Ok(layout) = berth_runtime_sandbox::cgroup::detect() else {
-            return;
-        };
-        for cgroups in layout.instances(self.ws.id.as_str()) {
-            let _ =
-                berth_runtime_sandbox::cgroup::kill_and_remove(&cgroups, Duration::from_secs(10));
-        }
+        support::end_instances(self.ws.id.as_str());
     }
 }
 
 /// A started workspace on the host's system directories.
 async fn started(rt: &SandboxRuntime) -> Started<'_> {
-    let ws = Workspace {
-        id: WorkspaceId::generate(),
-        name: "seccomp".into(),
-        runtime: "sandbox".into(),
-        spec: Spec::default(),
-        state: WorkspaceState::Creating,
-        runtime_info: serde_json::Value::Null,
-        cache_key: None,
-        error: None,
-        owner_pid: None,
-        created_at: 0,
-        updated_at: 0,
+    let started = Started {
+        rt,
+        ws: support::workspace("seccomp", Spec::default()),
     };
-    let started = Started { rt, ws };
     rt.create(&started.ws, None).await.unwrap();
     rt.start(&started.ws).await.unwrap();
     started
@@ -94,28 +54,8 @@ async fn started(rt: &SandboxRuntime) -> Started<'_> {
 impl Started<'_> {
     /// Runs argv through the runtime; stdout, stderr and exit code.
     async fn run(&self, argv: &[&str]) -> (String, String, Option<i32>) {
-        let mut events = self
-            .rt
-            .exec(
-                &self.ws,
-                ExecRequest::argv(argv.iter().copied()),
-                CancellationToken::new(),
-            )
-            .await
-            .unwrap();
-        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
-        while let Some(event) = events.recv().await {
-            match event {
-                ExecEvent::Stdout { data } => out.extend_from_slice(&data.0),
-                ExecEvent::Stderr { data } => err.extend_from_slice(&data.0),
-                ExecEvent::Exit(status) => code = status.code,
-            }
-        }
-        (
-            String::from_utf8_lossy(&out).into_owned(),
-            String::from_utf8_lossy(&err).into_owned(),
-            code,
-        )
+        let ran = support::run(self.rt, &self.ws, ExecRequest::argv(argv.iter().copied())).await;
+        (ran.stdout, ran.stderr, ran.code)
     }
 
     async fn agent(&self) -> AgentClient {
