@@ -182,13 +182,13 @@ fn a_frozen_upper_stacks_and_the_next_upper_starts_clean() {
     );
 }
 
-#[test]
-fn referenced_layers_and_their_parents_survive_gc_and_a_reopen() {
-    let home = tempfile::tempdir().unwrap();
-    let root = home.path().join("layers");
-    let store = LayerStore::open(&root).unwrap();
-    let base = base(&store);
-    let upper = home.path().join("upper");
+/// The base, and a cache layer frozen on it holding `ws/file`.
+fn cached_on_base(
+    store: &LayerStore,
+    scratch: &Path,
+) -> (berth_layers::Layer, berth_layers::Layer) {
+    let base = base(store);
+    let upper = scratch.join("upper");
     write(&upper, "ws/file", "x");
     let top = store
         .freeze(
@@ -198,6 +198,15 @@ fn referenced_layers_and_their_parents_survive_gc_and_a_reopen() {
             "ws1",
         )
         .unwrap();
+    (base, top)
+}
+
+#[test]
+fn referenced_layers_and_their_parents_survive_gc_and_a_reopen() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("layers");
+    let store = LayerStore::open(&root).unwrap();
+    let (base, top) = cached_on_base(&store, home.path());
     let loose = store
         .get_or_build(LayerKind::Base, &[b"loose"], "test", |_| Ok(()))
         .unwrap();
@@ -230,17 +239,7 @@ fn referenced_layers_and_their_parents_survive_gc_and_a_reopen() {
 fn collecting_what_was_released_leaves_unrelated_unreferenced_layers() {
     let home = tempfile::tempdir().unwrap();
     let store = LayerStore::open(home.path().join("layers")).unwrap();
-    let base = base(&store);
-    let upper = home.path().join("upper");
-    write(&upper, "ws/file", "x");
-    let top = store
-        .freeze(
-            &upper,
-            std::slice::from_ref(&base.meta.id),
-            LayerKind::Cache,
-            "ws1",
-        )
-        .unwrap();
+    let (base, top) = cached_on_base(&store, home.path());
     // Made by someone else and not referenced yet.
     let fresh = store
         .get_or_build(LayerKind::Base, &[b"fresh"], "test", |_| Ok(()))
