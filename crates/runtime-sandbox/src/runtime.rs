@@ -183,6 +183,14 @@ struct Init {
     instance: u64,
 }
 
+impl Init {
+    /// Whether this init still runs (and not another process that got its
+    /// pid since).
+    fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
 /// A standby instance: started on the provisioned stack with an empty
 /// upper directory of its own, so that a reset to the provisioned state
 /// only switches to it and no start is on the reset's path.
@@ -221,7 +229,7 @@ struct State {
 /// Kills an instance: killing a PID namespace's init kills everything in
 /// it.
 fn kill(init: Init) {
-    if start_time(init.pid) == Some(init.start_time)
+    if init.alive()
         && let Some(pid) = rustix::process::Pid::from_raw(init.pid as i32)
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
@@ -300,9 +308,7 @@ impl Teardown {
         }
         let deadline = std::time::Instant::now() + KILL_PATIENCE;
         for init in &self.inits {
-            while start_time(init.pid) == Some(init.start_time)
-                && std::time::Instant::now() < deadline
-            {
+            while init.alive() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -585,9 +591,7 @@ impl Inner {
     }
 
     fn running(&self, state: &State) -> Option<Init> {
-        state
-            .init
-            .filter(|init| start_time(init.pid) == Some(init.start_time))
+        state.init.filter(Init::alive)
     }
 
     fn shift(&self) -> (u32, u32) {
@@ -1074,10 +1078,10 @@ impl Inner {
     fn stop_locked(&self, id: &str, wait: bool) -> Result<State, RuntimeError> {
         self.agents.forget(id);
         let mut state = self.load(id)?;
+        // `kill` and the teardown pass over inits that have already ended.
         let inits: Vec<Init> = [state.init, state.standby.as_ref().map(|s| s.init)]
             .into_iter()
             .flatten()
-            .filter(|init| start_time(init.pid) == Some(init.start_time))
             .collect();
         inits.iter().copied().for_each(kill);
         state.standby = None;
@@ -1128,10 +1132,12 @@ impl Inner {
         let (Some(current), Some(standby)) = (self.running(state), state.standby.clone()) else {
             return Ok(false);
         };
-        let alive = start_time(standby.init.pid) == Some(standby.init.start_time);
         let dirs = self.dirs(&id);
         let standby_dirs = self.standby_dirs(&id);
-        if !alive || standby.stack != state.provisioned || !standby_dirs.upper.is_dir() {
+        if !standby.init.alive()
+            || standby.stack != state.provisioned
+            || !standby_dirs.upper.is_dir()
+        {
             state.standby = None;
             self.end_instance(&id, standby.init).run_in_background();
             self.discard_standby_dirs(&id)?;
