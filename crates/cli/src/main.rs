@@ -167,7 +167,8 @@ struct ServeArgs {
     /// Bearer token demanded on TCP; generated and stored on first start.
     #[arg(long, env = "BERTH_TOKEN")]
     token: Option<String>,
-    /// Accept requests without a token. Only allowed on loopback.
+    /// Accept requests without a token. Only allowed on a loopback address,
+    /// and then only for requests addressed to it or to a loopback name.
     #[arg(long)]
     insecure_no_auth: bool,
     /// The runtime for workspaces whose spec names none (Derrick's flag).

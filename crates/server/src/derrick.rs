@@ -16,11 +16,13 @@
 //! `output` is stdout and stderr interleaved as they were written, as
 //! Derrick returns it. Paths are relative to the workspace root (or to
 //! `working_dir`); absolute paths are refused, since the workspace is not
-//! the host's root. Errors are berth's JSON errors.
+//! the host's root. Errors are berth's JSON errors. Bodies are read as JSON
+//! whatever their `Content-Type` says, as Derrick did; the `Host` and
+//! `Origin` checks keep web pages out all the same.
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::{ApiJson, body_bytes, parse_json};
+use crate::extract::{AnyTypeJson, body_bytes, parse_json};
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -262,7 +264,7 @@ pub(crate) async fn remove_workspace(
 pub(crate) async fn cmd(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(params): ApiJson<CmdParams>,
+    AnyTypeJson(params): AnyTypeJson<CmdParams>,
 ) -> Result<Json<CmdResponse>, ApiError> {
     let done = run(&state, &id, params).await?;
     Ok(Json(CmdResponse {
@@ -288,7 +290,7 @@ pub(crate) async fn cmd(
 pub(crate) async fn cmd_with_output(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(params): ApiJson<CmdParams>,
+    AnyTypeJson(params): AnyTypeJson<CmdParams>,
 ) -> Result<Json<CmdOutputResponse>, ApiError> {
     let done = run(&state, &id, params).await?;
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
@@ -317,7 +319,7 @@ pub(crate) async fn cmd_with_output(
 pub(crate) async fn write_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    ApiJson(params): ApiJson<WriteFileParams>,
+    AnyTypeJson(params): AnyTypeJson<WriteFileParams>,
 ) -> Result<Json<WriteFileResponse>, ApiError> {
     // Some encoders (Ruby's `Base64.encode64`) break lines every 60 characters.
     let encoded: String = params
@@ -356,7 +358,7 @@ pub(crate) async fn read_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiJson(params): ApiJson<ReadFileParams>,
+    AnyTypeJson(params): AnyTypeJson<ReadFileParams>,
 ) -> Result<Response, ApiError> {
     let path = joined(params.working_dir.as_deref(), &params.path);
     let data = state.provider.read_file(&id, &path).await?;

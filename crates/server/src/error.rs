@@ -33,12 +33,13 @@ pub struct ErrorBody {
 /// |---|---|
 /// | 400 | `invalid_request`, `invalid_path`, `invalid_body`, `invalid_query`, `ambiguous_id`, `no_default_spec` |
 /// | 401 | `unauthorized` |
-/// | 403 | `permission_denied` |
+/// | 403 | `permission_denied`, `host_not_allowed`, `origin_not_allowed` |
 /// | 404 | `not_found`, `file_not_found`, `route_not_found`, `agent_not_built` |
 /// | 405 | `method_not_allowed` |
 /// | 409 | `wrong_state`, `name_taken`, `cannot_fast_forward`, `already_exists` |
 /// | 410 | `workspace_gone` |
 /// | 413 | `body_too_large` |
+/// | 415 | `unsupported_media_type` |
 /// | 422 | `invalid_spec`, `no_runtime`, `unknown_runtime`, `provision_failed`, `command_not_started`, `invalid_repository`, `invalid_ref`, `credential_unusable`, `unsupported` |
 /// | 426 | `websocket_required` |
 /// | 502 | `git_authentication_failed`, `git_failed` (the remote refused or failed) |
@@ -54,13 +55,18 @@ pub struct ErrorBody {
 ///
 /// 403 is a path the workspace does not let be written (a read-only or
 /// immutable one): the request is understood and the token is good, but no
-/// retry will succeed until the workspace changes.
+/// retry will succeed until the workspace changes. It is also a request
+/// from a foreign `Origin` (a web page), or, without a token, one
+/// addressed to a `Host` that is not the server's (DNS rebinding).
+///
+/// 415 is a JSON body of a `/v1` route that does not say
+/// `Content-Type: application/json`.
 pub fn status_for(code: &str) -> StatusCode {
     match code {
         "invalid_request" | "invalid_path" | "invalid_body" | "invalid_query" | "ambiguous_id"
         | "no_default_spec" => StatusCode::BAD_REQUEST,
         "unauthorized" => StatusCode::UNAUTHORIZED,
-        "permission_denied" => StatusCode::FORBIDDEN,
+        "permission_denied" | "host_not_allowed" | "origin_not_allowed" => StatusCode::FORBIDDEN,
         "not_found" | "file_not_found" | "route_not_found" | "agent_not_built" => {
             StatusCode::NOT_FOUND
         }
@@ -70,6 +76,7 @@ pub fn status_for(code: &str) -> StatusCode {
         }
         "workspace_gone" => StatusCode::GONE,
         "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "invalid_spec"
         | "no_runtime"
         | "unknown_runtime"
@@ -188,6 +195,9 @@ mod tests {
             ("permission_denied", 403),
             ("agent_not_built", 404),
             ("websocket_required", 426),
+            ("host_not_allowed", 403),
+            ("origin_not_allowed", 403),
+            ("unsupported_media_type", 415),
         ];
         for (code, status) in expected {
             assert_eq!(status_for(code).as_u16(), status, "{code}");

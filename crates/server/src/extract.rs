@@ -1,15 +1,17 @@
 //! Request extractors whose rejections are JSON errors naming the field,
 //! parameter or path at fault, like every other error of the API.
 //!
-//! JSON bodies are parsed whatever their `Content-Type` says: Derrick's
-//! clients and plain `curl -d` do not always send `application/json`, and
-//! the body's shape is checked field by field anyway.
+//! A JSON body must say `Content-Type: application/json`, or it is refused
+//! with 415 `unsupported_media_type`: the types a web page may send
+//! cross-origin without asking first (`text/plain`, forms) never reach a
+//! handler as JSON. Derrick's routes take [`AnyTypeJson`] instead, since
+//! clients written for Derrick do not all say it.
 
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -20,6 +22,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        require_json_type(req.headers())?;
         let bytes = body_bytes(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
@@ -33,12 +36,52 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDef
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
         let bytes = body_bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonOrDefault(T::default()));
         }
+        require_json_type(&headers)?;
         parse_json(&bytes).map(JsonOrDefault)
     }
+}
+
+/// A JSON body whatever its `Content-Type` says: for Derrick's routes only.
+pub struct AnyTypeJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AnyTypeJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(AnyTypeJson)
+    }
+}
+
+/// Refuses a body that does not say `Content-Type: application/json`
+/// (parameters such as `charset` aside).
+fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let is_json = content_type
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        return Ok(());
+    }
+    let found = content_type.map_or("none".to_string(), |value| {
+        format!(
+            "`{}`",
+            String::from_utf8_lossy(value.as_bytes()).escape_debug()
+        )
+    });
+    Err(ApiError::new(
+        "unsupported_media_type",
+        format!(
+            "the request body is JSON: send `Content-Type: application/json` (this request's \
+             Content-Type: {found})"
+        ),
+    ))
 }
 
 /// The raw body, with an oversized body refused as `body_too_large`.

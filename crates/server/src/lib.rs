@@ -23,6 +23,7 @@
 
 pub mod agent;
 mod auth;
+mod boundary;
 pub mod derrick;
 pub mod distribution;
 mod error;
@@ -35,6 +36,7 @@ mod stream;
 pub mod v1;
 
 pub use auth::{Auth, TOKEN_FILE};
+pub use boundary::Boundary;
 pub use error::{ErrorBody, ErrorResponse, status_for};
 pub use server::{DEFAULT_PORT, Listen, Server, ServerConfig, ServerError, bind, serve};
 
@@ -54,6 +56,8 @@ pub const BODY_LIMIT: usize = 100 << 20;
 #[derive(Clone)]
 pub struct RouterConfig {
     pub auth: Auth,
+    /// Which `Host` and `Origin` requests may carry.
+    pub boundary: Boundary,
     /// The spec Derrick's `POST /workspaces` uses when its body names none
     /// (`berth serve --workspace-config-path`).
     pub default_spec: Option<Spec>,
@@ -63,6 +67,7 @@ impl RouterConfig {
     pub fn new(auth: Auth) -> Self {
         RouterConfig {
             auth,
+            boundary: Boundary::any_host(),
             default_spec: None,
         }
     }
@@ -78,7 +83,8 @@ pub(crate) struct AppState {
 }
 
 /// The whole HTTP API over `provider`: `/v1`, Derrick's routes, the health
-/// checks, the OpenAPI document, authentication and request tracing.
+/// checks, the OpenAPI document, the `Host` and `Origin` checks,
+/// authentication and request tracing.
 pub fn router(provider: Provider, config: RouterConfig) -> Router {
     let state = AppState {
         provider,
@@ -101,6 +107,12 @@ pub fn router(provider: Provider, config: RouterConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             config.auth,
             auth::require_token,
+        ))
+        // Outside authentication: a web page is refused before anything
+        // else looks at its request.
+        .layer(axum::middleware::from_fn_with_state(
+            config.boundary,
+            boundary::check,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())

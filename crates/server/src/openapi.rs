@@ -5,7 +5,7 @@ use crate::AppState;
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::stream::{ErrorLine, ProgressLine};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -16,7 +16,13 @@ use utoipa_axum::router::OpenApiRouter;
         description = "Fresh, isolated, pre-provisioned workspaces for coding agents.\n\n\
             Every route but `/healthz` and `/health` needs `Authorization: Bearer <token>` on \
             TCP (the token is in `$BERTH_HOME/server-token`); a unix socket needs none. Errors \
-            are `{\"error\": {\"code\", \"message\"}}` with a stable code.",
+            are `{\"error\": {\"code\", \"message\"}}` with a stable code.\n\n\
+            A request from another origin (one whose `Origin` is not the `Host` it is \
+            addressed to) is refused with 403 `origin_not_allowed`. Without a token (`berth \
+            serve --insecure-no-auth`, loopback only) a request addressed to a `Host` other \
+            than the server's address or a loopback name with its port is refused with 403 \
+            `host_not_allowed`. A JSON body must say `Content-Type: application/json` (415 \
+            `unsupported_media_type` otherwise), except on Derrick's routes.",
     ),
     components(schemas(
         ErrorResponse,
@@ -39,10 +45,13 @@ use utoipa_axum::router::OpenApiRouter;
 struct ApiDoc;
 
 /// Requires the bearer token on every operation that does not opt out, and
-/// documents the 401 answer of each one that requires it.
-struct BearerAuth;
+/// documents the answers that no handler gives but every route may: the
+/// 401 of each operation that needs the token, the 403 of a foreign `Host`
+/// or `Origin`, and the 415 of a JSON body that does not say so (on every
+/// route but Derrick's).
+struct Boundaries;
 
-impl Modify for BearerAuth {
+impl Modify for Boundaries {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
@@ -53,15 +62,21 @@ impl Modify for BearerAuth {
             "bearer",
             Vec::<String>::new(),
         )]);
-        let unauthorized = ResponseBuilder::new()
-            .description("No bearer token, or the wrong one")
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
-                    .build(),
-            )
-            .build();
+        let error = |description: &str| -> RefOr<Response> {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
+        let unauthorized = error("No bearer token, or the wrong one");
+        let foreign = "a foreign `Origin` (a web page), or without a token a foreign `Host`";
+        let not_json = error("A JSON body without `Content-Type: application/json`");
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -71,6 +86,7 @@ impl Modify for BearerAuth {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
                 // An operation opts out with an empty requirement.
                 let open = operation.security.as_ref().is_some_and(|requirements| {
                     requirements
@@ -78,10 +94,31 @@ impl Modify for BearerAuth {
                         .all(|r| r == &SecurityRequirement::default())
                 });
                 if !open {
-                    operation
-                        .responses
-                        .responses
-                        .insert("401".into(), unauthorized.clone().into());
+                    responses.insert("401".into(), unauthorized.clone());
+                }
+                match responses.get_mut("403") {
+                    Some(RefOr::T(forbidden)) => {
+                        forbidden.description = format!("{}; or {foreign}", forbidden.description);
+                    }
+                    _ => {
+                        let mut text = foreign.to_string();
+                        text[..1].make_ascii_uppercase();
+                        responses.insert("403".into(), error(&text));
+                    }
+                }
+                let derrick = operation
+                    .tags
+                    .as_ref()
+                    .is_some_and(|tags| tags.iter().any(|tag| tag == "derrick"));
+                let takes_json = operation
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|body| match body {
+                        RefOr::T(body) => body.content.contains_key("application/json"),
+                        RefOr::Ref(_) => false,
+                    });
+                if takes_json && !derrick {
+                    responses.insert("415".into(), not_json.clone());
                 }
             }
         }
@@ -97,7 +134,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::distribution::routes())
         .merge(crate::derrick::routes());
     // After the merge: the modifier needs every operation in place.
-    BearerAuth.modify(routes.get_openapi_mut());
+    Boundaries.modify(routes.get_openapi_mut());
     routes
 }
 

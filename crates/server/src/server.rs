@@ -2,6 +2,7 @@
 //! bearer token, or a unix socket guarded by its file mode.
 
 use crate::auth::{Auth, load_or_create_token};
+use crate::boundary::Boundary;
 use crate::{RouterConfig, router};
 use axum::Router;
 use berth_core::Spec;
@@ -120,7 +121,7 @@ pub struct Server {
 
 /// Binds the listener and builds the router; nothing is served yet.
 pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, ServerError> {
-    let (listener, token) = match &config.listen {
+    let (listener, token, boundary) = match &config.listen {
         Listen::Tcp(addr) => {
             let token = if config.insecure_no_auth {
                 if !addr.ip().is_loopback() {
@@ -134,13 +135,18 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
                     None => Some(load_or_create_token(provider.home())?),
                 }
             };
+            let bind_error = |source| ServerError::BindTcp {
+                addr: *addr,
+                source,
+            };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServerError::BindTcp {
-                    addr: *addr,
-                    source,
-                })?;
-            (Listener::Tcp(listener), token)
+                .map_err(bind_error)?;
+            let boundary = match &token {
+                Some(_) => Boundary::any_host(),
+                None => Boundary::loopback(listener.local_addr().map_err(bind_error)?),
+            };
+            (Listener::Tcp(listener), token, boundary)
         }
         Listen::Unix(path) => {
             let listener = bind_unix(path).await?;
@@ -150,6 +156,7 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
                     path: path.clone(),
                 },
                 None,
+                Boundary::any_host(),
             )
         }
     };
@@ -161,6 +168,7 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
         provider,
         RouterConfig {
             auth,
+            boundary,
             default_spec: config.default_spec,
         },
     );

@@ -356,6 +356,286 @@ async fn a_unix_socket_is_private_and_needs_no_token() {
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
 
+// --- web pages: Origin, Host and Content-Type ----------------------------
+
+/// A server without a token, as `berth serve --insecure-no-auth` runs it,
+/// whose provider has the `local` runtime: a workspace created through it
+/// runs its setup script on this host.
+async fn insecure() -> Api {
+    Api::start_with(|config| ServerConfig {
+        token: None,
+        insecure_no_auth: true,
+        ..config
+    })
+    .await
+}
+
+/// A `local` spec whose setup script leaves `marker` on the host.
+fn marker_spec(marker: &std::path::Path) -> Value {
+    json!({
+        "runtime": "local",
+        "setup_script": format!("touch '{}'", marker.display()),
+    })
+}
+
+/// Asserts that nothing was created: no workspace, and no setup script ran.
+fn assert_nothing_created(api: &Api, marker: &std::path::Path) {
+    assert!(
+        api.provider.list(true).unwrap().is_empty(),
+        "a workspace was created: {:?}",
+        api.provider.list(true).unwrap()
+    );
+    assert!(
+        !marker.exists(),
+        "a setup script ran on the host: {}",
+        marker.display()
+    );
+}
+
+#[tokio::test]
+async fn a_cross_origin_text_plain_post_is_refused_without_a_token() {
+    let api = insecure().await;
+    let marker = api.home.path().join("setup-ran");
+    let body = json!({ "spec": marker_spec(&marker) }).to_string();
+    // What a page on another site can send without a preflight.
+    for path in ["/workspaces", "/v1/workspaces"] {
+        let (status, answer) = api
+            .json(
+                api.post(path)
+                    .header(header::ORIGIN, "http://evil.example")
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    .body(body.clone()),
+            )
+            .await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            &["http://evil.example"],
+        );
+    }
+    // A page served from another port of this host is another origin too.
+    let other_port = format!(
+        "http://127.0.0.1:{}",
+        api.base.rsplit(':').next().unwrap().parse::<u16>().unwrap() ^ 1
+    );
+    let (status, answer) = api
+        .json(
+            api.post("/workspaces")
+                .header(header::ORIGIN, other_port)
+                .json(&json!({ "spec": marker_spec(&marker) })),
+        )
+        .await;
+    assert_error(
+        status,
+        &answer,
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        &[],
+    );
+    // `null` is what sandboxed frames and local files send.
+    let (status, _) = api
+        .json(
+            api.post("/workspaces")
+                .header(header::ORIGIN, "null")
+                .json(&json!({ "spec": marker_spec(&marker) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_nothing_created(&api, &marker);
+}
+
+#[tokio::test]
+async fn a_foreign_host_header_is_refused_without_a_token() {
+    let api = insecure().await;
+    let marker = api.home.path().join("setup-ran");
+    let port = api.base.rsplit(':').next().unwrap().to_string();
+    // DNS rebinding: the page's own name, now resolving to 127.0.0.1, is
+    // the Host; the Origin is the page's own, so it looks same-origin.
+    let rebound = format!("evil.example:{port}");
+    for (method, path) in [
+        (Method::POST, "/workspaces"),
+        (Method::POST, "/v1/workspaces"),
+    ] {
+        let (status, answer) = api
+            .json(
+                api.request(method, path)
+                    .header(header::HOST, rebound.as_str())
+                    .header(header::ORIGIN, format!("http://{rebound}"))
+                    .json(&json!({ "spec": marker_spec(&marker) })),
+            )
+            .await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            &["evil.example", &format!("localhost:{port}")],
+        );
+    }
+    // Reading is refused too: a rebound page could read the answers.
+    for path in [
+        "/v1/workspaces",
+        "/workspaces",
+        "/health",
+        "/v1/openapi.json",
+    ] {
+        let response = api
+            .get(path)
+            .header(header::HOST, rebound.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_nothing_created(&api, &marker);
+}
+
+#[tokio::test]
+async fn without_a_token_loopback_names_and_the_servers_own_origin_are_served() {
+    let api = insecure().await;
+    let port = api.base.rsplit(':').next().unwrap().to_string();
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (status, body) = api
+            .json(
+                api.post("/v1/workspaces")
+                    .header(header::HOST, host.as_str())
+                    .header(header::ORIGIN, format!("http://{host}"))
+                    .json(&json!({ "spec": fake_spec() })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{host}: {body}");
+    }
+    // A wrong port is another server's address.
+    let (status, body) = api
+        .json(
+            api.get("/v1/workspaces")
+                .header(header::HOST, "localhost:1"),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::FORBIDDEN,
+        "host_not_allowed",
+        &["localhost:1"],
+    );
+}
+
+#[tokio::test]
+async fn a_cross_origin_request_is_refused_even_with_the_token() {
+    let api = Api::start().await;
+    let (status, body) = api
+        .json(
+            api.post("/v1/workspaces")
+                .header(header::ORIGIN, "http://evil.example")
+                .json(&json!({ "spec": fake_spec() })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        &["evil.example"],
+    );
+    // A terminal is a WebSocket, which browsers open across origins too.
+    let response = api
+        .get("/v1/workspaces/demo/terminal")
+        .header(header::ORIGIN, "http://evil.example")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(api.provider.list(true).unwrap().is_empty());
+    // With a token, any Host a proxy gives the server is served, from its
+    // own origin.
+    let (status, body) = api
+        .json(
+            api.post("/v1/workspaces")
+                .header(header::HOST, "berth.example")
+                .header(header::ORIGIN, "https://berth.example")
+                .json(&json!({ "spec": fake_spec() })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_json_body_that_does_not_say_so_is_refused_except_on_derricks_routes() {
+    let api = Api::start().await;
+    let body = json!({ "spec": fake_spec() }).to_string();
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+    ] {
+        let mut request = api.post("/v1/workspaces").body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let (status, answer) = api.json(request).await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            &["application/json", content_type.unwrap_or("none")],
+        );
+    }
+    assert!(api.provider.list(true).unwrap().is_empty());
+    let (status, answer) = api
+        .json(
+            api.post("/v1/workspaces")
+                .header(header::CONTENT_TYPE, "Application/JSON; charset=utf-8")
+                .body(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_string();
+    // An optional body left empty needs no type (the fake runtime cannot
+    // fork, which is the answer past the body); one that is sent does.
+    let (status, answer) = api
+        .json(api.post(&format!("/v1/workspaces/{id}/fork")))
+        .await;
+    assert_error(
+        status,
+        &answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unsupported",
+        &[],
+    );
+    let (status, answer) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/fork"))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body("{\"count\": 2}"),
+        )
+        .await;
+    assert_error(
+        status,
+        &answer,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        &["text/plain"],
+    );
+    // Derrick's clients do not all say it; their routes read JSON anyway.
+    let (status, answer) = api
+        .json(
+            api.post(&format!("/workspaces/{id}/cmd"))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body("{\"cmd\": \"true\"}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
 // --- workspaces -----------------------------------------------------------
 
 #[tokio::test]
