@@ -1,11 +1,14 @@
 //! Credentials held by the provider: named tokens read from a mode-0600 file
-//! in berth's state directory and from `BERTH_CREDENTIAL_<NAME>` variables.
+//! in berth's state directory and from `BERTH_CREDENTIAL_<NAME>` variables,
+//! each bound to the URL prefixes it may be sent to.
 //!
 //! A repository names the credential it needs; the token itself never leaves
 //! the provider except as an HTTP header handed to the provider's own git
-//! process through its environment.
+//! process through its environment, and only for a URL one of its prefixes
+//! covers (see [`Credentials::authorize`]): a spec cannot send it elsewhere.
 
 use crate::GitError;
+use crate::scope::{self, UrlPrefix};
 use base64::Engine;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -23,33 +26,56 @@ pub const ENV_PREFIX: &str = "BERTH_CREDENTIAL_";
 /// username (Basic authentication) instead of a bearer token.
 pub const ENV_USERNAME_SUFFIX: &str = "_USERNAME";
 
+/// The suffix of the variable that lists the URL prefixes a credential from
+/// the environment may be sent to, separated by spaces or commas.
+pub const ENV_URLS_SUFFIX: &str = "_URLS";
+
+/// The example a message about missing URLs shows.
+const EXAMPLE_PREFIX: &str = "https://git.example.com/team/";
+
 /// One secret: a token sent as `Authorization: Bearer <token>`, or with a
-/// username as `Authorization: Basic base64(username:token)`.
+/// username as `Authorization: Basic base64(username:token)`, to the URLs
+/// its prefixes cover and nowhere else.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     token: String,
     username: Option<String>,
+    urls: Vec<UrlPrefix>,
 }
 
 impl Credential {
-    /// A token sent as a bearer token.
-    pub fn bearer(token: impl Into<String>) -> Credential {
+    /// A token sent as a bearer token to the URLs under `urls`.
+    pub fn bearer(
+        token: impl Into<String>,
+        urls: impl IntoIterator<Item = UrlPrefix>,
+    ) -> Credential {
         Credential {
             token: token.into(),
             username: None,
+            urls: urls.into_iter().collect(),
         }
     }
 
-    /// A token sent as the password of Basic authentication.
-    pub fn basic(username: impl Into<String>, token: impl Into<String>) -> Credential {
+    /// A token sent as the password of Basic authentication to the URLs
+    /// under `urls`.
+    pub fn basic(
+        username: impl Into<String>,
+        token: impl Into<String>,
+        urls: impl IntoIterator<Item = UrlPrefix>,
+    ) -> Credential {
         Credential {
-            token: token.into(),
             username: Some(username.into()),
+            ..Credential::bearer(token, urls)
         }
     }
 
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
+    }
+
+    /// The URL prefixes this credential may be sent to.
+    pub fn urls(&self) -> &[UrlPrefix] {
+        &self.urls
     }
 
     /// The value of the `Authorization` header.
@@ -74,9 +100,10 @@ impl Credential {
         secrets
     }
 
-    /// Refuses what cannot be put in an HTTP header safely: an empty token,
-    /// line breaks (header injection), a `:` in the username.
-    fn check(&self, name: &str, origin: &str) -> Result<(), GitError> {
+    /// Refuses what cannot be put in an HTTP header safely (an empty token,
+    /// line breaks: header injection, a `:` in the username) and a
+    /// credential bound to no URL; `add_urls` says how to bind it.
+    fn check(&self, name: &str, origin: &str, add_urls: &str) -> Result<(), GitError> {
         let invalid = |reason: &str| GitError::InvalidCredential {
             name: name.to_owned(),
             origin: origin.to_owned(),
@@ -95,6 +122,12 @@ impl Credential {
                 "the username is empty or contains `:` or control characters",
             ));
         }
+        if self.urls.is_empty() {
+            return Err(invalid(&format!(
+                "it lists no URLs it may be sent to; {add_urls}, the URL prefixes of the \
+                 repositories it is for"
+            )));
+        }
         Ok(())
     }
 }
@@ -105,6 +138,7 @@ impl fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("token", &"***")
             .field("username", &self.username)
+            .field("urls", &self.urls)
             .finish()
     }
 }
@@ -131,6 +165,8 @@ struct FileEntry {
     token: String,
     #[serde(default)]
     username: Option<String>,
+    #[serde(default)]
+    urls: Vec<String>,
 }
 
 impl Credentials {
@@ -149,7 +185,11 @@ impl Credentials {
     /// [github]
     /// token = "..."
     /// username = "x-access-token"   # optional: Basic auth; Bearer without it
+    /// urls = ["https://github.com/my-org/"]   # the only places it is sent
     /// ```
+    ///
+    /// A variable's URLs are in `BERTH_CREDENTIAL_<NAME>_URLS`, separated by
+    /// spaces or commas. A credential without URLs is refused.
     ///
     /// It must not be readable or writable by group or others (mode 0600 or
     /// stricter); otherwise it is refused, naming the file and its mode.
@@ -179,13 +219,18 @@ impl Credentials {
                         ),
                     });
                 }
-                credential.check(&name, &file.display().to_string())?;
+                let add_urls =
+                    format!("add `urls = [\"{EXAMPLE_PREFIX}\"]` to its table `[{name}]`");
+                credential.check(&name, &file.display().to_string(), &add_urls)?;
                 credentials.by_key.insert(key, Named { name, credential });
             }
         }
-        for (key, credential) in from_env(env) {
+        for (key, credential) in from_env(env)? {
             let origin = format!("{ENV_PREFIX}{key}");
-            credential.check(&key.to_ascii_lowercase(), &origin)?;
+            let add_urls = format!(
+                "set {origin}{ENV_URLS_SUFFIX}=\"{EXAMPLE_PREFIX}\" (spaces or commas between several)"
+            );
+            credential.check(&key.to_ascii_lowercase(), &origin, &add_urls)?;
             let name = match credentials.by_key.remove(&key) {
                 Some(named) => named.name,
                 None => key.to_ascii_lowercase(),
@@ -205,6 +250,42 @@ impl Credentials {
     /// The credential of this name, if any.
     pub fn get(&self, name: &str) -> Option<&Credential> {
         self.by_key.get(&normalise(name)).map(|n| &n.credential)
+    }
+
+    /// The credential `name`, if a request to `url` may carry it: it exists,
+    /// `url` is http(s), and one of its URL prefixes covers `url` (see
+    /// [`UrlPrefix`]). Every use of a credential goes through here.
+    pub fn authorize(&self, name: &str, url: &str) -> Result<&Credential, GitError> {
+        let credential = self.get(name).ok_or_else(|| GitError::UnknownCredential {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            known: match self.names() {
+                names if names.is_empty() => "none".to_owned(),
+                names => names.join(", "),
+            },
+        })?;
+        if !crate::url::is_http(url) {
+            return Err(GitError::CredentialNeedsHttp {
+                name: name.to_owned(),
+                url: url.to_owned(),
+            });
+        }
+        let refuse = |reason: String| GitError::CredentialNotForUrl {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            reason,
+        };
+        match scope::any_covers(&credential.urls, url) {
+            Ok(true) => Ok(credential),
+            Ok(false) => {
+                let allowed: Vec<String> = credential.urls.iter().map(|p| p.to_string()).collect();
+                Err(refuse(format!(
+                    "it may only be sent to URLs under {}",
+                    allowed.join(", ")
+                )))
+            }
+            Err(reason) => Err(refuse(reason)),
+        }
     }
 
     /// The names of all credentials, sorted.
@@ -266,47 +347,95 @@ fn read_file(file: &Path) -> Result<Vec<(String, Credential)>, GitError> {
             // token; keep only the first line, which says what and where.
             message: e.message().lines().next().unwrap_or_default().to_owned(),
         })?;
-    Ok(entries
+    entries
         .into_iter()
         .map(|(name, entry)| {
+            let urls = prefixes(&name, &file.display().to_string(), &entry.urls)?;
             let credential = match entry.username {
-                Some(user) => Credential::basic(user, entry.token),
-                None => Credential::bearer(entry.token),
+                Some(user) => Credential::basic(user, entry.token, urls),
+                None => Credential::bearer(entry.token, urls),
             };
-            (name, credential)
+            Ok((name, credential))
         })
-        .collect())
+        .collect()
+}
+
+/// Parses a credential's URL prefixes, naming the credential at fault.
+fn prefixes(
+    name: &str,
+    origin: &str,
+    texts: &[impl AsRef<str>],
+) -> Result<Vec<UrlPrefix>, GitError> {
+    texts
+        .iter()
+        .map(|text| {
+            text.as_ref()
+                .parse()
+                .map_err(|e: GitError| GitError::InvalidCredential {
+                    name: name.to_owned(),
+                    origin: origin.to_owned(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 /// Credentials from `BERTH_CREDENTIAL_<KEY>` variables, keyed by `KEY`.
 /// `BERTH_CREDENTIAL_<KEY>_USERNAME` is the username of `<KEY>` when that
 /// variable exists too; otherwise it is a credential of its own.
-fn from_env(env: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, Credential> {
+/// `BERTH_CREDENTIAL_<KEY>_URLS` lists the URL prefixes of `<KEY>`, which
+/// must exist.
+fn from_env(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, Credential>, GitError> {
     let vars: BTreeMap<String, String> = env
         .into_iter()
         .filter_map(|(k, v)| Some((k.strip_prefix(ENV_PREFIX)?.to_owned(), v)))
         .filter(|(k, _)| !k.is_empty())
         .collect();
-    let is_username = |key: &str| {
-        key.strip_suffix(ENV_USERNAME_SUFFIX)
+    let part_of_another = |key: &str, suffix: &str| {
+        key.strip_suffix(suffix)
             .is_some_and(|base| !base.is_empty() && vars.contains_key(base))
     };
-    vars.iter()
-        .filter(|(key, _)| !is_username(key))
-        .map(|(key, token)| {
-            let username = vars.get(&format!("{key}{ENV_USERNAME_SUFFIX}"));
-            let credential = match username {
-                Some(user) => Credential::basic(user.clone(), token.clone()),
-                None => Credential::bearer(token.clone()),
-            };
-            (key.clone(), credential)
-        })
-        .collect()
+    let mut credentials = BTreeMap::new();
+    for (key, token) in &vars {
+        if part_of_another(key, ENV_USERNAME_SUFFIX) || part_of_another(key, ENV_URLS_SUFFIX) {
+            continue;
+        }
+        if let Some(base) = key.strip_suffix(ENV_URLS_SUFFIX) {
+            return Err(GitError::InvalidCredential {
+                name: base.to_ascii_lowercase(),
+                origin: format!("{ENV_PREFIX}{key}"),
+                reason: format!(
+                    "it gives the URLs of a credential, but {ENV_PREFIX}{base} is not set"
+                ),
+            });
+        }
+        let urls = match vars.get(&format!("{key}{ENV_URLS_SUFFIX}")) {
+            Some(list) => {
+                let texts: Vec<&str> = list
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|text| !text.is_empty())
+                    .collect();
+                let origin = format!("{ENV_PREFIX}{key}{ENV_URLS_SUFFIX}");
+                prefixes(&key.to_ascii_lowercase(), &origin, &texts)?
+            }
+            None => Vec::new(),
+        };
+        let credential = match vars.get(&format!("{key}{ENV_USERNAME_SUFFIX}")) {
+            Some(user) => Credential::basic(user.clone(), token.clone(), urls),
+            None => Credential::bearer(token.clone(), urls),
+        };
+        credentials.insert(key.clone(), credential);
+    }
+    Ok(credentials)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const URLS: &str = "urls = [\"https://git.example.com/team/\"]\n";
 
     fn write(dir: &Path, text: &str, mode: u32) -> PathBuf {
         let file = dir.join(CREDENTIALS_FILE);
@@ -322,20 +451,36 @@ mod tests {
             .collect()
     }
 
+    fn prefix(text: &str) -> UrlPrefix {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn file_and_environment_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let file = write(
             dir.path(),
-            "[github]\ntoken = \"ghp-file\"\nusername = \"x-access-token\"\n\n[my-repo]\ntoken = \"t1\"\n",
+            &format!(
+                "[github]\ntoken = \"ghp-file\"\nusername = \"x-access-token\"\n\
+                 urls = [\"https://github.com/org/\", \"https://github.com/other/\"]\n\n\
+                 [my-repo]\ntoken = \"t1\"\n{URLS}"
+            ),
             0o600,
         );
         let creds = Credentials::from_env_and_file(
             Some(&file),
             env(&[
                 ("BERTH_CREDENTIAL_MY_REPO", "from-env"),
+                (
+                    "BERTH_CREDENTIAL_MY_REPO_URLS",
+                    "https://env.example.com/a/",
+                ),
                 ("BERTH_CREDENTIAL_GITLAB", "gl"),
                 ("BERTH_CREDENTIAL_GITLAB_USERNAME", "oauth2"),
+                (
+                    "BERTH_CREDENTIAL_GITLAB_URLS",
+                    " https://gitlab.com/a/,https://gitlab.com/b/ https://gitlab.com/c/ ",
+                ),
                 ("HOME", "/root"),
             ]),
         )
@@ -348,38 +493,164 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp-file")
             )
         );
-        // The variable overrides the file's entry of the same name.
         assert_eq!(
-            creds.get("my-repo").unwrap().authorization(),
-            "Bearer from-env"
+            creds.get("github").unwrap().urls(),
+            [
+                prefix("https://github.com/org/"),
+                prefix("https://github.com/other/")
+            ]
         );
+        // The variable overrides the file's entry of the same name, URLs
+        // included.
+        let my_repo = creds.get("my-repo").unwrap();
+        assert_eq!(my_repo.authorization(), "Bearer from-env");
+        assert_eq!(my_repo.urls(), [prefix("https://env.example.com/a/")]);
         assert_eq!(creds.get("my.repo"), creds.get("my-repo"));
-        assert_eq!(creds.get("gitlab").unwrap().username(), Some("oauth2"));
+        let gitlab = creds.get("gitlab").unwrap();
+        assert_eq!(gitlab.username(), Some("oauth2"));
+        assert_eq!(
+            gitlab.urls(),
+            ["a", "b", "c"].map(|team| prefix(&format!("https://gitlab.com/{team}/")))
+        );
         assert!(creds.get("nope").is_none());
     }
 
     #[test]
     fn a_username_variable_without_its_base_is_a_credential() {
-        let creds =
-            Credentials::from_env_and_file(None, env(&[("BERTH_CREDENTIAL_CI_USERNAME", "tok")]))
-                .unwrap();
+        let creds = Credentials::from_env_and_file(
+            None,
+            env(&[
+                ("BERTH_CREDENTIAL_CI_USERNAME", "tok"),
+                (
+                    "BERTH_CREDENTIAL_CI_USERNAME_URLS",
+                    "https://ci.example.com/",
+                ),
+            ]),
+        )
+        .unwrap();
         assert_eq!(creds.names(), ["ci_username"]);
         assert_eq!(creds.get("ci-username").unwrap().username(), None);
     }
 
     #[test]
+    fn a_credential_file_without_urls_is_refused_saying_how_to_add_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            "[forge]\ntoken = \"t\"\n",
+            "[forge]\ntoken = \"t\"\nurls = []\n",
+        ] {
+            let file = write(dir.path(), text, 0o600);
+            let err = Credentials::from_env_and_file(Some(&file), []).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid credential `forge` from {}: it lists no URLs it may be sent to; \
+                     add `urls = [\"https://git.example.com/team/\"]` to its table `[forge]`, \
+                     the URL prefixes of the repositories it is for",
+                    file.display()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_credential_variable_without_urls_is_refused_saying_how_to_add_them() {
+        let err = Credentials::from_env_and_file(None, env(&[("BERTH_CREDENTIAL_FORGE", "t")]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid credential `forge` from BERTH_CREDENTIAL_FORGE: it lists no URLs it may be \
+             sent to; set BERTH_CREDENTIAL_FORGE_URLS=\"https://git.example.com/team/\" (spaces \
+             or commas between several), the URL prefixes of the repositories it is for"
+        );
+        let err = Credentials::from_env_and_file(
+            None,
+            env(&[("BERTH_CREDENTIAL_FORGE_URLS", "https://git.example.com/")]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("BERTH_CREDENTIAL_FORGE is not set"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_url_prefix_is_refused_naming_the_credential_and_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[forge]\ntoken = \"sekrit\"\nurls = [\"https://git.example.com/team/../\"]\n",
+            0o600,
+        );
+        let err = Credentials::from_env_and_file(Some(&file), []).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`forge`"), "{text}");
+        assert!(text.contains("https://git.example.com/team/../"), "{text}");
+        assert!(text.contains("`..`"), "{text}");
+        assert!(!text.contains("sekrit"), "{text}");
+
+        let err = Credentials::from_env_and_file(
+            None,
+            env(&[
+                ("BERTH_CREDENTIAL_FORGE", "t"),
+                (
+                    "BERTH_CREDENTIAL_FORGE_URLS",
+                    "https://ok.example.com/, ftp://x/",
+                ),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("BERTH_CREDENTIAL_FORGE_URLS"), "{text}");
+        assert!(text.contains("ftp://x/"), "{text}");
+    }
+
+    #[test]
+    fn a_credential_is_authorized_only_for_urls_under_its_prefixes() {
+        let mut creds = Credentials::new();
+        creds.insert(
+            "forge",
+            Credential::bearer("t", [prefix("https://git.example.com/team/")]),
+        );
+        let ok = "https://git.example.com/team/api.git";
+        assert!(creds.authorize("forge", ok).is_ok());
+
+        let evil = "https://git.example.com/team-evil/api.git";
+        let err = creds.authorize("forge", evil).unwrap_err();
+        assert!(matches!(err, GitError::CredentialNotForUrl { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "credential `forge` may not be sent to {evil}: it may only be sent to URLs \
+                 under https://git.example.com/team/"
+            )
+        );
+        let err = creds
+            .authorize("forge", "https://git.example.com/team/../evil/x")
+            .unwrap_err();
+        assert!(err.to_string().contains("`..`"), "{err}");
+        assert!(matches!(
+            creds.authorize("nope", ok),
+            Err(GitError::UnknownCredential { .. })
+        ));
+        assert!(matches!(
+            creds.authorize("forge", "git@git.example.com:team/api.git"),
+            Err(GitError::CredentialNeedsHttp { .. })
+        ));
+    }
+
+    #[test]
     fn a_file_others_can_read_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), "[a]\ntoken = \"t\"\n", 0o644);
+        let text = format!("[a]\ntoken = \"t\"\n{URLS}");
+        let file = write(dir.path(), &text, 0o644);
         let err = Credentials::load(dir.path()).unwrap_err();
-        let text = err.to_string();
+        let message = err.to_string();
         assert!(matches!(
             err,
             GitError::CredentialsFileMode { mode: 0o644, .. }
         ));
-        assert!(text.contains(&file.display().to_string()), "{text}");
-        assert!(text.contains("0644"), "{text}");
-        write(dir.path(), "[a]\ntoken = \"t\"\n", 0o400);
+        assert!(message.contains(&file.display().to_string()), "{message}");
+        assert!(message.contains("0644"), "{message}");
+        write(dir.path(), &text, 0o400);
         assert_eq!(Credentials::load(dir.path()).unwrap().names(), ["a"]);
     }
 
@@ -394,25 +665,44 @@ mod tests {
     #[test]
     fn bad_entries_are_refused_without_echoing_the_token() {
         let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), "[a]\ntoken = \"sekrit\"\ncolour = 1\n", 0o600);
+        let file = write(
+            dir.path(),
+            &format!("[a]\ntoken = \"sekrit\"\ncolour = 1\n{URLS}"),
+            0o600,
+        );
         let err = Credentials::from_env_and_file(Some(&file), []).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
         assert!(!err.to_string().contains("sekrit"), "{err}");
 
-        let file = write(dir.path(), "[a]\ntoken = \"sek\\nrit\"\n", 0o600);
+        let file = write(
+            dir.path(),
+            &format!("[a]\ntoken = \"sek\\nrit\"\n{URLS}"),
+            0o600,
+        );
         let err = Credentials::from_env_and_file(Some(&file), []).unwrap_err();
         assert!(err.to_string().contains("control characters"), "{err}");
         assert!(!err.to_string().contains("sek"), "{err}");
 
-        let err =
-            Credentials::from_env_and_file(None, env(&[("BERTH_CREDENTIAL_X", "")])).unwrap_err();
+        let err = Credentials::from_env_and_file(
+            None,
+            env(&[
+                ("BERTH_CREDENTIAL_X", ""),
+                ("BERTH_CREDENTIAL_X_URLS", "https://x.example.com/"),
+            ]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("BERTH_CREDENTIAL_X"), "{err}");
     }
 
     #[test]
     fn debug_output_hides_the_token() {
         let mut creds = Credentials::new();
-        creds.insert("a", Credential::basic("u", "hunter2"));
-        assert!(!format!("{creds:?}").contains("hunter2"));
+        creds.insert(
+            "a",
+            Credential::basic("u", "hunter2", [prefix("https://a.example.com/")]),
+        );
+        let text = format!("{creds:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("https://a.example.com/"), "{text}");
     }
 }

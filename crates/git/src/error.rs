@@ -45,6 +45,18 @@ pub enum GitError {
     )]
     CredentialNeedsHttp { name: String, url: String },
 
+    /// A repository names a credential for a URL outside the credential's
+    /// `urls`, or for a URL that cannot be read unambiguously.
+    #[error("credential `{name}` may not be sent to {url}: {reason}")]
+    CredentialNotForUrl {
+        name: String,
+        url: String,
+        reason: String,
+    },
+
+    #[error("invalid URL prefix `{prefix}`: {reason}")]
+    InvalidUrlPrefix { prefix: String, reason: String },
+
     /// The URL carries a user or password; the message shows it with the
     /// user information replaced by `***`.
     #[error(

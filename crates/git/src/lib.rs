@@ -28,13 +28,16 @@ mod credentials;
 mod error;
 pub mod inside;
 mod mirror;
+mod scope;
 mod url;
 
 pub use credentials::{
-    CREDENTIALS_FILE, Credential, Credentials, ENV_PREFIX, ENV_USERNAME_SUFFIX, normalise,
+    CREDENTIALS_FILE, Credential, Credentials, ENV_PREFIX, ENV_URLS_SUFFIX, ENV_USERNAME_SUFFIX,
+    normalise,
 };
 pub use error::GitError;
 pub use mirror::{CatchUp, Mirror, Mirrors};
+pub use scope::UrlPrefix;
 
 use berth_core::spec::Repository;
 use command::{Auth, Finished, Redactor, Runner};
@@ -308,28 +311,13 @@ impl Git {
         Ok(out.trim().to_owned())
     }
 
-    /// The header for `repo`, if it names a credential.
+    /// The header for `repo`, if it names a credential that may be sent to
+    /// its URL.
     fn auth(&self, repo: &Repository) -> Result<Option<Auth>, GitError> {
         let Some(name) = &repo.credential else {
             return Ok(None);
         };
-        let credential = self
-            .credentials
-            .get(name)
-            .ok_or_else(|| GitError::UnknownCredential {
-                name: name.clone(),
-                url: repo.url.clone(),
-                known: match self.credentials.names() {
-                    names if names.is_empty() => "none".to_owned(),
-                    names => names.join(", "),
-                },
-            })?;
-        if !url::is_http(&repo.url) {
-            return Err(GitError::CredentialNeedsHttp {
-                name: name.clone(),
-                url: repo.url.clone(),
-            });
-        }
+        let credential = self.credentials.authorize(name, &repo.url)?;
         Ok(Some(Auth {
             url: repo.url.clone(),
             name: name.clone(),

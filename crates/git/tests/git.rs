@@ -5,7 +5,7 @@
 
 use berth_core::WorkspacePath;
 use berth_core::spec::Repository;
-use berth_git::{Credential, Credentials, FetchOutcome, Git, GitError};
+use berth_git::{Credential, Credentials, FetchOutcome, Git, GitError, UrlPrefix};
 use berth_testkit::{self as kit, GitDaemon, GitHttpServer};
 use std::path::{Path, PathBuf};
 
@@ -61,8 +61,14 @@ fn with_credential(credential: Credential) -> Git {
     Git::new(credentials)
 }
 
-fn with_token() -> Git {
-    with_credential(Credential::bearer(TOKEN))
+/// The URL prefix of everything `server` serves.
+fn on(server: &GitHttpServer) -> [UrlPrefix; 1] {
+    [server.url().parse().unwrap()]
+}
+
+/// The test's token as a bearer credential for `server`.
+fn with_token(server: &GitHttpServer) -> Git {
+    with_credential(Credential::bearer(TOKEN, on(server)))
 }
 
 fn read(path: &Path) -> String {
@@ -102,7 +108,11 @@ async fn clone_then_follow_upstream(git: &Git, upstream: &Upstream, repo: &Repos
 
 #[test]
 fn debug_output_holds_no_secret() {
-    let git = with_credential(Credential::basic("u", TOKEN));
+    let git = with_credential(Credential::basic(
+        "u",
+        TOKEN,
+        ["https://git.example.com/".parse().unwrap()],
+    ));
     let text = format!("{git:?}");
     assert!(text.contains(CREDENTIAL), "{text}");
     assert!(!text.contains(TOKEN), "{text}");
@@ -126,12 +136,13 @@ async fn clone_and_fetch_over_git_daemon() {
 
 #[tokio::test]
 async fn clone_and_fetch_over_http_with_a_token_leave_it_nowhere() {
-    for credential in [
-        Credential::bearer(TOKEN),
-        Credential::basic("x-access-token", TOKEN),
-    ] {
+    for basic in [false, true] {
         let upstream = Upstream::new();
         let server = GitHttpServer::start(upstream.base(), TOKEN);
+        let credential = match basic {
+            false => Credential::bearer(TOKEN, on(&server)),
+            true => Credential::basic("x-access-token", TOKEN, on(&server)),
+        };
         let repo = spec(&format!("{}project", server.url()), None, Some(CREDENTIAL));
         let git = with_credential(credential);
         let workspace = kit::temp_dir();
@@ -162,7 +173,8 @@ async fn each_installed_git_clones_and_fetches_over_http() {
         let upstream = Upstream::new();
         let server = GitHttpServer::start(upstream.base(), TOKEN);
         let repo = spec(&format!("{}project", server.url()), None, Some(CREDENTIAL));
-        clone_then_follow_upstream(&with_token().with_program(program), &upstream, &repo).await;
+        clone_then_follow_upstream(&with_token(&server).with_program(program), &upstream, &repo)
+            .await;
     }
 }
 
@@ -187,7 +199,7 @@ async fn http_clone_without_the_token_is_refused_clearly() {
     assert!(!dest.exists(), "a failed clone leaves nothing behind");
 
     let wrong = "wrong-token-0a1b2c3d";
-    let err = with_credential(Credential::bearer(wrong))
+    let err = with_credential(Credential::bearer(wrong, on(&server)))
         .clone(&spec(&url, None, Some(CREDENTIAL)), &dest)
         .await
         .unwrap_err();
@@ -209,7 +221,7 @@ async fn an_authenticated_failure_is_redacted() {
 
     // A real failure with the right token: the repository does not exist.
     let missing = spec(&format!("{}absent", server.url()), None, Some(CREDENTIAL));
-    let err = with_token()
+    let err = with_token(&server)
         .clone(&missing, &workspace.path().join("a"))
         .await
         .unwrap_err();
@@ -224,8 +236,8 @@ async fn an_authenticated_failure_is_redacted() {
         "#!/bin/sh\nenv | grep '^GIT_CONFIG_VALUE' >&2\necho \"fatal: args $*\" >&2\nexit 128\n",
     );
     for git in [
-        with_token().with_program(&shim),
-        with_credential(Credential::basic("u", TOKEN)).with_program(&shim),
+        with_token(&server).with_program(&shim),
+        with_credential(Credential::basic("u", TOKEN, on(&server))).with_program(&shim),
     ] {
         let repo = spec(&format!("{}project", server.url()), None, Some(CREDENTIAL));
         let err = git
@@ -262,7 +274,7 @@ async fn git_never_gets_the_token_in_argv_nor_the_providers_environment() {
             env_log.display()
         ),
     );
-    let git = with_token().with_program(&shim);
+    let git = with_token(&server).with_program(&shim);
     let repo = spec(&format!("{}project", server.url()), None, Some(CREDENTIAL));
     let dest = workspace.path().join("project");
     git.clone(&repo, &dest).await.unwrap();
@@ -320,7 +332,7 @@ async fn workspace_git_config_cannot_reach_the_token() {
     let server = GitHttpServer::start(upstream.base(), TOKEN);
     let url = format!("{}project", server.url());
     let repo = spec(&url, None, Some(CREDENTIAL));
-    let git = with_token();
+    let git = with_token(&server);
     let workspace = kit::temp_dir();
     let dest = workspace.path().join("project");
     git.clone(&repo, &dest).await.unwrap();
@@ -578,7 +590,10 @@ async fn a_commit_no_branch_reaches_is_fetched_by_hash() {
     );
     let workspace = kit::temp_dir();
     let dest = workspace.path().join("project");
-    assert_eq!(with_token().clone(&repo, &dest).await.unwrap(), orphan);
+    assert_eq!(
+        with_token(&server).clone(&repo, &dest).await.unwrap(),
+        orphan
+    );
     assert_eq!(read(&dest.join("doomed.txt")), "soon unreachable\n");
 }
 
@@ -616,7 +631,7 @@ async fn upstream_commit_tells_whether_a_fetch_is_needed() {
     kit::create_branch(&upstream.repo(), "dev");
     let server = GitHttpServer::start(upstream.base(), TOKEN);
     let url = format!("{}project", server.url());
-    let git = with_token();
+    let git = with_token(&server);
     let ask = |reference: Option<&str>| {
         let repo = spec(&url, reference, Some(CREDENTIAL));
         let git = &git;
@@ -663,7 +678,7 @@ async fn a_missing_ref_is_named_with_its_url() {
     let dest = workspace.path().join("project");
     std::fs::create_dir(&dest).unwrap();
     for reference in ["no-such-branch", "refs/tags/v9", "deadbeef"] {
-        let err = with_token()
+        let err = with_token(&server)
             .clone(&spec(&url, Some(reference), Some(CREDENTIAL)), &dest)
             .await
             .unwrap_err();
@@ -677,11 +692,72 @@ async fn a_missing_ref_is_named_with_its_url() {
 }
 
 #[tokio::test]
+async fn a_spec_cannot_send_a_credential_to_a_server_it_controls() {
+    let upstream = Upstream::new();
+    let forge = GitHttpServer::start(upstream.base(), TOKEN);
+    // The spec author's server: it would accept anything worth recording.
+    let theirs = GitHttpServer::start(upstream.base(), TOKEN);
+    let git = with_token(&forge);
+    let workspace = kit::temp_dir();
+    let dest = workspace.path().join("project");
+    let ours = spec(&format!("{}project", forge.url()), None, Some(CREDENTIAL));
+    git.clone(&ours, &dest).await.unwrap();
+
+    let stolen = spec(&format!("{}project", theirs.url()), None, Some(CREDENTIAL));
+    let mirrors = berth_git::Mirrors::new(workspace.path().join("mirrors"));
+    let refusals = [
+        git.clone(&stolen, &workspace.path().join("a"))
+            .await
+            .map(drop),
+        git.clone_with_mirror(&stolen, &mirrors, &workspace.path().join("b"))
+            .await
+            .map(drop),
+        git.mirror(&stolen, &mirrors).await.map(drop),
+        git.upstream_commit(&stolen).await.map(drop),
+        // Into a checkout made from the credential's own server.
+        git.fetch(&stolen, &dest).await.map(drop),
+    ];
+    for refused in refusals {
+        let err = refused.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, GitError::CredentialNotForUrl { .. }),
+            "{text}"
+        );
+        assert!(text.contains(&format!("`{CREDENTIAL}`")), "{text}");
+        assert!(text.contains(&stolen.url), "{text}");
+        assert!(text.contains(&forge.url()), "names where it may go: {text}");
+    }
+    assert_eq!(theirs.requests(), 0, "the spec's server heard nothing");
+    assert!(theirs.authorizations().is_empty());
+    assert!(!workspace.path().join("a").exists());
+    assert!(!workspace.path().join("b").exists());
+    assert!(!workspace.path().join("mirrors").exists());
+
+    // Bound to both, the same requests go through, with the token.
+    let both = with_credential(Credential::bearer(
+        TOKEN,
+        [forge.url().parse().unwrap(), theirs.url().parse().unwrap()],
+    ));
+    both.clone(&stolen, &workspace.path().join("a"))
+        .await
+        .unwrap();
+    assert!(
+        theirs.authorizations().contains(&format!("Bearer {TOKEN}")),
+        "{:?}",
+        theirs.authorizations()
+    );
+}
+
+#[tokio::test]
 async fn bad_repositories_are_refused_before_running_git() {
     let upstream = Upstream::new();
     let workspace = kit::temp_dir();
     let dest = workspace.path().join("project");
-    let git = with_token();
+    let git = with_credential(Credential::bearer(
+        TOKEN,
+        ["https://git.example.com/".parse().unwrap()],
+    ));
 
     let err = git
         .clone(&spec(&upstream.file_url(), None, Some("nope")), &dest)
@@ -745,7 +821,7 @@ async fn large_requests_arrive_gzipped_and_are_served() {
     let repo = spec(&format!("{}project", server.url()), None, Some(CREDENTIAL));
     let workspace = kit::temp_dir();
     let dest = workspace.path().join("project");
-    with_token().clone(&repo, &dest).await.unwrap();
+    with_token(&server).clone(&repo, &dest).await.unwrap();
     assert!(server.gzipped() > 0, "git sent no gzip'd request");
     let branches = kit::git(&dest, &["branch", "--remotes"]);
     assert_eq!(

@@ -31,7 +31,10 @@ impl World {
         );
         let server = GitHttpServer::start(&dir.path().join("repos"), TOKEN);
         let mut credentials = Credentials::new();
-        credentials.insert("forge", Credential::bearer(TOKEN));
+        credentials.insert(
+            "forge",
+            Credential::bearer(TOKEN, [server.url().parse().unwrap()]),
+        );
         World {
             mirrors: Mirrors::new(dir.path().join("mirrors")),
             dir,

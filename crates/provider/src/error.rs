@@ -132,9 +132,9 @@ fn git_code(err: &berth_git::GitError) -> &'static str {
         | GitError::CredentialsFileMode { .. }
         | GitError::CredentialsFileSyntax { .. }
         | GitError::InvalidCredential { .. } => "credentials_invalid",
-        GitError::UnknownCredential { .. } | GitError::CredentialNeedsHttp { .. } => {
-            "credential_unusable"
-        }
+        GitError::UnknownCredential { .. }
+        | GitError::CredentialNeedsHttp { .. }
+        | GitError::CredentialNotForUrl { .. } => "credential_unusable",
         GitError::UrlHasCredentials { .. } | GitError::InvalidUrl { .. } => "invalid_repository",
         GitError::InvalidRef { .. } | GitError::MissingRef { .. } => "invalid_ref",
         GitError::Authentication { .. } => "git_authentication_failed",

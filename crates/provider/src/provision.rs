@@ -127,13 +127,15 @@ impl Provider {
             .validate()?;
         }
         let runtime = self.choose_runtime(&spec, &options).await?;
+        // Before anything is made or any request is sent: a credential goes
+        // only where its URL prefixes allow.
         for (i, repo) in spec.repositories.iter().enumerate() {
             if let Some(credential) = &repo.credential
-                && self.git().credentials().get(credential).is_none()
+                && let Err(e) = self.git().credentials().authorize(credential, &repo.url)
             {
                 return Err(ServiceError::InvalidRequest {
                     field: format!("repositories[{i}].credential"),
-                    message: format!("no credential named `{credential}` is configured"),
+                    message: e.to_string(),
                 });
             }
         }

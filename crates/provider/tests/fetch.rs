@@ -12,7 +12,9 @@ use berth_core::{ExecEvent, ExecRequest, ProvisionEvent, Spec, Workspace};
 use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig};
 use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
 use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
-use berth_testkit::{GitHttpServer, commit_files, files_containing, make_repo, temp_dir};
+use berth_testkit::{
+    GitHttpServer, commit_files, files_containing, make_repo, temp_dir, write_credentials,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tempfile::TempDir;
@@ -54,15 +56,8 @@ impl World {
             &repos.join("app"),
             &[("README", "one\n"), ("src/lib.txt", "library\n")],
         );
-        std::fs::create_dir_all(&home).unwrap();
-        let credentials = home.join("credentials.toml");
-        std::fs::write(&credentials, format!("[forge]\ntoken = \"{TOKEN}\"\n")).unwrap();
-        std::fs::set_permissions(
-            &credentials,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
         let server = GitHttpServer::start(&repos, TOKEN);
+        write_credentials(&home, "forge", TOKEN, &[&server.url()]);
         let runtime = SandboxRuntime::new(SandboxConfig {
             init_program: init_program(),
             agent_program: None,

@@ -6,7 +6,9 @@ use berth_core::spec::Format;
 use berth_core::{ExecEvent, ExecRequest, ExitStatus, ProvisionEvent, Spec, WorkspaceState};
 use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig, ServiceError};
 use berth_runtime_local::LocalRuntime;
-use berth_testkit::{GitHttpServer, commit_files, files_containing, make_repo, temp_dir};
+use berth_testkit::{
+    GitHttpServer, commit_files, files_containing, make_repo, temp_dir, write_credentials,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tempfile::TempDir;
@@ -235,14 +237,7 @@ async fn the_clone_token_never_enters_the_workspace() {
     let token = "tok-3b0e5c0ffee5ecret";
     world.repo("private", &[("src/lib.rs", "pub fn f() {}\n")]);
     let server = GitHttpServer::start(&world.repos, token);
-    std::fs::create_dir_all(&world.home).unwrap();
-    let credentials = world.home.join("credentials.toml");
-    std::fs::write(&credentials, format!("[forge]\ntoken = \"{token}\"\n")).unwrap();
-    std::fs::set_permissions(
-        &credentials,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    write_credentials(&world.home, "forge", token, &[&server.url()]);
     let provider = world.provider().await;
 
     let (ws, events) = create(
@@ -295,6 +290,103 @@ async fn the_clone_token_never_enters_the_workspace() {
     let err = result.unwrap_err().to_string();
     assert!(err.contains("cloning"), "{err}");
     assert!(!err.contains(token));
+}
+
+#[tokio::test]
+async fn a_spec_sending_a_credential_to_its_own_server_is_refused_before_any_request() {
+    let world = World::new();
+    let token = "tok-forge-7e1d";
+    world.repo("app", &[("README", "one\n")]);
+    let forge = GitHttpServer::start(&world.repos, token);
+    // The spec author's server, which would record the token.
+    let theirs = GitHttpServer::start(&world.repos, "anything");
+    write_credentials(
+        &world.home,
+        "forge",
+        token,
+        &[&format!("{}app", forge.url())],
+    );
+    let provider = world.provider().await;
+
+    let stolen = format!("{}app", theirs.url());
+    for url in [
+        stolen.clone(),
+        // The forge's own host, outside the prefix or by a path trick.
+        format!("{}app-evil", forge.url()),
+        format!("{}app/../other", forge.url()),
+    ] {
+        let (result, events) = create(
+            &provider,
+            spec(&format!(
+                "runtime = \"local\"\n\
+                 [[repositories]]\nurl = \"{url}\"\npath = \"app\"\ncredential = \"forge\"\n"
+            )),
+        )
+        .await;
+        let err = result.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, ServiceError::InvalidRequest { field, .. } if field == "repositories[0].credential"),
+            "{text}"
+        );
+        assert!(text.contains("`forge`"), "{text}");
+        assert!(text.contains(&url), "{text}");
+        assert!(events.is_empty(), "{events:?}");
+    }
+    assert_eq!(theirs.requests(), 0, "the spec's server heard nothing");
+    assert_eq!(forge.requests(), 0);
+    assert!(
+        provider.list(true).unwrap().is_empty(),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn a_fetch_goes_only_where_the_credential_allows_now() {
+    let world = World::new();
+    let token = "tok-forge-52aa";
+    let upstream = world.repo("app", &[("README", "one\n")]);
+    let forge = GitHttpServer::start(&world.repos, token);
+    write_credentials(&world.home, "forge", token, &[&forge.url()]);
+    let provider = world.provider().await;
+    let (ws, _) = create(
+        &provider,
+        spec(&format!(
+            "runtime = \"local\"\n\
+             [[repositories]]\nurl = \"{}app\"\npath = \"app\"\ncredential = \"forge\"\n",
+            forge.url()
+        )),
+    )
+    .await;
+    let ws = ws.unwrap();
+    commit_files(&upstream, &[("README", "two\n")], "moves");
+
+    // The credential is narrowed to another team's repositories: the
+    // workspace made before cannot use it any more.
+    drop(provider);
+    write_credentials(
+        &world.home,
+        "forge",
+        token,
+        &[&format!("{}other-team/", forge.url())],
+    );
+    let provider = world.provider().await;
+    let asked = forge.requests();
+    let err = provider
+        .fetch(ws.id.as_str(), Progress::none())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("credential `forge` may not be sent to"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{}app", forge.url())), "{err}");
+    assert_eq!(forge.requests(), asked, "no request was made");
+    assert_eq!(
+        std::fs::read_to_string(root_of(&ws).join("app/README")).unwrap(),
+        "one\n"
+    );
 }
 
 #[tokio::test]

@@ -709,12 +709,6 @@ fn private_repo_spec(server: &GitHttpServer, image: &str, setup: &str) -> Spec {
     Spec::parse(&text, Format::Toml).unwrap()
 }
 
-fn write_credentials(world: &World, token: &str) {
-    let file = world.home.path().join("credentials.toml");
-    std::fs::write(&file, format!("[forge]\ntoken = \"{token}\"\n")).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
 #[tokio::test]
 async fn the_clone_token_is_nowhere_in_the_container() {
     let world = World::new();
@@ -725,7 +719,7 @@ async fn the_clone_token_is_nowhere_in_the_container() {
         &[("src/lib.rs", "pub fn f() {}\n")],
     );
     let server = GitHttpServer::start(repos.path(), token);
-    write_credentials(&world, token);
+    berth_testkit::write_credentials(world.home.path(), "forge", token, &[&server.url()]);
     let provider = provider(&world).await;
 
     let (ws, events) = provision(
@@ -792,7 +786,7 @@ async fn a_second_workspace_starts_from_the_cache_and_fetches_what_moved() {
     let origin = repos.path().join("private");
     make_repo(&origin, &[("README", "one\n")]);
     let server = GitHttpServer::start(repos.path(), token);
-    write_credentials(&world, token);
+    berth_testkit::write_credentials(world.home.path(), "forge", token, &[&server.url()]);
     let provider = provider(&world).await;
     // Fetching into a workspace needs git in it.
     let spec = private_repo_spec(

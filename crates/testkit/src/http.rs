@@ -1,7 +1,8 @@
 //! A loopback smart-HTTP git server that demands a token: real
 //! `git http-backend` run as a CGI program behind a small axum server,
 //! which refuses every request without `Authorization: Bearer TOKEN` (or
-//! Basic with TOKEN as the password) and counts what it served and refused.
+//! Basic with TOKEN as the password), counts what it served and refused, and
+//! keeps every `Authorization` header it was sent.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -11,8 +12,8 @@ use base64::Engine;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 /// The largest request body accepted (a push of test repositories is small).
@@ -31,6 +32,7 @@ struct Shared {
     served: AtomicUsize,
     refused: AtomicUsize,
     gzipped: AtomicUsize,
+    authorizations: Mutex<Vec<String>>,
 }
 
 impl GitHttpServer {
@@ -51,6 +53,7 @@ impl GitHttpServer {
             served: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             gzipped: AtomicUsize::new(0),
+            authorizations: Mutex::new(Vec::new()),
         });
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = axum::Router::new()
@@ -103,6 +106,20 @@ impl GitHttpServer {
         self.state.refused.load(Ordering::SeqCst)
     }
 
+    /// Every request it received, served or refused.
+    pub fn requests(&self) -> usize {
+        self.served() + self.refused()
+    }
+
+    /// The `Authorization` header of every request that had one, in order.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state
+            .authorizations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Served requests whose body was gzip'd (git compresses large ones).
     pub fn gzipped(&self) -> usize {
         self.state.gzipped.load(Ordering::SeqCst)
@@ -121,6 +138,13 @@ impl Drop for GitHttpServer {
 }
 
 async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response {
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        state
+            .authorizations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
     if !authorized(request.headers(), &state.token) {
         state.refused.fetch_add(1, Ordering::SeqCst);
         return (

@@ -34,6 +34,23 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
+/// Writes `home/credentials.toml` (mode 0600, as berth demands) holding one
+/// bearer credential, `name`, that may be sent to the URLs under `urls`.
+pub fn write_credentials(home: &Path, name: &str, token: &str, urls: &[&str]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let file = home.join("credentials.toml");
+    let urls: Vec<String> = urls.iter().map(|url| format!("{url:?}")).collect();
+    let text = format!(
+        "[{name}]\ntoken = {token:?}\nurls = [{}]\n",
+        urls.join(", ")
+    );
+    std::fs::create_dir_all(home)
+        .and_then(|()| std::fs::write(&file, text))
+        .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+    file
+}
+
 /// Every file under `root` (not following symlinks, `.git` included) whose
 /// contents, or symlink target, contain `needle`.
 pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {

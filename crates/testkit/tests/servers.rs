@@ -50,6 +50,12 @@ fn the_http_server_demands_the_token_and_stops_on_drop() {
         "the advertisement lists main: {served}"
     );
     assert_eq!((server.refused(), server.served()), (2, 1));
+    assert_eq!(server.requests(), 3);
+    assert_eq!(
+        server.authorizations(),
+        ["Bearer wrong", "Bearer s3cret"],
+        "the request without a header is counted, not listed"
+    );
 
     let addr = server.addr();
     drop(server);
