@@ -414,3 +414,44 @@ fn a_sandbox_workspace_from_the_cli_detects_lists_changes_diffs_resets_and_forks
     );
     env.ok(&["rm", &id, forks[0], forks[1]]);
 }
+
+#[test]
+fn a_sandbox_workspace_comes_up_in_a_home_under_a_0700_directory_and_umask_077() {
+    use std::os::unix::fs::PermissionsExt;
+    // As `mktemp -d` makes homes, and as root's own home is.
+    let env = Env::new();
+    let outer = env.dir.path().join("private");
+    std::fs::create_dir(&outer).unwrap();
+    std::fs::set_permissions(&outer, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let home = outer.join("berth");
+    let spec = env.file(
+        "private.toml",
+        "runtime = \"sandbox\"\nimage = \"host\"\nsetup_script = \"echo ready > ready.txt\"\n",
+    );
+    let berth = |args: &[&str]| {
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                "umask 077 && exec \"$0\" \"$@\"",
+                env!("CARGO_BIN_EXE_berth"),
+            ])
+            .args(args)
+            .env("BERTH_HOME", &home)
+            .env_remove("BERTH_RUNTIME")
+            .stdin(Stdio::null());
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed: {}",
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let up = berth(&["up", spec.to_str().unwrap()]);
+    let id = up.lines().last().unwrap().to_string();
+    assert_eq!(berth(&["exec", &id, "--", "cat", "ready.txt"]), "ready\n");
+    berth(&["reset", &id]);
+    assert_eq!(berth(&["exec", &id, "--", "ls"]), "ready.txt\n");
+    berth(&["rm", &id]);
+}

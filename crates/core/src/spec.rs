@@ -400,6 +400,17 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
     (number.is_finite() && number >= 0.0).then(|| (number * (1u64 << shift) as f64) as u64)
 }
 
+/// Writes a size as [`parse_bytes`] reads it: in the largest binary unit
+/// that divides it (`4GiB`, `64KiB`), else in bytes.
+pub fn format_bytes(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +530,12 @@ mod tests {
         assert_eq!(parse_bytes("2g"), Some(2 << 30));
         assert_eq!(parse_bytes("1.5K"), Some(1536));
         assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        for size in [0, 1000, 64 << 10, 1536 << 20, 4 << 30, 3 << 40] {
+            assert_eq!(parse_bytes(&format_bytes(size)), Some(size), "{size}");
+        }
+        assert_eq!(format_bytes(4 << 30), "4GiB");
+        assert_eq!(format_bytes(1536 << 20), "1536MiB");
+        assert_eq!(format_bytes(1000), "1000B");
         assert_eq!(parse_bytes("12 parsecs"), None);
     }
 

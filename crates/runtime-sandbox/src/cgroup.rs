@@ -149,6 +149,23 @@ impl Layout {
             .collect()
     }
 
+    /// How many processes of the cgroups the kernel's OOM killer ended.
+    pub fn oom_kills(&self, cgroups: &Cgroups) -> u64 {
+        let events = match self {
+            Layout::V2 { .. } => "memory.events",
+            Layout::V1 { .. } => "memory.oom_control",
+        };
+        cgroups
+            .dirs
+            .first()
+            .and_then(|dir| fs::read_to_string(dir.join(events)).ok())
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     pub fn version(&self) -> &'static str {
         match self {
             Layout::V2 { .. } => "v2",

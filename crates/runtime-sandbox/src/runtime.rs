@@ -226,6 +226,22 @@ struct State {
     standby: Option<Standby>,
 }
 
+/// Makes `tree/rel` and the missing directories above it with mode 0755,
+/// whatever the umask: they belong to host root, and the workspace's root
+/// passes through them as any other user.
+fn passable_dir(tree: &Path, rel: &Path) -> io::Result<()> {
+    let mut path = tree.to_path_buf();
+    for component in rel.components() {
+        path.push(component);
+        match fs::create_dir(&path) {
+            Ok(()) => fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Kills an instance: killing a PID namespace's init kills everything in
 /// it.
 fn kill(init: Init) {
@@ -236,11 +252,16 @@ fn kill(init: Init) {
     }
 }
 
-/// Blocks until `path` exists, at most `patience`: woken by inotify when an
-/// entry appears in its directory rather than by polling, so that a start
-/// is not rounded up to a timer's tick. Returns the inotify instance too,
-/// for the caller to close when it has passed the answer on.
-fn wait_for_entry(path: &Path, patience: Duration) -> (Result<(), RuntimeError>, Option<OwnedFd>) {
+/// Blocks until `path` exists, at most `patience`, or until the process
+/// behind the pidfd `unless` ends (then `Ok(false)`): woken by inotify when
+/// an entry appears in its directory rather than by polling, so that a
+/// start is not rounded up to a timer's tick. Returns the inotify instance
+/// too, for the caller to close when it has passed the answer on.
+fn wait_for_entry(
+    path: &Path,
+    unless: Option<&OwnedFd>,
+    patience: Duration,
+) -> (Result<bool, RuntimeError>, Option<OwnedFd>) {
     use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
     let dir = path.parent().unwrap_or(Path::new("/"));
     let watched = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).and_then(|fd| {
@@ -248,7 +269,7 @@ fn wait_for_entry(path: &Path, patience: Duration) -> (Result<(), RuntimeError>,
         Ok(fd)
     });
     match watched {
-        Ok(events) => (wait_with(&events, path, patience), Some(events)),
+        Ok(events) => (wait_with(&events, unless, path, patience), Some(events)),
         Err(e) => (
             Err(RuntimeError::io(
                 format!("cannot watch `{}`", dir.display()),
@@ -259,7 +280,12 @@ fn wait_for_entry(path: &Path, patience: Duration) -> (Result<(), RuntimeError>,
     }
 }
 
-fn wait_with(events: &OwnedFd, path: &Path, patience: Duration) -> Result<(), RuntimeError> {
+fn wait_with(
+    events: &OwnedFd,
+    unless: Option<&OwnedFd>,
+    path: &Path,
+    patience: Duration,
+) -> Result<bool, RuntimeError> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let deadline = std::time::Instant::now() + patience;
     // Checked after the watch is set, so that no creation is missed.
@@ -275,7 +301,8 @@ fn wait_with(events: &OwnedFd, path: &Path, patience: Duration) -> Result<(), Ru
             tv_sec: 1,
             tv_nsec: 0,
         });
-        let mut ready = [PollFd::new(events, PollFlags::IN)];
+        let mut ready = vec![PollFd::new(events, PollFlags::IN)];
+        ready.extend(unless.map(|fd| PollFd::new(fd, PollFlags::IN)));
         match poll(&mut ready, Some(&timeout)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
@@ -285,11 +312,29 @@ fn wait_with(events: &OwnedFd, path: &Path, patience: Duration) -> Result<(), Ru
                 ));
             }
         }
+        if ready.get(1).is_some_and(|fd| !fd.revents().is_empty()) {
+            return Ok(path.exists());
+        }
         // The events only say that something appeared; the loop looks.
         let mut buf = [0u8; 1024];
         while rustix::io::read(events, &mut buf).is_ok() {}
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The last few KiB of a log the workspace's processes also write to, so
+/// the log's size does not matter.
+fn log_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 4096;
+    let mut tail = Vec::new();
+    if let Ok(mut file) = fs::File::open(path) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file
+            .seek(SeekFrom::Start(len.saturating_sub(TAIL)))
+            .and_then(|_| file.take(TAIL).read_to_end(&mut tail));
+    }
+    String::from_utf8_lossy(&tail).into_owned()
 }
 
 /// What is left of killed instances: their cgroups to empty and remove,
@@ -677,20 +722,19 @@ impl Inner {
         let key = format!("{shift}\n{}", entries.join("\n"));
         let make = |tree: &Path| -> io::Result<()> {
             for dir in ["proc", "dev", "tmp", "sys", "etc", "run", BERTH_DIR] {
-                fs::create_dir_all(tree.join(dir))?;
+                passable_dir(tree, Path::new(dir))?;
             }
-            fs::create_dir_all(tree.join(BERTH_DIR).join("run"))?;
+            passable_dir(tree, &Path::new(BERTH_DIR).join("run"))?;
             for entry in &entries {
                 let parts: Vec<&str> = entry.splitn(3, ' ').collect();
                 match parts.as_slice() {
                     ["link", name, target] => std::os::unix::fs::symlink(target, tree.join(name))?,
-                    ["dir", rel] => fs::create_dir_all(tree.join(rel))?,
+                    ["dir", rel] => passable_dir(tree, Path::new(rel))?,
                     ["file", rel] => {
-                        let path = tree.join(rel);
-                        if let Some(parent) = path.parent() {
-                            fs::create_dir_all(parent)?;
+                        if let Some(parent) = Path::new(rel).parent() {
+                            passable_dir(tree, parent)?;
                         }
-                        fs::File::create(path)?;
+                        fs::File::create(tree.join(rel))?;
                     }
                     _ => {}
                 }
@@ -729,7 +773,10 @@ impl Inner {
             }
             // The agent, as the workspace's root, makes its socket here.
             std::os::unix::fs::lchown(&dirs.run, Some(shift), Some(shift))?;
+            // The overlay's root takes this directory's mode, which the
+            // workspace's root (not its owner) must be able to pass.
             fs::create_dir(&dirs.upper)?;
+            fs::set_permissions(&dirs.upper, fs::Permissions::from_mode(0o755))?;
             let ws = dirs.upper.join(WORKSPACE_DIR);
             fs::create_dir(&ws)?;
             fs::set_permissions(&ws, fs::Permissions::from_mode(0o755))?;
@@ -1011,39 +1058,99 @@ impl Inner {
                 reason: format!("workspace {id} did not start: {reason}"),
             });
         };
-        // The init stays as the workspace's parent; tokio reaps it when it
-        // ends, whoever ends it.
-        drop(child);
-        let start_time = start_time(pid).ok_or_else(|| RuntimeError::Gone {
-            id: id.clone(),
-            detail: "its init ended right after starting".into(),
-        })?;
+        let Some(start_time) = start_time(pid) else {
+            // Its stage-1 process ends right after it.
+            let _ = child.wait().await;
+            let error = self.ended_as_started(&id, cgroups.as_ref(), state.limits);
+            if let Some(cgroups) = &cgroups {
+                let _ = cgroup::kill_and_remove(cgroups, KILL_PATIENCE);
+            }
+            return Err(error);
+        };
         let init = Init {
             pid,
             start_time,
             instance,
         };
-        if self.config.agent_program.is_some()
-            && let Err(e) = self.wait_for_socket(&dirs.run.join("agent.sock")).await
-        {
-            self.end_instance(&id, init).run_in_background();
-            return Err(e);
+        if self.config.agent_program.is_some() {
+            // The stage-1 process ends when the workspace's init does: a
+            // workspace that dies while its agent starts says so at once,
+            // and why.
+            let stage1 = child
+                .id()
+                .and_then(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?))
+                .and_then(|pid| {
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+                });
+            let failed = match self
+                .wait_for_socket(&dirs.run.join("agent.sock"), stage1)
+                .await
+            {
+                Ok(true) => None,
+                Ok(false) => {
+                    // Already ended: this only reaps it.
+                    let _ = child.wait().await;
+                    Some(self.ended_as_started(&id, cgroups.as_ref(), state.limits))
+                }
+                Err(e) => Some(e),
+            };
+            if let Some(error) = failed {
+                self.end_instance(&id, init).run_in_background();
+                return Err(error);
+            }
         }
+        // The init stays as the workspace's parent; tokio reaps it when it
+        // ends, whoever ends it.
+        drop(child);
         Ok(init)
     }
 
-    /// Waits until the agent has made its socket.
-    async fn wait_for_socket(&self, socket: &Path) -> Result<(), RuntimeError> {
+    /// Waits until the agent has made its socket (`Ok(true)`), or until the
+    /// process behind the pidfd `unless` ends (`Ok(false)`).
+    async fn wait_for_socket(
+        &self,
+        socket: &Path,
+        unless: Option<OwnedFd>,
+    ) -> Result<bool, RuntimeError> {
         let socket = socket.to_path_buf();
         let (reply, answer) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let (waited, watch) = wait_for_entry(&socket, START_TIMEOUT);
+            let (waited, watch) = wait_for_entry(&socket, unless.as_ref(), START_TIMEOUT);
             let _ = reply.send(waited);
             // Closing an inotify instance waits for an SRCU grace period,
             // which takes milliseconds: the start does not wait for it.
             drop(watch);
         });
         answer.await.map_err(other)?
+    }
+
+    /// The error of an instance that ended as it started, with why: the
+    /// memory limit when the kernel's OOM killer ended some of it, else
+    /// what its init wrote last.
+    fn ended_as_started(
+        &self,
+        id: &str,
+        cgroups: Option<&cgroup::Cgroups>,
+        limits: cgroup::Limits,
+    ) -> RuntimeError {
+        let why = match (&self.cgroups, cgroups, limits.memory) {
+            (Ok(layout), Some(cgroups), Some(memory)) if layout.oom_kills(cgroups) > 0 => format!(
+                "it ran out of memory under its limit of {} (limits.memory)",
+                berth_core::spec::format_bytes(memory)
+            ),
+            _ => {
+                let log = log_tail(&self.ws_dir(id).join("init.log"));
+                let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+                match lines.len() {
+                    0 => "it ended, saying nothing".into(),
+                    n => format!("it ended: {}", lines[n.saturating_sub(5)..].join("; ")),
+                }
+            }
+        };
+        RuntimeError::Unavailable {
+            runtime: NAME.into(),
+            reason: format!("workspace {id} did not start: {why}"),
+        }
     }
 
     /// Kills one instance and returns the rest of its teardown: its

@@ -113,6 +113,9 @@ fn namespace_flags(config: &InitConfig) -> libc::c_int {
 
 /// `start`: see the module documentation.
 pub fn start(config: &InitConfig) -> Result<i32, InitError> {
+    // Mount points made here must be passable by the workspace's root,
+    // which is not their owner, whatever umask the runtime has.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     step(
         || "cannot make a private mount namespace".into(),
         sys::unshare(UnshareFlags::NEWNS),
@@ -127,6 +130,15 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
     for mount in &config.mounts {
         host_mount(&config.rootfs, mount)?;
     }
+    // The child reaches the workspace's root only through this working
+    // directory, which it inherits (moved into its own mount namespace):
+    // as the workspace's root it may not be able to look up the rootfs
+    // path itself, which runs through `$BERTH_HOME`, often a 0700
+    // directory of host root's.
+    step(
+        || format!("cannot enter `{}`", config.rootfs.display()),
+        std::env::set_current_dir(&config.rootfs),
+    )?;
 
     let (sync_read, mut sync_write) = step(|| "cannot make a pipe".into(), io::pipe())?;
     let (mut err_read, err_write) = step(|| "cannot make a pipe".into(), io::pipe())?;
@@ -185,7 +197,16 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
     if let Err(error) = parent_side {
         let _ = rustix::process::kill_process(pid_of(pid), rustix::process::Signal::KILL);
         let _ = wait(pid);
-        return Err(error);
+        // A child that failed first said why; the pipe it broke by ending
+        // is only the echo of that.
+        return Err(match error {
+            InitError::Step { source, .. }
+                if source.kind() == io::ErrorKind::BrokenPipe && !failure.is_empty() =>
+            {
+                InitError::Child(failure)
+            }
+            error => error,
+        });
     }
     if !failure.is_empty() {
         let _ = wait(pid);
@@ -205,7 +226,16 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
             source,
         });
     }
-    wait(pid)
+    let code = wait(pid)?;
+    // Read by the runtime when a workspace ends as it starts.
+    match code {
+        0..=128 => eprintln!("berth-sandbox-init: the workspace's init exited with code {code}"),
+        signal => eprintln!(
+            "berth-sandbox-init: the workspace's init was killed by signal {}",
+            signal - 128
+        ),
+    }
+    Ok(code)
 }
 
 fn pid_of(pid: u32) -> rustix::process::Pid {
@@ -374,14 +404,16 @@ fn overlay(rootfs: &Path, lowers: &[PathBuf], upper: &Path, work: &Path) -> Resu
     let what = || format!("cannot mount the overlay at `{}`", rootfs.display());
     let fs = errno(what, fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC))?;
     for lower in lowers {
+        let added = fsconfig_set_string(&fs, "lowerdir+", lower);
         errno(
             || {
-                format!(
-                    "overlay refuses lower layer `{}` (needs Linux 6.8+)",
-                    lower.display()
-                )
+                let hint = match added {
+                    Err(rustix::io::Errno::INVAL) => " (one layer at a time needs Linux 6.8+)",
+                    _ => "",
+                };
+                format!("overlay refuses lower layer `{}`{hint}", lower.display())
             },
-            fsconfig_set_string(&fs, "lowerdir+", lower),
+            added,
         )?;
     }
     errno(what, fsconfig_set_string(&fs, "upperdir", upper))?;
@@ -432,7 +464,8 @@ fn child_setup(
             sys::loopback_up(),
         )?;
     }
-    let rootfs = &config.rootfs;
+    // Paths are relative to the working directory, the workspace's root.
+    let rootfs = Path::new("");
     let proc = inside(rootfs, Path::new("proc"))?;
     errno(
         || "cannot mount /proc".into(),
@@ -459,15 +492,9 @@ fn child_setup(
 
     // The overlay was mounted before this mount namespace existed, so it
     // is locked here and pivot_root refuses it; a bind of it made here is
-    // not (and takes the lock over from the old root when pivoting).
-    errno(
-        || "cannot bind the workspace's root".into(),
-        rustix::mount::mount_bind_recursive(rootfs, rootfs),
-    )?;
-    step(
-        || format!("cannot enter `{}`", rootfs.display()),
-        std::env::set_current_dir(rootfs),
-    )?;
+    // not (and takes the lock over from the old root when pivoting). The
+    // bind is entered through its descriptor, never by a path.
+    enter_own_bind()?;
     errno(
         || "cannot pivot into the workspace".into(),
         rustix::process::pivot_root(".", "."),
@@ -490,6 +517,37 @@ fn child_setup(
     )?;
     lock_down(config.seccomp)?;
     Err(run(&config.command, &config.env, &config.cwd))
+}
+
+/// Binds the working directory's tree onto itself and makes the bind the
+/// working directory.
+fn enter_own_bind() -> Result<(), InitError> {
+    use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
+    let what = || "cannot bind the workspace's root".to_string();
+    let bind = errno(
+        what,
+        open_tree(
+            rustix::fs::CWD,
+            ".",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_RECURSIVE,
+        ),
+    )?;
+    errno(
+        what,
+        move_mount(
+            &bind,
+            "",
+            rustix::fs::CWD,
+            ".",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        ),
+    )?;
+    errno(
+        || "cannot enter the workspace's root".into(),
+        rustix::process::fchdir(&bind),
+    )
 }
 
 /// Switches to root of the new user namespace (host ids are unmapped).

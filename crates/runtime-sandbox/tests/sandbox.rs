@@ -979,29 +979,28 @@ async fn a_frozen_workspace_is_still_torn_down() {
     assert!(layout.instances(ws.id.as_str()).is_empty());
 }
 
-#[tokio::test]
-async fn an_init_whose_runtime_went_away_leaves_nothing_running() {
-    let _cleanup = Cleanup;
-    let home = tempfile::tempdir().unwrap();
-    let rt = runtime(home.path()).await;
-    let ws = started(&rt, Spec::default()).await;
-    let ws_dir = home.path().join("sandbox").join(ws.id.as_str());
+/// The plan a stopped workspace's init was started with, copied to
+/// `home/plan.json`, with the cgroups and overlay work directory the stop
+/// removed made again, so the init can be started by hand from it.
+async fn replayable_plan(
+    rt: &SandboxRuntime,
+    ws: &Workspace,
+    home: &Path,
+) -> (PathBuf, berth_runtime_sandbox::InitConfig) {
+    let ws_dir = home.join("sandbox").join(ws.id.as_str());
     let started_plan = ws_dir.join("init.1.json");
     assert!(
         started_plan.is_file(),
         "the start left its plan at {}",
         started_plan.display()
     );
-    let plan = home.path().join("plan.json");
+    let plan = home.join("plan.json");
     fs::copy(&started_plan, &plan).unwrap();
-    rt.stop(&ws).await.unwrap();
+    rt.stop(ws).await.unwrap();
     assert!(
         !started_plan.exists(),
         "the stop removed the plan with the instance"
     );
-
-    // Its cgroups and overlay work directory went with the stop; the init
-    // needs them again.
     let config: berth_runtime_sandbox::InitConfig =
         serde_json::from_slice(&fs::read(&plan).unwrap()).unwrap();
     for dir in &config.cgroups {
@@ -1012,6 +1011,18 @@ async fn an_init_whose_runtime_went_away_leaves_nothing_running() {
             fs::create_dir_all(work).unwrap();
         }
     }
+    (plan, config)
+}
+
+#[tokio::test]
+async fn an_init_whose_runtime_went_away_leaves_nothing_running() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    // Its cgroups and overlay work directory went with the stop; the init
+    // needs them again.
+    let (plan, config) = replayable_plan(&rt, &ws, home.path()).await;
 
     // The runtime is gone before the init can report: its stdout leads
     // nowhere.
@@ -1037,5 +1048,120 @@ async fn an_init_whose_runtime_went_away_leaves_nothing_running() {
         );
         fs::remove_dir(dir).unwrap();
     }
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_init_failing_while_its_parent_releases_it_reports_its_error_not_a_broken_pipe() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let (plan, mut config) = replayable_plan(&rt, &ws, home.path()).await;
+    // The kernel refuses hostnames over 64 bytes: the workspace's init
+    // fails in its first step, while its parent still moves it into its
+    // cgroups and then writes to the pipe the init has closed by ending.
+    config.hostname = "h".repeat(100);
+    fs::write(&plan, serde_json::to_vec(&config).unwrap()).unwrap();
+    for attempt in 0..20 {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_berth-sandbox-init"))
+            .arg("start")
+            .arg(&plan)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            report.trim_end(),
+            "failed: the workspace's init failed: cannot set the hostname: Invalid argument (os error 22)",
+            "attempt {attempt}: the init's own error is reported"
+        );
+    }
+    for dir in &config.cgroups {
+        fs::remove_dir(dir).unwrap();
+    }
+    rt.remove(&ws).await.unwrap();
+}
+
+/// A runtime as berth runs it: the agent is each workspace's PID 1.
+async fn with_agent(home: &Path) -> SandboxRuntime {
+    let mut config = config(home);
+    config.agent_program = Some(agent_binary());
+    support::runtime(config).await
+}
+
+#[tokio::test]
+async fn a_home_of_mode_0700_inside_a_0700_directory_runs_workspaces() {
+    let _cleanup = Cleanup;
+    // As `mktemp -d` makes them, and as root's own home is.
+    let outer = tempfile::tempdir().unwrap();
+    let home = outer.path().join("home");
+    fs::create_dir(&home).unwrap();
+    for dir in [outer.path(), &home] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let rt = with_agent(&home).await;
+    let ws = started(&rt, Spec::default()).await;
+    let ran = sh(
+        &rt,
+        &ws,
+        "echo kept > /workspace/f; cat /workspace/f; id -u",
+    )
+    .await;
+    assert_eq!(
+        (ran.code, ran.stdout.as_str()),
+        (
+            Some(0),
+            "kept
+0
+"
+        ),
+        "{}",
+        ran.stderr
+    );
+    // A reset starts an instance, and the next one switches to a standby.
+    for _ in 0..2 {
+        rt.reset(&ws, None).await.unwrap();
+        let ran = sh(&rt, &ws, "ls /workspace; echo listed").await;
+        assert_eq!(ran.stdout, "listed\n", "{}", ran.stderr);
+    }
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_start_killed_by_its_memory_limit_names_the_limit() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = with_agent(home.path()).await;
+    let ws = workspace(limited(Some(64 << 10), None));
+    rt.create(&ws, None).await.unwrap();
+    let error = rt.start(&ws).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "workspace {} did not start: it ran out of memory under its limit of 64KiB (limits.memory)",
+            ws.id
+        )),
+        "{error}"
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_start_over_a_missing_layer_names_the_layer() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = with_agent(home.path()).await;
+    let ws = workspace(Spec::default());
+    let info = rt.create(&ws, None).await.unwrap();
+    let stack: Vec<berth_layers::LayerId> = serde_json::from_value(info["stack"].clone()).unwrap();
+    let tree = rt.store().trees_top_first(&stack).remove(0);
+    fs::rename(&tree, tree.with_extension("gone")).unwrap();
+    let error = rt.start(&ws).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "overlay refuses lower layer `{}`: No such file or directory",
+            tree.display()
+        )),
+        "{error}"
+    );
     rt.remove(&ws).await.unwrap();
 }
