@@ -2,11 +2,15 @@
 //! the agent's frames for that id until the final one.
 
 use crate::{AgentClient, ClientError};
+use berth_core::ReadStream;
 use berth_proto::frame::MAX_PAYLOAD;
 use berth_proto::{
     AgentInfo, AgentMessage, ClientMessage, ExecEvent, ExecRequest, ExitStatus, FileEntry, Frame,
     SessionParams, Stream, TerminalParams, WatchEvent, WorkspacePath,
 };
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -356,22 +360,24 @@ impl AgentClient {
         }
     }
 
-    pub async fn read_file(&self, path: &WorkspacePath) -> Result<Vec<u8>, ClientError> {
+    /// Opens a file for reading: refusals (a missing file, a path leading
+    /// out) come back here, the bytes as the stream is read. The agent
+    /// sends only a few chunks ahead of what the stream's reader took.
+    pub async fn read_file(&self, path: &WorkspacePath) -> Result<ReadStream, ClientError> {
         let mut op = self.start(ClientMessage::ReadFile { path: path.clone() }, Vec::new())?;
-        let mut data = Vec::new();
-        loop {
-            let frame = op.next().await?;
-            match frame.message {
-                AgentMessage::Data { last } => {
-                    data.extend_from_slice(&frame.payload);
-                    if last {
-                        return Ok(data);
-                    }
-                }
-                AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
-                other => return Err(unexpected(&other)),
-            }
-        }
+        let first = op.next().await?;
+        let mut reader = FileReader {
+            op,
+            path: path.clone(),
+            chunk: Vec::new(),
+            at: 0,
+            ended: false,
+        };
+        reader.take(first).map_err(|e| match e {
+            Taken::Refused(err) => err,
+            Taken::Broken(message) => ClientError::Protocol(message),
+        })?;
+        Ok(ReadStream::new(reader))
     }
 
     /// Writes a file (in frames of at most the payload limit), creating
@@ -487,6 +493,87 @@ impl AgentClient {
         match op.answer().await?.message {
             AgentMessage::Info { info } => Ok(info),
             other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// A file as the agent streams it: each `data` frame is acknowledged when
+/// taken, so the agent never runs more than its window ahead of the reader.
+/// A read that stops before the last frame is an error, never a short file.
+struct FileReader {
+    op: Op,
+    path: WorkspacePath,
+    chunk: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+enum Taken {
+    Refused(ClientError),
+    Broken(String),
+}
+
+impl FileReader {
+    fn take(&mut self, frame: Frame<AgentMessage>) -> Result<(), Taken> {
+        match frame.message {
+            AgentMessage::Data { last } => {
+                if last {
+                    self.op.finished = true;
+                    self.ended = true;
+                } else if self.op.send(ClientMessage::Ack, &[]).is_err() {
+                    return Err(Taken::Broken("the connection to the agent was lost".into()));
+                }
+                self.chunk = frame.payload;
+                self.at = 0;
+                Ok(())
+            }
+            AgentMessage::Error(body) => {
+                self.op.finished = true;
+                Err(Taken::Refused(ClientError::Agent(body)))
+            }
+            other => Err(Taken::Broken(format!("{other:?}"))),
+        }
+    }
+}
+
+impl AsyncRead for FileReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.at < this.chunk.len() {
+                let n = buf.remaining().min(this.chunk.len() - this.at);
+                buf.put_slice(&this.chunk[this.at..this.at + n]);
+                this.at += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(frame) = std::task::ready!(this.op.rx.poll_recv(cx)) else {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the connection to the agent was lost before the end of `{}`",
+                        this.path
+                    ),
+                )));
+            };
+            if let Err(taken) = this.take(frame) {
+                let message = match taken {
+                    Taken::Refused(err) => err.to_string(),
+                    Taken::Broken(message) => {
+                        format!(
+                            "unexpected answer from the agent reading `{}`: {message}",
+                            this.path
+                        )
+                    }
+                };
+                return Poll::Ready(Err(std::io::Error::other(message)));
+            }
         }
     }
 }

@@ -87,7 +87,7 @@ pub async fn run(
                 }
                 Some(Control::CloseStdin) => stdin_tx = None,
                 Some(Control::Signal(signal)) => crate::signal_group(pid, signal),
-                Some(Control::Resize { .. }) => {}
+                Some(Control::Resize { .. } | Control::Ack) => {}
                 Some(Control::Cancel) => cancel.cancel(),
                 None => {
                     controls_open = false;

@@ -3,17 +3,90 @@
 //! magic links). Its calls block, so they run on the blocking pool.
 
 use crate::Agent;
-use crate::server::Outbox;
+use crate::server::{Control, Controls, Outbox};
 use berth_files::FilesError;
-use berth_proto::frame::MAX_PAYLOAD;
-use berth_proto::{AgentMessage, ClientMessage, ErrorBody, ErrorCode, WorkspacePath};
+use berth_proto::{
+    AgentMessage, ClientMessage, ErrorBody, ErrorCode, READ_CHUNK, READ_WINDOW, WorkspacePath,
+};
+use std::io::Read;
 use std::sync::Arc;
+
+/// Streams a file in chunks, never more than [`READ_WINDOW`] of them
+/// unacknowledged, so neither side holds more than a few chunks whatever
+/// the file's size.
+pub async fn read(agent: &Arc<Agent>, path: WorkspacePath, mut controls: Controls, out: Outbox) {
+    let root = agent.files.clone();
+    let asked = path.clone();
+    let opened = tokio::task::spawn_blocking(move || root.open_file(&asked)).await;
+    let mut file = match opened {
+        Ok(Ok(file)) => file,
+        Ok(Err(err)) => {
+            out.message(AgentMessage::Error(error_body(&err))).await;
+            return;
+        }
+        Err(join) => {
+            out.error(ErrorCode::Io, format!("file operation failed: {join}"))
+                .await;
+            return;
+        }
+    };
+    let mut unacknowledged = 0;
+    loop {
+        // Acknowledgements that came meanwhile, then wait while the window
+        // is full; a cancel or a client gone ends the read.
+        loop {
+            let control = if unacknowledged < READ_WINDOW {
+                match controls.try_recv() {
+                    Ok(control) => Some(control),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            } else {
+                controls.recv().await
+            };
+            match control {
+                Some(Control::Ack) => unacknowledged = unacknowledged.saturating_sub(1),
+                Some(Control::Cancel) | None => return,
+                Some(_) => {}
+            }
+        }
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(READ_CHUNK);
+            let read = (&mut file).take(READ_CHUNK as u64).read_to_end(&mut chunk);
+            read.map(|_| (file, chunk))
+        })
+        .await;
+        let chunk = match chunk {
+            Ok(Ok((back, chunk))) => {
+                file = back;
+                chunk
+            }
+            Ok(Err(e)) => {
+                let message = format!("cannot read `{path}`: {e}");
+                out.message(AgentMessage::path_error(ErrorCode::Io, &path, message))
+                    .await;
+                return;
+            }
+            Err(join) => {
+                out.error(ErrorCode::Io, format!("file operation failed: {join}"))
+                    .await;
+                return;
+            }
+        };
+        // A short chunk is the end of the file; a full one may be followed
+        // by an empty last one.
+        let last = chunk.len() < READ_CHUNK;
+        if !out.send(AgentMessage::Data { last }, &chunk).await || last {
+            return;
+        }
+        unacknowledged += 1;
+    }
+}
 
 pub async fn run(agent: &Arc<Agent>, message: ClientMessage, payload: Vec<u8>, out: Outbox) {
     let root = agent.files.clone();
-    let answer = tokio::task::spawn_blocking(move || -> Result<Answer, FilesError> {
+    let answer = tokio::task::spawn_blocking(move || -> Result<AgentMessage, FilesError> {
         Ok(match message {
-            ClientMessage::ReadFile { path } => Answer::Data(root.read(&path)?),
             ClientMessage::WriteFile { path, append, mode } => {
                 let data = if append {
                     // Appending is how clients send a file larger than one
@@ -33,47 +106,35 @@ pub async fn run(agent: &Arc<Agent>, message: ClientMessage, payload: Vec<u8>, o
                     Some(mode) => root.write_with_mode(&path, &data, mode)?,
                     None => root.write(&path, &data)?,
                 }
-                Answer::Message(AgentMessage::Done)
+                AgentMessage::Done
             }
-            ClientMessage::ListDir { path } => Answer::Message(AgentMessage::Entries {
+            ClientMessage::ListDir { path } => AgentMessage::Entries {
                 entries: root.list(&path)?,
-            }),
-            ClientMessage::Stat { path } => Answer::Message(AgentMessage::Entry {
+            },
+            ClientMessage::Stat { path } => AgentMessage::Entry {
                 entry: root.stat(&path)?,
-            }),
+            },
             ClientMessage::Remove { path } => {
                 root.remove(&path)?;
-                Answer::Message(AgentMessage::Done)
+                AgentMessage::Done
             }
             ClientMessage::Mkdir { path } => {
                 root.mkdir(&path)?;
-                Answer::Message(AgentMessage::Done)
+                AgentMessage::Done
             }
             ClientMessage::Rename { from, to } => {
                 root.rename(&from, &to)?;
-                Answer::Message(AgentMessage::Done)
+                AgentMessage::Done
             }
-            other => Answer::Message(AgentMessage::error(
+            other => AgentMessage::error(
                 ErrorCode::BadRequest,
                 format!("`{}` cannot start an operation", message_name(&other)),
-            )),
+            ),
         })
     })
     .await;
     match answer {
-        Ok(Ok(Answer::Data(data))) => {
-            let mut chunks = data.chunks(MAX_PAYLOAD).peekable();
-            if chunks.peek().is_none() {
-                out.send(AgentMessage::Data { last: true }, &[]).await;
-            }
-            while let Some(chunk) = chunks.next() {
-                let last = chunks.peek().is_none();
-                if !out.send(AgentMessage::Data { last }, chunk).await {
-                    return;
-                }
-            }
-        }
-        Ok(Ok(Answer::Message(message))) => {
+        Ok(Ok(message)) => {
             out.message(message).await;
         }
         Ok(Err(err)) => {
@@ -84,11 +145,6 @@ pub async fn run(agent: &Arc<Agent>, message: ClientMessage, payload: Vec<u8>, o
                 .await;
         }
     }
-}
-
-enum Answer {
-    Data(Vec<u8>),
-    Message(AgentMessage),
 }
 
 fn message_name(message: &ClientMessage) -> String {

@@ -18,7 +18,12 @@ pub enum Control {
     Stdin(Vec<u8>),
     CloseStdin,
     Signal(i32),
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// The client took one `data` frame of a read.
+    Ack,
     Cancel,
 }
 
@@ -210,6 +215,7 @@ impl Connection {
             ClientMessage::CloseStdin => Some(Control::CloseStdin),
             ClientMessage::Signal { signal } => Some(Control::Signal(signal)),
             ClientMessage::Resize { rows, cols } => Some(Control::Resize { rows, cols }),
+            ClientMessage::Ack => Some(Control::Ack),
             ClientMessage::Cancel => Some(Control::Cancel),
             ClientMessage::Hello { .. } => {
                 self.reply(
@@ -386,6 +392,7 @@ async fn run_op(
             watch::run(agent, path, recursive, controls, out).await
         }
         ClientMessage::Info { detect } => info::run(agent, detect, out).await,
+        ClientMessage::ReadFile { path } => files::read(agent, path, controls, out).await,
         other => files::run(agent, other, payload, out).await,
     }
 }

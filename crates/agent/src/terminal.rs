@@ -62,6 +62,7 @@ pub async fn run(agent: &Arc<Agent>, params: TerminalParams, mut controls: Contr
                     let _ = rustix::termios::tcsetwinsize(master.get_ref(), winsize(rows, cols));
                 }
                 Some(Control::Signal(signal)) => crate::signal_group(pid, signal),
+                Some(Control::Ack) => {}
                 Some(Control::CloseStdin) => {
                     // End of input, as Ctrl-D at the start of a line.
                     let _ = write_all(&master, &[4]).await;

@@ -562,7 +562,13 @@ async fn file_operations_stay_inside_the_workspace() {
         b"fn main() {}\n"
     );
     assert_eq!(
-        client.read_file(&path("src/main.rs")).await.unwrap(),
+        client
+            .read_file(&path("src/main.rs"))
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"fn main() {}\n"
     );
     client.mkdir(&path("a/b/c")).await.unwrap();
@@ -590,7 +596,16 @@ async fn file_operations_stay_inside_the_workspace() {
         .write_file(&path("big.bin"), &big, Some(0o600))
         .await
         .unwrap();
-    assert_eq!(client.read_file(&path("big.bin")).await.unwrap(), big);
+    assert_eq!(
+        client
+            .read_file(&path("big.bin"))
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
+        big
+    );
     assert_eq!(
         client.stat(&path("big.bin")).await.unwrap().mode & 0o777,
         0o600

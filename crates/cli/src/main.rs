@@ -392,7 +392,11 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             drop(stdout);
             return exec(&provider, id, cwd, env, timeout, interactive, command).await;
         }
-        Command::Read { id, path } => stdout.write_all(&provider.read_file(&id, &path).await?)?,
+        Command::Read { id, path } => {
+            let file = provider.read_file(&id, &path).await?;
+            drop(stdout);
+            copy_out(file, &format!("`{path}`")).await?;
+        }
         Command::Write { id, path } => {
             let mut data = Vec::new();
             std::io::stdin()
@@ -441,7 +445,11 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Diff { id } => stdout.write_all(provider.diff(&id).await?.as_bytes())?,
+        Command::Diff { id } => {
+            let patch = provider.diff(&id).await?;
+            drop(stdout);
+            copy_out(patch, "the patch").await?;
+        }
         Command::Export { id, output } => {
             let is_archive = output.to_string_lossy().ends_with(".tar.zst");
             let target = if is_archive {
@@ -490,6 +498,24 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Copies what is read from a workspace to standard output as it comes;
+/// a read that fails midway fails the command, after what came before it.
+async fn copy_out(mut from: berth_core::ReadStream, what: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stdout = tokio::io::stdout();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = from
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("cannot read {what}"))?;
+        if n == 0 {
+            return Ok(stdout.flush().await?);
+        }
+        stdout.write_all(&buf[..n]).await?;
+    }
 }
 
 async fn exec(

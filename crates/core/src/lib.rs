@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod layers;
+pub mod read;
 pub mod runtime;
 pub mod spec;
 pub mod workspace;
@@ -17,6 +18,7 @@ pub use berth_proto::{
 };
 pub use events::ProvisionEvent;
 pub use layers::{Change, ChangeKind, ExportSummary, ExportTarget, GcReport, Snapshot};
+pub use read::{ReadSender, ReadStream};
 pub use runtime::{ExecStream, Isolation, Refusal, Runtime, RuntimeError};
 pub use spec::{Spec, SpecError};
 pub use workspace::{Workspace, WorkspaceId, WorkspaceState};

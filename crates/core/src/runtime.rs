@@ -3,7 +3,7 @@
 //! runtime only makes, runs and removes what it is told to.
 
 use crate::layers::{Change, ExportSummary, ExportTarget, GcReport, Snapshot};
-use crate::{ExecEvent, ExecRequest, FileEntry, PathError, Workspace, WorkspacePath};
+use crate::{ExecEvent, ExecRequest, FileEntry, PathError, ReadStream, Workspace, WorkspacePath};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -178,11 +178,13 @@ pub trait Runtime: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> Result<ExecStream, RuntimeError>;
 
+    /// Opens a file for reading; its bytes are read as the stream is
+    /// consumed, never all at once.
     async fn read_file(
         &self,
         ws: &Workspace,
         path: &WorkspacePath,
-    ) -> Result<Vec<u8>, RuntimeError>;
+    ) -> Result<ReadStream, RuntimeError>;
 
     /// Writes a file, creating its parent directories.
     async fn write_file(

@@ -80,6 +80,17 @@ impl Root {
 
     /// The contents of the file `p`, following symlinks inside.
     pub fn read(&self, p: &WorkspacePath) -> Result<Vec<u8>, FilesError> {
+        let mut data = Vec::new();
+        self.open_file(p)?
+            .read_to_end(&mut data)
+            .map_err(|source| io(source, p, "read"))?;
+        Ok(data)
+    }
+
+    /// The regular file `p`, following symlinks inside, opened for
+    /// reading: what was checked is what is read, however the path
+    /// changes afterwards.
+    pub fn open_file(&self, p: &WorkspacePath) -> Result<std::fs::File, FilesError> {
         // Non-blocking so that a FIFO planted in the workspace cannot hang
         // the reader; it is refused below as not a regular file.
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
@@ -88,15 +99,10 @@ impl Root {
             .map_err(|f| fail(f, p, "read"))?;
         let stat = rustix::fs::fstat(&fd).map_err(|e| errno(e, p, "read"))?;
         match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => {}
-            FileType::Directory => return Err(FilesError::IsADirectory(p.to_string())),
-            _ => return Err(FilesError::NotAFile(p.to_string())),
+            FileType::RegularFile => Ok(std::fs::File::from(fd)),
+            FileType::Directory => Err(FilesError::IsADirectory(p.to_string())),
+            _ => Err(FilesError::NotAFile(p.to_string())),
         }
-        let mut data = Vec::with_capacity(usize::try_from(stat.st_size).unwrap_or(0));
-        std::fs::File::from(fd)
-            .read_to_end(&mut data)
-            .map_err(|source| io(source, p, "read"))?;
-        Ok(data)
     }
 
     /// Writes `data` to `p`, creating its parent directories. An existing

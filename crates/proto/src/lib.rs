@@ -23,10 +23,11 @@ pub use files::{FileEntry, FileKind, WatchEvent, WatchKind};
 pub use frame::{Frame, FrameDecoder, FrameError};
 pub use info::{AgentInfo, Interpreter, InterpreterSource, Resources};
 pub use message::{
-    AgentMessage, ClientMessage, ErrorBody, ErrorCode, SessionParams, TerminalParams,
+    AgentMessage, ClientMessage, ErrorBody, ErrorCode, READ_CHUNK, READ_WINDOW, SessionParams,
+    TerminalParams,
 };
 pub use path::{PathError, WorkspacePath};
 
 /// The agent protocol version; the hello of both sides carries it and the
 /// agent refuses a client speaking another.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -20,6 +20,10 @@
 //!   SIGKILL) and still answers `Exit` with `cancelled`; a session or a
 //!   terminal is closed; a watch answers `Done`. A client that disconnects
 //!   cancels everything it started.
+//! - A file is read in `data` frames of at most [`READ_CHUNK`] bytes, at
+//!   most [`READ_WINDOW`] of them sent and not yet acknowledged: the
+//!   client sends `ack` for each one it has taken, so a slow reader holds
+//!   the agent back instead of piling the file up in memory.
 //!
 //! # Operations
 //!
@@ -29,7 +33,7 @@
 //! | `open_session` | `started`, then `exit` when the shell ends | `cancel` (closes it) |
 //! | `run_in_session` | `ready` (queued), `output`*, `exit` | `signal`, `cancel` (interrupts) |
 //! | `open_terminal` | `started`, `output`*, `exit` | `stdin`, `resize`, `signal`, `cancel` |
-//! | `read_file` | `data`* (payload; the last has `last: true`) | |
+//! | `read_file` | `data`* (payload; the last has `last: true`) | `ack` per `data` taken, `cancel` |
 //! | `write_file` (payload) | `done` | |
 //! | `list_dir`, `stat` | `entries` / `entry` | |
 //! | `remove`, `mkdir`, `rename` | `done` | |
@@ -44,6 +48,12 @@ use crate::path::WorkspacePath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// The most file bytes in one `data` frame of a read.
+pub const READ_CHUNK: usize = 1 << 20;
+
+/// The most `data` frames of a read sent and not yet acknowledged.
+pub const READ_WINDOW: u32 = 4;
 
 /// A message from the client (the provider) to the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +107,9 @@ pub enum ClientMessage {
     ReadFile {
         path: WorkspacePath,
     },
+    /// The client has taken one `data` frame of a read: the agent may
+    /// send one more.
+    Ack,
     /// Writes the payload to a file, creating its parent directories; with
     /// `append`, adds it to the end (how a client sends a file larger than
     /// one frame).

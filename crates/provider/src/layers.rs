@@ -8,11 +8,12 @@ use berth_agent_client::AgentClient;
 use berth_core::events::ProvisionStep;
 use berth_core::proto::AgentInfo;
 use berth_core::{
-    Change, ExecEvent, ExecRequest, ExportSummary, ExportTarget, GcReport, RuntimeError, Snapshot,
-    Workspace, WorkspaceState,
+    Change, ExecEvent, ExecRequest, ExportSummary, ExportTarget, GcReport, ReadSender, ReadStream,
+    Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath, WorkspaceState,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -30,20 +31,22 @@ pub struct RuntimeGc {
     pub report: GcReport,
 }
 
-/// Builds the patch of one repository against the commit it was
-/// provisioned at (`refs/berth/base`, else HEAD): a scratch index gets
-/// every file of the working tree (untracked ones too, ignored ones not),
-/// so the repository's own index is left alone. Paths are prefixed with the
-/// repository's path, so the patch applies from the workspace root.
+/// Writes the patch of one repository (`$1`) against the commit it was
+/// provisioned at (`refs/berth/base`, else HEAD) into the file `$3` of the
+/// repository: a scratch index gets every file of the working tree
+/// (untracked ones too, ignored ones not), so the repository's own index is
+/// left alone. Paths are prefixed with `$2`, the repository's path, so the
+/// patch applies from the workspace root. A failed run leaves no file.
 const DIFF_SCRIPT: &str = r#"set -e
 cd "$1"
 base=$(git rev-parse -q --verify refs/berth/base^{commit} || git rev-parse --verify HEAD^{commit})
 index=$(mktemp)
-trap 'rm -f "$index"' EXIT
+trap 'rm -f "$index"; [ "$written" = 1 ] || rm -f "$3"' EXIT
 export GIT_INDEX_FILE="$index"
 git read-tree "$base"
 git add -A .
-git -c core.quotepath=off diff --cached --no-color --binary --src-prefix="a/$2" --dst-prefix="b/$2" "$base"
+git -c core.quotepath=off diff --cached --no-color --binary --src-prefix="a/$2" --dst-prefix="b/$2" "$base" >"$3"
+written=1
 "#;
 
 impl Provider {
@@ -103,11 +106,19 @@ impl Provider {
     }
 
     /// A git-style patch of the changes in each of the workspace's
-    /// repositories since they were provisioned, committed or not. Runs
-    /// git inside the workspace.
-    pub async fn diff(&self, id: &str) -> Result<String, ServiceError> {
-        let ws = self.get(id)?;
-        let mut patch = String::new();
+    /// repositories since they were provisioned, committed or not, streamed.
+    /// git writes each repository's patch into a file in its own git
+    /// directory inside the workspace; the patches are then read from there
+    /// as the stream is consumed and removed, so a patch of any size passes
+    /// through bounded memory and no output bound can cut it. A failure
+    /// once streaming has begun ends the stream with an error.
+    pub async fn diff(&self, id: &str) -> Result<ReadStream, ServiceError> {
+        let (ws, runtime) = self.running(id)?;
+        let name = format!(
+            ".git/berth-diff-{}.patch",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
+        let mut patches = Vec::new();
         for repo in &ws.spec.repositories {
             let prefix = if repo.path.is_root() {
                 String::new()
@@ -121,39 +132,58 @@ impl Provider {
                 "berth-diff",
                 repo.path.to_string().as_str(),
                 prefix.as_str(),
+                name.as_str(),
             ]);
-            let (_, mut events) = self
-                .exec(ws.id.as_str(), request, CancellationToken::new())
-                .await?;
-            let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
-            while let Some(event) = events.recv().await {
-                match event {
-                    ExecEvent::Stdout { data } => stdout.extend(data.0),
-                    ExecEvent::Stderr { data } => stderr.extend(data.0),
-                    ExecEvent::Exit(status) => code = Some(status.shell_code()),
+            if let Err(e) = self.run_diff(&ws, &repo.path, request).await {
+                remove_all(runtime.as_ref(), &ws, &patches).await;
+                return Err(e);
+            }
+            patches.push(repo.path.join(&WorkspacePath::parse(&name)?));
+        }
+        let (sender, stream) = ReadStream::channel();
+        tokio::spawn(async move {
+            let mut sent = Ok(());
+            for patch in &patches {
+                if sent.is_ok() {
+                    sent = send_file(runtime.as_ref(), &ws, patch, &sender).await;
                 }
             }
-            match code {
-                Some(0) => patch.push_str(&String::from_utf8_lossy(&stdout)),
-                Some(127) => {
-                    return Err(ServiceError::runtime(
-                        &ws.id,
-                        RuntimeError::Other("git is not available in the workspace".into()),
-                    ));
-                }
-                _ => {
-                    return Err(ServiceError::runtime(
-                        &ws.id,
-                        RuntimeError::Other(format!(
-                            "cannot diff repository `{}`: {}",
-                            repo.path,
-                            String::from_utf8_lossy(&stderr).trim()
-                        )),
-                    ));
-                }
+            remove_all(runtime.as_ref(), &ws, &patches).await;
+            match sent {
+                Ok(()) => sender.finish().await,
+                Err(err) => sender.fail(err).await,
+            }
+        });
+        Ok(stream)
+    }
+
+    /// Runs the diff script of the repository at `repo`.
+    async fn run_diff(
+        &self,
+        ws: &Workspace,
+        repo: &WorkspacePath,
+        request: ExecRequest,
+    ) -> Result<(), ServiceError> {
+        let (_, mut events) = self
+            .exec(ws.id.as_str(), request, CancellationToken::new())
+            .await?;
+        let (mut stderr, mut code) = (Vec::new(), None);
+        while let Some(event) = events.recv().await {
+            match event {
+                ExecEvent::Stdout { .. } => {}
+                ExecEvent::Stderr { data } => stderr.extend(data.0),
+                ExecEvent::Exit(status) => code = Some(status.shell_code()),
             }
         }
-        Ok(patch)
+        let failure = match code {
+            Some(0) => return Ok(()),
+            Some(127) => "git is not available in the workspace".to_string(),
+            _ => format!(
+                "cannot diff repository `{repo}`: {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ),
+        };
+        Err(ServiceError::runtime(&ws.id, RuntimeError::Other(failure)))
     }
 
     /// Makes `count` new running workspaces from a workspace's current
@@ -306,5 +336,40 @@ impl Provider {
             .info(detect)
             .await
             .map_err(|e| ServiceError::runtime(&ws_id, e.into()))
+    }
+}
+
+/// Copies a workspace file into `sender`, chunk by chunk as the reader
+/// takes them.
+async fn send_file(
+    runtime: &dyn Runtime,
+    ws: &Workspace,
+    path: &WorkspacePath,
+    sender: &ReadSender,
+) -> std::io::Result<()> {
+    let mut file = runtime
+        .read_file(ws, path)
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot read the patch `{path}`: {e}")))?;
+    loop {
+        let mut chunk = vec![0; 64 * 1024];
+        let n = file.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        chunk.truncate(n);
+        if !sender.send(chunk).await {
+            return Err(std::io::Error::other("the reader of the patch went away"));
+        }
+    }
+}
+
+/// Removes the patch files a diff wrote; the workspace's own error is of
+/// no use to the diff's reader, who has the patch or its failure already.
+async fn remove_all(runtime: &dyn Runtime, ws: &Workspace, patches: &[WorkspacePath]) {
+    for patch in patches {
+        if let Err(e) = runtime.remove_file(ws, patch).await {
+            tracing::warn!("workspace {}: cannot remove `{patch}`: {e}", ws.id);
+        }
     }
 }

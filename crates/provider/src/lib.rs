@@ -12,8 +12,8 @@ pub use layers::RuntimeGc;
 pub use provision::Progress;
 
 use berth_core::{
-    ExecRequest, ExecStream, FileEntry, Isolation, Runtime, Spec, Workspace, WorkspaceId,
-    WorkspacePath, WorkspaceState,
+    ExecRequest, ExecStream, FileEntry, Isolation, ReadStream, Runtime, Spec, Workspace,
+    WorkspaceId, WorkspacePath, WorkspaceState,
 };
 use berth_git::{Credentials, Git};
 use berth_store::Store;
@@ -141,6 +141,12 @@ impl Provider {
 
     pub fn home(&self) -> &Path {
         &self.inner.home
+    }
+
+    /// Bytes kept per output stream when a request sets no limit; also
+    /// the most a front end holds in memory of one answer it cannot stream.
+    pub fn output_limit(&self) -> u64 {
+        self.inner.output_limit
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -400,7 +406,9 @@ impl Provider {
         Ok((ws.id, events))
     }
 
-    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, ServiceError> {
+    /// Opens a file of a running workspace; its bytes are read as the
+    /// stream is consumed.
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<ReadStream, ServiceError> {
         let (ws, runtime) = self.running(id)?;
         let path = WorkspacePath::parse(path)?;
         runtime

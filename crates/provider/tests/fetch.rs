@@ -127,6 +127,9 @@ impl World {
             .provider()
             .read_file(ws.id.as_str(), path)
             .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
             .unwrap();
         String::from_utf8(bytes).unwrap()
     }

@@ -452,7 +452,13 @@ async fn files_are_read_written_listed_and_removed_within_the_workspace() {
         .await
         .unwrap();
     assert_eq!(
-        provider.read_file(&id, "a/b/c.txt").await.unwrap(),
+        provider
+            .read_file(&id, "a/b/c.txt")
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"hello"
     );
     let listed = provider.list_files(&id, "a").await.unwrap();
@@ -615,6 +621,7 @@ async fn diff_shows_every_change_since_provisioning_committed_or_not() {
     .await;
     assert_eq!(out.exit.code, Some(0), "{}", out.stderr);
     let patch = provider.diff(&id).await.unwrap();
+    let patch = String::from_utf8(patch.read_all(u64::MAX).await.unwrap()).unwrap();
     assert!(
         patch.contains("diff --git a/src/app/edit.txt b/src/app/edit.txt"),
         "{patch}"
@@ -640,6 +647,9 @@ async fn diff_shows_every_change_since_provisioning_committed_or_not() {
     )
     .await;
     assert!(status.stdout.contains("?? added.txt"), "{}", status.stdout);
+    // The file the patch passed through is gone.
+    let left = exec(&provider, &id, ExecRequest::shell("ls src/app/.git")).await;
+    assert!(!left.stdout.contains("berth-diff"), "{}", left.stdout);
 
     let err = provider.changes(&id).await.unwrap_err();
     assert!(

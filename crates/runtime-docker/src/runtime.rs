@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::{
     Change, ChangeKind, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind,
-    GcReport, Isolation, Runtime, RuntimeError, Snapshot, Workspace, WorkspaceId, WorkspacePath,
+    GcReport, Isolation, ReadStream, Runtime, RuntimeError, Snapshot, Workspace, WorkspaceId,
+    WorkspacePath,
 };
 use bollard::Docker;
 use bollard::container::PathStatResponse;
@@ -864,7 +865,7 @@ impl Runtime for DockerRuntime {
         &self,
         ws: &Workspace,
         path: &WorkspacePath,
-    ) -> Result<Vec<u8>, RuntimeError> {
+    ) -> Result<ReadStream, RuntimeError> {
         Ok(self.agent(ws).await?.read_file(path).await?)
     }
 

@@ -131,7 +131,13 @@ async fn an_image_without_a_shell_runs_a_workspace_served_by_the_agent_alone() {
         .await
         .unwrap();
     assert_eq!(
-        runtime.read_file(&ws, &path("notes/a.txt")).await.unwrap(),
+        runtime
+            .read_file(&ws, &path("notes/a.txt"))
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"written without a shell"
     );
     let listed = runtime.list_files(&ws, &path("notes")).await.unwrap();
@@ -391,7 +397,13 @@ async fn import_replaces_a_directory_and_copy_out_brings_it_back() {
     runtime.import(&ws, &first, &path("repo")).await.unwrap();
     runtime.start(&ws).await.unwrap();
     assert_eq!(
-        runtime.read_file(&ws, &path("repo/README")).await.unwrap(),
+        runtime
+            .read_file(&ws, &path("repo/README"))
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"v1"
     );
 
@@ -652,7 +664,13 @@ async fn a_fork_is_independent_of_its_origin() {
     runtime.start(&fork).await.unwrap();
 
     assert_eq!(
-        runtime.read_file(&fork, &path("shared.txt")).await.unwrap(),
+        runtime
+            .read_file(&fork, &path("shared.txt"))
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"from origin"
     );
     runtime
@@ -662,6 +680,9 @@ async fn a_fork_is_independent_of_its_origin() {
     assert_eq!(
         runtime
             .read_file(&origin, &path("shared.txt"))
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
             .await
             .unwrap(),
         b"from origin"
@@ -736,6 +757,9 @@ async fn the_clone_token_is_nowhere_in_the_container() {
     assert_eq!(
         provider
             .read_file(ws.id.as_str(), "private/src/lib.rs")
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
             .await
             .unwrap(),
         b"pub fn f() {}\n"
@@ -820,14 +844,32 @@ async fn a_second_workspace_starts_from_the_cache_and_fetches_what_moved() {
     assert_eq!(first.cache_key, second.cache_key);
     let id = second.id.as_str();
     // The setup ran once, for the first workspace; the cache carried it.
-    assert_eq!(provider.read_file(id, "setup.log").await.unwrap(), b"ran\n");
     assert_eq!(
-        provider.read_file(id, "private/NEWS").await.unwrap(),
+        provider
+            .read_file(id, "setup.log")
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
+        b"ran\n"
+    );
+    assert_eq!(
+        provider
+            .read_file(id, "private/NEWS")
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"moved upstream\n"
     );
     assert_eq!(
         provider
             .read_file(first.id.as_str(), "private/README")
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
             .await
             .unwrap(),
         b"one\n"

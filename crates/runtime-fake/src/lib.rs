@@ -6,8 +6,8 @@
 
 use async_trait::async_trait;
 use berth_core::{
-    ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, FileKind, Isolation, Runtime,
-    RuntimeError, Workspace, WorkspacePath,
+    ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, FileKind, Isolation, ReadStream,
+    Runtime, RuntimeError, Workspace, WorkspacePath,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -308,11 +308,12 @@ impl Runtime for FakeRuntime {
         &self,
         ws: &Workspace,
         path: &WorkspacePath,
-    ) -> Result<Vec<u8>, RuntimeError> {
+    ) -> Result<ReadStream, RuntimeError> {
         self.with_files(ws, |files| {
             files
                 .get(path)
                 .cloned()
+                .map(ReadStream::from)
                 .ok_or_else(|| RuntimeError::NotFound(path.to_string()))
         })
     }

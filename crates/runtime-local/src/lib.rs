@@ -8,8 +8,8 @@
 
 use async_trait::async_trait;
 use berth_core::{
-    ExecRequest, ExecStream, FileEntry, Isolation, Refusal, Runtime, RuntimeError, Workspace,
-    WorkspacePath,
+    ExecRequest, ExecStream, FileEntry, Isolation, ReadStream, Refusal, Runtime, RuntimeError,
+    Workspace, WorkspacePath,
 };
 use berth_exec::{DEFAULT_GRACE, Spawn, Stdin};
 use berth_files::{FilesError, Root};
@@ -281,10 +281,11 @@ impl Runtime for LocalRuntime {
         &self,
         ws: &Workspace,
         path: &WorkspacePath,
-    ) -> Result<Vec<u8>, RuntimeError> {
+    ) -> Result<ReadStream, RuntimeError> {
         let root = self.open_root(ws)?;
         let path = path.clone();
-        blocking(move || root.read(&path).map_err(files_error)).await
+        let file = blocking(move || root.open_file(&path).map_err(files_error)).await?;
+        Ok(ReadStream::new(tokio::fs::File::from_std(file)))
     }
 
     async fn write_file(

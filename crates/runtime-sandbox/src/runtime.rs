@@ -26,7 +26,8 @@ use async_trait::async_trait;
 use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::{
     Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind, GcReport,
-    Isolation, Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath, spec::Network,
+    Isolation, ReadStream, Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath,
+    spec::Network,
 };
 use berth_layers::{IdShift, LayerId, LayerKind, LayerStore, tree};
 use serde::{Deserialize, Serialize};
@@ -1728,7 +1729,7 @@ impl Runtime for SandboxRuntime {
         &self,
         ws: &Workspace,
         path: &WorkspacePath,
-    ) -> Result<Vec<u8>, RuntimeError> {
+    ) -> Result<ReadStream, RuntimeError> {
         if let Some(agent) = self.agent(ws).await? {
             return Ok(agent.read_file(path).await?);
         }
@@ -1737,7 +1738,7 @@ impl Runtime for SandboxRuntime {
             .run_inside(ws, vec!["cat".into(), "--".into(), inside], None)
             .await?;
         match code {
-            0 => Ok(out),
+            0 => Ok(ReadStream::from(out)),
             _ => Err(file_error(path, &err)),
         }
     }

@@ -401,6 +401,9 @@ async fn changes_are_exact_and_reset_restores_files_deletions_and_permissions() 
     let owner = rt
         .read_file(&ws, &WorkspacePath::parse("project/owner").unwrap())
         .await
+        .unwrap()
+        .read_all(u64::MAX)
+        .await
         .unwrap();
     assert_eq!(
         owner, b"0\n",
@@ -708,7 +711,15 @@ async fn a_cached_workspace_starts_from_the_cache_and_files_round_trip() {
     rt.write_file(&ws, &path, b"# notes\n".to_vec())
         .await
         .unwrap();
-    assert_eq!(rt.read_file(&ws, &path).await.unwrap(), b"# notes\n");
+    assert_eq!(
+        rt.read_file(&ws, &path)
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
+        b"# notes\n"
+    );
     let upper = home
         .path()
         .join("sandbox")
@@ -753,7 +764,12 @@ async fn the_agent_is_pid_1_and_serves_commands_and_files() {
         .await
         .unwrap();
     assert_eq!(
-        rt.read_file(&ws, &path).await.unwrap(),
+        rt.read_file(&ws, &path)
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"through the agent"
     );
     let upper = home

@@ -263,7 +263,16 @@ async fn the_agent_as_pid_1_runs_under_the_filter_and_serves_everything() {
     .await
     .unwrap();
     assert_eq!(created, WatchKind::Created);
-    assert_eq!(agent.read_file(&file).await.unwrap(), b"hello");
+    assert_eq!(
+        agent
+            .read_file(&file)
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
+        b"hello"
+    );
     let moved = WorkspacePath::parse("watched/moved.txt").unwrap();
     agent.rename(&file, &moved).await.unwrap();
     let names: Vec<String> = agent

@@ -350,7 +350,7 @@ pub(crate) async fn write_file(
         (status = 200, description = "The file's bytes", content(
             ([u8] = "application/octet-stream"),
             (ReadFileResponse = "application/json"))),
-        (status = 400, description = "A path leaving the workspace", body = ErrorResponse),
+        (status = 400, description = "A path leaving the workspace, or a file larger than a JSON answer carries (the output limit)", body = ErrorResponse),
         (status = 404, description = "No such workspace or file", body = ErrorResponse),
     )
 )]
@@ -361,17 +361,33 @@ pub(crate) async fn read_file(
     AnyTypeJson(params): AnyTypeJson<ReadFileParams>,
 ) -> Result<Response, ApiError> {
     let path = joined(params.working_dir.as_deref(), &params.path);
-    let data = state.provider.read_file(&id, &path).await?;
+    let file = state.provider.read_file(&id, &path).await?;
     if accepts_json(&headers) {
+        // JSON carries the file whole: as much as the output limit.
+        let limit = state.provider.output_limit();
+        let data = file.read_all(limit).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                ApiError::new(
+                    "invalid_request",
+                    format!(
+                        "`{path}` is larger than {limit} bytes, the most a JSON answer carries; \
+                         ask for application/octet-stream to have it streamed"
+                    ),
+                )
+            } else {
+                ApiError::new("runtime_error", format!("cannot read `{path}`: {e}"))
+            }
+        })?;
         return Ok(Json(ReadFileResponse {
             content: BASE64.encode(data),
         })
         .into_response());
     }
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        data,
+        body,
     )
         .into_response())
 }

@@ -191,7 +191,8 @@ pub(crate) async fn diff(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Response, ApiError> {
     let patch = state.provider.diff(&id).await?;
-    Ok(([(header::CONTENT_TYPE, DIFF)], patch).into_response())
+    let body = Body::from_stream(ReaderStream::new(patch));
+    Ok(([(header::CONTENT_TYPE, DIFF)], body).into_response())
 }
 
 /// Makes new running workspaces from a workspace's current state, each

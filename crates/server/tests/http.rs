@@ -1592,7 +1592,14 @@ async fn provisioning_goes_on_when_the_client_disconnects() {
         api.provider.get(&id).unwrap().state.to_string() == "running"
     })
     .await;
-    let marker = api.provider.read_file(&id, "marker").await.unwrap();
+    let marker = api
+        .provider
+        .read_file(&id, "marker")
+        .await
+        .unwrap()
+        .read_all(u64::MAX)
+        .await
+        .unwrap();
     assert_eq!(marker, b"provisioned\n");
 }
 
@@ -1625,7 +1632,13 @@ async fn fetch_brings_upstream_commits_in_and_can_stream_progress() {
     assert_eq!(events[1]["commit"], commit.as_str());
     assert_eq!(events[1]["updated"], true);
     assert_eq!(
-        api.provider.read_file(&id, "code/README").await.unwrap(),
+        api.provider
+            .read_file(&id, "code/README")
+            .await
+            .unwrap()
+            .read_all(u64::MAX)
+            .await
+            .unwrap(),
         b"two\n"
     );
 

@@ -136,7 +136,7 @@ impl Runtime for AgentLocal {
         &self,
         ws: &Workspace,
         path: &WorkspacePath,
-    ) -> Result<Vec<u8>, RuntimeError> {
+    ) -> Result<berth_core::ReadStream, RuntimeError> {
         self.local.read_file(ws, path).await
     }
 
