@@ -2,7 +2,12 @@
 //!
 //! A spec is read from JSON, TOML or YAML (chosen by file extension), checked
 //! field by field, and refused with an error that names the file, the field
-//! and what was expected. Derrick's workspace config file is a valid spec.
+//! and what was expected. Derrick's workspace config is read apart, as
+//! Derrick reads it (see [`Spec::from_derrick_file`]).
+
+mod derrick;
+
+pub use derrick::DerrickConfig;
 
 use crate::WorkspacePath;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -11,6 +16,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use utoipa::ToSchema;
+
+/// Where an isolated workspace's files are when its spec names no `root`.
+pub const DEFAULT_ROOT: &str = "/workspace";
+
+/// Top-level directories of an isolated workspace's filesystem that its
+/// runtime mounts over, so a root cannot be in them.
+const RUNTIME_DIRS: &[&str] = &["proc", "dev", "sys", ".berth"];
 
 /// A workspace spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -25,6 +37,13 @@ pub struct Spec {
     /// The base image (ignored by `local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Where the workspace's files are in an isolated workspace's
+    /// filesystem, as an absolute path: commands start there and the
+    /// paths of repositories and files are relative to it. `/workspace`
+    /// when absent; `/` makes the whole filesystem the workspace (as
+    /// Derrick's configs do). A `local` workspace is its directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repositories: Vec<Repository>,
     /// A shell script run in the workspace root after cloning.
@@ -47,7 +66,8 @@ pub struct Spec {
 #[serde(deny_unknown_fields)]
 pub struct Repository {
     pub url: String,
-    /// Where the clone goes, relative to the workspace root.
+    /// Where the clone goes, relative to the workspace root (the spec's
+    /// `root`).
     #[schema(value_type = String)]
     pub path: WorkspacePath,
     /// A branch, tag or commit; the remote's default branch when absent.
@@ -228,6 +248,12 @@ impl Spec {
         Ok(spec)
     }
 
+    /// The workspace root in an isolated workspace's filesystem: the
+    /// spec's `root`, or [`DEFAULT_ROOT`].
+    pub fn root(&self) -> &str {
+        self.root.as_deref().unwrap_or(DEFAULT_ROOT)
+    }
+
     /// Checks what the types alone cannot: names, paths, overlaps, ranges.
     pub fn validate(&self) -> Result<(), SpecError> {
         if let Some(name) = &self.name {
@@ -236,8 +262,18 @@ impl Spec {
         if let Some(runtime) = &self.runtime {
             check_name("runtime", runtime)?;
         }
+        if let Some(root) = &self.root {
+            check_root(root)?;
+        }
         let mut seen: Vec<&WorkspacePath> = Vec::new();
         for (i, repo) in self.repositories.iter().enumerate() {
+            if repo.path.is_root() && self.root() == "/" {
+                return Err(SpecError::field(
+                    format!("repositories[{i}].path"),
+                    "a repository cannot be the whole filesystem (the root is `/`): \
+                     give it a directory",
+                ));
+            }
             if repo.url.trim().is_empty() {
                 return Err(SpecError::field(
                     format!("repositories[{i}].url"),
@@ -315,6 +351,10 @@ impl Spec {
             version: u32,
             runtime: &'a str,
             image: &'a Option<String>,
+            // Left out when absent, so that keys made before roots existed
+            // stay the same.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            root: &'a Option<String>,
             repositories: Vec<(&'a str, &'a str, &'a Option<String>)>,
             setup_script: &'a Option<String>,
             env: &'a BTreeMap<String, String>,
@@ -323,6 +363,7 @@ impl Spec {
             version: 1,
             runtime,
             image: &self.image,
+            root: &self.root,
             repositories: self
                 .repositories
                 .iter()
@@ -358,6 +399,31 @@ fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
                 "`{value}` is not a name: expected 1-128 characters of letters, digits, `-`, `_`, `.`"
             ),
         ))
+    }
+}
+
+/// A root must be an absolute, normalised directory outside the runtime's
+/// own mounts.
+fn check_root(root: &str) -> Result<(), SpecError> {
+    let refuse = |why: &str| Err(SpecError::field("root", format!("`{root}` {why}")));
+    let Some(rel) = root.strip_prefix('/') else {
+        return refuse("is not an absolute path");
+    };
+    match WorkspacePath::parse(rel) {
+        Ok(path) if path.as_str() == rel => {
+            if path
+                .components()
+                .next()
+                .is_some_and(|top| RUNTIME_DIRS.contains(&top))
+            {
+                return refuse(
+                    "is where the runtime mounts its own files; choose another directory",
+                );
+            }
+            Ok(())
+        }
+        Ok(path) => refuse(&format!("is not normalised; write `/{}`", path.as_str())),
+        Err(e) => Err(SpecError::field("root", e.to_string())),
     }
 }
 
@@ -514,6 +580,24 @@ mod tests {
     }
 
     #[test]
+    fn a_root_must_be_absolute_normalised_and_not_the_runtimes_own() {
+        assert_eq!(json("{}").unwrap().root(), DEFAULT_ROOT);
+        assert_eq!(json(r#"{"root":"/"}"#).unwrap().root(), "/");
+        assert_eq!(json(r#"{"root":"/src/app"}"#).unwrap().root(), "/src/app");
+        for (root, expected) in [
+            ("src", "absolute"),
+            ("/src/", "write `/src`"),
+            ("/a/../b", ".."),
+            ("/proc/self", "mounts its own files"),
+            ("/.berth", "mounts its own files"),
+        ] {
+            let err = json(&format!(r#"{{"root":"{root}"}}"#)).unwrap_err();
+            assert_eq!(err.field, "root", "{err}");
+            assert!(err.message.contains(expected), "{root}: {err}");
+        }
+    }
+
+    #[test]
     fn cache_key_follows_what_determines_the_state() {
         let a = json(r#"{"repositories":[{"url":"u","path":"p"}],"setup_script":"make"}"#).unwrap();
         let mut b = a.clone();
@@ -522,6 +606,11 @@ mod tests {
         b.setup_script = Some("make all".into());
         assert_ne!(a.cache_key("local"), b.cache_key("local"));
         assert_ne!(a.cache_key("local"), a.cache_key("sandbox"));
+        let mut rooted = a.clone();
+        rooted.root = Some("/".into());
+        assert_ne!(a.cache_key("docker"), rooted.cache_key("docker"));
+        // Keys made before roots existed are still found.
+        assert_eq!(a.cache_key("local"), "ff0a22b7e5e26f73a0890ca535f2d1c6");
     }
 
     #[test]

@@ -12,14 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// berth's own directory in every container, never a workspace's file.
+pub const BERTH_DIR: &str = ".berth";
 /// Where the agent is mounted (read-only) in every container.
 pub const AGENT_PATH: &str = "/.berth/agent";
 /// The host directory where the agent serves its socket is mounted here.
 pub const RUN_DIR: &str = "/.berth/run";
 /// The socket's file name, in [`RUN_DIR`] and in its host directory.
 pub const SOCKET_NAME: &str = "agent.sock";
-/// The workspace root inside the container.
-pub const WORKSPACE_DIR: &str = "/workspace";
 
 /// Marks a container or image as berth's.
 pub const LABEL_MANAGED: &str = "dev.berth.managed";
@@ -118,9 +118,9 @@ pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
             "--socket".into(),
             format!("{RUN_DIR}/{SOCKET_NAME}"),
             "--root".into(),
-            WORKSPACE_DIR.into(),
+            spec.root().into(),
         ]),
-        working_dir: Some(WORKSPACE_DIR.to_string()),
+        working_dir: Some(spec.root().to_string()),
         env: (!env.is_empty()).then_some(env),
         labels: Some(labels),
         stop_timeout: Some(i64::from(STOP_TIMEOUT_SECS)),
@@ -221,18 +221,37 @@ pub struct EngineChange {
     pub kind: ChangeKind,
 }
 
-/// Keeps the Engine's changes under the workspace root, relative to it:
-/// what a workspace's files are, as opposed to caches and logs the
-/// commands left elsewhere in the container.
+/// The absolute path in the container of `rel`, a path relative to the
+/// workspace root `root`.
+pub fn inside(root: &str, rel: &str) -> String {
+    match (root, rel) {
+        (root, "") => root.to_string(),
+        ("/", rel) => format!("/{rel}"),
+        (root, rel) => format!("{root}/{rel}"),
+    }
+}
+
+/// Keeps the Engine's changes under the workspace root `root`, relative
+/// to it: what a workspace's files are, as opposed to caches and logs the
+/// commands left elsewhere in the container. Under the root `/`, berth's
+/// own directory is left out too.
 pub fn workspace_changes<'a>(
+    root: &str,
     changes: impl IntoIterator<Item = (&'a str, ChangeKind)>,
 ) -> Vec<EngineChange> {
-    let prefix = format!("{WORKSPACE_DIR}/");
+    let prefix = format!("{}/", root.trim_end_matches('/'));
+    let ours = |rel: &str| {
+        root == "/"
+            && (rel == BERTH_DIR
+                || rel
+                    .strip_prefix(BERTH_DIR)
+                    .is_some_and(|r| r.starts_with('/')))
+    };
     let mut out: Vec<EngineChange> = changes
         .into_iter()
         .filter_map(|(path, kind)| {
             let rel = path.strip_prefix(&prefix)?;
-            (!rel.is_empty()).then(|| EngineChange {
+            (!rel.is_empty() && !ours(rel)).then(|| EngineChange {
                 path: rel.trim_end_matches('/').to_string(),
                 kind,
             })
@@ -334,14 +353,17 @@ mod tests {
 
     #[test]
     fn changes_outside_the_workspace_root_are_left_out() {
-        let changes = workspace_changes([
-            ("/workspace", ChangeKind::Modified),
-            ("/workspace/repo/b.txt", ChangeKind::Added),
-            ("/tmp/cache", ChangeKind::Added),
-            ("/workspace/repo/a.txt", ChangeKind::Deleted),
-            ("/workspaces/other", ChangeKind::Added),
-            ("/root/.ash_history", ChangeKind::Modified),
-        ]);
+        let changes = workspace_changes(
+            "/workspace",
+            [
+                ("/workspace", ChangeKind::Modified),
+                ("/workspace/repo/b.txt", ChangeKind::Added),
+                ("/tmp/cache", ChangeKind::Added),
+                ("/workspace/repo/a.txt", ChangeKind::Deleted),
+                ("/workspaces/other", ChangeKind::Added),
+                ("/root/.ash_history", ChangeKind::Modified),
+            ],
+        );
         assert_eq!(
             changes,
             [
@@ -355,6 +377,33 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn under_the_root_slash_everything_but_berths_own_directory_is_a_change() {
+        let changes = workspace_changes(
+            "/",
+            [
+                ("/.berth", ChangeKind::Modified),
+                ("/.berth/agent", ChangeKind::Added),
+                ("/.berthday", ChangeKind::Added),
+                ("/code/x/f", ChangeKind::Added),
+                ("/tmp/test.patch", ChangeKind::Added),
+            ],
+        );
+        let paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, [".berthday", "code/x/f", "tmp/test.patch"]);
+        assert_eq!(inside("/", "code/x"), "/code/x");
+        assert_eq!(inside("/", ""), "/");
+        assert_eq!(inside("/workspace", "code"), "/workspace/code");
+        assert_eq!(inside("/workspace", ""), "/workspace");
+    }
+
+    #[test]
+    fn the_root_is_where_the_agent_serves_and_commands_start() {
+        let rooted = body(&spec(r#"{"root":"/"}"#));
+        assert_eq!(rooted.working_dir.as_deref(), Some("/"));
+        assert_eq!(rooted.cmd.unwrap()[2..], ["--root", "/"]);
     }
 
     #[test]

@@ -480,7 +480,7 @@ impl DockerRuntime {
         dest: &WorkspacePath,
     ) -> Result<(), RuntimeError> {
         let name = plan::container_name(&ws.id);
-        let target = inside(dest);
+        let target = inside(ws, dest);
         let (stream, packing) = archive::pack(
             host_dir.to_path_buf(),
             target.trim_start_matches('/').to_string(),
@@ -527,15 +527,17 @@ impl DockerRuntime {
         Ok(())
     }
 
-    /// The kind of each present path, from stats in `container`.
+    /// The kind of each present path under the workspace root `root`,
+    /// from stats in `container`.
     async fn kinds(
         &self,
         container: &str,
+        root: &str,
         paths: Vec<String>,
     ) -> Result<HashMap<String, Option<FileKind>>, RuntimeError> {
         futures::stream::iter(paths)
             .map(|path| async move {
-                let stat = self.stat(container, &inside_str(&path)).await?;
+                let stat = self.stat(container, &plan::inside(root, &path)).await?;
                 Ok::<_, RuntimeError>((path, stat.map(|s| plan::file_kind(s.file_mode))))
             })
             .buffer_unordered(STAT_CONCURRENCY)
@@ -572,7 +574,7 @@ impl DockerRuntime {
             .create_container(Some(options), body)
             .await
             .map_err(|e| self.fail(format!("cannot read the base of `{}`", ws.id), e))?;
-        let result = self.deleted_in(&probe, paths).await;
+        let result = self.deleted_in(&probe, ws.spec.root(), paths).await;
         self.remove_container(&probe).await?;
         result
     }
@@ -580,15 +582,16 @@ impl DockerRuntime {
     async fn deleted_in(
         &self,
         probe: &str,
+        root: &str,
         paths: Vec<String>,
     ) -> Result<Vec<Change>, RuntimeError> {
-        let kinds = self.kinds(probe, paths).await?;
+        let kinds = self.kinds(probe, root, paths).await?;
         let mut out = Vec::new();
         for (path, kind) in kinds {
             let kind = kind.unwrap_or(FileKind::Other);
             if kind == FileKind::Dir {
                 let options = DownloadFromContainerOptionsBuilder::new()
-                    .path(&inside_str(&path))
+                    .path(&plan::inside(root, &path))
                     .build();
                 let stream = self
                     .engine()
@@ -619,7 +622,7 @@ impl DockerRuntime {
         let name = plan::container_name(&ws.id);
         for path in paths {
             let options = DownloadFromContainerOptionsBuilder::new()
-                .path(&inside_str(path))
+                .path(&plan::inside(ws.spec.root(), path))
                 .build();
             let stream = self
                 .engine()
@@ -675,17 +678,9 @@ fn gone(ws: &Workspace) -> RuntimeError {
     }
 }
 
-/// The absolute path in the container of a workspace path.
-fn inside(path: &WorkspacePath) -> String {
-    inside_str(path.as_str())
-}
-
-fn inside_str(rel: &str) -> String {
-    if rel.is_empty() {
-        plan::WORKSPACE_DIR.to_string()
-    } else {
-        format!("{}/{rel}", plan::WORKSPACE_DIR)
-    }
+/// The absolute path in the container of a path of workspace `ws`.
+fn inside(ws: &Workspace, path: &WorkspacePath) -> String {
+    plan::inside(ws.spec.root(), path.as_str())
 }
 
 fn parent_of(path: &str) -> &str {
@@ -787,7 +782,7 @@ impl Runtime for DockerRuntime {
     ) -> Result<(), RuntimeError> {
         let _lifecycle = self.lifecycle(ws).await;
         let name = plan::container_name(&ws.id);
-        let exists = self.stat(&name, &inside(dest)).await?.is_some();
+        let exists = self.stat(&name, &inside(ws, dest)).await?.is_some();
         if !exists {
             // A 404 may also mean the container went: then say that.
             self.inspect(ws).await?;
@@ -923,7 +918,7 @@ impl Runtime for DockerRuntime {
         host_dir: &Path,
     ) -> Result<(), RuntimeError> {
         let name = plan::container_name(&ws.id);
-        let path = inside(src);
+        let path = inside(ws, src);
         if self.stat(&name, &path).await?.is_none() {
             self.inspect(ws).await?;
             return Err(RuntimeError::NotFound(src.as_str().to_string()));
@@ -1010,6 +1005,7 @@ impl Runtime for DockerRuntime {
             Err(e) => return Err(self.fail(format!("cannot list the changes of `{name}`"), e)),
         };
         let engine: Vec<EngineChange> = plan::workspace_changes(
+            ws.spec.root(),
             listed
                 .iter()
                 .map(|c| (c.path.as_str(), change_kind(c.kind))),
@@ -1018,7 +1014,11 @@ impl Runtime for DockerRuntime {
             .into_iter()
             .partition(|c| c.kind == ChangeKind::Deleted);
         let kinds = self
-            .kinds(&name, present.iter().map(|c| c.path.clone()).collect())
+            .kinds(
+                &name,
+                ws.spec.root(),
+                present.iter().map(|c| c.path.clone()).collect(),
+            )
             .await?;
         let mut out = Vec::new();
         for c in present {

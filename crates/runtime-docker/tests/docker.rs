@@ -553,6 +553,78 @@ async fn changes_snapshots_resets_and_exports_follow_the_workspace() {
     assert!(!runtime.exists(&ws).await.unwrap());
 }
 
+/// A workspace whose root is `/`, as Derrick's configs make them: the
+/// clone at its absolute path, commands at `/`, and changes, export,
+/// copies and reset covering the whole filesystem but berth's own
+/// directory.
+#[tokio::test]
+async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths() {
+    let world = World::new();
+    let ws = workspace(Spec {
+        root: Some("/".into()),
+        ..spec_for(image(TestImage::Busybox))
+    });
+    world.track(&ws);
+    let runtime = &world.runtime;
+    runtime.create(&ws, None).await.unwrap();
+    let host = berth_testkit::temp_dir();
+    let repo = host.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README"), "readme\n").unwrap();
+    runtime.import(&ws, &repo, &path("code/app")).await.unwrap();
+    runtime.start(&ws).await.unwrap();
+    sh(runtime, &ws, "echo 'Hello World' > /tmp/hello.txt").await;
+    let key = format!("test{}", ws.id);
+    world.track_image(format!("berth-cache:{key}"));
+    runtime.save_cache(&ws, &key).await.unwrap();
+    assert_eq!(runtime.changes(&ws).await.unwrap(), []);
+
+    let (seen, status) = sh(runtime, &ws, "pwd; cat /tmp/hello.txt; ls code/app").await;
+    assert_eq!(seen, "/\nHello World\nREADME\n", "{status:?}");
+    runtime
+        .write_file(&ws, &path("tmp/test.patch"), b"patch\n".to_vec())
+        .await
+        .unwrap();
+    let (seen, _) = sh(
+        runtime,
+        &ws,
+        "cat /tmp/test.patch; echo changed > /code/app/README",
+    )
+    .await;
+    assert_eq!(seen, "patch\n");
+    assert_eq!(
+        changed(runtime, &ws).await,
+        [
+            ("code/app/README".to_string(), ChangeKind::Modified),
+            ("tmp/test.patch".to_string(), ChangeKind::Added),
+        ],
+        "everything but berth's own directory"
+    );
+    let out = host.path().join("export");
+    runtime
+        .export_changes(&ws, &ExportTarget::Directory { path: out.clone() })
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("code/app/README")).unwrap(),
+        "changed\n"
+    );
+    let copy = host.path().join("copy");
+    runtime
+        .copy_out(&ws, &path("code/app"), &copy)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(copy.join("README")).unwrap(),
+        "changed\n"
+    );
+    runtime.reset(&ws, None).await.unwrap();
+    assert_eq!(runtime.changes(&ws).await.unwrap(), []);
+    let (seen, _) = sh(runtime, &ws, "cat /code/app/README /tmp/hello.txt").await;
+    assert_eq!(seen, "readme\nHello World\n");
+    runtime.remove(&ws).await.unwrap();
+}
+
 /// Sleeps to just past the start of the next wall-clock second. It waits
 /// for nothing to happen: it places what follows at the start of a second,
 /// so that all of it that fits in one second shares that second.

@@ -6,8 +6,6 @@ use crate::cgroup::Cgroups;
 use crate::config::{CONFIG_VERSION, IdMap, InitConfig, Mount};
 use std::path::{Path, PathBuf};
 
-/// Where the workspace's files are, inside.
-pub const WORKSPACE_DIR: &str = "workspace";
 /// Where berth's own files (init, agent, socket directory) are, inside.
 pub const BERTH_DIR: &str = ".berth";
 
@@ -83,6 +81,8 @@ pub struct PlanInput<'a> {
     /// PID 1's argv, inside.
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The workspace root inside (absolute): PID 1's working directory.
+    pub root: String,
 }
 
 /// The path inside of a program bound by [`PlanInput::programs`].
@@ -148,10 +148,8 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
             target: target.into(),
         });
     }
-    mounts.push(Mount::Tmpfs {
-        target: "tmp".into(),
-        mode: 0o1777,
-    });
+    // `/tmp` is the overlay's, as in a container: what a setup script
+    // leaves there is part of the provisioned state.
     mounts.push(Mount::Bind {
         source: dirs.run.clone(),
         target: Path::new(BERTH_DIR).join("run"),
@@ -176,7 +174,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
         seccomp: input.seccomp,
         command: input.command.clone(),
         env: input.env.clone(),
-        cwd: format!("/{WORKSPACE_DIR}"),
+        cwd: input.root.clone(),
     }
 }
 
@@ -232,6 +230,7 @@ mod tests {
             programs: vec!["/opt/berth/berth-agent".into()],
             command: vec!["/.berth/berth-agent".into()],
             env: vec![("PATH".into(), "/usr/bin".into())],
+            root: "/workspace".into(),
         }
     }
 
@@ -295,6 +294,11 @@ mod tests {
             target: "dev".into(),
             mode: 0o755
         }));
+        // `/tmp` is the overlay's, so it is saved with the rest.
+        assert!(!config.mounts.iter().any(|m| matches!(
+            m,
+            Mount::Tmpfs { target, .. } | Mount::Bind { target, .. } if target.as_path() == Path::new("tmp")
+        )));
     }
 
     #[test]

@@ -21,9 +21,10 @@
 
 use crate::cgroup::{self, Layout};
 use crate::config::IdMap;
-use crate::plan::{self, BERTH_DIR, Dirs, HostBase, PlanInput, WORKSPACE_DIR};
+use crate::plan::{self, BERTH_DIR, Dirs, HostBase, PlanInput};
 use async_trait::async_trait;
 use berth_agent_client::{AgentClient, AgentPool};
+use berth_core::spec::DEFAULT_ROOT;
 use berth_core::{
     Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind, GcReport,
     Isolation, ReadStream, Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath,
@@ -720,7 +721,8 @@ impl Inner {
         }
         entries.sort();
         entries.dedup();
-        let key = format!("{shift}\n{}", entries.join("\n"));
+        // The version names what `make` does beyond the entries.
+        let key = format!("{shift}\nv2\n{}", entries.join("\n"));
         let make = |tree: &Path| -> io::Result<()> {
             for dir in ["proc", "dev", "tmp", "sys", "etc", "run", BERTH_DIR] {
                 passable_dir(tree, Path::new(dir))?;
@@ -740,11 +742,13 @@ impl Inner {
                     _ => {}
                 }
             }
-            // The workspace's root owns its home, its workspace and /var/tmp.
+            // The workspace's root owns its home, the default workspace
+            // root and the temporary directories.
             for (dir, mode) in [
-                (WORKSPACE_DIR, 0o755),
+                (DEFAULT_ROOT.trim_start_matches('/'), 0o755),
                 ("root", 0o700),
                 ("home", 0o755),
+                ("tmp", 0o1777),
                 ("var/tmp", 0o1777),
             ] {
                 let path = tree.join(dir);
@@ -764,9 +768,9 @@ impl Inner {
             .map_err(other)
     }
 
-    /// Makes an empty upper directory (with the workspace directory owned
-    /// by the workspace's root) and a clean work directory.
-    fn fresh_upper(&self, dirs: &Dirs) -> Result<(), RuntimeError> {
+    /// Makes an empty upper directory (with the workspace root `root`
+    /// owned by the workspace's root user) and a clean work directory.
+    fn fresh_upper(&self, dirs: &Dirs, root: &str) -> Result<(), RuntimeError> {
         let (shift, _) = self.shift();
         let made = (|| -> io::Result<()> {
             for dir in [&dirs.rootfs, &dirs.run] {
@@ -774,14 +778,13 @@ impl Inner {
             }
             // The agent, as the workspace's root, makes its socket here.
             std::os::unix::fs::lchown(&dirs.run, Some(shift), Some(shift))?;
-            // The overlay's root takes this directory's mode, which the
-            // workspace's root (not its owner) must be able to pass.
+            // The overlay's root takes this directory's mode and owner:
+            // the workspace's root owns it, and may make top-level
+            // directories, as in a container.
             fs::create_dir(&dirs.upper)?;
             fs::set_permissions(&dirs.upper, fs::Permissions::from_mode(0o755))?;
-            let ws = dirs.upper.join(WORKSPACE_DIR);
-            fs::create_dir(&ws)?;
-            fs::set_permissions(&ws, fs::Permissions::from_mode(0o755))?;
-            std::os::unix::fs::lchown(&ws, Some(shift), Some(shift))
+            std::os::unix::fs::lchown(&dirs.upper, Some(shift), Some(shift))?;
+            make_owned_dirs(&dirs.upper, Path::new(root.trim_start_matches('/')), shift)
         })();
         made.map_err(io_err(format!("cannot prepare `{}`", dirs.upper.display())))
     }
@@ -883,7 +886,7 @@ impl Inner {
         }
         fs::create_dir_all(self.ws_dir(&id))
             .map_err(io_err("cannot create the workspace directory"))?;
-        self.fresh_upper(&dirs)?;
+        self.fresh_upper(&dirs, ws.spec.root())?;
         self.set_refs(&id, &[], &stack)?;
         self.set_refs(&id, &[], &provisioned)?;
         let state = self.new_state(ws, stack, provisioned, host_base);
@@ -938,7 +941,7 @@ impl Inner {
         let dirs = self.dirs(&id);
         if !dirs.upper.exists() {
             // A reset interrupted between dropping and remaking it.
-            self.fresh_upper(&dirs)?;
+            self.fresh_upper(&dirs, ws.spec.root())?;
         }
         state.instance += 1;
         let stack = state.stack.clone();
@@ -984,7 +987,7 @@ impl Inner {
                     "--socket".into(),
                     format!("/{BERTH_DIR}/run/agent.sock"),
                     "--root".into(),
-                    format!("/{WORKSPACE_DIR}"),
+                    ws.spec.root().into(),
                 ]
             }
             None => {
@@ -1007,6 +1010,7 @@ impl Inner {
             programs,
             command,
             env: self.base_env(ws),
+            root: ws.spec.root().into(),
         });
         let config_path = self.config_path(&id, instance);
         fs::write(
@@ -1306,7 +1310,7 @@ impl Inner {
         }
         self.discard_standby_dirs(&id)?;
         let dirs = self.standby_dirs(&id);
-        self.fresh_upper(&dirs)?;
+        self.fresh_upper(&dirs, ws.spec.root())?;
         state.instance += 1;
         self.save(&state)?;
         let stack = state.provisioned.clone();
@@ -1332,11 +1336,13 @@ impl Inner {
     }
 
     /// Freezes the upper directory of a stopped workspace into a layer on
-    /// its stack, which becomes its new stack, with a fresh upper.
+    /// its stack, which becomes its new stack, with a fresh upper whose
+    /// workspace root is `root`.
     fn freeze_upper(
         &self,
         state: &mut State,
         kind: LayerKind,
+        root: &str,
     ) -> Result<berth_layers::Layer, RuntimeError> {
         let dirs = self.dirs(&state.id);
         let layer = self
@@ -1348,7 +1354,7 @@ impl Inner {
                 &format!("workspace {}", state.id),
             )
             .map_err(other)?;
-        self.fresh_upper(&dirs)?;
+        self.fresh_upper(&dirs, root)?;
         // The layers below stay referenced: they are the new layer's
         // parents, and the caller decides what the provisioned stack is.
         let new = layer.stack();
@@ -1405,12 +1411,19 @@ impl Inner {
         copied
     }
 
-    fn changes_of(&self, state: &State) -> Result<Vec<Change>, RuntimeError> {
+    /// The changes under the workspace root `root`; under `/`, berth's
+    /// own directory is left out.
+    fn changes_of(&self, state: &State, root: &str) -> Result<Vec<Change>, RuntimeError> {
         let dirs = self.dirs(&state.id);
         let lowers = self.store.trees_top_first(&state.stack);
-        berth_layers::changes(&dirs.upper, &lowers, Path::new(WORKSPACE_DIR)).map_err(io_err(
+        let under = Path::new(root.trim_start_matches('/'));
+        let mut changes = berth_layers::changes(&dirs.upper, &lowers, under).map_err(io_err(
             format!("cannot list the changes of workspace {}", state.id),
-        ))
+        ))?;
+        if under.as_os_str().is_empty() {
+            changes.retain(|c| !Path::new(&c.path).starts_with(BERTH_DIR));
+        }
+        Ok(changes)
     }
 
     fn isolation_of(&self, state: &State) -> Isolation {
@@ -1468,7 +1481,7 @@ impl Inner {
         let mut state = self.stop_locked(&id, false)?;
         let dirs = self.dirs(&id);
         self.discard(&dirs.upper)?;
-        self.fresh_upper(&dirs)?;
+        self.fresh_upper(&dirs, ws.spec.root())?;
         let old = state.stack.clone();
         self.set_refs(&id, &[], &stack)?;
         state.stack = stack;
@@ -1562,7 +1575,7 @@ impl Runtime for SandboxRuntime {
         let (shift, range) = self.shift();
         let dirs = self.dirs(&id);
         let host_dir = host_dir.to_path_buf();
-        let rel = dest.as_str().to_string();
+        let rel = Path::new(ws.spec.root().trim_start_matches('/')).join(dest.as_str());
         if self.running(&state).is_some() {
             // A live overlay must not have its upper directory changed
             // underneath, and its merged view is the workspace's to shape.
@@ -1576,11 +1589,14 @@ impl Runtime for SandboxRuntime {
                 "cannot hand `{}` to the workspace's root",
                 host_dir.display()
             )))?;
-            let target = dirs.upper.join(WORKSPACE_DIR).join(&rel);
-            tree::remove_tree(&target).map_err(io_err("cannot replace the destination"))?;
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(io_err("cannot create the destination"))?;
+            // The parents first: none may be a link, or what follows
+            // would reach through it to the host.
+            if let Some(parent) = rel.parent() {
+                make_owned_dirs(&dirs.upper, parent, shift)
+                    .map_err(io_err("cannot create the destination"))?;
             }
+            let target = dirs.upper.join(&rel);
+            tree::remove_tree(&target).map_err(io_err("cannot replace the destination"))?;
             if let Err(e) = fs::rename(&host_dir, &target) {
                 if e.raw_os_error() != Some(libc::EXDEV) {
                     return Err(RuntimeError::io(
@@ -1594,9 +1610,8 @@ impl Runtime for SandboxRuntime {
                     .map_err(io_err("cannot remove the imported directory"))?;
             }
             // Whatever the layers held there is replaced, not merged.
-            let below = Path::new(WORKSPACE_DIR).join(&rel);
             if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir())
-                && tree::lookup(&lowers, &below).ok().flatten().is_some()
+                && tree::lookup(&lowers, &rel).ok().flatten().is_some()
             {
                 tree::set_opaque(&target).map_err(io_err("cannot mark the destination opaque"))?;
             }
@@ -1684,10 +1699,10 @@ impl Runtime for SandboxRuntime {
             id: id.clone(),
             detail: "it is not running".into(),
         })?;
-        let cwd = match &request.cwd {
-            Some(cwd) => inside_path(&WorkspacePath::parse(cwd)?),
-            None => format!("/{WORKSPACE_DIR}"),
-        };
+        let cwd = inside_path(
+            ws,
+            &WorkspacePath::parse(request.cwd.as_deref().unwrap_or_default())?,
+        );
         let mut argv = vec![self.config.init_program.display().to_string()];
         argv.extend(self.config.init_args.iter().cloned());
         argv.extend([
@@ -1733,7 +1748,7 @@ impl Runtime for SandboxRuntime {
         if let Some(agent) = self.agent(ws).await? {
             return Ok(agent.read_file(path).await?);
         }
-        let inside = inside_path(path);
+        let inside = inside_path(ws, path);
         let (code, out, err) = self
             .run_inside(ws, vec!["cat".into(), "--".into(), inside], None)
             .await?;
@@ -1752,7 +1767,7 @@ impl Runtime for SandboxRuntime {
         if let Some(agent) = self.agent(ws).await? {
             return Ok(agent.write_file(path, &data, None).await?);
         }
-        let inside = inside_path(path);
+        let inside = inside_path(ws, path);
         let script = "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"";
         let argv = vec!["sh".into(), "-c".into(), script.into(), "sh".into(), inside];
         let (code, _, err) = self.run_inside(ws, argv, Some(data)).await?;
@@ -1770,7 +1785,7 @@ impl Runtime for SandboxRuntime {
         if let Some(agent) = self.agent(ws).await? {
             return Ok(agent.list_dir(dir).await?);
         }
-        let inside = inside_path(dir);
+        let inside = inside_path(ws, dir);
         let argv = vec![
             "find".into(),
             inside,
@@ -1834,7 +1849,7 @@ impl Runtime for SandboxRuntime {
                 problem: "the workspace root, which cannot be removed",
             });
         }
-        let inside = inside_path(path);
+        let inside = inside_path(ws, path);
         let argv = vec![
             "sh".into(),
             "-c".into(),
@@ -1855,7 +1870,7 @@ impl Runtime for SandboxRuntime {
         let id = ws.id.to_string();
         let was_running = self.running(&self.load(&id)?).is_some();
         let mut state = self.stop_locked(&id, true)?;
-        let layer = self.freeze_upper(&mut state, LayerKind::Cache)?;
+        let layer = self.freeze_upper(&mut state, LayerKind::Cache, ws.spec.root())?;
         let old_provisioned = std::mem::replace(&mut state.provisioned, state.stack.clone());
         let keep: Vec<LayerId> = state.stack.clone();
         self.set_refs(&id, &old_provisioned, &keep)?;
@@ -1937,7 +1952,8 @@ impl Runtime for SandboxRuntime {
     async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
         let state = self.load(ws.id.as_str())?;
         let this = self.clone_handle();
-        tokio::task::spawn_blocking(move || this.changes_of(&state))
+        let root = ws.spec.root().to_string();
+        tokio::task::spawn_blocking(move || this.changes_of(&state, &root))
             .await
             .map_err(other)?
     }
@@ -1951,9 +1967,13 @@ impl Runtime for SandboxRuntime {
         let this = self.clone_handle();
         let target = target.clone();
         let (shift, range) = self.shift();
+        let under = ws.spec.root().to_string();
         tokio::task::spawn_blocking(move || {
-            let changes = this.changes_of(&state)?;
-            let root = this.dirs(&state.id).upper.join(WORKSPACE_DIR);
+            let changes = this.changes_of(&state, &under)?;
+            let root = this
+                .dirs(&state.id)
+                .upper
+                .join(under.trim_start_matches('/'));
             match &target {
                 ExportTarget::Archive { path } => {
                     berth_layers::export_archive(&root, &changes, path, IdShift { shift, range })
@@ -2025,13 +2045,40 @@ impl Runtime for SandboxRuntime {
     }
 }
 
-fn inside_path(path: &WorkspacePath) -> String {
-    let rel = path.as_str();
-    if rel.is_empty() {
-        format!("/{WORKSPACE_DIR}")
-    } else {
-        format!("/{WORKSPACE_DIR}/{rel}")
+/// The absolute path inside of a path of workspace `ws`.
+fn inside_path(ws: &Workspace, path: &WorkspacePath) -> String {
+    match (ws.spec.root(), path.as_str()) {
+        (root, "") => root.to_string(),
+        ("/", rel) => format!("/{rel}"),
+        (root, rel) => format!("{root}/{rel}"),
     }
+}
+
+/// Makes the directories of `rel` under `base` that are missing, each
+/// owned by the workspace's root (`shift`) with mode 0755, so that the
+/// workspace can write in them. An existing component must be a real
+/// directory: a link the workspace made is never followed.
+fn make_owned_dirs(base: &Path, rel: &Path, shift: u32) -> io::Result<()> {
+    let mut dir = base.to_path_buf();
+    for part in rel.components() {
+        dir.push(part);
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+                std::os::unix::fs::lchown(&dir, Some(shift), Some(shift))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if !fs::symlink_metadata(&dir)?.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("`{}` is not a directory", dir.display()),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn file_error(path: &WorkspacePath, stderr: &[u8]) -> RuntimeError {

@@ -465,6 +465,134 @@ async fn changes_are_exact_and_reset_restores_files_deletions_and_permissions() 
     rt.remove(&ws).await.unwrap();
 }
 
+/// A workspace whose root is `/`, as Derrick's configs make them: the
+/// clone at its absolute path, commands at `/`, the setup script's files
+/// anywhere (`/tmp` too) saved with the cache, and changes, export and
+/// reset covering the whole filesystem but berth's own directory.
+#[tokio::test]
+async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(home.path());
+    config.agent_program = Some(agent_binary());
+    let rt = support::runtime(config).await;
+    let spec = Spec {
+        root: Some("/".into()),
+        ..Spec::default()
+    };
+    let ws = workspace(spec.clone());
+    rt.create(&ws, None).await.unwrap();
+    let dest = WorkspacePath::parse("code/app").unwrap();
+    rt.import(&ws, &repo(home.path()), &dest).await.unwrap();
+    rt.start(&ws).await.unwrap();
+    let setup = sh(&rt, &ws, "echo 'Hello World' > /tmp/hello.txt").await;
+    assert_eq!(setup.code, Some(0), "{}", setup.stderr);
+    rt.save_cache(&ws, "key-slash").await.unwrap();
+    rt.remove(&ws).await.unwrap();
+
+    let ws = workspace(spec);
+    rt.create(&ws, Some("key-slash")).await.unwrap();
+    rt.start(&ws).await.unwrap();
+    let ran = run(
+        &rt,
+        &ws,
+        ExecRequest::shell(
+            "pwd; cat /tmp/hello.txt; ls code/app; touch /code/made-inside && echo writable",
+        ),
+    )
+    .await;
+    assert_eq!(
+        ran.stdout, "/\nHello World\nREADME\nrun.sh\nsrc\nwritable\n",
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        rt.changes(&ws).await.unwrap(),
+        vec![change(
+            "code/made-inside",
+            ChangeKind::Added,
+            FileKind::File
+        )]
+    );
+    rt.write_file(
+        &ws,
+        &WorkspacePath::parse("tmp/test.patch").unwrap(),
+        b"patch\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    let ran = sh(
+        &rt,
+        &ws,
+        "echo changed > /code/app/README && cat /tmp/test.patch",
+    )
+    .await;
+    assert_eq!(ran.stdout, "patch\n", "{}", ran.stderr);
+    use ChangeKind::*;
+    use FileKind::File;
+    assert_eq!(
+        rt.changes(&ws).await.unwrap(),
+        vec![
+            change("code/app/README", Modified, File),
+            change("code/made-inside", Added, File),
+            change("tmp/test.patch", Added, File),
+        ],
+        "everything but berth's own directory"
+    );
+    let out = home.path().join("exported");
+    rt.export_changes(&ws, &ExportTarget::Directory { path: out.clone() })
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("code/app/README")).unwrap(),
+        "changed\n"
+    );
+    rt.reset(&ws, None).await.unwrap();
+    assert_eq!(rt.changes(&ws).await.unwrap(), vec![]);
+    let after = sh(&rt, &ws, "cat /code/app/README /tmp/hello.txt").await;
+    assert_eq!(after.stdout, "readme\nHello World\n", "{}", after.stderr);
+    rt.remove(&ws).await.unwrap();
+}
+
+/// A workspace that turned a directory of its filesystem into a link to a
+/// host path cannot have a clone imported through it: the link is never
+/// followed, so nothing lands on (or is removed from) the host.
+#[tokio::test]
+async fn an_import_through_a_link_the_workspace_planted_is_refused() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let victim = home.path().join("victim");
+    fs::create_dir_all(victim.join("app")).unwrap();
+    fs::write(victim.join("app/keep"), "host file\n").unwrap();
+    let ws = started(
+        &rt,
+        Spec {
+            root: Some("/".into()),
+            ..Spec::default()
+        },
+    )
+    .await;
+    let planted = sh(&rt, &ws, &format!("ln -s {} /code", victim.display())).await;
+    assert_eq!(planted.code, Some(0), "{}", planted.stderr);
+    rt.stop(&ws).await.unwrap();
+    let imported = rt
+        .import(
+            &ws,
+            &repo(home.path()),
+            &WorkspacePath::parse("code/app").unwrap(),
+        )
+        .await;
+    let err = imported.unwrap_err().to_string();
+    assert!(err.contains("not a directory"), "{err}");
+    assert_eq!(
+        fs::read_to_string(victim.join("app/keep")).unwrap(),
+        "host file\n"
+    );
+    assert!(!victim.join("app/README").exists());
+    rt.remove(&ws).await.unwrap();
+}
+
 /// Host pids in the cgroups of every instance of `ws`.
 fn host_pids(ws: &Workspace) -> Vec<u32> {
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();

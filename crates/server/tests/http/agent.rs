@@ -892,7 +892,7 @@ impl Immutable {
             &["inspect", "-f", "{{.State.Pid}}", container.trim()],
         );
         let path = PathBuf::from(format!("/proc/{}/root", pid.trim()))
-            .join(berth_runtime_docker::plan::WORKSPACE_DIR.trim_start_matches('/'))
+            .join(berth_core::spec::DEFAULT_ROOT.trim_start_matches('/'))
             .join(dir);
         command_output("chattr", &["+i", path.to_str().unwrap()]);
         Immutable(path)
