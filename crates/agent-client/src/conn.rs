@@ -1,8 +1,8 @@
 //! The connection: handshake, a writer task, and a reader task that routes
 //! the agent's frames to the operation they belong to.
 
-use crate::ClientError;
 use crate::ops::Op;
+use crate::{ClientError, Deadlines};
 use berth_proto::frame::{self, FrameDecoder};
 use berth_proto::{AgentMessage, ClientMessage, Frame, PROTOCOL_VERSION};
 use std::collections::HashMap;
@@ -31,13 +31,25 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     agent_version: String,
     path: PathBuf,
+    deadlines: Deadlines,
 }
 
 impl AgentClient {
     /// Connects to the agent at `path`, retrying while the socket is not
     /// there yet or refuses connections (the agent is starting), for at
-    /// most `wait`, then shakes hands.
+    /// most `wait`, then shakes hands; waits for answers as long as
+    /// [`Deadlines::from_env`] says.
     pub async fn connect(path: &Path, wait: Duration) -> Result<Self, ClientError> {
+        Self::connect_with(path, wait, Deadlines::from_env()).await
+    }
+
+    /// [`AgentClient::connect`], waiting for answers as long as `deadlines`
+    /// says.
+    pub async fn connect_with(
+        path: &Path,
+        wait: Duration,
+        deadlines: Deadlines,
+    ) -> Result<Self, ClientError> {
         let deadline = Instant::now() + wait;
         let mut delay = Duration::from_millis(2);
         let stream = loop {
@@ -61,10 +73,21 @@ impl AgentClient {
                 }
             }
         };
-        Self::handshake(stream, path).await
+        // An agent that accepted (the kernel does, even for a stopped one)
+        // but never answers the hello.
+        tokio::time::timeout(deadlines.answer, Self::handshake(stream, path, deadlines))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                operation: "hello",
+                after: deadlines.answer,
+            })?
     }
 
-    async fn handshake(stream: UnixStream, path: &Path) -> Result<Self, ClientError> {
+    async fn handshake(
+        stream: UnixStream,
+        path: &Path,
+        deadlines: Deadlines,
+    ) -> Result<Self, ClientError> {
         let (mut reader, mut writer) = stream.into_split();
         let hello = frame::encode(&Frame::new(
             0,
@@ -115,6 +138,7 @@ impl AgentClient {
                 next_id: AtomicU64::new(1),
                 agent_version,
                 path: path.to_path_buf(),
+                deadlines,
             }),
         })
     }
@@ -122,6 +146,11 @@ impl AgentClient {
     /// The version the agent reported in the handshake.
     pub fn agent_version(&self) -> &str {
         &self.inner.agent_version
+    }
+
+    /// How long this client waits for the agent's answers.
+    pub fn deadlines(&self) -> Deadlines {
+        self.inner.deadlines
     }
 
     /// The socket this client is connected to.

@@ -21,15 +21,18 @@
 //! a [`Session`], a [`Terminal`], a [`Watch`]) cancels it in the agent.
 
 mod conn;
+mod deadline;
 mod ops;
 mod pool;
 
 pub use conn::AgentClient;
+pub use deadline::{ANSWER_ENV, Deadlines};
 pub use ops::{Process, Session, Stdin, Terminal, Watch, collect};
 pub use pool::AgentPool;
 
 use berth_proto::{ErrorBody, ErrorCode, FrameError};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why a call to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,12 @@ pub enum ClientError {
     Frame(#[from] FrameError),
     #[error("unexpected answer from the agent: {0}")]
     Protocol(String),
+    /// The agent did not answer in time: it is stopped, wedged or starved.
+    #[error("the agent did not answer `{operation}` within {after:?}")]
+    Timeout {
+        operation: &'static str,
+        after: Duration,
+    },
 }
 
 impl ClientError {
@@ -92,6 +101,9 @@ impl From<ClientError> for berth_core::RuntimeError {
                     _ => return RuntimeError::Other(message),
                 };
                 RuntimeError::Refused { reason, message }
+            }
+            ClientError::Timeout { operation, after } => {
+                RuntimeError::AgentTimeout { operation, after }
             }
             ClientError::Connect { path, source } => RuntimeError::Unavailable {
                 runtime: "agent".into(),

@@ -8,10 +8,13 @@ use berth_proto::{
     AgentInfo, AgentMessage, ClientMessage, ExecEvent, ExecRequest, ExitStatus, FileEntry, Frame,
     SessionParams, Stream, TerminalParams, WatchEvent, WorkspacePath,
 };
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// One operation's frames. Dropped before its final frame, it cancels the
@@ -47,14 +50,42 @@ impl Op {
         Ok(frame)
     }
 
+    /// The next frame, which must come within `limit`.
+    async fn next_within(
+        &mut self,
+        operation: &'static str,
+        limit: Duration,
+    ) -> Result<Frame<AgentMessage>, ClientError> {
+        tokio::time::timeout(limit, self.next())
+            .await
+            .map_err(|_| ClientError::Timeout {
+                operation,
+                after: limit,
+            })?
+    }
+
+    /// The next frame, which must come within the client's answer deadline.
+    async fn next_answer(
+        &mut self,
+        operation: &'static str,
+    ) -> Result<Frame<AgentMessage>, ClientError> {
+        let limit = self.client.deadlines().answer;
+        self.next_within(operation, limit).await
+    }
+
     fn send(&self, message: ClientMessage, payload: &[u8]) -> Result<(), ClientError> {
         self.client.send(self.id, &message, payload)
     }
 
-    /// Waits for the final frame, failing on an error answer.
-    async fn answer(mut self) -> Result<Frame<AgentMessage>, ClientError> {
+    /// Waits for the final frame, each frame within `limit`, failing on an
+    /// error answer.
+    async fn answer(
+        mut self,
+        operation: &'static str,
+        limit: Duration,
+    ) -> Result<Frame<AgentMessage>, ClientError> {
         loop {
-            let frame = self.next().await?;
+            let frame = self.next_within(operation, limit).await?;
             match frame.message {
                 AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
                 _ if frame.message.is_final() => return Ok(frame),
@@ -73,9 +104,13 @@ impl Drop for Op {
     }
 }
 
-/// Waits for the `started` answer and returns the pid.
-async fn started(op: &mut Op) -> Result<u32, ClientError> {
-    match op.next().await?.message {
+/// Waits for the `started` answer, at most `limit`, and returns the pid.
+async fn started(
+    op: &mut Op,
+    operation: &'static str,
+    limit: Duration,
+) -> Result<u32, ClientError> {
+    match op.next_within(operation, limit).await?.message {
         AgentMessage::Started { pid } => Ok(pid),
         AgentMessage::Error(body) => Err(ClientError::Agent(body)),
         other => Err(unexpected(&other)),
@@ -165,14 +200,35 @@ fn lost() -> ExitStatus {
 }
 
 /// Forwards an operation's output frames as events until `Exit`; cancels
-/// it when `cancel` fires or the receiver is dropped.
-fn forward(mut op: Op, cancel: CancellationToken) -> mpsc::Receiver<ExecEvent> {
+/// it when `cancel` fires or the receiver is dropped. Past `deadline` (a
+/// command's timeout and the grace for ending it) the agent is taken for
+/// unresponsive: the events end with a note on stderr and an exit that
+/// says the command timed out, and the operation is cancelled.
+fn forward(
+    mut op: Op,
+    cancel: CancellationToken,
+    deadline: Option<Instant>,
+) -> mpsc::Receiver<ExecEvent> {
     let (tx, rx) = mpsc::channel(64);
+    let started = Instant::now();
     tokio::spawn(async move {
         let mut cancelled = false;
         loop {
             let frame = tokio::select! {
                 frame = op.next() => frame,
+                () = until(deadline) => {
+                    let note = format!(
+                        "berth: the agent did not report the command's end within {:?} of its start; it may be stopped or overloaded\n",
+                        started.elapsed()
+                    );
+                    let _ = tx.send(ExecEvent::output(Stream::Stderr, note.into_bytes())).await;
+                    let exit = ExitStatus {
+                        timed_out: true,
+                        ..lost()
+                    };
+                    let _ = tx.send(ExecEvent::Exit(exit)).await;
+                    return;
+                }
                 () = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
                     let _ = op.send(ClientMessage::Cancel, &[]);
@@ -221,6 +277,29 @@ fn forward(mut op: Op, cancel: CancellationToken) -> mpsc::Receiver<ExecEvent> {
     rx
 }
 
+/// Waits until `deadline`; forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When a command with `timeout_ms` that starts now must have ended.
+fn exec_deadline(client: &AgentClient, timeout_ms: Option<u64>) -> Option<Instant> {
+    let limit = client
+        .deadlines()
+        .exec(timeout_ms.map(Duration::from_millis))?;
+    Some(Instant::now() + limit)
+}
+
+/// How long to wait for a command to start: the answer deadline, or less
+/// when the command's whole deadline is nearer.
+fn start_limit(client: &AgentClient, deadline: Option<Instant>) -> Duration {
+    let answer = client.deadlines().answer;
+    deadline.map_or(answer, |d| answer.min(d - Instant::now()))
+}
+
 /// A persistent shell; closed when dropped.
 #[derive(Debug)]
 pub struct Session {
@@ -238,6 +317,7 @@ impl Session {
         timeout_ms: Option<u64>,
         output_limit: Option<u64>,
     ) -> Result<Process, ClientError> {
+        let deadline = exec_deadline(&self.client, timeout_ms);
         let mut op = self.client.start(
             ClientMessage::RunInSession {
                 session: self.op.id,
@@ -247,7 +327,10 @@ impl Session {
             },
             Vec::new(),
         )?;
-        match op.next().await?.message {
+        // Ready says the command is queued: it may wait behind another, so
+        // its own deadline starts once it is its turn, which the client
+        // cannot see; the queue's answer itself is immediate.
+        match op.next_answer("run_in_session").await?.message {
             AgentMessage::Ready => {}
             AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
             other => return Err(unexpected(&other)),
@@ -256,7 +339,7 @@ impl Session {
         let cancel = CancellationToken::new();
         Ok(Process {
             pid: None,
-            events: forward(op, cancel.clone()),
+            events: forward(op, cancel.clone(), deadline),
             client: self.client.clone(),
             id,
             cancel,
@@ -272,7 +355,7 @@ impl Session {
     pub async fn close(mut self) -> Result<ExitStatus, ClientError> {
         self.op.send(ClientMessage::Cancel, &[])?;
         loop {
-            let frame = self.op.next().await?;
+            let frame = self.op.next_answer("close_session").await?;
             match frame.message {
                 AgentMessage::Exit(status) => return Ok(status),
                 AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
@@ -302,6 +385,7 @@ impl AgentClient {
         request: ExecRequest,
         cancel: CancellationToken,
     ) -> Result<mpsc::Receiver<ExecEvent>, ClientError> {
+        let deadline = exec_deadline(self, request.timeout_ms);
         let mut op = self.start(
             ClientMessage::Exec {
                 request,
@@ -309,8 +393,8 @@ impl AgentClient {
             },
             Vec::new(),
         )?;
-        started(&mut op).await?;
-        Ok(forward(op, cancel))
+        started(&mut op, "exec", start_limit(self, deadline)).await?;
+        Ok(forward(op, cancel, deadline))
     }
 
     /// Starts a command whose stdin stays open for [`Process::write`]
@@ -320,26 +404,37 @@ impl AgentClient {
         request: ExecRequest,
         stream_stdin: bool,
     ) -> Result<Process, ClientError> {
-        self.started(ClientMessage::Exec {
-            request,
-            stream_stdin,
-        })
+        let deadline = exec_deadline(self, request.timeout_ms);
+        self.started(
+            ClientMessage::Exec {
+                request,
+                stream_stdin,
+            },
+            "exec",
+            deadline,
+        )
         .await
     }
 
     /// Opens a terminal running `params.command` (a shell by default).
     pub async fn terminal(&self, params: TerminalParams) -> Result<Terminal, ClientError> {
-        self.started(ClientMessage::OpenTerminal(params)).await
+        self.started(ClientMessage::OpenTerminal(params), "open_terminal", None)
+            .await
     }
 
-    async fn started(&self, message: ClientMessage) -> Result<Process, ClientError> {
+    async fn started(
+        &self,
+        message: ClientMessage,
+        operation: &'static str,
+        deadline: Option<Instant>,
+    ) -> Result<Process, ClientError> {
         let mut op = self.start(message, Vec::new())?;
-        let pid = started(&mut op).await?;
+        let pid = started(&mut op, operation, start_limit(self, deadline)).await?;
         let id = op.id;
         let cancel = CancellationToken::new();
         Ok(Process {
             pid: Some(pid),
-            events: forward(op, cancel.clone()),
+            events: forward(op, cancel.clone(), deadline),
             client: self.clone(),
             id,
             cancel,
@@ -349,7 +444,7 @@ impl AgentClient {
     /// Opens a persistent shell session.
     pub async fn session(&self, params: SessionParams) -> Result<Session, ClientError> {
         let mut op = self.start(ClientMessage::OpenSession(params), Vec::new())?;
-        match op.next().await?.message {
+        match op.next_answer("open_session").await?.message {
             AgentMessage::Started { pid } => Ok(Session {
                 pid,
                 client: self.clone(),
@@ -365,13 +460,15 @@ impl AgentClient {
     /// sends only a few chunks ahead of what the stream's reader took.
     pub async fn read_file(&self, path: &WorkspacePath) -> Result<ReadStream, ClientError> {
         let mut op = self.start(ClientMessage::ReadFile { path: path.clone() }, Vec::new())?;
-        let first = op.next().await?;
+        let first = op.next_answer("read_file").await?;
         let mut reader = FileReader {
             op,
             path: path.clone(),
             chunk: Vec::new(),
             at: 0,
             ended: false,
+            patience: self.deadlines().answer,
+            waiting: None,
         };
         reader.take(first).map_err(|e| match e {
             Taken::Refused(err) => err,
@@ -397,7 +494,7 @@ impl AgentClient {
                 append,
                 mode,
             };
-            self.done(message, chunk.to_vec()).await?;
+            self.done("write_file", message, chunk.to_vec()).await?;
             append = true;
             if chunks.peek().is_none() {
                 return Ok(());
@@ -407,7 +504,11 @@ impl AgentClient {
 
     pub async fn list_dir(&self, path: &WorkspacePath) -> Result<Vec<FileEntry>, ClientError> {
         let op = self.start(ClientMessage::ListDir { path: path.clone() }, Vec::new())?;
-        match op.answer().await?.message {
+        match op
+            .answer("list_dir", self.deadlines().answer)
+            .await?
+            .message
+        {
             AgentMessage::Entries { entries } => Ok(entries),
             other => Err(unexpected(&other)),
         }
@@ -415,7 +516,7 @@ impl AgentClient {
 
     pub async fn stat(&self, path: &WorkspacePath) -> Result<FileEntry, ClientError> {
         let op = self.start(ClientMessage::Stat { path: path.clone() }, Vec::new())?;
-        match op.answer().await?.message {
+        match op.answer("stat", self.deadlines().answer).await?.message {
             AgentMessage::Entry { entry } => Ok(entry),
             other => Err(unexpected(&other)),
         }
@@ -423,14 +524,22 @@ impl AgentClient {
 
     /// Removes a file, or a directory with everything in it.
     pub async fn remove(&self, path: &WorkspacePath) -> Result<(), ClientError> {
-        self.done(ClientMessage::Remove { path: path.clone() }, Vec::new())
-            .await
+        self.done(
+            "remove",
+            ClientMessage::Remove { path: path.clone() },
+            Vec::new(),
+        )
+        .await
     }
 
     /// Creates a directory and any missing parents.
     pub async fn mkdir(&self, path: &WorkspacePath) -> Result<(), ClientError> {
-        self.done(ClientMessage::Mkdir { path: path.clone() }, Vec::new())
-            .await
+        self.done(
+            "mkdir",
+            ClientMessage::Mkdir { path: path.clone() },
+            Vec::new(),
+        )
+        .await
     }
 
     pub async fn rename(
@@ -442,11 +551,17 @@ impl AgentClient {
             from: from.clone(),
             to: to.clone(),
         };
-        self.done(message, Vec::new()).await
+        self.done("rename", message, Vec::new()).await
     }
 
-    async fn done(&self, message: ClientMessage, payload: Vec<u8>) -> Result<(), ClientError> {
-        match self.start(message, payload)?.answer().await?.message {
+    async fn done(
+        &self,
+        operation: &'static str,
+        message: ClientMessage,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let op = self.start(message, payload)?;
+        match op.answer(operation, self.deadlines().answer).await?.message {
             AgentMessage::Done => Ok(()),
             other => Err(unexpected(&other)),
         }
@@ -462,7 +577,7 @@ impl AgentClient {
             Vec::new(),
         )?;
         // Changes made once this returns are reported.
-        match op.next().await?.message {
+        match op.next_answer("watch").await?.message {
             AgentMessage::Ready => {}
             AgentMessage::Error(body) => return Err(ClientError::Agent(body)),
             other => return Err(unexpected(&other)),
@@ -490,7 +605,11 @@ impl AgentClient {
     /// interpreters are probed again first.
     pub async fn info(&self, detect: bool) -> Result<AgentInfo, ClientError> {
         let op = self.start(ClientMessage::Info { detect }, Vec::new())?;
-        match op.answer().await?.message {
+        let (operation, limit) = match detect {
+            true => ("detect", self.deadlines().detect),
+            false => ("info", self.deadlines().answer),
+        };
+        match op.answer(operation, limit).await?.message {
             AgentMessage::Info { info } => Ok(info),
             other => Err(unexpected(&other)),
         }
@@ -506,6 +625,10 @@ struct FileReader {
     chunk: Vec<u8>,
     at: usize,
     ended: bool,
+    /// How long the next chunk may take to come.
+    patience: Duration,
+    /// Armed while a read waits for the agent's next chunk.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 enum Taken {
@@ -553,7 +676,27 @@ impl AsyncRead for FileReader {
             if this.ended {
                 return Poll::Ready(Ok(()));
             }
-            let Some(frame) = std::task::ready!(this.op.rx.poll_recv(cx)) else {
+            let frame = match this.op.rx.poll_recv(cx) {
+                Poll::Ready(frame) => {
+                    this.waiting = None;
+                    frame
+                }
+                Poll::Pending => {
+                    let patience = this.patience;
+                    let waiting = this
+                        .waiting
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(patience)));
+                    std::task::ready!(waiting.as_mut().poll(cx));
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        ClientError::Timeout {
+                            operation: "read_file",
+                            after: patience,
+                        },
+                    )));
+                }
+            };
+            let Some(frame) = frame else {
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     format!(

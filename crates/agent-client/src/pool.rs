@@ -2,21 +2,39 @@
 //! that serve every workspace through its agent: made on first use, and
 //! made again once a connection is lost (the workspace restarted).
 
-use crate::{AgentClient, ClientError};
+use crate::{AgentClient, ClientError, Deadlines};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// Agent connections by workspace id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentPool {
     clients: Mutex<HashMap<String, AgentClient>>,
+    deadlines: Deadlines,
+}
+
+impl Default for AgentPool {
+    fn default() -> Self {
+        Self::with_deadlines(Deadlines::from_env())
+    }
 }
 
 impl AgentPool {
+    /// A pool whose connections wait for answers as long as
+    /// [`Deadlines::from_env`] says.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A pool whose connections wait for answers as long as `deadlines`
+    /// says.
+    pub fn with_deadlines(deadlines: Deadlines) -> Self {
+        AgentPool {
+            clients: Mutex::new(HashMap::new()),
+            deadlines,
+        }
     }
 
     /// The connection to workspace `id`'s agent, connecting to `socket`
@@ -33,7 +51,7 @@ impl AgentPool {
         }
         // Two callers may both connect here; the later connection replaces
         // the earlier, which closes once its operations end.
-        let client = AgentClient::connect(socket, wait).await?;
+        let client = AgentClient::connect_with(socket, wait, self.deadlines).await?;
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(id.to_string(), client.clone());
         }

@@ -28,6 +28,9 @@
 //!   with SIGTERM, the grace period, then SIGKILL. As PID 1 (or as a child
 //!   subreaper when run as an ordinary process) the agent reaps every
 //!   orphan; this reads `/proc`, which docker and the sandbox mount.
+//! - **Its own protection**: the agent makes itself undumpable and
+//!   untraceable by the workspace's processes, which run as its user (see
+//!   [`guard`]).
 //! - **SIGTERM** (or SIGINT) to the agent: it stops taking work, ends
 //!   every running command, session and terminal (SIGTERM, grace, SIGKILL;
 //!   as PID 1 also every other process of the workspace), delivers their
@@ -48,6 +51,7 @@ pub mod env;
 mod exec;
 mod fdio;
 mod files;
+pub mod guard;
 mod info;
 pub mod procfs;
 pub mod reaper;

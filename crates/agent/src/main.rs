@@ -44,6 +44,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any other thread exists, so that every thread is hardened.
+    berth_agent::guard::harden();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -72,6 +72,15 @@ pub enum RuntimeError {
     /// holds reaches the provider.
     #[error("{message}")]
     Refused { reason: Refusal, message: String },
+    /// The workspace's agent did not answer an operation in time: it is
+    /// stopped, wedged or starved.
+    #[error(
+        "its agent did not answer `{operation}` within {after:?}; it may be stopped or overloaded"
+    )]
+    AgentTimeout {
+        operation: &'static str,
+        after: std::time::Duration,
+    },
     #[error("{0}")]
     Other(String),
 }

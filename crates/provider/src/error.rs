@@ -82,6 +82,7 @@ impl ServiceError {
                 RuntimeError::Spawn { .. } => "command_not_started",
                 RuntimeError::Unsupported { .. } => "unsupported",
                 RuntimeError::WrongKind { .. } => "invalid_request",
+                RuntimeError::AgentTimeout { .. } => "agent_timeout",
                 RuntimeError::Refused { reason, .. } => match reason {
                     Refusal::NotFound => "file_not_found",
                     Refusal::Escapes => "invalid_path",

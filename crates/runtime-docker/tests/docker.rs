@@ -14,7 +14,7 @@ use berth_core::{
 };
 use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig};
 use berth_runtime_docker::DockerRuntime;
-use berth_testkit::{GitHttpServer, commit_files, make_repo};
+use berth_testkit::{GitHttpServer, attacks, commit_files, make_repo};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{TestImage, World, docker, image, spec_for, workspace};
@@ -279,6 +279,33 @@ async fn a_timeout_ends_a_tree_that_ignores_sigterm() {
     assert!(began.elapsed() < Duration::from_secs(20));
     let (ps, _) = sh(runtime, &ws, "ps -o pid,args").await;
     assert!(!ps.contains("sleep 1000"), "a process survived:\n{ps}");
+}
+
+#[tokio::test]
+async fn a_workspace_cannot_ptrace_its_agent() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Debian))).await;
+    let runtime = &world.runtime;
+    let name = format!("berth-{}", ws.id);
+    let agent: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    let limit = Duration::from_secs(20);
+
+    let attacked = tokio::time::timeout(limit, sh(runtime, &ws, attacks::ON_THE_AGENT)).await;
+    let state = attacks::process_state(agent).unwrap();
+    if !matches!(state, 'S' | 'R') {
+        // Let the container go rather than leave its agent stopped.
+        docker(&["kill", &name]);
+    }
+    let (out, status) = attacked.expect("the agent answers the attack itself");
+    assert_eq!(out, attacks::ON_THE_AGENT_REFUSED, "{status:?}");
+    assert!(matches!(state, 'S' | 'R'), "the agent is in state {state}");
+    let (out, _) = tokio::time::timeout(limit, sh(runtime, &ws, "echo still here"))
+        .await
+        .expect("the agent still answers");
+    assert_eq!(out, "still here\n");
 }
 
 #[tokio::test]

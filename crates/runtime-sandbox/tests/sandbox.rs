@@ -10,6 +10,7 @@ use berth_core::{
     WorkspacePath, spec::Network,
 };
 use berth_runtime_sandbox::SandboxRuntime;
+use berth_testkit::attacks;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -926,16 +927,28 @@ async fn the_agent_is_pid_1_and_serves_commands_and_files() {
     );
 
     // Nothing of the provider's environment (where credentials live)
-    // reaches the workspace: cargo's variables are in this test's.
+    // reaches the workspace: cargo's variables are in this test's. The
+    // agent's own environment is read from the host: the workspace may
+    // not read it (see the ptrace test).
     assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
-    let env = sh(
-        &rt,
-        &ws,
-        "tr '\\0' '\\n' < /proc/1/environ | cut -d= -f1 | sort; echo --; env | cut -d= -f1 | sort",
-    )
-    .await;
+    let agent_pid = rt.start(&ws).await.unwrap()["pid"].as_u64().unwrap();
+    let mut agent_env: Vec<String> = fs::read(format!("/proc/{agent_pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split('=')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    agent_env.sort();
+    assert_eq!(agent_env, ["HOME", "LANG", "PATH", "USER"]);
+    let env = sh(&rt, &ws, "env | cut -d= -f1 | sort").await;
     assert_eq!(
-        env.stdout, "HOME\nLANG\nPATH\nUSER\n--\nHOME\nLANG\nPATH\nPWD\nUSER\n",
+        env.stdout, "HOME\nLANG\nPATH\nPWD\nUSER\n",
         "{}",
         env.stderr
     );
@@ -951,6 +964,108 @@ async fn the_agent_is_pid_1_and_serves_commands_and_files() {
         "the agent is gone"
     );
     assert!(cgroup_file(&ws, "pids.current").is_none());
+}
+
+#[tokio::test]
+async fn a_workspace_cannot_ptrace_its_agent() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(home.path());
+    config.agent_program = Some(agent_binary());
+    let rt = SandboxRuntime::new(config).unwrap();
+    let ws = started(&rt, Spec::default()).await;
+    let agent = rt.start(&ws).await.unwrap()["pid"].as_u64().unwrap() as u32;
+    let limit = std::time::Duration::from_secs(20);
+
+    let attacked = tokio::time::timeout(limit, sh(&rt, &ws, attacks::ON_THE_AGENT)).await;
+    let state = attacks::process_state(agent).unwrap();
+    if !matches!(state, 'S' | 'R') {
+        // Let the cleanup end it rather than leave it stopped.
+        let pid = rustix::process::Pid::from_raw(agent as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+    }
+    let attacked = attacked.expect("the agent answers the attack itself");
+    assert_eq!(
+        attacked.stdout,
+        attacks::ON_THE_AGENT_REFUSED,
+        "{}",
+        attacked.stderr
+    );
+    assert!(matches!(state, 'S' | 'R'), "the agent is in state {state}");
+    let after = tokio::time::timeout(limit, sh(&rt, &ws, "echo still here"))
+        .await
+        .expect("the agent still answers");
+    assert_eq!(after.stdout, "still here\n");
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(home.path());
+    config.agent_program = Some(agent_binary());
+    let rt = SandboxRuntime::new(config).unwrap();
+    let ws = started(&rt, Spec::default()).await;
+    assert_eq!(sh(&rt, &ws, "echo up").await.stdout, "up\n");
+    let agent = rt.start(&ws).await.unwrap()["pid"].as_u64().unwrap() as i32;
+    let agent = rustix::process::Pid::from_raw(agent).unwrap();
+    // As a wedged agent would be, whatever wedged it.
+    rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();
+    let deadlines = berth_agent_client::Deadlines::from_env();
+    let bound = |limit: std::time::Duration| limit + std::time::Duration::from_secs(3);
+    let never = std::time::Duration::from_secs(60);
+
+    let mut request = ExecRequest::shell("echo never");
+    request.timeout_ms = Some(2000);
+    let began = std::time::Instant::now();
+    let exec = tokio::time::timeout(never, rt.exec(&ws, request, Default::default())).await;
+    let took = began.elapsed();
+    let read = async {
+        let began = std::time::Instant::now();
+        let path = WorkspacePath::parse("file.txt").unwrap();
+        let read = tokio::time::timeout(never, rt.read_file(&ws, &path)).await;
+        (read, began.elapsed())
+    };
+    let (read, read_took) = read.await;
+    rustix::process::kill_process(agent, rustix::process::Signal::CONT).unwrap();
+
+    let err = exec.expect("exec ends").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            berth_core::RuntimeError::AgentTimeout {
+                operation: "exec",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("did not answer `exec`"), "{err}");
+    let exec_limit = deadlines
+        .exec(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    assert!(took <= bound(exec_limit), "exec failed after {took:?}");
+    let Err(err) = read.expect("the read ends") else {
+        panic!("the read of a stopped agent succeeded");
+    };
+    assert!(
+        matches!(
+            err,
+            berth_core::RuntimeError::AgentTimeout {
+                operation: "read_file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        read_took <= bound(deadlines.answer),
+        "the read failed after {read_took:?}"
+    );
+    // Once it runs again, it answers again.
+    assert_eq!(sh(&rt, &ws, "echo back").await.stdout, "back\n");
+    rt.remove(&ws).await.unwrap();
 }
 
 /// A container engine stand-in: exports a small root filesystem made of

@@ -144,6 +144,7 @@ pub enum TerminalControl {
         (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The workspace's runtime has no agent", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn info(
@@ -169,6 +170,7 @@ pub(crate) async fn info(
         (status = 404, description = "No such workspace or working directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The workspace's runtime has no agent, or the shell cannot start", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn open_session(
@@ -207,6 +209,7 @@ pub(crate) async fn open_session(
     responses(
         (status = 204, description = "Closed"),
         (status = 404, description = "No such workspace or session", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn close_session(
@@ -242,6 +245,7 @@ pub(crate) async fn close_session(
             (wire::ExecEvent = "text/event-stream"))),
         (status = 400, description = "A malformed body", body = ErrorResponse),
         (status = 404, description = "No such workspace or session, or the session has ended", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn session_exec(
@@ -302,6 +306,7 @@ pub(crate) async fn session_exec(
     responses(
         (status = 200, description = "Whether a command was running", body = InterruptResponse),
         (status = 404, description = "No such workspace or session", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn session_interrupt(
@@ -339,6 +344,7 @@ pub(crate) async fn session_interrupt(
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The workspace's runtime has no agent, or the program cannot start", body = ErrorResponse),
         (status = 426, description = "Not a WebSocket upgrade request", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn terminal(

@@ -44,6 +44,7 @@ pub struct ErrorBody {
 /// | 426 | `websocket_required` |
 /// | 502 | `git_authentication_failed`, `git_failed` (the remote refused or failed) |
 /// | 503 | `runtime_unavailable` |
+/// | 504 | `agent_timeout` (the workspace's agent did not answer in time) |
 /// | 500 | anything else (`runtime_error`, `registry_error`, `credentials_invalid`, ...) |
 ///
 /// 422 means the request was well-formed but what it asks for cannot be
@@ -89,6 +90,7 @@ pub fn status_for(code: &str) -> StatusCode {
         "websocket_required" => StatusCode::UPGRADE_REQUIRED,
         "git_authentication_failed" | "git_failed" => StatusCode::BAD_GATEWAY,
         "runtime_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "agent_timeout" => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -198,6 +200,7 @@ mod tests {
             ("host_not_allowed", 403),
             ("origin_not_allowed", 403),
             ("unsupported_media_type", 415),
+            ("agent_timeout", 504),
         ];
         for (code, status) in expected {
             assert_eq!(status_for(code).as_u16(), status, "{code}");

@@ -332,6 +332,7 @@ pub(crate) async fn fetch_workspace(
         (status = 404, description = "No such workspace or working directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 422, description = "The command cannot be started", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn exec(
@@ -390,6 +391,7 @@ pub(crate) async fn exec(
         (status = 400, description = "A path leaving the workspace, or not a directory", body = ErrorResponse),
         (status = 404, description = "No such workspace or directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn list_files(
@@ -415,6 +417,7 @@ pub(crate) async fn list_files(
         (status = 403, description = "The workspace forbids removing it (its mode, a read-only mount)", body = ErrorResponse),
         (status = 404, description = "No such workspace or file", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn remove_file(
@@ -437,6 +440,7 @@ pub(crate) async fn remove_file(
         (status = 400, description = "A path leaving the workspace, or not a regular file", body = ErrorResponse),
         (status = 404, description = "No such workspace or file", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn read_file(
@@ -465,6 +469,7 @@ pub(crate) async fn read_file(
         (status = 404, description = "No such workspace", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
         (status = 413, description = "The body is over the limit", body = ErrorResponse),
+        (status = 504, description = "The workspace's agent did not answer in time", body = ErrorResponse),
     )
 )]
 pub(crate) async fn write_file(

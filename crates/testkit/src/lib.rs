@@ -6,6 +6,7 @@
 //! Everything here panics with a clear message when the machine cannot do
 //! what a test needs: a failed setup is a failed test.
 
+pub mod attacks;
 mod daemon;
 mod http;
 mod repo;
