@@ -466,15 +466,21 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             );
         }
         Command::Gc => {
-            for gc in provider.gc().await? {
+            let gc = provider.gc().await?;
+            for runtime in gc.runtimes {
                 writeln!(
                     stdout,
                     "{}: {} layers and {} leftover workspaces removed",
-                    gc.runtime,
-                    gc.report.removed.len(),
-                    gc.report.orphans.len()
+                    runtime.runtime,
+                    runtime.report.removed.len(),
+                    runtime.report.orphans.len()
                 )?;
             }
+            writeln!(
+                stdout,
+                "git: {} leftovers of interrupted clones and fetches removed",
+                gc.git.len()
+            )?;
         }
         Command::Detect { id, json } => {
             let info = provider.agent_info(&id, true).await?;

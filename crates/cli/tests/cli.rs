@@ -2,7 +2,10 @@
 //! in a scratch BERTH_HOME, real git repositories.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 
-use berth_testkit::{commit_files, make_repo, temp_dir};
+use berth_testkit::{
+    GitHttpServer, command_of, commit_files, make_repo, processes_holding, temp_dir, wait_for_exit,
+    write_credentials,
+};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use tempfile::TempDir;
@@ -51,6 +54,144 @@ impl Env {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The last line of `berth up`'s output: the workspace id.
+fn workspace_id(out: &str) -> String {
+    out.lines().last().unwrap().to_owned()
+}
+
+/// A token-guarded forge serving `app`, a credential for it, and a spec
+/// cloning `app` with that credential on the `local` runtime.
+struct Forge {
+    server: GitHttpServer,
+    spec: PathBuf,
+    /// Unique to the test, so that a scan for it finds no other test's git.
+    token: String,
+}
+
+impl Forge {
+    fn new(env: &Env, token: &str) -> Forge {
+        let repos = env.dir.path().join("repos");
+        make_repo(&repos.join("app"), &[("README", "one\n")]);
+        let server = GitHttpServer::start(&repos, token);
+        write_credentials(&env.home, "forge", token, &[&server.url()]);
+        let spec = env.file(
+            "spec.toml",
+            &format!(
+                "runtime = \"local\"\n[[repositories]]\nurl = \"{}app\"\npath = \"app\"\n\
+                 credential = \"forge\"\n",
+                server.url()
+            ),
+        );
+        Forge {
+            server,
+            spec,
+            token: token.to_owned(),
+        }
+    }
+
+    /// Starts `berth up` of the spec and waits until its clone is held by
+    /// the stalled server; returns it with the processes holding the token
+    /// (git and its helpers).
+    fn up_stalled(&self, env: &Env) -> (std::process::Child, Vec<u32>) {
+        self.server.stall();
+        let up = env
+            .berth()
+            .args(["up", self.spec.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server.wait_for_stalled(1);
+        let holding = processes_holding(&self.token);
+        let commands: Vec<String> = holding.iter().map(|pid| command_of(*pid)).collect();
+        assert!(
+            commands.iter().any(|c| c.contains("remote-http")),
+            "git and its helper hold the token mid-clone: {commands:?}"
+        );
+        (up, holding)
+    }
+
+    /// The next `berth up` of the spec succeeds and has the repository.
+    fn next_up_works(&self, env: &Env) {
+        self.server.resume();
+        let id = workspace_id(&env.ok(&["up", self.spec.to_str().unwrap()]));
+        assert_eq!(env.ok(&["read", &id, "app/README"]), "one\n");
+        let all = env.ok(&["ls", "--all"]);
+        assert!(all.contains("failed"), "the killed one is failed: {all}");
+    }
+}
+
+/// What is left in the mirrors' directory.
+fn mirror_files(env: &Env) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(env.home.join("git/mirrors"))
+        .into_iter()
+        .flatten()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn killing_up_mid_clone_ends_every_git_holding_the_token() {
+    let env = Env::new();
+    let forge = Forge::new(&env, "tok-killed-up-4c1d9e0b77");
+    let (mut up, holding) = forge.up_stalled(&env);
+
+    up.kill().unwrap();
+    up.wait().unwrap();
+    wait_for_exit(&holding, std::time::Duration::from_secs(10));
+    assert_eq!(
+        processes_holding(&forge.token),
+        Vec::<u32>::new(),
+        "a git process outlived berth with the token"
+    );
+
+    let gc = env.ok(&["gc"]);
+    assert!(gc.contains("git: "), "{gc}");
+    assert_eq!(
+        mirror_files(&env),
+        Vec::<String>::new(),
+        "no lock or partial clone is left of a mirror never made"
+    );
+    forge.next_up_works(&env);
+}
+
+#[test]
+fn an_up_killed_together_with_its_git_leaves_nothing_gc_does_not_clear() {
+    let env = Env::new();
+    let forge = Forge::new(&env, "tok-killed-together-6a0f3e");
+    let (mut up, holding) = forge.up_stalled(&env);
+
+    // Everything at once (the OOM killer, a cgroup's kill): git cannot
+    // clean up after itself. Its tree is one process group.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", holding[0])).unwrap();
+    let group: i32 = stat
+        .rsplit_once(')')
+        .and_then(|(_, fields)| fields.split_whitespace().nth(2))
+        .unwrap()
+        .parse()
+        .unwrap();
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(group).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    up.kill().unwrap();
+    up.wait().unwrap();
+    wait_for_exit(&holding, std::time::Duration::from_secs(10));
+    let left = mirror_files(&env);
+    assert!(
+        left.iter().any(|name| name.ends_with(".partial")),
+        "a partial clone is left: {left:?}"
+    );
+
+    let gc = env.ok(&["gc"]);
+    assert!(gc.contains("git: "), "{gc}");
+    assert_eq!(mirror_files(&env), Vec::<String>::new());
+    forge.next_up_works(&env);
 }
 
 #[test]

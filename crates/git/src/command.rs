@@ -1,17 +1,21 @@
 //! Running the git executable safely: a clean environment, configuration
 //! that turns off everything able to prompt or run other programs, the
-//! credential header only for commands that talk to the remote, and
-//! redaction of everything git says before it reaches an error.
+//! credential header only for commands that talk to the remote, redaction
+//! of everything git says before it reaches an error, and a process tree
+//! that ends with berth (see [`crate::session`]).
 //!
 //! All configuration travels in `GIT_CONFIG_COUNT` / `GIT_CONFIG_KEY_n` /
 //! `GIT_CONFIG_VALUE_n`: never in argv (`git -c` is visible in `ps`) and never
 //! through `git clone -c` (which writes it into `.git/config`).
 
 use crate::GitError;
-use berth_core::ExecEvent;
+use crate::session::Session;
 use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use tokio_util::sync::CancellationToken;
+use std::process::Stdio;
+use std::sync::Arc;
 
 /// Variables passed through from the provider's environment: what git needs
 /// to find programs, certificates, proxies and an ssh agent. Everything else,
@@ -106,9 +110,20 @@ impl Finished {
 pub(crate) struct Runner {
     pub program: PathBuf,
     pub redactor: Redactor,
+    /// A lock every git process of this runner holds too, so that it is
+    /// not released while any of them still runs.
+    pub hold: Option<Arc<std::fs::File>>,
 }
 
 impl Runner {
+    /// This runner, its processes holding `lock` as well.
+    pub fn holding(&self, lock: &Arc<std::fs::File>) -> Runner {
+        Runner {
+            hold: Some(lock.clone()),
+            ..self.clone()
+        }
+    }
+
     /// Runs `git ARGS` in `dir`; a non-zero exit is an error.
     pub async fn run<I, S>(
         &self,
@@ -139,65 +154,46 @@ impl Runner {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<String> = args
-            .into_iter()
-            .map(|a| a.as_ref().to_string_lossy().into_owned())
-            .collect();
-        let program = self.program.to_string_lossy().into_owned();
-        let env = environment(auth, |key| std::env::var_os(key))
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string_lossy().into_owned(),
-                    v.to_string_lossy().into_owned(),
-                )
-            })
-            .collect();
-        // berth-exec runs git in its own process group: when this future is
-        // dropped (a cancelled provision), the whole group ends, helpers
-        // such as git-remote-http included.
-        let spawn = berth_exec::Spawn {
-            argv: std::iter::once(program.clone())
-                .chain(args.iter().cloned())
-                .collect(),
-            cwd: dir.to_path_buf(),
-            env,
-            stdin: berth_exec::Stdin::Null,
-            timeout: None,
-            output_limit: None,
-            grace: berth_exec::DEFAULT_GRACE,
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&args)
+            .current_dir(dir)
+            .env_clear()
+            .envs(environment(auth, |key| std::env::var_os(key)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawn_error = |source| GitError::Spawn {
+            program: self.program.display().to_string(),
+            source,
         };
-        let mut running =
-            berth_exec::spawn(spawn, CancellationToken::new()).map_err(|e| GitError::Spawn {
-                program: program.clone(),
-                source: match e {
-                    berth_exec::SpawnError::Spawn { source, .. } => source,
-                    other => std::io::Error::other(other.to_string()),
-                },
-            })?;
-        let (mut stdout, mut stderr, mut exit) = (Vec::new(), Vec::new(), None);
-        while let Some(event) = running.events.recv().await {
-            match event {
-                ExecEvent::Stdout { data } => stdout.extend_from_slice(&data.0),
-                ExecEvent::Stderr { data } => stderr.extend_from_slice(&data.0),
-                ExecEvent::Exit(status) => exit = Some(status),
-            }
-        }
-        let exit = exit.unwrap_or_default();
-        let status = match (exit.code, exit.signal) {
+        // Dropping this future (a cancelled provision) drops the session,
+        // which ends the whole tree.
+        let session = Session::start(command, self.hold.as_ref().map(|lock| lock.as_fd()))
+            .map_err(spawn_error)?;
+        let output = session.output().await.map_err(spawn_error)?;
+        let code = output.status.code();
+        let status = match (code, output.status.signal()) {
             (Some(code), _) => format!("exit code {code}"),
             (None, Some(signal)) => format!("killed by signal {signal}"),
             (None, None) => "ended without a status".to_owned(),
         };
-        let stderr = String::from_utf8_lossy(&stderr);
+        let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
-        let command_text = args.join(" ");
+        let command_text = args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
         Ok(Finished {
-            success: exit.code == Some(0),
-            code: exit.code,
+            success: code == Some(0),
+            code,
             status,
-            stdout: self.redactor.redact(&String::from_utf8_lossy(&stdout)),
+            stdout: self
+                .redactor
+                .redact(&String::from_utf8_lossy(&output.stdout)),
             stderr: self.redactor.redact(&tail),
             command: self.redactor.redact(&command_text),
             dir: (dir != Path::new(".")).then(|| dir.to_path_buf()),

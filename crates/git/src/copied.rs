@@ -76,7 +76,7 @@ impl Git {
                     args.push("--prune".as_ref());
                 }
                 args.extend([from, refspec.as_ref()]);
-                self.runner.run(copy, args, None).await?;
+                mirror.runner(self).run(copy, args, None).await?;
             }
         }
         let outcome = self.fast_forward(copy, previous).await?;

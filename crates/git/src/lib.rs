@@ -3,7 +3,8 @@
 //! berth runs the `git` executable. A repository names a credential; its
 //! token reaches git only as an `http.<url>.extraHeader` set through the git
 //! process's environment, so it is in no argv, in no file of the checkout,
-//! and in no error (everything git prints is redacted).
+//! and in no error (everything git prints is redacted); only for a URL the
+//! credential is bound to; and only in git processes that end with berth.
 //!
 //! Fetching into an existing checkout is careful about two things. It never
 //! destroys local work: it only fast-forwards, and says why when it cannot.
@@ -28,7 +29,9 @@ mod credentials;
 mod error;
 pub mod inside;
 mod mirror;
+mod mirror_lock;
 mod scope;
+mod session;
 mod url;
 
 pub use credentials::{
@@ -70,6 +73,7 @@ impl Git {
             runner: Runner {
                 program: PathBuf::from("git"),
                 redactor,
+                hold: None,
             },
         }
     }

@@ -7,14 +7,28 @@
 //!
 //! A lock file next to each mirror serialises everyone who updates or reads
 //! it: several provisions of one URL at once, in one berth process or many.
+//! Every git process working on a mirror holds the lock too, so it is not
+//! free again until the last of them has ended, even when they outlive the
+//! berth process that took it. While held, the lock file names the process
+//! holding it; it is emptied on release. A lock found taken but not
+//! released means its holder died: whatever that holder was making (a
+//! partial clone, bundles, git's own lock files) is removed before the
+//! mirror is used again, at berth's start ([`Mirrors::recover`]) or by
+//! `berth gc` ([`Mirrors::gc`]).
 
-use crate::command::Auth;
+use crate::command::{Auth, Runner};
+use crate::mirror_lock::{Entry, Wait, io_error, sweep, take_lock};
 use crate::{Git, GitError, check_ref, looks_like_commit, remote_failure, url};
 use berth_core::spec::Repository;
 use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// The directory holding every mirror.
+/// The directory holding every mirror. For the mirror named `H` (a hash of
+/// its URL): `H.git` is the bare repository, `H.lock` its lock, `H.partial`
+/// the first clone while it is made, `scratch/H-*` bundles being made.
 #[derive(Debug, Clone)]
 pub struct Mirrors {
     root: PathBuf,
@@ -37,38 +51,57 @@ impl Mirrors {
         self.root.join(format!("{}.git", hash(url)))
     }
 
-    /// Takes the lock of `url`'s mirror, waiting for whoever holds it.
+    /// Takes the lock of `url`'s mirror, waiting for whoever holds it, and
+    /// clears what a holder that died left.
     async fn lock(&self, url: &str) -> Result<Mirror, GitError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| GitError::Io { path, source }
-        };
         tokio::fs::create_dir_all(&self.root)
             .await
-            .map_err(io(&self.root))?;
-        let lock_path = self.root.join(format!("{}.lock", hash(url)));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        // `flock` through the standard library: it blocks, so it waits on
-        // a blocking thread; the lock goes with the file when it is closed,
-        // even if the process dies.
-        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .map_err(io_error(&self.root))?;
+        let entry = Entry::new(&self.root, &hash(url));
+        let lock_path = entry.lock_file();
+        // `flock` blocks, so it waits on a blocking thread.
+        let (entry, file) = tokio::task::spawn_blocking(move || {
+            let file = take_lock(&entry.lock_file(), Wait::Yes)?
+                .ok_or_else(|| io::Error::other("waited for the lock and did not get it"))?;
+            entry.claim(&file)?;
+            Ok((entry, file))
+        })
+        .await
+        .map_err(|e| GitError::Io {
+            path: lock_path.clone(),
+            source: io::Error::other(e),
+        })?
+        .map_err(io_error(&lock_path))?;
+        Ok(Mirror {
+            path: entry.repository(),
+            url: url.to_owned(),
+            entry,
+            lock: Arc::new(file),
+        })
+    }
+
+    /// Clears what berth processes that died while holding a mirror left,
+    /// for every mirror nobody holds now: run when berth starts. Returns
+    /// what was removed.
+    pub async fn recover(&self) -> Result<Vec<PathBuf>, GitError> {
+        self.sweep(false).await
+    }
+
+    /// Like [`Mirrors::recover`], and also removes what a crash could have
+    /// left under a lock that was released: partial clones, bundles, git's
+    /// lock files, and the lock files of mirrors that were never made.
+    pub async fn gc(&self) -> Result<Vec<PathBuf>, GitError> {
+        self.sweep(true).await
+    }
+
+    async fn sweep(&self, everything: bool) -> Result<Vec<PathBuf>, GitError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || sweep(&root, everything))
             .await
             .map_err(|e| GitError::Io {
-                path: lock_path.clone(),
-                source: std::io::Error::other(e),
+                path: self.root.clone(),
+                source: io::Error::other(e),
             })?
-            .map_err(io(&lock_path))?;
-        Ok(Mirror {
-            path: self.path_for(url),
-            url: url.to_owned(),
-            scratch: self.root.join("scratch"),
-            _lock: file,
-        })
     }
 }
 
@@ -77,16 +110,16 @@ fn hash(url: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An up-to-date mirror, locked for as long as this value lives.
+/// An up-to-date mirror, locked for as long as this value lives and any git
+/// process started on it runs.
 #[derive(Debug)]
 pub struct Mirror {
     path: PathBuf,
     url: String,
-    /// Where bundles are made: on the provider's disk, next to the
-    /// mirrors, rather than in a temporary directory that may be small.
-    scratch: PathBuf,
-    /// Held for the lock; released when dropped.
-    _lock: std::fs::File,
+    entry: Entry,
+    /// Held for the lock; released when dropped and no git process holds
+    /// it any more.
+    lock: Arc<File>,
 }
 
 impl Mirror {
@@ -98,6 +131,18 @@ impl Mirror {
     /// The upstream URL it mirrors.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// `git`'s runner, its processes holding this mirror's lock.
+    pub(crate) fn runner(&self, git: &Git) -> Runner {
+        git.runner.holding(&self.lock)
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        // Released in good order: nothing to clear for the next holder.
+        let _ = self.lock.set_len(0);
     }
 }
 
@@ -214,18 +259,16 @@ impl Git {
                 }));
             }
         }
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| GitError::Io { path, source }
-        };
-        tokio::fs::create_dir_all(&mirror.scratch)
+        let scratch_dir = mirror.entry.scratch();
+        tokio::fs::create_dir_all(&scratch_dir)
             .await
-            .map_err(io(&mirror.scratch))?;
-        // Removed when dropped, on every path out of here.
+            .map_err(io_error(&scratch_dir))?;
+        // Removed when dropped, on every path out of here; by the next
+        // holder of the lock if this process dies first.
         let scratch = tempfile::Builder::new()
-            .prefix("bundle-")
-            .tempdir_in(&mirror.scratch)
-            .map_err(io(&mirror.scratch))?;
+            .prefix(&mirror.entry.scratch_prefix())
+            .tempdir_in(&scratch_dir)
+            .map_err(io_error(&scratch_dir))?;
         let file = scratch.path().join("fetch.bundle");
         let mut args = vec![
             "bundle".to_owned(),
@@ -237,7 +280,7 @@ impl Git {
         // Everything reachable from what the checkout has is left out; with
         // nothing known, the bundle holds the branch's whole history.
         args.extend(known.iter().map(|held| format!("^{held}")));
-        self.runner.run(&mirror.path, &args, None).await?;
+        mirror.runner(self).run(&mirror.path, &args, None).await?;
         let bundle = tokio::fs::read(&file)
             .await
             .map_err(|source| GitError::Io { path: file, source })?;
@@ -254,9 +297,9 @@ impl Git {
         mirror: &Mirror,
         auth: Option<&Auth>,
     ) -> Result<(), GitError> {
-        // A clone cut short by a crash left a partial directory (no HEAD
-        // means `git clone` never finished): start again.
-        let partial = mirror.path.with_extension("partial");
+        // A repository without HEAD is one `git clone` never finished:
+        // start again.
+        let partial = mirror.entry.partial();
         for leftover in [&mirror.path, &partial] {
             match tokio::fs::remove_dir_all(leftover).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -278,7 +321,10 @@ impl Git {
         ];
         args.push(repo.url.clone().into());
         args.push(partial.clone().into_os_string());
-        let cloned = self.runner.try_run(Path::new("."), &args, auth).await?;
+        let cloned = mirror
+            .runner(self)
+            .try_run(Path::new("."), &args, auth)
+            .await?;
         if !cloned.success {
             let _ = tokio::fs::remove_dir_all(&partial).await;
             return Err(remote_failure(cloned, &repo.url, auth));
@@ -300,8 +346,8 @@ impl Git {
         mirror: &Mirror,
         auth: Option<&Auth>,
     ) -> Result<(), GitError> {
-        let listed = self
-            .runner
+        let listed = mirror
+            .runner(self)
             .try_run(
                 Path::new("."),
                 [
@@ -333,8 +379,8 @@ impl Git {
                 upstream.insert((left.to_owned(), name.to_owned()));
             }
         }
-        let held = self
-            .runner
+        let held = mirror
+            .runner(self)
             .run(
                 &mirror.path,
                 [
@@ -352,8 +398,8 @@ impl Git {
             .map(|(commit, name)| (commit.to_owned(), name.to_owned()))
             .collect();
         if held != upstream {
-            let fetched = self
-                .runner
+            let fetched = mirror
+                .runner(self)
                 .try_run(
                     &mirror.path,
                     [
@@ -376,7 +422,8 @@ impl Git {
         // The default branch is what a clone without a ref checks out;
         // upstream may have changed it since the mirror was made.
         if let Some(head) = head {
-            self.runner
+            mirror
+                .runner(self)
                 .run(&mirror.path, ["symbolic-ref", "HEAD", &head], None)
                 .await?;
         }
@@ -424,8 +471,8 @@ impl Git {
         } else {
             return Err(missing());
         };
-        let fetched = self
-            .runner
+        let fetched = mirror
+            .runner(self)
             .try_run(
                 &mirror.path,
                 [
@@ -465,13 +512,14 @@ impl Git {
         args.push("--".into());
         args.push(mirror.path.clone().into_os_string());
         args.push(dest.as_os_str().to_owned());
-        self.runner.run(Path::new("."), &args, None).await?;
+        mirror.runner(self).run(Path::new("."), &args, None).await?;
         if let Some(reference) = &repo.reference {
             // `origin` is still the mirror, which holds whatever the ref
             // names: nothing here needs the network or a credential.
             self.check_out(repo, dest, reference, None).await?;
         }
-        self.runner
+        mirror
+            .runner(self)
             .run(dest, ["remote", "set-url", "origin", &repo.url], None)
             .await?;
         self.head(dest).await

@@ -387,3 +387,165 @@ async fn a_copy_that_leads_outside_itself_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("borrows"), "{err}");
 }
+
+/// The name of a mirror's files: `NAME.git`, `NAME.lock`, ...
+fn mirror_name(world: &World, url: &str) -> String {
+    let path = world.mirrors.path_for(url);
+    path.file_stem().unwrap().to_str().unwrap().to_owned()
+}
+
+/// Everything in the mirrors' directory and its scratch space, sorted.
+fn mirror_files(world: &World) -> Vec<String> {
+    let root = world.mirrors.root();
+    let mut names = Vec::new();
+    for dir in [root.to_path_buf(), root.join("scratch")] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            names.push(path.strip_prefix(root).unwrap().display().to_string());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_clone_leaves_no_git_process_with_the_token() {
+    let world = World::new();
+    world.server.stall();
+    let (git, mirrors, repo, dest) = (
+        Clone::clone(&world.git),
+        world.mirrors.clone(),
+        world.repo(None),
+        world.dest("dropped"),
+    );
+    let clone = tokio::spawn(async move { git.clone_with_mirror(&repo, &mirrors, &dest).await });
+    tokio::task::block_in_place(|| world.server.wait_for_stalled(1));
+    let holding = kit::processes_holding(TOKEN);
+    let commands: Vec<String> = holding.iter().map(|pid| kit::command_of(*pid)).collect();
+    assert!(
+        commands.iter().any(|c| c.contains("remote-http")),
+        "git's helper holds the token too: {commands:?}"
+    );
+
+    clone.abort();
+    assert!(clone.await.unwrap_err().is_cancelled());
+    kit::wait_for_exit(&holding, std::time::Duration::from_secs(10));
+    assert_eq!(kit::processes_holding(TOKEN), Vec::<u32>::new());
+
+    // Its mirror is free for the next clone, which finds nothing in the way.
+    world.server.resume();
+    let dest = world.clone("next").await;
+    assert_eq!(kit::head(&dest), kit::head(&world.upstream()));
+    let name = mirror_name(&world, &world.repo(None).url);
+    assert_eq!(
+        mirror_files(&world),
+        [format!("{name}.git"), format!("{name}.lock")]
+    );
+}
+
+#[tokio::test]
+async fn a_mirror_a_killed_fetch_left_is_cleared_before_its_next_use() {
+    let world = World::new();
+    world.clone("first").await;
+    let url = world.repo(None).url;
+    let name = mirror_name(&world, &url);
+    let mirror = world.mirrors.path_for(&url);
+    // What `kill -9` of a provision in the middle of a fetch into the mirror
+    // leaves: the lock file naming the dead holder, git's lock of the branch
+    // it was updating, a quarantine of objects half received, a bundle.
+    let root = world.mirrors.root();
+    std::fs::write(root.join(format!("{name}.lock")), "4194000\n").unwrap();
+    std::fs::write(mirror.join("refs/heads/main.lock"), "").unwrap();
+    std::fs::create_dir(mirror.join("objects/incoming-Xy12ab")).unwrap();
+    std::fs::create_dir_all(root.join(format!("scratch/{name}-bundle"))).unwrap();
+
+    let moved = kit::commit_files(&world.upstream(), &[("README", "moved\n")], "moved");
+    let second = world.clone("second").await;
+    assert_eq!(kit::head(&second), moved);
+    assert!(!mirror.join("refs/heads/main.lock").exists());
+    assert!(!mirror.join("objects/incoming-Xy12ab").exists());
+    assert_eq!(
+        mirror_files(&world),
+        [
+            format!("{name}.git"),
+            format!("{name}.lock"),
+            "scratch".into()
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join(format!("{name}.lock"))).unwrap(),
+        "",
+        "released in good order"
+    );
+}
+
+#[tokio::test]
+async fn recovery_and_gc_clear_what_interrupted_clones_left_and_spare_mirrors_in_use() {
+    let world = World::new();
+    let root = world.mirrors.root().to_path_buf();
+    kit::make_repo(&world.dir.path().join("repos/other"), &[("a", "b")]);
+    let other_url = format!("{}other", world.server.url());
+    let mut other = world.repo(None);
+    other.url = other_url.clone();
+    world
+        .git
+        .clone_with_mirror(&other, &world.mirrors, &world.dest("other"))
+        .await
+        .unwrap();
+    let other = mirror_name(&world, &other_url);
+    // A mirror in use, making a bundle.
+    let held = world
+        .git
+        .mirror(&world.repo(None), &world.mirrors)
+        .await
+        .unwrap();
+    let busy = mirror_name(&world, &world.repo(None).url);
+    std::fs::create_dir_all(root.join(format!("scratch/{busy}-bundle"))).unwrap();
+    std::fs::create_dir(root.join(format!("{busy}.partial"))).unwrap();
+    // The first clone of a URL, killed with its berth: the lock names the
+    // dead process.
+    let dead = "d".repeat(64);
+    std::fs::write(root.join(format!("{dead}.lock")), "4194000\n").unwrap();
+    std::fs::create_dir_all(root.join(format!("{dead}.partial/objects"))).unwrap();
+    std::fs::create_dir_all(root.join(format!("scratch/{dead}-bundle"))).unwrap();
+    // A fetch killed on its own (its berth lived on and released the lock).
+    std::fs::write(root.join(format!("{other}.git/packed-refs.lock")), "").unwrap();
+
+    // At start, only what a dead holder left goes.
+    let mut removed = world.mirrors.recover().await.unwrap();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            root.join(format!("{dead}.partial")),
+            root.join(format!("scratch/{dead}-bundle")),
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join(format!("{dead}.lock"))).unwrap(),
+        ""
+    );
+
+    // gc takes the rest, except what the mirror in use is making.
+    let mut removed = world.mirrors.gc().await.unwrap();
+    removed.sort();
+    let mut expected = [
+        root.join(format!("{dead}.lock")),
+        root.join(format!("{other}.git/packed-refs.lock")),
+    ];
+    expected.sort();
+    assert_eq!(removed, expected);
+    let mut kept = vec![
+        format!("{busy}.git"),
+        format!("{busy}.lock"),
+        format!("{busy}.partial"),
+        format!("{other}.git"),
+        format!("{other}.lock"),
+        "scratch".into(),
+        format!("scratch/{busy}-bundle"),
+    ];
+    kept.sort();
+    assert_eq!(mirror_files(&world), kept);
+    drop(held);
+    assert!(world.mirrors.recover().await.unwrap().is_empty());
+}

@@ -31,6 +31,16 @@ pub struct RuntimeGc {
     pub report: GcReport,
 }
 
+/// What garbage collection removed.
+#[derive(Debug, Clone)]
+pub struct Gc {
+    /// One report per runtime that keeps layers.
+    pub runtimes: Vec<RuntimeGc>,
+    /// What interrupted git processes left in the mirrors: partial clones,
+    /// bundles, lock files.
+    pub git: Vec<std::path::PathBuf>,
+}
+
 /// Writes the patch of one repository (`$1`) against the commit it was
 /// provisioned at (`refs/berth/base`, else HEAD) into the file `$3` of the
 /// repository: a scratch index gets every file of the working tree
@@ -277,8 +287,16 @@ impl Provider {
     }
 
     /// Removes what no workspace, cache entry or snapshot uses, in every
-    /// runtime that keeps layers.
-    pub async fn gc(&self) -> Result<Vec<RuntimeGc>, ServiceError> {
+    /// runtime that keeps layers, and what interrupted clones left in the
+    /// mirrors nobody is using.
+    pub async fn gc(&self) -> Result<Gc, ServiceError> {
+        let git = crate::provision::mirrors(self.home())
+            .gc()
+            .await
+            .map_err(|source| ServiceError::Git {
+                id: "mirrors".into(),
+                source,
+            })?;
         let live = self.store().list(false)?;
         let mut reports = Vec::new();
         for runtime in self.runtime_list() {
@@ -301,7 +319,10 @@ impl Provider {
                 }
             }
         }
-        Ok(reports)
+        Ok(Gc {
+            runtimes: reports,
+            git,
+        })
     }
 
     /// A connection to a running workspace's agent.

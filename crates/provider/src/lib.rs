@@ -8,7 +8,7 @@ mod layers;
 mod provision;
 
 pub use error::ServiceError;
-pub use layers::RuntimeGc;
+pub use layers::{Gc, RuntimeGc};
 pub use provision::Progress;
 
 use berth_core::{
@@ -113,7 +113,8 @@ struct Inner {
 impl Provider {
     /// Opens the registry in `config.home` and settles what a previous
     /// process left behind: interrupted provisions are cleaned and marked
-    /// failed, workspaces whose runtime state vanished are marked failed.
+    /// failed, what their git processes left in the mirrors is removed,
+    /// workspaces whose runtime state vanished are marked failed.
     pub async fn open(config: ProviderConfig) -> Result<Provider, ServiceError> {
         std::fs::create_dir_all(&config.home).map_err(|e| ServiceError::InvalidRequest {
             field: "BERTH_HOME".into(),
@@ -464,6 +465,17 @@ impl Provider {
 
     /// Settles what an earlier process left: see [`Provider::open`].
     async fn recover(&self) -> Result<(), ServiceError> {
+        // The git processes of a provision that was killed died with it;
+        // what they were making in the mirrors goes before anyone trips on
+        // it.
+        match provision::mirrors(self.home()).recover().await {
+            Ok(removed) => {
+                for path in removed {
+                    tracing::warn!(path = %path.display(), "removed what an interrupted git left");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not clear what interrupted git left"),
+        }
         for ws in self.store().orphaned_provisions()? {
             tracing::warn!(id = %ws.id, "cleaning an interrupted provision");
             if let Ok(runtime) = self.runtime_of(&ws)

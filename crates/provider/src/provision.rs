@@ -53,7 +53,7 @@ pub(crate) fn staging_dir(home: &Path, id: &WorkspaceId) -> PathBuf {
 
 /// The provider's mirrors of upstream repositories, which every clone and
 /// every fetch into an isolated workspace goes through.
-fn mirrors(home: &Path) -> berth_git::Mirrors {
+pub(crate) fn mirrors(home: &Path) -> berth_git::Mirrors {
     berth_git::Mirrors::new(home.join("git").join("mirrors"))
 }
 

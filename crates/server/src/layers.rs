@@ -317,6 +317,6 @@ pub(crate) async fn export(
 )]
 pub(crate) async fn gc(State(state): State<AppState>) -> Result<Json<GcResponse>, ApiError> {
     Ok(Json(GcResponse {
-        runtimes: state.provider.gc().await?,
+        runtimes: state.provider.gc().await?.runtimes,
     }))
 }

@@ -1,8 +1,9 @@
 //! A loopback smart-HTTP git server that demands a token: real
 //! `git http-backend` run as a CGI program behind a small axum server,
 //! which refuses every request without `Authorization: Bearer TOKEN` (or
-//! Basic with TOKEN as the password), counts what it served and refused, and
-//! keeps every `Authorization` header it was sent.
+//! Basic with TOKEN as the password), counts what it served and refused,
+//! keeps every `Authorization` header it was sent, and can hold fetches in
+//! the middle of a clone until told to go on.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -13,11 +14,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// The largest request body accepted (a push of test repositories is small).
 const BODY_LIMIT: usize = 256 << 20;
+
+/// How long [`GitHttpServer::wait_for_stalled`] waits before it fails the
+/// test: a bound on a broken test, not a timing.
+const STALL_WAIT: Duration = Duration::from_secs(60);
 
 pub struct GitHttpServer {
     addr: SocketAddr,
@@ -33,6 +39,11 @@ struct Shared {
     refused: AtomicUsize,
     gzipped: AtomicUsize,
     authorizations: Mutex<Vec<String>>,
+    /// Whether fetches wait.
+    stalling: tokio::sync::watch::Sender<bool>,
+    /// How many fetches are waiting now.
+    stalled: Mutex<usize>,
+    stalled_changed: Condvar,
 }
 
 impl GitHttpServer {
@@ -54,6 +65,9 @@ impl GitHttpServer {
             refused: AtomicUsize::new(0),
             gzipped: AtomicUsize::new(0),
             authorizations: Mutex::new(Vec::new()),
+            stalling: tokio::sync::watch::Sender::new(false),
+            stalled: Mutex::new(0),
+            stalled_changed: Condvar::new(),
         });
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = axum::Router::new()
@@ -120,6 +134,35 @@ impl GitHttpServer {
             .clone()
     }
 
+    /// From now on, every authorized fetch (a `git-upload-pack` POST: the
+    /// part of a clone after the refs are advertised) waits, unanswered,
+    /// until [`GitHttpServer::resume`]. The client is left mid-clone, with
+    /// its destination made and its connection open.
+    pub fn stall(&self) {
+        self.state.stalling.send_replace(true);
+    }
+
+    /// Answers the fetches that wait, and every later one.
+    pub fn resume(&self) {
+        self.state.stalling.send_replace(false);
+    }
+
+    /// Blocks until at least `count` fetches wait in a stall.
+    pub fn wait_for_stalled(&self, count: usize) {
+        let stalled = self.state.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        let (stalled, timeout) = self
+            .state
+            .stalled_changed
+            .wait_timeout_while(stalled, STALL_WAIT, |n| *n < count)
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            panic!(
+                "{} fetches stalled after {STALL_WAIT:?}, not {count}",
+                *stalled
+            );
+        }
+    }
+
     /// Served requests whose body was gzip'd (git compresses large ones).
     pub fn gzipped(&self) -> usize {
         self.state.gzipped.load(Ordering::SeqCst)
@@ -155,6 +198,11 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
             .into_response();
     }
     state.served.fetch_add(1, Ordering::SeqCst);
+    if request.method() == axum::http::Method::POST
+        && request.uri().path().ends_with("/git-upload-pack")
+    {
+        stall(&state).await;
+    }
     let gzipped = request
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -184,6 +232,28 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
         .and_then(|decoded| String::from_utf8(decoded).ok())
         .and_then(|pair| pair.split_once(':').map(|(_, password)| password == token))
         .unwrap_or(false)
+}
+
+/// Waits while fetches are stalled, counted among the stalled meanwhile.
+async fn stall(state: &Shared) {
+    let mut stalling = state.stalling.subscribe();
+    if !*stalling.borrow_and_update() {
+        return;
+    }
+    /// Counts one waiting fetch for as long as it lives, however the wait
+    /// ends (a client that hangs up drops it).
+    struct Waiting<'a>(&'a Shared);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            *self.0.stalled.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            self.0.stalled_changed.notify_all();
+        }
+    }
+    *state.stalled.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    state.stalled_changed.notify_all();
+    let _waiting = Waiting(state);
+    // The sender lives as long as the server.
+    let _ = stalling.wait_for(|on| !*on).await;
 }
 
 /// Runs `git http-backend` for one request, as a CGI server would.

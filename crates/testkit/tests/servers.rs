@@ -83,3 +83,32 @@ fn the_daemon_serves_and_stops_on_drop() {
         "still listening after drop"
     );
 }
+
+#[test]
+fn a_stalled_server_holds_a_clone_until_resumed() {
+    let base = kit::temp_dir();
+    let commit = kit::make_repo(&base.path().join("project"), &[("a", "b")]);
+    let server = GitHttpServer::start(base.path(), "s3cret");
+    server.stall();
+    let dest = base.path().join("clone");
+    let mut clone = std::process::Command::new("git")
+        .args([
+            "-c",
+            "http.extraHeader=Authorization: Bearer s3cret",
+            "clone",
+            "--quiet",
+        ])
+        .arg(format!("{}project", server.url()))
+        .arg(&dest)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .spawn()
+        .unwrap();
+    server.wait_for_stalled(1);
+    assert!(clone.try_wait().unwrap().is_none(), "the clone goes on");
+    assert!(kit::processes_holding("Bearer s3cret").contains(&clone.id()));
+    server.resume();
+    assert!(clone.wait().unwrap().success());
+    assert_eq!(kit::head(&dest), commit);
+    kit::wait_for_exit(&[clone.id()], std::time::Duration::from_secs(5));
+}
