@@ -123,15 +123,31 @@ impl Forge {
     }
 }
 
-/// What is left in the mirrors' directory.
-fn mirror_files(env: &Env) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(env.home.join("git/mirrors"))
+/// What is in a directory of BERTH_HOME, sorted.
+fn entries(env: &Env, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(env.home.join(dir))
         .into_iter()
         .flatten()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names
+}
+
+/// What is left in the mirrors' directory.
+fn mirror_files(env: &Env) -> Vec<String> {
+    entries(env, "git/mirrors")
+}
+
+/// Asserts that nothing of the killed provision is left on disk.
+fn nothing_left_of_the_killed_provision(env: &Env) {
+    assert_eq!(
+        mirror_files(env),
+        Vec::<String>::new(),
+        "no lock or partial clone is left of a mirror never made"
+    );
+    assert_eq!(entries(env, "staging"), Vec::<String>::new());
+    assert_eq!(entries(env, "local/workspaces"), Vec::<String>::new());
 }
 
 #[test]
@@ -151,11 +167,7 @@ fn killing_up_mid_clone_ends_every_git_holding_the_token() {
 
     let gc = env.ok(&["gc"]);
     assert!(gc.contains("git: "), "{gc}");
-    assert_eq!(
-        mirror_files(&env),
-        Vec::<String>::new(),
-        "no lock or partial clone is left of a mirror never made"
-    );
+    nothing_left_of_the_killed_provision(&env);
     forge.next_up_works(&env);
 }
 
@@ -190,7 +202,7 @@ fn an_up_killed_together_with_its_git_leaves_nothing_gc_does_not_clear() {
 
     let gc = env.ok(&["gc"]);
     assert!(gc.contains("git: "), "{gc}");
-    assert_eq!(mirror_files(&env), Vec::<String>::new());
+    nothing_left_of_the_killed_provision(&env);
     forge.next_up_works(&env);
 }
 

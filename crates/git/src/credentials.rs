@@ -252,10 +252,12 @@ impl Credentials {
         self.by_key.get(&normalise(name)).map(|n| &n.credential)
     }
 
-    /// The credential `name`, if a request to `url` may carry it: it exists,
-    /// `url` is http(s), and one of its URL prefixes covers `url` (see
+    /// The credential `name`, if a request to `url` may carry it: `url`
+    /// holds no credential of its own, the credential exists, `url` is
+    /// http(s), and one of its URL prefixes covers `url` (see
     /// [`UrlPrefix`]). Every use of a credential goes through here.
     pub fn authorize(&self, name: &str, url: &str) -> Result<&Credential, GitError> {
+        crate::url::check(url)?;
         let credential = self.get(name).ok_or_else(|| GitError::UnknownCredential {
             name: name.to_owned(),
             url: url.to_owned(),
@@ -627,6 +629,11 @@ mod tests {
             .authorize("forge", "https://git.example.com/team/../evil/x")
             .unwrap_err();
         assert!(err.to_string().contains("`..`"), "{err}");
+        let err = creds
+            .authorize("forge", "https://git.example.com:s3cret@evil.org/team/x")
+            .unwrap_err();
+        assert!(matches!(err, GitError::UrlHasCredentials { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(matches!(
             creds.authorize("nope", ok),
             Err(GitError::UnknownCredential { .. })

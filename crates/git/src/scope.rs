@@ -120,6 +120,13 @@ impl FromStr for UrlPrefix {
     type Err = GitError;
 
     fn from_str(text: &str) -> Result<UrlPrefix, GitError> {
+        if let Err(GitError::UrlHasCredentials { url }) = crate::url::check(text) {
+            // Named with the user information masked: it may be a password.
+            return Err(GitError::InvalidUrlPrefix {
+                prefix: url,
+                reason: "it carries user information".into(),
+            });
+        }
         let invalid = |reason: String| GitError::InvalidUrlPrefix {
             prefix: text.escape_debug().to_string(),
             reason,
@@ -267,9 +274,14 @@ mod tests {
 
     #[test]
     fn bad_prefixes_are_refused_naming_them() {
+        let err = "https://user:s3cret@git.example.com/team/"
+            .parse::<UrlPrefix>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https://***@git.example.com/team/"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
         for (prefix, reason) in [
             ("https://git.example.com/team/../", "`..`"),
-            ("https://user@git.example.com/team/", "user information"),
             ("https://git.example.com/team/?a=b", "query"),
             ("https://git.example.com/team/#top", "fragment"),
             ("git://git.example.com/team/", "http or https"),
