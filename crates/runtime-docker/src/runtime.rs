@@ -971,7 +971,7 @@ impl Runtime for DockerRuntime {
         let _lifecycle = self.lifecycle(ws).await;
         let image = match to {
             Some(id) if !plan::valid_tag(id) => {
-                return Err(RuntimeError::Other(format!("no snapshot `{id}`")));
+                return Err(RuntimeError::NotFound(id.to_string()));
             }
             Some(id) => plan::snapshot_image(id),
             None => plan::provisioned_image(&ws.id),
@@ -1120,7 +1120,7 @@ impl Runtime for DockerRuntime {
     async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
         let image = plan::snapshot_image(id);
         if !plan::valid_tag(id) || !self.image_exists(&image).await? {
-            return Err(RuntimeError::Other(format!("no snapshot `{id}`")));
+            return Err(RuntimeError::NotFound(id.to_string()));
         }
         self.untag(&image).await
     }

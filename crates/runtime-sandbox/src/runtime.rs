@@ -1999,10 +1999,15 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
-        let layer = LayerId::parse(id).map_err(other)?;
-        self.store
-            .remove_ref(&layer, &format!("snapshot:{layer}"))
-            .map_err(other)?;
+        // An id that is no layer's, or a layer no snapshot holds, is no
+        // snapshot of this runtime.
+        let not_found = || RuntimeError::NotFound(id.to_string());
+        let layer = LayerId::parse(id).map_err(|_| not_found())?;
+        let holder = format!("snapshot:{layer}");
+        if !self.store.refs(&layer).map_err(other)?.contains(&holder) {
+            return Err(not_found());
+        }
+        self.store.remove_ref(&layer, &holder).map_err(other)?;
         self.collect_released(vec![layer]).await;
         Ok(())
     }

@@ -780,6 +780,14 @@ async fn snapshots_survive_a_restart_and_forks_are_independent() {
     // Letting go of them collects them without an explicit gc, except
     // what the cache entry still holds.
     rt.remove_snapshot(&snapshot.id).await.unwrap();
+    // Gone, as an id that was never a layer's: not found, not a failure.
+    for unknown in [snapshot.id.as_str(), "0"] {
+        let err = rt.remove_snapshot(unknown).await.unwrap_err();
+        assert!(
+            matches!(err, berth_core::RuntimeError::NotFound(_)),
+            "{unknown}: {err}"
+        );
+    }
     rt.remove(&fork).await.unwrap();
     rt.remove(&ws).await.unwrap();
     let cached = rt.store().list().unwrap();

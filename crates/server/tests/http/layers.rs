@@ -331,14 +331,29 @@ async fn snapshots_reset_changes_export_and_forks_work_on_docker_workspaces() {
     let (status, body) = api
         .json(api.request(Method::DELETE, &remove_snapshot))
         .await;
-    assert!(!status.is_success(), "removed twice: {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&snapshot),
-        "{body}"
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &[&snapshot],
     );
+    // Ids no runtime could have made are not found either (not a 500).
+    for unknown in [
+        "0",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        let (status, body) = api
+            .json(api.request(Method::DELETE, &format!("/v1/snapshots/{unknown}")))
+            .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &[unknown],
+        );
+    }
 
     for ws in forks.iter().chain([&id]) {
         let (status, _) = api
