@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod layers;
+pub mod object;
 pub mod read;
 pub mod runtime;
 pub mod spec;

@@ -30,9 +30,11 @@ const RUNTIME_DIRS: &[&str] = &["proc", "dev", "sys", ".berth"];
 pub struct Spec {
     /// A name for workspaces made from this spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub name: Option<String>,
     /// The runtime: `local`, `sandbox`, `docker`, `fake`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub runtime: Option<String>,
     /// The base image (ignored by `local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,28 +45,60 @@ pub struct Spec {
     /// when absent; `/` makes the whole filesystem the workspace (as
     /// Derrick's configs do). A `local` workspace is its directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^/")]
     pub root: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::object::from_objects",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub repositories: Vec<Repository>,
     /// A shell script run in the workspace root after cloning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_script: Option<String>,
     /// Environment of the setup script and of every command.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = env_schema)]
     pub env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::object::from_object",
+        skip_serializing_if = "Limits::is_empty"
+    )]
     pub limits: Limits,
     /// Network access; `none` by default on isolated runtimes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
-    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::object::from_object",
+        skip_serializing_if = "Timeouts::is_empty"
+    )]
     pub timeouts: Timeouts,
+}
+
+/// A map of environment variables, whose names have no `=` and no NUL.
+fn env_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "Environment of the setup script and of every command.",
+        ))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^=\\x00]+$")),
+        ))
+        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
 }
 
 /// A git repository cloned into the workspace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Repository {
+    #[schema(pattern = "\\S")]
     pub url: String,
     /// Where the clone goes, relative to the workspace root (the spec's
     /// `root`).
@@ -77,9 +111,11 @@ pub struct Repository {
         alias = "reference",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(pattern = "^[^-]")]
     pub reference: Option<String>,
     /// The name of a provider-held credential used to clone and fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub credential: Option<String>,
 }
 
@@ -93,12 +129,15 @@ pub struct Limits {
         deserialize_with = "deserialize_bytes",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(schema_with = memory_schema)]
     pub memory: Option<u64>,
     /// Maximum number of processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint32", minimum = 1, maximum = 4294967295_u32)]
     pub pids: Option<u32>,
     /// CPU share, in cores (e.g. `0.5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
     pub cpus: Option<f64>,
 }
 
@@ -107,6 +146,36 @@ impl Limits {
         self == &Limits::default()
     }
 }
+
+/// Memory as [`deserialize_bytes`] reads it: a positive number of bytes,
+/// or a number with a unit (`512m`, `1.5GiB`).
+fn memory_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+    };
+    let one_of = OneOfBuilder::new()
+        .description(Some(
+            "Memory in bytes; also accepts strings like `512m` or `2g`.",
+        ))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(1))
+                .maximum(Some(u64::MAX)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(BYTES_PATTERN)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build();
+    Schema::OneOf(one_of)
+}
+
+/// What [`parse_bytes`] reads: a decimal number, a unit, an optional `b`.
+const BYTES_PATTERN: &str = "^\\s*[+]?([0-9]+[.]?[0-9]*|[.][0-9]+)\\s*([kKmMgGtT][iI]?)?[bB]?\\s*$";
 
 /// Network access for a workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -124,9 +193,11 @@ pub enum Network {
 pub struct Timeouts {
     /// Limit for the setup script.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     pub setup: Option<u64>,
     /// Default limit for each command run in the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     pub exec: Option<u64>,
 }
 
@@ -384,6 +455,8 @@ fn located<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> SpecError {
     SpecError::field(field, err.into_inner().to_string())
 }
 
+/// The OpenAPI document states the same rule as the pattern of each name
+/// field (`^[A-Za-z0-9._-]{1,128}$`).
 fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
     let ok = !value.is_empty()
         && value.len() <= 128

@@ -93,7 +93,9 @@ pub struct Workspace {
     pub state: WorkspaceState,
     /// What the runtime needs to find this workspace again (paths, container
     /// ids) and the isolation in force; its shape is the runtime's own.
-    #[schema(value_type = Object)]
+    /// `null` until the runtime has made the workspace (and for good when
+    /// that failed).
+    #[schema(value_type = Option<Object>)]
     pub runtime_info: serde_json::Value,
     /// The provisioning cache entry this workspace was made from or saved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]

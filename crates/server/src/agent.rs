@@ -90,9 +90,11 @@ pub struct SessionExecParams {
     /// Time limit in milliseconds; past it the command is interrupted (the
     /// session lives on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     pub timeout_ms: Option<u64>,
     /// Bytes kept per stream; anything beyond is counted and dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     pub output_limit: Option<u64>,
 }
 
@@ -113,9 +115,11 @@ pub struct TerminalQuery {
     pub cwd: Option<String>,
     /// Rows of the terminal; 24 when absent.
     #[serde(default)]
+    #[param(maximum = 65535)]
     pub rows: Option<u16>,
     /// Columns of the terminal; 80 when absent.
     #[serde(default)]
+    #[param(maximum = 65535)]
     pub cols: Option<u16>,
 }
 

@@ -62,7 +62,11 @@ pub struct CreateParams {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The spec to use instead of the server's default spec.
-    #[serde(default, alias = "config")]
+    #[serde(
+        default,
+        alias = "config",
+        deserialize_with = "berth_core::object::from_optional_object"
+    )]
     pub spec: Option<Spec>,
 }
 
@@ -95,6 +99,7 @@ pub struct CmdParams {
     pub env: BTreeMap<String, String>,
     /// Seconds; the command's whole process tree is ended past it.
     #[serde(default)]
+    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     pub timeout: Option<u64>,
 }
 
@@ -122,6 +127,7 @@ pub struct WriteFileParams {
     #[serde(default)]
     pub working_dir: Option<String>,
     /// The file's bytes, base64 (line breaks allowed).
+    #[schema(format = Byte)]
     pub content: String,
 }
 
@@ -166,6 +172,7 @@ pub(crate) async fn health() -> Json<HealthResponse> {
         (status = 200, description = "The new workspace's id", body = WorkspaceRef),
         (status = 400, description = "A malformed body, or no spec to use", body = ErrorResponse),
         (status = 422, description = "An invalid spec, or provisioning failed", body = ErrorResponse),
+        (status = 503, description = "The runtime is unavailable here", body = ErrorResponse),
     )
 )]
 pub(crate) async fn create_workspace(
@@ -229,7 +236,7 @@ pub(crate) async fn list_workspaces(
     tag = "derrick",
     params(("id" = String, Path)),
     responses(
-        (status = 200, description = "Whether a workspace was removed", body = bool),
+        (status = 200, description = "Whether a workspace was removed", body = bool, content_type = "application/json"),
         (status = 409, description = "It is still being provisioned", body = ErrorResponse),
     )
 )]
@@ -314,6 +321,7 @@ pub(crate) async fn cmd_with_output(
         (status = 200, description = "Written", body = WriteFileResponse),
         (status = 400, description = "Bad base64, or a path leaving the workspace", body = ErrorResponse),
         (status = 404, description = "No such workspace", body = ErrorResponse),
+        (status = 409, description = "The workspace is not running", body = ErrorResponse),
     )
 )]
 pub(crate) async fn write_file(
@@ -350,8 +358,9 @@ pub(crate) async fn write_file(
         (status = 200, description = "The file's bytes", content(
             ([u8] = "application/octet-stream"),
             (ReadFileResponse = "application/json"))),
-        (status = 400, description = "A path leaving the workspace, or a file larger than a JSON answer carries (the output limit)", body = ErrorResponse),
+        (status = 400, description = "A path leaving the workspace, not a regular file, or a file larger than a JSON answer carries (the output limit)", body = ErrorResponse),
         (status = 404, description = "No such workspace or file", body = ErrorResponse),
+        (status = 409, description = "The workspace is not running", body = ErrorResponse),
     )
 )]
 pub(crate) async fn read_file(
@@ -472,8 +481,9 @@ fn accepts_json(headers: &HeaderMap) -> bool {
 /// A JSON body that may be absent (empty, or `null`).
 async fn optional_json<T: DeserializeOwned>(request: Request) -> Result<Option<T>, ApiError> {
     let bytes = body_bytes(request, &()).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let text = bytes.trim_ascii();
+    if text.is_empty() || text == b"null" {
         return Ok(None);
     }
-    parse_json(&bytes)
+    parse_json(&bytes).map(Some)
 }

@@ -103,23 +103,66 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
         })
 }
 
-/// Parses a JSON body; the error names the path of the field at fault.
+/// Parses a JSON body, an object; the error names the path of the field at
+/// fault.
+///
+/// A number written with a fraction of zero (`3.0`) is read as the integer
+/// it is: JSON Schema counts it as one, so the OpenAPI document's integers
+/// admit it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::new("invalid_body", format!("request body: {err}")))?;
+    integral_floats_as_integers(&mut value);
+    let body: Body<T> = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = if inner.is_syntax() || inner.is_eof() || path == "." {
+        let message = if path == "." {
             format!("request body: {inner}")
         } else {
             format!("request body: field `{path}`: {inner}")
         };
         ApiError::new("invalid_body", message)
     })?;
-    deserializer
-        .end()
-        .map_err(|err| ApiError::new("invalid_body", format!("request body: {err}")))?;
-    Ok(value)
+    Ok(body.0)
+}
+
+/// A body, read from a JSON object only.
+struct Body<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Body<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        berth_core::object::from_object(deserializer).map(Body)
+    }
+}
+
+/// Rewrites every number with a zero fraction that fits an integer as that
+/// integer.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::{Number, Value};
+    match value {
+        Value::Number(number) => {
+            let Some(float) = number.as_f64().filter(|_| number.is_f64()) else {
+                return;
+            };
+            if float.fract() != 0.0 {
+                return;
+            }
+            // Casts are exact here: the float is integral and in range.
+            let integer = if (0.0..u64::MAX as f64).contains(&float) {
+                Some(Number::from(float as u64))
+            } else if (i64::MIN as f64..0.0).contains(&float) {
+                Some(Number::from(float as i64))
+            } else {
+                None
+            };
+            if let Some(integer) = integer {
+                *number = integer;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
 }
 
 /// Query parameters, refused with `invalid_query` naming the parameter.

@@ -58,8 +58,9 @@ pub struct ResetParams {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkParams {
-    /// At least 1; 1 when absent.
+    /// From 1 to 64; 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
     pub count: Option<usize>,
 }
 

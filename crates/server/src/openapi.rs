@@ -4,6 +4,7 @@
 use crate::AppState;
 use crate::error::{ErrorBody, ErrorResponse};
 use crate::stream::{ErrorLine, ProgressLine};
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -45,10 +46,11 @@ use utoipa_axum::router::OpenApiRouter;
 struct ApiDoc;
 
 /// Requires the bearer token on every operation that does not opt out, and
-/// documents the answers that no handler gives but every route may: the
-/// 401 of each operation that needs the token, the 403 of a foreign `Host`
-/// or `Origin`, and the 415 of a JSON body that does not say so (on every
-/// route but Derrick's).
+/// documents the answers that the layers and extractors give rather than
+/// the handlers: the 401 of each operation that needs the token, the 403 of
+/// a foreign `Host` or `Origin`, the 400 of a malformed query or body, the
+/// 413 of a body over the limit and the 415 of a JSON body that does not
+/// say so (on every route but Derrick's).
 struct Boundaries;
 
 impl Modify for Boundaries {
@@ -62,21 +64,6 @@ impl Modify for Boundaries {
             "bearer",
             Vec::<String>::new(),
         )]);
-        let error = |description: &str| -> RefOr<Response> {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorResponse")))
-                        .build(),
-                )
-                .build()
-                .into()
-        };
-        let unauthorized = error("No bearer token, or the wrong one");
-        let foreign = "a foreign `Origin` (a web page), or without a token a foreign `Host`";
-        let not_json = error("A JSON body without `Content-Type: application/json`");
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -86,43 +73,75 @@ impl Modify for Boundaries {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
-                let responses = &mut operation.responses.responses;
                 // An operation opts out with an empty requirement.
                 let open = operation.security.as_ref().is_some_and(|requirements| {
                     requirements
                         .iter()
                         .all(|r| r == &SecurityRequirement::default())
                 });
-                if !open {
-                    responses.insert("401".into(), unauthorized.clone());
-                }
-                match responses.get_mut("403") {
-                    Some(RefOr::T(forbidden)) => {
-                        forbidden.description = format!("{}; or {foreign}", forbidden.description);
-                    }
-                    _ => {
-                        let mut text = foreign.to_string();
-                        text[..1].make_ascii_uppercase();
-                        responses.insert("403".into(), error(&text));
-                    }
-                }
                 let derrick = operation
                     .tags
                     .as_ref()
                     .is_some_and(|tags| tags.iter().any(|tag| tag == "derrick"));
-                let takes_json = operation
-                    .request_body
-                    .as_ref()
-                    .is_some_and(|body| match body {
-                        RefOr::T(body) => body.content.contains_key("application/json"),
-                        RefOr::Ref(_) => false,
-                    });
+                let body = match &operation.request_body {
+                    Some(RefOr::T(body)) => Some(body),
+                    Some(RefOr::Ref(_)) | None => None,
+                };
+                let takes_json =
+                    body.is_some_and(|body| body.content.contains_key("application/json"));
+                let takes_query = operation.parameters.iter().flatten().any(|parameter| {
+                    matches!(parameter, RefOr::T(p) if p.parameter_in == ParameterIn::Query)
+                });
+                let has_body = body.is_some();
+                let responses = &mut operation.responses.responses;
+                if !open {
+                    responses.insert("401".into(), error("No bearer token, or the wrong one"));
+                }
+                match responses.get_mut("403") {
+                    Some(RefOr::T(forbidden)) => {
+                        forbidden.description =
+                            format!("{}; or a {FOREIGN}", forbidden.description);
+                    }
+                    _ => {
+                        responses.insert("403".into(), error(&format!("A {FOREIGN}")));
+                    }
+                }
+                if takes_json || takes_query {
+                    responses
+                        .entry("400".into())
+                        .or_insert_with(|| error("A malformed query parameter or body"));
+                }
+                if has_body {
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| error("The body is over the limit"));
+                }
                 if takes_json && !derrick {
-                    responses.insert("415".into(), not_json.clone());
+                    responses.insert(
+                        "415".into(),
+                        error("A JSON body without `Content-Type: application/json`"),
+                    );
                 }
             }
         }
     }
+}
+
+/// What a request refused by the `Host` and `Origin` checks is.
+const FOREIGN: &str = "foreign `Origin` (a web page), or without a token a foreign `Host`";
+
+/// A response carrying an [`ErrorResponse`].
+fn error(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                .build(),
+        )
+        .build()
+        .into()
 }
 
 /// Every documented route, with the document describing them.
@@ -153,12 +172,36 @@ pub mod wire {
     use utoipa::ToSchema;
 
     /// What to run: an argv vector run directly, or a string run by `sh -c`.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(untagged)]
     pub enum Command {
         Argv(Vec<String>),
         Shell(String),
     }
+
+    /// By hand: an argv vector must name its program (a first item that is
+    /// not empty), which the derived description cannot say.
+    impl utoipa::PartialSchema for Command {
+        fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+            use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+            let string = || ObjectBuilder::new().schema_type(Type::String);
+            OneOfBuilder::new()
+                .description(Some(
+                    "What to run: an argv vector run directly (its first item the program), \
+                     or a string run by `sh -c`.",
+                ))
+                .item(
+                    ArrayBuilder::new()
+                        .items(string())
+                        .prefix_items([string().min_length(Some(1))])
+                        .min_items(Some(1)),
+                )
+                .item(string())
+                .into()
+        }
+    }
+
+    impl ToSchema for Command {}
 
     /// A command to run in a workspace.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -177,9 +220,11 @@ pub mod wire {
         pub stdin: Option<String>,
         /// Time limit in milliseconds; the whole process tree is ended past it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
         pub timeout_ms: Option<u64>,
         /// Bytes kept per stream; anything beyond is counted and dropped.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
         pub output_limit: Option<u64>,
     }
 

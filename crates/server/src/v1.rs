@@ -11,7 +11,9 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_core::{ExecEvent, ExecRequest, ExitStatus, FileEntry, Output, Spec, Workspace};
+use berth_core::{
+    ExecEvent, ExecRequest, ExitStatus, FileEntry, Output, Spec, Workspace, WorkspaceState,
+};
 use berth_provider::{CreateOptions, FetchResult, RuntimeStatus, WorkspaceDetails};
 use futures::stream::unfold;
 use serde::{Deserialize, Serialize};
@@ -40,10 +42,12 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspaceParams {
+    #[serde(deserialize_with = "berth_core::object::from_object")]
     pub spec: Spec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub name: Option<String>,
 }
 
@@ -195,7 +199,8 @@ pub(crate) async fn list_workspaces(
     }))
 }
 
-/// A workspace, with the isolation in force.
+/// A workspace, with the isolation in force. A removed workspace is gone
+/// (410); `GET /v1/workspaces?all=true` still lists its record.
 #[utoipa::path(
     get,
     path = "/v1/workspaces/{id}",
@@ -205,13 +210,24 @@ pub(crate) async fn list_workspaces(
         (status = 200, description = "The workspace and its isolation", body = WorkspaceDetails),
         (status = 400, description = "An ambiguous id prefix", body = ErrorResponse),
         (status = 404, description = "No such workspace", body = ErrorResponse),
+        (status = 410, description = "The workspace was removed", body = ErrorResponse),
     )
 )]
 pub(crate) async fn get_workspace(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<WorkspaceDetails>, ApiError> {
-    Ok(Json(state.provider.describe(&id)?))
+    let details = state.provider.describe(&id)?;
+    if details.workspace.state == WorkspaceState::Removed {
+        return Err(ApiError::new(
+            "workspace_gone",
+            format!(
+                "workspace {} was removed; `GET /v1/workspaces?all=true` still lists its record",
+                details.workspace.id
+            ),
+        ));
+    }
+    Ok(Json(details))
 }
 
 /// Removes a workspace and everything in it; its record stays, `removed`.

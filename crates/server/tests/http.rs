@@ -694,6 +694,15 @@ async fn workspaces_are_created_listed_described_stopped_started_and_removed() {
     assert_eq!(list["workspaces"], json!([]));
     let (_, all) = api.json(api.get("/v1/workspaces?all=true")).await;
     assert_eq!(all["workspaces"][0]["state"], "removed");
+    // Gone, and said so, rather than described as if it were there.
+    let (status, body) = api.json(api.get(&location)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::GONE,
+        "workspace_gone",
+        &[id, "removed"],
+    );
 }
 
 #[tokio::test]
@@ -921,6 +930,96 @@ async fn bad_bodies_are_refused_naming_the_field() {
         api.provider.list(true).unwrap().is_empty(),
         "nothing was created"
     );
+}
+
+#[tokio::test]
+async fn an_object_sent_as_a_list_is_refused_naming_the_field() {
+    let api = Api::start().await;
+    // serde alone would read these as structs of their fields in order.
+    for (body, field) in [
+        (
+            json!({ "spec": { "runtime": "fake", "limits": [null, null] } }),
+            "spec.limits",
+        ),
+        (
+            json!({ "spec": { "runtime": "fake", "timeouts": [1, 2] } }),
+            "spec.timeouts",
+        ),
+        (
+            json!({ "spec": { "runtime": "fake", "repositories": [["file:///x", "src"]] } }),
+            "spec.repositories[0]",
+        ),
+        (json!({ "spec": ["demo", "fake"] }), "spec"),
+        (json!([{ "runtime": "fake" }]), "an object"),
+    ] {
+        let (status, answer) = api.json(api.post("/v1/workspaces").json(&body)).await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            &[field],
+        );
+    }
+    let (status, answer) = api
+        .json(api.post("/workspaces").json(&json!({ "spec": [null] })))
+        .await;
+    assert_error(
+        status,
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        &["spec"],
+    );
+    assert!(api.provider.list(true).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_integer_written_with_a_zero_fraction_is_that_integer() {
+    let api = Api::start().await;
+    api.fake.on("true", Behaviour::ok(""));
+    let spec =
+        json!({ "runtime": "fake", "limits": { "pids": 64.0 }, "timeouts": { "exec": 5.0 } });
+    let (status, created) = api
+        .json(api.post("/v1/workspaces").json(&json!({ "spec": spec })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["spec"]["limits"]["pids"], 64);
+    assert_eq!(created["spec"]["timeouts"]["exec"], 5);
+    let id = created["id"].as_str().unwrap();
+    let (status, done) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/exec"))
+                .json(&json!({ "command": "true", "timeout_ms": 1000.0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    // A fraction is not an integer, nor is a number past the type's range.
+    for (body, field) in [
+        (
+            json!({ "command": "true", "timeout_ms": 1.5 }),
+            "timeout_ms",
+        ),
+        (
+            json!({ "command": "true", "output_limit": -1.0 }),
+            "output_limit",
+        ),
+        (
+            json!({ "command": "true", "output_limit": 1e20 }),
+            "output_limit",
+        ),
+    ] {
+        let (status, answer) = api
+            .json(api.post(&format!("/v1/workspaces/{id}/exec")).json(&body))
+            .await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            &[field],
+        );
+    }
 }
 
 #[tokio::test]
@@ -1834,3 +1933,5 @@ mod agent;
 mod distribution;
 #[path = "http/layers.rs"]
 mod layers;
+#[path = "http/schemathesis.rs"]
+mod schemathesis;
