@@ -6,7 +6,7 @@ mod progress;
 mod terminal;
 
 use anyhow::{Context, Result, bail};
-use berth_core::{ExecEvent, ExecRequest, Spec, Workspace};
+use berth_core::{ExecEvent, ExecRequest, ResourceDefaults, Spec, Workspace};
 use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig, ServiceError};
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -256,8 +256,12 @@ const SANDBOX_INIT: &str = "sandbox-init";
 /// The sandbox runtime, with the static agent (installed from this binary
 /// into `$BERTH_HOME/bin`) as both its stage-1 init and each workspace's
 /// PID 1.
-fn sandbox_runtime(home: &std::path::Path) -> Result<berth_runtime_sandbox::SandboxRuntime> {
+fn sandbox_runtime(
+    home: &std::path::Path,
+    defaults: ResourceDefaults,
+) -> Result<berth_runtime_sandbox::SandboxRuntime> {
     let mut config = berth_runtime_sandbox::SandboxConfig::from_env(home);
+    config.defaults = defaults;
     let bin = home.join("bin");
     let agent = berth_agent_bin::install(&bin)
         .with_context(|| format!("cannot install the agent into {}", bin.display()))?;
@@ -271,19 +275,49 @@ fn sandbox_runtime(home: &std::path::Path) -> Result<berth_runtime_sandbox::Sand
     Ok(berth_runtime_sandbox::SandboxRuntime::new(config)?)
 }
 
+/// A size from the environment variable `name`, if set.
+fn env_size(name: &str) -> Result<Option<u64>> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    berth_core::spec::parse_bytes(&text)
+        .map(Some)
+        .with_context(|| {
+            format!("{name}: `{text}` is not a size: expected bytes or a number with k, m, g or t")
+        })
+}
+
+/// What isolated runtimes give a workspace whose spec leaves it open:
+/// this host's defaults, or `BERTH_DEFAULT_MEMORY` and `BERTH_SHM_SIZE`.
+fn resource_defaults() -> Result<ResourceDefaults> {
+    let mut defaults = ResourceDefaults::for_this_host();
+    for (name, value) in [
+        ("BERTH_DEFAULT_MEMORY", &mut defaults.memory),
+        ("BERTH_SHM_SIZE", &mut defaults.shm),
+    ] {
+        match env_size(name)? {
+            Some(0) => bail!("{name}: expected more than 0 bytes"),
+            Some(size) => *value = size,
+            None => {}
+        }
+    }
+    Ok(defaults)
+}
+
 async fn open_provider(home: PathBuf, default_runtime: Option<String>) -> Result<Provider> {
+    let defaults = resource_defaults()?;
+    let docker = berth_runtime_docker::DockerRuntime::new(&home).with_defaults(defaults);
     let mut config = ProviderConfig::new(&home)
         .runtime(Arc::new(berth_runtime_local::LocalRuntime::new(&home)))
-        .runtime(Arc::new(berth_runtime_docker::DockerRuntime::new(&home)));
-    match sandbox_runtime(&home) {
+        .runtime(Arc::new(docker));
+    match sandbox_runtime(&home, defaults) {
         Ok(sandbox) => config = config.runtime(Arc::new(sandbox)),
         Err(e) => tracing::warn!("the sandbox runtime is unavailable: {e:#}"),
     }
     config.default_runtime = default_runtime;
-    if let Some(limit) = std::env::var_os("BERTH_OUTPUT_LIMIT") {
-        let text = limit.to_string_lossy();
-        config.output_limit = berth_core::spec::parse_bytes(&text)
-            .with_context(|| format!("BERTH_OUTPUT_LIMIT: `{text}` is not a size"))?;
+    if let Some(limit) = env_size("BERTH_OUTPUT_LIMIT")? {
+        config.output_limit = limit;
     }
     Provider::open(config)
         .await

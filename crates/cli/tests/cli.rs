@@ -608,3 +608,49 @@ fn a_sandbox_workspace_comes_up_in_a_home_under_a_0700_directory_and_umask_077()
     assert_eq!(berth(&["exec", &id, "--", "ls"]), "ready.txt\n");
     berth(&["rm", &id]);
 }
+
+#[test]
+fn show_prints_the_memory_limit_and_shm_size_a_workspace_got_by_default() {
+    let env = Env::new();
+    let spec = env.file("plain.toml", "runtime = \"sandbox\"\nimage = \"host\"\n");
+    let out = env
+        .berth()
+        .args(["up", spec.to_str().unwrap()])
+        .env("BERTH_DEFAULT_MEMORY", "512m")
+        .env("BERTH_SHM_SIZE", "16m")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    // What the workspace was made with, whatever the defaults are now.
+    let shown = env.ok(&["show", &id]);
+    for expected in [
+        "memory=536870912",
+        "shm=16777216",
+        "note:       memory limit 512MiB (the default, BERTH_DEFAULT_MEMORY)",
+        "note:       /dev/shm is a tmpfs of 16MiB (BERTH_SHM_SIZE, at most the memory limit)",
+    ] {
+        assert!(shown.contains(expected), "{expected}: {shown}");
+    }
+    let size = env.ok(&["exec", &id, "--", "sh", "-c", "df -k /dev/shm | tail -1"]);
+    assert_eq!(size.split_whitespace().nth(1), Some("16384"), "{size}");
+
+    let out = env
+        .berth()
+        .args(["ls"])
+        .env("BERTH_SHM_SIZE", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("BERTH_SHM_SIZE: `lots` is not a size"),
+        "{}",
+        stderr(&out)
+    );
+    env.ok(&["rm", &id]);
+}

@@ -20,7 +20,7 @@ pub use berth_proto::{
 pub use events::ProvisionEvent;
 pub use layers::{Change, ChangeKind, ExportSummary, ExportTarget, GcReport, Snapshot};
 pub use read::{ReadSender, ReadStream};
-pub use runtime::{ExecStream, Isolation, Refusal, Runtime, RuntimeError};
+pub use runtime::{ExecStream, Isolation, Refusal, ResourceDefaults, Runtime, RuntimeError};
 pub use spec::{Spec, SpecError};
 pub use workspace::{Workspace, WorkspaceId, WorkspaceState};
 

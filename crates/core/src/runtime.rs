@@ -34,6 +34,82 @@ pub struct Isolation {
     pub notes: Vec<String>,
 }
 
+/// What isolated runtimes give a workspace where its spec leaves a limit
+/// open: without them one workspace could take half the host's memory,
+/// through its shared memory (`/dev/shm`) alone. A spec's `limits.memory`
+/// overrides [`ResourceDefaults::memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceDefaults {
+    /// The memory limit of a workspace whose spec sets none.
+    pub memory: u64,
+    /// The size of the tmpfs at `/dev/shm`, at most the workspace's
+    /// memory limit.
+    pub shm: u64,
+}
+
+impl ResourceDefaults {
+    /// The most the default memory limit is, however large the host.
+    pub const MEMORY_CAP: u64 = 4 << 30;
+    /// The default size of `/dev/shm`, as Docker gives containers.
+    pub const SHM: u64 = 64 << 20;
+
+    /// The defaults on a host with `ram` bytes of memory: half of it, at
+    /// most [`Self::MEMORY_CAP`]; `/dev/shm` of [`Self::SHM`].
+    pub fn for_ram(ram: u64) -> Self {
+        ResourceDefaults {
+            memory: (ram / 2).clamp(1, Self::MEMORY_CAP),
+            shm: Self::SHM,
+        }
+    }
+
+    /// The defaults on this host (its `MemTotal`; the cap if unknown).
+    pub fn for_this_host() -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let ram_kib = meminfo.lines().find_map(|line| {
+            line.strip_prefix("MemTotal:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+        match ram_kib {
+            Some(kib) => Self::for_ram(kib.saturating_mul(1024)),
+            None => Self::for_ram(Self::MEMORY_CAP.saturating_mul(2)),
+        }
+    }
+
+    /// The memory limit of a workspace of `spec`.
+    pub fn memory(&self, spec: &crate::Spec) -> u64 {
+        spec.limits.memory.unwrap_or(self.memory)
+    }
+
+    /// The size of the `/dev/shm` of a workspace of `spec`.
+    pub fn shm(&self, spec: &crate::Spec) -> u64 {
+        self.shm.min(self.memory(spec))
+    }
+
+    /// What [`Isolation::notes`] says of a workspace of `spec` with a
+    /// `memory` limit and a `/dev/shm` of `shm` bytes: the sizes, and
+    /// where they come from.
+    pub fn notes(spec: &crate::Spec, memory: u64, shm: u64) -> [String; 2] {
+        let source = match spec.limits.memory {
+            Some(_) => "limits.memory",
+            None => "the default, BERTH_DEFAULT_MEMORY",
+        };
+        [
+            format!(
+                "memory limit {} ({source})",
+                crate::spec::format_bytes(memory)
+            ),
+            format!(
+                "/dev/shm is a tmpfs of {} (BERTH_SHM_SIZE, at most the memory limit)",
+                crate::spec::format_bytes(shm)
+            ),
+        ]
+    }
+}
+
 /// A runtime's failure, naming the workspace, path or resource involved.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -300,5 +376,31 @@ pub trait Runtime: Send + Sync + 'static {
     async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
         let _ = live;
         Err(RuntimeError::unsupported(self.name(), "garbage collection"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_memory_is_half_the_host_at_most_the_cap_and_shm_fits_in_it() {
+        let small = ResourceDefaults::for_ram(2 << 30);
+        assert_eq!((small.memory, small.shm), (1 << 30, 64 << 20));
+        let large = ResourceDefaults::for_ram(256 << 30);
+        assert_eq!(large.memory, ResourceDefaults::MEMORY_CAP);
+        let here = ResourceDefaults::for_this_host();
+        assert!(here.memory > 0 && here.memory <= ResourceDefaults::MEMORY_CAP);
+
+        let mut spec = crate::Spec::default();
+        assert_eq!(large.memory(&spec), 4 << 30);
+        assert_eq!(large.shm(&spec), 64 << 20);
+        spec.limits.memory = Some(16 << 20);
+        assert_eq!(large.memory(&spec), 16 << 20, "the spec's limit wins");
+        assert_eq!(
+            large.shm(&spec),
+            16 << 20,
+            "/dev/shm fits in the memory limit"
+        );
     }
 }

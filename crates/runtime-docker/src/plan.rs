@@ -5,7 +5,7 @@
 //! workspace changes. Pure, so it is unit-tested without a daemon.
 
 use berth_core::spec::Network;
-use berth_core::{ChangeKind, Isolation, Spec, WorkspaceId};
+use berth_core::{ChangeKind, Isolation, ResourceDefaults, Spec, WorkspaceId};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -83,6 +83,8 @@ pub struct ContainerPlan<'a> {
     pub agent: &'a str,
     /// The host directory mounted at [`RUN_DIR`].
     pub run_dir: &'a str,
+    /// The memory limit and `/dev/shm` size where the spec sets none.
+    pub defaults: ResourceDefaults,
 }
 
 /// The Engine's create request for a workspace's container: the agent as
@@ -95,7 +97,8 @@ pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
         (LABEL_HOME.to_string(), plan.home.to_string()),
     ]);
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let memory = spec.limits.memory.and_then(|m| i64::try_from(m).ok());
+    let memory = i64::try_from(plan.defaults.memory(spec)).ok();
+    let shm = i64::try_from(plan.defaults.shm(spec)).ok();
     let host_config = HostConfig {
         binds: Some(vec![
             format!("{}:{AGENT_PATH}:ro", plan.agent),
@@ -107,6 +110,7 @@ pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
         memory_swap: memory,
         pids_limit: Some(i64::from(spec.limits.pids.unwrap_or(DEFAULT_PIDS))),
         nano_cpus: spec.limits.cpus.map(|c| (c * 1e9) as i64),
+        shm_size: shm,
         // The agent is PID 1 and reaps; Docker's own init would hide it.
         init: Some(false),
         ..HostConfig::default()
@@ -136,8 +140,8 @@ fn network_mode(spec: &Spec) -> &'static str {
     }
 }
 
-/// The isolation a workspace's container has.
-pub fn isolation(spec: &Spec) -> Isolation {
+/// The isolation a workspace's container has, made with `defaults`.
+pub fn isolation(spec: &Spec, defaults: ResourceDefaults) -> Isolation {
     let mut namespaces: Vec<String> = ["mount", "pid", "uts", "ipc"]
         .into_iter()
         .map(String::from)
@@ -146,24 +150,28 @@ pub fn isolation(spec: &Spec) -> Isolation {
     if network == "none" {
         namespaces.push("net".into());
     }
-    let mut limits = vec![format!("pids={}", spec.limits.pids.unwrap_or(DEFAULT_PIDS))];
-    if let Some(memory) = spec.limits.memory {
-        limits.push(format!("memory={memory}"));
-    }
+    let (memory, shm) = (defaults.memory(spec), defaults.shm(spec));
+    let mut limits = vec![
+        format!("memory={memory}"),
+        format!("pids={}", spec.limits.pids.unwrap_or(DEFAULT_PIDS)),
+    ];
     if let Some(cpus) = spec.limits.cpus {
         limits.push(format!("cpus={cpus}"));
     }
+    limits.push(format!("shm={shm}"));
+    let mut notes = vec![
+        "a Docker container: the Engine's default seccomp profile and capabilities, \
+         no user namespace unless the daemon remaps users"
+            .to_string(),
+    ];
+    notes.extend(ResourceDefaults::notes(spec, memory, shm));
     Isolation {
         isolated: true,
         namespaces,
         limits,
         seccomp: true,
         network: network.into(),
-        notes: vec![
-            "a Docker container: the Engine's default seccomp profile and capabilities, \
-             no user namespace unless the daemon remaps users"
-                .into(),
-        ],
+        notes,
     }
 }
 
@@ -295,8 +303,14 @@ mod tests {
             image: "debian:12",
             agent: "/home/b/docker/agent/berth-agent-1234",
             run_dir: "/home/b/docker/run/01abc",
+            defaults: DEFAULTS,
         })
     }
+
+    const DEFAULTS: ResourceDefaults = ResourceDefaults {
+        memory: 1 << 30,
+        shm: 32 << 20,
+    };
 
     #[test]
     fn the_agent_is_the_read_only_entrypoint_serving_the_mounted_socket() {
@@ -321,8 +335,15 @@ mod tests {
         assert_eq!(none.network_mode.as_deref(), Some("none"));
         let host = body(&spec(r#"{"network":"host"}"#)).host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("host"));
-        assert!(isolation(&spec("{}")).namespaces.contains(&"net".into()));
-        assert_eq!(isolation(&spec(r#"{"network":"host"}"#)).network, "host");
+        assert!(
+            isolation(&spec("{}"), DEFAULTS)
+                .namespaces
+                .contains(&"net".into())
+        );
+        assert_eq!(
+            isolation(&spec(r#"{"network":"host"}"#), DEFAULTS).network,
+            "host"
+        );
     }
 
     #[test]
@@ -336,9 +357,27 @@ mod tests {
         assert_eq!(host.memory_swap, Some(256 << 20));
         assert_eq!(host.pids_limit, Some(64));
         assert_eq!(host.nano_cpus, Some(1_500_000_000));
-        let unlimited = body(&spec("{}")).host_config.unwrap();
-        assert_eq!(unlimited.memory, None);
-        assert_eq!(unlimited.pids_limit, Some(i64::from(DEFAULT_PIDS)));
+        let unset = body(&spec("{}")).host_config.unwrap();
+        assert_eq!(unset.memory, Some(1 << 30), "the default memory limit");
+        assert_eq!(unset.memory_swap, Some(1 << 30));
+        assert_eq!(unset.pids_limit, Some(i64::from(DEFAULT_PIDS)));
+    }
+
+    #[test]
+    fn shared_memory_has_the_default_size_within_the_memory_limit() {
+        let shm = |json: &str| body(&spec(json)).host_config.unwrap().shm_size;
+        assert_eq!(shm("{}"), Some(32 << 20));
+        assert_eq!(shm(r#"{"limits":{"memory":"16m"}}"#), Some(16 << 20));
+        let shown = isolation(&spec("{}"), DEFAULTS);
+        for limit in [format!("memory={}", 1 << 30), format!("shm={}", 32 << 20)] {
+            assert!(shown.limits.contains(&limit), "{limit}: {shown:?}");
+        }
+        assert!(
+            shown
+                .notes
+                .contains(&"memory limit 1GiB (the default, BERTH_DEFAULT_MEMORY)".to_string()),
+            "{shown:?}"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::{
     Change, ChangeKind, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind,
-    GcReport, Isolation, ReadStream, Runtime, RuntimeError, Snapshot, Workspace, WorkspaceId,
-    WorkspacePath,
+    GcReport, Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError, Snapshot, Workspace,
+    WorkspaceId, WorkspacePath,
 };
 use bollard::Docker;
 use bollard::container::PathStatResponse;
@@ -56,6 +56,9 @@ pub struct DockerRuntime {
     home: String,
     /// Where the Engine is, for messages (`DOCKER_HOST` or the default).
     host: String,
+    /// The memory limit and `/dev/shm` size of containers whose spec sets
+    /// none.
+    defaults: ResourceDefaults,
     engine: OnceCell<Docker>,
     agent_binary: OnceCell<PathBuf>,
     agents: AgentPool,
@@ -84,11 +87,19 @@ impl DockerRuntime {
             dir: home.join("docker"),
             home: home.display().to_string(),
             host: host.into(),
+            defaults: ResourceDefaults::for_this_host(),
             engine: OnceCell::new(),
             agent_binary: OnceCell::new(),
             agents: AgentPool::new(),
             lifecycles: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Containers made from now on get `defaults` where their spec sets
+    /// no memory limit, and a `/dev/shm` of `defaults.shm` within it.
+    pub fn with_defaults(mut self, defaults: ResourceDefaults) -> Self {
+        self.defaults = defaults;
+        self
     }
 
     /// Waits until no other start, stop, replacement or removal of the
@@ -286,6 +297,7 @@ impl DockerRuntime {
             image,
             agent: &agent,
             run_dir: &run_dir.display().to_string(),
+            defaults: self.defaults,
         });
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = docker
@@ -844,7 +856,7 @@ impl Runtime for DockerRuntime {
     }
 
     fn isolation(&self, ws: &Workspace) -> Isolation {
-        plan::isolation(&ws.spec)
+        plan::isolation(&ws.spec, self.defaults)
     }
 
     async fn exec(

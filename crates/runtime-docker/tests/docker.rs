@@ -9,8 +9,8 @@ use berth_agent_client::collect;
 use berth_core::proto::SessionParams;
 use berth_core::spec::Format;
 use berth_core::{
-    ChangeKind, ExecRequest, ExitStatus, ExportTarget, FileKind, ProvisionEvent, Runtime,
-    RuntimeError, Spec, Workspace, WorkspacePath, WorkspaceState,
+    ChangeKind, ExecRequest, ExitStatus, ExportTarget, FileKind, ProvisionEvent, ResourceDefaults,
+    Runtime, RuntimeError, Spec, Workspace, WorkspacePath, WorkspaceState,
 };
 use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig};
 use berth_runtime_docker::DockerRuntime;
@@ -405,6 +405,35 @@ async fn limits_and_the_empty_network_are_in_force() {
     let name = format!("berth-{}", ws.id);
     let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &name]);
     assert_eq!(memory.trim(), (64u64 << 20).to_string());
+}
+
+#[tokio::test]
+async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_shm() {
+    let world = World::with_defaults(ResourceDefaults {
+        memory: 256 << 20,
+        shm: 8 << 20,
+    });
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+    let name = format!("berth-{}", ws.id);
+    let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &name]);
+    assert_eq!(memory.trim(), (256u64 << 20).to_string());
+    let (out, err, _) = run(
+        runtime,
+        &ws,
+        ExecRequest::shell(
+            "df -k /dev/shm | tail -1 | awk '{print $2}';
+             head -c 6000000 /dev/zero > /dev/shm/fits && echo fits;
+             dd if=/dev/zero of=/dev/shm/more bs=1000 count=3000 || echo refused",
+        ),
+    )
+    .await;
+    assert_eq!(out, "8192\nfits\nrefused\n", "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let isolation = runtime.isolation(&ws);
+    for limit in [format!("memory={}", 256 << 20), format!("shm={}", 8 << 20)] {
+        assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
+    }
 }
 
 #[tokio::test]

@@ -62,6 +62,10 @@ pub enum Mount {
     Tmpfs {
         target: PathBuf,
         mode: u32,
+        /// Its size in bytes; the kernel's default (half of the host's
+        /// memory) when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// A directory (a mount point the workspace's init fills).
     Dir {

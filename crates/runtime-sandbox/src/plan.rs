@@ -74,6 +74,8 @@ pub struct PlanInput<'a> {
     pub private_network: bool,
     pub hostname: String,
     pub cgroups: Option<&'a Cgroups>,
+    /// The size of the tmpfs at `/dev/shm`.
+    pub shm_size: u64,
     pub seccomp: bool,
     /// Host programs bound into `/.berth` by file name, e.g. the init
     /// binary and the agent.
@@ -120,6 +122,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
     mounts.push(Mount::Tmpfs {
         target: "dev".into(),
         mode: 0o755,
+        size: None,
     });
     mounts.push(Mount::Dir {
         target: "dev/pts".into(),
@@ -128,6 +131,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
     mounts.push(Mount::Tmpfs {
         target: "dev/shm".into(),
         mode: 0o1777,
+        size: Some(input.shm_size),
     });
     for device in DEVICES {
         mounts.push(Mount::Bind {
@@ -226,6 +230,7 @@ mod tests {
             private_network: true,
             hostname: "ws1".into(),
             cgroups,
+            shm_size: 64 << 20,
             seccomp: true,
             programs: vec!["/opt/berth/berth-agent".into()],
             command: vec!["/.berth/berth-agent".into()],
@@ -292,13 +297,27 @@ mod tests {
         // The host's /dev is never bound whole; a tmpfs is filled instead.
         assert!(config.mounts.contains(&Mount::Tmpfs {
             target: "dev".into(),
-            mode: 0o755
+            mode: 0o755,
+            size: None,
         }));
         // `/tmp` is the overlay's, so it is saved with the rest.
         assert!(!config.mounts.iter().any(|m| matches!(
             m,
             Mount::Tmpfs { target, .. } | Mount::Bind { target, .. } if target.as_path() == Path::new("tmp")
         )));
+    }
+
+    #[test]
+    fn dev_shm_is_a_tmpfs_of_the_size_given() {
+        let dirs = dirs();
+        let mut input = input(&dirs, None, None);
+        input.shm_size = 16 << 20;
+        let config = plan(&input);
+        assert!(config.mounts.contains(&Mount::Tmpfs {
+            target: "dev/shm".into(),
+            mode: 0o1777,
+            size: Some(16 << 20),
+        }));
     }
 
     #[test]

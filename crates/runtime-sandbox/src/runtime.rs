@@ -27,8 +27,8 @@ use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::spec::DEFAULT_ROOT;
 use berth_core::{
     Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind, GcReport,
-    Isolation, ReadStream, Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath,
-    spec::Network,
+    Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError, Snapshot, Workspace,
+    WorkspacePath, spec::Network,
 };
 use berth_layers::{IdShift, LayerId, LayerKind, LayerStore, tree};
 use serde::{Deserialize, Serialize};
@@ -85,13 +85,17 @@ pub struct SandboxConfig {
     /// on its provisioned stack, which makes its next reset a switch
     /// instead of a start, at the memory cost of a second idle instance.
     pub standby: bool,
+    /// The memory limit of a workspace whose spec sets none, and the size
+    /// of every workspace's `/dev/shm`.
+    pub defaults: ResourceDefaults,
 }
 
 impl SandboxConfig {
     /// The defaults for `home`, with the init binary and the agent found
     /// next to the current executable (or in `BERTH_SANDBOX_INIT` and
     /// `BERTH_AGENT`), extra binds in `BERTH_SANDBOX_HOST_BINDS`
-    /// (colon-separated), and standbys unless `BERTH_SANDBOX_STANDBY=0`.
+    /// (colon-separated), standbys unless `BERTH_SANDBOX_STANDBY=0`, and
+    /// this host's resource defaults.
     pub fn from_env(home: impl Into<PathBuf>) -> Self {
         let init_program = std::env::var_os("BERTH_SANDBOX_INIT")
             .map(PathBuf::from)
@@ -124,6 +128,7 @@ impl SandboxConfig {
             id_map: Some(DEFAULT_ID_MAP),
             accept_weaker: std::env::var("BERTH_SANDBOX_ACCEPT_WEAKER").is_ok_and(|v| v == "1"),
             standby: std::env::var("BERTH_SANDBOX_STANDBY").map_or(true, |v| v != "0"),
+            defaults: ResourceDefaults::for_this_host(),
         }
     }
 }
@@ -216,6 +221,10 @@ struct State {
     host_base: bool,
     private_network: bool,
     limits: cgroup::Limits,
+    /// The size of the tmpfs at `/dev/shm`; `None` in states written
+    /// before it was recorded, which get the runtime's default.
+    #[serde(default)]
+    shm_size: Option<u64>,
     #[serde(default)]
     init: Option<Init>,
     /// Counts instances: each start gets its own cgroups, overlay work
@@ -813,12 +822,21 @@ impl Inner {
         Ok(())
     }
 
-    fn limits_of(ws: &Workspace) -> cgroup::Limits {
+    fn limits_of(&self, ws: &Workspace) -> cgroup::Limits {
         cgroup::Limits {
-            memory: ws.spec.limits.memory,
+            memory: Some(self.config.defaults.memory(&ws.spec)),
             pids: Some(ws.spec.limits.pids.unwrap_or(DEFAULT_PIDS)),
             cpus: ws.spec.limits.cpus,
         }
+    }
+
+    /// The size of a workspace's `/dev/shm`: as recorded, else the
+    /// default within its memory limit.
+    fn shm_size(&self, state: &State) -> u64 {
+        state.shm_size.unwrap_or_else(|| {
+            let memory = state.limits.memory.unwrap_or(self.config.defaults.memory);
+            self.config.defaults.shm.min(memory)
+        })
     }
 
     fn check_mechanisms(&self) -> Result<(), RuntimeError> {
@@ -860,7 +878,8 @@ impl Inner {
             provisioned,
             host_base,
             private_network: ws.spec.network.unwrap_or(Network::None) != Network::Host,
-            limits: Self::limits_of(ws),
+            limits: self.limits_of(ws),
+            shm_size: Some(self.config.defaults.shm(&ws.spec)),
             init: None,
             instance: 0,
             standby: None,
@@ -1006,6 +1025,7 @@ impl Inner {
             private_network: state.private_network,
             hostname: format!("ws-{}", &id[id.len().saturating_sub(8)..]),
             cgroups: cgroups.as_ref(),
+            shm_size: self.shm_size(state),
             seccomp: true,
             programs,
             command,
@@ -1426,7 +1446,7 @@ impl Inner {
         Ok(changes)
     }
 
-    fn isolation_of(&self, state: &State) -> Isolation {
+    fn isolation_of(&self, state: &State, spec: &berth_core::Spec) -> Isolation {
         let mut namespaces = vec!["mount", "pid", "uts", "ipc", "cgroup"];
         if self.config.id_map.is_some() {
             namespaces.insert(0, "user");
@@ -1450,6 +1470,11 @@ impl Inner {
                 notes.push(format!("limits through cgroup {}", layout.version()));
             }
             Err(reason) => notes.push(format!("no limits: {reason}")),
+        }
+        let shm = self.shm_size(state);
+        limits.push(format!("shm={shm}"));
+        if let (Ok(_), Some(memory)) = (&self.cgroups, state.limits.memory) {
+            notes.extend(ResourceDefaults::notes(spec, memory, shm));
         }
         match self.config.id_map {
             Some(map) => notes.push(format!("root inside is host uid {}", map.host)),
@@ -1674,7 +1699,7 @@ impl Runtime for SandboxRuntime {
 
     fn isolation(&self, ws: &Workspace) -> Isolation {
         match self.load(ws.id.as_str()) {
-            Ok(state) => self.isolation_of(&state),
+            Ok(state) => self.isolation_of(&state, &ws.spec),
             Err(e) => Isolation {
                 isolated: true,
                 network: "unknown".into(),

@@ -352,7 +352,7 @@ fn host_mount(rootfs: &Path, mount: &Mount) -> Result<(), InitError> {
             }
             Ok(())
         }
-        Mount::Tmpfs { target, mode } => {
+        Mount::Tmpfs { target, mode, size } => {
             let target = inside(rootfs, target)?;
             step(
                 || format!("cannot create `{}`", target.display()),
@@ -365,9 +365,12 @@ fn host_mount(rootfs: &Path, mount: &Mount) -> Result<(), InitError> {
                     &target,
                     "tmpfs",
                     MountFlags::NOSUID | MountFlags::NODEV,
-                    std::ffi::CString::new(format!("mode={mode:o}"))
-                        .unwrap_or_default()
-                        .as_c_str(),
+                    std::ffi::CString::new(match size {
+                        Some(size) => format!("mode={mode:o},size={size}"),
+                        None => format!("mode={mode:o}"),
+                    })
+                    .unwrap_or_default()
+                    .as_c_str(),
                 ),
             )
         }

@@ -294,6 +294,67 @@ async fn the_memory_limit_is_enforced() {
     rt.remove(&ws).await.unwrap();
 }
 
+/// The memory limit in force in a workspace's cgroup, read from the host.
+fn memory_limit(ws: &Workspace) -> u64 {
+    let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
+    let cgroups = layout.instances(ws.id.as_str()).pop().unwrap();
+    let memory = &cgroups.dirs[0];
+    let limit = ["memory.max", "memory.limit_in_bytes"]
+        .iter()
+        .find_map(|file| fs::read_to_string(memory.join(file)).ok())
+        .unwrap();
+    limit.trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_shm() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(home.path());
+    config.defaults = berth_core::ResourceDefaults {
+        memory: 256 << 20,
+        shm: 8 << 20,
+    };
+    let rt = support::runtime(config).await;
+    let ws = started(&rt, Spec::default()).await;
+    assert_eq!(memory_limit(&ws), 256 << 20);
+    let ran = sh(
+        &rt,
+        &ws,
+        "df -k /dev/shm | tail -1 | awk '{print $2}';
+         head -c 6000000 /dev/zero > /dev/shm/fits && echo fits;
+         head -c 3000000 /dev/zero > /dev/shm/more || echo refused",
+    )
+    .await;
+    assert_eq!(ran.stdout, "8192\nfits\nrefused\n", "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("No space left on device"),
+        "{}",
+        ran.stderr
+    );
+    let isolation = rt.isolation(&ws);
+    for limit in [format!("memory={}", 256 << 20), format!("shm={}", 8 << 20)] {
+        assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
+    }
+    assert!(
+        isolation
+            .notes
+            .contains(&"memory limit 256MiB (the default, BERTH_DEFAULT_MEMORY)".to_string()),
+        "{isolation:?}"
+    );
+
+    // A spec's limit overrides the default; /dev/shm stays within it.
+    let own = started(&rt, limited(Some(4 << 20), None)).await;
+    assert_eq!(memory_limit(&own), 4 << 20);
+    assert!(
+        rt.isolation(&own)
+            .limits
+            .contains(&format!("shm={}", 4 << 20))
+    );
+    rt.remove(&ws).await.unwrap();
+    rt.remove(&own).await.unwrap();
+}
+
 #[tokio::test]
 async fn mounting_new_namespaces_and_module_loading_are_refused() {
     let _cleanup = Cleanup;

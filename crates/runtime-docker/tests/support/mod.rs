@@ -4,7 +4,7 @@
 //! find it by its tag. Also: workspace records and cleanup for tests that
 //! drive the runtime directly.
 
-use berth_core::{Spec, Workspace, WorkspaceId, WorkspaceState};
+use berth_core::{ResourceDefaults, Spec, Workspace, WorkspaceId, WorkspaceState};
 use berth_runtime_docker::DockerRuntime;
 use std::fs;
 use std::path::Path;
@@ -189,8 +189,13 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        Self::with_defaults(ResourceDefaults::for_this_host())
+    }
+
+    /// A world whose runtime gives containers `defaults`.
+    pub fn with_defaults(defaults: ResourceDefaults) -> World {
         let home = berth_testkit::temp_dir();
-        let runtime = Arc::new(DockerRuntime::new(home.path()));
+        let runtime = Arc::new(DockerRuntime::new(home.path()).with_defaults(defaults));
         World {
             home,
             runtime,

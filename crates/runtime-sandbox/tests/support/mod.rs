@@ -5,7 +5,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a part")]
 
-use berth_core::{ExecEvent, ExecRequest, Runtime, Spec, Workspace, WorkspaceId, WorkspaceState};
+use berth_core::{
+    ExecEvent, ExecRequest, ResourceDefaults, Runtime, Spec, Workspace, WorkspaceId, WorkspaceState,
+};
 use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
 use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime, cgroup};
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ pub fn config(home: &Path) -> SandboxConfig {
         id_map: Some(DEFAULT_ID_MAP),
         accept_weaker: false,
         standby: true,
+        defaults: ResourceDefaults::for_this_host(),
     }
 }
 
