@@ -12,4 +12,4 @@ mod root;
 
 pub use error::FilesError;
 pub use resolve::Resolution;
-pub use root::Root;
+pub use root::{Root, remove_tree_at};

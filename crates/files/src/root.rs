@@ -379,6 +379,12 @@ fn remove_tree(parent: &impl AsFd, name: &str) -> Result<(), Errno> {
     remove_tree_bytes(parent.as_fd(), name.as_bytes())
 }
 
+/// Removes the directory `name` in `parent` and everything under it,
+/// relative to descriptors all the way down, never following a symlink.
+pub fn remove_tree_at(parent: rustix::fd::BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
+    Ok(remove_tree_bytes(parent, name)?)
+}
+
 fn remove_tree_bytes(parent: rustix::fd::BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let dir = rustix::fs::openat(parent, name, flags, Mode::empty())?;

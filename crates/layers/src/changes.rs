@@ -2,12 +2,23 @@
 //! it. Only the upper directory is walked, plus the lower entries it
 //! touches (deleted directories are expanded to what they held), so the
 //! cost follows the number of changed files, not the size of the tree.
+//!
+//! The upper directory is a running workspace's: any entry may become a
+//! link to a host path at any moment. It is walked through directory
+//! descriptors, one name at a time, links refused ([`crate::beneath`]);
+//! an entry that vanishes meanwhile is skipped, one that turns into
+//! something else where a directory or a file was being opened is an
+//! error, never a reason to look elsewhere.
 
-use crate::tree::{self, Found, is_whiteout};
+use crate::beneath::{self, Opened};
+use crate::tree::{self, Found, Meta};
 use berth_core::{Change, ChangeKind, FileKind};
-use std::fs::{self, File, Metadata};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Lists what changed under `under` (a relative directory such as
@@ -16,22 +27,24 @@ use std::path::{Path, PathBuf};
 /// and sorted. A file that was copied up but is identical to the one below
 /// is not a change.
 pub fn changes(upper: &Path, lowers: &[PathBuf], under: &Path) -> io::Result<Vec<Change>> {
-    let walker = Walker {
-        upper,
-        lowers,
-        under,
-    };
+    let walker = Walker { lowers, under };
     let mut out = Vec::new();
-    let start = upper.join(under);
-    if fs::symlink_metadata(&start).is_ok_and(|m| m.is_dir()) {
-        walker.dir(Path::new(""), &mut out)?;
+    let root = beneath::open_trusted(upper)?;
+    match beneath::open_dir_beneath(root.as_fd(), under) {
+        Ok(start) => walker.dir(Path::new(""), start.as_fd(), &mut out)?,
+        // No directory there in the upper layer: nothing under it changed.
+        Err(e)
+            if matches!(
+                Errno::from_io_error(&e),
+                Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
+            ) => {}
+        Err(e) => return Err(e),
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
 struct Walker<'a> {
-    upper: &'a Path,
     lowers: &'a [PathBuf],
     under: &'a Path,
 }
@@ -41,25 +54,22 @@ impl Walker<'_> {
         tree::lookup(self.lowers, &self.under.join(rel))
     }
 
-    /// Walks upper directory `rel`, which exists in the lowers as a
-    /// directory unless `added`.
-    fn dir(&self, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
-        let dir = self.upper.join(self.under).join(rel);
-        let opaque = tree::is_opaque(&dir);
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = PathBuf::from(entry.file_name());
-            let child = rel.join(&name);
-            let meta = entry.metadata()?;
-            names.push(name);
-            self.entry(&child, &entry.path(), &meta, out)?;
+    /// Walks the upper directory `dir` (at `rel`), which exists in the
+    /// lowers as a directory unless it was added.
+    fn dir(&self, rel: &Path, dir: BorrowedFd<'_>, out: &mut Vec<Change>) -> io::Result<()> {
+        let opaque = beneath::has_flag(dir, tree::OPAQUE_XATTR);
+        let names = beneath::list(dir)?;
+        for name in &names {
+            // Gone since the directory was read: not a change.
+            if let Some(stat) = beneath::stat_at(dir, name)? {
+                self.entry(&rel.join(name), dir, name, Meta::from(&stat), out)?;
+            }
         }
         if opaque {
             // Everything the lowers held here and the upper lacks is gone.
             let lower = tree::list(self.lowers, &self.under.join(rel))?;
             for (name, found) in lower {
-                if !names.iter().any(|n| n.as_os_str() == name.as_str()) {
+                if !names.iter().any(|n| n.to_string_lossy() == name.as_str()) {
                     self.deleted(&rel.join(&name), &found, out)?;
                 }
             }
@@ -67,14 +77,16 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// The upper entry `name` of `dir`, at `rel`, as `meta` shows it.
     fn entry(
         &self,
         rel: &Path,
-        path: &Path,
-        meta: &Metadata,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        meta: Meta,
         out: &mut Vec<Change>,
     ) -> io::Result<()> {
-        if is_whiteout(meta) {
+        if meta.is_whiteout() {
             if let Some(found) = self.lower(rel)? {
                 self.deleted(rel, &found, out)?;
             }
@@ -82,17 +94,20 @@ impl Walker<'_> {
         }
         let lower = self.lower(rel)?;
         match lower {
-            None => self.added(rel, path, meta, out),
+            None => self.added(rel, dir, name, meta, out),
             Some(found) if meta.is_dir() && found.meta.is_dir() => {
-                if attrs_differ(meta, &found.meta) {
+                if attrs_differ(&meta, &found.meta) {
                     push(out, rel, ChangeKind::Modified, FileKind::Dir);
                 }
-                self.dir(rel, out)
+                match open_dir(rel, dir, name)? {
+                    Some(child) => self.dir(rel, child.as_fd(), out),
+                    None => Ok(()),
+                }
             }
             Some(_) if meta.is_dir() => {
                 // A file replaced by a directory.
                 push(out, rel, ChangeKind::Modified, FileKind::Dir);
-                self.added_children(rel, path, out)
+                self.added_children(rel, dir, name, out)
             }
             Some(found) => {
                 if found.meta.is_dir() {
@@ -100,9 +115,9 @@ impl Walker<'_> {
                     for (name, child) in tree::list(self.lowers, &self.under.join(rel))? {
                         self.deleted(&rel.join(name), &child, out)?;
                     }
-                    push(out, rel, ChangeKind::Modified, kind_of(meta));
-                } else if !same_entry(path, meta, &found.path, &found.meta)? {
-                    push(out, rel, ChangeKind::Modified, kind_of(meta));
+                    push(out, rel, ChangeKind::Modified, kind_of(&meta));
+                } else if !same_entry(dir, name, &meta, &found)? {
+                    push(out, rel, ChangeKind::Modified, kind_of(&meta));
                 }
                 Ok(())
             }
@@ -112,25 +127,36 @@ impl Walker<'_> {
     fn added(
         &self,
         rel: &Path,
-        path: &Path,
-        meta: &Metadata,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        meta: Meta,
         out: &mut Vec<Change>,
     ) -> io::Result<()> {
-        push(out, rel, ChangeKind::Added, kind_of(meta));
+        push(out, rel, ChangeKind::Added, kind_of(&meta));
         if meta.is_dir() {
-            self.added_children(rel, path, out)?;
+            self.added_children(rel, dir, name, out)?;
         }
         Ok(())
     }
 
-    fn added_children(&self, rel: &Path, path: &Path, out: &mut Vec<Change>) -> io::Result<()> {
-        for entry in fs::read_dir(path)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if is_whiteout(&meta) {
+    fn added_children(
+        &self,
+        rel: &Path,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        out: &mut Vec<Change>,
+    ) -> io::Result<()> {
+        let Some(child) = open_dir(rel, dir, name)? else {
+            return Ok(());
+        };
+        for name in beneath::list(child.as_fd())? {
+            let Some(stat) = beneath::stat_at(child.as_fd(), &name)? else {
                 continue;
+            };
+            let meta = Meta::from(&stat);
+            if !meta.is_whiteout() {
+                self.added(&rel.join(&name), child.as_fd(), &name, meta, out)?;
             }
-            self.added(&rel.join(entry.file_name()), &entry.path(), &meta, out)?;
         }
         Ok(())
     }
@@ -147,6 +173,24 @@ impl Walker<'_> {
     }
 }
 
+/// Opens the upper directory `name` of `dir` (at `rel`); `None` when it
+/// went meanwhile.
+fn open_dir(rel: &Path, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<OwnedFd>> {
+    match beneath::open_dir_entry(dir, name)? {
+        Opened::Yes(fd) => Ok(Some(fd)),
+        Opened::Gone => Ok(None),
+        Opened::Changed => Err(changed(rel)),
+    }
+}
+
+/// The error of an entry that became something else while it was read.
+pub(crate) fn changed(rel: &Path) -> io::Error {
+    io::Error::other(format!(
+        "`{}` changed while it was being read; try again",
+        rel.display()
+    ))
+}
+
 fn push(out: &mut Vec<Change>, rel: &Path, kind: ChangeKind, file_kind: FileKind) {
     out.push(Change {
         path: rel.to_string_lossy().into_owned(),
@@ -155,40 +199,46 @@ fn push(out: &mut Vec<Change>, rel: &Path, kind: ChangeKind, file_kind: FileKind
     });
 }
 
-fn kind_of(meta: &Metadata) -> FileKind {
-    let t = meta.file_type();
-    if t.is_dir() {
-        FileKind::Dir
-    } else if t.is_symlink() {
-        FileKind::Symlink
-    } else if t.is_file() {
-        FileKind::File
-    } else {
-        FileKind::Other
+fn kind_of(meta: &Meta) -> FileKind {
+    match meta.kind() {
+        FileType::Directory => FileKind::Dir,
+        FileType::Symlink => FileKind::Symlink,
+        FileType::RegularFile => FileKind::File,
+        _ => FileKind::Other,
     }
 }
 
-fn attrs_differ(a: &Metadata, b: &Metadata) -> bool {
-    a.mode() != b.mode() || a.uid() != b.uid() || a.gid() != b.gid()
+fn attrs_differ(a: &Meta, b: &Meta) -> bool {
+    a.mode != b.mode || a.uid != b.uid || a.gid != b.gid
 }
 
-/// Whether an upper entry is the lower one unchanged (a copy-up caused by
-/// opening for write without writing, or by a no-op metadata change).
-fn same_entry(upper: &Path, um: &Metadata, lower: &Path, lm: &Metadata) -> io::Result<bool> {
-    if attrs_differ(um, lm) || um.len() != lm.len() {
+/// Whether the upper entry `name` of `dir` is the lower one unchanged (a
+/// copy-up caused by opening for write without writing, or by a no-op
+/// metadata change). What changed kind meanwhile is not the same.
+fn same_entry(dir: BorrowedFd<'_>, name: &OsStr, um: &Meta, lower: &Found) -> io::Result<bool> {
+    let lm = &lower.meta;
+    if attrs_differ(um, lm) || um.size != lm.size {
         return Ok(false);
     }
-    if um.file_type().is_symlink() {
-        return Ok(fs::read_link(upper)? == fs::read_link(lower)?);
+    match um.kind() {
+        FileType::Symlink => match beneath::read_link(dir, name)? {
+            Opened::Yes(target) => Ok(target == fs::read_link(&lower.path)?.into_os_string()),
+            Opened::Gone | Opened::Changed => Ok(false),
+        },
+        FileType::RegularFile => match beneath::open_file(dir, name)? {
+            Opened::Yes((upper, _)) => {
+                // A frozen layer's file, checked by `lstat` when looked up.
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let lower = rustix::fs::open(&lower.path, flags, Mode::empty())?;
+                same_content(upper, File::from(lower))
+            }
+            Opened::Gone | Opened::Changed => Ok(false),
+        },
+        _ => Ok(um.rdev == lm.rdev),
     }
-    if !um.is_file() {
-        return Ok(um.rdev() == lm.rdev());
-    }
-    same_content(upper, lower)
 }
 
-fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
-    let (mut a, mut b) = (File::open(a)?, File::open(b)?);
+fn same_content(mut a: File, mut b: File) -> io::Result<bool> {
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
         let n = read_full(&mut a, &mut ba)?;

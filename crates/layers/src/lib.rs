@@ -7,13 +7,16 @@
 //! xattr, exactly what overlayfs writes into an upper directory, so freezing
 //! a workspace's upper directory into a layer is one rename.
 
+mod beneath;
 pub mod changes;
 pub mod export;
 pub mod id;
+mod sparse;
 pub mod store;
+mod target;
 pub mod tree;
 
 pub use changes::changes;
-pub use export::{IdShift, export_archive, export_dir, extract_archive};
+pub use export::{IdShift, export_archive, export_dir, extract, extract_archive};
 pub use id::LayerId;
 pub use store::{Layer, LayerKind, LayerMeta, LayerStore, StoreError, unpack_tarball};

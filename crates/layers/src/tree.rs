@@ -1,18 +1,65 @@
 //! Reading trees in overlayfs upper-dir format: whiteouts, opaque
 //! directories, and what a stack of such trees shows as one merged view.
 
+use rustix::fs::FileType;
 use std::collections::BTreeMap;
 use std::fs::{self, Metadata};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The xattr overlayfs sets on a directory that hides the layers below.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
-/// Whether an entry is a whiteout: a 0:0 character device.
-pub fn is_whiteout(meta: &Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
+/// What the change list compares of an entry, from a stat of a layer's
+/// path or of a descriptor in a workspace's upper directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// The whole `st_mode`: kind and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub rdev: u64,
+}
+
+impl Meta {
+    pub fn kind(&self) -> FileType {
+        FileType::from_raw_mode(self.mode)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind() == FileType::Directory
+    }
+
+    /// Whether the entry is a whiteout: a 0:0 character device.
+    pub fn is_whiteout(&self) -> bool {
+        self.kind() == FileType::CharacterDevice && self.rdev == 0
+    }
+}
+
+impl From<&Metadata> for Meta {
+    fn from(meta: &Metadata) -> Self {
+        Meta {
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: meta.len(),
+            rdev: meta.rdev(),
+        }
+    }
+}
+
+impl From<&rustix::fs::Stat> for Meta {
+    fn from(stat: &rustix::fs::Stat) -> Self {
+        Meta {
+            mode: stat.st_mode,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+            rdev: stat.st_rdev,
+        }
+    }
 }
 
 /// Whether a directory is opaque (lower layers' contents hidden).
@@ -39,9 +86,9 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
+fn lstat(path: &Path) -> io::Result<Option<Meta>> {
     match fs::symlink_metadata(path) {
-        Ok(meta) => Ok(Some(meta)),
+        Ok(meta) => Ok(Some(Meta::from(&meta))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         // A path under a regular file: nothing there.
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => Ok(None),
@@ -54,12 +101,15 @@ fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
 pub struct Found {
     /// The entry's host path in the topmost layer that holds it.
     pub path: PathBuf,
-    pub meta: Metadata,
+    pub meta: Meta,
 }
 
 /// Looks up `rel` in the merged view of `layers` (topmost first), as
 /// overlayfs would show it: whiteouts and opaque directories stop the
 /// search, and a non-directory hides everything below it.
+///
+/// Layers are frozen, so they are read by path; every component is
+/// `lstat`ed on the way, so no link in them is ever followed.
 pub fn lookup(layers: &[PathBuf], rel: &Path) -> io::Result<Option<Found>> {
     let components: Vec<_> = rel.components().collect();
     'layers: for layer in layers {
@@ -73,7 +123,7 @@ pub fn lookup(layers: &[PathBuf], rel: &Path) -> io::Result<Option<Found>> {
                 }
                 continue 'layers;
             };
-            if is_whiteout(&meta) {
+            if meta.is_whiteout() {
                 return Ok(None);
             }
             if i + 1 == components.len() {
@@ -84,7 +134,7 @@ pub fn lookup(layers: &[PathBuf], rel: &Path) -> io::Result<Option<Found>> {
             }
             hides_below |= is_opaque(&at);
         }
-        let meta = fs::symlink_metadata(&at)?;
+        let meta = Meta::from(&fs::symlink_metadata(&at)?);
         return Ok(Some(Found { path: at, meta }));
     }
     Ok(None)
@@ -106,7 +156,7 @@ fn merged_dirs(layers: &[PathBuf], rel: &Path) -> io::Result<Vec<PathBuf>> {
                 }
                 continue 'layers;
             };
-            if is_whiteout(&meta) || !meta.is_dir() {
+            if meta.is_whiteout() || !meta.is_dir() {
                 return Ok(dirs);
             }
             let last = i + 1 == components.len();
@@ -135,8 +185,8 @@ pub fn list(layers: &[PathBuf], rel: &Path) -> io::Result<BTreeMap<String, Found
             if seen.contains_key(&name) {
                 continue;
             }
-            let meta = entry.metadata()?;
-            let value = (!is_whiteout(&meta)).then(|| Found {
+            let meta = Meta::from(&entry.metadata()?);
+            let value = (!meta.is_whiteout()).then(|| Found {
                 path: entry.path(),
                 meta,
             });

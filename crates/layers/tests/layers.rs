@@ -15,6 +15,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "layers/hostile.rs"]
+mod hostile;
+
 fn require_overlay() {
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
     assert!(
@@ -325,7 +328,7 @@ fn exports_round_trip_through_an_archive_and_a_directory() {
         change("src/new.rs", ChangeKind::Added, FileKind::File),
     ];
     let archive = home.path().join("changes.tar.zst");
-    let summary = export_archive(&upper, &list, &archive, IdShift::NONE).unwrap();
+    let summary = export_archive(&upper, Path::new(""), &list, &archive, IdShift::NONE).unwrap();
     assert_eq!(summary.entries, 4);
     assert_eq!(summary.bytes, 13 + 6);
     assert_eq!(summary.deleted, vec!["old.txt"]);
@@ -346,7 +349,7 @@ fn exports_round_trip_through_an_archive_and_a_directory() {
     );
 
     let copied = home.path().join("copied");
-    let summary = export_dir(&upper, &list, &copied).unwrap();
+    let summary = export_dir(&upper, Path::new(""), &list, &copied).unwrap();
     assert_eq!(summary.entries, 4);
     assert_eq!(
         fs::read_to_string(copied.join("docs/readme.md")).unwrap(),

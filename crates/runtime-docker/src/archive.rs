@@ -154,27 +154,22 @@ impl Drop for ChannelWriter {
     }
 }
 
-/// Unpacks a downloaded archive into `dest` (created if missing), with
-/// modes and times but not owners. Entries that would land outside `dest`
-/// are refused by the tar reader.
-pub async fn unpack<S, E>(stream: S, dest: PathBuf) -> io::Result<()>
+/// Unpacks a downloaded archive into the directory `under` of `dest`
+/// (both created if missing), with modes and times but not owners,
+/// through [`berth_layers::extract`]: the archive is the workspace's to
+/// shape, so entries that would land outside are refused and nothing
+/// already in `dest` (a link an earlier download left, `under` itself
+/// included) is written through.
+pub async fn unpack<S, E>(stream: S, dest: PathBuf, under: PathBuf) -> io::Result<()>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display,
 {
     let stream = Box::pin(stream.map_err(|e| io::Error::other(e.to_string())));
     let reader = SyncIoBridge::new(StreamReader::new(stream));
-    tokio::task::spawn_blocking(move || {
-        fs::create_dir_all(&dest)?;
-        let mut archive = tar::Archive::new(reader);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_mtime(true);
-        archive.set_preserve_ownerships(false);
-        archive.set_overwrite(true);
-        archive.unpack(&dest)
-    })
-    .await
-    .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || berth_layers::extract(reader, &dest, &under).map(drop))
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// The paths and kinds of a downloaded archive's entries, contents
@@ -248,7 +243,9 @@ mod tests {
                 .map(|c| Ok::<_, io::Error>(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        unpack(chunks, out.path().to_path_buf()).await.unwrap();
+        unpack(chunks, out.path().to_path_buf(), PathBuf::new())
+            .await
+            .unwrap();
         let repo = out.path().join("workspace/repo");
         assert_eq!(
             fs::read(repo.join("sub/deeper/file.txt")).unwrap(),

@@ -640,10 +640,12 @@ impl DockerRuntime {
                 .engine()
                 .await?
                 .download_from_container(&name, Some(options));
-            let dest = staging.join(parent_of(path));
-            archive::unpack(stream, dest).await.map_err(|e| {
-                RuntimeError::io(format!("cannot copy `{path}` out of `{name}`"), e)
-            })?;
+            let under = PathBuf::from(parent_of(path));
+            archive::unpack(stream, staging.to_path_buf(), under)
+                .await
+                .map_err(|e| {
+                    RuntimeError::io(format!("cannot copy `{path}` out of `{name}`"), e)
+                })?;
         }
         Ok(())
     }
@@ -948,21 +950,30 @@ impl Runtime for DockerRuntime {
             .await?
             .download_from_container(&name, Some(options));
         let result = async {
-            archive::unpack(stream, unpacked.clone())
+            archive::unpack(stream, unpacked.clone(), PathBuf::new())
                 .await
                 .map_err(|e| {
                     RuntimeError::io(format!("cannot copy `{path}` out of `{name}`"), e)
                 })?;
-            // The archive holds the directory under its own name.
+            // The archive holds the directory under its own name; a link
+            // there (the workspace's to make) is not taken for it.
             let base = path.rsplit('/').next().unwrap_or_default();
-            tokio::fs::rename(unpacked.join(base), host_dir)
+            let copied = unpacked.join(base);
+            if !tokio::fs::symlink_metadata(&copied)
                 .await
-                .map_err(|e| {
-                    RuntimeError::io(
-                        format!("cannot move the copy to `{}`", host_dir.display()),
-                        e,
-                    )
-                })
+                .is_ok_and(|m| m.is_dir())
+            {
+                return Err(RuntimeError::WrongKind {
+                    path: src.to_string(),
+                    problem: "not a directory",
+                });
+            }
+            tokio::fs::rename(copied, host_dir).await.map_err(|e| {
+                RuntimeError::io(
+                    format!("cannot move the copy to `{}`", host_dir.display()),
+                    e,
+                )
+            })
         }
         .await;
         let _ = tokio::fs::remove_dir_all(&unpacked).await;
@@ -1090,16 +1101,19 @@ impl Runtime for DockerRuntime {
             let target = target.clone();
             let root = staging.clone();
             tokio::task::spawn_blocking(move || match &target {
-                ExportTarget::Archive { path } => {
-                    berth_layers::export_archive(&root, &changes, path, berth_layers::IdShift::NONE)
-                        .map_err(|e| {
-                            RuntimeError::io(format!("cannot export to `{}`", path.display()), e)
-                        })
-                }
-                ExportTarget::Directory { path } => berth_layers::export_dir(&root, &changes, path)
-                    .map_err(|e| {
+                ExportTarget::Archive { path } => berth_layers::export_archive(
+                    &root,
+                    Path::new(""),
+                    &changes,
+                    path,
+                    berth_layers::IdShift::NONE,
+                )
+                .map_err(|e| RuntimeError::io(format!("cannot export to `{}`", path.display()), e)),
+                ExportTarget::Directory { path } => {
+                    berth_layers::export_dir(&root, Path::new(""), &changes, path).map_err(|e| {
                         RuntimeError::io(format!("cannot export to `{}`", path.display()), e)
-                    }),
+                    })
+                }
             })
             .await
             .map_err(|e| RuntimeError::Other(e.to_string()))?

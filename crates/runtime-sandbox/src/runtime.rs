@@ -1995,17 +1995,21 @@ impl Runtime for SandboxRuntime {
         let under = ws.spec.root().to_string();
         tokio::task::spawn_blocking(move || {
             let changes = this.changes_of(&state, &under)?;
-            let root = this
-                .dirs(&state.id)
-                .upper
-                .join(under.trim_start_matches('/'));
+            let upper = this.dirs(&state.id).upper;
+            let under = Path::new(under.trim_start_matches('/'));
             match &target {
-                ExportTarget::Archive { path } => {
-                    berth_layers::export_archive(&root, &changes, path, IdShift { shift, range })
+                ExportTarget::Archive { path } => berth_layers::export_archive(
+                    &upper,
+                    under,
+                    &changes,
+                    path,
+                    IdShift { shift, range },
+                )
+                .map_err(io_err(format!("cannot export to `{}`", path.display()))),
+                ExportTarget::Directory { path } => {
+                    berth_layers::export_dir(&upper, under, &changes, path)
                         .map_err(io_err(format!("cannot export to `{}`", path.display())))
                 }
-                ExportTarget::Directory { path } => berth_layers::export_dir(&root, &changes, path)
-                    .map_err(io_err(format!("cannot export to `{}`", path.display()))),
             }
         })
         .await
