@@ -16,6 +16,7 @@ pub const DEFAULT_HINTS: [&str; 3] = [
 
 pub const USAGE: &str = "\
 usage: berth-agent --socket PATH [--root DIR] [--hints FILE] [--grace-ms N]
+                   [--cgroup-fd N]
        berth-agent --install DIR
 
   --socket PATH   unix socket to serve (its directory must exist)
@@ -25,6 +26,9 @@ usage: berth-agent --socket PATH [--root DIR] [--hints FILE] [--grace-ms N]
                   /.berth/runtimes.json, /.berth/runtimes.yaml, /.berth/runtimes)
   --grace-ms N    time between SIGTERM and SIGKILL when ending commands
                   (default 2000)
+  --cgroup-fd N   an open directory of cgroup v2 delegated to the agent:
+                  each command, session and terminal gets a cgroup of its
+                  own beneath it, and ending one ends all it started
   --install DIR   copy this executable to DIR/berth-agent (mode 0755) and
                   exit: how an init container with only the agent in it
                   hands it to a workspace container
@@ -47,6 +51,8 @@ pub struct Options {
     /// The hints file given on the command line; the defaults otherwise.
     pub hints: Option<PathBuf>,
     pub grace: Duration,
+    /// The descriptor of a cgroup v2 directory delegated to the agent.
+    pub cgroup_fd: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -55,6 +61,8 @@ pub enum ArgsError {
     MissingValue(String),
     #[error("`--grace-ms` must be a number of milliseconds, not `{0}`")]
     BadGrace(String),
+    #[error("`--cgroup-fd` must be a descriptor number, not `{0}`")]
+    BadDescriptor(String),
     #[error("unknown argument `{0}`")]
     Unknown(String),
     #[error("`--socket` is required")]
@@ -67,6 +75,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Arg
     let mut root = PathBuf::from("/workspace");
     let mut hints = None;
     let mut grace = Duration::from_millis(2000);
+    let mut cgroup_fd = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg.to_string_lossy().into_owned();
@@ -90,6 +99,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Arg
                 let ms = raw.parse::<u64>().map_err(|_| ArgsError::BadGrace(raw))?;
                 grace = Duration::from_millis(ms);
             }
+            "--cgroup-fd" => {
+                let raw = value()?.to_string_lossy().into_owned();
+                let fd = raw
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|fd| *fd > 2)
+                    .ok_or(ArgsError::BadDescriptor(raw))?;
+                cgroup_fd = Some(fd);
+            }
             "--install" => return Ok(Invocation::Install(PathBuf::from(value()?))),
             "--version" | "-V" => return Ok(Invocation::Version),
             "--help" | "-h" => return Ok(Invocation::Help),
@@ -101,6 +119,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Arg
         root,
         hints,
         grace,
+        cgroup_fd,
     }))
 }
 

@@ -365,6 +365,7 @@ async fn run_probe(env: &BaseEnv, reaper: &Reaper, argv: Vec<String>) -> Option<
             timeout: Some(PROBE_TIMEOUT),
             output_limit: Some(4096),
             grace: Duration::from_millis(100),
+            cgroup: None,
         },
         tokio_util::sync::CancellationToken::new(),
     )

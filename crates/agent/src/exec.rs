@@ -45,6 +45,7 @@ pub async fn run(
             timeout: request.timeout_ms.map(Duration::from_millis),
             output_limit: request.output_limit,
             grace: agent.grace,
+            cgroup: agent.command_cgroup(),
         },
         cancel.clone(),
     );

@@ -25,7 +25,11 @@
 //!   lookup: the image may have none.
 //! - **Processes**: every command runs in its own process group (a
 //!   terminal in its own session); ending a command ends its whole group
-//!   with SIGTERM, the grace period, then SIGKILL. As PID 1 (or as a child
+//!   with SIGTERM, the grace period, then SIGKILL. Given `--cgroup-fd`
+//!   (an open directory of cgroup v2, which the runtime delegates), each
+//!   command, session and terminal also gets a cgroup of its own, and
+//!   that ending reaches everything in it, however it detached; a
+//!   session or terminal that ends takes its cgroup's processes with it. As PID 1 (or as a child
 //!   subreaper when run as an ordinary process) the agent reaps every
 //!   orphan; this reads `/proc`, which docker and the sandbox mount.
 //! - **Its own protection**: the agent makes itself undumpable and
@@ -80,6 +84,8 @@ pub struct Agent {
     pub files: Arc<berth_files::Root>,
     pub env: env::BaseEnv,
     pub grace: Duration,
+    /// Where commands get cgroups of their own, when delegated one.
+    pub cgroups: Option<Arc<berth_exec::Cgroups>>,
     pub reaper: reaper::Reaper,
     pub detector: detect::Detector,
     pub started: Instant,
@@ -121,6 +127,7 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
     })?;
     let listener = listen(&options.socket)?;
     let env = env::BaseEnv::from_process(&options.root.to_string_lossy());
+    let cgroups = options.cgroup_fd.and_then(delegated_cgroups);
     let reaper = reaper::Reaper::start();
     let detector = detect::Detector::new(options.hints.clone());
     let agent = Arc::new(Agent {
@@ -128,6 +135,7 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
         files: Arc::new(files),
         env,
         grace: options.grace,
+        cgroups,
         reaper,
         detector,
         started: Instant::now(),
@@ -230,7 +238,51 @@ async fn end_everyone_else(grace: Duration) {
     }
 }
 
+/// The cgroups delegated at descriptor `fd`, or `None` (said on stderr)
+/// when they cannot be used: commands then end by process group only.
+fn delegated_cgroups(fd: i32) -> Option<Arc<berth_exec::Cgroups>> {
+    let dir = inherited(fd)?;
+    match berth_exec::Cgroups::new(dir) {
+        Ok(cgroups) => Some(cgroups),
+        Err(err) => {
+            eprintln!("berth-agent: not using the cgroup at descriptor {fd}: {err}");
+            None
+        }
+    }
+}
+
+/// Takes over descriptor `fd`, which whoever started the agent left open
+/// for it, and keeps it from the agent's children; `None` when it is not
+/// open.
+#[expect(
+    unsafe_code,
+    reason = "owning a descriptor inherited across exec, known only by number"
+)]
+fn inherited(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd as _};
+    // SAFETY: the descriptor is borrowed only to ask whether it is open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = rustix::io::fcntl_getfd(borrowed).ok()?;
+    rustix::io::fcntl_setfd(borrowed, flags | rustix::io::FdFlags::CLOEXEC).ok()?;
+    // SAFETY: it is open, it was handed to the agent alone, and nothing
+    // else in the agent refers to it by number.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 impl Agent {
+    /// A cgroup of its own for a command, session or terminal, when the
+    /// agent has cgroups and one can be made.
+    pub fn command_cgroup(&self) -> Option<berth_exec::CommandCgroup> {
+        let cgroups = self.cgroups.as_ref()?;
+        match cgroups.make() {
+            Ok(cgroup) => Some(cgroup),
+            Err(err) => {
+                eprintln!("berth-agent: no cgroup for a command: {err}");
+                None
+            }
+        }
+    }
+
     /// A working directory: `cwd` relative to the root, an existing
     /// directory that does not lead outside it.
     pub fn workdir(&self, cwd: Option<&str>) -> Result<PathBuf, (berth_proto::ErrorCode, String)> {

@@ -57,6 +57,9 @@ struct Shell {
     /// Whether stdout and stderr have not reached end of file.
     stdout_open: bool,
     stderr_open: bool,
+    /// The session's own cgroup, when the agent has cgroups: what is in it
+    /// when the session ends, ends with it.
+    cgroup: Option<berth_exec::CommandCgroup>,
 }
 
 /// What ended a command.
@@ -123,6 +126,11 @@ pub async fn run(
         Some(status) => status,
         None => end(agent, &mut shell).await,
     };
+    // What the session's commands left running ends with it.
+    if let Some(cgroup) = &shell.cgroup {
+        cgroup.kill();
+        cgroup.emptied(agent.grace).await;
+    }
     // Commands queued behind the one that ended the session.
     runs.close();
     while let Some(run) = runs.recv().await {
@@ -172,6 +180,10 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
     crate::spawn::pass_as_fd3(&mut command, &status_w);
+    let cgroup = agent.command_cgroup();
+    if let Some(cgroup) = &cgroup {
+        cgroup.enter_on_spawn(&mut command);
+    }
     let mut child = command
         .spawn()
         .map_err(|e| (ErrorCode::Spawn, format!("cannot run `{shell}`: {e}")))?;
@@ -195,6 +207,7 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
         status_buf: Vec::new(),
         stdout_open: true,
         stderr_open: true,
+        cgroup,
     })
 }
 

@@ -24,7 +24,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 pub async fn run(agent: &Arc<Agent>, params: TerminalParams, mut controls: Controls, out: Outbox) {
     let started = Instant::now();
-    let (master, mut child) = match start(agent, &params) {
+    let (master, mut child, cgroup) = match start(agent, &params) {
         Ok(started) => started,
         Err((code, message)) => {
             out.error(code, message).await;
@@ -102,6 +102,11 @@ pub async fn run(agent: &Arc<Agent>, params: TerminalParams, mut controls: Contr
             _ => output_open = false,
         }
     }
+    // What was started on the terminal ends with it.
+    if let Some(cgroup) = &cgroup {
+        cgroup.kill();
+        cgroup.emptied(agent.grace).await;
+    }
     let status = status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(0));
     out.message(AgentMessage::Exit(ExitStatus {
         code: status.code(),
@@ -128,11 +133,16 @@ fn end_group(pid: u32, kill_at: &mut Option<tokio::time::Instant>, agent: &Agent
     kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
 }
 
+/// What a started terminal is: its master side, its command, and the
+/// cgroup the command runs in when the agent has cgroups.
+type Started = (
+    AsyncFd<OwnedFd>,
+    tokio::process::Child,
+    Option<berth_exec::CommandCgroup>,
+);
+
 /// Opens a terminal pair and starts the command on its slave side.
-fn start(
-    agent: &Agent,
-    params: &TerminalParams,
-) -> Result<(AsyncFd<OwnedFd>, tokio::process::Child), (ErrorCode, String)> {
+fn start(agent: &Agent, params: &TerminalParams) -> Result<Started, (ErrorCode, String)> {
     let cwd = agent.workdir(params.cwd.as_deref())?;
     let io_err = |what: &str, e: io::Error| (ErrorCode::Io, format!("{what}: {e}"));
     let (master, slave) = open_pty().map_err(|e| io_err("cannot open a terminal", e))?;
@@ -176,6 +186,10 @@ fn start(
         .stdout(stdio("terminal stdout")?)
         .stderr(stdio("terminal stderr")?);
     crate::spawn::controlling_terminal(&mut command);
+    let cgroup = agent.command_cgroup();
+    if let Some(cgroup) = &cgroup {
+        cgroup.enter_on_spawn(&mut command);
+    }
     let child = command
         .spawn()
         .map_err(|e| (ErrorCode::Spawn, format!("cannot run `{display}`: {e}")))?;
@@ -185,7 +199,7 @@ fn start(
     drop(slave);
     rustix::io::ioctl_fionbio(&master, true).map_err(|e| io_err("terminal", e.into()))?;
     let master = crate::fdio::register(master).map_err(|e| io_err("terminal", e))?;
-    Ok((master, child))
+    Ok((master, child, cgroup))
 }
 
 fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {

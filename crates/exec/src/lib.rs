@@ -5,9 +5,17 @@
 //! streamed as [`ExecEvent`]s, in order per stream, bounded per stream with
 //! an exact count of what was dropped. A timeout, a cancel, or the receiver
 //! of the events going away ends the whole group: SIGTERM, a grace period,
-//! then SIGKILL. The last event is always [`ExecEvent::Exit`].
+//! then SIGKILL. Given a cgroup of its own ([`cgroup`]), the command's
+//! process enters it before it runs, and an ending ends everything in the
+//! cgroup the same way: whatever the command started, however it
+//! detached. The last event is always [`ExecEvent::Exit`], sent once the
+//! command and (when it was ended) everything it started are gone.
 //!
 //! Used by the `local` runtime in the provider and by the in-workspace agent.
+
+pub mod cgroup;
+
+pub use cgroup::{Cgroups, CommandCgroup};
 
 use berth_proto::{ExecEvent, ExitStatus, Stream};
 use rustix::process::{Pid, Signal, kill_process_group};
@@ -44,6 +52,8 @@ pub struct Spawn {
     pub output_limit: Option<u64>,
     /// Time between SIGTERM and SIGKILL when the command must end.
     pub grace: Duration,
+    /// The cgroup the command runs in, if it has one of its own.
+    pub cgroup: Option<CommandCgroup>,
 }
 
 /// What the command reads on stdin.
@@ -96,6 +106,9 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(cgroup) = &spawn.cgroup {
+        cgroup.enter_on_spawn(&mut command);
+    }
     let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
         program: program.clone(),
         source,
@@ -117,15 +130,12 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
             .take()
             .map(|err| tokio::spawn(pump(err, Stream::Stderr, limit, events.clone()))),
     ];
-    tokio::spawn(supervise(
-        child,
-        pid,
-        readers,
-        events,
-        spawn.timeout,
-        spawn.grace,
-        cancel,
-    ));
+    let ending = Ends {
+        timeout: spawn.timeout,
+        grace: spawn.grace,
+        cgroup: spawn.cgroup,
+    };
+    tokio::spawn(supervise(child, pid, readers, events, ending, cancel));
     Ok(Running {
         pid,
         events: receiver,
@@ -182,6 +192,14 @@ async fn pump(
     dropped
 }
 
+/// How a command is ended: past its timeout, with this grace between
+/// SIGTERM and SIGKILL, everything in its cgroup too.
+struct Ends {
+    timeout: Option<Duration>,
+    grace: Duration,
+    cgroup: Option<CommandCgroup>,
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Ending {
     Exited,
@@ -194,10 +212,14 @@ async fn supervise(
     pid: u32,
     readers: [Option<JoinHandle<u64>>; 2],
     events: mpsc::Sender<ExecEvent>,
-    timeout: Option<Duration>,
-    grace: Duration,
+    ends: Ends,
     cancel: CancellationToken,
 ) {
+    let Ends {
+        timeout,
+        grace,
+        cgroup,
+    } = ends;
     let started = Instant::now();
     let deadline = async {
         match timeout {
@@ -213,12 +235,8 @@ async fn supervise(
     };
     let status = match status {
         Some(status) => status,
-        None => end_group(&mut child, pid, grace).await,
+        None => end_tree(&mut child, pid, grace, cgroup.as_ref()).await,
     };
-    if ending != Ending::Exited {
-        // Whatever of the group survived the leader goes too.
-        signal_group(pid, Signal::KILL);
-    }
 
     let mut dropped = [0u64; 2];
     let drain_until = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
@@ -245,18 +263,47 @@ async fn supervise(
     let _ = events.send(ExecEvent::Exit(exit)).await;
 }
 
-/// SIGTERM to the whole group, then SIGKILL after the grace period.
-async fn end_group(child: &mut Child, pid: u32, grace: Duration) -> std::process::ExitStatus {
+/// How long killed processes may take to leave their cgroup.
+const KILLED_LEAVE: Duration = Duration::from_secs(5);
+
+/// SIGTERM to the whole group and everything in the command's cgroup,
+/// then, after the grace period or once all of it is gone, SIGKILL to
+/// whatever is left of either. Returns the command's own exit status.
+async fn end_tree(
+    child: &mut Child,
+    pid: u32,
+    grace: Duration,
+    cgroup: Option<&CommandCgroup>,
+) -> std::process::ExitStatus {
     signal_group(pid, Signal::TERM);
-    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
-        return status;
+    if let Some(cgroup) = cgroup {
+        cgroup.signal(Signal::TERM);
     }
+    let until = tokio::time::Instant::now() + grace;
+    let status = match tokio::time::timeout_at(until, child.wait()).await {
+        Ok(Ok(status)) => Some(status),
+        _ => None,
+    };
+    if let Some(cgroup) = cgroup {
+        cgroup
+            .emptied(until.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+        cgroup.kill();
+    }
+    // Whatever of the group survived the leader goes too.
     signal_group(pid, Signal::KILL);
-    match child.wait().await {
-        Ok(status) => status,
-        // The child was reaped by someone else; report it as killed.
-        Err(_) => std::process::ExitStatus::from_raw(Signal::KILL.as_raw()),
+    let status = match status {
+        Some(status) => status,
+        None => match child.wait().await {
+            Ok(status) => status,
+            // The child was reaped by someone else; report it as killed.
+            Err(_) => std::process::ExitStatus::from_raw(Signal::KILL.as_raw()),
+        },
+    };
+    if let Some(cgroup) = cgroup {
+        cgroup.emptied(KILLED_LEAVE).await;
     }
+    status
 }
 
 /// Sends a signal to the process group led by `pid`. A group already gone

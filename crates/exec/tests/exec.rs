@@ -15,6 +15,7 @@ fn sh(script: &str) -> Spawn {
         timeout: None,
         output_limit: None,
         grace: DEFAULT_GRACE,
+        cgroup: None,
     }
 }
 

@@ -2,7 +2,12 @@
 //! run as the provider's user, with no isolation — and it says so.
 //!
 //! Commands get an environment built from the spec, never the provider's
-//! own, so provider secrets do not leak into them. The provisioning cache is
+//! own, so provider secrets do not leak into them. Where the host lets
+//! berth make cgroups (cgroup v2, as root), each command runs in a cgroup
+//! of its own beneath `berth-local/<workspace id>`: a timeout or a cancel
+//! ends everything the command started, and stopping or removing the
+//! workspace ends whatever of its commands still runs. Elsewhere only the
+//! command's process group is ended, and `berth show` says so. The provisioning cache is
 //! a directory per key, copied into new workspaces (with reflinks where the
 //! filesystem has them).
 
@@ -11,10 +16,12 @@ use berth_core::{
     ExecRequest, ExecStream, FileEntry, Isolation, ReadStream, Refusal, Runtime, RuntimeError,
     Workspace, WorkspacePath,
 };
-use berth_exec::{DEFAULT_GRACE, Spawn, Stdin};
+use berth_exec::{Cgroups, DEFAULT_GRACE, Spawn, Stdin};
 use berth_files::{FilesError, Root};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +42,15 @@ pub struct LocalInfo {
 pub struct LocalRuntime {
     workspaces: PathBuf,
     cache: PathBuf,
+    /// Where workspaces' cgroups go, once looked for; why none otherwise.
+    cgroup_root: OnceLock<Result<PathBuf, String>>,
+    /// Each workspace's commands' cgroups, once made.
+    cgroups: Mutex<HashMap<String, Arc<Cgroups>>>,
 }
+
+/// The directory beneath the cgroup v2 mount that holds local workspaces'
+/// cgroups.
+const CGROUP_DIR: &str = "berth-local";
 
 impl LocalRuntime {
     /// A runtime keeping its workspaces and cache under `home`.
@@ -43,7 +58,68 @@ impl LocalRuntime {
         LocalRuntime {
             workspaces: home.join("local").join("workspaces"),
             cache: home.join("local").join("cache"),
+            cgroup_root: OnceLock::new(),
+            cgroups: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Where workspaces' cgroups go, if this host lets berth make them:
+    /// looked for on first use (by making a probe cgroup there).
+    fn cgroup_root(&self) -> Result<&Path, &str> {
+        self.cgroup_root
+            .get_or_init(|| {
+                let mount = berth_exec::cgroup::v2_mount()
+                    .ok_or_else(|| "this host mounts no cgroup v2".to_string())?;
+                let root = mount.join(CGROUP_DIR);
+                Cgroups::open(&root.join("probe"))
+                    .map_err(|e| format!("cannot make cgroups in {}: {e}", root.display()))?;
+                let _ = std::fs::remove_dir(root.join("probe"));
+                Ok(root)
+            })
+            .as_deref()
+            .map_err(String::as_str)
+    }
+
+    /// The cgroups of workspace `ws`'s commands, when the host has them.
+    fn commands_cgroups(&self, ws: &Workspace) -> Option<Arc<Cgroups>> {
+        let root = self.cgroup_root().ok()?;
+        let mut cgroups = self.cgroups.lock().ok()?;
+        if let Some(found) = cgroups.get(ws.id.as_str()) {
+            return Some(found.clone());
+        }
+        let made = Cgroups::open(&root.join(ws.id.as_str())).ok()?;
+        cgroups.insert(ws.id.to_string(), made.clone());
+        Some(made)
+    }
+
+    /// Ends every process of workspace `ws`'s commands that still runs,
+    /// whichever berth process started it, and removes their cgroups.
+    async fn end_commands(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let Ok(root) = self.cgroup_root() else {
+            return Ok(());
+        };
+        let dir = root.join(ws.id.as_str());
+        if let Ok(mut cgroups) = self.cgroups.lock() {
+            cgroups.remove(ws.id.as_str());
+        }
+        blocking(move || {
+            if !dir.is_dir() {
+                return Ok(());
+            }
+            let cgroups = Cgroups::open(&dir)
+                .map_err(|e| RuntimeError::io(format!("open {}", dir.display()), e))?;
+            cgroups.kill_all().map_err(|e| {
+                RuntimeError::io(format!("end the processes in {}", dir.display()), e)
+            })?;
+            drop(cgroups);
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(RuntimeError::io(format!("remove {}", dir.display()), e))
+                }
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     fn root(&self, ws: &Workspace) -> PathBuf {
@@ -209,13 +285,12 @@ impl Runtime for LocalRuntime {
         Ok(ws.runtime_info.clone())
     }
 
-    async fn stop(&self, _ws: &Workspace) -> Result<(), RuntimeError> {
-        // Nothing runs on its own in a local workspace: each command belongs
-        // to the process that started it and ends with it.
-        Ok(())
+    async fn stop(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        self.end_commands(ws).await
     }
 
     async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        self.end_commands(ws).await?;
         let root = self.root(ws);
         blocking(move || match std::fs::remove_dir_all(&root) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -233,6 +308,18 @@ impl Runtime for LocalRuntime {
     }
 
     fn isolation(&self, _ws: &Workspace) -> Isolation {
+        let processes = match self.cgroup_root() {
+            Ok(root) => format!(
+                "each command runs in a cgroup of its own beneath {}: a timeout or a cancel \
+                 ends everything it started, and stopping or removing the workspace ends \
+                 what its commands left running",
+                root.display()
+            ),
+            Err(reason) => format!(
+                "no cgroup for commands ({reason}): a timeout or a cancel ends the command's \
+                 process group only, and what left it keeps running"
+            ),
+        };
         Isolation {
             isolated: false,
             network: "host".into(),
@@ -240,6 +327,7 @@ impl Runtime for LocalRuntime {
                 "no isolation: commands run on this host as the provider's user; \
                  only their environment is the workspace's own"
                     .into(),
+                processes,
             ],
             ..Isolation::default()
         }
@@ -268,6 +356,7 @@ impl Runtime for LocalRuntime {
             timeout: request.timeout_ms.map(Duration::from_millis),
             output_limit: request.output_limit,
             grace: DEFAULT_GRACE,
+            cgroup: self.commands_cgroups(ws).and_then(|c| c.make().ok()),
         };
         let command = request.command.display();
         let running = berth_exec::spawn(spawn, cancel).map_err(|e| match e {

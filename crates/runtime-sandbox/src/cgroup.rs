@@ -3,6 +3,12 @@
 //! Each workspace gets `berth/<name>` in every hierarchy it needs; its
 //! processes are born in them, so killing what the cgroups hold ends the
 //! workspace even if its init is stuck.
+//!
+//! The workspace's cgroup of v2 (on a hybrid host, one in its
+//! controller-less v2 hierarchy, made for this) is also where its agent
+//! gives each command a cgroup of its own: [`Layout::delegate`] lets the
+//! workspace's root make cgroups beneath it and move its processes there,
+//! and nothing else (its limits stay the host's).
 
 use std::fs;
 use std::io;
@@ -26,6 +32,9 @@ pub enum Layout {
         cpu: PathBuf,
         /// Lets a running workspace be paused for a consistent snapshot.
         freezer: Option<PathBuf>,
+        /// The hybrid host's cgroup v2 hierarchy, without controllers: it
+        /// tracks processes, where commands get cgroups of their own.
+        unified: Option<PathBuf>,
     },
 }
 
@@ -94,6 +103,8 @@ fn detect_at(root: &Path) -> Result<Layout, CgroupError> {
             pids,
             cpu,
             freezer: v1("freezer"),
+            unified: Some(root.join("unified"))
+                .filter(|dir| dir.join("cgroup.controllers").is_file()),
         }),
         _ => Err(CgroupError::Unavailable(format!(
             "neither cgroup v2 with memory and pids nor v1 memory, pids and cpu under {}",
@@ -121,9 +132,11 @@ impl Layout {
                 pids,
                 cpu,
                 freezer,
+                unified,
             } => {
                 let mut roots = vec![memory.clone(), pids.clone(), cpu.clone()];
                 roots.extend(freezer.clone());
+                roots.extend(unified.clone());
                 roots
             }
         };
@@ -164,6 +177,41 @@ impl Layout {
                     .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// The cgroup of v2 among `cgroups`, beneath which commands can get
+    /// cgroups of their own; `None` on a host with only v1.
+    pub fn commands_root<'a>(&self, cgroups: &'a Cgroups) -> Option<&'a Path> {
+        match self {
+            Layout::V2 { .. } => cgroups.dirs.first(),
+            Layout::V1 { unified: None, .. } => None,
+            Layout::V1 { .. } => cgroups.dirs.last(),
+        }
+        .map(PathBuf::as_path)
+    }
+
+    /// Delegates the workspace's cgroup of v2 to its root (host ids `uid`
+    /// and `gid`), as cgroup v2 intends delegation: the directory, so it
+    /// can make cgroups beneath it, and `cgroup.procs` and
+    /// `cgroup.threads`, so it can move its processes into them. Its
+    /// limits and `cgroup.subtree_control` stay the host's.
+    pub fn delegate(&self, cgroups: &Cgroups, uid: u32, gid: u32) -> Result<(), CgroupError> {
+        let Some(dir) = self.commands_root(cgroups) else {
+            return Ok(());
+        };
+        let owner = (
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        );
+        for path in [
+            dir.to_path_buf(),
+            dir.join("cgroup.procs"),
+            dir.join("cgroup.threads"),
+        ] {
+            rustix::fs::chown(&path, owner.0, owner.1)
+                .map_err(|e| io_err("delegate", &path)(e.into()))?;
+        }
+        Ok(())
     }
 
     pub fn version(&self) -> &'static str {
@@ -302,6 +350,9 @@ pub fn kill_and_remove(cgroups: &Cgroups, patience: Duration) -> Result<(), Cgro
         if !dir.exists() {
             continue;
         }
+        // The cgroups the agent made for commands go first: a cgroup
+        // with cgroups beneath it cannot be removed.
+        remove_beneath(dir, deadline)?;
         loop {
             let kill = dir.join("cgroup.kill");
             if kill.exists() {
@@ -325,6 +376,34 @@ pub fn kill_and_remove(cgroups: &Cgroups, patience: Duration) -> Result<(), Cgro
         match fs::remove_dir(dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io_err("remove", dir)(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Kills and removes every cgroup beneath `dir`, deepest first.
+fn remove_beneath(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let child = entry.path();
+        remove_beneath(&child, deadline)?;
+        let _ = fs::write(child.join("cgroup.kill"), "1");
+        while !pids(&child).is_empty() {
+            if Instant::now() > deadline {
+                return Err(CgroupError::Stuck(child));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match fs::remove_dir(&child) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &child)(e));
             }
             _ => {}
         }

@@ -29,6 +29,11 @@ pub struct InitConfig {
     pub cgroups: Vec<PathBuf>,
     /// Whether to install the default seccomp filter.
     pub seccomp: bool,
+    /// When set, PID 1 is handed the workspace's cgroup of v2 (the root of
+    /// its cgroup namespace) as an open directory, by this flag and the
+    /// descriptor's number after its own arguments (`--cgroup-fd 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate_cgroup: Option<String>,
     /// The workspace's PID 1, its environment and working directory.
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,

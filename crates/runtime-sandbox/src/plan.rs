@@ -77,6 +77,8 @@ pub struct PlanInput<'a> {
     /// The size of the tmpfs at `/dev/shm`.
     pub shm_size: u64,
     pub seccomp: bool,
+    /// See [`InitConfig::delegate_cgroup`].
+    pub delegate_cgroup: Option<String>,
     /// Host programs bound into `/.berth` by file name, e.g. the init
     /// binary and the agent.
     pub programs: Vec<PathBuf>,
@@ -176,6 +178,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
         hostname: input.hostname.clone(),
         cgroups,
         seccomp: input.seccomp,
+        delegate_cgroup: input.delegate_cgroup.clone(),
         command: input.command.clone(),
         env: input.env.clone(),
         cwd: input.root.clone(),
@@ -232,6 +235,7 @@ mod tests {
             cgroups,
             shm_size: 64 << 20,
             seccomp: true,
+            delegate_cgroup: None,
             programs: vec!["/opt/berth/berth-agent".into()],
             command: vec!["/.berth/berth-agent".into()],
             env: vec![("PATH".into(), "/usr/bin".into())],

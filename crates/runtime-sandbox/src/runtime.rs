@@ -997,6 +997,15 @@ impl Inner {
             ),
             Err(_) => None,
         };
+        let delegate_cgroup = match (&self.cgroups, &cgroups) {
+            (Ok(layout), Some(made)) if self.commands_have_cgroups() => {
+                if let Some(map) = self.config.id_map {
+                    layout.delegate(made, map.host, map.host).map_err(other)?;
+                }
+                Some("--cgroup-fd".to_string())
+            }
+            _ => None,
+        };
         let mut programs = vec![self.config.init_program.clone()];
         let command = match &self.config.agent_program {
             Some(agent) => {
@@ -1027,6 +1036,7 @@ impl Inner {
             cgroups: cgroups.as_ref(),
             shm_size: self.shm_size(state),
             seccomp: true,
+            delegate_cgroup,
             programs,
             command,
             env: self.base_env(ws),
@@ -1446,6 +1456,16 @@ impl Inner {
         Ok(changes)
     }
 
+    /// Whether each command gets a cgroup of its own: the agent runs
+    /// them, and this host has cgroup v2 beneath which it can make them.
+    fn commands_have_cgroups(&self) -> bool {
+        self.config.agent_program.is_some()
+            && self
+                .cgroups
+                .as_ref()
+                .is_ok_and(|layout| layout.commands_root(&layout.cgroups("probe")).is_some())
+    }
+
     fn isolation_of(&self, state: &State, spec: &berth_core::Spec) -> Isolation {
         let mut namespaces = vec!["mount", "pid", "uts", "ipc", "cgroup"];
         if self.config.id_map.is_some() {
@@ -1483,6 +1503,15 @@ impl Inner {
             ),
         }
         notes.push("Docker's default capabilities and seccomp allow list; no_new_privs".into());
+        notes.push(if self.commands_have_cgroups() {
+            "each command, session and terminal runs in a cgroup of its own (cgroup v2): \
+             a timeout or a cancel ends everything it started, however it detached"
+                .into()
+        } else {
+            "no cgroup v2 for commands here: a timeout or a cancel ends the command's \
+             process group only, and what left it runs until the workspace stops"
+                .into()
+        });
         Isolation {
             isolated: true,
             namespaces: namespaces.into_iter().map(String::from).collect(),
@@ -1755,6 +1784,7 @@ impl Runtime for SandboxRuntime {
                 timeout: request.timeout_ms.map(Duration::from_millis),
                 output_limit: request.output_limit,
                 grace: berth_exec::DEFAULT_GRACE,
+                cgroup: None,
             },
             cancel,
         )

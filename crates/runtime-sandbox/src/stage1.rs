@@ -518,8 +518,38 @@ fn child_setup(
         || "cannot make the cgroup namespace".into(),
         sys::unshare(UnshareFlags::NEWCGROUP),
     )?;
+    let mut command = config.command.clone();
+    if let Some(flag) = &config.delegate_cgroup {
+        command.extend([flag.clone(), own_cgroup()?.to_string()]);
+    }
     lock_down(config.seccomp)?;
-    Err(run(&config.command, &config.env, &config.cwd))
+    Err(run(&command, &config.env, &config.cwd))
+}
+
+/// Opens the workspace's cgroup of v2 for its PID 1: a cgroup v2 mount
+/// made in the new cgroup namespace, whose root is that cgroup, attached
+/// nowhere (no process of the workspace can reach it by a path) and left
+/// open across the exec. Returns its descriptor's number.
+fn own_cgroup() -> Result<i32, InitError> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    use std::os::fd::IntoRawFd as _;
+    let what = || "cannot open the workspace's cgroup v2 for its agent".to_string();
+    let fs = errno(
+        what,
+        rustix::mount::fsopen("cgroup2", FsOpenFlags::FSOPEN_CLOEXEC),
+    )?;
+    errno(what, rustix::mount::fsconfig_create(&fs))?;
+    let mount = errno(
+        what,
+        rustix::mount::fsmount(
+            &fs,
+            FsMountFlags::empty(),
+            MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        ),
+    )?;
+    Ok(mount.into_raw_fd())
 }
 
 /// Binds the working directory's tree onto itself and makes the bind the

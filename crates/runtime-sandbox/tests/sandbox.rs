@@ -953,8 +953,17 @@ async fn the_agent_is_pid_1_and_serves_commands_and_files() {
     )
     .await;
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    // The agent is handed the workspace's cgroup v2 as a descriptor.
+    let stdout = match ran.stdout.split_once(" --cgroup-fd ") {
+        Some((before, after)) => {
+            let (fd, rest) = after.split_once(' ').unwrap();
+            assert!(fd.parse::<u32>().unwrap() > 2, "{}", ran.stdout);
+            format!("{before} {rest}")
+        }
+        None => ran.stdout.clone(),
+    };
     assert_eq!(
-        ran.stdout,
+        stdout,
         "/.berth/berth-agent --socket /.berth/run/agent.sock --root /workspace \n0\n/workspace\n"
     );
     let path = WorkspacePath::parse("dir/file.txt").unwrap();
@@ -1134,6 +1143,78 @@ async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
     );
     // Once it runs again, it answers again.
     assert_eq!(sh(&rt, &ws, "echo back").await.stdout, "back\n");
+    rt.remove(&ws).await.unwrap();
+}
+
+/// A workspace whose commands run through the agent, which gives each a
+/// cgroup of its own.
+async fn agent_workspace(home: &Path) -> (SandboxRuntime, Workspace) {
+    let rt = with_agent(home).await;
+    let ws = started(&rt, Spec::default()).await;
+    let notes = rt.isolation(&ws).notes.join("\n");
+    assert!(
+        notes.contains("a cgroup of its own"),
+        "this host gives commands no cgroup: {notes}"
+    );
+    (rt, ws)
+}
+
+/// How long processes may take to go once their end was decided.
+const GONE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test]
+async fn timeout_ends_a_setsid_double_forked_child() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let (rt, ws) = agent_workspace(home.path()).await;
+    let marker = attacks::marker();
+
+    let mut request = ExecRequest::shell(attacks::detaching(&marker));
+    request.timeout_ms = Some(1000);
+    let ran = run(&rt, &ws, request).await;
+    assert_eq!(ran.stdout, "started\n", "{}", ran.stderr);
+    let left = attacks::survivors(&format!("sleep {marker}"), GONE_WITHIN);
+    assert!(left.is_empty(), "survived the timeout: {left:?}");
+    // The workspace goes on serving commands.
+    assert_eq!(sh(&rt, &ws, "echo next").await.stdout, "next\n");
+    rt.remove(&ws).await.unwrap();
+}
+
+// Multi-threaded: the client's tasks must go on sending while the test
+// waits for processes to appear.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_session_or_terminal_ends_what_it_started() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let (rt, ws) = agent_workspace(home.path()).await;
+    let socket = rt.agent_socket(&ws).unwrap();
+    let agent =
+        berth_agent_client::AgentClient::connect(&socket, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    let marker = attacks::marker();
+    let daemon =
+        format!("(setsid sh -c 'trap \"\" TERM HUP; sleep {marker}' >/dev/null 2>&1 &); echo left");
+
+    let session = agent.session(Default::default()).await.unwrap();
+    let (out, _, _) = session.run(&daemon).await.unwrap();
+    assert_eq!(out, b"left\n");
+    attacks::wait_for(&format!("sleep {marker}"), 1);
+    session.close().await.unwrap();
+    let left = attacks::survivors(&format!("sleep {marker}"), GONE_WITHIN);
+    assert!(left.is_empty(), "survived the session: {left:?}");
+
+    let terminal = agent
+        .terminal(berth_core::proto::TerminalParams::default())
+        .await
+        .unwrap();
+    terminal.write(format!("{daemon}\n").as_bytes()).unwrap();
+    attacks::wait_for(&format!("sleep {marker}"), 1);
+    terminal.write(b"exit\n").unwrap();
+    let (_, _, exit) = terminal.output().await;
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    let left = attacks::survivors(&format!("sleep {marker}"), GONE_WITHIN);
+    assert!(left.is_empty(), "survived the terminal: {left:?}");
     rt.remove(&ws).await.unwrap();
 }
 

@@ -45,6 +45,23 @@ pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
     .collect()
 }
 
+/// Waits until `count` host processes carry `marker`, polling for at most
+/// ten seconds; panics if they do not.
+pub fn wait_for(marker: &str, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = processes_with(marker);
+        if found.len() >= count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {count} processes running `{marker}`, found {found:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Waits until no host process carries `marker`, polling for at most
 /// `limit`; returns those still there.
 pub fn survivors(marker: &str, limit: std::time::Duration) -> Vec<(u32, String)> {
@@ -56,4 +73,31 @@ pub fn survivors(marker: &str, limit: std::time::Duration) -> Vec<(u32, String)>
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A number of seconds no other test sleeps for, to find a test's
+/// processes by their command line (`sleep MARKER`) from the host.
+pub fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}.{:06}",
+        90_000 + std::process::id() % 9_999,
+        nanos % 1_000_000
+    )
+}
+
+/// A shell script whose processes leave the command every way a shell
+/// can: a double fork into a new session, a new session that ignores
+/// SIGTERM, a background child that ignores SIGTERM; then it waits in
+/// the foreground. Every process it starts runs `sleep MARKER`.
+pub fn detaching(marker: &str) -> String {
+    format!(
+        "(setsid sleep {marker} &); \
+         setsid sh -c 'trap \"\" TERM; sleep {marker}' & \
+         (trap '' TERM; sleep {marker}) & \
+         echo started; sleep {marker}"
+    )
 }
