@@ -3,12 +3,14 @@
 //! needed, and `berth serve` puts the same calls behind HTTP.
 
 mod progress;
+mod quote;
 mod terminal;
 
 use anyhow::{Context, Result, bail};
 use berth_core::{ExecEvent, ExecRequest, ResourceDefaults, Spec, Workspace};
 use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig, ServiceError};
 use clap::{Parser, Subcommand};
+use quote::quoted;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -397,7 +399,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                 } else {
                     format!("up to date at {}", short(&result.commit))
                 };
-                writeln!(stdout, "{}: {state}", result.path)?;
+                writeln!(stdout, "{}: {state}", quoted(&result.path))?;
             }
         }
         Command::Runtimes { json } => {
@@ -450,7 +452,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                     } else {
                         ""
                     };
-                    writeln!(stdout, "{}{suffix}", entry.path)?;
+                    writeln!(stdout, "{}{suffix}", quoted(&entry.path))?;
                 }
             }
         }
@@ -475,7 +477,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                         berth_core::ChangeKind::Modified => 'M',
                         berth_core::ChangeKind::Deleted => 'D',
                     };
-                    writeln!(stdout, "{mark} {}", change.path)?;
+                    writeln!(stdout, "{mark} {}", quoted(&change.path))?;
                 }
             }
         }
@@ -523,8 +525,16 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                 writeln!(stdout)?;
             } else {
                 for found in info.interpreters {
+                    // What the workspace reports: its hints file names
+                    // interpreters, and their programs print versions.
                     let version = found.version.as_deref().unwrap_or("?");
-                    writeln!(stdout, "{:<8} {:<12} {}", found.name, version, found.path)?;
+                    writeln!(
+                        stdout,
+                        "{:<8} {:<12} {}",
+                        quoted(&found.name),
+                        quoted(version),
+                        quoted(&found.path)
+                    )?;
                 }
             }
         }
@@ -688,7 +698,7 @@ fn print_table(out: &mut impl Write, workspaces: &[Workspace]) -> Result<()> {
             out,
             "{:<26}  {:<20}  {:<8}  {:<9}  {}",
             ws.id,
-            ws.name,
+            quoted(&ws.name),
             ws.runtime,
             ws.state,
             progress::ago(ws.created_at)
@@ -701,7 +711,7 @@ fn print_details(out: &mut impl Write, details: &berth_provider::WorkspaceDetail
     let ws = &details.workspace;
     let iso = &details.isolation;
     writeln!(out, "id:        {}", ws.id)?;
-    writeln!(out, "name:      {}", ws.name)?;
+    writeln!(out, "name:      {}", quoted(&ws.name))?;
     writeln!(out, "runtime:   {}", ws.runtime)?;
     writeln!(out, "state:     {}", ws.state)?;
     writeln!(out, "created:   {}", progress::ago(ws.created_at))?;
@@ -712,8 +722,10 @@ fn print_details(out: &mut impl Write, details: &berth_provider::WorkspaceDetail
         let reference = repo.reference.as_deref().unwrap_or("default branch");
         writeln!(
             out,
-            "repo:      {} -> {} ({reference})",
-            repo.url, repo.path
+            "repo:      {} -> {} ({})",
+            quoted(&repo.url),
+            quoted(repo.path.as_str()),
+            quoted(reference)
         )?;
     }
     writeln!(

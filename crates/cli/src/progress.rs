@@ -1,6 +1,7 @@
 //! Provisioning progress on the terminal: progress bars when stderr is a
 //! terminal, plain lines otherwise (logs, CI, pipes).
 
+use crate::quote::quoted;
 use berth_core::ProvisionEvent;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -32,7 +33,9 @@ fn render_line(event: &ProvisionEvent) {
 /// One line for an event, or nothing for events shown otherwise.
 fn describe(event: &ProvisionEvent) -> Option<String> {
     Some(match event {
-        ProvisionEvent::Created { id, name } => format!("creating workspace {name} ({id})"),
+        ProvisionEvent::Created { id, name } => {
+            format!("creating workspace {} ({id})", quoted(name))
+        }
         ProvisionEvent::CacheHit { key } => format!("provisioned state cached ({key})"),
         ProvisionEvent::CacheMiss { key } => format!("provisioning from scratch (cache key {key})"),
         ProvisionEvent::Cloning {
@@ -40,17 +43,27 @@ fn describe(event: &ProvisionEvent) -> Option<String> {
             path,
             index,
             total,
-        } => format!("[{}/{total}] cloning {repository} into {path}", index + 1),
+        } => format!(
+            "[{}/{total}] cloning {} into {}",
+            index + 1,
+            quoted(repository),
+            quoted(path)
+        ),
         ProvisionEvent::Cloned { path, commit, .. } => {
-            format!("cloned {path} at {}", &commit[..commit.len().min(12)])
+            format!(
+                "cloned {} at {}",
+                quoted(path),
+                &commit[..commit.len().min(12)]
+            )
         }
-        ProvisionEvent::Fetching { path } => format!("fetching upstream into {path}"),
+        ProvisionEvent::Fetching { path } => format!("fetching upstream into {}", quoted(path)),
         ProvisionEvent::Fetched {
             path,
             commit,
             updated,
         } => {
             let short = &commit[..commit.len().min(12)];
+            let path = quoted(path);
             if *updated {
                 format!("{path} moved to {short}")
             } else {

@@ -654,3 +654,85 @@ fn show_prints_the_memory_limit_and_shm_size_a_workspace_got_by_default() {
     );
     env.ok(&["rm", &id]);
 }
+
+/// Names a workspace gives its files to forge lines of a listing, hide
+/// text behind terminal escapes, or blur where a name starts and ends.
+const HOSTILE_NAMES: &[(&str, &str)] = &[
+    // (what `printf` makes of it, how the listing prints it)
+    ("ok\\nD important.txt", r#""ok\nD important.txt""#),
+    ("\\033[31mred", r#""\033[31mred""#),
+    ("tab\\there", r#""tab\there""#),
+    ("\\342\\200\\256txt.exe", r#""\342\200\256txt.exe""#),
+    (" lead", r#"" lead""#),
+    ("trail ", r#""trail ""#),
+    ("quote\"d", r#""quote\"d""#),
+    ("back\\\\slash", r#""back\\slash""#),
+    ("caf\\303\\251.txt", "café.txt"),
+    ("plain.txt", "plain.txt"),
+    // Not UTF-8: the byte reaches berth as U+FFFD, which is quoted too.
+    ("bad\\377name", r#""bad\357\277\275name""#),
+];
+
+#[test]
+fn a_file_name_with_a_newline_cannot_forge_a_line_of_changes_or_files() {
+    let env = Env::new();
+    let spec = env.file("sandbox.toml", "runtime = \"sandbox\"\nimage = \"host\"\n");
+    let out = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = workspace_id(&String::from_utf8(out.stdout).unwrap());
+    let script: String = HOSTILE_NAMES
+        .iter()
+        .map(|(name, _)| format!("touch \"$(printf '{}')\"\n", name.replace('\'', "'\\''")))
+        .collect();
+    env.ok(&["exec", &id, "--", "sh", "-c", &script]);
+
+    let mut expected: Vec<&str> = HOSTILE_NAMES.iter().map(|(_, shown)| *shown).collect();
+    let changes = env.ok(&["changes", &id]);
+    let mut listed: Vec<&str> = changes
+        .lines()
+        .map(|line| {
+            line.strip_prefix("A ")
+                .unwrap_or_else(|| panic!("{changes}"))
+        })
+        .collect();
+    listed.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(listed, expected, "one line per change:\n{changes}");
+    assert!(!changes.contains('\u{1b}'), "{changes}");
+
+    let files = env.ok(&["files", &id]);
+    for shown in &expected {
+        assert!(
+            files.lines().any(|line| line == *shown),
+            "{shown} in:\n{files}"
+        );
+    }
+    assert_eq!(files.lines().count(), expected.len(), "{files}");
+
+    // `--json` carries each name that is UTF-8 exactly.
+    let exact: serde_json::Value =
+        serde_json::from_str(&env.ok(&["changes", &id, "--json"])).unwrap();
+    let mut names: Vec<&str> = exact
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["path"].as_str().unwrap())
+        .filter(|name| !name.starts_with("bad"))
+        .collect();
+    names.sort_unstable();
+    let mut made = vec![
+        "ok\nD important.txt",
+        "\u{1b}[31mred",
+        "tab\there",
+        "\u{202e}txt.exe",
+        " lead",
+        "trail ",
+        "quote\"d",
+        "back\\slash",
+        "café.txt",
+        "plain.txt",
+    ];
+    made.sort_unstable();
+    assert_eq!(names, made);
+    env.ok(&["rm", &id]);
+}
