@@ -397,7 +397,7 @@ impl Provider {
             });
         }
         if request.timeout_ms.is_none() {
-            request.timeout_ms = ws.spec.timeouts.exec.map(|secs| secs * 1000);
+            request.timeout_ms = ws.spec.timeouts.exec.map(|secs| secs.saturating_mul(1000));
         }
         request.output_limit.get_or_insert(self.inner.output_limit);
         let events = runtime

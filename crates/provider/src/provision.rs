@@ -366,7 +366,7 @@ impl Provider {
             .await
             .map_err(|e| fail(&e))?;
         let mut request = ExecRequest::shell(script);
-        request.timeout_ms = ws.spec.timeouts.setup.map(|secs| secs * 1000);
+        request.timeout_ms = ws.spec.timeouts.setup.map(|secs| secs.saturating_mul(1000));
         let mut events = runtime
             .exec(ws, request, CancellationToken::new())
             .await

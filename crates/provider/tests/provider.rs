@@ -441,6 +441,25 @@ async fn timeouts_end_the_command_and_keep_its_output() {
     assert_eq!(out.stdout, "before\n");
 }
 
+/// Timeouts of seconds too many to count in milliseconds are as good as
+/// none: the setup and the command run, instead of the provider panicking.
+#[tokio::test]
+async fn timeouts_too_large_for_milliseconds_do_not_panic() {
+    let world = World::new();
+    let provider = world.provider().await;
+    let max = u64::MAX;
+    let (ws, _) = create(
+        &provider,
+        spec(&format!(
+            "runtime = \"local\"\nsetup_script = \"true\"\n[timeouts]\nexec = {max}\nsetup = {max}\n"
+        )),
+    )
+    .await;
+    let ws = ws.unwrap();
+    let out = exec(&provider, ws.id.as_str(), ExecRequest::shell("echo ran")).await;
+    assert_eq!((out.stdout.as_str(), out.exit.code), ("ran\n", Some(0)));
+}
+
 #[tokio::test]
 async fn files_are_read_written_listed_and_removed_within_the_workspace() {
     let world = World::new();
