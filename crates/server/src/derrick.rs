@@ -5,20 +5,28 @@
 //! |---|---|---|
 //! | `GET /health` | | `{"healthy": true}` |
 //! | `POST /workspaces` | none, or `{env?, spec?}` | `{"id"}` |
-//! | `GET /workspaces` | | `{"workspaces": [{"id", "name", "state"}]}` |
-//! | `DELETE /workspaces/{id}` | | `true`, or `false` when there is no such workspace |
+//! | `GET /workspaces` | | `{"workspaces": [{"id", "name", "state"}]}`: the ones this server made |
+//! | `DELETE /workspaces/{id}` | | `true`, or `false` when there is no such workspace (any more) |
 //! | `POST /workspaces/{id}/cmd` | `{cmd, working_dir?, env?, timeout?}` | `{"exit_code", "timed_out"}` |
 //! | `POST /workspaces/{id}/cmd_with_output` | same | `{"output", "exit_code", "stdout", "stderr", "timed_out"}` |
 //! | `POST /workspaces/{id}/write_file` | `{path, content, working_dir?}`, content base64 | `{"success": true}` |
 //! | `POST /workspaces/{id}/read_file` | `{path, working_dir?}` | the raw bytes (`application/octet-stream`); `{"content"}` base64 with `Accept: application/json` |
 //!
-//! `cmd` is a string run by `/bin/sh -c`; `timeout` is in seconds;
-//! `output` is stdout and stderr interleaved as they were written, as
-//! Derrick returns it. Paths are relative to the workspace root (or to
-//! `working_dir`); absolute paths are refused, since the workspace is not
-//! the host's root. Errors are berth's JSON errors. Bodies are read as JSON
-//! whatever their `Content-Type` says, as Derrick did; the `Host` and
-//! `Origin` checks keep web pages out all the same.
+//! As in Derrick, `cmd` is run by `bash -c` (by `/bin/sh -c` in a
+//! workspace without bash) from the workspace root; `timeout` is in
+//! seconds, and a command past it answers exit code 124 with its output
+//! so far; `output` is stdout and stderr interleaved as they were written.
+//! The workspaces made here live as long as the server: listed by
+//! `GET /workspaces`, and removed when it stops.
+//!
+//! Paths are relative to the workspace root (or to `working_dir`). In a
+//! workspace whose root is `/` (made from a Derrick config), absolute
+//! paths are Derrick's: paths in the workspace's filesystem, the files its
+//! commands see (in a `local` workspace, under its directory). Elsewhere an
+//! absolute path is refused, never quietly moved. Errors are berth's JSON
+//! errors. Bodies are read as JSON whatever their `Content-Type` says, as
+//! Derrick did; the `Host` and `Origin` checks keep web pages out all the
+//! same.
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
@@ -29,15 +37,49 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use berth_core::{ExecEvent, ExecRequest, Spec, WorkspaceState};
-use berth_provider::{CreateOptions, Progress, ServiceError};
+use berth_core::{ExecEvent, ExecRequest, Spec, Workspace, WorkspaceState};
+use berth_provider::{CreateOptions, Progress, Provider, ServiceError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+/// Runs Derrick's command (`$1`) as Derrick did, by bash, and by the
+/// POSIX shell where the workspace has no bash.
+const BASH_OR_SH: &str =
+    r#"command -v bash >/dev/null 2>&1 && exec bash -c "$1"; exec /bin/sh -c "$1""#;
+
+/// The exit code of a command ended by its timeout, as `timeout(1)` gives
+/// it (Derrick ran commands under `timeout`).
+const TIMED_OUT: i32 = 124;
+
+/// The workspaces made through Derrick's `POST /workspaces`: as in
+/// Derrick, they are this server's, listed by `GET /workspaces` and removed
+/// when it stops ([`Made::remove_all`]). Ids sort by creation.
+#[derive(Clone, Default)]
+pub struct Made(Arc<Mutex<BTreeSet<String>>>);
+
+impl Made {
+    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // The set stays whole whatever panicked while holding it.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes every workspace still held, for a server that stopped.
+    pub async fn remove_all(&self, provider: &Provider) {
+        let ids = std::mem::take(&mut *self.ids());
+        for id in ids {
+            match provider.remove(&id).await {
+                Ok(_) | Err(ServiceError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(workspace = %id, "cannot remove the workspace: {e}"),
+            }
+        }
+    }
+}
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -58,9 +100,10 @@ pub struct HealthResponse {
 /// Derrick's create body. Unknown fields are ignored, as Derrick did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CreateParams {
-    /// Added to the spec's environment.
+    /// Added to the spec's environment: the setup script's and every
+    /// command's.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: Option<BTreeMap<String, String>>,
     /// The spec to use instead of the server's default spec.
     #[serde(
         default,
@@ -89,15 +132,18 @@ pub struct WorkspaceListResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CmdParams {
-    /// A shell command, run by `/bin/sh -c`.
+    /// A shell command, run by `bash -c` (by `/bin/sh -c` where the
+    /// workspace has no bash).
     #[serde(alias = "command")]
     pub cmd: String,
-    /// Relative to the workspace root.
+    /// Relative to the workspace root; the root when absent.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// Variables added to the command's environment, as they are.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: Option<BTreeMap<String, String>>,
     /// Seconds; the command's whole process tree is ended past it.
+    /// Absent, null or 0 (as `timeout(1)` takes it): no limit.
     #[serde(default)]
     #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     pub timeout: Option<u64>,
@@ -105,7 +151,8 @@ pub struct CmdParams {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CmdResponse {
-    /// The exit code, or 128 + the signal that ended the command.
+    /// The exit code; 124 past the timeout; 128 + the signal that ended
+    /// the command otherwise.
     pub exit_code: i32,
     pub timed_out: bool,
 }
@@ -114,7 +161,8 @@ pub struct CmdResponse {
 pub struct CmdOutputResponse {
     /// stdout and stderr interleaved as they were written (lossy UTF-8).
     pub output: String,
-    /// The exit code, or 128 + the signal that ended the command.
+    /// The exit code; 124 past the timeout; 128 + the signal that ended
+    /// the command otherwise.
     pub exit_code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -162,7 +210,9 @@ pub(crate) async fn health() -> Json<HealthResponse> {
 }
 
 /// Provisions a workspace from the body's spec, or from the server's default
-/// spec, and answers with its id once it is running.
+/// spec, and answers with its id once it is running, however long its
+/// setup script takes. The workspace is this server's: it is removed when
+/// the server stops, and at once if provisioning fails.
 #[utoipa::path(
     post,
     path = "/workspaces",
@@ -191,8 +241,8 @@ pub(crate) async fn create_workspace(
             ));
         }
     };
-    spec.env.extend(params.env);
-    let provider = state.provider;
+    spec.env.extend(params.env.unwrap_or_default());
+    let provider = state.provider.clone();
     // Its own task: provisioning completes even if the client goes away.
     let created = tokio::spawn(async move {
         provider
@@ -200,13 +250,27 @@ pub(crate) async fn create_workspace(
             .await
     })
     .await
-    .map_err(|e| ApiError::new("internal", format!("the provisioning task failed: {e}")))??;
-    Ok(Json(WorkspaceRef {
-        id: created.id.to_string(),
-    }))
+    .map_err(|e| ApiError::new("internal", format!("the provisioning task failed: {e}")))?;
+    match created {
+        Ok(ws) => {
+            state.made.ids().insert(ws.id.to_string());
+            Ok(Json(WorkspaceRef {
+                id: ws.id.to_string(),
+            }))
+        }
+        Err(err) => {
+            // The answer carries the failure; the workspace has no use.
+            if let ServiceError::ProvisionFailed { id, .. } = &err
+                && let Err(e) = state.provider.remove(id).await
+            {
+                tracing::warn!(workspace = %id, "cannot remove the failed workspace: {e}");
+            }
+            Err(err.into())
+        }
+    }
 }
 
-/// The workspaces not removed, oldest first.
+/// The workspaces this server made and still has, oldest first.
 #[utoipa::path(
     get,
     path = "/workspaces",
@@ -216,20 +280,26 @@ pub(crate) async fn create_workspace(
 pub(crate) async fn list_workspaces(
     State(state): State<AppState>,
 ) -> Result<Json<WorkspaceListResponse>, ApiError> {
-    let workspaces = state
-        .provider
-        .list(false)?
-        .into_iter()
-        .map(|ws| WorkspaceSummary {
-            id: ws.id.to_string(),
-            name: ws.name,
-            state: ws.state,
-        })
-        .collect();
+    let made: Vec<String> = state.made.ids().iter().cloned().collect();
+    let mut workspaces = Vec::new();
+    for id in made {
+        match state.provider.get(&id) {
+            // Removed some other way (the CLI, `/v1`).
+            Ok(ws) if ws.state == WorkspaceState::Removed => {}
+            Err(ServiceError::NotFound(_)) => {}
+            Ok(ws) => workspaces.push(WorkspaceSummary {
+                id: ws.id.to_string(),
+                name: ws.name,
+                state: ws.state,
+            }),
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(Json(WorkspaceListResponse { workspaces }))
 }
 
-/// Removes a workspace: `true`, or `false` when there is no such workspace.
+/// Removes a workspace: `true`, or `false` when there is no such
+/// workspace, or it was removed already.
 #[utoipa::path(
     delete,
     path = "/workspaces/{id}",
@@ -244,14 +314,17 @@ pub(crate) async fn remove_workspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<bool>, ApiError> {
-    match state.provider.remove(&id).await {
-        Ok(removed) => {
-            state.sessions.forget_workspace(removed.id.as_str());
-            Ok(Json(true))
-        }
-        Err(ServiceError::NotFound(_)) => Ok(Json(false)),
-        Err(e) => Err(e.into()),
+    let ws = match state.provider.get(&id) {
+        Ok(ws) => ws,
+        Err(ServiceError::NotFound(_)) => return Ok(Json(false)),
+        Err(e) => return Err(e.into()),
+    };
+    if ws.state != WorkspaceState::Removed {
+        state.provider.remove(ws.id.as_str()).await?;
+        state.sessions.forget_workspace(ws.id.as_str());
     }
+    state.made.ids().remove(ws.id.as_str());
+    Ok(Json(ws.state != WorkspaceState::Removed))
 }
 
 /// Runs a shell command and answers with its exit code.
@@ -341,8 +414,12 @@ pub(crate) async fn write_file(
             format!("request body: field `content`: expected base64: {e}"),
         )
     })?;
-    let path = joined(params.working_dir.as_deref(), &params.path);
-    state.provider.write_file(&id, &path, data).await?;
+    let ws = state.provider.get(&id)?;
+    let path = derrick_path(&ws, params.working_dir.as_deref(), &params.path);
+    state
+        .provider
+        .write_file(ws.id.as_str(), &path, data)
+        .await?;
     Ok(Json(WriteFileResponse { success: true }))
 }
 
@@ -369,8 +446,9 @@ pub(crate) async fn read_file(
     headers: HeaderMap,
     AnyTypeJson(params): AnyTypeJson<ReadFileParams>,
 ) -> Result<Response, ApiError> {
-    let path = joined(params.working_dir.as_deref(), &params.path);
-    let file = state.provider.read_file(&id, &path).await?;
+    let ws = state.provider.get(&id)?;
+    let path = derrick_path(&ws, params.working_dir.as_deref(), &params.path);
+    let file = state.provider.read_file(ws.id.as_str(), &path).await?;
     if accepts_json(&headers) {
         // JSON carries the file whole: as much as the output limit.
         let limit = state.provider.output_limit();
@@ -413,13 +491,20 @@ struct Done {
 /// Runs a command to its end. Dropping this future (the client went away)
 /// cancels the command.
 async fn run(state: &AppState, id: &str, params: CmdParams) -> Result<Done, ApiError> {
-    let mut request = ExecRequest::shell(params.cmd);
-    request.cwd = params.working_dir;
-    request.env = params.env;
-    request.timeout_ms = params.timeout.map(|secs| secs.saturating_mul(1000));
+    let ws = state.provider.get(id)?;
+    let mut request = ExecRequest::argv(["/bin/sh", "-c", BASH_OR_SH, "sh", &params.cmd]);
+    request.cwd = params
+        .working_dir
+        .as_deref()
+        .map(|dir| derrick_path(&ws, None, dir));
+    request.env = params.env.unwrap_or_default();
+    request.timeout_ms = params
+        .timeout
+        .filter(|secs| *secs > 0)
+        .map(|secs| secs.saturating_mul(1000));
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
-    let (workspace, mut events) = state.provider.exec(id, request, cancel).await?;
+    let (workspace, mut events) = state.provider.exec(ws.id.as_str(), request, cancel).await?;
     let mut done = Done {
         output: Vec::new(),
         stdout: Vec::new(),
@@ -439,8 +524,12 @@ async fn run(state: &AppState, id: &str, params: CmdParams) -> Result<Done, ApiE
                 done.stderr.extend(data.0);
             }
             ExecEvent::Exit(status) => {
-                done.exit_code = status.shell_code();
                 done.timed_out = status.timed_out;
+                done.exit_code = if status.timed_out {
+                    TIMED_OUT
+                } else {
+                    status.shell_code()
+                };
                 exited = true;
             }
         }
@@ -454,14 +543,22 @@ async fn run(state: &AppState, id: &str, params: CmdParams) -> Result<Done, ApiE
     Ok(done)
 }
 
-/// `path` under `working_dir`, when one is given. An absolute path is left
-/// as it is, to be refused as such rather than quietly moved.
-fn joined(working_dir: Option<&str>, path: &str) -> String {
-    match working_dir {
+/// A path of a Derrick request as a path relative to the root of
+/// workspace `ws`: `path` under `working_dir` when it is relative. Where
+/// the root is `/`, an absolute path is Derrick's, a path in the
+/// workspace's filesystem, and so relative to the root; elsewhere it is
+/// left absolute, to be refused as such rather than quietly moved.
+fn derrick_path(ws: &Workspace, working_dir: Option<&str>, path: &str) -> String {
+    let joined = match working_dir {
         Some(dir) if !dir.is_empty() && !path.starts_with('/') => {
             format!("{}/{path}", dir.trim_end_matches('/'))
         }
         _ => path.to_string(),
+    };
+    if ws.spec.root() == "/" {
+        joined.trim_start_matches('/').to_string()
+    } else {
+        joined
     }
 }
 

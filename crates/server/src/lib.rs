@@ -61,6 +61,9 @@ pub struct RouterConfig {
     /// The spec Derrick's `POST /workspaces` uses when its body names none
     /// (`berth serve --workspace-config-path`).
     pub default_spec: Option<Spec>,
+    /// The workspaces made through Derrick's routes, for the server to
+    /// remove when it stops.
+    pub derrick_workspaces: derrick::Made,
 }
 
 impl RouterConfig {
@@ -69,6 +72,7 @@ impl RouterConfig {
             auth,
             boundary: Boundary::any_host(),
             default_spec: None,
+            derrick_workspaces: derrick::Made::default(),
         }
     }
 }
@@ -80,6 +84,8 @@ pub(crate) struct AppState {
     pub default_spec: Option<Arc<Spec>>,
     /// Shell sessions open through this router.
     pub sessions: sessions::Sessions,
+    /// The workspaces made through Derrick's routes.
+    pub made: derrick::Made,
 }
 
 /// The whole HTTP API over `provider`: `/v1`, Derrick's routes, the health
@@ -90,6 +96,7 @@ pub fn router(provider: Provider, config: RouterConfig) -> Router {
         provider,
         default_spec: config.default_spec.map(Arc::new),
         sessions: sessions::Sessions::default(),
+        made: config.derrick_workspaces,
     };
     let (routes, document) = openapi::routes().split_for_parts();
     // Rendered once: the document never changes while the server runs.

@@ -117,6 +117,10 @@ pub struct Server {
     listener: Listener,
     router: Router,
     token: Option<String>,
+    provider: Provider,
+    /// Removed once the server stopped, as Derrick's workspaces were its
+    /// server's.
+    derrick_workspaces: crate::derrick::Made,
 }
 
 /// Binds the listener and builds the router; nothing is served yet.
@@ -164,18 +168,22 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
         Some(token) => Auth::token(token),
         None => Auth::none(),
     };
+    let derrick_workspaces = crate::derrick::Made::default();
     let router = router(
-        provider,
+        provider.clone(),
         RouterConfig {
             auth,
             boundary,
             default_spec: config.default_spec,
+            derrick_workspaces: derrick_workspaces.clone(),
         },
     );
     Ok(Server {
         listener,
         router,
         token,
+        provider,
+        derrick_workspaces,
     })
 }
 
@@ -212,7 +220,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then lets running requests finish
-    /// for a grace period.
+    /// for a grace period, and removes the workspaces made through
+    /// Derrick's routes.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -229,7 +238,7 @@ impl Server {
                 std::future::pending::<()>().await;
             }
         };
-        match self.listener {
+        let result = match self.listener {
             Listener::Tcp(listener) => {
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(%addr, "serving the berth API");
@@ -250,7 +259,10 @@ impl Server {
                 let _ = std::fs::remove_file(&path);
                 result
             }
-        }
+        };
+        // The listener is closed by now; the workspaces go after it.
+        self.derrick_workspaces.remove_all(&self.provider).await;
+        result
     }
 }
 

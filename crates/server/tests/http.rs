@@ -1929,6 +1929,8 @@ async fn derricks_clients_work_end_to_end() {
 
 #[path = "http/agent.rs"]
 mod agent;
+#[path = "http/derrick.rs"]
+mod derrick;
 #[path = "http/distribution.rs"]
 mod distribution;
 #[path = "http/layers.rs"]
