@@ -58,6 +58,11 @@ pub async fn run(
     };
     let _owned = agent.reaper.own(running.pid);
     let pid = running.pid;
+    // Without cgroups, what the command orphans is told by its start time.
+    let since = match agent.cgroups {
+        Some(_) => None,
+        None => crate::adopted::start_time(pid),
+    };
     if !out.message(AgentMessage::Started { pid }).await {
         cancel.cancel();
     }
@@ -68,6 +73,9 @@ pub async fn run(
                 Some(ExecEvent::Stdout { data }) => send_output(&out, Stream::Stdout, &data.0, &cancel).await,
                 Some(ExecEvent::Stderr { data }) => send_output(&out, Stream::Stderr, &data.0, &cancel).await,
                 Some(ExecEvent::Exit(status)) => {
+                    if let Some(since) = since.filter(|_| status.timed_out || status.cancelled) {
+                        crate::adopted::end_since(agent, since).await;
+                    }
                     out.message(AgentMessage::Exit(status)).await;
                     return;
                 }

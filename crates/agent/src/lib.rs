@@ -29,7 +29,9 @@
 //!   (an open directory of cgroup v2, which the runtime delegates), each
 //!   command, session and terminal also gets a cgroup of its own, and
 //!   that ending reaches everything in it, however it detached; a
-//!   session or terminal that ends takes its cgroup's processes with it. As PID 1 (or as a child
+//!   session or terminal that ends takes its cgroup's processes with it.
+//!   Without one, an ended command also ends the orphans the agent adopted
+//!   while it ran (see [`adopted`]). As PID 1 (or as a child
 //!   subreaper when run as an ordinary process) the agent reaps every
 //!   orphan; this reads `/proc`, which docker and the sandbox mount.
 //! - **Its own protection**: the agent makes itself undumpable and
@@ -49,6 +51,7 @@
 //! The agent runs on a current-thread tokio runtime: it is small, and the
 //! reaper's correctness relies on it (see [`reaper`]).
 
+mod adopted;
 pub mod args;
 pub mod detect;
 pub mod env;

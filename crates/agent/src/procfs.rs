@@ -12,6 +12,9 @@ pub struct ProcStat {
     pub pgrp: i32,
     /// User plus system CPU time, in clock ticks.
     pub cpu_ticks: u64,
+    /// When the process started, in clock ticks after boot (0 when the
+    /// line does not say).
+    pub start_time: u64,
 }
 
 /// Parses one `/proc/PID/stat` line. The command name may contain spaces
@@ -28,12 +31,15 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
     let mut rest = fields.skip(8);
     let utime: u64 = rest.next()?.parse().ok()?;
     let stime: u64 = rest.next()?.parse().ok()?;
+    // Then cutime, cstime, priority, nice, num_threads, itrealvalue.
+    let start_time = rest.nth(6).and_then(|t| t.parse().ok()).unwrap_or(0);
     Some(ProcStat {
         pid,
         state,
         ppid,
         pgrp,
         cpu_ticks: utime + stime,
+        start_time,
     })
 }
 
@@ -125,7 +131,8 @@ mod tests {
                 state: 'Z',
                 ppid: 1,
                 pgrp: 4242,
-                cpu_ticks: 10
+                cpu_ticks: 10,
+                start_time: 0,
             }
         );
     }

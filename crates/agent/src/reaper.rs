@@ -71,6 +71,11 @@ impl Reaper {
         reaper
     }
 
+    /// Whether `pid` is a child a task of the agent started and waits for.
+    pub fn owns(&self, pid: i32) -> bool {
+        is_owned(&self.shared, pid)
+    }
+
     /// Marks `pid` as waited for by its own task. Call right after spawning.
     pub fn own(&self, pid: u32) -> Owned {
         let pid = pid as i32;

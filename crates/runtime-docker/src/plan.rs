@@ -165,6 +165,12 @@ pub fn isolation(spec: &Spec, defaults: ResourceDefaults) -> Isolation {
             .to_string(),
     ];
     notes.extend(ResourceDefaults::notes(spec, memory, shm));
+    notes.push(
+        "no cgroup for commands inside a container: a timeout or a cancel ends the \
+         command's process group and the processes the agent adopted while it ran \
+         (orphans of any command running then)"
+            .into(),
+    );
     Isolation {
         isolated: true,
         namespaces,

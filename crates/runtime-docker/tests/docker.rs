@@ -309,6 +309,23 @@ async fn a_workspace_cannot_ptrace_its_agent() {
 }
 
 #[tokio::test]
+async fn timeout_ends_a_setsid_double_forked_child() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let marker = attacks::marker();
+
+    let mut request = ExecRequest::shell(attacks::detaching(&marker));
+    request.timeout_ms = Some(1000);
+    let (out, _, status) = run(&world.runtime, &ws, request).await;
+    assert!(status.timed_out, "{status:?}");
+    assert_eq!(out, "started\n");
+    let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "survived the timeout: {left:?}");
+    let (out, _) = sh(&world.runtime, &ws, "echo next").await;
+    assert_eq!(out, "next\n");
+}
+
+#[tokio::test]
 async fn docker_stop_is_answered_gracefully() {
     let world = World::new();
     let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
