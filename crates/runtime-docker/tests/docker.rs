@@ -932,11 +932,21 @@ async fn the_clone_token_is_nowhere_in_the_container() {
         "the token is in the container's filesystem"
     );
     assert!(!docker(&["inspect", &name]).contains(token));
-    // The environment and argv of every process in the container.
+    // The environment and argv of every process in the container: the
+    // agent's environment (which the workspace may not read) from the
+    // host, every other one from inside.
+    let agent: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    let agent_env = std::fs::read(format!("/proc/{agent}/environ")).unwrap();
+    assert!(!String::from_utf8_lossy(&agent_env).contains(token));
+    let scan = "env; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do \
+                cat $f 2>/dev/null || [ $f = /proc/1/environ ] || echo NOT-$((1 + 1))-READ $f; done";
     let (_, mut events) = provider
         .exec(
             ws.id.as_str(),
-            ExecRequest::shell("env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline"),
+            ExecRequest::shell(scan),
             CancellationToken::new(),
         )
         .await
@@ -944,6 +954,9 @@ async fn the_clone_token_is_nowhere_in_the_container() {
     let (out, _, status) = collect(&mut events).await;
     assert_eq!(status.code, Some(0));
     let seen = String::from_utf8_lossy(&out);
+    // (The count is worked out by the shell, so the script's own argv
+    // does not match.)
+    assert!(!seen.contains("NOT-2-READ"), "{seen}");
     assert!(seen.contains("PATH="), "the scan read environments: {seen}");
     assert!(
         !seen.contains(token),
