@@ -46,11 +46,13 @@ use utoipa_axum::router::OpenApiRouter;
 struct ApiDoc;
 
 /// Requires the bearer token on every operation that does not opt out, and
-/// documents the answers that the layers and extractors give rather than
-/// the handlers: the 401 of each operation that needs the token, the 403 of
-/// a foreign `Host` or `Origin`, the 400 of a malformed query or body, the
-/// 413 of a body over the limit and the 415 of a JSON body that does not
-/// say so (on every route but Derrick's).
+/// documents the answers that the layers, extractors and lookups give
+/// rather than the handlers: the 401 of each operation that needs the
+/// token, the 403 of a foreign `Host` or `Origin`, the 400 of a malformed
+/// query or body, the 400, 410 and 503 of any route naming a workspace (an
+/// ambiguous id, a workspace gone, its runtime unavailable), the 413 of a
+/// body over the limit and the 415 of a JSON body that does not say so (on
+/// every route but Derrick's).
 struct Boundaries;
 
 impl Modify for Boundaries {
@@ -93,6 +95,10 @@ impl Modify for Boundaries {
                     matches!(parameter, RefOr::T(p) if p.parameter_in == ParameterIn::Query)
                 });
                 let has_body = body.is_some();
+                let names_workspace = operation.parameters.iter().flatten().any(|parameter| {
+                    matches!(parameter, RefOr::T(p)
+                        if p.parameter_in == ParameterIn::Path && p.name == "id")
+                });
                 let responses = &mut operation.responses.responses;
                 if !open {
                     responses.insert("401".into(), error("No bearer token, or the wrong one"));
@@ -110,6 +116,22 @@ impl Modify for Boundaries {
                     responses
                         .entry("400".into())
                         .or_insert_with(|| error("A malformed query parameter or body"));
+                }
+                if names_workspace {
+                    // What looking the workspace up, or reaching its
+                    // runtime, can answer on any route.
+                    for (status, description) in [
+                        ("400", "An ambiguous id prefix"),
+                        (
+                            "410",
+                            "The workspace is gone from its runtime, or was removed",
+                        ),
+                        ("503", "The workspace's runtime is unavailable here"),
+                    ] {
+                        responses
+                            .entry(status.into())
+                            .or_insert_with(|| error(description));
+                    }
                 }
                 if has_body {
                     responses

@@ -1320,6 +1320,52 @@ async fn the_openapi_document_describes_every_route() {
     insta::assert_json_snapshot!("openapi", document);
 }
 
+#[tokio::test]
+async fn an_ambiguous_id_prefix_is_a_documented_400_on_every_workspace_route() {
+    let api = Api::start().await;
+    let first = api.create(fake_spec()).await;
+    let second = api.create(fake_spec()).await;
+    let common = first
+        .chars()
+        .zip(second.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        common >= 4,
+        "ids made together share a prefix: {first} {second}"
+    );
+    let prefix = &first[..common];
+    for (method, path) in [
+        (Method::GET, format!("/v1/workspaces/{prefix}")),
+        (Method::GET, format!("/v1/workspaces/{prefix}/changes")),
+        (Method::POST, format!("/v1/workspaces/{prefix}/stop")),
+        (Method::DELETE, format!("/workspaces/{prefix}")),
+    ] {
+        let (status, body) = api.json(api.request(method.clone(), &path)).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "ambiguous_id",
+            &[prefix, &first, &second],
+        );
+    }
+    let (_, document) = api.json(api.get("/v1/openapi.json")).await;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        if !path.contains("{id}") {
+            continue;
+        }
+        for (method, operation) in item.as_object().unwrap() {
+            for status in ["400", "410", "503"] {
+                assert!(
+                    operation["responses"].get(status).is_some(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+        }
+    }
+}
+
 // --- real commands in `local` workspaces ----------------------------------
 
 /// Waits until `done` holds, polling; fails after a generous deadline.
