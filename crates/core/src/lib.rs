@@ -5,6 +5,7 @@
 //! Nothing here does heavy I/O; the crates around it do.
 
 pub mod events;
+pub mod home;
 pub mod layers;
 pub mod object;
 pub mod read;
@@ -18,6 +19,7 @@ pub use berth_proto::{
     WorkspacePath,
 };
 pub use events::ProvisionEvent;
+pub use home::{HomeId, HomeIdError};
 pub use layers::{Change, ChangeKind, ExportSummary, ExportTarget, GcReport, Snapshot};
 pub use read::{ReadSender, ReadStream};
 pub use runtime::{ExecStream, Isolation, Refusal, ResourceDefaults, Runtime, RuntimeError};

@@ -5,7 +5,7 @@
 //! workspace changes. Pure, so it is unit-tested without a daemon.
 
 use berth_core::spec::Network;
-use berth_core::{ChangeKind, Isolation, ResourceDefaults, Spec, WorkspaceId};
+use berth_core::{ChangeKind, HomeId, Isolation, ResourceDefaults, Spec, WorkspaceId};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,15 +25,10 @@ pub const SOCKET_NAME: &str = "agent.sock";
 pub const LABEL_MANAGED: &str = "dev.berth.managed";
 /// The workspace id a container serves.
 pub const LABEL_WORKSPACE: &str = "dev.berth.workspace";
-/// The berth home whose workspace a container is: providers with other
-/// homes may share the Engine, and must not collect each other's.
+/// The id of the berth home whose container or image it is: providers
+/// with other homes may share the Engine, and must neither use nor
+/// collect each other's.
 pub const LABEL_HOME: &str = "dev.berth.home";
-
-/// Image repositories berth tags its images in.
-pub const CACHE_REPO: &str = "berth-cache";
-pub const SNAPSHOT_REPO: &str = "berth-snapshot";
-/// Each workspace's provisioned state: what a reset returns to.
-pub const PROVISIONED_REPO: &str = "berth-provisioned";
 
 /// Seconds the Engine waits after SIGTERM before SIGKILL on stop. The agent
 /// needs at most twice its grace period (2 s) and a margin to end commands.
@@ -42,21 +37,75 @@ pub const STOP_TIMEOUT_SECS: i32 = 10;
 /// the host's limit.
 pub const DEFAULT_PIDS: u32 = 4096;
 
-/// The container serving workspace `id`.
-pub fn container_name(id: &WorkspaceId) -> String {
-    format!("berth-{id}")
+/// What one berth home calls its containers and images in the Engine, and
+/// how it labels them. Every name carries the home's id, so a lookup by
+/// name finds only this home's, and every list filters on its label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    home: String,
 }
 
-pub fn cache_image(key: &str) -> String {
-    format!("{CACHE_REPO}:{key}")
-}
+/// The image repositories of a home, as `berth-<home id>/<kind>`: cache
+/// entries, snapshots, and each workspace's provisioned state (what a
+/// reset returns to).
+pub const CACHE: &str = "cache";
+pub const SNAPSHOT: &str = "snapshot";
+pub const PROVISIONED: &str = "provisioned";
 
-pub fn snapshot_image(id: &str) -> String {
-    format!("{SNAPSHOT_REPO}:{id}")
-}
+impl Names {
+    pub fn new(home: &HomeId) -> Names {
+        Names {
+            home: home.to_string(),
+        }
+    }
 
-pub fn provisioned_image(id: &WorkspaceId) -> String {
-    format!("{PROVISIONED_REPO}:{id}")
+    /// The container serving workspace `id`.
+    pub fn container(&self, id: &WorkspaceId) -> String {
+        format!("berth-{}-{id}", self.home)
+    }
+
+    /// A container made only to read an image's files, never started.
+    pub fn probe(&self, unique: &str) -> String {
+        format!("berth-{}-probe-{unique}", self.home)
+    }
+
+    /// The repository of images of `kind` ([`CACHE`], [`SNAPSHOT`],
+    /// [`PROVISIONED`]).
+    pub fn repo(&self, kind: &str) -> String {
+        format!("berth-{}/{kind}", self.home)
+    }
+
+    pub fn cache_image(&self, key: &str) -> String {
+        format!("{}:{key}", self.repo(CACHE))
+    }
+
+    pub fn snapshot_image(&self, id: &str) -> String {
+        format!("{}:{id}", self.repo(SNAPSHOT))
+    }
+
+    pub fn provisioned_image(&self, id: &WorkspaceId) -> String {
+        format!("{}:{id}", self.repo(PROVISIONED))
+    }
+
+    /// The labels of everything made for this home: images committed from
+    /// its containers carry them too.
+    pub fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_HOME.to_string(), self.home.clone()),
+        ])
+    }
+
+    /// The Engine's label filters matching what [`Names::labels`] marks.
+    pub fn label_filters(&self) -> Vec<String> {
+        let mut filters: Vec<String> = self
+            .labels()
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        filters.sort();
+        filters
+    }
 }
 
 /// Whether `text` can be an image tag (and so a snapshot id or cache key):
@@ -74,8 +123,8 @@ pub fn valid_tag(text: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct ContainerPlan<'a> {
     pub id: &'a WorkspaceId,
-    /// The berth home, for [`LABEL_HOME`].
-    pub home: &'a str,
+    /// The home's names and labels.
+    pub names: &'a Names,
     pub spec: &'a Spec,
     /// The image (name or id) the container starts from.
     pub image: &'a str,
@@ -91,11 +140,8 @@ pub struct ContainerPlan<'a> {
 /// its entrypoint, the socket directory mounted, limits, network, labels.
 pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
     let spec = plan.spec;
-    let labels = HashMap::from([
-        (LABEL_MANAGED.to_string(), "true".to_string()),
-        (LABEL_WORKSPACE.to_string(), plan.id.to_string()),
-        (LABEL_HOME.to_string(), plan.home.to_string()),
-    ]);
+    let mut labels = plan.names.labels();
+    labels.insert(LABEL_WORKSPACE.to_string(), plan.id.to_string());
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let memory = i64::try_from(plan.defaults.memory(spec)).ok();
     let shm = i64::try_from(plan.defaults.shm(spec)).ok();
@@ -304,13 +350,47 @@ mod tests {
     fn body(spec: &Spec) -> ContainerCreateBody {
         container_body(&ContainerPlan {
             id: &WorkspaceId::from_string("01abc"),
-            home: "/home/b",
+            names: &names(),
             spec,
             image: "debian:12",
             agent: "/home/b/docker/agent/berth-agent-1234",
             run_dir: "/home/b/docker/run/01abc",
             defaults: DEFAULTS,
         })
+    }
+
+    fn names() -> Names {
+        Names::new(&HomeId::from_text("0123456789abcdef").unwrap())
+    }
+
+    #[test]
+    fn every_name_and_label_carries_the_home() {
+        let names = names();
+        let other = Names::new(&HomeId::from_text("fedcba9876543210").unwrap());
+        let ws = WorkspaceId::from_string("01abc");
+        assert_eq!(names.container(&ws), "berth-0123456789abcdef-01abc");
+        assert_eq!(names.cache_image("k1"), "berth-0123456789abcdef/cache:k1");
+        assert_eq!(
+            names.snapshot_image("s1"),
+            "berth-0123456789abcdef/snapshot:s1"
+        );
+        assert_eq!(
+            names.provisioned_image(&ws),
+            "berth-0123456789abcdef/provisioned:01abc"
+        );
+        assert_eq!(
+            names.label_filters(),
+            ["dev.berth.home=0123456789abcdef", "dev.berth.managed=true"]
+        );
+        for (ours, theirs) in [
+            (names.container(&ws), other.container(&ws)),
+            (names.probe("p"), other.probe("p")),
+            (names.cache_image("k1"), other.cache_image("k1")),
+            (names.snapshot_image("s1"), other.snapshot_image("s1")),
+            (names.provisioned_image(&ws), other.provisioned_image(&ws)),
+        ] {
+            assert_ne!(ours, theirs);
+        }
     }
 
     const DEFAULTS: ResourceDefaults = ResourceDefaults {
@@ -392,7 +472,7 @@ mod tests {
         let labels = body.labels.unwrap();
         assert_eq!(labels[LABEL_MANAGED], "true");
         assert_eq!(labels[LABEL_WORKSPACE], "01abc");
-        assert_eq!(labels[LABEL_HOME], "/home/b");
+        assert_eq!(labels[LABEL_HOME], "0123456789abcdef");
         assert_eq!(body.env.unwrap(), ["A=1", "B=two words"]);
     }
 

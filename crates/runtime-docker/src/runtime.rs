@@ -1,23 +1,25 @@
 //! [`DockerRuntime`]: the [`Runtime`] over the Docker Engine API.
 //!
-//! Containers, images and tags are the only state: a workspace is the
-//! container `berth-<id>`, its provisioned state the image tagged
-//! `berth-provisioned:<id>`, cache entries `berth-cache:<key>`, snapshots
-//! `berth-snapshot:<id>`. A restarted provider finds everything again by
-//! name, and the labels let it find what it made and no longer knows.
+//! Containers, images and tags are the only state, each named with the
+//! berth home's id (see [`Names`]): a workspace is the container
+//! `berth-<home>-<id>`, its provisioned state the image tagged
+//! `berth-<home>/provisioned:<id>`, cache entries `berth-<home>/cache:<key>`,
+//! snapshots `berth-<home>/snapshot:<id>`. A restarted provider finds
+//! everything again by name, and the labels let it find what its home made
+//! and no longer knows, and only that.
 //!
 //! The Engine is used for what only it can do (containers, images,
 //! archives, change lists); everything that runs inside goes through the
 //! agent's socket, never `docker exec`.
 
 use crate::archive;
-use crate::plan::{self, ContainerPlan, EngineChange, LABEL_HOME, LABEL_MANAGED, LABEL_WORKSPACE};
+use crate::plan::{self, ContainerPlan, EngineChange, LABEL_WORKSPACE, Names};
 use async_trait::async_trait;
 use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::{
     Change, ChangeKind, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind,
-    GcReport, Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError, Snapshot, Workspace,
-    WorkspaceId, WorkspacePath,
+    GcReport, HomeId, Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError, Snapshot,
+    Workspace, WorkspaceId, WorkspacePath,
 };
 use bollard::Docker;
 use bollard::container::PathStatResponse;
@@ -52,8 +54,10 @@ const STAT_CONCURRENCY: usize = 16;
 pub struct DockerRuntime {
     /// `$BERTH_HOME/docker`: the agent, socket directories, staging.
     dir: PathBuf,
-    /// `$BERTH_HOME`, as labelled on containers.
-    home: String,
+    /// `$BERTH_HOME`, whose id names and labels what this runtime makes.
+    home: PathBuf,
+    /// The home's names and labels, or why its id cannot be read.
+    names: std::sync::OnceLock<Result<Names, String>>,
     /// Where the Engine is, for messages (`DOCKER_HOST` or the default).
     host: String,
     /// The memory limit and `/dev/shm` size of containers whose spec sets
@@ -85,7 +89,8 @@ impl DockerRuntime {
         let home = home.into();
         DockerRuntime {
             dir: home.join("docker"),
-            home: home.display().to_string(),
+            home: home.clone(),
+            names: std::sync::OnceLock::new(),
             host: host.into(),
             defaults: ResourceDefaults::for_this_host(),
             engine: OnceCell::new(),
@@ -100,6 +105,33 @@ impl DockerRuntime {
     pub fn with_defaults(mut self, defaults: ResourceDefaults) -> Self {
         self.defaults = defaults;
         self
+    }
+
+    /// What this home calls its containers and images, and how it labels
+    /// them: its id is read, or made, on first use.
+    pub fn names(&self) -> Result<&Names, RuntimeError> {
+        self.names
+            .get_or_init(|| {
+                HomeId::load_or_create(&self.home)
+                    .map(|id| Names::new(&id))
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|reason| RuntimeError::Unavailable {
+                runtime: NAME.into(),
+                reason: reason.clone(),
+            })
+    }
+
+    fn gone(&self, ws: &Workspace) -> RuntimeError {
+        let container = self
+            .names()
+            .map(|names| names.container(&ws.id))
+            .unwrap_or_default();
+        RuntimeError::Gone {
+            id: ws.id.to_string(),
+            detail: format!("its container `{container}` was removed outside berth"),
+        }
     }
 
     /// Waits until no other start, stop, replacement or removal of the
@@ -178,10 +210,10 @@ impl DockerRuntime {
         &self,
         ws: &Workspace,
     ) -> Result<bollard::models::ContainerInspectResponse, RuntimeError> {
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         match self.engine().await?.inspect_container(&name, None).await {
             Ok(found) => Ok(found),
-            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) if not_found(&e) => Err(self.gone(ws)),
             Err(e) => Err(self.fail(format!("cannot inspect container `{name}`"), e)),
         }
     }
@@ -203,7 +235,7 @@ impl DockerRuntime {
                 id: ws.id.to_string(),
                 detail: format!(
                     "its container `{}` is not running",
-                    plan::container_name(&ws.id)
+                    self.names()?.container(&ws.id)
                 ),
             });
         }
@@ -229,7 +261,7 @@ impl DockerRuntime {
             };
             let found = self.inspect(ws).await?;
             let state = found.state.unwrap_or_default();
-            let name = plan::container_name(&ws.id);
+            let name = self.names()?.container(&ws.id);
             if !state.running.unwrap_or(false) {
                 let logs = self.logs_tail(&name).await;
                 return Err(RuntimeError::Other(format!(
@@ -288,11 +320,11 @@ impl DockerRuntime {
             .await
             .map_err(|e| RuntimeError::io(format!("cannot create `{}`", run_dir.display()), e))?;
         let _ = tokio::fs::remove_file(self.socket(&ws.id)).await;
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         self.remove_container(&name).await?;
         let body = plan::container_body(&ContainerPlan {
             id: &ws.id,
-            home: &self.home,
+            names: self.names()?,
             spec: &ws.spec,
             image,
             agent: &agent,
@@ -386,7 +418,7 @@ impl DockerRuntime {
         ws: &Workspace,
         repo_tag: Option<(&str, &str)>,
     ) -> Result<String, RuntimeError> {
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         let mut options = CommitContainerOptionsBuilder::new()
             .container(&name)
             .pause(true);
@@ -400,23 +432,23 @@ impl DockerRuntime {
             .await
         {
             Ok(id) => Ok(id.id),
-            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) if not_found(&e) => Err(self.gone(ws)),
             Err(e) => Err(self.fail(format!("cannot commit container `{name}`"), e)),
         }
     }
 
     async fn start_container(&self, ws: &Workspace) -> Result<(), RuntimeError> {
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         match self.engine().await?.start_container(&name, None).await {
             Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) if not_found(&e) => Err(self.gone(ws)),
             Err(e) => Err(self.fail(format!("cannot start container `{name}`"), e)),
         }
     }
 
     async fn stop_container(&self, ws: &Workspace) -> Result<(), RuntimeError> {
         self.agents.forget(ws.id.as_str());
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         let options = StopContainerOptionsBuilder::new()
             .t(plan::STOP_TIMEOUT_SECS)
             .build();
@@ -427,7 +459,7 @@ impl DockerRuntime {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) if not_found(&e) => Err(self.gone(ws)),
             Err(e) => Err(self.fail(format!("cannot stop container `{name}`"), e)),
         }
     }
@@ -457,7 +489,7 @@ impl DockerRuntime {
             .unwrap_or(ContainerStateStatusEnum::EMPTY);
         Ok(serde_json::json!({
             "container": found.id,
-            "name": plan::container_name(&ws.id),
+            "name": self.names()?.container(&ws.id),
             "image": found.config.and_then(|c| c.image),
             "state": state.to_string(),
             "socket": self.socket(&ws.id),
@@ -491,7 +523,7 @@ impl DockerRuntime {
         host_dir: &Path,
         dest: &WorkspacePath,
     ) -> Result<(), RuntimeError> {
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         let target = inside(ws, dest);
         let (stream, packing) = archive::pack(
             host_dir.to_path_buf(),
@@ -509,7 +541,7 @@ impl DockerRuntime {
         packed.map_err(|e| RuntimeError::io(format!("cannot pack `{}`", host_dir.display()), e))?;
         match uploaded {
             Ok(()) => Ok(()),
-            Err(e) if not_found(&e) => Err(gone(ws)),
+            Err(e) if not_found(&e) => Err(self.gone(ws)),
             Err(e) => Err(self.fail(format!("cannot copy into `{target}` of `{name}`"), e)),
         }
     }
@@ -567,17 +599,12 @@ impl DockerRuntime {
         paths: Vec<String>,
     ) -> Result<Vec<Change>, RuntimeError> {
         let docker = self.engine().await?;
-        let probe = format!(
-            "berth-probe-{}",
-            ulid::Ulid::generate().to_string().to_lowercase()
-        );
+        let names = self.names()?;
+        let probe = names.probe(&ulid::Ulid::generate().to_string().to_lowercase());
         let body = bollard::models::ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec![plan::AGENT_PATH.into()]),
-            labels: Some(HashMap::from([
-                (LABEL_MANAGED.into(), "true".into()),
-                (LABEL_HOME.into(), self.home.clone()),
-            ])),
+            labels: Some(names.labels()),
             network_disabled: Some(true),
             ..Default::default()
         };
@@ -631,7 +658,7 @@ impl DockerRuntime {
         paths: &[String],
         staging: &Path,
     ) -> Result<(), RuntimeError> {
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         for path in paths {
             let options = DownloadFromContainerOptionsBuilder::new()
                 .path(&plan::inside(ws.spec.root(), path))
@@ -680,16 +707,6 @@ fn not_found(err: &EngineError) -> bool {
             ..
         }
     )
-}
-
-fn gone(ws: &Workspace) -> RuntimeError {
-    RuntimeError::Gone {
-        id: ws.id.to_string(),
-        detail: format!(
-            "its container `{}` was removed outside berth",
-            plan::container_name(&ws.id)
-        ),
-    }
 }
 
 /// The absolute path in the container of a path of workspace `ws`.
@@ -755,7 +772,7 @@ impl Runtime for DockerRuntime {
         from_cache: Option<&str>,
     ) -> Result<serde_json::Value, RuntimeError> {
         let image = match (from_cache, &ws.spec.image) {
-            (Some(key), _) => plan::cache_image(key),
+            (Some(key), _) => self.names()?.cache_image(key),
             (None, Some(image)) => image.clone(),
             (None, None) => {
                 return Err(RuntimeError::Other(
@@ -775,8 +792,12 @@ impl Runtime for DockerRuntime {
         }
         self.make_container(ws, &image).await?;
         // Until a cache entry is saved, the image is the provisioned state.
-        self.tag(&image, plan::PROVISIONED_REPO, ws.id.as_str())
-            .await?;
+        self.tag(
+            &image,
+            &self.names()?.repo(plan::PROVISIONED),
+            ws.id.as_str(),
+        )
+        .await?;
         self.info(ws).await
     }
 
@@ -795,7 +816,7 @@ impl Runtime for DockerRuntime {
         dest: &WorkspacePath,
     ) -> Result<(), RuntimeError> {
         let _lifecycle = self.lifecycle(ws).await;
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         let exists = self.stat(&name, &inside(ws, dest)).await?.is_some();
         if !exists {
             // A 404 may also mean the container went: then say that.
@@ -837,8 +858,9 @@ impl Runtime for DockerRuntime {
             locks.remove(ws.id.as_str());
         }
         self.agents.forget(ws.id.as_str());
-        self.remove_container(&plan::container_name(&ws.id)).await?;
-        self.untag(&plan::provisioned_image(&ws.id)).await?;
+        self.remove_container(&self.names()?.container(&ws.id))
+            .await?;
+        self.untag(&self.names()?.provisioned_image(&ws.id)).await?;
         let run_dir = self.run_dir(&ws.id);
         match tokio::fs::remove_dir_all(&run_dir).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io(
@@ -906,23 +928,33 @@ impl Runtime for DockerRuntime {
                 "`{key}` cannot be a cache key: it is not a valid image tag"
             )));
         }
-        let image = self.commit(ws, Some((plan::CACHE_REPO, key))).await?;
-        self.tag(&image, plan::PROVISIONED_REPO, ws.id.as_str())
+        let image = self
+            .commit(ws, Some((&self.names()?.repo(plan::CACHE), key)))
             .await?;
+        self.tag(
+            &image,
+            &self.names()?.repo(plan::PROVISIONED),
+            ws.id.as_str(),
+        )
+        .await?;
         // The container is remade from what was just saved, so that its
         // change list starts from the provisioned state.
-        self.recreate(ws, &plan::provisioned_image(&ws.id)).await
+        self.recreate(ws, &self.names()?.provisioned_image(&ws.id))
+            .await
     }
 
     async fn has_cache(&self, key: &str) -> bool {
-        plan::valid_tag(key) && matches!(self.image_exists(&plan::cache_image(key)).await, Ok(true))
+        let Ok(names) = self.names() else {
+            return false;
+        };
+        plan::valid_tag(key) && matches!(self.image_exists(&names.cache_image(key)).await, Ok(true))
     }
 
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {
         if !plan::valid_tag(key) {
             return Ok(());
         }
-        self.untag(&plan::cache_image(key)).await
+        self.untag(&self.names()?.cache_image(key)).await
     }
 
     async fn copy_out(
@@ -931,7 +963,7 @@ impl Runtime for DockerRuntime {
         src: &WorkspacePath,
         host_dir: &Path,
     ) -> Result<(), RuntimeError> {
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         let path = inside(ws, src);
         if self.stat(&name, &path).await?.is_none() {
             self.inspect(ws).await?;
@@ -982,7 +1014,8 @@ impl Runtime for DockerRuntime {
 
     async fn snapshot(&self, ws: &Workspace) -> Result<Snapshot, RuntimeError> {
         let id = ulid::Ulid::generate().to_string().to_lowercase();
-        self.commit(ws, Some((plan::SNAPSHOT_REPO, &id))).await?;
+        self.commit(ws, Some((&self.names()?.repo(plan::SNAPSHOT), &id)))
+            .await?;
         Ok(Snapshot {
             id,
             workspace: ws.id.clone(),
@@ -996,8 +1029,8 @@ impl Runtime for DockerRuntime {
             Some(id) if !plan::valid_tag(id) => {
                 return Err(RuntimeError::NotFound(id.to_string()));
             }
-            Some(id) => plan::snapshot_image(id),
-            None => plan::provisioned_image(&ws.id),
+            Some(id) => self.names()?.snapshot_image(id),
+            None => self.names()?.provisioned_image(&ws.id),
         };
         if !self.image_exists(&image).await? {
             return Err(RuntimeError::Other(match to {
@@ -1021,10 +1054,10 @@ impl Runtime for DockerRuntime {
     /// An ordinary edit is always seen, one made just after a commit
     /// included (see [`plan::first_write_at`]).
     async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
-        let name = plan::container_name(&ws.id);
+        let name = self.names()?.container(&ws.id);
         let listed = match self.engine().await?.container_changes(&name).await {
             Ok(listed) => listed.unwrap_or_default(),
-            Err(e) if not_found(&e) => return Err(gone(ws)),
+            Err(e) if not_found(&e) => return Err(self.gone(ws)),
             Err(e) => return Err(self.fail(format!("cannot list the changes of `{name}`"), e)),
         };
         let engine: Vec<EngineChange> = plan::workspace_changes(
@@ -1132,19 +1165,23 @@ impl Runtime for DockerRuntime {
         self.make_container(ws, &image).await?;
         // The fork resets to the origin's provisioned state, as the origin
         // does; if that is gone, to the fork point.
-        let provisioned = plan::provisioned_image(&origin.id);
+        let provisioned = self.names()?.provisioned_image(&origin.id);
         let base = if self.image_exists(&provisioned).await? {
             provisioned
         } else {
             image
         };
-        self.tag(&base, plan::PROVISIONED_REPO, ws.id.as_str())
-            .await?;
+        self.tag(
+            &base,
+            &self.names()?.repo(plan::PROVISIONED),
+            ws.id.as_str(),
+        )
+        .await?;
         self.info(ws).await
     }
 
     async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
-        let image = plan::snapshot_image(id);
+        let image = self.names()?.snapshot_image(id);
         if !plan::valid_tag(id) || !self.image_exists(&image).await? {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
@@ -1155,10 +1192,7 @@ impl Runtime for DockerRuntime {
         let docker = self.engine().await?;
         let live: BTreeSet<&str> = live.iter().map(|w| w.id.as_str()).collect();
         let mut report = GcReport::default();
-        let ours = vec![
-            format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_HOME}={}", self.home),
-        ];
+        let ours = self.names()?.label_filters();
         let filters = HashMap::from([("label", ours.clone())]);
         let containers = docker
             .list_containers(Some(
@@ -1183,7 +1217,7 @@ impl Runtime for DockerRuntime {
             if !id.is_empty() {
                 let ws = WorkspaceId::from_string(id.clone());
                 self.agents.forget(&id);
-                self.untag(&plan::provisioned_image(&ws)).await?;
+                self.untag(&self.names()?.provisioned_image(&ws)).await?;
                 let _ = tokio::fs::remove_dir_all(self.run_dir(&ws)).await;
                 report.orphans.push(id);
             }

@@ -286,7 +286,7 @@ async fn a_workspace_cannot_ptrace_its_agent() {
     let world = World::new();
     let ws = running(&world, spec_for(image(TestImage::Debian))).await;
     let runtime = &world.runtime;
-    let name = format!("berth-{}", ws.id);
+    let name = world.names().container(&ws.id);
     let agent: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &name])
         .trim()
         .parse()
@@ -339,7 +339,7 @@ async fn docker_stop_is_answered_gracefully() {
         .await
         .unwrap();
 
-    let name = format!("berth-{}", ws.id);
+    let name = world.names().container(&ws.id);
     docker(&["stop", &name]);
     let (_, _, status) = collect(&mut events).await;
     assert_ne!(status.code, Some(0), "the running command was ended");
@@ -362,7 +362,7 @@ async fn a_container_removed_behind_berths_back_is_reported_as_such() {
     let world = World::new();
     let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
     assert!(world.runtime.exists(&ws).await.unwrap());
-    docker(&["rm", "-f", &format!("berth-{}", ws.id)]);
+    docker(&["rm", "-f", &world.names().container(&ws.id)]);
 
     assert!(!world.runtime.exists(&ws).await.unwrap());
     let err = world.runtime.start(&ws).await.unwrap_err();
@@ -419,7 +419,7 @@ async fn limits_and_the_empty_network_are_in_force() {
     assert_eq!(isolation.network, "none");
     assert!(isolation.limits.contains(&"pids=16".to_string()));
 
-    let name = format!("berth-{}", ws.id);
+    let name = world.names().container(&ws.id);
     let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &name]);
     assert_eq!(memory.trim(), (64u64 << 20).to_string());
 }
@@ -432,7 +432,7 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     });
     let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
     let runtime = &world.runtime;
-    let name = format!("berth-{}", ws.id);
+    let name = world.names().container(&ws.id);
     let memory = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &name]);
     assert_eq!(memory.trim(), (256u64 << 20).to_string());
     let (out, err, _) = run(
@@ -525,7 +525,7 @@ async fn changes_snapshots_resets_and_exports_follow_the_workspace() {
     runtime.start(&ws).await.unwrap();
     // The provisioned state: what the changes are counted from.
     let key = format!("test{}", ws.id);
-    world.track_image(format!("berth-cache:{key}"));
+    world.track_image(world.names().cache_image(&key));
     runtime.save_cache(&ws, &key).await.unwrap();
     assert!(runtime.has_cache(&key).await);
     assert_eq!(runtime.changes(&ws).await.unwrap(), []);
@@ -600,7 +600,7 @@ async fn changes_snapshots_resets_and_exports_follow_the_workspace() {
     );
 
     let snapshot = runtime.snapshot(&ws).await.unwrap();
-    world.track_image(format!("berth-snapshot:{}", snapshot.id));
+    world.track_image(world.names().snapshot_image(&snapshot.id));
     sh(runtime, &ws, "echo later > repo/later.txt").await;
 
     runtime.reset(&ws, None).await.unwrap();
@@ -652,7 +652,7 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     runtime.start(&ws).await.unwrap();
     sh(runtime, &ws, "echo 'Hello World' > /tmp/hello.txt").await;
     let key = format!("test{}", ws.id);
-    world.track_image(format!("berth-cache:{key}"));
+    world.track_image(world.names().cache_image(&key));
     runtime.save_cache(&ws, &key).await.unwrap();
     assert_eq!(runtime.changes(&ws).await.unwrap(), []);
 
@@ -747,7 +747,7 @@ async fn a_same_size_edit_in_the_second_of_the_save_is_a_change() {
     let runtime = &world.runtime;
     runtime.create(&ws, None).await.unwrap();
     let key = format!("test{}", ws.id);
-    world.track_image(format!("berth-cache:{key}"));
+    world.track_image(world.names().cache_image(&key));
     let host = berth_testkit::temp_dir();
     let (repo, file) = repo_to_import(host.path());
 
@@ -865,7 +865,7 @@ async fn provision(
     let ws = result.unwrap_or_else(|e| panic!("provisioning failed: {e}\n{events:#?}"));
     world.track(&ws);
     if let Some(key) = &ws.cache_key {
-        world.track_image(format!("berth-cache:{key}"));
+        world.track_image(world.names().cache_image(key));
     }
     (ws, events)
 }
@@ -916,7 +916,7 @@ async fn the_clone_token_is_nowhere_in_the_container() {
     assert!(!format!("{events:?}").contains(token));
 
     // Every byte of the container's filesystem, names and contents.
-    let name = format!("berth-{}", ws.id);
+    let name = world.names().container(&ws.id);
     let export = std::process::Command::new("docker")
         .args(["export", &name])
         .output()
@@ -1044,7 +1044,7 @@ async fn a_container_deleted_behind_berths_back_is_reconciled_on_open() {
     let provider = provider(&world).await;
     let (ws, _) = provision(&world, &provider, spec_for(image(TestImage::Busybox))).await;
     assert_eq!(ws.state, WorkspaceState::Running);
-    docker(&["rm", "-f", &format!("berth-{}", ws.id)]);
+    docker(&["rm", "-f", &world.names().container(&ws.id)]);
     drop(provider);
 
     let provider = self::provider(&world).await;
@@ -1070,4 +1070,66 @@ async fn concurrent_resets_of_a_workspace_take_turns() {
     let (out, status) = sh(runtime, &ws, "ls; echo fine").await;
     assert_eq!((out.as_str(), status.code), ("fine\n", Some(0)));
     assert_eq!(runtime.changes(&ws).await.unwrap(), []);
+}
+
+/// What a file of a workspace holds, read through the provider.
+async fn read(provider: &Provider, ws: &Workspace, path: &str) -> String {
+    let bytes = provider
+        .read_file(ws.id.as_str(), path)
+        .await
+        .unwrap()
+        .read_all(u64::MAX)
+        .await
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+fn cache_miss(events: &[ProvisionEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, ProvisionEvent::CacheMiss { .. }))
+}
+
+#[tokio::test]
+async fn a_home_never_comes_up_from_another_homes_cache_nor_collects_its_containers_and_images() {
+    let (ours, theirs) = (World::new(), World::new());
+    let (we, they) = (provider(&ours).await, provider(&theirs).await);
+    // Each run of the setup script leaves a mark of its own.
+    let spec = Spec {
+        setup_script: Some("cat /proc/sys/kernel/random/uuid > run.txt".into()),
+        ..spec_for(image(TestImage::Busybox))
+    };
+
+    let (first, events) = provision(&ours, &we, spec.clone()).await;
+    assert!(cache_miss(&events), "{events:#?}");
+    let our_run = read(&we, &first, "run.txt").await;
+    // The other home provisions the same spec from scratch: its setup runs.
+    let (their_first, events) = provision(&theirs, &they, spec.clone()).await;
+    assert!(cache_miss(&events), "{events:#?}");
+    let their_run = read(&they, &their_first, "run.txt").await;
+    assert_ne!(our_run, their_run);
+    // Each home's next workspace comes from its own provisioned state.
+    let (second, events) = provision(&ours, &we, spec.clone()).await;
+    assert!(!cache_miss(&events), "{events:#?}");
+    assert_eq!(read(&we, &second, "run.txt").await, our_run);
+    let (their_second, _) = provision(&theirs, &they, spec).await;
+    assert_eq!(read(&they, &their_second, "run.txt").await, their_run);
+
+    // Dropping our cache entry and collecting with nothing live leaves
+    // theirs whole.
+    let key = first.cache_key.clone().unwrap();
+    ours.runtime.remove_cache(&key).await.unwrap();
+    let report = ours.runtime.gc(&[]).await.unwrap();
+    assert!(report.orphans.contains(&first.id.to_string()), "{report:?}");
+    assert!(!ours.runtime.exists(&second).await.unwrap());
+    for ws in [&their_first, &their_second] {
+        assert!(theirs.runtime.exists(ws).await.unwrap(), "{}", ws.id);
+    }
+    assert!(theirs.runtime.has_cache(&key).await);
+    docker(&[
+        "image",
+        "inspect",
+        &theirs.names().provisioned_image(&their_first.id),
+    ]);
+    assert_eq!(read(&they, &their_second, "run.txt").await, their_run);
 }

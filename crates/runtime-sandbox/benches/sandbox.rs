@@ -116,8 +116,7 @@ fn charged_kib(layout: &cgroup::Layout, ws: &Workspace) -> u64 {
         cgroup::Layout::V2 { .. } => "memory.current",
         cgroup::Layout::V1 { .. } => "memory.usage_in_bytes",
     };
-    layout
-        .instances(&ws.id.to_string())
+    support::instances(layout, ws.id.as_str())
         .iter()
         .filter_map(|c| std::fs::read_to_string(c.dirs[0].join(file)).ok())
         .filter_map(|text| text.trim().parse::<u64>().ok())

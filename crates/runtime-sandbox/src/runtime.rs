@@ -27,7 +27,7 @@ use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::spec::DEFAULT_ROOT;
 use berth_core::{
     Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind, GcReport,
-    Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError, Snapshot, Workspace,
+    HomeId, Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError, Snapshot, Workspace,
     WorkspacePath, spec::Network,
 };
 use berth_layers::{IdShift, LayerId, LayerKind, LayerStore, tree};
@@ -400,6 +400,9 @@ impl std::ops::Deref for SandboxRuntime {
 #[doc(hidden)]
 pub struct Inner {
     config: SandboxConfig,
+    /// Names this home's cgroups, which live in the host's hierarchy
+    /// beside every other home's.
+    home_id: HomeId,
     store: LayerStore,
     cgroups: Result<Layout, String>,
     host: HostBase,
@@ -589,8 +592,10 @@ impl Inner {
             .map_err(io_err(format!("cannot create `{}`", sandbox.display())))?;
         let cgroups = cgroup::detect().map_err(|e| e.to_string());
         let host = plan::host_base(Path::new("/"), &config.host_binds);
+        let home_id = HomeId::load_or_create(&config.home).map_err(other)?;
         Ok(Inner {
             config,
+            home_id,
             store,
             cgroups,
             host,
@@ -929,8 +934,14 @@ impl Inner {
         self.ws_dir(id).join(format!("work.{instance}"))
     }
 
-    fn cgroup_name(id: &str, instance: u64) -> String {
-        format!("{id}.{instance}")
+    /// What the cgroups of workspace `id`'s instances are named after:
+    /// the home's id and the workspace's, so that homes never share one.
+    fn cgroup_prefix(&self, id: &str) -> String {
+        format!("{}-{id}", self.home_id)
+    }
+
+    fn cgroup_name(&self, id: &str, instance: u64) -> String {
+        format!("{}.{instance}", self.cgroup_prefix(id))
     }
 
     /// The upper and run directories a standby instance is made with, and
@@ -992,7 +1003,7 @@ impl Inner {
         let cgroups = match &self.cgroups {
             Ok(layout) => Some(
                 layout
-                    .create(&Self::cgroup_name(&id, instance), state.limits)
+                    .create(&self.cgroup_name(&id, instance), state.limits)
                     .map_err(other)?,
             ),
             Err(_) => None,
@@ -1194,7 +1205,7 @@ impl Inner {
         kill(init);
         Teardown {
             cgroups: match &self.cgroups {
-                Ok(layout) => vec![layout.cgroups(&Self::cgroup_name(id, init.instance))],
+                Ok(layout) => vec![layout.cgroups(&self.cgroup_name(id, init.instance))],
                 Err(_) => Vec::new(),
             },
             inits: vec![init],
@@ -1244,7 +1255,7 @@ impl Inner {
             .unwrap_or_default();
         let teardown = Teardown {
             cgroups: match &self.cgroups {
-                Ok(layout) => layout.instances(id),
+                Ok(layout) => layout.instances(&self.cgroup_prefix(id)),
                 Err(_) => Vec::new(),
             },
             inits,
@@ -1326,10 +1337,10 @@ impl Inner {
         // A berth killed while making a standby may have left one running
         // unrecorded: every instance but the current one ends.
         if let Ok(layout) = &self.cgroups {
-            let keep = layout.cgroups(&Self::cgroup_name(&id, current.instance));
+            let keep = layout.cgroups(&self.cgroup_name(&id, current.instance));
             Teardown {
                 cgroups: layout
-                    .instances(&id)
+                    .instances(&self.cgroup_prefix(&id))
                     .into_iter()
                     .filter(|cgroups| *cgroups != keep)
                     .collect(),
@@ -1418,7 +1429,7 @@ impl Inner {
         let dirs = self.dirs(&state.id);
         let paused = match (&self.cgroups, self.running(state)) {
             (Ok(layout), Some(init)) => {
-                let cgroups = layout.cgroups(&Self::cgroup_name(&state.id, init.instance));
+                let cgroups = layout.cgroups(&self.cgroup_name(&state.id, init.instance));
                 layout
                     .freeze(&cgroups, true)
                     .map_err(other)?

@@ -214,7 +214,7 @@ fn limited(memory: Option<u64>, pids: Option<u32>) -> Spec {
 
 fn cgroup_file(ws: &Workspace, file: &str) -> Option<String> {
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
-    let cgroups = layout.instances(ws.id.as_str());
+    let cgroups = support::instances(&layout, ws.id.as_str());
     let dir = cgroups
         .first()?
         .dirs
@@ -297,7 +297,7 @@ async fn the_memory_limit_is_enforced() {
 /// The memory limit in force in a workspace's cgroup, read from the host.
 fn memory_limit(ws: &Workspace) -> u64 {
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
-    let cgroups = layout.instances(ws.id.as_str()).pop().unwrap();
+    let cgroups = support::instances(&layout, ws.id.as_str()).pop().unwrap();
     let memory = &cgroups.dirs[0];
     let limit = ["memory.max", "memory.limit_in_bytes"]
         .iter()
@@ -658,8 +658,7 @@ async fn an_import_through_a_link_the_workspace_planted_is_refused() {
 /// Host pids in the cgroups of every instance of `ws`.
 fn host_pids(ws: &Workspace) -> Vec<u32> {
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
-    let mut pids: Vec<u32> = layout
-        .instances(ws.id.as_str())
+    let mut pids: Vec<u32> = support::instances(&layout, ws.id.as_str())
         .iter()
         .flat_map(|cgroups| cgroups.dirs.first())
         .flat_map(|dir| {
@@ -756,7 +755,7 @@ async fn a_reset_switches_to_the_standby_and_ends_everything_of_the_old_instance
     rt.stop(&ws).await.unwrap();
     assert_eq!(host_pids(&ws), Vec::<u32>::new());
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
-    assert!(layout.instances(ws.id.as_str()).is_empty());
+    assert!(support::instances(&layout, ws.id.as_str()).is_empty());
     assert!(!ws_dir.join("upper.standby").exists());
 
     // A stopped workspace resets without starting, and starts reset.
@@ -1379,13 +1378,13 @@ async fn a_frozen_workspace_is_still_torn_down() {
     let rt = runtime(home.path()).await;
     let ws = started(&rt, Spec::default()).await;
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
-    let cgroups = layout.instances(ws.id.as_str()).pop().unwrap();
+    let cgroups = support::instances(&layout, ws.id.as_str()).pop().unwrap();
     // As a snapshot cut short by a crash would leave it.
     if !layout.freeze(&cgroups, true).unwrap() {
         panic!("this host has no cgroup freezer");
     }
     rt.remove(&ws).await.unwrap();
-    assert!(layout.instances(ws.id.as_str()).is_empty());
+    assert!(support::instances(&layout, ws.id.as_str()).is_empty());
 }
 
 /// The plan a stopped workspace's init was started with, copied to
@@ -1573,4 +1572,34 @@ async fn a_start_over_a_missing_layer_names_the_layer() {
         "{error}"
     );
     rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
+async fn two_homes_name_their_cgroups_apart_and_gc_in_one_leaves_the_other_running() {
+    let _cleanup = Cleanup;
+    let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (we, they) = (runtime(ours.path()).await, runtime(theirs.path()).await);
+    let mine = started(&we, Spec::default()).await;
+    let their = started(&they, Spec::default()).await;
+    let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
+    for (home, ws) in [(ours.path(), &mine), (theirs.path(), &their)] {
+        let id = berth_core::HomeId::load_or_create(home).unwrap();
+        let cgroups = support::instances(&layout, ws.id.as_str());
+        assert_eq!(cgroups.len(), 1);
+        let name = cgroups[0].dirs[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with(&format!("{id}-{}.", ws.id)), "{name}");
+    }
+
+    // Collecting with nothing live ends ours, and nothing of theirs.
+    let report = we.gc(&[]).await.unwrap();
+    assert_eq!(report.orphans, [mine.id.to_string()]);
+    assert!(support::instances(&layout, mine.id.as_str()).is_empty());
+    let ran = sh(&they, &their, "echo alive").await;
+    assert_eq!(ran.stdout, "alive\n", "{}", ran.stderr);
+    assert_eq!(support::instances(&layout, their.id.as_str()).len(), 1);
+    they.remove(&their).await.unwrap();
 }

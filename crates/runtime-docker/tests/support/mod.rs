@@ -6,6 +6,7 @@
 
 use berth_core::{ResourceDefaults, Spec, Workspace, WorkspaceId, WorkspaceState};
 use berth_runtime_docker::DockerRuntime;
+use berth_runtime_docker::plan::Names;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -204,6 +205,11 @@ impl World {
         }
     }
 
+    /// What the world's runtime calls its containers and images.
+    pub fn names(&self) -> &Names {
+        self.runtime.names().unwrap()
+    }
+
     /// Marks a workspace's container and images for removal at the end.
     pub fn track(&self, ws: &Workspace) {
         self.ids.lock().unwrap().push(ws.id.clone());
@@ -217,12 +223,15 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        let Ok(names) = self.runtime.names() else {
+            return;
+        };
         for id in self.ids.lock().unwrap().iter() {
             let _ = Command::new("docker")
-                .args(["rm", "-f", "-v", &format!("berth-{id}")])
+                .args(["rm", "-f", "-v", &names.container(id)])
                 .output();
             let _ = Command::new("docker")
-                .args(["rmi", "-f", &format!("berth-provisioned:{id}")])
+                .args(["rmi", "-f", &names.provisioned_image(id)])
                 .output();
         }
         for image in self.images.lock().unwrap().iter() {
@@ -230,9 +239,11 @@ impl Drop for World {
         }
         // Images committed from this world's containers and named by
         // nothing any more (a fork's base, a replaced provisioned state).
-        let home = format!("label=dev.berth.home={}", self.home.path().display());
-        let _ = Command::new("docker")
-            .args(["image", "prune", "-f", "--filter", &home])
-            .output();
+        let mut prune = Command::new("docker");
+        prune.args(["image", "prune", "-f"]);
+        for filter in names.label_filters() {
+            prune.args(["--filter", &format!("label={filter}")]);
+        }
+        let _ = prune.output();
     }
 }

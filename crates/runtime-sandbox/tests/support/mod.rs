@@ -69,13 +69,32 @@ pub fn workspace(name: &str, spec: Spec) -> Workspace {
     }
 }
 
+/// The cgroups of every instance of workspace `id` that exist now, as
+/// the runtime names them (`<home id>-<workspace id>.<instance>`),
+/// whatever the home.
+pub fn instances(layout: &cgroup::Layout, id: &str) -> Vec<cgroup::Cgroups> {
+    let parent = &layout.cgroups("").parents[0];
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.split_once('-')
+                .is_some_and(|(_, rest)| rest.starts_with(&format!("{id}.")))
+        })
+        .map(|name| layout.cgroups(&name))
+        .collect()
+}
+
 /// Ends every process of every instance of workspace `id` and removes
 /// their cgroups.
 pub fn end_instances(id: &str) {
     let Ok(layout) = cgroup::detect() else {
         return;
     };
-    for cgroups in layout.instances(id) {
+    for cgroups in instances(&layout, id) {
         let _ = cgroup::kill_and_remove(&cgroups, Duration::from_secs(10));
     }
 }

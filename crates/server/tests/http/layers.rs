@@ -71,8 +71,8 @@ pub(super) fn image() -> &'static str {
     IMAGE
 }
 
-/// Removes every container and image made for a berth home, even when the
-/// test failed half-way.
+/// Removes every container and image made for a berth home (by its id),
+/// even when the test failed half-way.
 pub(super) struct DockerCleanup(String);
 
 impl Drop for DockerCleanup {
@@ -102,7 +102,11 @@ impl Drop for DockerCleanup {
 impl Api {
     pub(super) async fn with_docker() -> (Api, DockerCleanup) {
         let home = tempfile::tempdir().unwrap();
-        let cleanup = DockerCleanup(home.path().display().to_string());
+        let cleanup = DockerCleanup(
+            berth_core::HomeId::load_or_create(home.path())
+                .unwrap()
+                .to_string(),
+        );
         let docker = Arc::new(DockerRuntime::new(home.path()));
         let api = Api::start_with_runtimes(home, vec![docker], |config| config).await;
         (api, cleanup)
