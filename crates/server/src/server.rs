@@ -66,7 +66,8 @@ impl std::fmt::Debug for ServerConfig {
 pub enum ServerError {
     #[error(
         "refusing to serve without authentication on {addr}: the insecure no-auth mode is \
-         only allowed on a loopback address"
+         only allowed on a loopback address (127.0.0.1, ::1); anywhere else, serve with the \
+         token (the default)"
     )]
     InsecureNotLoopback { addr: SocketAddr },
     #[error("cannot listen on {addr}")]
