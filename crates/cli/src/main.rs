@@ -50,6 +50,9 @@ enum Command {
         /// A name for the workspace; overrides the spec's.
         #[arg(long)]
         name: Option<String>,
+        /// A `key=value` tag to list and remove the workspace by; repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// List workspaces.
     Ls {
@@ -58,6 +61,9 @@ enum Command {
         /// Include removed workspaces.
         #[arg(long, short)]
         all: bool,
+        /// Only workspaces with this `key=value` label; repeatable, all must match.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Show a workspace, with the isolation in force.
     Show {
@@ -71,8 +77,12 @@ enum Command {
     Stop { id: String },
     /// Remove workspaces and everything in them.
     Rm {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "labels")]
         ids: Vec<String>,
+        /// Also every workspace with this `key=value` label; repeatable, all
+        /// must match.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Fetch upstream changes into a workspace's repositories.
     Fetch { id: String },
@@ -191,6 +201,10 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    berth_core::label::parse(text).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -233,11 +247,17 @@ fn error_chain(err: &anyhow::Error) -> String {
     text
 }
 
+/// Whether the error is a write to a closed pipe (`berth ls | head -1`):
+/// the reader has what it wanted, so that is success, said nothing of.
+/// Every command's output fails up to `main`, so it is checked once here.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    let broken = Some(std::io::ErrorKind::BrokenPipe);
     err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        cause.downcast_ref::<std::io::Error>().map(|e| e.kind()) == broken
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == broken
     })
 }
 
@@ -346,19 +366,28 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             spec,
             runtime,
             name,
+            labels,
         } => {
             let spec = Spec::from_file(&spec)?;
             let (sender, receiver) = tokio::sync::mpsc::channel(64);
             let renderer = tokio::spawn(progress::render(receiver));
             let created = provider
-                .create(spec, CreateOptions { runtime, name }, Progress::to(sender))
+                .create(
+                    spec,
+                    CreateOptions {
+                        runtime,
+                        name,
+                        labels: labels.into_iter().collect(),
+                    },
+                    Progress::to(sender),
+                )
                 .await;
             let _ = renderer.await;
             let ws = created?;
             writeln!(stdout, "{}", ws.id)?;
         }
-        Command::Ls { json, all } => {
-            let workspaces = provider.list(all)?;
+        Command::Ls { json, all, labels } => {
+            let workspaces = provider.list_labelled(all, &labels.into_iter().collect())?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &workspaces)?;
                 writeln!(stdout)?;
@@ -377,7 +406,12 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
         }
         Command::Start { id } => writeln!(stdout, "{}", provider.start(&id).await?.id)?,
         Command::Stop { id } => writeln!(stdout, "{}", provider.stop(&id).await?.id)?,
-        Command::Rm { ids } => {
+        Command::Rm { mut ids, labels } => {
+            if !labels.is_empty() {
+                let selector = labels.into_iter().collect();
+                let labelled = provider.list_labelled(false, &selector)?;
+                ids.extend(labelled.into_iter().map(|ws| ws.id.to_string()));
+            }
             let mut failed = false;
             for id in ids {
                 match provider.remove(&id).await {
@@ -688,21 +722,44 @@ fn short(commit: &str) -> &str {
 }
 
 fn print_table(out: &mut impl Write, workspaces: &[Workspace]) -> Result<()> {
-    writeln!(
-        out,
-        "{:<26}  {:<20}  {:<8}  {:<9}  CREATED",
-        "ID", "NAME", "RUNTIME", "STATE"
-    )?;
-    for ws in workspaces {
-        writeln!(
-            out,
-            "{:<26}  {:<20}  {:<8}  {:<9}  {}",
-            ws.id,
-            quoted(&ws.name),
-            ws.runtime,
-            ws.state,
-            progress::ago(ws.created_at)
-        )?;
+    let rows = workspaces.iter().map(|ws| {
+        [
+            ws.id.to_string(),
+            quoted(&ws.name).to_string(),
+            ws.runtime.clone(),
+            ws.state.to_string(),
+            progress::ago(ws.created_at),
+        ]
+    });
+    write_columns(out, ["ID", "NAME", "RUNTIME", "STATE", "CREATED"], rows)
+}
+
+/// Writes a header and rows as columns two spaces apart, each as wide as
+/// its widest value (in characters); the last column is not padded.
+fn write_columns<const N: usize>(
+    out: &mut impl Write,
+    header: [&str; N],
+    rows: impl Iterator<Item = [String; N]>,
+) -> Result<()> {
+    let rows: Vec<[String; N]> = std::iter::once(header.map(str::to_owned))
+        .chain(rows)
+        .collect();
+    let mut widths = [0usize; N];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }
@@ -715,6 +772,9 @@ fn print_details(out: &mut impl Write, details: &berth_provider::WorkspaceDetail
     writeln!(out, "runtime:   {}", ws.runtime)?;
     writeln!(out, "state:     {}", ws.state)?;
     writeln!(out, "created:   {}", progress::ago(ws.created_at))?;
+    for (key, value) in &ws.labels {
+        writeln!(out, "label:     {key}={value}")?;
+    }
     if let Some(key) = &ws.cache_key {
         writeln!(out, "cache key: {key}")?;
     }

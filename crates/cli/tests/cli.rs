@@ -736,3 +736,138 @@ fn a_file_name_with_a_newline_cannot_forge_a_line_of_changes_or_files() {
     assert_eq!(names, made);
     env.ok(&["rm", &id]);
 }
+
+#[test]
+fn ls_columns_line_up_whatever_the_lengths_of_names_and_states() {
+    let env = Env::new();
+    let spec = env.file("empty.yaml", "runtime: local\n");
+    let long = "a-workspace-name-longer-than-any-column-width";
+    for name in ["a", long] {
+        env.ok(&["up", spec.to_str().unwrap(), "--name", name]);
+    }
+    env.ok(&["stop", "a"]);
+    let table = env.ok(&["ls"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    for column in ["NAME", "RUNTIME", "STATE", "CREATED"] {
+        let at = lines[0].find(column).unwrap();
+        for line in &lines[1..] {
+            let (before, value) = line.split_at(at);
+            assert!(
+                before.ends_with("  ") && !value.starts_with(' '),
+                "{column} starts at column {at} on every line:\n{table}"
+            );
+        }
+    }
+    assert!(table.contains(long) && table.contains("stopped"), "{table}");
+}
+
+/// `berth ls --json | head -1`: the reader goes away; each command treats
+/// the closed pipe as success and says nothing.
+#[test]
+fn a_closed_stdout_pipe_is_success_and_silent_for_every_command() {
+    let env = Env::new();
+    let spec = env.file("empty.yaml", "runtime: local\n");
+    let id = workspace_id(&env.ok(&["up", spec.to_str().unwrap(), "--name", "w"]));
+    env.ok(&["exec", &id, "--", "sh", "-c", "seq 100000 > big"]);
+    for args in [
+        vec!["ls"],
+        vec!["ls", "--json"],
+        vec!["show", &id],
+        vec!["show", &id, "--json"],
+        vec!["runtimes", "--json"],
+        vec!["files", &id],
+        vec!["read", &id, "big"],
+        vec!["exec", &id, "--", "cat", "big"],
+    ] {
+        let mut child = env
+            .berth()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end is closed before berth writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "berth {args:?}: {out:?}");
+        assert_eq!(stderr(&out), "", "berth {args:?} is silent");
+    }
+}
+
+#[test]
+fn labels_are_shown_and_select_what_ls_and_rm_touch() {
+    let env = Env::new();
+    let spec = env.file("empty.yaml", "runtime: local\n");
+    let spec = spec.to_str().unwrap();
+    env.ok(&[
+        "up",
+        spec,
+        "--name",
+        "s1",
+        "--label",
+        "team=search",
+        "--label",
+        "run=1",
+    ]);
+    env.ok(&[
+        "up",
+        spec,
+        "--name",
+        "s2",
+        "--label",
+        "team=search",
+        "--label",
+        "run=2",
+    ]);
+    env.ok(&["up", spec, "--name", "a1", "--label", "team=ads"]);
+    let names = |args: &[&str]| -> Vec<String> {
+        let listed: serde_json::Value = serde_json::from_str(&env.ok(args)).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ws| ws["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&["ls", "--json", "--label", "team=search"]),
+        ["s1", "s2"]
+    );
+    assert_eq!(
+        names(&["ls", "--json", "--label", "team=search", "--label", "run=2"]),
+        ["s2"]
+    );
+    let shown = env.ok(&["show", "s1"]);
+    assert!(
+        shown.contains("label:     run=1") && shown.contains("label:     team=search"),
+        "{shown}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["show", "s1", "--json"])).unwrap();
+    assert_eq!(shown["labels"]["team"], "search", "{shown}");
+
+    let removed = env.ok(&["rm", "--label", "team=search"]);
+    assert_eq!(removed.lines().count(), 2, "{removed}");
+    assert_eq!(names(&["ls", "--json"]), ["a1"]);
+
+    let out = env.run(&["up", spec, "--label", "team=has space"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("label `team=has space`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["ls", "--label", "nokey"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("label `nokey`: expected key=value"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        names(&["ls", "--json"]),
+        ["a1"],
+        "nothing made of a bad label"
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod home;
+pub mod label;
 pub mod layers;
 pub mod object;
 pub mod read;
@@ -20,6 +21,7 @@ pub use berth_proto::{
 };
 pub use events::ProvisionEvent;
 pub use home::{HomeId, HomeIdError};
+pub use label::{LabelError, Labels};
 pub use layers::{Change, ChangeKind, ExportSummary, ExportTarget, GcReport, Snapshot};
 pub use read::{ReadSender, ReadStream};
 pub use runtime::{ExecStream, Isolation, Refusal, ResourceDefaults, Runtime, RuntimeError};

@@ -1,7 +1,8 @@
 //! Workspace records, as the registry keeps them and the APIs return them.
 
-use crate::Spec;
+use crate::{Labels, Spec};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 use utoipa::ToSchema;
@@ -91,6 +92,10 @@ pub struct Workspace {
     pub runtime: String,
     pub spec: Spec,
     pub state: WorkspaceState,
+    /// `key=value` tags to list and remove the workspace by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    pub labels: Labels,
     /// What the runtime needs to find this workspace again (paths, container
     /// ids) and the isolation in force; its shape is the runtime's own.
     /// `null` until the runtime has made the workspace (and for good when

@@ -12,7 +12,7 @@ pub use layers::{Gc, RuntimeGc};
 pub use provision::Progress;
 
 use berth_core::{
-    ExecRequest, ExecStream, FileEntry, Isolation, ReadStream, Runtime, Spec, Workspace,
+    ExecRequest, ExecStream, FileEntry, Isolation, Labels, ReadStream, Runtime, Spec, Workspace,
     WorkspaceId, WorkspacePath, WorkspaceState,
 };
 use berth_git::{Credentials, Git};
@@ -64,6 +64,10 @@ pub struct CreateOptions {
     /// Overrides the spec's name; an explicit name must be free.
     #[serde(default)]
     pub name: Option<String>,
+    /// `key=value` tags to list and remove the workspace by.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    pub labels: Labels,
 }
 
 /// A runtime and whether it can be used here.
@@ -261,7 +265,18 @@ impl Provider {
 
     /// Every workspace, oldest first; removed ones only when asked.
     pub fn list(&self, include_removed: bool) -> Result<Vec<Workspace>, ServiceError> {
-        Ok(self.store().list(include_removed)?)
+        self.list_labelled(include_removed, &Labels::new())
+    }
+
+    /// The workspaces that carry every label of `selector`, oldest first.
+    pub fn list_labelled(
+        &self,
+        include_removed: bool,
+        selector: &Labels,
+    ) -> Result<Vec<Workspace>, ServiceError> {
+        let mut workspaces = self.store().list(include_removed)?;
+        workspaces.retain(|ws| berth_core::label::matches(&ws.labels, selector));
+        Ok(workspaces)
     }
 
     /// A workspace by id, unique id prefix, or name.

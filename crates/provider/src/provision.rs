@@ -119,6 +119,10 @@ impl Provider {
         progress: Progress,
     ) -> Result<Workspace, ServiceError> {
         spec.validate()?;
+        berth_core::label::validate(&options.labels).map_err(|e| ServiceError::InvalidRequest {
+            field: "labels".into(),
+            message: e.to_string(),
+        })?;
         if let Some(name) = &options.name {
             Spec {
                 name: Some(name.clone()),
@@ -202,6 +206,7 @@ impl Provider {
             runtime: runtime.into(),
             spec,
             state: WorkspaceState::Creating,
+            labels: options.labels.clone(),
             runtime_info: serde_json::Value::Null,
             cache_key: None,
             error: None,

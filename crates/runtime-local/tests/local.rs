@@ -21,6 +21,7 @@ async fn created(rt: &LocalRuntime) -> Workspace {
         runtime: "local".into(),
         spec: Spec::default(),
         state: WorkspaceState::Creating,
+        labels: Default::default(),
         runtime_info: serde_json::Value::Null,
         cache_key: None,
         error: None,

@@ -12,7 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::{
-    ExecEvent, ExecRequest, ExitStatus, FileEntry, Output, Spec, Workspace, WorkspaceState,
+    ExecEvent, ExecRequest, ExitStatus, FileEntry, Labels, Output, Spec, Workspace, WorkspaceState,
 };
 use berth_provider::{CreateOptions, FetchResult, RuntimeStatus, WorkspaceDetails};
 use futures::stream::unfold;
@@ -49,6 +49,10 @@ pub struct CreateWorkspaceParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub name: Option<String>,
+    /// `key=value` tags to list and remove the workspace by.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    pub labels: Labels,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -73,6 +77,10 @@ pub struct ListQuery {
     /// Include removed workspaces.
     #[serde(default)]
     pub all: bool,
+    /// Only workspaces with these labels: `key=value`, several separated
+    /// by commas.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -166,6 +174,7 @@ pub(crate) async fn create_workspace(
     let options = CreateOptions {
         runtime: params.runtime,
         name: params.name,
+        labels: params.labels,
     };
     with_progress(
         negotiate(&headers, query.stream),
@@ -194,8 +203,13 @@ pub(crate) async fn list_workspaces(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<WorkspaceList>, ApiError> {
+    let selector = match &query.label {
+        Some(text) => berth_core::label::parse_selector(text)
+            .map_err(|e| ApiError::new("invalid_query", e.to_string()))?,
+        None => Labels::new(),
+    };
     Ok(Json(WorkspaceList {
-        workspaces: state.provider.list(query.all)?,
+        workspaces: state.provider.list_labelled(query.all, &selector)?,
     }))
 }
 

@@ -1983,3 +1983,60 @@ mod distribution;
 mod layers;
 #[path = "http/schemathesis.rs"]
 mod schemathesis;
+
+#[tokio::test]
+async fn workspaces_are_created_with_labels_and_listed_by_them() {
+    let api = Api::start().await;
+    for (name, team) in [("a", "search"), ("b", "search"), ("c", "ads")] {
+        let (status, body) = api
+            .json(api.post("/v1/workspaces").json(&json!({
+                "spec": { "runtime": "fake", "name": name },
+                "labels": { "team": team, "run": "r1" },
+            })))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["labels"]["team"], team, "{body}");
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ws| ws["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, body) = api.json(api.get("/v1/workspaces?label=team=search")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(names(&body), ["a", "b"]);
+    let (_, body) = api
+        .json(api.get("/v1/workspaces?label=team=ads,run=r1"))
+        .await;
+    assert_eq!(names(&body), ["c"]);
+    let (status, body) = api.json(api.get("/v1/workspaces?label=team%20x=y")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        &["team x=y"],
+    );
+
+    let (status, body) = api
+        .json(api.post("/v1/workspaces").json(&json!({
+            "spec": fake_spec(),
+            "labels": { "team": "bad value" },
+        })))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &["labels", "team=bad value"],
+    );
+    assert_eq!(
+        api.provider.list(true).unwrap().len(),
+        3,
+        "nothing made of a bad label"
+    );
+}

@@ -47,6 +47,8 @@ const MIGRATIONS: &[&str] = &[
         last_used_at INTEGER NOT NULL,
         info         TEXT NOT NULL DEFAULT '{}'  -- the runtime's own JSON
     ) STRICT;",
+    // 3: the user's labels of each workspace.
+    "ALTER TABLE workspaces ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'; -- a JSON object",
 ];
 
 /// The schema version this build writes.

@@ -10,7 +10,7 @@ use rusqlite::{ErrorCode, OptionalExtension, ToSql, params};
 pub const MIN_PREFIX: usize = 4;
 
 const COLUMNS: &str = "id, name, runtime, spec, state, runtime_info, cache_key, error, owner_pid, \
-                       created_at, updated_at";
+                       created_at, updated_at, labels";
 
 impl Store {
     /// Adds a workspace. Its name must not be used by another workspace that
@@ -18,11 +18,12 @@ impl Store {
     pub fn insert_workspace(&self, ws: &Workspace) -> Result<(), StoreError> {
         let spec = encode(ws, "spec", &ws.spec)?;
         let info = encode(ws, "runtime_info", &ws.runtime_info)?;
+        let labels = encode(ws, "labels", &ws.labels)?;
         let owner_start = ws.owner_pid.and_then(owner::start_time);
         let result = self.conn().execute(
             "INSERT INTO workspaces (id, name, runtime, spec, state, runtime_info, cache_key,
-                 error, owner_pid, owner_start, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 error, owner_pid, owner_start, created_at, updated_at, labels)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 ws.id.as_str(),
                 ws.name,
@@ -36,6 +37,7 @@ impl Store {
                 owner_start,
                 ws.created_at,
                 ws.updated_at,
+                labels,
             ],
         );
         match result {
@@ -181,7 +183,7 @@ impl Store {
             ))
             .map_err(|e| self.db(e))?;
         let rows = stmt
-            .query_map([], |row| Ok((RawWorkspace::read(row)?, row.get(11)?)))
+            .query_map([], |row| Ok((RawWorkspace::read(row)?, row.get(12)?)))
             .and_then(Iterator::collect::<Result<Vec<(RawWorkspace, Option<i64>)>, _>>)
             .map_err(|e| self.db(e))?;
         drop(stmt);
@@ -289,6 +291,7 @@ struct RawWorkspace {
     owner_pid: Option<i64>,
     created_at: i64,
     updated_at: i64,
+    labels: String,
 }
 
 impl RawWorkspace {
@@ -305,6 +308,7 @@ impl RawWorkspace {
             owner_pid: row.get(8)?,
             created_at: row.get(9)?,
             updated_at: row.get(10)?,
+            labels: row.get(11)?,
         })
     }
 
@@ -319,6 +323,8 @@ impl RawWorkspace {
             serde_json::from_str(&self.spec).map_err(|e| corrupt("spec", e.to_string()))?;
         let runtime_info = serde_json::from_str(&self.runtime_info)
             .map_err(|e| corrupt("runtime_info", e.to_string()))?;
+        let labels =
+            serde_json::from_str(&self.labels).map_err(|e| corrupt("labels", e.to_string()))?;
         let state = WorkspaceState::parse(&self.state)
             .ok_or_else(|| corrupt("state", format!("unknown state `{}`", self.state)))?;
         let owner_pid = self
@@ -332,6 +338,7 @@ impl RawWorkspace {
             runtime: self.runtime,
             spec,
             state,
+            labels,
             runtime_info,
             cache_key: self.cache_key,
             error: self.error,

@@ -27,6 +27,7 @@ fn workspace_with_id(id: WorkspaceId, name: &str) -> Workspace {
         )
         .unwrap(),
         state: WorkspaceState::Creating,
+        labels: [("team".to_owned(), "search".to_owned())].into(),
         runtime_info: json!({"dir": "/tmp/x"}),
         cache_key: None,
         error: None,
@@ -433,7 +434,7 @@ fn a_version_1_database_is_migrated() {
     let version: i64 = raw(tmp.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 
     let old = store.resolve("old").unwrap();
     assert_eq!(old.id.as_str(), "01oldworkspace0000000000000");
@@ -442,6 +443,10 @@ fn a_version_1_database_is_migrated() {
     assert_eq!(old.cache_key.as_deref(), Some("key1"));
     assert_eq!((old.created_at, old.updated_at), (1000, 2000));
     assert_eq!(old.owner_pid, None);
+    assert!(
+        old.labels.is_empty(),
+        "a workspace from before labels has none"
+    );
 
     // What version 2 added works on the migrated file.
     store.set_owner(&old.id, Some(std::process::id())).unwrap();
@@ -472,7 +477,7 @@ fn a_database_from_a_newer_berth_is_refused_untouched() {
         err,
         StoreError::UnknownVersion {
             found: 99,
-            supported: 2,
+            supported: 3,
             ..
         }
     ));

@@ -162,6 +162,7 @@ pub fn workspace(spec: Spec) -> Workspace {
         runtime: "docker".into(),
         spec,
         state: WorkspaceState::Creating,
+        labels: Default::default(),
         runtime_info: serde_json::Value::Null,
         cache_key: None,
         error: None,

@@ -60,6 +60,7 @@ pub fn workspace(name: &str, spec: Spec) -> Workspace {
         runtime: "sandbox".into(),
         spec,
         state: WorkspaceState::Creating,
+        labels: Default::default(),
         runtime_info: serde_json::Value::Null,
         cache_key: None,
         error: None,
