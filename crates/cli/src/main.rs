@@ -1,9 +1,11 @@
 //! `berth`: the command line. It wires the runtimes into a provider and
 //! translates each subcommand into one service-layer call; no daemon is
-//! needed, and `berth serve` puts the same calls behind HTTP.
+//! needed, and `berth serve` puts the same calls behind HTTP. Started as
+//! `derrick`, it is `berth serve` with Derrick's command line.
 
 mod progress;
 mod quote;
+mod serve;
 mod terminal;
 
 use anyhow::{Context, Result, bail};
@@ -11,6 +13,7 @@ use berth_core::{ExecEvent, ExecRequest, ResourceDefaults, Spec, Workspace};
 use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig, ServiceError};
 use clap::{Parser, Subcommand};
 use quote::quoted;
+use serve::{DerrickCli, ServeArgs};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -168,32 +171,6 @@ enum Command {
     Serve(ServeArgs),
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Address to listen on; loopback by default.
-    #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
-    /// Listen on a unix socket instead of TCP.
-    #[arg(long, conflicts_with = "listen")]
-    socket: Option<PathBuf>,
-    /// Bearer token demanded on TCP; generated and stored on first start.
-    #[arg(long, env = "BERTH_TOKEN")]
-    token: Option<String>,
-    /// Accept requests without a token. Only allowed on a loopback address,
-    /// and then only for requests addressed to it or to a loopback name.
-    #[arg(long)]
-    insecure_no_auth: bool,
-    /// The runtime for workspaces whose spec names none (Derrick's flag).
-    #[arg(short = 'p', long = "provisioning-mode", env = "BERTH_RUNTIME")]
-    provisioning_mode: Option<String>,
-    /// Front end; only `http` (Derrick's flag).
-    #[arg(short = 's', long = "server-mode", default_value = "http")]
-    server_mode: String,
-    /// The default spec for workspaces created without one (Derrick's flag).
-    #[arg(short = 'w', long = "workspace-config-path")]
-    workspace_config_path: Option<PathBuf>,
-}
-
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
@@ -206,7 +183,15 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = if DerrickCli::invoked() {
+        let derrick = DerrickCli::parse();
+        Cli {
+            home: derrick.home.clone(),
+            command: Command::Serve(derrick.into_serve()),
+        }
+    } else {
+        Cli::parse()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
@@ -348,9 +333,12 @@ async fn open_provider(home: PathBuf, default_runtime: Option<String>) -> Result
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let home = home_dir(cli.home)?;
-    let default_runtime = std::env::var("BERTH_RUNTIME")
-        .ok()
-        .filter(|r| !r.is_empty());
+    let default_runtime = match &cli.command {
+        Command::Serve(args) => args.default_runtime(),
+        _ => std::env::var("BERTH_RUNTIME")
+            .ok()
+            .filter(|r| !r.is_empty()),
+    };
     let provider = open_provider(home, default_runtime).await?;
     let code = command(cli.command, provider.clone()).await;
     // What the runtimes finish after answering (a sandbox's standby
@@ -578,7 +566,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
         }
         Command::Serve(args) => {
             drop(stdout);
-            serve(provider, args).await?;
+            serve::serve(provider, args).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -680,41 +668,6 @@ async fn exec(
         }
     }
     bail!("the command's output ended without an exit status")
-}
-
-async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
-    if args.server_mode != "http" {
-        bail!(
-            "--server-mode: `{}` is not available; this build serves `http`",
-            args.server_mode
-        );
-    }
-    let default_spec = match &args.workspace_config_path {
-        Some(path) => {
-            let mut spec = Spec::from_file(path)?;
-            if spec.runtime.is_none() {
-                spec.runtime = args.provisioning_mode.clone();
-            }
-            Some(spec)
-        }
-        None => None,
-    };
-    // Derrick's invocation listens where Derrick does.
-    let derrick = args.workspace_config_path.is_some() || args.provisioning_mode.is_some();
-    let listen = match (&args.socket, args.listen) {
-        (Some(path), _) => berth_server::Listen::Unix(path.clone()),
-        (None, Some(addr)) => berth_server::Listen::Tcp(addr),
-        (None, None) if derrick => berth_server::Listen::Tcp(([127, 0, 0, 1], 50080).into()),
-        (None, None) => berth_server::Listen::default(),
-    };
-    let config = berth_server::ServerConfig {
-        listen,
-        token: args.token,
-        insecure_no_auth: args.insecure_no_auth,
-        default_spec,
-    };
-    berth_server::serve(provider, config).await?;
-    Ok(())
 }
 
 fn short(commit: &str) -> &str {

@@ -421,6 +421,7 @@ fn runtimes_lists_what_works_here() {
 
 #[tokio::test]
 async fn derricks_invocation_serves_derricks_routes_with_a_token() {
+    let _port = derrick::derrick_port();
     let env = Env::new();
     let config = env.file(
         "config.json",
@@ -871,3 +872,8 @@ fn labels_are_shown_and_select_what_ls_and_rm_touch() {
         "nothing made of a bad label"
     );
 }
+
+// --- berth standing in for Derrick ------------------------------------------
+
+#[path = "cli/derrick.rs"]
+mod derrick;

@@ -1,0 +1,209 @@
+//! `berth serve`, and berth standing in for Derrick: started under the
+//! name `derrick` (a link on `PATH`), berth reads Derrick's command line
+//! (`derrick -p docker -w config.json -s http`) and serves Derrick's routes
+//! on Derrick's address from Derrick's workspace config, so that Derrick's
+//! clients run unchanged.
+
+use anyhow::{Result, bail};
+use berth_core::Spec;
+use berth_provider::Provider;
+use clap::Parser;
+use clap::builder::BoolishValueParser;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The program name under which berth stands in for Derrick.
+pub const DERRICK: &str = "derrick";
+
+/// Where Derrick listened, and berth does for a Derrick config.
+const DERRICK_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50080);
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; loopback by default (127.0.0.1:7433, or
+    /// Derrick's 127.0.0.1:50080 with a Derrick config).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Listen on a unix socket instead of TCP.
+    #[arg(long, conflicts_with = "listen")]
+    socket: Option<PathBuf>,
+    /// Bearer token demanded on TCP; generated and stored on first start.
+    #[arg(long, env = "BERTH_TOKEN")]
+    token: Option<String>,
+    /// Accept requests without a token. Only allowed on a loopback address,
+    /// and then only for requests addressed to it or to a loopback name.
+    #[arg(long, env = "BERTH_INSECURE_NO_AUTH", value_parser = BoolishValueParser::new())]
+    insecure_no_auth: bool,
+    /// The runtime for workspaces whose spec names none (Derrick's flag).
+    #[arg(short = 'p', long = "provisioning-mode", env = "BERTH_RUNTIME")]
+    provisioning_mode: Option<String>,
+    /// Front end: `http` (Derrick's flag; `nats` is not served yet).
+    #[arg(short = 's', long = "server-mode", default_value = "http")]
+    server_mode: String,
+    /// A Derrick workspace config, the spec of workspaces Derrick's routes
+    /// make (Derrick's flag). Read as Derrick reads it: fields berth does
+    /// not know are ignored, repository paths are in the workspace's
+    /// filesystem.
+    #[arg(short = 'w', long = "workspace-config-path")]
+    workspace_config_path: Option<PathBuf>,
+    /// The image for a config that names none: needed by `docker`; the
+    /// sandbox uses the host's system directories without it.
+    #[arg(long, env = "BERTH_IMAGE")]
+    image: Option<String>,
+    /// Started as `derrick`: Derrick's clients send no token.
+    #[arg(skip)]
+    derrick: bool,
+}
+
+/// berth started as `derrick`: Derrick's command line, with berth's own
+/// few additions.
+#[derive(Parser)]
+#[command(
+    name = "derrick",
+    version,
+    about = "berth standing in for Derrick: serves Derrick's HTTP routes from a Derrick \
+             workspace config"
+)]
+pub struct DerrickCli {
+    /// berth's state directory (registry, caches, workspaces).
+    #[arg(long, env = "BERTH_HOME")]
+    pub home: Option<PathBuf>,
+    /// The runtime: `docker`, `sandbox` or `local`.
+    #[arg(short = 'p', long)]
+    provisioning_mode: String,
+    /// Derrick's workspace config.
+    #[arg(short = 'w', long)]
+    workspace_config_path: PathBuf,
+    /// The server mode: `http` (`nats` is not served yet).
+    #[arg(short = 's', long)]
+    server_mode: String,
+    /// The image for a config that names none: needed by `docker`; the
+    /// sandbox uses the host's system directories without it.
+    #[arg(long, env = "BERTH_IMAGE")]
+    image: Option<String>,
+    /// Serve without a token (on loopback only), as Derrick did: its
+    /// clients send none. Required: berth never drops its token unasked.
+    #[arg(long, env = "BERTH_INSECURE_NO_AUTH", value_parser = BoolishValueParser::new())]
+    insecure_no_auth: bool,
+    /// Address to listen on.
+    #[arg(long, default_value_t = DERRICK_LISTEN)]
+    listen: SocketAddr,
+}
+
+impl DerrickCli {
+    /// Whether this process was started under Derrick's name.
+    pub fn invoked() -> bool {
+        std::env::args_os()
+            .next()
+            .is_some_and(|arg0| Path::new(&arg0).file_name() == Some(DERRICK.as_ref()))
+    }
+
+    /// What `berth serve` is given to do the same.
+    pub fn into_serve(self) -> ServeArgs {
+        ServeArgs {
+            listen: Some(self.listen),
+            socket: None,
+            token: None,
+            insecure_no_auth: self.insecure_no_auth,
+            provisioning_mode: Some(self.provisioning_mode),
+            server_mode: self.server_mode,
+            workspace_config_path: Some(self.workspace_config_path),
+            image: self.image,
+            derrick: true,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The runtime for workspaces whose spec names none.
+    pub fn default_runtime(&self) -> Option<String> {
+        self.provisioning_mode.clone().filter(|r| !r.is_empty())
+    }
+}
+
+pub async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
+    match args.server_mode.as_str() {
+        "http" => {}
+        "nats" => bail!(
+            "--server-mode nats: berth has no NATS front end yet; serve over HTTP with \
+             `--server-mode http`"
+        ),
+        other => bail!("--server-mode: `{other}` is not a server mode; expected `http`"),
+    }
+    if args.derrick && !args.insecure_no_auth {
+        bail!(
+            "Derrick's clients send no token: serve them without one (on loopback only) by \
+             setting BERTH_INSECURE_NO_AUTH=1 or adding --insecure-no-auth"
+        );
+    }
+    let default_spec = match &args.workspace_config_path {
+        Some(path) => Some(derrick_spec(&provider, path, &args).await?),
+        None => None,
+    };
+    let listen = match (&args.socket, args.listen) {
+        (Some(path), _) => berth_server::Listen::Unix(path.clone()),
+        (None, Some(addr)) => berth_server::Listen::Tcp(addr),
+        (None, None) if default_spec.is_some() => berth_server::Listen::Tcp(DERRICK_LISTEN),
+        (None, None) => berth_server::Listen::default(),
+    };
+    let config = berth_server::ServerConfig {
+        listen,
+        token: args.token,
+        insecure_no_auth: args.insecure_no_auth,
+        default_spec,
+    };
+    berth_server::serve(provider, config).await?;
+    Ok(())
+}
+
+/// The spec of a Derrick config, with the runtime and image of the command
+/// line where it names none, checked before anything is served: the
+/// runtime must work here and `docker` needs an image.
+async fn derrick_spec(provider: &Provider, path: &Path, args: &ServeArgs) -> Result<Spec> {
+    let config = Spec::from_derrick_file(path)?;
+    if !config.ignored.is_empty() {
+        eprintln!(
+            "berth: {}: ignoring what berth does not read: {}",
+            path.display(),
+            config.ignored.join(", ")
+        );
+    }
+    let mut spec = config.spec;
+    if spec.runtime.is_none() {
+        spec.runtime = args.default_runtime();
+    }
+    if spec.image.is_none() {
+        spec.image = args.image.clone();
+    }
+    let Some(runtime) = spec.runtime.clone() else {
+        bail!(
+            "--provisioning-mode: {} names no runtime; give one: docker, sandbox or local",
+            path.display()
+        );
+    };
+    let runtimes = provider.runtimes().await;
+    match runtimes.iter().find(|r| r.name == runtime) {
+        None => {
+            let names: Vec<&str> = runtimes.iter().map(|r| r.name.as_str()).collect();
+            bail!(
+                "--provisioning-mode: no runtime `{runtime}`; this berth has {}",
+                names.join(", ")
+            );
+        }
+        Some(status) if !status.available => bail!(
+            "--provisioning-mode {runtime}: the runtime is unavailable: {}",
+            status.reason.as_deref().unwrap_or("no reason given")
+        ),
+        Some(_) => {}
+    }
+    if runtime == "docker" && spec.image.is_none() {
+        bail!(
+            "--provisioning-mode docker: {} names no image; give one with --image IMAGE or \
+             the BERTH_IMAGE variable: a local image with what the setup script and the \
+             commands use (bash, git)",
+            path.display()
+        );
+    }
+    Ok(spec)
+}
