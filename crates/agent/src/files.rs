@@ -51,9 +51,12 @@ pub async fn read(agent: &Arc<Agent>, path: WorkspacePath, mut controls: Control
             }
         }
         let chunk = tokio::task::spawn_blocking(move || {
-            let mut chunk = Vec::with_capacity(READ_CHUNK);
-            let read = (&mut file).take(READ_CHUNK as u64).read_to_end(&mut chunk);
-            read.map(|_| (file, chunk))
+            let mut chunk = vec![0; READ_CHUNK];
+            let read = fill(&mut file, &mut chunk);
+            read.map(|n| {
+                chunk.truncate(n);
+                (file, chunk)
+            })
         })
         .await;
         let chunk = match chunk {
@@ -81,6 +84,20 @@ pub async fn read(agent: &Arc<Agent>, path: WorkspacePath, mut controls: Control
         }
         unacknowledged += 1;
     }
+}
+
+/// Reads into `buf` until it is full or the file ends.
+fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 pub async fn run(agent: &Arc<Agent>, message: ClientMessage, payload: Vec<u8>, out: Outbox) {

@@ -663,7 +663,13 @@ async fn exec(
                 if status.cancelled {
                     eprintln!("berth: cancelled");
                 }
-                return Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8));
+                let code = status.shell_code().clamp(0, 255) as u8;
+                // A success whose output was cut is not a success.
+                let cut = status.stdout_dropped > 0 || status.stderr_dropped > 0;
+                if cut && code == 0 {
+                    return Ok(ExitCode::from(EXIT_BERTH_FAILED));
+                }
+                return Ok(ExitCode::from(code));
             }
         }
     }

@@ -877,3 +877,5 @@ fn labels_are_shown_and_select_what_ls_and_rm_touch() {
 
 #[path = "cli/derrick.rs"]
 mod derrick;
+#[path = "cli/hostile.rs"]
+mod hostile;

@@ -470,7 +470,7 @@ pub(crate) async fn read_file(
         })
         .into_response());
     }
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let body = crate::stream::read_body(file);
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/octet-stream")],

@@ -192,7 +192,7 @@ pub(crate) async fn diff(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Response, ApiError> {
     let patch = state.provider.diff(&id).await?;
-    let body = Body::from_stream(ReaderStream::new(patch));
+    let body = crate::stream::read_body(patch);
     Ok(([(header::CONTENT_TYPE, DIFF)], body).into_response())
 }
 

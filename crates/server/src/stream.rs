@@ -23,6 +23,19 @@ pub const EVENT_STREAM: &str = "text/event-stream";
 /// Provisioning events buffered for a slow client before provisioning waits.
 const PROGRESS_BUFFER: usize = 256;
 
+/// Bytes read from a workspace per body chunk.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A body that sends what is read from a workspace (a file, a patch) as
+/// it comes, reading no further than the client takes. A read that fails
+/// midway cuts the body short, which the client sees as an incomplete
+/// response, never as a shorter file.
+pub fn read_body(stream: berth_core::ReadStream) -> Body {
+    Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        stream, READ_CHUNK,
+    ))
+}
+
 /// How a response is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

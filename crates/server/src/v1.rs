@@ -7,7 +7,6 @@ use crate::extract::{ApiJson, ApiQuery, body_bytes};
 use crate::openapi::wire;
 use crate::stream::{self, Format, ProgressLine, negotiate, with_progress};
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,6 @@ use berth_core::{
 use berth_provider::{CreateOptions, FetchResult, RuntimeStatus, WorkspaceDetails};
 use futures::stream::unfold;
 use serde::{Deserialize, Serialize};
-use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -479,9 +477,7 @@ pub(crate) async fn read_file(
     ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
     let file = state.provider.read_file(&id, &query.path).await?;
-    // Streamed as read; a failure midway cuts the body short, which the
-    // client sees as an incomplete response, never as a shorter file.
-    let body = Body::from_stream(ReaderStream::new(file));
+    let body = stream::read_body(file);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 

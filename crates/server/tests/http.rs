@@ -1109,6 +1109,45 @@ async fn errors_name_the_id_and_the_path() {
     );
 }
 
+/// This process's peak resident memory, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn reading_a_huge_sparse_file_over_http_keeps_the_server_small() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    let size: u64 = 1 << 30;
+    std::fs::File::create(api.root(&id).join("huge.bin"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let before = peak_rss();
+    let mut response = api
+        .get(&format!("/v1/workspaces/{id}/files/content?path=huge.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = 0u64;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received += chunk.len() as u64;
+    }
+    assert_eq!(received, size, "every byte of the file");
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "the server grew by {grown} bytes serving a {size}-byte file"
+    );
+}
+
 #[tokio::test]
 async fn files_are_written_read_listed_and_removed() {
     let api = Api::start().await;
