@@ -199,18 +199,17 @@ pub fn extract(reader: impl Read, dest: &Path, under: &Path) -> io::Result<u64> 
             continue;
         }
         let path = under.join(&path);
-        let header = entry.header();
-        let mode = header.mode()? & HOST_MODE;
-        let mtime = header.mtime()?;
         let link = entry.link_name()?.map(|l| l.into_owned());
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let mode = entry.header().mode()? & HOST_MODE;
+                let mtime = entry.header().mtime()?;
                 let mut file = target.file(&path, mode)?;
                 sparse::write_holey(&mut entry, &mut file)?;
                 let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
                 file.set_times(std::fs::FileTimes::new().set_modified(time))?;
             }
-            tar::EntryType::Directory => target.dir(&path, mode)?,
+            tar::EntryType::Directory => target.dir(&path, entry.header().mode()? & HOST_MODE)?,
             tar::EntryType::Symlink => {
                 let to = link.ok_or_else(outside)?;
                 target.symlink(&path, to.as_os_str())?;

@@ -265,6 +265,53 @@ mod tests {
         );
     }
 
+    /// One download's bytes as the Engine streams them.
+    fn streamed(tar: Vec<u8>) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+        futures::stream::iter(vec![Ok(Bytes::from(tar))])
+    }
+
+    #[tokio::test]
+    async fn a_download_under_a_link_an_earlier_download_left_stays_in_the_staging_directory() {
+        let host = tempfile::tempdir().unwrap();
+        let staging = tempfile::tempdir().unwrap();
+        // The first download: `d` was a link to a host directory by then.
+        let mut link = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        link.append_link(&mut header, "d", host.path()).unwrap();
+        unpack(
+            streamed(link.into_inner().unwrap()),
+            staging.path().to_path_buf(),
+            PathBuf::new(),
+        )
+        .await
+        .unwrap();
+        // The next one, of `d/x`, lands in `d`.
+        let mut file = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(7);
+        header.set_mode(0o644);
+        file.append_data(&mut header, "x", &b"planted"[..]).unwrap();
+        unpack(
+            streamed(file.into_inner().unwrap()),
+            staging.path().to_path_buf(),
+            PathBuf::from("d"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            !host.path().join("x").exists(),
+            "the download was written through the link into the host directory"
+        );
+        assert!(
+            fs::symlink_metadata(staging.path().join("d"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(fs::read(staging.path().join("d/x")).unwrap(), b"planted");
+    }
+
     #[tokio::test]
     async fn packing_a_missing_directory_fails_the_upload_stream() {
         let dir = tempfile::tempdir().unwrap();
