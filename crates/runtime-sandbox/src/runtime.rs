@@ -84,7 +84,8 @@ pub struct Inner {
     /// One connection per running workspace's agent.
     agents: AgentPool,
     lifecycle: Lifecycle,
-    /// Work going on after an answer: standbys being made.
+    /// Work going on after an answer (standbys being made, teardowns,
+    /// removals of discarded trees), which `settle` waits for.
     background: TaskTracker,
 }
 
@@ -115,6 +116,19 @@ impl SandboxRuntime {
 
     fn clone_handle(&self) -> Arc<Inner> {
         self.inner.clone()
+    }
+
+    /// Runs `work` on a thread for blocking work: it waits for processes to
+    /// end, polls cgroups or walks trees, which must not hold up the async
+    /// threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let this = self.clone_handle();
+        tokio::task::spawn_blocking(move || work(&this))
+            .await
+            .map_err(other)?
     }
 
     /// The agent serving a running workspace, when the runtime runs one.
@@ -167,5 +181,15 @@ impl Inner {
 
     pub fn store(&self) -> &LayerStore {
         &self.store
+    }
+
+    /// Goes on with blocking `work` after the answer, on a thread for
+    /// blocking work that `settle` waits for. Outside a tokio runtime
+    /// (berth always has one) the work is done at once.
+    fn in_background(&self, work: impl FnOnce() + Send + 'static) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(self.background.spawn_blocking_on(work, &handle)),
+            Err(_) => work(),
+        }
     }
 }

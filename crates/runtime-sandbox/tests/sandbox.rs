@@ -9,7 +9,7 @@ use berth_core::{
     Change, ChangeKind, ExecRequest, ExportTarget, FileKind, Runtime, Spec, Workspace,
     WorkspacePath, spec::Network,
 };
-use berth_runtime_sandbox::SandboxRuntime;
+use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
 use berth_testkit::attacks;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -773,6 +773,65 @@ async fn a_reset_switches_to_the_standby_and_ends_everything_of_the_old_instance
     let ran = sh(&rt, &ws, "cat /workspace/project/README").await;
     assert_eq!(ran.stdout, "readme\n");
     rt.remove(&ws).await.unwrap();
+}
+
+/// The trees that removals and resets moved away, still waiting to be
+/// removed.
+fn discarded(home: &Path) -> Vec<PathBuf> {
+    fs::read_dir(home.join("layers/.tmp"))
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path().join("discarded"))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+#[tokio::test]
+async fn settle_waits_for_the_teardown_and_removals_a_reset_and_a_remove_leave() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = support::runtime(SandboxConfig {
+        standby: false,
+        ..config(home.path())
+    })
+    .await;
+    let ws = started(&rt, Spec::default()).await;
+    let ws_dir = home.path().join("sandbox").join(ws.id.as_str());
+    let ran = sh(
+        &rt,
+        &ws,
+        "seq 1 2000 | while read n; do echo $n > /workspace/f$n; done",
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
+    assert_eq!(support::instances(&layout, ws.id.as_str()).len(), 1);
+
+    // The reset answers before the old instance is torn down and its
+    // upper directory removed; settle waits for both.
+    rt.reset(&ws, None).await.unwrap();
+    rt.settle().await;
+    assert_eq!(
+        support::instances(&layout, ws.id.as_str()).len(),
+        1,
+        "only the new instance's cgroups are left"
+    );
+    let works: Vec<_> = fs::read_dir(&ws_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("work."))
+        .collect();
+    assert_eq!(
+        works,
+        vec!["work.2"],
+        "the old instance's work directory is gone"
+    );
+    assert_eq!(discarded(home.path()), Vec::<PathBuf>::new());
+
+    rt.remove(&ws).await.unwrap();
+    rt.settle().await;
+    assert!(!ws_dir.exists());
+    assert_eq!(discarded(home.path()), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! in `$BERTH_HOME/sandbox-cache/`, and holds a reference to it.
 
 use super::{Inner, io_err, other};
-use berth_core::{RuntimeError, Workspace};
+use berth_core::RuntimeError;
 use berth_layers::{LayerId, LayerKind};
 use std::fs;
 use std::io;
@@ -38,20 +38,23 @@ impl Inner {
         }
     }
 
-    /// Freezes the workspace's upper directory into a cache layer, which
-    /// becomes its provisioned stack, recorded under `key`.
-    pub(super) async fn save_cache_locked(
+    /// Stops workspace `id` (all its processes ended), freezes its upper
+    /// directory into a cache layer, which becomes its provisioned stack,
+    /// and records it under `key`, with a fresh upper whose workspace root
+    /// is `root`. Returns whether it was running, for the caller to start
+    /// it again. Blocking: it waits for the processes and copies the tree.
+    pub(super) fn freeze_into_cache(
         &self,
-        ws: &Workspace,
+        id: &str,
+        root: &str,
         key: &str,
-    ) -> Result<(), RuntimeError> {
-        let id = ws.id.to_string();
-        let was_running = self.running(&self.load(&id)?).is_some();
-        let mut state = self.stop_locked(&id, true)?;
-        let layer = self.freeze_upper(&mut state, LayerKind::Cache, ws.spec.root())?;
+    ) -> Result<bool, RuntimeError> {
+        let was_running = self.running(&self.load(id)?).is_some();
+        let mut state = self.stop_locked(id, true)?;
+        let layer = self.freeze_upper(&mut state, LayerKind::Cache, root)?;
         let old_provisioned = std::mem::replace(&mut state.provisioned, state.stack.clone());
         let keep: Vec<LayerId> = state.stack.clone();
-        self.set_refs(&id, &old_provisioned, &keep)?;
+        self.set_refs(id, &old_provisioned, &keep)?;
         self.save(&state)?;
         self.store
             .add_ref(&layer.meta.id, &cache_holder(key))
@@ -62,9 +65,6 @@ impl Inner {
         }
         fs::write(&file, layer.meta.id.as_str())
             .map_err(io_err(format!("cannot record cache entry `{key}`")))?;
-        if was_running {
-            self.start_locked(ws).await?;
-        }
-        Ok(())
+        Ok(was_running)
     }
 }

@@ -140,15 +140,19 @@ impl Teardown {
         }
         Ok(())
     }
-
-    /// Finishes the teardown on a thread of its own: the processes are
-    /// already killed, and the next instance uses fresh names.
-    pub(super) fn run_in_background(self) {
-        std::thread::spawn(move || self.run());
-    }
 }
 
 impl Inner {
+    /// Finishes a teardown in the background: the processes are already
+    /// killed, and the next instance uses fresh names.
+    pub(super) fn finish_in_background(&self, teardown: Teardown) {
+        self.in_background(move || {
+            if let Err(e) = teardown.run() {
+                tracing::warn!(error = %e, "cannot tear a sandbox instance down");
+            }
+        });
+    }
+
     pub(super) fn check_mechanisms(&self) -> Result<(), RuntimeError> {
         if self.config.accept_weaker {
             return Ok(());
@@ -184,7 +188,7 @@ impl Inner {
         }
         self.check_mechanisms()?;
         if let Some(standby) = state.standby.take() {
-            self.end_instance(&id, standby.init).run_in_background();
+            self.finish_in_background(self.end_instance(&id, standby.init));
             self.discard_standby_dirs(&id)?;
         }
         let dirs = self.dirs(&id);
@@ -314,9 +318,7 @@ impl Inner {
             .strip_prefix("started ")
             .and_then(|pid| pid.trim().parse::<u32>().ok());
         let Some(pid) = started else {
-            if let Some(cgroups) = &cgroups {
-                let _ = cgroup::kill_and_remove(cgroups, KILL_PATIENCE);
-            }
+            self.remove_cgroups(cgroups);
             let reason = line.strip_prefix("failed: ").unwrap_or(&line).to_string();
             return Err(RuntimeError::Unavailable {
                 runtime: NAME.into(),
@@ -327,9 +329,7 @@ impl Inner {
             // Its stage-1 process ends right after it.
             let _ = child.wait().await;
             let error = self.ended_as_started(&id, cgroups.as_ref(), state.limits);
-            if let Some(cgroups) = &cgroups {
-                let _ = cgroup::kill_and_remove(cgroups, KILL_PATIENCE);
-            }
+            self.remove_cgroups(cgroups);
             return Err(error);
         };
         let init = Init {
@@ -360,7 +360,7 @@ impl Inner {
                 Err(e) => Some(e),
             };
             if let Some(error) = failed {
-                self.end_instance(&id, init).run_in_background();
+                self.finish_in_background(self.end_instance(&id, init));
                 return Err(error);
             }
         }
@@ -416,6 +416,16 @@ impl Inner {
             runtime: NAME.into(),
             reason: format!("workspace {id} did not start: {why}"),
         }
+    }
+
+    /// Empties and removes the cgroups of an instance that did not start,
+    /// in the background.
+    fn remove_cgroups(&self, cgroups: Option<cgroup::Cgroups>) {
+        self.finish_in_background(Teardown {
+            cgroups: cgroups.into_iter().collect(),
+            inits: Vec::new(),
+            paths: Vec::new(),
+        });
     }
 
     /// Kills one instance and returns the rest of its teardown: its
@@ -476,7 +486,7 @@ impl Inner {
         if wait {
             teardown.run()?;
         } else {
-            teardown.run_in_background();
+            self.finish_in_background(teardown);
         }
         state.init = None;
         self.save(&state)?;

@@ -57,10 +57,7 @@ impl Runtime for SandboxRuntime {
             }
             None => {
                 let base = Base::parse(ws.spec.image.as_deref());
-                let store = self.clone_handle();
-                tokio::task::spawn_blocking(move || store.base_stack(&base))
-                    .await
-                    .map_err(other)??
+                self.blocking(move |this| this.base_stack(&base)).await?
             }
         };
         self.make_workspace(ws, stack.clone(), stack)
@@ -95,11 +92,9 @@ impl Runtime for SandboxRuntime {
 
     async fn stop(&self, ws: &Workspace) -> Result<(), RuntimeError> {
         let _guard = self.lifecycle.one(ws.id.as_str()).await;
-        let this = self.clone_handle();
         let id = ws.id.to_string();
-        tokio::task::spawn_blocking(move || this.stop_locked(&id, true).map(drop))
+        self.blocking(move |this| this.stop_locked(&id, true).map(drop))
             .await
-            .map_err(other)?
     }
 
     async fn remove(&self, ws: &Workspace) -> Result<(), RuntimeError> {
@@ -110,11 +105,9 @@ impl Runtime for SandboxRuntime {
             Err(RuntimeError::Gone { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let this = self.clone_handle();
         let id2 = id.clone();
-        tokio::task::spawn_blocking(move || this.stop_locked(&id2, true))
-            .await
-            .map_err(other)??;
+        self.blocking(move |this| this.stop_locked(&id2, true))
+            .await?;
         let layers: Vec<LayerId> = state
             .stack
             .iter()
@@ -205,7 +198,18 @@ impl Runtime for SandboxRuntime {
 
     async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError> {
         let _guard = self.lifecycle.one(ws.id.as_str()).await;
-        self.save_cache_locked(ws, key).await
+        let (id, root, key) = (
+            ws.id.to_string(),
+            ws.spec.root().to_string(),
+            key.to_string(),
+        );
+        let was_running = self
+            .blocking(move |this| this.freeze_into_cache(&id, &root, &key))
+            .await?;
+        if was_running {
+            self.start_locked(ws).await?;
+        }
+        Ok(())
     }
 
     async fn has_cache(&self, key: &str) -> bool {
@@ -234,7 +238,9 @@ impl Runtime for SandboxRuntime {
     async fn snapshot(&self, ws: &Workspace) -> Result<Snapshot, RuntimeError> {
         let _guard = self.lifecycle.one(ws.id.as_str()).await;
         let state = self.load(ws.id.as_str())?;
-        let layer = self.copy_upper(&state, LayerKind::Snapshot)?;
+        let layer = self
+            .blocking(move |this| this.copy_upper(&state, LayerKind::Snapshot))
+            .await?;
         let holder = format!("snapshot:{}", layer.meta.id);
         self.store.add_ref(&layer.meta.id, &holder).map_err(other)?;
         Ok(Snapshot {
@@ -269,11 +275,9 @@ impl Runtime for SandboxRuntime {
 
     async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
         let state = self.load(ws.id.as_str())?;
-        let this = self.clone_handle();
         let root = ws.spec.root().to_string();
-        tokio::task::spawn_blocking(move || this.changes_of(&state, &root))
+        self.blocking(move |this| this.changes_of(&state, &root))
             .await
-            .map_err(other)?
     }
 
     async fn export_changes(
@@ -291,8 +295,11 @@ impl Runtime for SandboxRuntime {
     ) -> Result<serde_json::Value, RuntimeError> {
         let _guard = self.lifecycle.one(origin.id.as_str()).await;
         let state = self.load(origin.id.as_str())?;
-        let layer = self.copy_upper(&state, LayerKind::Snapshot)?;
-        self.make_workspace(ws, layer.stack(), state.provisioned.clone())
+        let provisioned = state.provisioned.clone();
+        let layer = self
+            .blocking(move |this| this.copy_upper(&state, LayerKind::Snapshot))
+            .await?;
+        self.make_workspace(ws, layer.stack(), provisioned)
     }
 
     async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
@@ -311,6 +318,7 @@ impl Runtime for SandboxRuntime {
 
     async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
         let _guard = self.lifecycle.every().await;
-        self.collect_garbage(live)
+        let live = live.to_vec();
+        self.blocking(move |this| this.collect_garbage(&live)).await
     }
 }

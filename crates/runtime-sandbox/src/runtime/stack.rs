@@ -46,7 +46,7 @@ impl Inner {
         let trash = self.store.staging_dir().map_err(other)?.join("discarded");
         fs::rename(dir, &trash).map_err(io_err(format!("cannot move `{}` away", dir.display())))?;
         // Removal is O(size); the workspace does not wait for it.
-        std::thread::spawn(move || {
+        self.in_background(move || {
             let _ = tree::remove_tree(&trash);
         });
         Ok(())
@@ -255,11 +255,10 @@ impl SandboxRuntime {
         target: &ExportTarget,
     ) -> Result<ExportSummary, RuntimeError> {
         let state = self.load(ws.id.as_str())?;
-        let this = self.clone_handle();
         let target = target.clone();
         let (shift, range) = self.shift();
         let under = ws.spec.root().to_string();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move |this| {
             let changes = this.changes_of(&state, &under)?;
             let upper = this.dirs(&state.id).upper;
             let under = Path::new(under.trim_start_matches('/'));
@@ -279,7 +278,6 @@ impl SandboxRuntime {
             }
         })
         .await
-        .map_err(other)?
     }
 }
 

@@ -72,13 +72,13 @@ impl Inner {
             || !standby_dirs.upper.is_dir()
         {
             state.standby = None;
-            self.end_instance(&id, standby.init).run_in_background();
+            self.finish_in_background(self.end_instance(&id, standby.init));
             self.discard_standby_dirs(&id)?;
             self.save(state)?;
             return Ok(false);
         }
         self.agents.forget(&id);
-        self.end_instance(&id, current).run_in_background();
+        self.finish_in_background(self.end_instance(&id, current));
         self.discard(&dirs.upper)?;
         let old = std::mem::replace(&mut state.stack, standby.stack.clone());
         state.init = None;
@@ -118,7 +118,7 @@ impl Inner {
         // unrecorded: every instance but the current one ends.
         if let Ok(layout) = &self.cgroups {
             let keep = layout.cgroups(&self.cgroup_name(&id, current.instance));
-            Teardown {
+            self.finish_in_background(Teardown {
                 cgroups: layout
                     .instances(&self.cgroup_prefix(&id))
                     .into_iter()
@@ -126,8 +126,7 @@ impl Inner {
                     .collect(),
                 inits: Vec::new(),
                 paths: Vec::new(),
-            }
-            .run_in_background();
+            });
         }
         self.discard_standby_dirs(&id)?;
         let dirs = self.standby_dirs(&id);
