@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod home;
+pub mod job;
 pub mod label;
 pub mod layers;
 pub mod object;

@@ -16,6 +16,29 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("a workspace with id `{0}` already exists")]
     DuplicateId(String),
+    #[error("no job `{0}`")]
+    JobNotFound(String),
+    #[error("no run `{0}`")]
+    RunNotFound(String),
+    #[error("no task `{0}`")]
+    TaskNotFound(String),
+    #[error("`{query}` matches several {what}: {}", candidates.join(", "))]
+    AmbiguousJobRecord {
+        what: &'static str,
+        query: String,
+        candidates: Vec<String>,
+    },
+    #[error(
+        "task `{task}` is no longer held by this attempt (it was requeued, cancelled or \
+         finished by another); its result is refused"
+    )]
+    AttemptLost { task: String },
+    #[error("task `{task}` is {state}: {hint}")]
+    TaskState {
+        task: String,
+        state: String,
+        hint: &'static str,
+    },
     #[error("no provisioning cache entry `{0}`")]
     CacheEntryNotFound(String),
     #[error("registry `{path}`: {source}")]

@@ -1,5 +1,5 @@
-//! berth's embedded registry: every workspace and provisioning cache entry,
-//! kept in one SQLite file (`$BERTH_HOME/berth.db`).
+//! berth's embedded registry: every workspace, provisioning cache entry and
+//! batch job (runs, tasks, logs), kept in one SQLite file (`$BERTH_HOME/berth.db`).
 //!
 //! Several berth processes (the CLI and the provider daemon) open the same
 //! file at once, so the database runs in WAL mode with a busy timeout, every
@@ -12,6 +12,7 @@
 
 mod cache;
 mod error;
+mod jobs;
 mod owner;
 mod schema;
 mod workspaces;

@@ -49,6 +49,80 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // 3: the user's labels of each workspace.
     "ALTER TABLE workspaces ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'; -- a JSON object",
+    // 4: batch jobs: their runs, tasks (the queue), attempts, logs and the
+    // scheduled times that were skipped.
+    "CREATE TABLE jobs (
+        name         TEXT PRIMARY KEY NOT NULL,
+        spec         TEXT NOT NULL,             -- the job spec as JSON
+        schedule     TEXT,                      -- a cron expression
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE job_runs (
+        id           TEXT PRIMARY KEY NOT NULL,
+        job          TEXT NOT NULL REFERENCES jobs (name),
+        spec         TEXT NOT NULL,             -- the job spec the run started with
+        state        TEXT NOT NULL,
+        trigger      TEXT NOT NULL,
+        concurrency  INTEGER NOT NULL,
+        cancelled    INTEGER NOT NULL DEFAULT 0,
+        created_at   INTEGER NOT NULL,
+        ended_at     INTEGER
+    ) STRICT;
+    CREATE INDEX job_runs_job ON job_runs (job, created_at);
+    CREATE TABLE job_tasks (
+        id           TEXT PRIMARY KEY NOT NULL,
+        run_id       TEXT NOT NULL REFERENCES job_runs (id),
+        position     INTEGER NOT NULL,
+        url          TEXT NOT NULL,
+        ref          TEXT,
+        credential   TEXT,
+        state        TEXT NOT NULL,
+        queued_at    INTEGER NOT NULL,          -- FIFO order; not claimed before it
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        resets       INTEGER NOT NULL DEFAULT 0,
+        token        TEXT,                      -- the current attempt's claim
+        runner       TEXT,
+        heartbeat_at INTEGER,
+        cancel       INTEGER NOT NULL DEFAULT 0,
+        exit_code    INTEGER,
+        failed_step  TEXT,
+        error        TEXT,
+        base_commit  TEXT,
+        workspace    TEXT,
+        patch        BLOB,
+        started_at   INTEGER,
+        ended_at     INTEGER,
+        published_branch TEXT,
+        published_commit TEXT
+    ) STRICT;
+    CREATE INDEX job_tasks_run ON job_tasks (run_id, position);
+    CREATE INDEX job_tasks_queue ON job_tasks (state, queued_at);
+    CREATE TABLE job_attempts (
+        task_id      TEXT NOT NULL REFERENCES job_tasks (id),
+        attempt      INTEGER NOT NULL,
+        state        TEXT NOT NULL,
+        runner       TEXT,
+        exit_code    INTEGER,
+        failed_step  TEXT,
+        error        TEXT,
+        started_at   INTEGER NOT NULL,
+        ended_at     INTEGER,
+        PRIMARY KEY (task_id, attempt)
+    ) STRICT;
+    CREATE TABLE job_logs (
+        task_id      TEXT NOT NULL REFERENCES job_tasks (id),
+        seq          INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        at           INTEGER NOT NULL,
+        event        TEXT NOT NULL,             -- a LogEvent as JSON
+        PRIMARY KEY (task_id, seq)
+    ) STRICT;
+    CREATE TABLE job_skipped_times (
+        job          TEXT NOT NULL REFERENCES jobs (name),
+        at           INTEGER NOT NULL,
+        reason       TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema version this build writes.

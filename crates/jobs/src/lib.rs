@@ -1,0 +1,15 @@
+//! berth's batch jobs: one script over many repositories, each in its own
+//! workspace. A job spec ([`spec`]) makes runs; each repository is a task
+//! of its run, queued in a [`queue::TaskQueue`], claimed by runners, run in
+//! a workspace provisioned through the provider's cache, with its log
+//! persisted as it is produced and its patch collected.
+
+pub mod clock;
+pub mod publish;
+pub mod queue;
+pub mod schedule;
+pub mod spec;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use queue::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
+pub use spec::{JobSpec, JobSpecError, Keep};
