@@ -7,9 +7,13 @@
 pub mod clock;
 pub mod publish;
 pub mod queue;
+pub mod runner;
 pub mod schedule;
+pub mod service;
 pub mod spec;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use queue::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
+pub use runner::{Runner, RunnerConfig};
+pub use service::{JobError, JobSummary, Jobs, RunDetails, TaskDetails};
 pub use spec::{JobSpec, JobSpecError, Keep};

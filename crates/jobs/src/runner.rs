@@ -1,0 +1,460 @@
+//! A runner: claims tasks from the queue and runs each in a workspace of
+//! its own, provisioned through the provider (so the provisioning cache
+//! serves every later run), running the job's steps in the checkout with
+//! the run's timeout, streaming their output into the task's log, and
+//! reporting the result with the repository's patch.
+//!
+//! Each task held is heartbeated; the answer carries cancellation, which
+//! ends the step's processes with the workspace's usual grace. A runner
+//! that stops mid-task (killed, or its process restarted) leaves the task
+//! to be requeued once its heartbeats are missed.
+
+use crate::clock::Clock;
+use crate::queue::{Claim, Heartbeat, QueueError, TaskQueue};
+use crate::spec::{JobSpec, Keep};
+use berth_core::job::{Finish, LogEvent, Task, TaskState};
+use berth_core::{ExecEvent, ExecRequest, Labels};
+use berth_provider::{CreateOptions, Progress, Provider};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How a runner works.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Names the runner in the tasks it holds.
+    pub id: String,
+    /// Tasks at once, over every run.
+    pub slots: usize,
+    /// How often a held task is heartbeated.
+    pub heartbeat: Duration,
+    /// How often the queue is looked at when idle.
+    pub poll: Duration,
+    /// Bytes of output kept per attempt in the task's log; the rest is
+    /// counted in a truncation mark.
+    pub log_limit: u64,
+    /// Bytes a task's patch may have.
+    pub patch_limit: u64,
+}
+
+impl RunnerConfig {
+    pub fn new(id: impl Into<String>) -> Self {
+        RunnerConfig {
+            id: id.into(),
+            slots: 8,
+            heartbeat: Duration::from_secs(5),
+            poll: Duration::from_millis(200),
+            log_limit: 4 << 20,
+            patch_limit: 64 << 20,
+        }
+    }
+}
+
+/// The longest wait before an errored task is tried again.
+const MAX_BACKOFF_MS: i64 = 60_000;
+
+#[derive(Clone)]
+pub struct Runner {
+    provider: Provider,
+    queue: Arc<dyn TaskQueue>,
+    clock: Arc<dyn Clock>,
+    config: Arc<RunnerConfig>,
+}
+
+/// Why an attempt stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    /// The queue no longer knows this attempt: nothing it says counts.
+    Lost,
+}
+
+impl Runner {
+    pub fn new(
+        provider: Provider,
+        queue: Arc<dyn TaskQueue>,
+        clock: Arc<dyn Clock>,
+        config: RunnerConfig,
+    ) -> Self {
+        Runner {
+            provider,
+            queue,
+            clock,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Claims and runs tasks until `shutdown`; tasks still held then are
+    /// left to be requeued when their heartbeats are missed.
+    pub async fn serve(&self, shutdown: CancellationToken) {
+        let mut running = JoinSet::new();
+        loop {
+            if let Err(e) = self.queue.requeue_stalled().await {
+                tracing::warn!(error = %e, "cannot requeue stalled tasks");
+            }
+            while running.len() < self.config.slots {
+                match self.queue.claim(&self.config.id).await {
+                    Ok(Some(claim)) => {
+                        let runner = self.clone();
+                        running.spawn(async move { runner.execute(claim).await });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim a task");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(Err(e)) = done {
+                        tracing::warn!(error = %e, "a task's result was not recorded");
+                    }
+                }
+                _ = tokio::time::sleep(self.config.poll) => {}
+            }
+        }
+    }
+
+    /// Runs one claimed task to its end and reports it.
+    pub async fn execute(&self, claim: Claim) -> Result<Task, QueueError> {
+        let task = claim.task.clone();
+        let stop = CancellationToken::new();
+        let reason = Arc::new(std::sync::Mutex::new(None));
+        let beating = self.heartbeat(&claim, stop.clone(), reason.clone());
+        let mut log = Log::new(self, &task);
+        let outcome = match serde_json::from_value::<JobSpec>(claim.spec.clone()) {
+            Ok(spec) => self.attempt(&claim, &spec, &mut log, &stop).await,
+            Err(e) => Outcome::errored(format!("the run's job spec cannot be read: {e}")),
+        };
+        beating.abort();
+        let stopped = *reason.lock().unwrap_or_else(|p| p.into_inner());
+        if stopped == Some(Stop::Lost) {
+            return Err(QueueError::Lost { task: task.id });
+        }
+        let mut finish = outcome.finish;
+        if stopped == Some(Stop::Cancelled) && finish.state != Some(TaskState::Completed) {
+            finish.state = Some(TaskState::Cancelled);
+            finish.error = Some("cancelled".into());
+        }
+        let retries = serde_json::from_value::<JobSpec>(claim.spec.clone())
+            .map(|s| s.run.retries)
+            .unwrap_or(0);
+        if finish.state == Some(TaskState::Errored) && task.attempts <= retries {
+            let backoff = 1000_i64
+                .saturating_mul(1 << task.attempts.saturating_sub(1).min(16))
+                .min(MAX_BACKOFF_MS);
+            finish.retry_at = Some(self.clock.now_ms() + backoff);
+        }
+        log.finish(&finish).await;
+        self.queue.complete(&task.id, &claim.token, finish).await
+    }
+
+    /// Heartbeats the claim until aborted; a cancellation or a lost claim
+    /// stops the attempt.
+    fn heartbeat(
+        &self,
+        claim: &Claim,
+        stop: CancellationToken,
+        reason: Arc<std::sync::Mutex<Option<Stop>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let queue = self.queue.clone();
+        let (task, token) = (claim.task.id.clone(), claim.token.clone());
+        let every = self.config.heartbeat;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let why = match queue.heartbeat(&task, &token).await {
+                    Ok(Heartbeat::Continue) => continue,
+                    Ok(Heartbeat::Cancel) => Stop::Cancelled,
+                    Err(QueueError::Lost { .. }) => Stop::Lost,
+                    Err(e) => {
+                        tracing::warn!(task = %task, error = %e, "cannot heartbeat");
+                        continue;
+                    }
+                };
+                *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                stop.cancel();
+                return;
+            }
+        })
+    }
+
+    /// Provisions, runs the steps, collects the patch, and removes the
+    /// workspace unless it is kept.
+    async fn attempt(
+        &self,
+        claim: &Claim,
+        spec: &JobSpec,
+        log: &mut Log<'_>,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let task = &claim.task;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.run.timeout);
+        let ws_spec = spec.spec_for(&task.url, task.reference.clone(), task.credential.clone());
+        let mut labels = Labels::new();
+        labels.insert("berth.job".into(), label_value(&spec.name));
+        labels.insert("berth.run".into(), task.run_id.clone());
+        labels.insert("berth.task".into(), task.id.clone());
+        log.note(format!("provisioning a workspace for {}", task.url))
+            .await;
+        let options = CreateOptions {
+            labels,
+            ..CreateOptions::default()
+        };
+        let created = tokio::select! {
+            created = self.provider.create(ws_spec, options, Progress::none()) => created,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Outcome::new(TaskState::TimedOut, "provisioning ran past the run's timeout");
+            }
+            _ = stop.cancelled() => return Outcome::new(TaskState::Cancelled, "cancelled"),
+        };
+        let ws = match created {
+            Ok(ws) => ws,
+            Err(e) => {
+                log.note(format!("provisioning failed: {e}")).await;
+                return Outcome::errored(format!("provisioning failed: {e}"));
+            }
+        };
+        let id = ws.id.to_string();
+        let mut outcome = self
+            .in_workspace(claim, spec, &id, log, stop, deadline)
+            .await;
+        let keep =
+            spec.run.keep == Keep::Failed && outcome.finish.state != Some(TaskState::Completed);
+        if keep {
+            log.note(format!("the workspace {id} is kept for inspection"))
+                .await;
+            outcome.finish.workspace = Some(id);
+        } else if let Err(e) = self.provider.remove(&id).await {
+            tracing::warn!(workspace = %id, error = %e, "cannot remove a task's workspace");
+        }
+        outcome
+    }
+
+    async fn in_workspace(
+        &self,
+        claim: &Claim,
+        spec: &JobSpec,
+        ws: &str,
+        log: &mut Log<'_>,
+        stop: &CancellationToken,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
+        match self
+            .output_of(ws, "git rev-parse --verify HEAD^{commit}")
+            .await
+        {
+            Ok(commit) => {
+                if let Err(e) = self
+                    .queue
+                    .set_base(&claim.task.id, &claim.token, commit.trim())
+                    .await
+                {
+                    return Outcome::errored(e.to_string());
+                }
+            }
+            Err(e) => return Outcome::errored(format!("cannot read the checkout's commit: {e}")),
+        }
+        for (i, step) in spec.steps.iter().enumerate() {
+            let number = i as u32 + 1;
+            let name = step.name.clone().unwrap_or_else(|| number.to_string());
+            log.event(LogEvent::StepStart {
+                step: number,
+                name: name.clone(),
+            })
+            .await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Outcome::step(TaskState::TimedOut, None, &name, "the run's timeout passed");
+            }
+            let mut request = ExecRequest::shell(step.run.clone());
+            request.timeout_ms = Some(left.as_millis().max(1) as u64);
+            let events = self.provider.exec(ws, request, stop.child_token()).await;
+            let mut events = match events {
+                Ok((_, events)) => events,
+                Err(e) => return Outcome::errored(format!("cannot run step {name}: {e}")),
+            };
+            let mut status = None;
+            while let Some(event) = events.recv().await {
+                match event {
+                    ExecEvent::Stdout { data } => log.output(false, &data.0).await,
+                    ExecEvent::Stderr { data } => log.output(true, &data.0).await,
+                    ExecEvent::Exit(exit) => status = Some(exit),
+                }
+            }
+            let Some(status) = status else {
+                return Outcome::errored(format!("step {name} ended without an exit status"));
+            };
+            let code = status.shell_code();
+            log.event(LogEvent::StepEnd {
+                step: number,
+                exit_code: code,
+            })
+            .await;
+            if status.cancelled {
+                return Outcome::step(TaskState::Cancelled, Some(code), &name, "cancelled");
+            }
+            if status.timed_out {
+                return Outcome::step(
+                    TaskState::TimedOut,
+                    Some(code),
+                    &name,
+                    &format!(
+                        "step {name} ran past the run's timeout of {} s",
+                        spec.run.timeout
+                    ),
+                );
+            }
+            if code != 0 {
+                return Outcome::step(
+                    TaskState::Failed,
+                    Some(code),
+                    &name,
+                    &format!("step {name} exited with {code}"),
+                );
+            }
+        }
+        let patch = match self.provider.diff(ws).await {
+            Ok(stream) => stream.read_all(self.config.patch_limit).await,
+            Err(e) => return Outcome::errored(format!("cannot collect the patch: {e}")),
+        };
+        match patch {
+            Ok(patch) => Outcome {
+                finish: Finish {
+                    state: Some(TaskState::Completed),
+                    exit_code: Some(0),
+                    patch: Some(patch),
+                    ..Finish::default()
+                },
+            },
+            Err(e) => Outcome::new(TaskState::Failed, &format!("cannot collect the patch: {e}")),
+        }
+    }
+
+    /// The stdout of a short command berth runs in the workspace.
+    async fn output_of(&self, ws: &str, script: &str) -> Result<String, String> {
+        let mut request = ExecRequest::shell(script);
+        request.timeout_ms = Some(60_000);
+        let (_, mut events) = self
+            .provider
+            .exec(ws, request, CancellationToken::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+        while let Some(event) = events.recv().await {
+            match event {
+                ExecEvent::Stdout { data } => out.extend(data.0),
+                ExecEvent::Stderr { data } => err.extend(data.0),
+                ExecEvent::Exit(status) => code = Some(status.shell_code()),
+            }
+        }
+        match code {
+            Some(0) => Ok(String::from_utf8_lossy(&out).into_owned()),
+            _ => Err(String::from_utf8_lossy(&err).trim().to_owned()),
+        }
+    }
+}
+
+/// A label value from a job name: names allow what label values allow,
+/// up to their length.
+fn label_value(name: &str) -> String {
+    name.chars().take(63).collect()
+}
+
+/// How an attempt ended, before it is reported.
+struct Outcome {
+    finish: Finish,
+}
+
+impl Outcome {
+    fn new(state: TaskState, error: &str) -> Self {
+        Outcome {
+            finish: Finish {
+                state: Some(state),
+                error: Some(error.to_owned()),
+                ..Finish::default()
+            },
+        }
+    }
+
+    fn errored(error: String) -> Self {
+        Outcome::new(TaskState::Errored, &error)
+    }
+
+    fn step(state: TaskState, code: Option<i32>, step: &str, error: &str) -> Self {
+        let mut outcome = Outcome::new(state, error);
+        outcome.finish.exit_code = code;
+        outcome.finish.failed_step = Some(step.to_owned());
+        outcome
+    }
+}
+
+/// The task's log as the attempt writes it: output kept up to the
+/// runner's bound, the rest counted into one truncation mark at the end.
+struct Log<'a> {
+    runner: &'a Runner,
+    task: String,
+    attempt: u32,
+    left: u64,
+    dropped: u64,
+}
+
+impl<'a> Log<'a> {
+    fn new(runner: &'a Runner, task: &Task) -> Self {
+        Log {
+            runner,
+            task: task.id.clone(),
+            attempt: task.attempts,
+            left: runner.config.log_limit,
+            dropped: 0,
+        }
+    }
+
+    async fn event(&mut self, event: LogEvent) {
+        if let Err(e) = self.runner.queue.log(&self.task, self.attempt, event).await {
+            tracing::warn!(task = %self.task, error = %e, "cannot append to a task's log");
+        }
+    }
+
+    async fn note(&mut self, text: String) {
+        self.event(LogEvent::Note { text }).await;
+    }
+
+    async fn output(&mut self, stderr: bool, data: &[u8]) {
+        let keep = (data.len() as u64).min(self.left) as usize;
+        self.dropped += (data.len() - keep) as u64;
+        self.left -= keep as u64;
+        if keep == 0 {
+            return;
+        }
+        let text = String::from_utf8_lossy(&data[..keep]).into_owned();
+        self.event(if stderr {
+            LogEvent::Stderr { text }
+        } else {
+            LogEvent::Stdout { text }
+        })
+        .await;
+    }
+
+    /// The truncation mark, if output was dropped, and the outcome.
+    async fn finish(&mut self, finish: &Finish) {
+        if self.dropped > 0 {
+            self.event(LogEvent::Truncated {
+                dropped_bytes: self.dropped,
+            })
+            .await;
+        }
+        let state = finish.state.unwrap_or(TaskState::Errored);
+        let text = match (&finish.error, finish.retry_at) {
+            (Some(error), Some(_)) => format!("{state}: {error}; it will be tried again"),
+            (Some(error), None) => format!("{state}: {error}"),
+            (None, _) => state.to_string(),
+        };
+        self.note(text).await;
+    }
+}

@@ -1,0 +1,323 @@
+//! Runs of real jobs on the sandbox runtime, over repositories served by a
+//! token-protected smart HTTP server: patches, partial failure, timeouts,
+//! cancellation, logs and retries.
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
+
+use berth_core::job::{LogEvent, RunState, TaskState};
+use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig, SystemClock};
+use berth_provider::{Provider, ProviderConfig};
+use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
+use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
+use berth_store::Store;
+use berth_testkit::{GitHttpServer, git, make_repo, temp_dir, write_credentials};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "tok-jobs-5d1f0a9c7e";
+
+/// The sandbox's init, built next to this test's executable.
+fn init_program() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let init = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("berth-sandbox-init");
+    assert!(
+        init.is_file(),
+        "`{}` is missing: build it with `cargo build -p berth-runtime-sandbox`",
+        init.display()
+    );
+    init
+}
+
+struct World {
+    dir: TempDir,
+    server: GitHttpServer,
+    provider: Provider,
+    jobs: Jobs,
+    shutdown: CancellationToken,
+}
+
+impl World {
+    /// `repos` repositories `r0`…, each with a `version.txt`, a binary
+    /// file and a file to delete.
+    async fn new(repos: usize) -> World {
+        let dir = temp_dir();
+        let home = dir.path().join("home");
+        let upstream = dir.path().join("repos");
+        for i in 0..repos {
+            let repo = upstream.join(format!("r{i}"));
+            make_repo(
+                &repo,
+                &[
+                    ("version.txt", &format!("repo {i}\nversion 1\n")),
+                    ("old.txt", "to be deleted\n"),
+                ],
+            );
+        }
+        let server = GitHttpServer::start(&upstream, TOKEN);
+        write_credentials(&home, "forge", TOKEN, &[&server.url()]);
+        let runtime = SandboxRuntime::new(SandboxConfig {
+            init_program: init_program(),
+            agent_program: None,
+            host_binds: Vec::new(),
+            id_map: Some(DEFAULT_ID_MAP),
+            accept_weaker: false,
+            standby: true,
+            ..SandboxConfig::from_env(&home)
+        })
+        .unwrap();
+        if let Err(reason) = berth_core::Runtime::available(&runtime).await {
+            panic!("the sandbox runtime cannot run here: {reason}");
+        }
+        let provider = Provider::open(ProviderConfig::new(&home).runtime(Arc::new(runtime)))
+            .await
+            .unwrap();
+        let store = Arc::new(Store::open(&home).unwrap());
+        let jobs = Jobs::sqlite(store, Arc::new(SystemClock));
+        World {
+            dir,
+            server,
+            provider,
+            jobs,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn start_runner(&self, slots: usize) {
+        let mut config = RunnerConfig::new("test-runner");
+        config.slots = slots;
+        config.heartbeat = Duration::from_millis(100);
+        config.poll = Duration::from_millis(20);
+        let runner = Runner::new(
+            self.provider.clone(),
+            self.jobs.queue(),
+            self.jobs.clock(),
+            config,
+        );
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move { runner.serve(shutdown).await });
+    }
+
+    fn job(&self, repos: usize, steps: &str, extra: &str) -> JobSpec {
+        let mut text =
+            "name = \"edit\"\nruntime = \"sandbox\"\nimage = \"host\"\nrepositories = [\n"
+                .to_string();
+        for i in 0..repos {
+            text.push_str(&format!(
+                "  {{ url = \"{}r{i}\", credential = \"forge\" }},\n",
+                self.server.url()
+            ));
+        }
+        text.push_str("]\n");
+        text.push_str(steps);
+        text.push('\n');
+        text.push_str(extra);
+        let file = self.dir.path().join("job.toml");
+        std::fs::write(&file, text).unwrap();
+        JobSpec::from_file(&file).unwrap()
+    }
+
+    /// Waits until `done` holds of the run, at most a minute.
+    async fn wait_run(&self, run: &str, done: impl Fn(&berth_jobs::RunDetails) -> bool) {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let details = self.jobs.run(run).unwrap();
+            if done(&details) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the run did not get there: {details:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self, task: &str) -> String {
+        let mut text = String::new();
+        for entry in self.jobs.log(task, 0, 100_000).unwrap() {
+            match entry.event {
+                LogEvent::Stdout { text: t } | LogEvent::Stderr { text: t } => text.push_str(&t),
+                other => text.push_str(&format!("[{other:?}]\n")),
+            }
+        }
+        text
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+const EDIT: &str = r#"
+[[steps]]
+name = "bump"
+run = "sed -i 's/version 1/version 2/' version.txt && echo bumped"
+[[steps]]
+name = "more"
+run = "rm old.txt && echo new > new.txt && printf '\\000\\001\\002' > blob.bin && echo done >&2"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone() {
+    let world = World::new(20).await;
+    world.start_runner(4);
+    let run = world
+        .jobs
+        .start(&world.job(20, EDIT, "[run]\nconcurrency = 4"))
+        .await
+        .unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    let details = world.jobs.run(&run.id).unwrap();
+    assert_eq!(details.run.state, RunState::Completed, "{details:#?}");
+    assert_eq!(details.tasks.len(), 20);
+    for task in &details.tasks {
+        assert_eq!(task.state, TaskState::Completed, "{task:#?}");
+        assert_eq!(task.exit_code, Some(0));
+        assert!(task.base_commit.is_some());
+        let patch = world.jobs.patch(&task.id).unwrap();
+        assert_eq!(patch.len() as u64, task.patch_size);
+        // The patch applies to a fresh clone and reproduces the change.
+        let name = berth_jobs::service::repository_name(&task.url);
+        let clone = world.dir.path().join("check").join(name);
+        let upstream = world.dir.path().join("repos").join(name);
+        git(
+            world.dir.path(),
+            &[
+                "clone",
+                "--quiet",
+                upstream.to_str().unwrap(),
+                clone.to_str().unwrap(),
+            ],
+        );
+        let patch_file = clone.with_extension("patch");
+        std::fs::write(&patch_file, &patch).unwrap();
+        git(&clone, &["apply", "--binary", patch_file.to_str().unwrap()]);
+        let i: usize = name[1..].parse().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(clone.join("version.txt")).unwrap(),
+            format!("repo {i}\nversion 2\n")
+        );
+        assert!(!clone.join("old.txt").exists());
+        assert_eq!(
+            std::fs::read_to_string(clone.join("new.txt")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(std::fs::read(clone.join("blob.bin")).unwrap(), [0, 1, 2]);
+        // The log has both steps' boundaries and output, in order.
+        let log = world.log_text(&task.id);
+        let bump = log.find("name: \"bump\"").unwrap();
+        let bumped = log.find("bumped").unwrap();
+        let more = log.find("name: \"more\"").unwrap();
+        assert!(bump < bumped && bumped < more, "{log}");
+        assert!(log.contains("done"), "{log}");
+    }
+    // Every workspace was removed.
+    let live = world.provider.list(false).unwrap();
+    assert!(live.is_empty(), "{live:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn some_repositories_fail_or_time_out_and_the_run_is_partial() {
+    let world = World::new(3).await;
+    world.start_runner(3);
+    let steps = r#"
+[[steps]]
+name = "edit"
+run = "echo edited >> version.txt"
+[[steps]]
+name = "check"
+run = '''
+case "$(head -1 version.txt)" in
+  "repo 1") echo "tests failed" >&2; exit 3 ;;
+  "repo 2") exec sleep 600 ;;
+esac
+'''
+"#;
+    let run = world
+        .jobs
+        .start(&world.job(3, steps, "[run]\ntimeout = 4\nkeep = \"failed\""))
+        .await
+        .unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    let details = world.jobs.run(&run.id).unwrap();
+    assert_eq!(details.run.state, RunState::Partial, "{details:#?}");
+    let [ok, failed, slow] = &details.tasks[..] else {
+        panic!("{details:#?}")
+    };
+    assert_eq!(ok.state, TaskState::Completed);
+    assert!(
+        String::from_utf8(world.jobs.patch(&ok.id).unwrap())
+            .unwrap()
+            .contains("+edited")
+    );
+    assert!(
+        ok.workspace.is_none(),
+        "a completed task's workspace is removed"
+    );
+
+    assert_eq!(failed.state, TaskState::Failed);
+    assert_eq!(failed.exit_code, Some(3));
+    assert_eq!(failed.failed_step.as_deref(), Some("check"));
+    assert!(world.log_text(&failed.id).contains("tests failed"));
+    // keep = "failed": the failed task names its workspace, still there.
+    let kept = failed.workspace.as_deref().unwrap();
+    assert!(world.provider.get(kept).is_ok());
+
+    assert_eq!(slow.state, TaskState::TimedOut, "{slow:#?}");
+    assert_eq!(slow.failed_step.as_deref(), Some("check"));
+    for task in [failed, slow] {
+        if let Some(ws) = &task.workspace {
+            world.provider.remove(ws).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start() {
+    let world = World::new(4).await;
+    world.start_runner(2);
+    let marker = berth_testkit::attacks::marker();
+    let steps = format!("[[steps]]\nrun = \"echo started; exec sleep {marker}\"\n");
+    let run = world
+        .jobs
+        .start(&world.job(4, &steps, "[run]\nconcurrency = 2"))
+        .await
+        .unwrap();
+    world
+        .wait_run(&run.id, |d| {
+            d.tasks
+                .iter()
+                .filter(|t| world.log_text(&t.id).contains("started"))
+                .count()
+                == 2
+        })
+        .await;
+    let cancelled_at = Instant::now();
+    world.jobs.cancel(&run.id, None).unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    // Within a heartbeat and the workspace's grace period.
+    assert!(cancelled_at.elapsed() < Duration::from_secs(15));
+    let details = world.jobs.run(&run.id).unwrap();
+    assert_eq!(details.run.state, RunState::Cancelled);
+    for task in &details.tasks {
+        assert_eq!(task.state, TaskState::Cancelled, "{task:#?}");
+    }
+    let never = details.tasks.iter().filter(|t| t.attempts == 0).count();
+    assert_eq!(never, 2, "the queued tasks never started: {details:#?}");
+    let survivors = berth_testkit::attacks::survivors(&marker, Duration::from_secs(5));
+    assert!(survivors.is_empty(), "{survivors:?}");
+}
