@@ -9,15 +9,14 @@ mod serve;
 mod terminal;
 
 use anyhow::{Context, Result, bail};
-use berth_core::{ExecEvent, ExecRequest, ResourceDefaults, Spec, Workspace};
-use berth_provider::{CreateOptions, Progress, Provider, ProviderConfig, ServiceError};
+use berth_core::{ExecEvent, ExecRequest, Spec, Workspace};
+use berth_provider::{Config, CreateOptions, Progress, Provider, ServiceError, config};
 use clap::{Parser, Subcommand};
 use quote::quoted;
 use serve::{DerrickCli, ServeArgs};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code when berth itself failed around a command (as `docker exec`).
@@ -47,8 +46,9 @@ enum Command {
     /// prints its id as the last line.
     Up {
         spec: PathBuf,
-        /// The runtime; overrides the spec's.
-        #[arg(long, env = "BERTH_RUNTIME")]
+        /// The runtime; overrides the spec's (and BERTH_RUNTIME, the
+        /// default for specs that name none).
+        #[arg(long)]
         runtime: Option<String>,
         /// A name for the workspace; overrides the spec's.
         #[arg(long)]
@@ -246,100 +246,14 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-fn home_dir(home: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(home) = home {
-        return Ok(home);
-    }
-    if let Some(data) = std::env::var_os("XDG_DATA_HOME") {
-        return Ok(PathBuf::from(data).join("berth"));
-    }
-    let home = std::env::var_os("HOME").context("neither BERTH_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".local/share/berth"))
-}
-
-/// The first argument that makes the agent the sandbox's stage-1 init.
-const SANDBOX_INIT: &str = "sandbox-init";
-
-/// The sandbox runtime, with the static agent (installed from this binary
-/// into `$BERTH_HOME/bin`) as both its stage-1 init and each workspace's
-/// PID 1.
-fn sandbox_runtime(
-    home: &std::path::Path,
-    defaults: ResourceDefaults,
-) -> Result<berth_runtime_sandbox::SandboxRuntime> {
-    let mut config = berth_runtime_sandbox::SandboxConfig::from_env(home);
-    config.defaults = defaults;
-    let bin = home.join("bin");
-    let agent = berth_agent_bin::install(&bin)
-        .with_context(|| format!("cannot install the agent into {}", bin.display()))?;
-    if std::env::var_os("BERTH_SANDBOX_INIT").is_none() {
-        config.init_program = agent.clone();
-        config.init_args = vec![SANDBOX_INIT.into()];
-    }
-    if config.agent_program.is_none() {
-        config.agent_program = Some(agent);
-    }
-    Ok(berth_runtime_sandbox::SandboxRuntime::new(config)?)
-}
-
-/// A size from the environment variable `name`, if set.
-fn env_size(name: &str) -> Result<Option<u64>> {
-    let Some(value) = std::env::var_os(name) else {
-        return Ok(None);
-    };
-    let text = value.to_string_lossy();
-    berth_core::spec::parse_bytes(&text)
-        .map(Some)
-        .with_context(|| {
-            format!("{name}: `{text}` is not a size: expected bytes or a number with k, m, g or t")
-        })
-}
-
-/// What isolated runtimes give a workspace whose spec leaves it open:
-/// this host's defaults, or `BERTH_DEFAULT_MEMORY` and `BERTH_SHM_SIZE`.
-fn resource_defaults() -> Result<ResourceDefaults> {
-    let mut defaults = ResourceDefaults::for_this_host();
-    for (name, value) in [
-        ("BERTH_DEFAULT_MEMORY", &mut defaults.memory),
-        ("BERTH_SHM_SIZE", &mut defaults.shm),
-    ] {
-        match env_size(name)? {
-            Some(0) => bail!("{name}: expected more than 0 bytes"),
-            Some(size) => *value = size,
-            None => {}
-        }
-    }
-    Ok(defaults)
-}
-
-async fn open_provider(home: PathBuf, default_runtime: Option<String>) -> Result<Provider> {
-    let defaults = resource_defaults()?;
-    let docker = berth_runtime_docker::DockerRuntime::new(&home).with_defaults(defaults);
-    let mut config = ProviderConfig::new(&home)
-        .runtime(Arc::new(berth_runtime_local::LocalRuntime::new(&home)))
-        .runtime(Arc::new(docker));
-    match sandbox_runtime(&home, defaults) {
-        Ok(sandbox) => config = config.runtime(Arc::new(sandbox)),
-        Err(e) => tracing::warn!("the sandbox runtime is unavailable: {e:#}"),
-    }
-    config.default_runtime = default_runtime;
-    if let Some(limit) = env_size("BERTH_OUTPUT_LIMIT")? {
-        config.output_limit = limit;
-    }
-    Provider::open(config)
-        .await
-        .with_context(|| format!("cannot open berth's state in {}", home.display()))
-}
-
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let home = home_dir(cli.home)?;
-    let default_runtime = match &cli.command {
-        Command::Serve(args) => args.default_runtime(),
-        _ => std::env::var("BERTH_RUNTIME")
-            .ok()
-            .filter(|r| !r.is_empty()),
-    };
-    let provider = open_provider(home, default_runtime).await?;
+    let mut config = Config::load(config::home_dir(cli.home)?)?;
+    if let Command::Serve(args) = &cli.command
+        && let Some(runtime) = args.default_runtime()
+    {
+        config.runtime = Some(runtime);
+    }
+    let provider = config.open().await?;
     let code = command(cli.command, provider.clone()).await;
     // What the runtimes finish after answering (a sandbox's standby
     // instance) is done before the process ends, not cut off.

@@ -35,8 +35,9 @@ pub struct ServeArgs {
     /// and then only for requests addressed to it or to a loopback name.
     #[arg(long, env = "BERTH_INSECURE_NO_AUTH", value_parser = BoolishValueParser::new())]
     insecure_no_auth: bool,
-    /// The runtime for workspaces whose spec names none (Derrick's flag).
-    #[arg(short = 'p', long = "provisioning-mode", env = "BERTH_RUNTIME")]
+    /// The runtime for workspaces whose spec names none (Derrick's flag);
+    /// overrides BERTH_RUNTIME and the configuration file's `runtime`.
+    #[arg(short = 'p', long = "provisioning-mode")]
     provisioning_mode: Option<String>,
     /// Front end: `http` (Derrick's flag; `nats` is not served yet).
     #[arg(short = 's', long = "server-mode", default_value = "http")]
@@ -171,7 +172,7 @@ async fn derrick_spec(provider: &Provider, path: &Path, args: &ServeArgs) -> Res
     }
     let mut spec = config.spec;
     if spec.runtime.is_none() {
-        spec.runtime = args.default_runtime();
+        spec.runtime = provider.default_runtime().map(str::to_owned);
     }
     if spec.image.is_none() {
         spec.image = args.image.clone();

@@ -406,6 +406,37 @@ fn bad_input_gets_clear_errors_and_creates_nothing() {
 }
 
 #[test]
+fn the_configuration_file_sets_defaults_and_variables_override_it() {
+    let env = Env::new();
+    std::fs::create_dir_all(&env.home).unwrap();
+    let config = env.home.join("config.toml");
+    std::fs::write(&config, "runtime = \"local\"\noutput_limit = \"4\"\n").unwrap();
+    let spec = env.file("none.toml", "setup_script = \"true\"\n");
+    let id = workspace_id(&env.ok(&["up", spec.to_str().unwrap()]));
+    assert!(env.ok(&["show", &id]).contains("runtime:   local"));
+    let out = env.run(&["exec", &id, "--", "echo", "0123456789"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0123");
+    assert_eq!(out.status.code(), Some(125), "output was cut");
+    let out = env
+        .berth()
+        .args(["exec", &id, "--", "echo", "0123456789"])
+        .env("BERTH_OUTPUT_LIMIT", "1k")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0123456789\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    std::fs::write(&config, "runtime = \"local\"\nshm_size = \"lots\"\n").unwrap();
+    let out = env.run(&["ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!(
+        "berth: {}: shm_size: `lots` is not a size",
+        config.display()
+    );
+    assert!(stderr(&out).starts_with(&expected), "{}", stderr(&out));
+}
+
+#[test]
 fn runtimes_lists_what_works_here() {
     let env = Env::new();
     let runtimes: serde_json::Value =

@@ -500,17 +500,22 @@ fn check_root(root: &str) -> Result<(), SpecError> {
     }
 }
 
-/// Accepts bytes as an integer or as a string with a k/m/g/t suffix.
-fn deserialize_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// Accepts bytes as an integer or as a string with a k/m/g/t suffix
+/// (`512m`, `2GiB`), as [`parse_bytes`] reads it.
+pub fn deserialize_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
         Number(u64),
         Text(String),
+        Other(serde::de::IgnoredAny),
     }
     match Option::<Raw>::deserialize(d)? {
         None => Ok(None),
         Some(Raw::Number(n)) => Ok(Some(n)),
+        Some(Raw::Other(_)) => Err(serde::de::Error::custom(
+            "expected a size: a number of bytes, or a string such as \"512m\"",
+        )),
         Some(Raw::Text(text)) => parse_bytes(&text).map(Some).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "`{text}` is not a size: expected bytes or a number with k, m, g or t"

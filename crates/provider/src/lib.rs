@@ -3,10 +3,12 @@
 //! credentials and the runtimes, provisions workspaces through the cache,
 //! and runs their operations.
 
+pub mod config;
 mod error;
 mod layers;
 mod provision;
 
+pub use config::{Config, ConfigError};
 pub use error::ServiceError;
 pub use layers::{Gc, RuntimeGc};
 pub use provision::Progress;
@@ -32,7 +34,7 @@ pub struct ProviderConfig {
     /// berth's state directory: registry, credentials, runtimes' files.
     pub home: PathBuf,
     /// The runtime used when neither the spec nor the request names one
-    /// (from `BERTH_RUNTIME`).
+    /// ([`Config::runtime`]).
     pub default_runtime: Option<String>,
     /// Bytes kept per output stream when a request sets no limit.
     pub output_limit: u64,
@@ -146,6 +148,11 @@ impl Provider {
 
     pub fn home(&self) -> &Path {
         &self.inner.home
+    }
+
+    /// The runtime for specs and requests that name none.
+    pub fn default_runtime(&self) -> Option<&str> {
+        self.inner.default_runtime.as_deref()
     }
 
     /// Bytes kept per output stream when a request sets no limit; also
