@@ -37,7 +37,8 @@
 //! - **Its own protection**: the agent makes itself undumpable and
 //!   untraceable by the workspace's processes, which run as its user (see
 //!   [`guard`]).
-//! - **SIGTERM** (or SIGINT) to the agent: it stops taking work, ends
+//! - **SIGTERM** (or SIGINT) to the agent from outside the workspace (see
+//!   [`stop_signals`]; one a command sends is ignored): it stops taking work, ends
 //!   every running command, session and terminal (SIGTERM, grace, SIGKILL;
 //!   as PID 1 also every other process of the workspace), delivers their
 //!   last frames, and exits 0.
@@ -65,6 +66,7 @@ pub mod reaper;
 mod server;
 mod session;
 mod spawn;
+mod stop_signals;
 mod terminal;
 mod watch;
 
@@ -117,7 +119,7 @@ pub enum StartError {
     },
 }
 
-/// Serves until SIGTERM or SIGINT, then ends everything gracefully. Must
+/// Serves until SIGTERM or SIGINT from outside the workspace, then ends everything gracefully. Must
 /// run on a current-thread runtime.
 pub async fn run(options: args::Options) -> Result<(), StartError> {
     std::fs::create_dir_all(&options.root).map_err(|source| StartError::Root {
@@ -152,8 +154,7 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
         options.root.display()
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let mut stop_signals = stop_signals::StopSignals::listen();
     // Detection starts with the first connection: an agent nobody uses
     // yet (a sandbox's standby) probes nothing.
     let mut detecting = false;
@@ -167,21 +168,13 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
                     agent.tasks.spawn(server::serve(agent.clone(), stream));
                 }
             }
-            Some(()) = recv(&mut term) => break,
-            Some(()) = recv(&mut int) => break,
+            () = stop_signals.recv() => break,
         }
     }
     drop(listener);
     let _ = std::fs::remove_file(&options.socket);
     stop(&agent).await;
     Ok(())
-}
-
-async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(signal) => signal.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn listen(path: &std::path::Path) -> Result<UnixListener, StartError> {

@@ -309,6 +309,41 @@ async fn a_workspace_cannot_ptrace_its_agent() {
 }
 
 #[tokio::test]
+async fn kill_term_int_or_stop_of_its_agent_from_inside_leaves_it_serving() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+    let name = world.names().container(&ws.id);
+    let agent: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    let limit = Duration::from_secs(20);
+
+    for round in 0..3 {
+        let (out, status) =
+            tokio::time::timeout(limit, sh(runtime, &ws, attacks::SIGNALS_TO_THE_AGENT))
+                .await
+                .expect("the agent answers the command that signals it");
+        assert_eq!(out, "sent\n", "round {round}: {status:?}");
+        let state = attacks::process_state(agent);
+        assert!(
+            matches!(state, Some('S' | 'R')),
+            "round {round}: the agent is in state {state:?}"
+        );
+        let (out, _) = tokio::time::timeout(limit, sh(runtime, &ws, "echo still here > f; cat f"))
+            .await
+            .expect("the agent still answers");
+        assert_eq!(out, "still here\n", "round {round}");
+        let read = tokio::time::timeout(limit, runtime.read_file(&ws, &path("f")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.read_all(u64::MAX).await.unwrap(), b"still here\n");
+    }
+}
+
+#[tokio::test]
 async fn timeout_ends_a_setsid_double_forked_child() {
     let world = World::new();
     let ws = running(&world, spec_for(image(TestImage::Busybox))).await;

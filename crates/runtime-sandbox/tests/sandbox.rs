@@ -1136,6 +1136,39 @@ async fn a_workspace_cannot_ptrace_its_agent() {
 }
 
 #[tokio::test]
+async fn kill_term_int_or_stop_of_its_agent_from_inside_leaves_it_serving() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = with_agent(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let agent = rt.start(&ws).await.unwrap()["pid"].as_u64().unwrap() as u32;
+    let limit = std::time::Duration::from_secs(20);
+
+    for round in 0..3 {
+        let sent = tokio::time::timeout(limit, sh(&rt, &ws, attacks::SIGNALS_TO_THE_AGENT))
+            .await
+            .expect("the agent answers the command that signals it");
+        assert_eq!(sent.stdout, "sent\n", "round {round}: {}", sent.stderr);
+        let state = attacks::process_state(agent);
+        assert!(
+            matches!(state, Some('S' | 'R')),
+            "round {round}: the agent is in state {state:?}"
+        );
+        let ran = tokio::time::timeout(limit, sh(&rt, &ws, "echo still here > f; cat f"))
+            .await
+            .expect("the agent still answers");
+        assert_eq!(ran.stdout, "still here\n", "round {round}");
+        let path = WorkspacePath::parse("f").unwrap();
+        let read = tokio::time::timeout(limit, rt.read_file(&ws, &path))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.read_all(u64::MAX).await.unwrap(), b"still here\n");
+    }
+    rt.remove(&ws).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
     let _cleanup = Cleanup;
     let home = tempfile::tempdir().unwrap();

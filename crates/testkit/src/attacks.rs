@@ -22,6 +22,12 @@ prlimit: refused
 stop: sent
 ";
 
+/// What a workspace's root sends its own agent (PID 1) to stop, pause or
+/// interrupt it: every signal an agent might handle, and those that stop
+/// a process. Needs a shell with `kill`.
+pub const SIGNALS_TO_THE_AGENT: &str =
+    "for s in TERM INT HUP QUIT USR1 USR2 STOP TSTP; do kill -s $s 1; done; echo sent";
+
 /// The state letter of host process `pid` (`S`, `R`, `T` when stopped,
 /// `t` when traced), or `None` when it is gone.
 pub fn process_state(pid: u32) -> Option<char> {
