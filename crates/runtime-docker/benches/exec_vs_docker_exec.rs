@@ -14,6 +14,9 @@
 )]
 mod support;
 
+/// The engine the benchmark's workspaces run on.
+const ENGINE: support::Engine = support::Engine::Docker;
+
 use berth_core::{ExecEvent, ExecRequest, Runtime};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

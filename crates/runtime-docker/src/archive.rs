@@ -205,6 +205,29 @@ where
     .map_err(io::Error::other)?
 }
 
+/// What the link `path` of a downloaded archive points to, contents
+/// skipped; `None` when the archive holds no link there.
+pub async fn link_target<S, E>(stream: S, path: PathBuf) -> io::Result<Option<PathBuf>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let stream = Box::pin(stream.map_err(|e| io::Error::other(e.to_string())));
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    tokio::task::spawn_blocking(move || {
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries()? {
+            let entry = entry?;
+            if entry.header().entry_type() == tar::EntryType::Symlink && *entry.path()? == *path {
+                return Ok(entry.link_name()?.map(|target| target.into_owned()));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,14 @@
 //! - [`plan`]: what is asked of the Engine, decided without it (names,
 //!   labels, the container's configuration, isolation, change filtering).
 //! - [`archive`]: tar streams in and out of containers.
+//! - `engine`: connecting, with the API version from the Engine's ping.
 //! - [`DockerRuntime`]: the [`berth_core::Runtime`] implementation.
 //!
 //! The Engine must run on this host: the agent and the socket directory
 //! are bind mounts of host paths.
 
 pub mod archive;
+mod engine;
 pub mod plan;
 mod runtime;
 

@@ -51,6 +51,12 @@ pub struct Names {
 pub const CACHE: &str = "cache";
 pub const SNAPSHOT: &str = "snapshot";
 pub const PROVISIONED: &str = "provisioned";
+/// The repository naming the image each workspace's container was made
+/// from, so that no image a container uses is ever named only by a cache
+/// entry or a snapshot: removing one of those names is then an untag on
+/// every engine (Podman removes the containers of an image removed by
+/// force, where Docker only drops the name).
+pub const BASE: &str = "base";
 
 impl Names {
     pub fn new(home: &HomeId) -> Names {
@@ -87,6 +93,16 @@ impl Names {
         format!("{}:{id}", self.repo(PROVISIONED))
     }
 
+    /// The name of the image workspace `id`'s container was made from.
+    pub fn base_image(&self, id: &WorkspaceId) -> String {
+        format!("{}:{id}", self.repo(BASE))
+    }
+
+    /// The id of the home, as its label carries it.
+    pub fn home(&self) -> &str {
+        &self.home
+    }
+
     /// The labels of everything made for this home: images committed from
     /// its containers carry them too.
     pub fn labels(&self) -> HashMap<String, String> {
@@ -96,16 +112,26 @@ impl Names {
         ])
     }
 
-    /// The Engine's label filters matching what [`Names::labels`] marks.
-    pub fn label_filters(&self) -> Vec<String> {
-        let mut filters: Vec<String> = self
-            .labels()
-            .into_iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
-        filters.sort();
-        filters
+    /// The Engine's label filter for what this home made: one label, for
+    /// Podman (4.3) answers a list filtered by two with nothing; the rest
+    /// is checked by [`Names::is_ours`].
+    pub fn label_filter(&self) -> HashMap<&'static str, Vec<String>> {
+        HashMap::from([("label", vec![format!("{LABEL_HOME}={}", self.home)])])
     }
+
+    /// Whether an object labelled `labels` carries every label of
+    /// [`Names::labels`].
+    pub fn is_ours(&self, labels: &HashMap<String, String>) -> bool {
+        self.labels()
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+/// Whether an image listed with `repo_tags` has no name: engines list none,
+/// or `<none>:<none>`.
+pub fn dangling(repo_tags: &[String]) -> bool {
+    repo_tags.iter().all(|tag| tag == "<none>:<none>")
 }
 
 /// Whether `text` can be an image tag (and so a snapshot id or cache key):
@@ -378,9 +404,10 @@ mod tests {
             names.provisioned_image(&ws),
             "berth-0123456789abcdef/provisioned:01abc"
         );
+        assert_eq!(names.base_image(&ws), "berth-0123456789abcdef/base:01abc");
         assert_eq!(
-            names.label_filters(),
-            ["dev.berth.home=0123456789abcdef", "dev.berth.managed=true"]
+            names.label_filter(),
+            HashMap::from([("label", vec!["dev.berth.home=0123456789abcdef".into()])])
         );
         for (ours, theirs) in [
             (names.container(&ws), other.container(&ws)),
@@ -388,9 +415,32 @@ mod tests {
             (names.cache_image("k1"), other.cache_image("k1")),
             (names.snapshot_image("s1"), other.snapshot_image("s1")),
             (names.provisioned_image(&ws), other.provisioned_image(&ws)),
+            (names.base_image(&ws), other.base_image(&ws)),
         ] {
             assert_ne!(ours, theirs);
         }
+    }
+
+    #[test]
+    fn an_image_is_dangling_when_it_has_no_name() {
+        assert!(dangling(&[]));
+        assert!(dangling(&["<none>:<none>".into()]));
+        assert!(!dangling(&["berth-0123456789abcdef/base:01abc".into()]));
+    }
+
+    #[test]
+    fn only_what_carries_every_label_of_the_home_is_ours() {
+        let names = names();
+        assert!(names.is_ours(&names.labels()));
+        let mut more = names.labels();
+        more.insert(LABEL_WORKSPACE.into(), "01abc".into());
+        assert!(names.is_ours(&more));
+        let other = Names::new(&HomeId::from_text("fedcba9876543210").unwrap());
+        assert!(!names.is_ours(&other.labels()));
+        let mut unmanaged = names.labels();
+        unmanaged.remove(LABEL_MANAGED);
+        assert!(!names.is_ours(&unmanaged));
+        assert!(!names.is_ours(&HashMap::new()));
     }
 
     const DEFAULTS: ResourceDefaults = ResourceDefaults {

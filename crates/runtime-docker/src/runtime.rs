@@ -2,11 +2,14 @@
 //!
 //! Containers, images and tags are the only state, each named with the
 //! berth home's id (see [`Names`]): a workspace is the container
-//! `berth-<home>-<id>`, its provisioned state the image tagged
-//! `berth-<home>/provisioned:<id>`, cache entries `berth-<home>/cache:<key>`,
-//! snapshots `berth-<home>/snapshot:<id>`. A restarted provider finds
-//! everything again by name, and the labels let it find what its home made
-//! and no longer knows, and only that.
+//! `berth-<home>-<id>`, made from the image tagged `berth-<home>/base:<id>`,
+//! its provisioned state the image tagged `berth-<home>/provisioned:<id>`,
+//! cache entries `berth-<home>/cache:<key>`, snapshots
+//! `berth-<home>/snapshot:<id>`. A restarted provider finds everything
+//! again by name, and the labels let it find what its home made and no
+//! longer knows, and only that. A name is removed without force, so removing
+//! it never removes anything else: an image a container uses keeps its base
+//! name.
 //!
 //! The Engine is used for what only it can do (containers, images,
 //! archives, change lists); everything that runs inside goes through the
@@ -150,9 +153,7 @@ impl DockerRuntime {
     async fn engine(&self) -> Result<&Docker, RuntimeError> {
         self.engine
             .get_or_try_init(|| async {
-                let docker =
-                    Docker::connect_with_host(&self.host).map_err(|e| self.unreachable(e))?;
-                tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version())
+                tokio::time::timeout(PING_TIMEOUT, crate::engine::connect(&self.host))
                     .await
                     .map_err(|_| self.unreachable("no answer within 3 s"))?
                     .map_err(|e| self.unreachable(e))
@@ -322,11 +323,14 @@ impl DockerRuntime {
         let _ = tokio::fs::remove_file(self.socket(&ws.id)).await;
         let name = self.names()?.container(&ws.id);
         self.remove_container(&name).await?;
+        self.tag(image, &self.names()?.repo(plan::BASE), ws.id.as_str())
+            .await?;
+        let base = self.names()?.base_image(&ws.id);
         let body = plan::container_body(&ContainerPlan {
             id: &ws.id,
             names: self.names()?,
             spec: &ws.spec,
-            image,
+            image: &base,
             agent: &agent,
             run_dir: &run_dir.display().to_string(),
             defaults: self.defaults,
@@ -379,10 +383,12 @@ impl DockerRuntime {
         }
     }
 
-    /// Removes an image reference; a missing one is fine. Forced, so a
-    /// reference to an image a container still uses is only untagged.
+    /// Removes an image reference; a missing one is fine. Never forced:
+    /// Podman removes the containers of an image removed by force. An image
+    /// with other names only loses this one, and every image a container
+    /// uses has its base name (see [`plan::BASE`]).
     async fn untag(&self, image: &str) -> Result<(), RuntimeError> {
-        let options = RemoveImageOptionsBuilder::new().force(true).build();
+        let options = RemoveImageOptionsBuilder::new().build();
         match self
             .engine()
             .await?
@@ -677,6 +683,58 @@ impl DockerRuntime {
         Ok(())
     }
 
+    /// Puts the link `path` of the workspace back as a link in `staging`
+    /// when the engine's download followed it (Podman's does, where
+    /// Docker's keeps links): its text is then read from the archive of
+    /// the link's directory, and nothing the link pointed to is kept.
+    async fn keep_link(
+        &self,
+        ws: &Workspace,
+        path: &str,
+        staging: &Path,
+    ) -> Result<(), RuntimeError> {
+        let staged = staging.join(path);
+        let followed = match tokio::fs::symlink_metadata(&staged).await {
+            Ok(meta) if meta.file_type().is_symlink() => return Ok(()),
+            Ok(meta) => Some(meta.is_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(RuntimeError::io(
+                    format!("cannot read `{}`", staged.display()),
+                    e,
+                ));
+            }
+        };
+        let name = self.names()?.container(&ws.id);
+        let parent = plan::inside(ws.spec.root(), parent_of(path));
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(&parent)
+            .build();
+        let stream = self
+            .engine()
+            .await?
+            .download_from_container(&name, Some(options));
+        // The archive holds the directory under its own name.
+        let base = parent.rsplit('/').next().unwrap_or_default();
+        let file = path.rsplit('/').next().unwrap_or_default();
+        let in_archive = Path::new(base).join(file);
+        let cannot = |e| RuntimeError::io(format!("cannot read the link `{path}` of `{name}`"), e);
+        let Some(target) = archive::link_target(stream, in_archive)
+            .await
+            .map_err(cannot)?
+        else {
+            // Replaced by something else since the change list was made.
+            return Ok(());
+        };
+        let removed = match followed {
+            Some(true) => tokio::fs::remove_dir_all(&staged).await,
+            Some(false) => tokio::fs::remove_file(&staged).await,
+            None => Ok(()),
+        };
+        removed.map_err(cannot)?;
+        tokio::fs::symlink(target, &staged).await.map_err(cannot)
+    }
+
     fn staging(&self) -> PathBuf {
         self.dir
             .join("tmp")
@@ -860,6 +918,7 @@ impl Runtime for DockerRuntime {
         self.agents.forget(ws.id.as_str());
         self.remove_container(&self.names()?.container(&ws.id))
             .await?;
+        self.untag(&self.names()?.base_image(&ws.id)).await?;
         self.untag(&self.names()?.provisioned_image(&ws.id)).await?;
         let run_dir = self.run_dir(&ws.id);
         match tokio::fs::remove_dir_all(&run_dir).await {
@@ -1125,12 +1184,21 @@ impl Runtime for DockerRuntime {
             .filter(|c| !under_added(&c.path))
             .map(|c| c.path.clone())
             .collect();
+        let links: Vec<String> = changes
+            .iter()
+            .filter(|c| c.kind != ChangeKind::Deleted && c.file_kind == FileKind::Symlink)
+            .filter(|c| !under_added(&c.path))
+            .map(|c| c.path.clone())
+            .collect();
         let staging = self.staging();
         let result = async {
             tokio::fs::create_dir_all(&staging).await.map_err(|e| {
                 RuntimeError::io(format!("cannot create `{}`", staging.display()), e)
             })?;
             self.download(ws, &wanted, &staging).await?;
+            for link in &links {
+                self.keep_link(ws, link, &staging).await?;
+            }
             let target = target.clone();
             let root = staging.clone();
             tokio::task::spawn_blocking(move || match &target {
@@ -1192,8 +1260,8 @@ impl Runtime for DockerRuntime {
         let docker = self.engine().await?;
         let live: BTreeSet<&str> = live.iter().map(|w| w.id.as_str()).collect();
         let mut report = GcReport::default();
-        let ours = self.names()?.label_filters();
-        let filters = HashMap::from([("label", ours.clone())]);
+        let names = self.names()?;
+        let filters = names.label_filter();
         let containers = docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::new()
@@ -1206,7 +1274,7 @@ impl Runtime for DockerRuntime {
         for container in containers {
             let labels = container.labels.unwrap_or_default();
             let id = labels.get(LABEL_WORKSPACE).cloned().unwrap_or_default();
-            if live.contains(id.as_str()) {
+            if !names.is_ours(&labels) || live.contains(id.as_str()) {
                 continue;
             }
             if let Some(container_id) = container.id {
@@ -1217,14 +1285,14 @@ impl Runtime for DockerRuntime {
             if !id.is_empty() {
                 let ws = WorkspaceId::from_string(id.clone());
                 self.agents.forget(&id);
-                self.untag(&self.names()?.provisioned_image(&ws)).await?;
+                self.untag(&names.base_image(&ws)).await?;
+                self.untag(&names.provisioned_image(&ws)).await?;
                 let _ = tokio::fs::remove_dir_all(self.run_dir(&ws)).await;
                 report.orphans.push(id);
             }
         }
         // Images committed from this home's containers that nothing names
         // any more (replaced provisioned states, forks' bases).
-        let filters = HashMap::from([("label", ours), ("dangling", vec!["true".to_string()])]);
         let images = docker
             .list_images(Some(
                 ListImagesOptionsBuilder::new().filters(&filters).build(),
@@ -1232,6 +1300,9 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(|e| self.fail("cannot list berth's images", e))?;
         for image in images {
+            if !names.is_ours(&image.labels) || !plan::dangling(&image.repo_tags) {
+                continue;
+            }
             let options = RemoveImageOptionsBuilder::new().build();
             // An image a container still uses stays.
             if docker

@@ -1,12 +1,13 @@
-//! Test images made locally with `docker import` (no registry is
-//! reachable), each built once per machine: the first test process to need
-//! one builds it under a file lock while the others wait, and later runs
-//! find it by its tag. Also: workspace records and cleanup for tests that
-//! drive the runtime directly.
+//! The engine a test binary talks to (its crate root's `ENGINE`: dockerd
+//! or a Podman service), and test images made locally by importing a root
+//! filesystem (no registry is reachable), each built once per machine and
+//! engine: the first test process to need one builds it under a file lock
+//! while the others wait, and later runs find it by its tag. Also:
+//! workspace records and cleanup for tests that drive the runtime directly.
 
 use berth_core::{ResourceDefaults, Spec, Workspace, WorkspaceId, WorkspaceState};
 use berth_runtime_docker::DockerRuntime;
-use berth_runtime_docker::plan::Names;
+use berth_runtime_docker::plan::{LABEL_HOME, Names};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -35,24 +36,80 @@ impl TestImage {
     }
 }
 
-/// Runs the docker CLI; panics with its stderr when it fails.
-pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker (is docker.io installed?): {e}"));
+/// A container engine serving the Docker Engine API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(dead_code, reason = "each test binary runs on one engine")]
+pub enum Engine {
+    /// dockerd at `DOCKER_HOST`, or its default socket.
+    Docker,
+    /// A Podman service at `BERTH_PODMAN_HOST`, or the socket
+    /// `scripts/prepare` starts it on.
+    Podman,
+}
+
+impl Engine {
+    /// Where the engine's API is.
+    pub fn host(self) -> String {
+        let (variable, default) = match self {
+            Engine::Docker => ("DOCKER_HOST", "unix:///var/run/docker.sock"),
+            Engine::Podman => ("BERTH_PODMAN_HOST", "unix:///run/berth-podman.sock"),
+        };
+        std::env::var(variable)
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+}
+
+/// The engine of this test binary.
+pub fn engine() -> Engine {
+    crate::ENGINE
+}
+
+/// The engine's own command-line client, talking to [`Engine::host`].
+pub fn command(args: &[&str]) -> Command {
+    let mut command = match engine() {
+        Engine::Docker => {
+            let mut command = Command::new("docker");
+            command.env("DOCKER_HOST", Engine::Docker.host());
+            command
+        }
+        Engine::Podman => {
+            let mut command = Command::new("podman");
+            command.args(["--remote", "--url", &Engine::Podman.host()]);
+            command
+        }
+    };
+    command.args(args);
+    command
+}
+
+/// Runs the engine's client; panics with its stderr when it fails.
+pub fn cli(args: &[&str]) -> String {
+    let name = engine().name();
+    let out = command(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {name} (scripts/prepare installs and starts it): {e}")
+    });
     assert!(
         out.status.success(),
-        "docker {} failed: {}",
+        "{name} {} failed against {}: {}",
         args.join(" "),
+        engine().host(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn image_exists(tag: &str) -> bool {
-    Command::new("docker")
-        .args(["image", "inspect", tag])
+/// Whether the engine has the image `name` (a tag or an id).
+pub fn image_exists(name: &str) -> bool {
+    command(&["image", "inspect", name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -65,7 +122,8 @@ pub fn image(which: TestImage) -> &'static str {
     if image_exists(tag) {
         return tag;
     }
-    let lock_path = std::env::temp_dir().join("berth-test-images.lock");
+    let lock_path =
+        std::env::temp_dir().join(format!("berth-test-images-{}.lock", engine().name()));
     let lock = fs::File::create(&lock_path)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
     lock.lock()
@@ -150,7 +208,7 @@ fn import(root: &Path, tag: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "tar of {} failed", root.display());
-    docker(&["import", &tarball.display().to_string(), tag]);
+    cli(&["import", &tarball.display().to_string(), tag]);
     let _ = fs::remove_file(&tarball);
 }
 
@@ -197,7 +255,9 @@ impl World {
     /// A world whose runtime gives containers `defaults`.
     pub fn with_defaults(defaults: ResourceDefaults) -> World {
         let home = berth_testkit::temp_dir();
-        let runtime = Arc::new(DockerRuntime::new(home.path()).with_defaults(defaults));
+        let runtime = Arc::new(
+            DockerRuntime::with_host(home.path(), engine().host()).with_defaults(defaults),
+        );
         World {
             home,
             runtime,
@@ -228,23 +288,24 @@ impl Drop for World {
             return;
         };
         for id in self.ids.lock().unwrap().iter() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v", &names.container(id)])
-                .output();
-            let _ = Command::new("docker")
-                .args(["rmi", "-f", &names.provisioned_image(id)])
-                .output();
+            let _ = command(&["rm", "-f", "-v", &names.container(id)]).output();
+            for image in [names.base_image(id), names.provisioned_image(id)] {
+                let _ = command(&["rmi", &image]).output();
+            }
         }
         for image in self.images.lock().unwrap().iter() {
-            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+            let _ = command(&["rmi", image]).output();
         }
         // Images committed from this world's containers and named by
         // nothing any more (a fork's base, a replaced provisioned state).
-        let mut prune = Command::new("docker");
-        prune.args(["image", "prune", "-f"]);
-        for filter in names.label_filters() {
-            prune.args(["--filter", &format!("label={filter}")]);
-        }
-        let _ = prune.output();
+        // One label: Podman matches nothing when given two.
+        let _ = command(&[
+            "image",
+            "prune",
+            "-f",
+            "--filter",
+            &format!("label={}={}", LABEL_HOME, names.home()),
+        ])
+        .output();
     }
 }
