@@ -366,15 +366,14 @@ async fn run_probe(env: &BaseEnv, reaper: &Reaper, argv: Vec<String>) -> Option<
             output_limit: Some(4096),
             grace: Duration::from_millis(100),
             cgroup: None,
+            // Detection is never urgent: the workspace's own commands
+            // come first.
+            nice: Some(19),
         },
         tokio_util::sync::CancellationToken::new(),
     )
     .ok()?;
     let _owned = reaper.own(running.pid);
-    // Detection is never urgent: the workspace's own commands come first.
-    if let Some(pid) = rustix::process::Pid::from_raw(running.pid as i32) {
-        let _ = rustix::process::setpriority_process(Some(pid), 19);
-    }
     let mut output = Vec::new();
     while let Some(event) = running.events.recv().await {
         match event {

@@ -46,6 +46,7 @@ pub async fn run(
             output_limit: request.output_limit,
             grace: agent.grace,
             cgroup: agent.command_cgroup(),
+            nice: Some(agent.command_nice),
         },
         cancel.clone(),
     );

@@ -23,7 +23,8 @@
 //!   the image sets none; then each request's variables. Terminals also
 //!   get `TERM=xterm-256color` unless given one. There is no user-database
 //!   lookup: the image may have none.
-//! - **Processes**: every command runs in its own process group (a
+//! - **Processes**: every command runs [`COMMAND_NICENESS`] nicer than
+//!   the agent, in its own process group (a
 //!   terminal in its own session); ending a command ends its whole group
 //!   with SIGTERM, the grace period, then SIGKILL. Given `--cgroup-fd`
 //!   (an open directory of cgroup v2, which the runtime delegates), each
@@ -78,6 +79,14 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How much nicer than the agent every command, session and terminal runs,
+/// and what they start: a workspace busy with work of its own does not
+/// hold up the agent's answers to the host. A command cannot lower its
+/// nice value again (that takes CAP_SYS_NICE). Commands of one workspace
+/// compete only with each other and its agent: the workspace's cgroup
+/// weighs it against other workspaces.
+pub const COMMAND_NICENESS: i32 = 10;
+
 /// The agent's version, reported in the handshake and in info.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -89,6 +98,8 @@ pub struct Agent {
     pub files: Arc<berth_files::Root>,
     pub env: env::BaseEnv,
     pub grace: Duration,
+    /// The nice value of commands, sessions and terminals.
+    pub command_nice: i32,
     /// Where commands get cgroups of their own, when delegated one.
     pub cgroups: Option<Arc<berth_exec::Cgroups>>,
     pub reaper: reaper::Reaper,
@@ -140,6 +151,7 @@ pub async fn run(options: args::Options) -> Result<(), StartError> {
         files: Arc::new(files),
         env,
         grace: options.grace,
+        command_nice: rustix::process::getpriority_process(None).unwrap_or(0) + COMMAND_NICENESS,
         cgroups,
         reaper,
         detector,

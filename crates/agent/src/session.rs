@@ -180,6 +180,7 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
     crate::spawn::pass_as_fd3(&mut command, &status_w);
+    berth_exec::nice_on_spawn(&mut command, agent.command_nice);
     let cgroup = agent.command_cgroup();
     if let Some(cgroup) = &cgroup {
         cgroup.enter_on_spawn(&mut command);

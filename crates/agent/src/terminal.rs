@@ -186,6 +186,7 @@ fn start(agent: &Agent, params: &TerminalParams) -> Result<Started, (ErrorCode, 
         .stdout(stdio("terminal stdout")?)
         .stderr(stdio("terminal stderr")?);
     crate::spawn::controlling_terminal(&mut command);
+    berth_exec::nice_on_spawn(&mut command, agent.command_nice);
     let cgroup = agent.command_cgroup();
     if let Some(cgroup) = &cgroup {
         cgroup.enter_on_spawn(&mut command);

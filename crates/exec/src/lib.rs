@@ -54,6 +54,10 @@ pub struct Spawn {
     pub grace: Duration,
     /// The cgroup the command runs in, if it has one of its own.
     pub cgroup: Option<CommandCgroup>,
+    /// The nice value the command runs at (and what it starts, which
+    /// inherits it), set before it runs anything; `None` keeps the
+    /// caller's. A process without CAP_SYS_NICE cannot lower it again.
+    pub nice: Option<i32>,
 }
 
 /// What the command reads on stdin.
@@ -90,6 +94,24 @@ pub struct Running {
     pub events: mpsc::Receiver<ExecEvent>,
 }
 
+/// Makes `command`'s process take the nice value `nice` before it runs
+/// anything, so that no process it starts is ever at another.
+#[expect(
+    unsafe_code,
+    reason = "a pre_exec hook makes one system call between fork and exec"
+)]
+pub fn nice_on_spawn(command: &mut Command, nice: i32) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: setpriority is async-signal-safe and the hook allocates
+    // nothing.
+    unsafe {
+        command.as_std_mut().pre_exec(move || {
+            rustix::process::setpriority_process(None, nice)?;
+            Ok(())
+        });
+    }
+}
+
 /// Starts a command. Must be called within a tokio runtime.
 pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnError> {
     let (program, args) = spawn.argv.split_first().ok_or(SpawnError::EmptyCommand)?;
@@ -108,6 +130,9 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
         .stderr(Stdio::piped());
     if let Some(cgroup) = &spawn.cgroup {
         cgroup.enter_on_spawn(&mut command);
+    }
+    if let Some(nice) = spawn.nice {
+        nice_on_spawn(&mut command, nice);
     }
     let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
         program: program.clone(),

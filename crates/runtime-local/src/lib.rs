@@ -357,6 +357,7 @@ impl Runtime for LocalRuntime {
             output_limit: request.output_limit,
             grace: DEFAULT_GRACE,
             cgroup: self.commands_cgroups(ws).and_then(|c| c.make().ok()),
+            nice: None,
         };
         let command = request.command.display();
         let running = berth_exec::spawn(spawn, cancel).map_err(|e| match e {

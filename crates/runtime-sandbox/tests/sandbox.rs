@@ -1168,6 +1168,53 @@ async fn kill_term_int_or_stop_of_its_agent_from_inside_leaves_it_serving() {
     rt.remove(&ws).await.unwrap();
 }
 
+/// The nice value of host process `pid`.
+fn nice_of(pid: u32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields restart after the command name's `)`; nice is field 19.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn busy_loops_in_the_workspace_run_below_the_agent_and_cannot_outrank_it() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = with_agent(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let agent = rt.start(&ws).await.unwrap()["pid"].as_u64().unwrap() as u32;
+    let busy = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ran = sh(
+        &rt,
+        &ws,
+        &format!(
+            "for i in $(seq {busy}); do (while :; do :; done) >/dev/null 2>&1 & done; \
+             renice -n 0 -p $$ >/dev/null 2>&1 && echo reniced || echo refused"
+        ),
+    )
+    .await;
+    assert_eq!(ran.stdout, "refused\n", "{}", ran.stderr);
+    let loops: Vec<u32> = host_pids(&ws)
+        .into_iter()
+        .filter(|pid| *pid != agent && attacks::process_state(*pid) == Some('R'))
+        .collect();
+    assert!(loops.len() >= busy, "{loops:?}");
+    // Nicer by 10 than the agent, as far as nice values go.
+    let nice = (nice_of(agent) + 10).min(19);
+    assert!(nice_of(agent) < nice);
+    assert!(loops.iter().all(|pid| nice_of(*pid) == nice), "{loops:?}");
+
+    // The agent answers at once, however busy the workspace is.
+    let limit = std::time::Duration::from_secs(5);
+    for round in 0..20 {
+        let ran = tokio::time::timeout(limit, sh(&rt, &ws, "echo $round"))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no answer within {limit:?}"));
+        assert_eq!(ran.code, Some(0), "round {round}");
+    }
+    rt.remove(&ws).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
     let _cleanup = Cleanup;

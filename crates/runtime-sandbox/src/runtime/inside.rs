@@ -59,6 +59,7 @@ impl Inner {
                 output_limit: request.output_limit,
                 grace: berth_exec::DEFAULT_GRACE,
                 cgroup: None,
+                nice: None,
             },
             cancel,
         )
