@@ -60,6 +60,9 @@ struct Shell {
     /// The session's own cgroup, when the agent has cgroups: what is in it
     /// when the session ends, ends with it.
     cgroup: Option<berth_exec::CommandCgroup>,
+    /// The cgroups of earlier commands that left processes running (their
+    /// background jobs), which end with the session.
+    jobs: Vec<berth_exec::CommandCgroup>,
 }
 
 /// What ended a command.
@@ -127,7 +130,7 @@ pub async fn run(
         None => end(agent, &mut shell).await,
     };
     // What the session's commands left running ends with it.
-    if let Some(cgroup) = &shell.cgroup {
+    for cgroup in shell.cgroup.iter().chain(&shell.jobs) {
         cgroup.kill();
         cgroup.emptied(agent.grace).await;
     }
@@ -209,6 +212,7 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
         stdout_open: true,
         stderr_open: true,
         cgroup,
+        jobs: Vec::new(),
     })
 }
 
@@ -295,6 +299,9 @@ async fn execute(
     // again.
     let mut pending: Option<(i32, tokio::time::Instant, u32)> = None;
 
+    // The command runs in a cgroup of its own: the shell enters it while
+    // the command runs (and forks it there), and leaves it once it is done.
+    let cgroup = command_cgroup(agent, shell);
     if shell.stdin.write_all(script.as_bytes()).await.is_err() {
         let status = shell.child.wait().await;
         let status = status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(0));
@@ -389,6 +396,9 @@ async fn execute(
             }
         }
     };
+    if let Some(cgroup) = cgroup {
+        leave(agent, shell, cgroup, timed_out || cancelled).await;
+    }
     // The status came after every write of the command had completed, so
     // what the pipes hold now is the rest of its output.
     while let Some(n) = read_now(&shell.stdout, &mut out_buf) {
@@ -426,6 +436,35 @@ async fn execute(
     status.duration_ms = started.elapsed().as_millis() as u64;
     run.out.message(AgentMessage::Exit(status)).await;
     end
+}
+
+/// A cgroup of its own for the next command of the session, which the
+/// shell has entered; `None` without cgroups, and then the command's
+/// processes stay in the session's.
+fn command_cgroup(agent: &Agent, shell: &Shell) -> Option<berth_exec::CommandCgroup> {
+    shell.cgroup.as_ref()?;
+    let cgroup = agent.command_cgroup()?;
+    cgroup.adopt(shell.pid).ok()?;
+    Some(cgroup)
+}
+
+/// The shell leaves a command's cgroup once the command is done. A command
+/// that was ended (a timeout, a cancel) ends with everything it started,
+/// however it detached; one that finished keeps its background jobs until
+/// the session ends.
+async fn leave(agent: &Agent, shell: &mut Shell, cgroup: berth_exec::CommandCgroup, ended: bool) {
+    if let Some(home) = &shell.cgroup {
+        let _ = home.adopt(shell.pid);
+    }
+    if ended {
+        cgroup.kill();
+        cgroup.emptied(agent.grace).await;
+    }
+    // Dropping an emptied cgroup removes it.
+    shell.jobs.retain(berth_exec::CommandCgroup::populated);
+    if cgroup.populated() {
+        shell.jobs.push(cgroup);
+    }
 }
 
 /// How soon, and how many times, a signal that found no process of the

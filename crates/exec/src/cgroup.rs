@@ -192,6 +192,13 @@ impl CommandCgroup {
         }
     }
 
+    /// Moves the running process `pid` into this cgroup: what it starts
+    /// from then on starts here.
+    pub fn adopt(&self, pid: u32) -> io::Result<()> {
+        rustix::io::write(&self.procs, pid.to_string().as_bytes())?;
+        Ok(())
+    }
+
     /// The processes in the cgroup now.
     pub fn pids(&self) -> Vec<i32> {
         self.subtree().pids()

@@ -1356,6 +1356,49 @@ async fn a_closed_session_or_terminal_ends_what_it_started() {
     rt.remove(&ws).await.unwrap();
 }
 
+// Multi-threaded: the client's tasks must go on sending while the test
+// waits for processes to go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_session_command_ends_its_setsid_double_forked_child_at_once() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let (rt, ws) = agent_workspace(home.path()).await;
+    let socket = rt.agent_socket(&ws).unwrap();
+    let agent =
+        berth_agent_client::AgentClient::connect(&socket, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    let session = agent.session(Default::default()).await.unwrap();
+    let (out, _, _) = session.run("cd /tmp && export KEPT=yes").await.unwrap();
+    assert_eq!(out, b"");
+    let job = attacks::marker();
+    let (out, _, _) = session
+        .run(&format!("(sleep {job} >/dev/null 2>&1 &); echo job"))
+        .await
+        .unwrap();
+    assert_eq!(out, b"job\n");
+
+    let marker = attacks::marker();
+    let timed_out = session
+        .start(&attacks::detaching(&marker), Some(1000), None)
+        .await
+        .unwrap();
+    let (out, _, status) = timed_out.output().await;
+    assert_eq!(out, b"started\n");
+    assert!(status.timed_out, "{status:?}");
+    // Ended with the command, while the session lives on.
+    let left = attacks::survivors(&format!("sleep {marker}"), GONE_WITHIN);
+    assert!(left.is_empty(), "survived the timeout: {left:?}");
+    let (out, _, _) = session.run("echo \"$PWD $KEPT\"").await.unwrap();
+    assert_eq!(out, b"/tmp yes\n", "the session keeps its state");
+    // A background job of a command that finished is the session's.
+    assert_eq!(attacks::processes_with(&format!("sleep {job}")).len(), 1);
+    session.close().await.unwrap();
+    let left = attacks::survivors(&format!("sleep {job}"), GONE_WITHIN);
+    assert!(left.is_empty(), "survived the session: {left:?}");
+    rt.remove(&ws).await.unwrap();
+}
+
 /// A container engine stand-in: exports a small root filesystem made of
 /// host binaries and their libraries, and counts its exports.
 struct Exporter {
