@@ -600,6 +600,63 @@ fn a_sandbox_workspace_from_the_cli_detects_lists_changes_diffs_resets_and_forks
     env.ok(&["rm", &id, forks[0], forks[1]]);
 }
 
+/// `diff` runs git in the workspace; what git writes there (a scratch
+/// index, the objects of files it adds) must not become a change.
+#[test]
+fn diff_reads_a_workspace_without_writing_to_it_on_every_runtime() {
+    let env = Env::new();
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("keep.txt", "k\n"), ("edit.txt", "old\n")]);
+    for (runtime, image) in [
+        ("sandbox", "image = \"host\"\n".to_string()),
+        (
+            "docker",
+            format!("image = \"{}\"\n", derrick::bash_git_image()),
+        ),
+        ("local", String::new()),
+    ] {
+        let spec = env.file(
+            &format!("{runtime}.toml"),
+            &format!(
+                "runtime = \"{runtime}\"\n{image}\
+                 [[repositories]]\nurl = \"{}\"\npath = \"app\"\n",
+                repo.display()
+            ),
+        );
+        let id = workspace_id(&env.ok(&["up", spec.to_str().unwrap()]));
+        env.ok(&[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo new > app/edit.txt; rm app/keep.txt; echo a > app/added.txt",
+        ]);
+        // `local` keeps no base to list changes against: there, the files
+        // of the repository are compared.
+        let changes = || match runtime {
+            "local" => env.ok(&["exec", &id, "--", "sh", "-c", "cd app && find . | sort"]),
+            _ => env.ok(&["changes", &id]),
+        };
+        let before = changes();
+        if runtime != "local" {
+            assert_eq!(
+                before, "A app/added.txt\nM app/edit.txt\nD app/keep.txt\n",
+                "{runtime}"
+            );
+        }
+        for _ in 0..2 {
+            let patch = env.ok(&["diff", &id]);
+            assert!(
+                patch.contains("+++ b/app/added.txt") && patch.contains("+new"),
+                "{runtime}: {patch}"
+            );
+            assert_eq!(changes(), before, "{runtime}");
+        }
+        env.ok(&["rm", &id]);
+    }
+}
+
 #[test]
 fn a_sandbox_workspace_comes_up_in_a_home_under_a_0700_directory_and_umask_077() {
     use std::os::unix::fs::PermissionsExt;

@@ -44,15 +44,21 @@ pub struct Gc {
 /// Writes the patch of one repository (`$1`) against the commit it was
 /// provisioned at (`refs/berth/base`, else HEAD) into the file `$3` of the
 /// repository: a scratch index gets every file of the working tree
-/// (untracked ones too, ignored ones not), so the repository's own index is
-/// left alone. Paths are prefixed with `$2`, the repository's path, so the
+/// (untracked ones too, ignored ones not). Reading writes nothing else in
+/// the workspace: the scratch index and the objects `git add` makes go to
+/// a temporary directory outside the tree, the repository's own objects
+/// read through it as alternates, so `changes` lists the same before and
+/// after. Paths are prefixed with `$2`, the repository's path, so the
 /// patch applies from the workspace root. A failed run leaves no file.
 const DIFF_SCRIPT: &str = r#"set -e
 cd "$1"
 base=$(git rev-parse -q --verify refs/berth/base^{commit} || git rev-parse --verify HEAD^{commit})
-index=$(mktemp)
-trap 'rm -f "$index"; [ "$written" = 1 ] || rm -f "$3"' EXIT
-export GIT_INDEX_FILE="$index"
+objects=$(cd "$(git rev-parse --git-common-dir)/objects" && pwd -P)
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"; [ "$written" = 1 ] || rm -f "$3"' EXIT
+mkdir "$scratch/objects"
+export GIT_INDEX_FILE="$scratch/index" GIT_OBJECT_DIRECTORY="$scratch/objects"
+export GIT_ALTERNATE_OBJECT_DIRECTORIES="$objects"
 git read-tree "$base"
 git add -A .
 git -c core.quotepath=off diff --cached --no-color --binary --src-prefix="a/$2" --dst-prefix="b/$2" "$base" >"$3"

@@ -652,7 +652,7 @@ fn derrick_refuses_to_start_what_it_cannot_serve_and_says_why() {
 
 /// An image with this host's bash, git and GNU ls (Derrick's test counts
 /// on its exit code 2) over busybox, made once per machine under a lock.
-fn bash_git_image() -> &'static str {
+pub(crate) fn bash_git_image() -> &'static str {
     image(IMAGE, |root| {
         busybox_root(root);
         let git = ["/usr/bin/git", "/usr/local/bin/git"]
