@@ -82,6 +82,9 @@ mod tests {
         AfterHello,
         /// Answers each command's start, then nothing.
         AfterStart,
+        /// Answers each command's start and every request for its info,
+        /// but never ends a command: an agent alive, its command silent.
+        Alive,
     }
 
     /// A wedged agent: accepts every connection, answers as far as `at`
@@ -106,9 +109,20 @@ mod tests {
                         version: PROTOCOL_VERSION,
                         agent: "wedged".into(),
                     },
-                    ClientMessage::Exec { .. } if at == Wedged::AfterStart => {
+                    ClientMessage::Exec { .. } if at != Wedged::AfterHello => {
                         AgentMessage::Started { pid: 7 }
                     }
+                    ClientMessage::Info { .. } if at == Wedged::Alive => AgentMessage::Info {
+                        info: berth_proto::AgentInfo {
+                            version: "alive".into(),
+                            protocol: PROTOCOL_VERSION,
+                            pid: 1,
+                            uptime_ms: 0,
+                            root: "/workspace".into(),
+                            interpreters: Vec::new(),
+                            resources: Default::default(),
+                        },
+                    },
                     _ => continue,
                 };
                 let bytes = frame::encode(&Frame::new(frame.id, answer)).unwrap();
@@ -222,5 +236,40 @@ mod tests {
             stderr.contains("the agent did not report the command's end"),
             "{stderr}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_without_a_timeout_whose_agent_goes_silent_ends_once_a_check_goes_unanswered()
+    {
+        let (_dir, socket) = wedged_agent(Wedged::AfterStart).await;
+        let client = AgentClient::connect_with(&socket, Duration::from_secs(1), DEADLINES)
+            .await
+            .unwrap();
+        let began = tokio::time::Instant::now();
+        let mut events = client
+            .exec(ExecRequest::shell("sleep 1000"), CancellationToken::new())
+            .await
+            .unwrap();
+        let (_, stderr, exit) = crate::collect(&mut events).await;
+        // Silence for the answer deadline, then a check unanswered for as
+        // long.
+        assert_eq!(began.elapsed(), DEADLINES.answer * 2);
+        assert!(exit.cancelled && exit.code.is_none(), "{exit:?}");
+        let stderr = String::from_utf8(stderr).unwrap();
+        assert!(stderr.contains("the agent stopped answering"), "{stderr}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_command_of_an_agent_that_answers_runs_on() {
+        let (_dir, socket) = wedged_agent(Wedged::Alive).await;
+        let client = AgentClient::connect_with(&socket, Duration::from_secs(1), DEADLINES)
+            .await
+            .unwrap();
+        let mut events = client
+            .exec(ExecRequest::shell("sleep 1000"), CancellationToken::new())
+            .await
+            .unwrap();
+        let waited = tokio::time::timeout(DEADLINES.answer * 100, events.recv()).await;
+        assert!(waited.is_err(), "the command ended: {waited:?}");
     }
 }

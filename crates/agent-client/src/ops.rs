@@ -8,7 +8,7 @@ use berth_proto::{
     AgentInfo, AgentMessage, ClientMessage, ExecEvent, ExecRequest, ExitStatus, FileEntry, Frame,
     SessionParams, Stream, TerminalParams, WatchEvent, WorkspacePath,
 };
-use std::future::Future as _;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -204,6 +204,13 @@ fn lost() -> ExitStatus {
 /// command's timeout and the grace for ending it) the agent is taken for
 /// unresponsive: the events end with a note on stderr and an exit that
 /// says the command timed out, and the operation is cancelled.
+///
+/// A command may also run silent for as long as it likes (one without a
+/// timeout has no deadline), but its agent must go on answering: after
+/// [`Deadlines::answer`](crate::Deadlines::answer) without a frame the
+/// client asks the agent for its info, which it answers at once, and one
+/// that does not answer within that deadline ends the command's events
+/// the same way, saying the agent stopped answering.
 fn forward(
     mut op: Op,
     cancel: CancellationToken,
@@ -211,11 +218,38 @@ fn forward(
 ) -> mpsc::Receiver<ExecEvent> {
     let (tx, rx) = mpsc::channel(64);
     let started = Instant::now();
+    let idle = op.client.deadlines().answer;
     tokio::spawn(async move {
         let mut cancelled = false;
+        let mut quiet_until = Instant::now() + idle;
+        // The check in flight: whether the agent answered.
+        let mut check: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         loop {
             let frame = tokio::select! {
-                frame = op.next() => frame,
+                frame = op.next() => {
+                    quiet_until = Instant::now() + idle;
+                    check = None;
+                    frame
+                }
+                () = tokio::time::sleep_until(quiet_until), if check.is_none() => {
+                    let client = op.client.clone();
+                    check = Some(Box::pin(async move { client.info(false).await.is_ok() }));
+                    continue;
+                }
+                answered = async { check.as_mut()?.await.then_some(()) }, if check.is_some() => {
+                    check = None;
+                    if answered.is_some() {
+                        quiet_until = Instant::now() + idle;
+                        continue;
+                    }
+                    let note = format!(
+                        "berth: the agent stopped answering {:?} after the command started (no answer to a check within {idle:?}); it may be stopped or overloaded\n",
+                        started.elapsed()
+                    );
+                    let _ = tx.send(ExecEvent::output(Stream::Stderr, note.into_bytes())).await;
+                    let _ = tx.send(ExecEvent::Exit(lost())).await;
+                    return;
+                }
                 () = until(deadline) => {
                     let note = format!(
                         "berth: the agent did not report the command's end within {:?} of its start; it may be stopped or overloaded\n",

@@ -1226,8 +1226,14 @@ async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
     assert_eq!(sh(&rt, &ws, "echo up").await.stdout, "up\n");
     let agent = rt.start(&ws).await.unwrap()["pid"].as_u64().unwrap() as i32;
     let agent = rustix::process::Pid::from_raw(agent).unwrap();
+    // A command without a timeout, silent, running when the agent wedges.
+    let mut silent = rt
+        .exec(&ws, ExecRequest::shell("sleep 1000"), Default::default())
+        .await
+        .unwrap();
     // As a wedged agent would be, whatever wedged it.
     rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();
+    let stopped = std::time::Instant::now();
     let deadlines = berth_agent_client::Deadlines::from_env();
     let bound = |limit: std::time::Duration| limit + std::time::Duration::from_secs(3);
     let never = std::time::Duration::from_secs(60);
@@ -1244,6 +1250,8 @@ async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
         (read, began.elapsed())
     };
     let (read, read_took) = read.await;
+    let silent = tokio::time::timeout(never, berth_agent_client::collect(&mut silent)).await;
+    let silent_took = stopped.elapsed();
     rustix::process::kill_process(agent, rustix::process::Signal::CONT).unwrap();
 
     let err = exec.expect("exec ends").unwrap_err();
@@ -1278,6 +1286,14 @@ async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
     assert!(
         read_took <= bound(deadlines.answer),
         "the read failed after {read_took:?}"
+    );
+    let (_, stderr, exit) = silent.expect("the command without a timeout ends");
+    assert!(exit.cancelled && exit.code.is_none(), "{exit:?}");
+    let stderr = String::from_utf8(stderr).unwrap();
+    assert!(stderr.contains("the agent stopped answering"), "{stderr}");
+    assert!(
+        silent_took <= bound(deadlines.answer * 2),
+        "the command without a timeout ended {silent_took:?} after the agent stopped"
     );
     // Once it runs again, it answers again.
     assert_eq!(sh(&rt, &ws, "echo back").await.stdout, "back\n");
