@@ -3,14 +3,16 @@
 //! needed, and `berth serve` puts the same calls behind HTTP. Started as
 //! `derrick`, it is `berth serve` with Derrick's command line.
 
+mod backend;
 mod progress;
 mod quote;
 mod serve;
 mod terminal;
 
 use anyhow::{Context, Result, bail};
+use backend::Backend;
 use berth_core::{ExecEvent, ExecRequest, Spec, Workspace};
-use berth_provider::{Config, CreateOptions, Progress, Provider, ServiceError, config};
+use berth_provider::{Config, CreateOptions, config};
 use clap::{Parser, Subcommand};
 use quote::quoted;
 use serve::{DerrickCli, ServeArgs};
@@ -36,6 +38,15 @@ struct Cli {
     /// berth's state directory (registry, credentials, workspaces).
     #[arg(long, env = "BERTH_HOME", global = true)]
     home: Option<PathBuf>,
+    /// Run the command on a running `berth serve`: `http://HOST:PORT`
+    /// (with the token in BERTH_TOKEN or --token-file) or
+    /// `unix:///PATH/TO/SOCKET`.
+    #[arg(long, env = "BERTH_SERVER", global = true)]
+    server: Option<String>,
+    /// A file holding the server's bearer token (such as the server's
+    /// `$BERTH_HOME/server-token`); BERTH_TOKEN gives it directly.
+    #[arg(long, global = true, requires = "server")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -187,6 +198,8 @@ fn main() -> ExitCode {
         let derrick = DerrickCli::parse();
         Cli {
             home: derrick.home.clone(),
+            server: None,
+            token_file: None,
             command: Command::Serve(derrick.into_serve()),
         }
     } else {
@@ -247,21 +260,41 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let mut config = Config::load(config::home_dir(cli.home)?)?;
-    if let Command::Serve(args) = &cli.command
-        && let Some(runtime) = args.default_runtime()
-    {
-        config.runtime = Some(runtime);
-    }
-    let provider = config.open().await?;
-    let code = command(cli.command, provider.clone()).await;
+    let backend = match cli.server.filter(|s| !s.is_empty()) {
+        Some(server) => Backend::Remote(client(&server, cli.token_file)?),
+        None => {
+            let mut config = Config::load(config::home_dir(cli.home)?)?;
+            if let Command::Serve(args) = &cli.command
+                && let Some(runtime) = args.default_runtime()
+            {
+                config.runtime = Some(runtime);
+            }
+            Backend::Local(config.open().await?)
+        }
+    };
+    let code = command(cli.command, &backend).await;
     // What the runtimes finish after answering (a sandbox's standby
     // instance) is done before the process ends, not cut off.
-    provider.settle().await;
+    backend.settle().await;
     code
 }
 
-async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
+/// The client of `server`, with the token of `--token-file` or
+/// `BERTH_TOKEN`.
+fn client(server: &str, token_file: Option<PathBuf>) -> Result<berth_client::Client> {
+    let token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("--token-file: cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("BERTH_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    Ok(berth_client::Client::new(server, token)?)
+}
+
+async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match command {
         Command::Up {
@@ -273,7 +306,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             let spec = Spec::from_file(&spec)?;
             let (sender, receiver) = tokio::sync::mpsc::channel(64);
             let renderer = tokio::spawn(progress::render(receiver));
-            let created = provider
+            let created = backend
                 .create(
                     spec,
                     CreateOptions {
@@ -281,7 +314,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                         name,
                         labels: labels.into_iter().collect(),
                     },
-                    Progress::to(sender),
+                    sender,
                 )
                 .await;
             let _ = renderer.await;
@@ -289,7 +322,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             writeln!(stdout, "{}", ws.id)?;
         }
         Command::Ls { json, all, labels } => {
-            let workspaces = provider.list_labelled(all, &labels.into_iter().collect())?;
+            let workspaces = backend.list(all, &labels.into_iter().collect()).await?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &workspaces)?;
                 writeln!(stdout)?;
@@ -298,7 +331,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             }
         }
         Command::Show { id, json } => {
-            let details = provider.describe(&id)?;
+            let details = backend.describe(&id).await?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &details)?;
                 writeln!(stdout)?;
@@ -306,20 +339,20 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                 print_details(&mut stdout, &details)?;
             }
         }
-        Command::Start { id } => writeln!(stdout, "{}", provider.start(&id).await?.id)?,
-        Command::Stop { id } => writeln!(stdout, "{}", provider.stop(&id).await?.id)?,
+        Command::Start { id } => writeln!(stdout, "{}", backend.start(&id).await?.id)?,
+        Command::Stop { id } => writeln!(stdout, "{}", backend.stop(&id).await?.id)?,
         Command::Rm { mut ids, labels } => {
             if !labels.is_empty() {
                 let selector = labels.into_iter().collect();
-                let labelled = provider.list_labelled(false, &selector)?;
+                let labelled = backend.list(false, &selector).await?;
                 ids.extend(labelled.into_iter().map(|ws| ws.id.to_string()));
             }
             let mut failed = false;
             for id in ids {
-                match provider.remove(&id).await {
+                match backend.remove(&id).await {
                     Ok(ws) => writeln!(stdout, "{}", ws.id)?,
                     Err(e) => {
-                        eprintln!("berth: {e}");
+                        eprintln!("berth: {}", error_chain(&e));
                         failed = true;
                     }
                 }
@@ -329,7 +362,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             }
         }
         Command::Fetch { id } => {
-            for result in provider.fetch(&id, Progress::none()).await? {
+            for result in backend.fetch(&id).await? {
                 let state = if result.updated {
                     format!("{} -> {}", short(&result.previous), short(&result.commit))
                 } else {
@@ -339,7 +372,7 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             }
         }
         Command::Runtimes { json } => {
-            let runtimes = provider.runtimes().await;
+            let runtimes = backend.runtimes().await?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &runtimes)?;
                 writeln!(stdout)?;
@@ -362,10 +395,10 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             command,
         } => {
             drop(stdout);
-            return exec(&provider, id, cwd, env, timeout, interactive, command).await;
+            return exec(backend, id, cwd, env, timeout, interactive, command).await;
         }
         Command::Read { id, path } => {
-            let file = provider.read_file(&id, &path).await?;
+            let file = backend.read_file(&id, &path).await?;
             drop(stdout);
             copy_out(file, &format!("`{path}`")).await?;
         }
@@ -374,10 +407,10 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             std::io::stdin()
                 .read_to_end(&mut data)
                 .context("cannot read standard input")?;
-            provider.write_file(&id, &path, data).await?;
+            backend.write_file(&id, &path, data).await?;
         }
         Command::Files { id, dir, json } => {
-            let entries = provider.list_files(&id, &dir).await?;
+            let entries = backend.list_files(&id, &dir).await?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &entries)?;
                 writeln!(stdout)?;
@@ -392,17 +425,17 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Snapshot { id } => writeln!(stdout, "{}", provider.snapshot(&id).await?.id)?,
+        Command::Snapshot { id } => writeln!(stdout, "{}", backend.snapshot(&id).await?.id)?,
         Command::Fork { id, count } => {
-            for ws in provider.fork(&id, count).await? {
+            for ws in backend.fork(&id, count).await? {
                 writeln!(stdout, "{}", ws.id)?;
             }
         }
         Command::Reset { id, to } => {
-            writeln!(stdout, "{}", provider.reset(&id, to.as_deref()).await?.id)?
+            writeln!(stdout, "{}", backend.reset(&id, to.as_deref()).await?.id)?
         }
         Command::Changes { id, json } => {
-            let changes = provider.changes(&id).await?;
+            let changes = backend.changes(&id).await?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &changes)?;
                 writeln!(stdout)?;
@@ -418,27 +451,19 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
             }
         }
         Command::Diff { id } => {
-            let patch = provider.diff(&id).await?;
+            let patch = backend.diff(&id).await?;
             drop(stdout);
             copy_out(patch, "the patch").await?;
         }
         Command::Export { id, output } => {
-            let is_archive = output.to_string_lossy().ends_with(".tar.zst");
-            let target = if is_archive {
-                berth_core::ExportTarget::Archive { path: output }
-            } else {
-                berth_core::ExportTarget::Directory { path: output }
-            };
-            let summary = provider.export(&id, &target).await?;
+            let counts = backend.export(&id, &output).await?;
             eprintln!(
                 "exported {} entries ({} bytes); {} deleted paths not carried",
-                summary.entries,
-                summary.bytes,
-                summary.deleted.len()
+                counts.entries, counts.bytes, counts.deleted
             );
         }
         Command::Gc => {
-            let gc = provider.gc().await?;
+            let gc = backend.gc().await?;
             for runtime in gc.runtimes {
                 writeln!(
                     stdout,
@@ -448,14 +473,15 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
                     runtime.report.orphans.len()
                 )?;
             }
-            writeln!(
-                stdout,
-                "git: {} leftovers of interrupted clones and fetches removed",
-                gc.git.len()
-            )?;
+            if let Some(git) = gc.git {
+                writeln!(
+                    stdout,
+                    "git: {git} leftovers of interrupted clones and fetches removed"
+                )?;
+            }
         }
         Command::Detect { id, json } => {
-            let info = provider.agent_info(&id, true).await?;
+            let info = backend.agent_info(&id, true).await?;
             if json {
                 serde_json::to_writer_pretty(&mut stdout, &info.interpreters)?;
                 writeln!(stdout)?;
@@ -476,11 +502,11 @@ async fn command(command: Command, provider: Provider) -> Result<ExitCode> {
         }
         Command::Terminal { id, command } => {
             drop(stdout);
-            return terminal::run(&provider, &id, command).await;
+            return terminal::run(backend.local("terminal")?, &id, command).await;
         }
         Command::Serve(args) => {
             drop(stdout);
-            serve::serve(provider, args).await?;
+            serve::serve(backend.local("serve")?.clone(), args).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -505,7 +531,7 @@ async fn copy_out(mut from: berth_core::ReadStream, what: &str) -> Result<()> {
 }
 
 async fn exec(
-    provider: &Provider,
+    backend: &Backend,
     id: String,
     cwd: Option<String>,
     env: Vec<(String, String)>,
@@ -536,15 +562,17 @@ async fn exec(
             interrupt.cancel();
         }
     });
-    let (_, mut events) = match provider.exec(&id, request, cancel).await {
-        Ok(started) => started,
-        Err(err @ ServiceError::Runtime { .. }) if err.code() == "command_not_started" => {
-            eprintln!("berth: {err}");
-            return Ok(ExitCode::from(EXIT_NOT_STARTED));
-        }
+    let mut events = match backend.exec(&id, request, cancel).await {
+        Ok(events) => events,
         Err(err) => {
-            eprintln!("berth: {err}");
-            return Ok(ExitCode::from(EXIT_BERTH_FAILED));
+            eprintln!("berth: {}", error_chain(&err));
+            return Ok(ExitCode::from(
+                if backend::error_code(&err) == Some("command_not_started") {
+                    EXIT_NOT_STARTED
+                } else {
+                    EXIT_BERTH_FAILED
+                },
+            ));
         }
     };
     let mut out = std::io::stdout();

@@ -967,3 +967,5 @@ fn labels_are_shown_and_select_what_ls_and_rm_touch() {
 mod derrick;
 #[path = "cli/hostile.rs"]
 mod hostile;
+#[path = "cli/server.rs"]
+mod server;

@@ -1,0 +1,235 @@
+//! What the commands run against: the provider in this process, or a
+//! berth server through its client (`--server`). Each command is written
+//! once, over [`Backend`], so its output, progress and exit codes are the
+//! same either way; each method here only forwards to one of the two.
+
+use anyhow::{Result, bail};
+use berth_client::{Client, ExportCounts};
+use berth_core::{
+    Change, ExecRequest, ExecStream, ExportTarget, FileEntry, Labels, ProvisionEvent, ReadStream,
+    Snapshot, Spec, Workspace,
+};
+use berth_provider::{
+    CreateOptions, FetchResult, Progress, Provider, RuntimeGc, RuntimeStatus, ServiceError,
+    WorkspaceDetails,
+};
+use std::path::Path;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub enum Backend {
+    Local(Provider),
+    Remote(Client),
+}
+
+/// What `berth gc` removed.
+pub struct GcReport {
+    pub runtimes: Vec<RuntimeGc>,
+    /// Leftovers of interrupted git processes; a server does not report
+    /// them.
+    pub git: Option<usize>,
+}
+
+/// The stable code of an error the service layer or a server gave.
+pub fn error_code(err: &anyhow::Error) -> Option<&str> {
+    if let Some(err) = err.downcast_ref::<ServiceError>() {
+        return Some(err.code());
+    }
+    err.downcast_ref::<berth_client::ClientError>()
+        .and_then(|e| e.code())
+}
+
+impl Backend {
+    /// The provider in this process, for commands that only work there.
+    pub fn local(&self, command: &str) -> Result<&Provider> {
+        match self {
+            Backend::Local(provider) => Ok(provider),
+            Backend::Remote(_) => {
+                bail!("berth {command} runs on the server's host only, not with --server")
+            }
+        }
+    }
+
+    pub async fn create(
+        &self,
+        spec: Spec,
+        options: CreateOptions,
+        progress: mpsc::Sender<ProvisionEvent>,
+    ) -> Result<Workspace> {
+        Ok(match self {
+            Backend::Local(p) => p.create(spec, options, Progress::to(progress)).await?,
+            Backend::Remote(c) => c.create(&spec, &options, progress).await?,
+        })
+    }
+
+    pub async fn list(&self, all: bool, selector: &Labels) -> Result<Vec<Workspace>> {
+        Ok(match self {
+            Backend::Local(p) => p.list_labelled(all, selector)?,
+            Backend::Remote(c) => c.list(all, selector).await?,
+        })
+    }
+
+    pub async fn describe(&self, id: &str) -> Result<WorkspaceDetails> {
+        Ok(match self {
+            Backend::Local(p) => p.describe(id)?,
+            Backend::Remote(c) => c.describe(id).await?,
+        })
+    }
+
+    pub async fn start(&self, id: &str) -> Result<Workspace> {
+        Ok(match self {
+            Backend::Local(p) => p.start(id).await?,
+            Backend::Remote(c) => c.start(id).await?,
+        })
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<Workspace> {
+        Ok(match self {
+            Backend::Local(p) => p.stop(id).await?,
+            Backend::Remote(c) => c.stop(id).await?,
+        })
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<Workspace> {
+        Ok(match self {
+            Backend::Local(p) => p.remove(id).await?,
+            Backend::Remote(c) => c.remove(id).await?,
+        })
+    }
+
+    pub async fn fetch(&self, id: &str) -> Result<Vec<FetchResult>> {
+        Ok(match self {
+            Backend::Local(p) => p.fetch(id, Progress::none()).await?,
+            Backend::Remote(c) => c.fetch(id).await?,
+        })
+    }
+
+    pub async fn runtimes(&self) -> Result<Vec<RuntimeStatus>> {
+        Ok(match self {
+            Backend::Local(p) => p.runtimes().await,
+            Backend::Remote(c) => c.runtimes().await?,
+        })
+    }
+
+    pub async fn exec(
+        &self,
+        id: &str,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream> {
+        Ok(match self {
+            Backend::Local(p) => p.exec(id, request, cancel).await?.1,
+            Backend::Remote(c) => c.exec(id, &request, cancel).await?,
+        })
+    }
+
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<ReadStream> {
+        Ok(match self {
+            Backend::Local(p) => p.read_file(id, path).await?,
+            Backend::Remote(c) => c.read_file(id, path).await?,
+        })
+    }
+
+    pub async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
+        match self {
+            Backend::Local(p) => p.write_file(id, path, data).await?,
+            Backend::Remote(c) => c.write_file(id, path, data).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn list_files(&self, id: &str, dir: &str) -> Result<Vec<FileEntry>> {
+        Ok(match self {
+            Backend::Local(p) => p.list_files(id, dir).await?,
+            Backend::Remote(c) => c.list_files(id, dir).await?,
+        })
+    }
+
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot> {
+        Ok(match self {
+            Backend::Local(p) => p.snapshot(id).await?,
+            Backend::Remote(c) => c.snapshot(id).await?,
+        })
+    }
+
+    pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<Workspace>> {
+        Ok(match self {
+            Backend::Local(p) => p.fork(id, count).await?,
+            Backend::Remote(c) => c.fork(id, count).await?,
+        })
+    }
+
+    pub async fn reset(&self, id: &str, to: Option<&str>) -> Result<Workspace> {
+        Ok(match self {
+            Backend::Local(p) => p.reset(id, to).await?,
+            Backend::Remote(c) => c.reset(id, to).await?,
+        })
+    }
+
+    pub async fn changes(&self, id: &str) -> Result<Vec<Change>> {
+        Ok(match self {
+            Backend::Local(p) => p.changes(id).await?,
+            Backend::Remote(c) => c.changes(id).await?,
+        })
+    }
+
+    pub async fn diff(&self, id: &str) -> Result<ReadStream> {
+        Ok(match self {
+            Backend::Local(p) => p.diff(id).await?,
+            Backend::Remote(c) => c.diff(id).await?,
+        })
+    }
+
+    /// Writes the changed files to `output`: a `.tar.zst` archive, or a
+    /// directory.
+    pub async fn export(&self, id: &str, output: &Path) -> Result<ExportCounts> {
+        let is_archive = output.to_string_lossy().ends_with(".tar.zst");
+        Ok(match self {
+            Backend::Local(p) => {
+                let path = output.to_path_buf();
+                let target = if is_archive {
+                    ExportTarget::Archive { path }
+                } else {
+                    ExportTarget::Directory { path }
+                };
+                let summary = p.export(id, &target).await?;
+                ExportCounts {
+                    entries: summary.entries,
+                    bytes: summary.bytes,
+                    deleted: summary.deleted.len() as u64,
+                }
+            }
+            Backend::Remote(c) => c.export(id, output, is_archive).await?,
+        })
+    }
+
+    pub async fn gc(&self) -> Result<GcReport> {
+        Ok(match self {
+            Backend::Local(p) => {
+                let gc = p.gc().await?;
+                GcReport {
+                    runtimes: gc.runtimes,
+                    git: Some(gc.git.len()),
+                }
+            }
+            Backend::Remote(c) => GcReport {
+                runtimes: c.gc().await?,
+                git: None,
+            },
+        })
+    }
+
+    pub async fn agent_info(&self, id: &str, detect: bool) -> Result<berth_core::proto::AgentInfo> {
+        Ok(match self {
+            Backend::Local(p) => p.agent_info(id, detect).await?,
+            Backend::Remote(c) => c.agent_info(id, detect).await?,
+        })
+    }
+
+    /// Waits for what the local runtimes go on with after answering.
+    pub async fn settle(&self) {
+        if let Backend::Local(provider) = self {
+            provider.settle().await;
+        }
+    }
+}

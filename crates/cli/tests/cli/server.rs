@@ -1,0 +1,410 @@
+//! `berth --server`: every command run against a running `berth serve`,
+//! over TCP with a token and over a unix socket, gives what it gives on
+//! the local provider: the same output, progress, errors and exit codes.
+
+use super::{Env, stderr};
+use berth_testkit::{free_port, make_repo};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `berth serve` of its own home, ended when dropped.
+struct Server {
+    env: Env,
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn tcp() -> Server {
+        let env = Env::new();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = serve(&env, &["--listen", &addr]);
+        let server = Server {
+            env,
+            child,
+            url: format!("http://{addr}"),
+        };
+        server.wait_until(|| std::net::TcpStream::connect(&addr).is_ok());
+        server
+    }
+
+    fn unix() -> Server {
+        let env = Env::new();
+        let socket = env.dir.path().join("berth.sock");
+        let child = serve(&env, &["--socket", socket.to_str().unwrap()]);
+        let server = Server {
+            env,
+            child,
+            url: format!("unix://{}", socket.display()),
+        };
+        server.wait_until(|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
+        server
+    }
+
+    fn wait_until(&self, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            assert!(Instant::now() < deadline, "berth serve never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn token_file(&self) -> String {
+        self.env.home.join("server-token").display().to_string()
+    }
+}
+
+fn serve(env: &Env, args: &[&str]) -> Child {
+    env.berth()
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How the CLI is pointed at its workspaces.
+enum Target<'a> {
+    Local(&'a Env),
+    Server { server: &'a Server, client: &'a Env },
+}
+
+impl Target<'_> {
+    fn berth(&self) -> Command {
+        match self {
+            Target::Local(env) => env.berth(),
+            Target::Server { server, client } => {
+                // The client's own home stays empty: nothing runs here.
+                let mut command = client.berth();
+                command.args(["--server", &server.url]);
+                if server.url.starts_with("http") {
+                    command.args(["--token-file", &server.token_file()]);
+                }
+                command
+            }
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut command = self.berth();
+        command.args(args);
+        let Some(text) = stdin else {
+            return command.output().unwrap();
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+/// Text with what differs between two homes and two runs masked: ids
+/// (26 characters), hashes, and times (`3s ago`, `after 301 ms`).
+fn masked(text: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    let mut rest = text.chars().peekable();
+    loop {
+        let next = rest.peek().copied();
+        if let Some(c) = next.filter(char::is_ascii_alphanumeric) {
+            run.push(c);
+            rest.next();
+            continue;
+        }
+        let tail: String = rest.clone().take(4).collect();
+        let digits = is_number(&run);
+        if run.len() == 26 {
+            out.push_str("<id>");
+        } else if run.len() >= 12 && run.chars().all(|c| c.is_ascii_hexdigit()) {
+            out.push_str("<hash>");
+        } else if digits && tail.starts_with(" ms") {
+            out.push('N');
+        } else if tail.starts_with(" ago") && run.strip_suffix('s').is_some_and(is_number) {
+            out.push_str("Ns");
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        match next {
+            Some(c) => {
+                out.push(c);
+                rest.next();
+            }
+            None => return out,
+        }
+    }
+}
+
+fn is_number(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(|c| c.is_ascii_digit())
+}
+
+/// What a user sees of one command: exit code, stdout, stderr.
+type Seen = (Option<i32>, String, String);
+
+fn seen(out: &Output) -> Seen {
+    (
+        out.status.code(),
+        masked(&String::from_utf8_lossy(&out.stdout)),
+        masked(&stderr(out)),
+    )
+}
+
+/// Every command a user runs on a workspace, in order, as they see it.
+fn session(target: &Target, spec: &Path, export: &Path) -> Vec<(String, Seen)> {
+    let spec = spec.to_str().unwrap();
+    let export = export.to_str().unwrap();
+    let up = ["up", spec, "--name", "w", "--label", "team=a"];
+    let export = ["export", "w", "-o", export];
+    let steps: Vec<(&[&str], Option<&str>)> = vec![
+        (&up, None),
+        (&["ls", "--label", "team=a"], None),
+        (&["show", "w"], None),
+        (
+            &[
+                "exec",
+                "w",
+                "--",
+                "sh",
+                "-c",
+                "echo out; sleep 0.1; echo err >&2; exit 3",
+            ],
+            None,
+        ),
+        (
+            &[
+                "exec",
+                "w",
+                "-e",
+                "X=1",
+                "--cwd",
+                "app",
+                "--",
+                "sh",
+                "-c",
+                "echo $X; cat edit.txt",
+            ],
+            None,
+        ),
+        (
+            &[
+                "exec",
+                "w",
+                "--timeout",
+                "0.3",
+                "--",
+                "sh",
+                "-c",
+                "echo before; sleep 5",
+            ],
+            None,
+        ),
+        (&["exec", "w", "--", "no-such-program"], None),
+        (&["exec", "no-such-workspace", "--", "true"], None),
+        (&["exec", "w", "-i", "--", "cat"], Some("piped in\n")),
+        (&["write", "w", "app/new.txt"], Some("written\n")),
+        (&["read", "w", "app/new.txt"], None),
+        (&["read", "w", "app/missing.txt"], None),
+        (&["files", "w", "app"], None),
+        (
+            &[
+                "exec",
+                "w",
+                "--",
+                "sh",
+                "-c",
+                "echo changed > app/edit.txt; rm app/keep.txt",
+            ],
+            None,
+        ),
+        (&["changes", "w"], None),
+        (&["diff", "w"], None),
+        (&export, None),
+        (&["snapshot", "w"], None),
+        (&["fork", "w", "--count", "2"], None),
+        (&["reset", "w"], None),
+        (&["changes", "w"], None),
+        (&["stop", "w"], None),
+        (&["exec", "w", "--", "true"], None),
+        (&["start", "w"], None),
+        (&["fetch", "w"], None),
+        (&["runtimes"], None),
+        (&["rm", "--label", "team=a"], None),
+        (&["ls", "--all", "--label", "team=a"], None),
+    ];
+    let seen = steps
+        .into_iter()
+        .map(|(args, stdin)| (args.join(" "), seen(&target.run(args, stdin))))
+        .collect();
+    // The forks go too.
+    let listed = target.run(&["ls", "--json"], None);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    for ws in listed.as_array().unwrap() {
+        let out = target.run(&["rm", ws["id"].as_str().unwrap()], None);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    seen
+}
+
+#[test]
+fn every_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
+    let env = Env::new();
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("keep.txt", "k\n"), ("edit.txt", "old\n")]);
+    let spec = env.file(
+        "spec.toml",
+        &format!(
+            "runtime = \"sandbox\"\nimage = \"host\"\nsetup_script = \"echo set up\"\n\
+             [[repositories]]\nurl = \"{}\"\npath = \"app\"\n",
+            repo.display()
+        ),
+    );
+    let local = session(
+        &Target::Local(&env),
+        &spec,
+        &env.dir.path().join("local-export"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.dir.path().join("local-export/app/edit.txt")).unwrap(),
+        "changed\n",
+        "the local export holds the change"
+    );
+    // Sanity: the session exercised what it claims.
+    let codes: Vec<Option<i32>> = local.iter().map(|(_, (code, _, _))| *code).collect();
+    assert_eq!(
+        &codes[3..9],
+        [Some(3), Some(0), Some(124), Some(127), Some(125), Some(0)],
+        "{local:#?}"
+    );
+
+    for server in [Server::tcp(), Server::unix()] {
+        let client = Env::new();
+        let target = Target::Server {
+            server: &server,
+            client: &client,
+        };
+        let out_dir = client.dir.path().join("export");
+        let remote = session(&target, &spec, &out_dir);
+        for ((step, here), (_, there)) in local.iter().zip(&remote) {
+            if step == "runtimes" {
+                // The server's host is this one: the same runtimes.
+                assert_eq!(here.0, there.0);
+                continue;
+            }
+            let step = masked(step);
+            assert_eq!(here, there, "`berth {step}` over {}", server.url);
+        }
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join("app/edit.txt")).unwrap(),
+            "changed\n"
+        );
+        assert!(
+            !client.home.join("registry.db").exists(),
+            "the client opened no state of its own"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_token_a_missing_one_and_an_unreachable_server_get_clear_errors() {
+    let server = Server::tcp();
+    let client = Env::new();
+    let run = |extra: &[&str], token: Option<&str>| {
+        let mut command = client.berth();
+        command
+            .args(["--server", &server.url])
+            .args(extra)
+            .arg("ls");
+        if let Some(token) = token {
+            command.env("BERTH_TOKEN", token);
+        } else {
+            command.env_remove("BERTH_TOKEN");
+        }
+        let out = command.output().unwrap();
+        (out.status.code(), stderr(&out))
+    };
+    let (code, message) = run(&[], Some("wrong"));
+    assert_eq!(code, Some(1));
+    assert_eq!(message, "berth: wrong bearer token\n");
+    let (code, message) = run(&[], None);
+    assert_eq!(code, Some(1));
+    assert!(
+        message.starts_with("berth: missing bearer token"),
+        "{message}"
+    );
+    let token = std::fs::read_to_string(server.token_file()).unwrap();
+    assert_eq!(
+        run(&[], Some(token.trim())).0,
+        Some(0),
+        "BERTH_TOKEN is sent"
+    );
+    let (code, message) = run(&["--token-file", "/nonexistent/token"], None);
+    assert_eq!(code, Some(1));
+    assert!(
+        message.contains("--token-file: cannot read /nonexistent/token"),
+        "{message}"
+    );
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let out = client
+        .berth()
+        .args(["--server", &closed, "exec", "w", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "exec: berth failed around the command"
+    );
+    assert!(
+        stderr(&out).contains(&format!("cannot reach the berth server at {closed}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("Connection refused"),
+        "{}",
+        stderr(&out)
+    );
+    let socket = client.dir.path().join("none.sock");
+    let out = client
+        .berth()
+        .args(["--server", &format!("unix://{}", socket.display()), "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("No such file or directory"),
+        "{}",
+        stderr(&out)
+    );
+    let out = client
+        .berth()
+        .args(["--server", "127.0.0.1:7433", "ls"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("expected http://HOST:PORT or unix:///PATH"),
+        "{}",
+        stderr(&out)
+    );
+}
