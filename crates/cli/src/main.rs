@@ -149,13 +149,13 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
-    /// List the paths added (A), modified (M) and deleted (D) since provisioning.
+    /// List the paths added (A), modified (M) and deleted (D) since the workspace was made or last reset (to its provisioned state or a snapshot).
     Changes {
         id: String,
         #[arg(long)]
         json: bool,
     },
-    /// Print a git patch of each repository's changes since provisioning.
+    /// Print a git patch of each repository's changes since the commit it was provisioned at.
     Diff { id: String },
     /// Write the changed files to a directory, or to FILE.tar.zst.
     Export {

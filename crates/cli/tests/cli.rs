@@ -657,6 +657,56 @@ fn diff_reads_a_workspace_without_writing_to_it_on_every_runtime() {
     }
 }
 
+/// Changes are counted from the state the workspace was last reset to or
+/// made from: the provisioned state, or the snapshot `reset --to` named.
+#[test]
+fn changes_count_from_the_state_a_workspace_was_last_reset_to_on_every_runtime() {
+    let env = Env::new();
+    for (runtime, image) in [
+        ("sandbox", "host".to_string()),
+        ("docker", derrick::bash_git_image().to_string()),
+    ] {
+        let spec = env.file(
+            &format!("{runtime}.toml"),
+            &format!(
+                "runtime = \"{runtime}\"\nimage = \"{image}\"\n\
+                 setup_script = \"echo ready > ready.txt\"\n"
+            ),
+        );
+        let id = workspace_id(&env.ok(&["up", spec.to_str().unwrap()]));
+        let sh = |script: &str| env.ok(&["exec", &id, "--", "sh", "-c", script]);
+        sh("echo one > one.txt; echo changed > ready.txt");
+        assert_eq!(
+            env.ok(&["changes", &id]),
+            "A one.txt\nM ready.txt\n",
+            "{runtime}"
+        );
+        let snapshot = env.ok(&["snapshot", &id]).trim().to_string();
+        sh("echo two > two.txt; rm one.txt");
+
+        env.ok(&["reset", &id, "--to", &snapshot]);
+        assert_eq!(
+            env.ok(&["changes", &id]),
+            "",
+            "{runtime}: since the snapshot"
+        );
+        sh("echo three > three.txt");
+        assert_eq!(env.ok(&["changes", &id]), "A three.txt\n", "{runtime}");
+        let fork = env.ok(&["fork", &id]).trim().to_string();
+        assert_eq!(env.ok(&["changes", &fork]), "", "{runtime}: since the fork");
+        env.ok(&["rm", &fork]);
+
+        env.ok(&["reset", &id]);
+        assert_eq!(
+            env.ok(&["changes", &id]),
+            "",
+            "{runtime}: since provisioning"
+        );
+        assert_eq!(sh("cat ready.txt; ls"), "ready\nready.txt\n", "{runtime}");
+        env.ok(&["rm", &id]);
+    }
+}
+
 #[test]
 fn a_sandbox_workspace_comes_up_in_a_home_under_a_0700_directory_and_umask_077() {
     use std::os::unix::fs::PermissionsExt;

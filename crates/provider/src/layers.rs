@@ -99,7 +99,9 @@ impl Provider {
         self.get(ws.id.as_str())
     }
 
-    /// The paths added, modified and deleted since the provisioned state.
+    /// The paths added, modified and deleted since the state the workspace
+    /// was made from or last reset to: its provisioned state, a fork's
+    /// origin at the fork, or the snapshot `reset` was given.
     pub async fn changes(&self, id: &str) -> Result<Vec<Change>, ServiceError> {
         let ws = self.settled(id)?;
         self.runtime_of(&ws)?
