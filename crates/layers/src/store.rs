@@ -478,8 +478,11 @@ fn check_holder(holder: &str) -> Result<(), StoreError> {
 }
 
 /// Unpacks a root filesystem tarball (zstd-compressed or not) into an
-/// empty layer tree, keeping modes, xattrs and device nodes, with owners
-/// shifted by `shift` for ids below `range`.
+/// empty layer tree, keeping modes and xattrs, with owners shifted by
+/// `shift` for ids below `range`. The archive may be hostile (an image
+/// from anywhere): entries climbing out with `..` or through a link are
+/// refused, and device nodes are left out, for a workspace gets its own
+/// `/dev` and a node could name a device of the host.
 pub fn unpack_tarball(
     reader: impl io::BufRead,
     into: &Path,
@@ -490,8 +493,9 @@ pub fn unpack_tarball(
     tree::shift_ownership(into, shift, range)
 }
 
-/// Unpacks a tar stream (zstd-compressed or not) keeping owners, modes,
-/// xattrs and device nodes, as a base filesystem needs.
+/// Unpacks a tar stream (zstd-compressed or not) keeping owners, modes and
+/// xattrs, as a base filesystem needs; `tar`'s `unpack_in` keeps every
+/// entry beneath `into`.
 fn unpack_preserving(mut reader: impl io::BufRead, into: &Path) -> io::Result<()> {
     let zstd_magic = [0x28, 0xb5, 0x2f, 0xfd];
     let compressed = reader.fill_buf()?.starts_with(&zstd_magic);
@@ -505,5 +509,15 @@ fn unpack_preserving(mut reader: impl io::BufRead, into: &Path) -> io::Result<()
     archive.set_preserve_ownerships(true);
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
-    archive.unpack(into)
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Char | tar::EntryType::Block
+        ) {
+            continue;
+        }
+        entry.unpack_in(into)?;
+    }
+    Ok(())
 }

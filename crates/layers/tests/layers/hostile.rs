@@ -348,3 +348,63 @@ fn export_keeps_a_sparse_file_sparse_in_a_directory_and_an_archive() {
         assert_eq!(&tail, b"tail");
     }
 }
+
+/// A tar archive of `entries` (name, type, link target, data); names are
+/// written raw, so they may climb with `..`.
+fn hostile_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        let raw = &mut header.as_gnu_mut().unwrap().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(data.len() as u64);
+        if !link.is_empty() {
+            header.set_link_name(link).unwrap();
+        }
+        if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+            header.set_device_major(8).unwrap();
+            header.set_device_minor(0).unwrap();
+        }
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn a_hostile_base_image_neither_climbs_out_nor_brings_device_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("layer");
+    fs::create_dir(&tree).unwrap();
+    let tar = hostile_tar(&[
+        ("../climbed", tar::EntryType::Regular, "", b"out"),
+        ("disk", tar::EntryType::Block, "", b""),
+        ("tty", tar::EntryType::Char, "", b""),
+        ("ok.txt", tar::EntryType::Regular, "", b"ok"),
+    ]);
+    berth_layers::unpack_tarball(&tar[..], &tree, 0, 0).unwrap();
+    assert!(!dir.path().join("climbed").exists());
+    assert!(fs::symlink_metadata(tree.join("disk")).is_err());
+    assert!(fs::symlink_metadata(tree.join("tty")).is_err());
+    assert_eq!(fs::read(tree.join("ok.txt")).unwrap(), b"ok");
+}
+
+#[test]
+fn a_hostile_base_image_cannot_write_through_its_own_link() {
+    let host = Host::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("layer");
+    fs::create_dir(&tree).unwrap();
+    let outside = host.secret_dir.display().to_string();
+    let tar = hostile_tar(&[
+        ("escape", tar::EntryType::Symlink, &outside, b""),
+        ("escape/planted", tar::EntryType::Regular, "", b"planted"),
+    ]);
+    assert!(berth_layers::unpack_tarball(&tar[..], &tree, 0, 0).is_err());
+    assert!(!host.secret_dir.join("planted").exists());
+}
