@@ -4,6 +4,7 @@
 //! `derrick`, it is `berth serve` with Derrick's command line.
 
 mod backend;
+mod job;
 mod progress;
 mod quote;
 mod serve;
@@ -178,8 +179,19 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Serve the HTTP API.
+    /// Serve the HTTP API, and run job tasks.
     Serve(ServeArgs),
+    /// Batch jobs: one script over many repositories.
+    Job {
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
+    /// Run job tasks only, for a host that serves nothing.
+    Runner {
+        /// Tasks at once.
+        #[arg(long, default_value_t = 8)]
+        slots: usize,
+    },
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -507,6 +519,14 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
         Command::Serve(args) => {
             drop(stdout);
             serve::serve(backend.local("serve")?.clone(), args).await?;
+        }
+        Command::Job { command } => {
+            drop(stdout);
+            return job::command(backend.local("job")?.clone(), command).await;
+        }
+        Command::Runner { slots } => {
+            drop(stdout);
+            return job::runner(backend.local("runner")?.clone(), slots).await;
         }
     }
     Ok(ExitCode::SUCCESS)

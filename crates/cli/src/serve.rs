@@ -12,6 +12,9 @@ use clap::builder::BoolishValueParser;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// Job tasks the server's workers run at once.
+const JOB_SLOTS: usize = 8;
+
 /// The program name under which berth stands in for Derrick.
 pub const DERRICK: &str = "derrick";
 
@@ -154,7 +157,17 @@ pub async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
         insecure_no_auth: args.insecure_no_auth,
         default_spec,
     };
-    berth_server::serve(provider, config).await?;
+    // The workers: tasks of batch jobs run inside the server too.
+    let (_, runner) = crate::job::open(&provider, JOB_SLOTS)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let workers = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { runner.serve(shutdown).await })
+    };
+    let served = berth_server::serve(provider, config).await;
+    shutdown.cancel();
+    let _ = workers.await;
+    served?;
     Ok(())
 }
 

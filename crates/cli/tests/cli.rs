@@ -1017,5 +1017,7 @@ fn labels_are_shown_and_select_what_ls_and_rm_touch() {
 mod derrick;
 #[path = "cli/hostile.rs"]
 mod hostile;
+#[path = "cli/jobs.rs"]
+mod jobs;
 #[path = "cli/server.rs"]
 mod server;

@@ -218,6 +218,11 @@ impl Jobs {
         Ok(TaskDetails { task, attempts })
     }
 
+    /// A task by its exact id.
+    pub fn task_by_id(&self, id: &str) -> Result<Task, JobError> {
+        Ok(self.store.task(id)?)
+    }
+
     /// A task's log entries after position `after`, at most `limit`.
     pub fn log(&self, task: &str, after: u64, limit: u32) -> Result<Vec<LogEntry>, JobError> {
         Ok(self.store.log_after(task, after, limit)?)
