@@ -78,7 +78,11 @@ pub fn install(dir: &Path) -> Result<PathBuf, InstallError> {
         source,
     };
     let path = dir.join(file_name());
+    if stamp(&path).is_some_and(|now| std::fs::read(stamp_path(dir)).ok() == Some(now)) {
+        return Ok(path);
+    }
     if std::fs::read(&path).is_ok_and(|existing| Sha256::digest(&existing)[..] == digest()[..]) {
+        write_stamp(dir, &path);
         return Ok(path);
     }
     std::fs::create_dir_all(dir).map_err(err)?;
@@ -89,7 +93,44 @@ pub fn install(dir: &Path) -> Result<PathBuf, InstallError> {
     file.1.sync_all().map_err(err)?;
     std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
     std::fs::rename(&file.0, &path).map_err(err)?;
+    write_stamp(dir, &path);
     Ok(path)
+}
+
+/// Where the stamp of the installed agent is kept: its size, change time
+/// and inode when its content was last checked. A CLI process installs
+/// the agent on every start; reading and hashing megabytes each time would
+/// cost more than most commands, while a file whose stamp still matches
+/// was not touched since it was checked.
+fn stamp_path(dir: &Path) -> PathBuf {
+    dir.join(format!(".{}.checked", file_name()))
+}
+
+fn stamp(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.is_file().then(|| {
+        format!(
+            "{} {}.{} {} {}",
+            meta.len(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.ino(),
+            meta.dev()
+        )
+        .into_bytes()
+    })
+}
+
+/// Records that `path` was checked as it is now; a stamp that cannot be
+/// written only means the next install checks again.
+fn write_stamp(dir: &Path, path: &Path) {
+    if let Some(now) = stamp(path) {
+        let temporary = dir.join(format!(".{}.checked.{}", file_name(), std::process::id()));
+        if std::fs::write(&temporary, now).is_ok() {
+            let _ = std::fs::rename(&temporary, stamp_path(dir));
+        }
+    }
 }
 
 fn digest() -> Vec<u8> {
