@@ -707,6 +707,56 @@ fn changes_count_from_the_state_a_workspace_was_last_reset_to_on_every_runtime()
     }
 }
 
+/// A diff killed before its patch was read leaves the patch in the
+/// repository's git directory: it is no change, and the next diff removes
+/// it once it is old enough to be no other diff's.
+#[test]
+fn patches_a_killed_diff_left_never_show_in_changes_and_go_with_the_next_diff() {
+    let env = Env::new();
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("keep.txt", "k\n"), ("edit.txt", "old\n")]);
+    let spec = env.file(
+        "sandbox.toml",
+        &format!(
+            "runtime = \"sandbox\"\nimage = \"host\"\n\
+             [[repositories]]\nurl = \"{}\"\npath = \"app\"\n",
+            repo.display()
+        ),
+    );
+    let id = workspace_id(&env.ok(&["up", spec.to_str().unwrap()]));
+    env.ok(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo new > app/edit.txt; \
+         echo stale > app/.git/berth-diff-stale.patch; \
+         touch -d '2 hours ago' app/.git/berth-diff-stale.patch; \
+         echo recent > app/.git/berth-diff-recent.patch",
+    ]);
+    assert_eq!(env.ok(&["changes", &id]), "M app/edit.txt\n");
+    let patch = env.ok(&["diff", &id]);
+    assert!(
+        patch.contains("+new") && !patch.contains("stale"),
+        "{patch}"
+    );
+    assert_eq!(
+        env.ok(&[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "ls app/.git | grep berth-diff"
+        ]),
+        "berth-diff-recent.patch\n",
+        "the stale patch is gone, the diff's own too"
+    );
+    assert_eq!(env.ok(&["changes", &id]), "M app/edit.txt\n");
+    env.ok(&["rm", &id]);
+}
+
 #[test]
 fn a_sandbox_workspace_comes_up_in_a_home_under_a_0700_directory_and_umask_077() {
     use std::os::unix::fs::PermissionsExt;

@@ -54,8 +54,12 @@ const DIFF_SCRIPT: &str = r#"set -e
 cd "$1"
 base=$(git rev-parse -q --verify refs/berth/base^{commit} || git rev-parse --verify HEAD^{commit})
 objects=$(cd "$(git rev-parse --git-common-dir)/objects" && pwd -P)
+# What a diff killed before its patch was read left behind: a patch is
+# read at once once written, so one an hour old is no other diff's.
+find "$(git rev-parse --git-dir)" -maxdepth 1 -name 'berth-diff-*.patch' -mmin +60 -exec rm -f {} + 2>/dev/null || true
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"; [ "$written" = 1 ] || rm -f "$3"' EXIT
+trap 'exit 1' HUP INT TERM
 mkdir "$scratch/objects"
 export GIT_INDEX_FILE="$scratch/index" GIT_OBJECT_DIRECTORY="$scratch/objects"
 export GIT_ALTERNATE_OBJECT_DIRECTORIES="$objects"
@@ -101,13 +105,17 @@ impl Provider {
 
     /// The paths added, modified and deleted since the state the workspace
     /// was made from or last reset to: its provisioned state, a fork's
-    /// origin at the fork, or the snapshot `reset` was given.
+    /// origin at the fork, or the snapshot `reset` was given. A patch file
+    /// a killed diff left in a repository's git directory is none of them.
     pub async fn changes(&self, id: &str) -> Result<Vec<Change>, ServiceError> {
         let ws = self.settled(id)?;
-        self.runtime_of(&ws)?
+        let mut changes = self
+            .runtime_of(&ws)?
             .changes(&ws)
             .await
-            .map_err(|e| ServiceError::runtime(&ws.id, e))
+            .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        changes.retain(|change| !is_diff_patch(&change.path));
+        Ok(changes)
     }
 
     /// Writes the changed files to a host archive or directory.
@@ -126,10 +134,11 @@ impl Provider {
     /// A git-style patch of the changes in each of the workspace's
     /// repositories since they were provisioned, committed or not, streamed.
     /// git writes each repository's patch into a file in its own git
-    /// directory inside the workspace; the patches are then read from there
-    /// as the stream is consumed and removed, so a patch of any size passes
-    /// through bounded memory and no output bound can cut it. A failure
-    /// once streaming has begun ends the stream with an error.
+    /// directory inside the workspace; the patches are opened, removed, and
+    /// read as the stream is consumed, so a patch of any size passes
+    /// through bounded memory, no output bound can cut it, and a berth
+    /// killed while streaming leaves nothing behind. A failure once
+    /// streaming has begun ends the stream with an error.
     pub async fn diff(&self, id: &str) -> Result<ReadStream, ServiceError> {
         let (ws, runtime) = self.running(id)?;
         let name = format!(
@@ -158,15 +167,26 @@ impl Provider {
             }
             patches.push(repo.path.join(&WorkspacePath::parse(&name)?));
         }
+        let mut files = Vec::new();
+        for patch in &patches {
+            match runtime.read_file(&ws, patch).await {
+                Ok(file) => files.push(file),
+                Err(e) => {
+                    remove_all(runtime.as_ref(), &ws, &patches).await;
+                    return Err(ServiceError::runtime(&ws.id, e));
+                }
+            }
+        }
+        // Open, their contents stay readable.
+        remove_all(runtime.as_ref(), &ws, &patches).await;
         let (sender, stream) = ReadStream::channel();
         tokio::spawn(async move {
             let mut sent = Ok(());
-            for patch in &patches {
+            for file in files {
                 if sent.is_ok() {
-                    sent = send_file(runtime.as_ref(), &ws, patch, &sender).await;
+                    sent = send_file(file, &sender).await;
                 }
             }
-            remove_all(runtime.as_ref(), &ws, &patches).await;
             match sent {
                 Ok(()) => sender.finish().await,
                 Err(err) => sender.fail(err).await,
@@ -370,16 +390,7 @@ impl Provider {
 
 /// Copies a workspace file into `sender`, chunk by chunk as the reader
 /// takes them.
-async fn send_file(
-    runtime: &dyn Runtime,
-    ws: &Workspace,
-    path: &WorkspacePath,
-    sender: &ReadSender,
-) -> std::io::Result<()> {
-    let mut file = runtime
-        .read_file(ws, path)
-        .await
-        .map_err(|e| std::io::Error::other(format!("cannot read the patch `{path}`: {e}")))?;
+async fn send_file(mut file: ReadStream, sender: &ReadSender) -> std::io::Result<()> {
     loop {
         let mut chunk = vec![0; 64 * 1024];
         let n = file.read(&mut chunk).await?;
@@ -391,6 +402,21 @@ async fn send_file(
             return Err(std::io::Error::other("the reader of the patch went away"));
         }
     }
+}
+
+/// Whether `path` is a patch file a diff writes in a repository's git
+/// directory.
+fn is_diff_patch(path: &str) -> bool {
+    let path = std::path::Path::new(path);
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("berth-diff-") && n.ends_with(".patch"));
+    named
+        && path
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == ".git")
 }
 
 /// Removes the patch files a diff wrote; the workspace's own error is of
