@@ -7,8 +7,8 @@
 //! the whole fetch and git works under one berth writes (core settings and
 //! `origin`); the workspace's file is put back, byte for byte, before the
 //! copy returns to it. Layouts that would lead git outside the copy (a
-//! `.git` that is a link or a `gitdir:` file, linked worktrees, object
-//! alternates) are refused. The network step happens in the mirror, as
+//! `.git` that is a link or a `gitdir:` file, a link or a special file
+//! anywhere beneath it, linked worktrees, object alternates) are refused. The network step happens in the mirror, as
 //! always; the copy only ever fetches from the mirror, without credentials.
 
 use crate::mirror::Mirrors;
@@ -123,7 +123,45 @@ async fn check_layout(copy: &Path, dot_git: &Path) -> Result<(), GitError> {
             ));
         }
     }
-    Ok(())
+    let walked = dot_git.to_path_buf();
+    match tokio::task::spawn_blocking(move || first_unsafe_entry(&walked)).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(entry))) => Err(unsafe_layout(
+            copy,
+            &format!(
+                "`{}` is a link or a special file, which git would follow or block on",
+                entry.strip_prefix(copy).unwrap_or(&entry).display()
+            ),
+        )),
+        Ok(Err(source)) => Err(GitError::Io {
+            path: dot_git.to_path_buf(),
+            source,
+        }),
+        Err(e) => Err(GitError::Io {
+            path: dot_git.to_path_buf(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// The first entry beneath `dir` that is neither a directory nor a regular
+/// file (a link the workspace planted, a fifo, a device), if any. git
+/// makes none in a repository: through one, the provider's git would
+/// write objects and refs to, or read them from, wherever it leads.
+fn first_unsafe_entry(dir: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if !kind.is_file() {
+                return Ok(Some(entry.path()));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn unsafe_layout(copy: &Path, reason: &str) -> GitError {

@@ -366,7 +366,7 @@ async fn a_copied_checkout_is_fetched_without_reading_its_configuration() {
 }
 
 #[tokio::test]
-async fn a_copy_that_leads_outside_itself_is_refused() {
+async fn a_copy_that_leads_outside_itself_through_git_or_links_within_it_is_refused() {
     let world = World::new();
     let copy = world.clone("linked").await;
     std::fs::rename(copy.join(".git"), world.dir.path().join("elsewhere")).unwrap();
@@ -377,6 +377,37 @@ async fn a_copy_that_leads_outside_itself_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, GitError::UnsafeCheckout { .. }), "{err}");
+
+    // A link deeper down: objects fetched would be written where it
+    // leads, and refs read from there.
+    for (name, link) in [
+        ("objects-linked", "objects/pack"),
+        ("refs-linked", "refs/heads"),
+        ("head-linked", "HEAD"),
+    ] {
+        let copy = world.clone(name).await;
+        let elsewhere = world.dir.path().join(format!("{name}-target"));
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = copy.join(".git").join(link);
+        let _ = std::fs::remove_dir_all(&link);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let err = world
+            .git
+            .fetch_copy(&world.repo(None), &world.mirrors, &copy)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, GitError::UnsafeCheckout { .. }),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains("is a link"), "{name}: {err}");
+        assert_eq!(
+            std::fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "{name}: git wrote through the link"
+        );
+    }
 
     let copy = world.clone("borrowing").await;
     std::fs::write(copy.join(".git/objects/info/alternates"), "/etc\n").unwrap();
