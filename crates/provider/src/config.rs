@@ -292,7 +292,13 @@ impl Config {
         if config.agent_program.is_none() {
             config.agent_program = Some(agent);
         }
-        berth_runtime_sandbox::SandboxRuntime::new(config).map_err(|e| e.to_string())
+        // `docker:NAME` images come from the engine the docker runtime uses.
+        let exporter = match &self.docker_host {
+            Some(host) => berth_runtime_sandbox::EngineExporter::new(host),
+            None => berth_runtime_sandbox::EngineExporter::from_env(),
+        };
+        berth_runtime_sandbox::SandboxRuntime::with_exporter(config, Some(Arc::new(exporter)))
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -27,4 +27,4 @@ pub use config::{IdMap, InitConfig, Mount};
 pub mod runtime;
 
 #[cfg(all(target_os = "linux", feature = "runtime"))]
-pub use runtime::{Base, ImageExporter, SandboxConfig, SandboxRuntime};
+pub use runtime::{Base, EngineExporter, ImageExporter, SandboxConfig, SandboxRuntime};

@@ -28,6 +28,7 @@
 mod base;
 mod cache;
 mod config;
+mod engine;
 mod gc;
 mod inside;
 mod instance;
@@ -40,6 +41,7 @@ mod state;
 
 pub use base::{Base, ImageExporter};
 pub use config::{DEFAULT_ID_MAP, DEFAULT_PIDS, SandboxConfig};
+pub use engine::EngineExporter;
 
 use crate::cgroup::{self, Layout};
 use crate::plan::{self, HostBase};

@@ -9,7 +9,7 @@ use berth_core::{
     Change, ChangeKind, ExecRequest, ExportTarget, FileKind, Runtime, Spec, Workspace,
     WorkspacePath, spec::Network,
 };
-use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
+use berth_runtime_sandbox::{EngineExporter, SandboxConfig, SandboxRuntime};
 use berth_testkit::attacks;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1530,6 +1530,128 @@ async fn a_container_image_is_exported_once_into_a_base_layer() {
     assert!(error.contains("cannot find image `missing`"), "{error}");
     rt.remove(&first).await.unwrap();
     rt.remove(&second).await.unwrap();
+}
+
+/// An engine's exporter that counts its exports.
+struct Counted {
+    engine: EngineExporter,
+    exports: std::sync::atomic::AtomicUsize,
+}
+
+impl berth_runtime_sandbox::ImageExporter for Counted {
+    fn image_id(&self, image: &str) -> Result<String, String> {
+        self.engine.image_id(image)
+    }
+
+    fn export(&self, image: &str, into: &Path) -> Result<(), String> {
+        self.exports
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.engine.export(image, into)
+    }
+}
+
+/// `docker:NAME` through a real engine (dockerd, at `DOCKER_HOST` or its
+/// default socket): an image the test makes with `docker import` is
+/// exported once into a layer and the workspace runs in it; a missing
+/// image and an engine nobody answers for are named.
+#[tokio::test]
+async fn a_workspace_starts_from_an_image_docker_import_made() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let image = Exporter::new();
+    let tarball = image.rootfs.path().with_extension("tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(image.rootfs.path())
+        .args(["--numeric-owner", "-cf"])
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tag = format!(
+        "berth-test/sandbox-base:{}",
+        home.path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase()
+            .replace('.', "")
+    );
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run docker (scripts/prepare installs it): {e}"));
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    docker(&["import", tarball.to_str().unwrap(), &tag]);
+    let _ = fs::remove_file(&tarball);
+
+    let engine = std::sync::Arc::new(Counted {
+        engine: EngineExporter::from_env(),
+        exports: Default::default(),
+    });
+    let rt = SandboxRuntime::with_exporter(config(home.path()), Some(engine.clone())).unwrap();
+    let spec = Spec {
+        image: Some(format!("docker:{tag}")),
+        ..Spec::default()
+    };
+    let first = started(&rt, spec.clone()).await;
+    let ran = sh(&rt, &first, "cat /etc/os-release; ls /usr/bin").await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        ran.stdout.starts_with("ID=berth-test-image\n"),
+        "{}",
+        ran.stdout
+    );
+    // The image is exported once: the next workspace finds its layer.
+    let second = started(&rt, spec).await;
+    assert_eq!(engine.exports.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        sh(&rt, &second, "cat /etc/os-release").await.stdout,
+        "ID=berth-test-image\n"
+    );
+
+    let missing = workspace(Spec {
+        image: Some("docker:berth-test/never-imported:0".into()),
+        ..Spec::default()
+    });
+    let error = rt.create(&missing, None).await.unwrap_err().to_string();
+    assert!(
+        error.contains("no image `berth-test/never-imported:0`"),
+        "{error}"
+    );
+    let nowhere = EngineExporter::new("unix:///nonexistent/docker.sock");
+    let other_home = tempfile::tempdir().unwrap();
+    let unreachable = SandboxRuntime::with_exporter(
+        config(other_home.path()),
+        Some(std::sync::Arc::new(nowhere)),
+    )
+    .unwrap();
+    let error = unreachable
+        .create(
+            &workspace(Spec {
+                image: Some(format!("docker:{tag}")),
+                ..Spec::default()
+            }),
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("cannot reach a container engine at unix:///nonexistent/docker.sock")
+            && error.contains("DOCKER_HOST"),
+        "{error}"
+    );
+    rt.remove(&first).await.unwrap();
+    rt.remove(&second).await.unwrap();
+    docker(&["rmi", &tag]);
 }
 
 #[tokio::test]
