@@ -68,6 +68,14 @@ enum Command {
         /// A `key=value` tag to list and remove the workspace by; repeatable.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Stop the workspace after this many seconds without a command, a
+        /// file operation or an open terminal; overrides `timeouts.idle`.
+        #[arg(long, value_name = "SECONDS")]
+        idle: Option<u64>,
+        /// Remove the workspace this many seconds after its creation;
+        /// overrides `timeouts.lifetime`.
+        #[arg(long, value_name = "SECONDS")]
+        lifetime: Option<u64>,
     },
     /// List workspaces.
     Ls {
@@ -165,7 +173,14 @@ enum Command {
         output: PathBuf,
     },
     /// Remove layers and leftovers that nothing uses.
-    Gc,
+    Gc {
+        /// Also evict the least recently used provisioning cache entries
+        /// that no workspace uses until the cache fits SIZE (`10G`); without
+        /// SIZE, the configured budget (`BERTH_CACHE_BUDGET`), or every such
+        /// entry when none is set.
+        #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "")]
+        cache: Option<String>,
+    },
     /// List the interpreters a workspace has, with their versions.
     Detect {
         id: String,
@@ -314,6 +329,8 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
             runtime,
             name,
             labels,
+            idle,
+            lifetime,
         } => {
             let spec = Spec::from_file(&spec)?;
             let (sender, receiver) = tokio::sync::mpsc::channel(64);
@@ -325,6 +342,8 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
                         runtime,
                         name,
                         labels: labels.into_iter().collect(),
+                        idle,
+                        lifetime,
                     },
                     sender,
                 )
@@ -474,7 +493,23 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
                 counts.entries, counts.bytes, counts.deleted
             );
         }
-        Command::Gc => {
+        Command::Gc { cache } => {
+            if let Some(budget) = cache {
+                let budget = match budget.as_str() {
+                    "" => None,
+                    text => Some(berth_core::spec::parse_bytes(text).with_context(|| {
+                        format!("--cache: `{text}` is not a size: expected bytes or a number with k, m, g or t")
+                    })?),
+                };
+                let evicted = backend.local("gc --cache")?.gc_cache(budget).await?;
+                writeln!(
+                    stdout,
+                    "cache: {} entries evicted ({} bytes freed, {} bytes kept)",
+                    evicted.evicted.len(),
+                    evicted.freed,
+                    evicted.kept
+                )?;
+            }
             let gc = backend.gc().await?;
             for runtime in gc.runtimes {
                 writeln!(
@@ -693,6 +728,20 @@ fn print_details(out: &mut impl Write, details: &berth_provider::WorkspaceDetail
     writeln!(out, "runtime:   {}", ws.runtime)?;
     writeln!(out, "state:     {}", ws.state)?;
     writeln!(out, "created:   {}", progress::ago(ws.created_at))?;
+    if let (Some(at), Some(idle)) = (details.idle_deadline, ws.spec.timeouts.idle) {
+        writeln!(
+            out,
+            "stops:     {} unless used (idle timeout {idle}s)",
+            progress::until(at)
+        )?;
+    }
+    if let (Some(at), Some(lifetime)) = (details.removal_deadline, ws.spec.timeouts.lifetime) {
+        writeln!(
+            out,
+            "removed:   {} (lifetime {lifetime}s)",
+            progress::until(at)
+        )?;
+    }
     for (key, value) in &ws.labels {
         writeln!(out, "label:     {key}={value}")?;
     }

@@ -141,11 +141,24 @@ async fn render_bars(events: &mut mpsc::Receiver<ProvisionEvent>) {
 
 /// A timestamp as a short age: `5s ago`, `3m ago`, `2h ago`, `4d ago`.
 pub fn ago(ms: i64) -> String {
-    let secs = (berth_core::now_ms() - ms).max(0) / 1000;
-    match secs {
-        s if s < 60 => format!("{s}s ago"),
-        s if s < 3600 => format!("{}m ago", s / 60),
-        s if s < 86400 => format!("{}h ago", s / 3600),
-        s => format!("{}d ago", s / 86400),
+    format!("{} ago", span(berth_core::now_ms().saturating_sub(ms)))
+}
+
+/// A timestamp to come as a short wait: `in 5s`, `in 3m`; `now` once due.
+pub fn until(ms: i64) -> String {
+    let wait = ms.saturating_sub(berth_core::now_ms());
+    if wait <= 0 {
+        return "now".into();
+    }
+    format!("in {}", span(wait))
+}
+
+/// Milliseconds in the largest whole unit: `5s`, `3m`, `2h`, `4d`.
+fn span(ms: i64) -> String {
+    match ms.max(0) / 1000 {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
     }
 }

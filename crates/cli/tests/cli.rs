@@ -1071,3 +1071,47 @@ mod hostile;
 mod jobs;
 #[path = "cli/server.rs"]
 mod server;
+
+#[test]
+fn up_with_idle_and_lifetime_shows_when_each_deadline_falls() {
+    let env = Env::new();
+    let spec = env.file(
+        "deadlines.toml",
+        "runtime = \"local\"\n[timeouts]\nidle = 60\n",
+    );
+    let spec = spec.to_str().unwrap();
+    let id = workspace_id(&env.ok(&["up", spec, "--idle", "600", "--lifetime", "86400"]));
+    let shown = env.ok(&["show", &id]);
+    assert!(
+        shown.contains("stops:     in 9m unless used (idle timeout 600s)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("removed:   in 23h (lifetime 86400s)"),
+        "{shown}"
+    );
+    let details: serde_json::Value =
+        serde_json::from_str(&env.ok(&["show", "--json", &id])).unwrap();
+    let created = details["created_at"].as_i64().unwrap();
+    assert_eq!(
+        details["removal_deadline"].as_i64(),
+        Some(created + 86_400_000)
+    );
+    let idle_at = details["idle_deadline"].as_i64().unwrap();
+    assert!(idle_at >= created + 600_000, "{details}");
+
+    // A stopped workspace has no idle deadline, and its lifetime still runs.
+    env.ok(&["stop", &id]);
+    let shown = env.ok(&["show", &id]);
+    assert!(!shown.contains("stops:"), "{shown}");
+    assert!(shown.contains("removed:   in 23h"), "{shown}");
+
+    let refused = env.run(&["up", spec, "--idle", "0"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("timeouts.idle"),
+        "{}",
+        stderr(&refused)
+    );
+    env.ok(&["rm", &id]);
+}

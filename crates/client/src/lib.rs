@@ -95,6 +95,10 @@ struct CreateParams<'a> {
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Labels::is_empty")]
     labels: &'a Labels,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifetime: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +284,8 @@ impl Client {
             runtime: options.runtime.as_deref(),
             name: options.name.as_deref(),
             labels: &options.labels,
+            idle: options.idle,
+            lifetime: options.lifetime,
         };
         let request = self
             .request(Method::POST, "/v1/workspaces")?

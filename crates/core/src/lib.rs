@@ -4,6 +4,7 @@
 //!
 //! Nothing here does heavy I/O; the crates around it do.
 
+pub mod clock;
 pub mod events;
 pub mod home;
 pub mod job;
@@ -13,6 +14,7 @@ pub mod object;
 pub mod read;
 pub mod runtime;
 pub mod spec;
+pub mod usage;
 pub mod workspace;
 
 pub use berth_proto as proto;
@@ -20,6 +22,7 @@ pub use berth_proto::{
     Command, ExecEvent, ExecRequest, ExitStatus, FileEntry, FileKind, Output, PathError, Stream,
     WorkspacePath,
 };
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::ProvisionEvent;
 pub use home::{HomeId, HomeIdError};
 pub use label::{LabelError, Labels};

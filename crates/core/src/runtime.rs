@@ -297,6 +297,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes the cache entry `key`; removing a missing entry succeeds.
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError>;
 
+    /// The disk space the cache entry `key` holds beyond what it stands
+    /// on, in bytes; `None` when this runtime cannot tell.
+    async fn cache_size(&self, _key: &str) -> Result<Option<u64>, RuntimeError> {
+        Ok(None)
+    }
+
     /// Waits for the work the runtime goes on with after answering (such
     /// as preparing what makes the next reset fast); a process calls it
     /// before it ends so that nothing is left half done.

@@ -199,6 +199,15 @@ pub struct Timeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
     pub exec: Option<u64>,
+    /// Seconds without a command, a file operation or an open terminal
+    /// after which the workspace is stopped; its files are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", minimum = 1, maximum = 18446744073709551615_u64)]
+    pub idle: Option<u64>,
+    /// Seconds after its creation at which the workspace is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", minimum = 1, maximum = 18446744073709551615_u64)]
+    pub lifetime: Option<u64>,
 }
 
 impl Timeouts {
@@ -386,6 +395,17 @@ impl Spec {
                 return Err(SpecError::field(
                     format!("env.{key}"),
                     "expected a variable name without `=` or NUL",
+                ));
+            }
+        }
+        for (field, value) in [
+            ("timeouts.idle", self.timeouts.idle),
+            ("timeouts.lifetime", self.timeouts.lifetime),
+        ] {
+            if value == Some(0) {
+                return Err(SpecError::field(
+                    field,
+                    "expected at least 1 second; leave it out for no deadline",
                 ));
             }
         }
@@ -680,6 +700,8 @@ mod tests {
         let a = json(r#"{"repositories":[{"url":"u","path":"p"}],"setup_script":"make"}"#).unwrap();
         let mut b = a.clone();
         b.name = Some("other-name".into());
+        b.timeouts.idle = Some(60);
+        b.timeouts.lifetime = Some(3600);
         assert_eq!(a.cache_key("local"), b.cache_key("local"));
         b.setup_script = Some("make all".into());
         assert_ne!(a.cache_key("local"), b.cache_key("local"));
@@ -689,6 +711,18 @@ mod tests {
         assert_ne!(a.cache_key("docker"), rooted.cache_key("docker"));
         // Keys made before roots existed are still found.
         assert_eq!(a.cache_key("local"), "ff0a22b7e5e26f73a0890ca535f2d1c6");
+    }
+
+    #[test]
+    fn a_deadline_of_zero_seconds_is_refused_naming_its_field() {
+        let err = json(r#"{"timeouts":{"idle":600,"lifetime":0}}"#).unwrap_err();
+        assert_eq!(err.field, "timeouts.lifetime");
+        assert!(err.message.contains("at least 1 second"), "{err}");
+        let err = json(r#"{"timeouts":{"idle":0}}"#).unwrap_err();
+        assert_eq!(err.field, "timeouts.idle");
+        let spec = json(r#"{"timeouts":{"idle":600,"lifetime":86400}}"#).unwrap();
+        assert_eq!(spec.timeouts.idle, Some(600));
+        assert_eq!(spec.timeouts.lifetime, Some(86400));
     }
 
     #[test]

@@ -115,6 +115,42 @@ pub struct Workspace {
     pub created_at: i64,
     /// Milliseconds since the Unix epoch.
     pub updated_at: i64,
+    /// When a command, a file operation or a terminal last ran in it
+    /// (its creation until then), in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_active_at: i64,
+}
+
+impl Workspace {
+    /// When the workspace is stopped for being idle (`timeouts.idle`), in
+    /// milliseconds since the Unix epoch; only a running workspace has one.
+    pub fn idle_deadline(&self) -> Option<i64> {
+        if self.state != WorkspaceState::Running {
+            return None;
+        }
+        let idle = self.spec.timeouts.idle?;
+        Some(after(self.last_active_at.max(self.created_at), idle))
+    }
+
+    /// When the workspace is removed (`timeouts.lifetime`), in milliseconds
+    /// since the Unix epoch. One still being made waits for the end of its
+    /// provisioning; a removed one has none.
+    pub fn removal_deadline(&self) -> Option<i64> {
+        if matches!(
+            self.state,
+            WorkspaceState::Removed | WorkspaceState::Creating
+        ) {
+            return None;
+        }
+        Some(after(self.created_at, self.spec.timeouts.lifetime?))
+    }
+}
+
+/// `seconds` after the time `ms`, saturating: a deadline too far to count
+/// is never reached.
+fn after(ms: i64, seconds: u64) -> i64 {
+    let span = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    ms.saturating_add(span)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! output_limit = "16MiB"       # BERTH_OUTPUT_LIMIT: kept per output stream
 //! default_memory = "4GiB"      # BERTH_DEFAULT_MEMORY: half the host's, at most 4 GiB
 //! shm_size = "64MiB"           # BERTH_SHM_SIZE: each workspace's /dev/shm
+//! cache_budget = "20GiB"       # BERTH_CACHE_BUDGET: the provisioning cache's size; no limit when unset
 //!
 //! [docker]
 //! host = "unix:///var/run/docker.sock"   # DOCKER_HOST
@@ -82,6 +83,9 @@ pub struct Config {
     /// when unset.
     pub docker_host: Option<String>,
     pub sandbox: SandboxSettings,
+    /// Bytes the provisioning cache may hold before its least recently
+    /// used entries that no workspace uses are evicted; no limit when unset.
+    pub cache_budget: Option<u64>,
 }
 
 /// The sandbox runtime's settings.
@@ -106,6 +110,8 @@ struct File {
     default_memory: Option<u64>,
     #[serde(default, deserialize_with = "deserialize_bytes")]
     shm_size: Option<u64>,
+    #[serde(default, deserialize_with = "deserialize_bytes")]
+    cache_budget: Option<u64>,
     #[serde(default)]
     docker: DockerFile,
     #[serde(default)]
@@ -244,6 +250,7 @@ impl Config {
                     .unwrap_or(false),
                 host_binds,
             },
+            cache_budget: size("BERTH_CACHE_BUDGET")?.or(file.cache_budget),
             home,
         })
     }
@@ -267,6 +274,7 @@ impl Config {
         }
         config.default_runtime = self.runtime;
         config.output_limit = self.output_limit;
+        config.cache_budget = self.cache_budget;
         Provider::open(config)
             .await
             .map_err(|source| ConfigError::Open {

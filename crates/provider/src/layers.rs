@@ -73,7 +73,10 @@ impl Provider {
     fn settled(&self, id: &str) -> Result<Workspace, ServiceError> {
         let ws = self.get(id)?;
         match ws.state {
-            WorkspaceState::Running | WorkspaceState::Stopped => Ok(ws),
+            WorkspaceState::Running | WorkspaceState::Stopped => {
+                self.used(&ws);
+                Ok(ws)
+            }
             state => Err(ServiceError::WrongState {
                 id: ws.id.to_string(),
                 state,
@@ -364,6 +367,7 @@ impl Provider {
             });
         }
         let runtime = self.runtime_of(&ws)?;
+        self.used(&ws);
         let socket = runtime
             .agent_socket(&ws)
             .ok_or_else(|| ServiceError::Runtime {

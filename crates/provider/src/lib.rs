@@ -3,19 +3,23 @@
 //! credentials and the runtimes, provisions workspaces through the cache,
 //! and runs their operations.
 
+mod cache;
 pub mod config;
+mod deadlines;
 mod error;
 mod layers;
 mod provision;
 
+pub use cache::CacheGc;
 pub use config::{Config, ConfigError};
+pub use deadlines::{Busy, REAP_INTERVAL, Reaped};
 pub use error::ServiceError;
 pub use layers::{Gc, RuntimeGc};
 pub use provision::Progress;
 
 use berth_core::{
-    ExecRequest, ExecStream, FileEntry, Isolation, Labels, ReadStream, Runtime, Spec, Workspace,
-    WorkspaceId, WorkspacePath, WorkspaceState,
+    Clock, ExecRequest, ExecStream, FileEntry, Isolation, Labels, ReadStream, Runtime, Spec,
+    SystemClock, Workspace, WorkspaceId, WorkspacePath, WorkspaceState,
 };
 use berth_git::{Credentials, Git};
 use berth_store::Store;
@@ -39,6 +43,11 @@ pub struct ProviderConfig {
     /// Bytes kept per output stream when a request sets no limit.
     pub output_limit: u64,
     pub runtimes: Vec<Arc<dyn Runtime>>,
+    /// The time deadlines are measured by.
+    pub clock: Arc<dyn Clock>,
+    /// Bytes the provisioning cache may hold before its least recently used
+    /// entries are evicted (from `BERTH_CACHE_BUDGET`); no limit when absent.
+    pub cache_budget: Option<u64>,
 }
 
 impl ProviderConfig {
@@ -48,6 +57,8 @@ impl ProviderConfig {
             default_runtime: None,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             runtimes: Vec::new(),
+            clock: Arc::new(SystemClock),
+            cache_budget: None,
         }
     }
 
@@ -70,6 +81,16 @@ pub struct CreateOptions {
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     #[schema(value_type = std::collections::HashMap<String, String>)]
     pub labels: Labels,
+    /// Overrides the spec's `timeouts.idle`: seconds without use after
+    /// which the workspace is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", minimum = 1, maximum = 18446744073709551615_u64)]
+    pub idle: Option<u64>,
+    /// Overrides the spec's `timeouts.lifetime`: seconds after creation at
+    /// which the workspace is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", minimum = 1, maximum = 18446744073709551615_u64)]
+    pub lifetime: Option<u64>,
 }
 
 /// A runtime and whether it can be used here.
@@ -83,12 +104,20 @@ pub struct RuntimeStatus {
     pub reason: Option<String>,
 }
 
-/// A workspace with the isolation actually in force.
+/// A workspace with the isolation actually in force and its deadlines.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WorkspaceDetails {
     #[serde(flatten)]
     pub workspace: Workspace,
     pub isolation: Isolation,
+    /// When it is stopped unless used before (`timeouts.idle`), in
+    /// milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_deadline: Option<i64>,
+    /// When it is removed (`timeouts.lifetime`), in milliseconds since the
+    /// Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal_deadline: Option<i64>,
 }
 
 /// What fetching one repository did.
@@ -114,13 +143,17 @@ struct Inner {
     default_runtime: Option<String>,
     output_limit: u64,
     agents: berth_agent_client::AgentPool,
+    clock: Arc<dyn Clock>,
+    activity: deadlines::Activity,
+    cache_budget: Option<u64>,
 }
 
 impl Provider {
     /// Opens the registry in `config.home` and settles what a previous
     /// process left behind: interrupted provisions are cleaned and marked
     /// failed, what their git processes left in the mirrors is removed,
-    /// workspaces whose runtime state vanished are marked failed.
+    /// workspaces whose runtime state vanished are marked failed, and the
+    /// deadlines that passed are applied (see [`Provider::reap`]).
     pub async fn open(config: ProviderConfig) -> Result<Provider, ServiceError> {
         std::fs::create_dir_all(&config.home).map_err(|e| ServiceError::InvalidRequest {
             field: "BERTH_HOME".into(),
@@ -140,9 +173,14 @@ impl Provider {
                 default_runtime: config.default_runtime,
                 output_limit: config.output_limit,
                 agents: berth_agent_client::AgentPool::new(),
+                clock: config.clock,
+                activity: deadlines::Activity::default(),
+                cache_budget: config.cache_budget,
             }),
         };
         provider.recover().await?;
+        provider.reap().await?;
+        provider.start_heartbeat();
         Ok(provider)
     }
 
@@ -159,6 +197,11 @@ impl Provider {
     /// the most a front end holds in memory of one answer it cannot stream.
     pub fn output_limit(&self) -> u64 {
         self.inner.output_limit
+    }
+
+    /// The time deadlines are measured by.
+    pub fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -296,6 +339,8 @@ impl Provider {
         let workspace = self.get(id)?;
         let isolation = self.runtime_of(&workspace)?.isolation(&workspace);
         Ok(WorkspaceDetails {
+            idle_deadline: workspace.idle_deadline(),
+            removal_deadline: workspace.removal_deadline(),
             workspace,
             isolation,
         })
@@ -321,6 +366,8 @@ impl Provider {
             .await
             .map_err(|e| ServiceError::runtime(&ws.id, e))?;
         self.store().set_runtime_info(&ws.id, &info)?;
+        // Its idle time counts from now.
+        self.used(&ws);
         Ok(self
             .store()
             .set_state(&ws.id, WorkspaceState::Running, None)?)
@@ -377,6 +424,7 @@ impl Provider {
             .remove(&ws)
             .await
             .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        self.inner.activity.forget(&ws.id);
         Ok(self
             .store()
             .set_state(&ws.id, WorkspaceState::Removed, None)?)
@@ -392,6 +440,7 @@ impl Provider {
             });
         }
         let runtime = self.runtime_of(&ws)?;
+        self.used(&ws);
         Ok((ws, runtime))
     }
 
@@ -426,6 +475,7 @@ impl Provider {
             .exec(&ws, request, cancel)
             .await
             .map_err(|e| ServiceError::runtime(&ws.id, e))?;
+        let events = self.hold_while_running(&ws, events);
         Ok((ws.id, events))
     }
 

@@ -8,12 +8,13 @@
 //! workspace as a bundle its own git takes in, into its own upper layer. Progress is reported as [`ProvisionEvent`]s; a failure
 //! leaves the workspace `failed` with the failing step's output tail.
 
+use crate::cache::Hold;
 use crate::error::step_name;
 use crate::{CreateOptions, FetchResult, Provider, ServiceError};
 use berth_core::events::ProvisionStep;
 use berth_core::{
     ExecEvent, ExecRequest, ProvisionEvent, Runtime, Spec, Stream, Workspace, WorkspaceId,
-    WorkspacePath, WorkspaceState, now_ms,
+    WorkspacePath, WorkspaceState,
 };
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,9 @@ impl Provider {
         options: CreateOptions,
         progress: Progress,
     ) -> Result<Workspace, ServiceError> {
+        let mut spec = spec;
+        spec.timeouts.idle = options.idle.or(spec.timeouts.idle);
+        spec.timeouts.lifetime = options.lifetime.or(spec.timeouts.lifetime);
         spec.validate()?;
         berth_core::label::validate(&options.labels).map_err(|e| ServiceError::InvalidRequest {
             field: "labels".into(),
@@ -152,6 +156,8 @@ impl Provider {
             .await;
         match self.provision(ws.clone(), &runtime, &progress).await {
             Ok(ws) => {
+                // Its idle time counts from when it is ready.
+                self.used(&ws);
                 progress
                     .send(ProvisionEvent::Ready { id: ws.id.clone() })
                     .await;
@@ -193,7 +199,7 @@ impl Provider {
         runtime: &str,
     ) -> Result<Workspace, ServiceError> {
         let id = WorkspaceId::generate();
-        let now = now_ms();
+        let now = self.clock().now_ms();
         let base_name = options
             .name
             .clone()
@@ -213,6 +219,7 @@ impl Provider {
             owner_pid: Some(std::process::id()),
             created_at: now,
             updated_at: now,
+            last_active_at: now,
         };
         for suffix in 2.. {
             match self.store().insert_workspace(&ws) {
@@ -233,9 +240,24 @@ impl Provider {
         progress: &Progress,
     ) -> Result<Workspace, Failure> {
         let key = ws.spec.cache_key(runtime.name());
-        let cached =
-            matches!(self.store().cache_entry(&key), Ok(Some(_))) && runtime.has_cache(&key).await;
         let store_err = |e: berth_store::StoreError| Failure::new(ProvisionStep::Create, e);
+        let lock_err = |e: ServiceError| Failure::new(ProvisionStep::Create, e);
+        // Made from the cache under a shared hold of its key; provisioned
+        // under an exclusive one, taken by one creation while the others
+        // wait and then find the entry it made.
+        let mut lock = self
+            .lock_cache_key(&key, Hold::Shared)
+            .await
+            .map_err(lock_err)?;
+        let mut cached = self.is_cached(&key, runtime).await;
+        if !cached {
+            drop(lock);
+            lock = self
+                .lock_cache_key(&key, Hold::Exclusive)
+                .await
+                .map_err(lock_err)?;
+            cached = self.is_cached(&key, runtime).await;
+        }
 
         if cached {
             progress
@@ -248,6 +270,11 @@ impl Provider {
             self.store()
                 .set_runtime_info(&ws.id, &ws.runtime_info)
                 .map_err(store_err)?;
+            // Made from the entry: in use, so never evicted from here on.
+            self.store()
+                .set_cache_key(&ws.id, Some(&key))
+                .map_err(store_err)?;
+            drop(lock);
             self.start_runtime(&mut ws, runtime).await?;
             self.fetch_into(&ws, runtime, progress)
                 .await
@@ -273,27 +300,47 @@ impl Provider {
                 .save_cache(&ws, &key)
                 .await
                 .map_err(|e| Failure::new(ProvisionStep::Cache, e))?;
+            let size = match runtime.cache_size(&key).await {
+                Ok(size) => size,
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "cannot measure a cache entry");
+                    None
+                }
+            };
+            let now = self.clock().now_ms();
             self.store()
                 .put_cache_entry(&berth_store::CacheEntry {
                     key: key.clone(),
                     runtime: runtime.name().into(),
-                    created_at: now_ms(),
-                    last_used_at: now_ms(),
+                    created_at: now,
+                    last_used_at: now,
                     info: serde_json::json!({ "workspace": ws.id }),
+                    size,
                 })
                 .map_err(|e| Failure::new(ProvisionStep::Cache, e))?;
+            self.store()
+                .set_cache_key(&ws.id, Some(&key))
+                .map_err(store_err)?;
+            drop(lock);
             progress
                 .send(ProvisionEvent::Cached { key: key.clone() })
                 .await;
+            if self.inner.cache_budget.is_some()
+                && let Err(e) = self.gc_cache(None).await
+            {
+                tracing::warn!(error = %e, "cannot keep the cache within its budget");
+            }
         }
-        self.store()
-            .set_cache_key(&ws.id, Some(&key))
-            .map_err(store_err)?;
         // Leaving `creating` clears the owner in the same update, so no
         // other process ever sees an ownerless provision.
         self.store()
             .set_state(&ws.id, WorkspaceState::Running, None)
             .map_err(store_err)
+    }
+
+    /// Whether the registry and the runtime both have the entry `key`.
+    async fn is_cached(&self, key: &str, runtime: &Arc<dyn Runtime>) -> bool {
+        matches!(self.store().cache_entry(key), Ok(Some(_))) && runtime.has_cache(key).await
     }
 
     async fn start_runtime(

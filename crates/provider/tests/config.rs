@@ -34,6 +34,10 @@ fn without_a_file_or_variables_every_setting_is_its_default() {
     assert!(config.sandbox.standby);
     assert!(!config.sandbox.accept_weaker);
     assert!(config.sandbox.host_binds.is_empty());
+    assert_eq!(
+        config.cache_budget, None,
+        "the cache has no budget by default"
+    );
 }
 
 const FULL: &str = r#"
@@ -41,6 +45,7 @@ runtime = "local"
 output_limit = "1m"
 default_memory = "512MiB"
 shm_size = 8388608
+cache_budget = "20GiB"
 
 [docker]
 host = "unix:///run/podman/podman.sock"
@@ -74,6 +79,7 @@ fn the_file_sets_every_setting() {
         config.sandbox.host_binds,
         [PathBuf::from("/opt/a"), PathBuf::from("/opt/b")]
     );
+    assert_eq!(config.cache_budget, Some(20 << 30));
 }
 
 #[test]
@@ -90,9 +96,11 @@ fn environment_variables_override_the_file() {
             ("BERTH_SANDBOX_STANDBY", "1"),
             ("BERTH_SANDBOX_ACCEPT_WEAKER", "0"),
             ("BERTH_SANDBOX_HOST_BINDS", "/x::/y"),
+            ("BERTH_CACHE_BUDGET", "10G"),
         ],
     )
     .unwrap();
+    assert_eq!(config.cache_budget, Some(10 << 30));
     assert_eq!(config.runtime.as_deref(), Some("docker"));
     assert_eq!(config.output_limit, 2048);
     assert_eq!(

@@ -386,7 +386,17 @@ impl Runtime for FakeRuntime {
     }
 
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {
+        self.record(format!("remove_cache {key}"));
         self.state().cache.remove(key);
         Ok(())
+    }
+
+    /// The bytes of the entry's files.
+    async fn cache_size(&self, key: &str) -> Result<Option<u64>, RuntimeError> {
+        Ok(self
+            .state()
+            .cache
+            .get(key)
+            .map(|files| files.values().map(|data| data.len() as u64).sum()))
     }
 }

@@ -426,6 +426,18 @@ impl Runtime for LocalRuntime {
             .is_ok_and(|m| m.is_dir())
     }
 
+    async fn cache_size(&self, key: &str) -> Result<Option<u64>, RuntimeError> {
+        let entry = self.cache.join(key);
+        let measured = entry.clone();
+        blocking(move || {
+            berth_core::usage::disk_usage(&measured).map_err(|e| {
+                RuntimeError::io(format!("measure cache entry {}", measured.display()), e)
+            })
+        })
+        .await
+        .map(Some)
+    }
+
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {
         let entry = self.cache.join(key);
         match tokio::fs::remove_dir_all(&entry).await {

@@ -28,6 +28,7 @@ async fn created(rt: &LocalRuntime) -> Workspace {
         owner_pid: None,
         created_at: 0,
         updated_at: 0,
+        last_active_at: 0,
     };
     let info = rt.create(&ws, None).await.unwrap();
     Workspace {

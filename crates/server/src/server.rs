@@ -239,6 +239,8 @@ impl Server {
                 std::future::pending::<()>().await;
             }
         };
+        // The workspaces' deadlines are applied while the server runs.
+        let reaper = tokio::spawn(self.provider.clone().reap_forever());
         let result = match self.listener {
             Listener::Tcp(listener) => {
                 if let Ok(addr) = listener.local_addr() {
@@ -261,6 +263,7 @@ impl Server {
                 result
             }
         };
+        reaper.abort();
         // The listener is closed by now; the workspaces go after it.
         self.derrick_workspaces.remove_all(&self.provider).await;
         result

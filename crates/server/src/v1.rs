@@ -51,6 +51,16 @@ pub struct CreateWorkspaceParams {
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     #[schema(value_type = std::collections::HashMap<String, String>)]
     pub labels: Labels,
+    /// Overrides the spec's `timeouts.idle`: seconds without a command, a
+    /// file operation or an open terminal after which it is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", minimum = 1, maximum = 18446744073709551615_u64)]
+    pub idle: Option<u64>,
+    /// Overrides the spec's `timeouts.lifetime`: seconds after creation at
+    /// which it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", minimum = 1, maximum = 18446744073709551615_u64)]
+    pub lifetime: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -173,6 +183,8 @@ pub(crate) async fn create_workspace(
         runtime: params.runtime,
         name: params.name,
         labels: params.labels,
+        idle: params.idle,
+        lifetime: params.lifetime,
     };
     with_progress(
         negotiate(&headers, query.stream),

@@ -19,9 +19,11 @@ pub struct CacheEntry {
     pub last_used_at: i64,
     /// What the runtime needs to find the cached state; its own shape.
     pub info: serde_json::Value,
+    /// The disk space it takes, in bytes, when the runtime could tell.
+    pub size: Option<u64>,
 }
 
-const COLUMNS: &str = "key, runtime, created_at, last_used_at, info";
+const COLUMNS: &str = "key, runtime, created_at, last_used_at, info, size";
 
 impl Store {
     /// Adds the entry, or replaces the entry with the same key.
@@ -34,17 +36,20 @@ impl Store {
         })?;
         self.conn()
             .execute(
-                "INSERT INTO cache_entries (key, runtime, created_at, last_used_at, info)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO cache_entries (key, runtime, created_at, last_used_at, info, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (key) DO UPDATE SET runtime = excluded.runtime,
                      created_at = excluded.created_at, last_used_at = excluded.last_used_at,
-                     info = excluded.info",
+                     info = excluded.info, size = excluded.size",
                 params![
                     entry.key,
                     entry.runtime,
                     entry.created_at,
                     entry.last_used_at,
-                    info
+                    info,
+                    entry
+                        .size
+                        .map(|size| i64::try_from(size).unwrap_or(i64::MAX)),
                 ],
             )
             .map_err(|e| self.db(e))?;
@@ -110,6 +115,7 @@ struct RawEntry {
     created_at: i64,
     last_used_at: i64,
     info: String,
+    size: Option<i64>,
 }
 
 impl RawEntry {
@@ -120,6 +126,7 @@ impl RawEntry {
             created_at: row.get(2)?,
             last_used_at: row.get(3)?,
             info: row.get(4)?,
+            size: row.get(5)?,
         })
     }
 
@@ -136,6 +143,7 @@ impl RawEntry {
             created_at: self.created_at,
             last_used_at: self.last_used_at,
             info,
+            size: self.size.and_then(|size| u64::try_from(size).ok()),
         })
     }
 }

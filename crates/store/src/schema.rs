@@ -123,6 +123,10 @@ const MIGRATIONS: &[&str] = &[
         at           INTEGER NOT NULL,
         reason       TEXT NOT NULL
     ) STRICT;",
+    // 5: when each workspace was last used (its idle deadline counts from
+    // it), and the disk space each cache entry takes (its budget counts it).
+    "ALTER TABLE workspaces ADD COLUMN last_active_at INTEGER NOT NULL DEFAULT 0; -- ms
+    ALTER TABLE cache_entries ADD COLUMN size INTEGER; -- bytes; NULL when unknown",
 ];
 
 /// The schema version this build writes.

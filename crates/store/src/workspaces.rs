@@ -10,7 +10,7 @@ use rusqlite::{ErrorCode, OptionalExtension, ToSql, params};
 pub const MIN_PREFIX: usize = 4;
 
 const COLUMNS: &str = "id, name, runtime, spec, state, runtime_info, cache_key, error, owner_pid, \
-                       created_at, updated_at, labels";
+                       created_at, updated_at, labels, last_active_at";
 
 impl Store {
     /// Adds a workspace. Its name must not be used by another workspace that
@@ -22,8 +22,8 @@ impl Store {
         let owner_start = ws.owner_pid.and_then(owner::start_time);
         let result = self.conn().execute(
             "INSERT INTO workspaces (id, name, runtime, spec, state, runtime_info, cache_key,
-                 error, owner_pid, owner_start, created_at, updated_at, labels)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 error, owner_pid, owner_start, created_at, updated_at, labels, last_active_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 ws.id.as_str(),
                 ws.name,
@@ -38,6 +38,7 @@ impl Store {
                 ws.created_at,
                 ws.updated_at,
                 labels,
+                ws.last_active_at,
             ],
         );
         match result {
@@ -166,6 +167,19 @@ impl Store {
         self.update(id, "cache_key = ?3", &[&key])
     }
 
+    /// Records that the workspace was used at `at` (ms since the Unix
+    /// epoch); an earlier time than the one recorded changes nothing. Its
+    /// `updated_at` stays: being used is not a change of the record.
+    pub fn record_activity(&self, id: &WorkspaceId, at: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE workspaces SET last_active_at = max(last_active_at, ?2) WHERE id = ?1",
+                params![id.as_str(), at],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
     /// Records the process provisioning the workspace (`None`: nobody).
     pub fn set_owner(&self, id: &WorkspaceId, pid: Option<u32>) -> Result<Workspace, StoreError> {
         let start = pid.and_then(owner::start_time);
@@ -183,7 +197,7 @@ impl Store {
             ))
             .map_err(|e| self.db(e))?;
         let rows = stmt
-            .query_map([], |row| Ok((RawWorkspace::read(row)?, row.get(12)?)))
+            .query_map([], |row| Ok((RawWorkspace::read(row)?, row.get(13)?)))
             .and_then(Iterator::collect::<Result<Vec<(RawWorkspace, Option<i64>)>, _>>)
             .map_err(|e| self.db(e))?;
         drop(stmt);
@@ -292,6 +306,7 @@ struct RawWorkspace {
     created_at: i64,
     updated_at: i64,
     labels: String,
+    last_active_at: i64,
 }
 
 impl RawWorkspace {
@@ -309,6 +324,7 @@ impl RawWorkspace {
             created_at: row.get(9)?,
             updated_at: row.get(10)?,
             labels: row.get(11)?,
+            last_active_at: row.get(12)?,
         })
     }
 
@@ -345,6 +361,7 @@ impl RawWorkspace {
             owner_pid,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            last_active_at: self.last_active_at,
         })
     }
 }

@@ -34,6 +34,7 @@ fn workspace_with_id(id: WorkspaceId, name: &str) -> Workspace {
         owner_pid: None,
         created_at: now,
         updated_at: now,
+        last_active_at: now,
     }
 }
 
@@ -286,6 +287,21 @@ fn updates_change_one_field_and_the_update_time() {
 }
 
 #[test]
+fn activity_moves_only_forward_and_leaves_the_update_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let mut ws = workspace("busy");
+    ws.updated_at = 7;
+    ws.last_active_at = 1_000;
+    store.insert_workspace(&ws).unwrap();
+    store.record_activity(&ws.id, 5_000).unwrap();
+    store.record_activity(&ws.id, 3_000).unwrap();
+    let read = store.get(&ws.id).unwrap();
+    assert_eq!(read.last_active_at, 5_000, "an older time does not go back");
+    assert_eq!(read.updated_at, 7);
+}
+
+#[test]
 fn leaving_creating_forgets_the_owner() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
@@ -377,11 +393,17 @@ fn cache_entries_are_kept_touched_and_removed() {
         created_at: 10,
         last_used_at: used,
         info: json!({"dir": format!("/cache/{key}")}),
+        size: Some(4096),
     };
     assert_eq!(store.cache_entry("k1").unwrap(), None);
     store.put_cache_entry(&entry("k1", 50)).unwrap();
     store.put_cache_entry(&entry("k2", 20)).unwrap();
     assert_eq!(store.cache_entry("k1").unwrap(), Some(entry("k1", 50)));
+    let mut unknown = entry("k3", 5);
+    unknown.size = None;
+    store.put_cache_entry(&unknown).unwrap();
+    assert_eq!(store.cache_entry("k3").unwrap(), Some(unknown));
+    store.remove_cache_entry("k3").unwrap();
 
     let keys = |store: &Store| -> Vec<String> {
         store
@@ -434,7 +456,7 @@ fn a_version_1_database_is_migrated() {
     let version: i64 = raw(tmp.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 
     let old = store.resolve("old").unwrap();
     assert_eq!(old.id.as_str(), "01oldworkspace0000000000000");
@@ -447,6 +469,11 @@ fn a_version_1_database_is_migrated() {
         old.labels.is_empty(),
         "a workspace from before labels has none"
     );
+    assert_eq!(
+        old.idle_deadline(),
+        None,
+        "a workspace from before deadlines has none"
+    );
 
     // What version 2 added works on the migrated file.
     store.set_owner(&old.id, Some(std::process::id())).unwrap();
@@ -457,6 +484,7 @@ fn a_version_1_database_is_migrated() {
             created_at: 1,
             last_used_at: 1,
             info: json!({}),
+            size: None,
         })
         .unwrap();
     assert!(store.cache_entry("key1").unwrap().is_some());
@@ -477,7 +505,7 @@ fn a_database_from_a_newer_berth_is_refused_untouched() {
         err,
         StoreError::UnknownVersion {
             found: 99,
-            supported: 4,
+            supported: 5,
             ..
         }
     ));
@@ -536,6 +564,7 @@ fn threads_and_handles_share_one_file_without_lock_errors() {
                         created_at: now_ms(),
                         last_used_at: now_ms(),
                         info: json!({"by": t}),
+                        size: Some(1),
                     })?;
                     store.touch_cache_entry(&format!("k{}", i % 5))?;
                 }

@@ -227,6 +227,7 @@ pub fn workspace(spec: Spec) -> Workspace {
         owner_pid: None,
         created_at: 0,
         updated_at: 0,
+        last_active_at: 0,
     }
 }
 

@@ -2,7 +2,7 @@
 //! where it changes the workspace and calling on the sibling modules.
 
 use super::cache::cache_holder;
-use super::{Base, NAME, SandboxRuntime, other};
+use super::{Base, NAME, SandboxRuntime, io_err, other};
 use async_trait::async_trait;
 use berth_core::{
     Change, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, GcReport, Isolation,
@@ -214,6 +214,17 @@ impl Runtime for SandboxRuntime {
 
     async fn has_cache(&self, key: &str) -> bool {
         matches!(self.cached_layer(key), Ok(Some(_)))
+    }
+
+    async fn cache_size(&self, key: &str) -> Result<Option<u64>, RuntimeError> {
+        let Some(layer) = self.cached_layer(key)? else {
+            return Ok(None);
+        };
+        let size = tokio::task::spawn_blocking(move || berth_core::usage::disk_usage(&layer.tree))
+            .await
+            .map_err(other)?
+            .map_err(io_err(format!("cannot measure cache entry `{key}`")))?;
+        Ok(Some(size))
     }
 
     async fn remove_cache(&self, key: &str) -> Result<(), RuntimeError> {

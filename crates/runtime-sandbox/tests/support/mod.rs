@@ -67,6 +67,7 @@ pub fn workspace(name: &str, spec: Spec) -> Workspace {
         owner_pid: None,
         created_at: 0,
         updated_at: 0,
+        last_active_at: 0,
     }
 }
 
