@@ -493,8 +493,11 @@ impl DockerRuntime {
             .state
             .and_then(|s| s.status)
             .unwrap_or(ContainerStateStatusEnum::EMPTY);
+        let host_config = found.host_config.as_ref();
         Ok(serde_json::json!({
             "container": found.id,
+            "memory": host_config.and_then(|h| h.memory),
+            "shm_size": host_config.and_then(|h| h.shm_size),
             "name": self.names()?.container(&ws.id),
             "image": found.config.and_then(|c| c.image),
             "state": state.to_string(),
@@ -939,7 +942,19 @@ impl Runtime for DockerRuntime {
     }
 
     fn isolation(&self, ws: &Workspace) -> Isolation {
-        plan::isolation(&ws.spec, self.defaults)
+        // What the container was made with, as recorded when it was made
+        // or started: the runtime's defaults may have changed since.
+        let recorded = |key: &str| {
+            ws.runtime_info
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .filter(|bytes| *bytes > 0)
+        };
+        let made_with = ResourceDefaults {
+            memory: recorded("memory").unwrap_or(self.defaults.memory),
+            shm: recorded("shm_size").unwrap_or(self.defaults.shm),
+        };
+        plan::isolation(&ws.spec, made_with)
     }
 
     async fn exec(

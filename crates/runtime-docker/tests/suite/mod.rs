@@ -485,6 +485,17 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     for limit in [format!("memory={}", 256 << 20), format!("shm={}", 8 << 20)] {
         assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
     }
+    // Shown as the container was made, whatever the defaults are now.
+    let mut recorded = ws.clone();
+    recorded.runtime_info = runtime.start(&ws).await.unwrap();
+    let now = World::with_defaults(ResourceDefaults {
+        memory: 512 << 20,
+        shm: 16 << 20,
+    });
+    let isolation = now.runtime.isolation(&recorded);
+    for limit in [format!("memory={}", 256 << 20), format!("shm={}", 8 << 20)] {
+        assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
+    }
 }
 
 #[tokio::test]
