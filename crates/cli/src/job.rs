@@ -74,6 +74,15 @@ pub enum JobCommand {
         #[arg(long)]
         failed: bool,
     },
+    /// Push each succeeded task's change as a branch of its repository.
+    Publish {
+        run: String,
+        #[arg(long)]
+        branch: String,
+        /// The commit message; `berth job JOB` when absent.
+        #[arg(long)]
+        message: Option<String>,
+    },
     /// Set or remove a job's schedule.
     Schedule {
         job: String,
@@ -131,11 +140,11 @@ pub fn open(provider: &Provider, slots: usize) -> Result<(Jobs, Runner)> {
     let queue = Arc::new(
         SqliteQueue::new(store.clone(), clock.clone()).with_stall(settings.stall, settings.resets),
     );
-    let jobs = Jobs::new(store, queue.clone(), clock.clone());
+    let jobs = Jobs::new(store, queue, clock);
     let mut config = RunnerConfig::new(format!("{}-{}", host_name(), std::process::id()));
     config.slots = slots.max(1);
     config.heartbeat = settings.heartbeat;
-    let runner = Runner::new(provider.clone(), queue, clock, config);
+    let runner = Runner::new(provider.clone(), jobs.clone(), config);
     Ok((jobs, runner))
 }
 
@@ -290,6 +299,38 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
         JobCommand::Retry { run, task, failed } => {
             let details = jobs.retry(&run, if failed { None } else { task.as_deref() })?;
             writeln!(out, "{}: {}", details.run.id, details.run.state)?;
+        }
+        JobCommand::Publish {
+            run,
+            branch,
+            message,
+        } => {
+            let mut failed = false;
+            for published in jobs
+                .publish(&provider, &run, &branch, message.as_deref())
+                .await?
+            {
+                match (&published.commit, &published.error) {
+                    (Some(commit), _) => writeln!(
+                        out,
+                        "{} {branch} {}",
+                        quoted(&published.url),
+                        commit.get(..12).unwrap_or(commit)
+                    )?,
+                    (None, error) => {
+                        failed = true;
+                        writeln!(
+                            out,
+                            "{} refused: {}",
+                            quoted(&published.url),
+                            quoted(error.as_deref().unwrap_or_default())
+                        )?
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         JobCommand::Schedule { job, cron, off } => {
             let record = jobs.schedule(&job, if off { None } else { cron.as_deref() })?;

@@ -30,6 +30,7 @@ mod error;
 pub mod inside;
 mod mirror;
 mod mirror_lock;
+mod publish;
 mod scope;
 mod session;
 mod url;
@@ -40,6 +41,7 @@ pub use credentials::{
 };
 pub use error::GitError;
 pub use mirror::{CatchUp, Mirror, Mirrors};
+pub use publish::Publication;
 pub use scope::UrlPrefix;
 
 use berth_core::spec::Repository;

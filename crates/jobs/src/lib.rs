@@ -13,6 +13,7 @@ pub mod service;
 pub mod spec;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use publish::Published;
 pub use queue::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
 pub use runner::{Runner, RunnerConfig};
 pub use service::{JobError, JobSummary, Jobs, RunDetails, TaskDetails};

@@ -11,6 +11,7 @@
 
 use crate::clock::Clock;
 use crate::queue::{Claim, Heartbeat, QueueError, TaskQueue};
+use crate::service::Jobs;
 use crate::spec::{JobSpec, Keep};
 use berth_core::job::{Finish, LogEvent, Task, TaskState};
 use berth_core::{ExecEvent, ExecRequest, Labels};
@@ -57,6 +58,7 @@ const MAX_BACKOFF_MS: i64 = 60_000;
 #[derive(Clone)]
 pub struct Runner {
     provider: Provider,
+    jobs: Jobs,
     queue: Arc<dyn TaskQueue>,
     clock: Arc<dyn Clock>,
     config: Arc<RunnerConfig>,
@@ -71,16 +73,13 @@ enum Stop {
 }
 
 impl Runner {
-    pub fn new(
-        provider: Provider,
-        queue: Arc<dyn TaskQueue>,
-        clock: Arc<dyn Clock>,
-        config: RunnerConfig,
-    ) -> Self {
+    /// A runner of `jobs`' queue, provisioning through `provider`.
+    pub fn new(provider: Provider, jobs: Jobs, config: RunnerConfig) -> Self {
         Runner {
             provider,
-            queue,
-            clock,
+            queue: jobs.queue(),
+            clock: jobs.clock(),
+            jobs,
             config: Arc::new(config),
         }
     }
@@ -139,9 +138,8 @@ impl Runner {
             finish.state = Some(TaskState::Cancelled);
             finish.error = Some("cancelled".into());
         }
-        let retries = serde_json::from_value::<JobSpec>(claim.spec.clone())
-            .map(|s| s.run.retries)
-            .unwrap_or(0);
+        let spec = serde_json::from_value::<JobSpec>(claim.spec.clone()).ok();
+        let retries = spec.as_ref().map_or(0, |s| s.run.retries);
         if finish.state == Some(TaskState::Errored) && task.attempts <= retries {
             let backoff = 1000_i64
                 .saturating_mul(1 << task.attempts.saturating_sub(1).min(16))
@@ -149,7 +147,38 @@ impl Runner {
             finish.retry_at = Some(self.clock.now_ms() + backoff);
         }
         log.finish(&finish).await;
-        self.queue.complete(&task.id, &claim.token, finish).await
+        let done = self.queue.complete(&task.id, &claim.token, finish).await?;
+        if let Some(publish) = spec.and_then(|s| s.publish)
+            && done.state == TaskState::Completed
+        {
+            self.publish(&done, &publish, &mut log).await;
+        }
+        Ok(done)
+    }
+
+    /// Pushes a completed task's change as the job's `[publish]` asks; the
+    /// outcome goes to the task's log (the task stays completed).
+    async fn publish(&self, task: &Task, publish: &crate::spec::Publish, log: &mut Log<'_>) {
+        let message = publish
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("berth job run {}", task.run_id));
+        let text = match self
+            .jobs
+            .publish_task(&self.provider, task, &publish.branch, &message)
+            .await
+        {
+            Ok(published) => match (published.commit, published.error) {
+                (Some(commit), _) => format!("published {commit} as branch {}", publish.branch),
+                (None, error) => format!(
+                    "publishing to branch {} failed: {}",
+                    publish.branch,
+                    error.unwrap_or_default()
+                ),
+            },
+            Err(e) => format!("publishing to branch {} failed: {e}", publish.branch),
+        };
+        log.note(text).await;
     }
 
     /// Heartbeats the claim until aborted; a cancellation or a lost claim

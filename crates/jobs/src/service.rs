@@ -81,7 +81,7 @@ pub struct TaskDetails {
 /// The jobs service. Cheap to clone.
 #[derive(Clone)]
 pub struct Jobs {
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     queue: Arc<dyn TaskQueue>,
     clock: Arc<dyn Clock>,
 }

@@ -93,12 +93,7 @@ impl World {
         config.slots = slots;
         config.heartbeat = Duration::from_millis(100);
         config.poll = Duration::from_millis(20);
-        let runner = Runner::new(
-            self.provider.clone(),
-            self.jobs.queue(),
-            self.jobs.clock(),
-            config,
-        );
+        let runner = Runner::new(self.provider.clone(), self.jobs.clone(), config);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move { runner.serve(shutdown).await });
     }
@@ -320,4 +315,88 @@ async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start() {
     assert_eq!(never, 2, "the queued tasks never started: {details:#?}");
     let survivors = berth_testkit::attacks::survivors(&marker, Duration::from_secs(5));
     assert!(survivors.is_empty(), "{survivors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_are_published_as_branches_updated_by_later_runs_and_a_refused_push_is_reported_alone()
+ {
+    let world = World::new(2).await;
+    let upstream = |i: usize| world.dir.path().join("repos").join(format!("r{i}"));
+    for i in 0..2 {
+        git(&upstream(i), &["config", "http.receivepack", "true"]);
+    }
+    world.start_runner(2);
+    let publish = "[publish]\nbranch = \"berth/edit\"\nmessage = \"Bump the version\"\n";
+    let first = world
+        .jobs
+        .start(&world.job(2, EDIT, publish))
+        .await
+        .unwrap();
+    world
+        .wait_run(&first.id, |d| {
+            d.tasks.iter().all(|t| t.published_commit.is_some())
+        })
+        .await;
+    let details = world.jobs.run(&first.id).unwrap();
+    for (i, task) in details.tasks.iter().enumerate() {
+        let commit = task.published_commit.as_deref().unwrap();
+        // The branch holds the commit, on the provisioned commit, with the change.
+        assert_eq!(git(&upstream(i), &["rev-parse", "berth/edit"]), commit);
+        assert_eq!(
+            git(&upstream(i), &["rev-parse", &format!("{commit}^")]),
+            task.base_commit.as_deref().unwrap()
+        );
+        assert_eq!(
+            git(&upstream(i), &["log", "-1", "--format=%s", "berth/edit"]),
+            "Bump the version"
+        );
+        assert_eq!(
+            git(&upstream(i), &["show", "berth/edit:version.txt"]),
+            format!("repo {i}\nversion 2")
+        );
+        assert_eq!(git(&upstream(i), &["show", "berth/edit:blob.bin"]).len(), 3);
+    }
+
+    // A later run with another change updates the branch.
+    let steps = EDIT.replace("version 2", "version 3");
+    let second = world
+        .jobs
+        .start(&world.job(2, &steps, publish))
+        .await
+        .unwrap();
+    world
+        .wait_run(&second.id, |d| {
+            d.tasks.iter().all(|t| t.published_commit.is_some())
+        })
+        .await;
+    assert_eq!(
+        git(&upstream(0), &["show", "berth/edit:version.txt"]),
+        "repo 0\nversion 3"
+    );
+
+    // Someone else moves r1's branch: berth's next push there is refused,
+    // and only there.
+    git(&upstream(1), &["branch", "--force", "berth/edit", "main"]);
+    let moved = git(&upstream(1), &["rev-parse", "berth/edit"]);
+    let published = world
+        .jobs
+        .publish(&world.provider, &second.id, "berth/edit", Some("Again"))
+        .await
+        .unwrap();
+    assert_eq!(published.len(), 2);
+    assert!(published[0].commit.is_some(), "{published:#?}");
+    assert_eq!(
+        git(&upstream(0), &["log", "-1", "--format=%s", "berth/edit"]),
+        "Again"
+    );
+    assert!(published[1].commit.is_none());
+    assert!(
+        published[1].error.as_deref().unwrap().contains("stale"),
+        "{published:#?}"
+    );
+    assert_eq!(git(&upstream(1), &["rev-parse", "berth/edit"]), moved);
+    // The token never reached the workspace's side: it is in no log.
+    for task in &world.jobs.run(&second.id).unwrap().tasks {
+        assert!(!world.log_text(&task.id).contains(TOKEN));
+    }
 }

@@ -9,6 +9,7 @@ mod deadlines;
 mod error;
 mod layers;
 mod provision;
+mod publish;
 
 pub use cache::CacheGc;
 pub use config::{Config, ConfigError};

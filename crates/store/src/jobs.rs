@@ -691,6 +691,21 @@ impl Store {
         Ok(())
     }
 
+    /// The commit berth last pushed to `branch` of the repository at `url`,
+    /// by any run.
+    pub fn last_published(&self, url: &str, branch: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT t.published_commit FROM job_tasks t JOIN job_runs r ON r.id = t.run_id
+                 WHERE t.url = ?1 AND t.published_branch = ?2
+                 ORDER BY r.created_at DESC, t.id DESC LIMIT 1",
+                params![url, branch],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))
+    }
+
     /// Records a scheduled time at which no run started.
     pub fn record_skipped_time(&self, job: &str, at: i64, reason: &str) -> Result<(), StoreError> {
         self.conn()
