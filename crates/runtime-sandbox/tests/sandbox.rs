@@ -346,6 +346,20 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     // A spec's limit overrides the default; /dev/shm stays within it.
     let own = started(&rt, limited(Some(4 << 20), None)).await;
     assert_eq!(memory_limit(&own), 4 << 20);
+    // /tmp is on disk: it holds more than the memory limit.
+    let ran = sh(
+        &rt,
+        &own,
+        "dd if=/dev/zero of=/tmp/big bs=1M count=12 2>/dev/null; du -m /tmp/big | cut -f1",
+    )
+    .await;
+    assert_eq!(ran.stdout, "12\n", "{}", ran.stderr);
+    assert!(
+        rt.isolation(&own)
+            .notes
+            .iter()
+            .any(|n| n.starts_with("/tmp is on disk")),
+    );
     assert!(
         rt.isolation(&own)
             .limits

@@ -52,6 +52,7 @@ impl Inner {
                 "no user namespace: root inside is host root with reduced capabilities".into(),
             ),
         }
+        notes.push("/tmp is on disk with the workspace's other files: it takes no memory".into());
         notes.push("Docker's default capabilities and seccomp allow list; no_new_privs".into());
         notes.push(if self.commands_have_cgroups() {
             "each command, session and terminal runs in a cgroup of its own (cgroup v2): \
