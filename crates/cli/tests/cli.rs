@@ -1061,6 +1061,47 @@ fn labels_are_shown_and_select_what_ls_and_rm_touch() {
     );
 }
 
+#[test]
+fn ten_berth_up_processes_from_one_uncached_spec_run_setup_once() {
+    let env = Env::new();
+    let setups = env.dir.path().join("setups");
+    // The setup counts its runs outside the workspace (a local workspace
+    // can) and takes a while, so that every process starts while the
+    // first is still provisioning.
+    let spec = env.file(
+        "once.toml",
+        &format!(
+            "runtime = \"local\"\nsetup_script = \"echo ran >> {}; echo made > marker; sleep 1\"\n",
+            setups.display()
+        ),
+    );
+    let children: Vec<_> = (0..10)
+        .map(|_| {
+            env.berth()
+                .args(["up", spec.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<String> = children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "berth up failed: {}", stderr(&out));
+            workspace_id(&String::from_utf8(out.stdout).unwrap())
+        })
+        .collect();
+    assert_eq!(std::fs::read_to_string(&setups).unwrap(), "ran\n");
+    for id in &ids {
+        assert_eq!(env.ok(&["exec", id, "--", "cat", "marker"]), "made\n");
+    }
+    let mut rm = vec!["rm"];
+    rm.extend(ids.iter().map(String::as_str));
+    env.ok(&rm);
+}
+
 // --- berth standing in for Derrick ------------------------------------------
 
 #[path = "cli/derrick.rs"]
