@@ -15,8 +15,10 @@ use std::io;
 const REQUEST_TIMEOUT: u64 = 120;
 
 /// A client of the Engine at `host` (`unix:///path`, `tcp://` or
-/// `http://host:port`; other schemes negotiate through `/version`).
+/// `http://host:port`; other schemes, and TLS as `DOCKER_TLS_VERIFY` asks
+/// for it, negotiate through `/version`).
 pub async fn connect(host: &str) -> Result<Docker, EngineError> {
+    let tls = std::env::var_os("DOCKER_TLS_VERIFY").is_some();
     if let Some(path) = host.strip_prefix("unix://") {
         let stream = tokio::net::UnixStream::connect(path).await?;
         let version = ping_version(stream).await?;
@@ -24,6 +26,7 @@ pub async fn connect(host: &str) -> Result<Docker, EngineError> {
     } else if let Some(address) = host
         .strip_prefix("tcp://")
         .or_else(|| host.strip_prefix("http://"))
+        .filter(|_| !tls)
     {
         let stream = tokio::net::TcpStream::connect(address.trim_end_matches('/')).await?;
         let version = ping_version(stream).await?;
