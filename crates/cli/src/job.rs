@@ -225,6 +225,9 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
                         millis(duration)
                     )?;
                 }
+                for skipped in jobs.skipped_times(&job)? {
+                    writeln!(out, "skipped {}: {}", rfc3339(skipped.at), skipped.reason)?;
+                }
             }
         }
         JobCommand::Show { run, json } => {
@@ -495,6 +498,17 @@ fn millis(ms: Option<i64>) -> String {
         Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
         None => "-".into(),
     }
+}
+
+/// A timestamp in ms as RFC 3339 (UTC).
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a timestamp in ms.

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 /// Job tasks the server's workers run at once.
 const JOB_SLOTS: usize = 8;
 
+/// How often the server looks for scheduled times that came.
+const SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The program name under which berth stands in for Derrick.
 pub const DERRICK: &str = "derrick";
 
@@ -157,16 +160,23 @@ pub async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
         insecure_no_auth: args.insecure_no_auth,
         default_spec,
     };
-    // The workers: tasks of batch jobs run inside the server too.
-    let (_, runner) = crate::job::open(&provider, JOB_SLOTS)?;
+    // The workers: tasks of batch jobs run inside the server too, and
+    // scheduled jobs start their runs here.
+    let (jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { runner.serve(shutdown).await })
     };
+    let scheduler = {
+        let shutdown = shutdown.clone();
+        let scheduler = berth_jobs::Scheduler::new(jobs);
+        tokio::spawn(async move { scheduler.serve(SCHEDULE_TICK, shutdown).await })
+    };
     let served = berth_server::serve(provider, config).await;
     shutdown.cancel();
     let _ = workers.await;
+    let _ = scheduler.await;
     served?;
     Ok(())
 }

@@ -16,5 +16,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use publish::Published;
 pub use queue::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
 pub use runner::{Runner, RunnerConfig};
+pub use schedule::{Fired, Scheduler};
 pub use service::{JobError, JobSummary, Jobs, RunDetails, TaskDetails};
 pub use spec::{JobSpec, JobSpecError, Keep};

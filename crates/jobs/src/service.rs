@@ -110,19 +110,24 @@ impl Jobs {
     }
 
     /// Registers the job (its spec replacing an earlier one of the same
-    /// name) and starts a run of it.
-    pub async fn start(&self, spec: &JobSpec) -> Result<Run, JobError> {
+    /// name, its schedule the spec's) without running it.
+    pub fn register(&self, spec: &JobSpec) -> Result<JobRecord, JobError> {
         spec.validate()?;
         let value = serde_json::to_value(spec).map_err(|e| JobError::Invalid {
             field: "spec".into(),
             message: e.to_string(),
         })?;
-        self.store.upsert_job(
+        Ok(self.store.upsert_job(
             &spec.name,
             &value,
             Some(spec.run.schedule.as_deref()),
             self.clock.now_ms(),
-        )?;
+        )?)
+    }
+
+    /// Registers the job and starts a run of it.
+    pub async fn start(&self, spec: &JobSpec) -> Result<Run, JobError> {
+        self.register(spec)?;
         self.start_registered(&spec.name, "manual").await
     }
 
