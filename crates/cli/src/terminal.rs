@@ -42,6 +42,8 @@ fn window_size() -> (u16, u16) {
 
 pub async fn run(provider: &Provider, id: &str, command: Vec<String>) -> Result<ExitCode> {
     let agent = provider.agent(id).await?;
+    // An open terminal keeps its workspace in use.
+    let _busy = provider.busy(&provider.get(id)?);
     let (rows, cols) = window_size();
     let params = TerminalParams {
         command: (!command.is_empty()).then_some(berth_core::Command::Argv(command)),

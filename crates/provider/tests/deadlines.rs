@@ -300,3 +300,29 @@ async fn the_reaper_a_server_runs_applies_deadlines_as_the_clock_passes_them() {
     reaper.abort();
     provider.remove(ws.id.as_str()).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_open_terminal_keeps_its_workspace_running_until_it_closes() {
+    let (_dir, home) = home();
+    let clock = ManualClock::at(now_ms());
+    let provider = open(&home, &clock).await;
+    let ws = create(
+        &provider,
+        spec("name = \"term\"\n[timeouts]\nidle = 60"),
+        CreateOptions::default(),
+    )
+    .await;
+    // What the HTTP and CLI terminals hold while one is open.
+    let terminal = provider.busy(&provider.get(ws.id.as_str()).unwrap());
+    clock.advance_secs(7200);
+    assert_eq!(provider.reap().await.unwrap(), []);
+    drop(terminal);
+    clock.advance_secs(59);
+    assert_eq!(provider.reap().await.unwrap(), []);
+    clock.advance_secs(1);
+    assert_eq!(
+        provider.reap().await.unwrap(),
+        [Reaped::Stopped(ws.id.clone())]
+    );
+    provider.remove(ws.id.as_str()).await.unwrap();
+}

@@ -260,7 +260,10 @@ pub(crate) async fn session_exec(
     ApiJson(params): ApiJson<SessionExecParams>,
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers, query.stream);
-    let workspace = state.provider.get(&id)?.id;
+    let ws = state.provider.get(&id)?;
+    // A session's command is a use of its workspace.
+    drop(state.provider.busy(&ws));
+    let workspace = ws.id;
     let mut events = state
         .sessions
         .run(
@@ -366,8 +369,11 @@ pub(crate) async fn terminal(
             ),
         )
     })?;
-    let workspace = state.provider.get(&id)?.id;
-    let agent = state.provider.agent(workspace.as_str()).await?;
+    let ws = state.provider.get(&id)?;
+    let agent = state.provider.agent(ws.id.as_str()).await?;
+    // An open terminal keeps its workspace in use until it closes.
+    let busy = state.provider.busy(&ws);
+    let workspace = ws.id;
     let defaults = TerminalParams::default();
     // Started before the upgrade, so that a failure is an HTTP error.
     let terminal = agent
@@ -380,7 +386,10 @@ pub(crate) async fn terminal(
         })
         .await
         .map_err(|e| ServiceError::runtime(&workspace, e.into()))?;
-    Ok(upgrade.on_upgrade(move |socket| relay(socket, terminal, workspace)))
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        relay(socket, terminal, workspace).await;
+        drop(busy);
+    }))
 }
 
 /// Carries a terminal's bytes to and from its WebSocket until either end
