@@ -7,9 +7,10 @@
 
 use crate::quote::quoted;
 use anyhow::{Context, Result, bail};
+use berth_core::SystemClock;
 use berth_core::job::{LogEvent, RunState, TaskState};
 use berth_jobs::service::repository_name;
-use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig, SqliteQueue, SystemClock};
+use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig, SqliteQueue};
 use berth_provider::Provider;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;

@@ -31,7 +31,11 @@ impl ManualClock {
 
     /// Moves the clock forward by `seconds`.
     pub fn advance_secs(&self, seconds: u64) {
-        let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        self.advance_ms(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
+    }
+
+    /// Moves the clock forward by `ms` milliseconds.
+    pub fn advance_ms(&self, ms: i64) {
         self.0
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
                 Some(now.saturating_add(ms))

@@ -4,7 +4,6 @@
 //! a workspace provisioned through the provider's cache, with its log
 //! persisted as it is produced and its patch collected.
 
-pub mod clock;
 pub mod publish;
 pub mod queue;
 pub mod runner;
@@ -12,7 +11,6 @@ pub mod schedule;
 pub mod service;
 pub mod spec;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use publish::Published;
 pub use queue::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
 pub use runner::{Runner, RunnerConfig};

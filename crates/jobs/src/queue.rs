@@ -6,8 +6,8 @@
 //! went on without that attempt. [`SqliteQueue`] keeps it in berth's
 //! registry; a cluster backs the same trait with a shared work queue.
 
-use crate::clock::Clock;
 use async_trait::async_trait;
+use berth_core::Clock;
 use berth_core::job::{Claimed, Finish, LogEvent, NewRun, Run, Stalled, Task};
 use berth_store::{Store, StoreError};
 use std::sync::Arc;

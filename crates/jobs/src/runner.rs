@@ -9,10 +9,10 @@
 //! that stops mid-task (killed, or its process restarted) leaves the task
 //! to be requeued once its heartbeats are missed.
 
-use crate::clock::Clock;
 use crate::queue::{Claim, Heartbeat, QueueError, TaskQueue};
 use crate::service::Jobs;
 use crate::spec::{JobSpec, Keep};
+use berth_core::Clock;
 use berth_core::job::{Finish, LogEvent, Task, TaskState};
 use berth_core::{ExecEvent, ExecRequest, Labels};
 use berth_provider::{CreateOptions, Progress, Provider};

@@ -1,9 +1,9 @@
 //! The jobs service: what every front end (the CLI, the HTTP API) asks of
 //! jobs, runs and tasks. Runs are made here and queued; runners take them.
 
-use crate::clock::Clock;
 use crate::queue::{QueueError, SqliteQueue, TaskQueue};
 use crate::spec::JobSpec;
+use berth_core::Clock;
 use berth_core::job::{
     Attempt, JobRecord, LogEntry, NewRun, NewTask, RetryScope, Run, SkippedTime, Task,
 };

@@ -3,8 +3,9 @@
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 //! requeued a bounded number of times, stale results are refused.
 
+use berth_core::ManualClock;
 use berth_core::job::{Finish, NewRun, NewTask, RunState, Stalled, TaskState};
-use berth_jobs::{Heartbeat, ManualClock, QueueError, SqliteQueue, TaskQueue};
+use berth_jobs::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
 use berth_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ impl World {
         World {
             _dir: dir,
             store,
-            clock: Arc::new(ManualClock::new(T0)),
+            clock: Arc::new(ManualClock::at(T0)),
         }
     }
 
@@ -151,9 +152,9 @@ async fn a_runner_that_died_is_requeued_then_a_late_result_of_the_dead_attempt_i
     let queue = world.queue(60, 1);
     let run = world.run(&queue, 1, 1).await;
     let dead = queue.claim("dead").await.unwrap().unwrap();
-    world.clock.advance(59_000);
+    world.clock.advance_ms(59_000);
     assert!(queue.requeue_stalled().await.unwrap().is_empty());
-    world.clock.advance(2_000);
+    world.clock.advance_ms(2_000);
     assert_eq!(
         queue.requeue_stalled().await.unwrap(),
         vec![Stalled::Requeued {
@@ -198,7 +199,7 @@ async fn with_no_resets_left_a_stalled_task_fails_saying_its_runner_died() {
     let queue = world.queue(10, 0);
     let run = world.run(&queue, 1, 1).await;
     let claim = queue.claim("gone").await.unwrap().unwrap();
-    world.clock.advance(11_000);
+    world.clock.advance_ms(11_000);
     assert_eq!(
         queue.requeue_stalled().await.unwrap(),
         vec![Stalled::Failed {
@@ -240,7 +241,7 @@ async fn an_errored_task_is_retried_after_its_backoff_and_runs_end_partial() {
         queue.claim("r").await.unwrap().is_none(),
         "not before its backoff"
     );
-    world.clock.advance(5_000);
+    world.clock.advance_ms(5_000);
     let again = queue.claim("r").await.unwrap().unwrap();
     assert_eq!(again.task.id, a.task.id);
     assert_eq!(again.task.attempts, 2);

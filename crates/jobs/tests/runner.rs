@@ -3,8 +3,9 @@
 //! cancellation, logs and retries.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 
+use berth_core::SystemClock;
 use berth_core::job::{LogEvent, RunState, TaskState};
-use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig, SystemClock};
+use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig};
 use berth_provider::{Provider, ProviderConfig};
 use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
 use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
