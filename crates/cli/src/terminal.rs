@@ -41,9 +41,6 @@ fn window_size() -> (u16, u16) {
 }
 
 pub async fn run(provider: &Provider, id: &str, command: Vec<String>) -> Result<ExitCode> {
-    let agent = provider.agent(id).await?;
-    // An open terminal keeps its workspace in use.
-    let _busy = provider.busy(&provider.get(id)?);
     let (rows, cols) = window_size();
     let params = TerminalParams {
         command: (!command.is_empty()).then_some(berth_core::Command::Argv(command)),
@@ -51,8 +48,8 @@ pub async fn run(provider: &Provider, id: &str, command: Vec<String>) -> Result<
         cols,
         ..TerminalParams::default()
     };
-    let mut terminal = agent
-        .terminal(params)
+    let mut terminal = provider
+        .terminal(id, params)
         .await
         .context("cannot open a terminal")?;
     let raw = RawMode::enter()?;
@@ -62,7 +59,7 @@ pub async fn run(provider: &Provider, id: &str, command: Vec<String>) -> Result<
     let mut stdout = std::io::stdout();
     let code = loop {
         tokio::select! {
-            event = terminal.events.recv() => match event {
+            event = terminal.next() => match event {
                 Some(ExecEvent::Stdout { data }) | Some(ExecEvent::Stderr { data }) => {
                     stdout.write_all(&data.0)?;
                     stdout.flush()?;

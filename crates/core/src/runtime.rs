@@ -157,6 +157,8 @@ pub enum RuntimeError {
         operation: &'static str,
         after: std::time::Duration,
     },
+    #[error(transparent)]
+    MissingExit(#[from] crate::MissingExit),
     #[error("{0}")]
     Other(String),
 }

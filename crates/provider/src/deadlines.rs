@@ -129,7 +129,14 @@ impl Provider {
         let (sender, receiver) = tokio::sync::mpsc::channel::<ExecEvent>(16);
         tokio::spawn(async move {
             let _busy = busy;
-            while let Some(event) = events.recv().await {
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    // A reader that left is seen at once, not at the next
+                    // event: dropping `events` then ends the command.
+                    () = sender.closed() => break,
+                };
+                let Some(event) = event else { break };
                 if sender.send(event).await.is_err() {
                     break;
                 }

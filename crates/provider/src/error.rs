@@ -25,6 +25,17 @@ pub enum ServiceError {
     NotFound(String),
     #[error("no snapshot `{0}`")]
     SnapshotNotFound(String),
+    #[error("no session `{session}` in workspace {workspace}")]
+    SessionNotFound { workspace: String, session: String },
+    #[error(
+        "workspace {workspace}: session `{session}` has ended{}",
+        cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+    )]
+    SessionEnded {
+        workspace: String,
+        session: String,
+        cause: Option<String>,
+    },
     #[error("{0}")]
     Ambiguous(String),
     #[error("a workspace named `{0}` already exists")]
@@ -71,7 +82,10 @@ impl ServiceError {
             ServiceError::NoRuntime { .. } => "no_runtime",
             ServiceError::UnknownRuntime { .. } => "unknown_runtime",
             ServiceError::RuntimeUnavailable { .. } => "runtime_unavailable",
-            ServiceError::NotFound(_) | ServiceError::SnapshotNotFound(_) => "not_found",
+            ServiceError::NotFound(_)
+            | ServiceError::SnapshotNotFound(_)
+            | ServiceError::SessionNotFound { .. }
+            | ServiceError::SessionEnded { .. } => "not_found",
             ServiceError::FileNotFound { .. } => "file_not_found",
             ServiceError::Ambiguous(_) => "ambiguous_id",
             ServiceError::NameTaken(_) => "name_taken",

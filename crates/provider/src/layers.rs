@@ -1,24 +1,17 @@
 //! What a workspace's layers make possible: snapshots, reset, forks, the
-//! list of changes, a patch of them, their export, and garbage collection;
-//! plus direct access to a workspace's agent (interpreters, sessions,
-//! terminals) for runtimes that have one.
+//! list of changes, a patch of them, their export, and garbage collection.
 
 use crate::{CreateOptions, Provider, ServiceError};
-use berth_agent_client::AgentClient;
 use berth_core::events::ProvisionStep;
-use berth_core::proto::AgentInfo;
 use berth_core::{
     Change, ExecEvent, ExecRequest, ExportSummary, ExportTarget, GcReport, ReadSender, ReadStream,
     Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath, WorkspaceState,
 };
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-/// How long to wait for a workspace's agent socket to answer.
-const AGENT_WAIT: Duration = Duration::from_secs(10);
 /// The most forks one request makes: each is a running workspace, and a
 /// typo'd count must not fill the host.
 pub const MAX_FORKS: usize = 64;
@@ -101,8 +94,8 @@ impl Provider {
             .reset(&ws, to)
             .await
             .map_err(|e| ServiceError::runtime(&ws.id, e))?;
-        // A new agent serves the workspace after a reset.
-        self.agents().forget(ws.id.as_str());
+        // A new instance, with a new agent, serves the workspace now.
+        self.end_instance(&ws.id);
         self.get(ws.id.as_str())
     }
 
@@ -354,41 +347,6 @@ impl Provider {
             runtimes: reports,
             git,
         })
-    }
-
-    /// A connection to a running workspace's agent.
-    pub async fn agent(&self, id: &str) -> Result<AgentClient, ServiceError> {
-        let ws = self.get(id)?;
-        if ws.state != WorkspaceState::Running {
-            return Err(ServiceError::WrongState {
-                id: ws.id.to_string(),
-                state: ws.state,
-                hint: "start it first",
-            });
-        }
-        let runtime = self.runtime_of(&ws)?;
-        self.used(&ws);
-        let socket = runtime
-            .agent_socket(&ws)
-            .ok_or_else(|| ServiceError::Runtime {
-                id: ws.id.to_string(),
-                source: RuntimeError::unsupported(runtime.name(), "an in-workspace agent"),
-            })?;
-        self.agents()
-            .get(ws.id.as_str(), &socket, AGENT_WAIT)
-            .await
-            .map_err(|e| ServiceError::runtime(&ws.id, e.into()))
-    }
-
-    /// The agent's version, resource use and interpreters; with `detect`,
-    /// the interpreters are probed again first.
-    pub async fn agent_info(&self, id: &str, detect: bool) -> Result<AgentInfo, ServiceError> {
-        let ws_id = self.get(id)?.id;
-        self.agent(id)
-            .await?
-            .info(detect)
-            .await
-            .map_err(|e| ServiceError::runtime(&ws_id, e.into()))
     }
 }
 

@@ -3,6 +3,7 @@
 //! credentials and the runtimes, provisions workspaces through the cache,
 //! and runs their operations.
 
+mod agent;
 mod cache;
 pub mod config;
 mod deadlines;
@@ -10,7 +11,9 @@ mod error;
 mod layers;
 mod provision;
 mod publish;
+mod sessions;
 
+pub use agent::{SessionCommand, SessionInfo, Terminal};
 pub use cache::CacheGc;
 pub use config::{Config, ConfigError};
 pub use deadlines::{Busy, REAP_INTERVAL, Reaped};
@@ -25,9 +28,9 @@ use berth_core::{
 use berth_git::{Credentials, Git};
 use berth_store::Store;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -147,6 +150,16 @@ struct Inner {
     clock: Arc<dyn Clock>,
     activity: deadlines::Activity,
     cache_budget: Option<u64>,
+    sessions: sessions::Sessions,
+    /// Per running workspace, the token that ends what was opened in its
+    /// current instance (terminals) when it is stopped, reset or removed.
+    instances: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// The bounds a command runs within, once the exec rules are applied.
+pub(crate) struct Bounds {
+    pub timeout_ms: Option<u64>,
+    pub output_limit: u64,
 }
 
 impl Provider {
@@ -177,6 +190,8 @@ impl Provider {
                 clock: config.clock,
                 activity: deadlines::Activity::default(),
                 cache_budget: config.cache_budget,
+                sessions: sessions::Sessions::default(),
+                instances: Mutex::new(HashMap::new()),
             }),
         };
         provider.recover().await?;
@@ -215,6 +230,63 @@ impl Provider {
 
     pub(crate) fn agents(&self) -> &berth_agent_client::AgentPool {
         &self.inner.agents
+    }
+
+    /// A token cancelled when the current instance of workspace `id`
+    /// ends (it is stopped, reset or removed).
+    pub(crate) fn instance(&self, id: &WorkspaceId) -> CancellationToken {
+        self.instances()
+            .entry(id.to_string())
+            .or_default()
+            .child_token()
+    }
+
+    /// Ends what belongs to the current instance of workspace `id`, which
+    /// was stopped, reset or removed, whichever front end asked: its
+    /// sessions and terminals, and the pooled connection to its agent.
+    pub(crate) fn end_instance(&self, id: &WorkspaceId) {
+        if let Some(instance) = self.instances().remove(id.as_str()) {
+            instance.cancel();
+        }
+        self.inner.sessions.end_workspace(id);
+        self.agents().forget(id.as_str());
+    }
+
+    fn instances(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        // Every change is a single insert or remove: the map stays
+        // consistent whatever panicked while holding it.
+        self.inner
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The exec rules, the one place they are applied to every command a
+    /// workspace runs (exec, session commands, Derrick's routes): what the
+    /// request leaves open, the spec's `timeouts.exec` and the provider's
+    /// output limit fill in.
+    pub(crate) fn bound(
+        &self,
+        ws: &Workspace,
+        timeout_ms: Option<u64>,
+        output_limit: Option<u64>,
+    ) -> Bounds {
+        Bounds {
+            timeout_ms: timeout_ms
+                .or_else(|| ws.spec.timeouts.exec.map(|secs| secs.saturating_mul(1000))),
+            output_limit: output_limit.unwrap_or(self.inner.output_limit),
+        }
+    }
+
+    /// A command's environment: the spec's, with `asked` over it.
+    pub(crate) fn environment(
+        &self,
+        ws: &Workspace,
+        asked: BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut env = ws.spec.env.clone();
+        env.extend(asked);
+        env
     }
 
     pub(crate) fn runtime_list(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
@@ -389,7 +461,7 @@ impl Provider {
             }
         }
         let runtime = self.runtime_of(&ws)?;
-        self.agents().forget(ws.id.as_str());
+        self.end_instance(&ws.id);
         runtime
             .stop(&ws)
             .await
@@ -421,6 +493,7 @@ impl Provider {
             });
         }
         let runtime = self.runtime_of(&ws)?;
+        self.end_instance(&ws.id);
         runtime
             .remove(&ws)
             .await
@@ -445,8 +518,8 @@ impl Provider {
         Ok((ws, runtime))
     }
 
-    /// Runs a command in a running workspace. The spec's exec timeout and
-    /// the provider's output limit apply when the request sets none.
+    /// Runs a command in a running workspace, within the exec rules
+    /// ([`Provider::bound`]).
     pub async fn exec(
         &self,
         id: &str,
@@ -468,10 +541,10 @@ impl Provider {
                 message: "expected a command to run".into(),
             });
         }
-        if request.timeout_ms.is_none() {
-            request.timeout_ms = ws.spec.timeouts.exec.map(|secs| secs.saturating_mul(1000));
-        }
-        request.output_limit.get_or_insert(self.inner.output_limit);
+        let bounds = self.bound(&ws, request.timeout_ms, request.output_limit);
+        request.timeout_ms = bounds.timeout_ms;
+        request.output_limit = Some(bounds.output_limit);
+        request.env = self.environment(&ws, std::mem::take(&mut request.env));
         let events = runtime
             .exec(&ws, request, cancel)
             .await

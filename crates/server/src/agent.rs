@@ -7,21 +7,18 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{ApiJson, ApiQuery, JsonOrDefault};
 use crate::openapi::wire;
-use crate::sessions::SessionError;
-use crate::stream::{self, Format, negotiate};
+use crate::stream::{self, negotiate};
 use crate::v1::{ExecResponse, StreamQuery, WorkspaceRef};
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use berth_agent_client::Terminal;
+use axum::response::Response;
 use berth_core::proto::{AgentInfo, SessionParams, TerminalParams};
-use berth_core::{Command, ExecEvent, Output, WorkspaceId};
-use berth_provider::ServiceError;
+use berth_core::{Command, ExecEvent};
+use berth_provider::{SessionCommand, SessionInfo, Terminal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -67,35 +64,6 @@ pub struct OpenSessionParams {
     /// Variables added to the shell's environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-}
-
-/// An open session.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SessionResponse {
-    /// The session's id, for its routes.
-    pub id: String,
-    /// The id of the workspace it runs in.
-    pub workspace: String,
-    /// The shell's process id in the workspace.
-    pub pid: u32,
-}
-
-/// A command to run in a session.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SessionExecParams {
-    /// Shell text, run by the session's shell: `cd`, variables and
-    /// functions persist to the next command.
-    pub command: String,
-    /// Time limit in milliseconds; past it the command is interrupted (the
-    /// session lives on).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
-    pub timeout_ms: Option<u64>,
-    /// Bytes kept per stream; anything beyond is counted and dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(format = "uint64", maximum = 18446744073709551615_u64)]
-    pub output_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -169,7 +137,7 @@ pub(crate) async fn info(
     params(WorkspaceRef),
     request_body(content = OpenSessionParams, description = "Optional"),
     responses(
-        (status = 201, description = "The session", body = SessionResponse),
+        (status = 201, description = "The session", body = SessionInfo),
         (status = 400, description = "A working directory leaving the workspace or not a directory", body = ErrorResponse),
         (status = 404, description = "No such workspace or working directory", body = ErrorResponse),
         (status = 409, description = "The workspace is not running", body = ErrorResponse),
@@ -181,27 +149,14 @@ pub(crate) async fn open_session(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     JsonOrDefault(params): JsonOrDefault<OpenSessionParams>,
-) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
-    let workspace = state.provider.get(&id)?.id;
-    let agent = state.provider.agent(workspace.as_str()).await?;
-    let session = agent
-        .session(SessionParams {
-            shell: params.shell,
-            cwd: params.cwd,
-            env: params.env,
-        })
-        .await
-        .map_err(|e| ServiceError::runtime(&workspace, e.into()))?;
-    let pid = session.pid;
-    let session = state.sessions.open(workspace.as_str(), session);
-    Ok((
-        StatusCode::CREATED,
-        Json(SessionResponse {
-            id: session,
-            workspace: workspace.to_string(),
-            pid,
-        }),
-    ))
+) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
+    let params = SessionParams {
+        shell: params.shell,
+        cwd: params.cwd,
+        env: params.env,
+    };
+    let session = state.provider.open_session(&id, params).await?;
+    Ok((StatusCode::CREATED, Json(session)))
 }
 
 /// Closes a session, ending its shell and anything running in it.
@@ -220,12 +175,7 @@ pub(crate) async fn close_session(
     State(state): State<AppState>,
     Path(SessionRef { id, session }): Path<SessionRef>,
 ) -> Result<StatusCode, ApiError> {
-    let workspace = state.provider.get(&id)?.id;
-    state
-        .sessions
-        .close(workspace.as_str(), &session)
-        .await
-        .map_err(|e| session_error(&workspace, e))?;
+    state.provider.close_session(&id, &session).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -241,7 +191,7 @@ pub(crate) async fn close_session(
     path = "/v1/workspaces/{id}/sessions/{session}/exec",
     tag = "agent",
     params(SessionRef, StreamQuery),
-    request_body = SessionExecParams,
+    request_body = SessionCommand,
     responses(
         (status = 200, description = "The command's outcome, or its events", content(
             (ExecResponse = "application/json"),
@@ -257,50 +207,11 @@ pub(crate) async fn session_exec(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
     Path(SessionRef { id, session }): Path<SessionRef>,
-    ApiJson(params): ApiJson<SessionExecParams>,
+    ApiJson(command): ApiJson<SessionCommand>,
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers, query.stream);
-    let ws = state.provider.get(&id)?;
-    // A session's command is a use of its workspace.
-    drop(state.provider.busy(&ws));
-    let workspace = ws.id;
-    let mut events = state
-        .sessions
-        .run(
-            workspace.as_str(),
-            &session,
-            params.command,
-            params.timeout_ms,
-            Some(
-                params
-                    .output_limit
-                    .unwrap_or(berth_provider::DEFAULT_OUTPUT_LIMIT),
-            ),
-        )
-        .await
-        .map_err(|e| session_error(&workspace, e))?;
-    if format != Format::Json {
-        return Ok(stream::streamed(
-            format,
-            UnboundedReceiverStream::new(events),
-        ));
-    }
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    while let Some(event) = events.recv().await {
-        match event {
-            ExecEvent::Stdout { data } => stdout.extend(data.0),
-            ExecEvent::Stderr { data } => stderr.extend(data.0),
-            ExecEvent::Exit(exit) => {
-                return Ok(Json(ExecResponse {
-                    stdout: Output(stdout),
-                    stderr: Output(stderr),
-                    exit,
-                })
-                .into_response());
-            }
-        }
-    }
-    Err(session_error(&workspace, SessionError::Ended { session }))
+    let (workspace, events) = state.provider.session_exec(&id, &session, command).await?;
+    stream::command(format, workspace, events, ()).await
 }
 
 /// Interrupts the command running in a session (SIGINT, then SIGKILL
@@ -320,12 +231,7 @@ pub(crate) async fn session_interrupt(
     State(state): State<AppState>,
     Path(SessionRef { id, session }): Path<SessionRef>,
 ) -> Result<Json<InterruptResponse>, ApiError> {
-    let workspace = state.provider.get(&id)?.id;
-    let interrupted = state
-        .sessions
-        .interrupt(workspace.as_str(), &session)
-        .await
-        .map_err(|e| session_error(&workspace, e))?;
+    let interrupted = state.provider.interrupt_session(&id, &session).await?;
     Ok(Json(InterruptResponse { interrupted }))
 }
 
@@ -369,35 +275,31 @@ pub(crate) async fn terminal(
             ),
         )
     })?;
-    let ws = state.provider.get(&id)?;
-    let agent = state.provider.agent(ws.id.as_str()).await?;
-    // An open terminal keeps its workspace in use until it closes.
-    let busy = state.provider.busy(&ws);
-    let workspace = ws.id;
     let defaults = TerminalParams::default();
     // Started before the upgrade, so that a failure is an HTTP error.
-    let terminal = agent
-        .terminal(TerminalParams {
-            command: query.command.map(Command::Shell),
-            cwd: query.cwd,
-            env: BTreeMap::new(),
-            rows: query.rows.unwrap_or(defaults.rows),
-            cols: query.cols.unwrap_or(defaults.cols),
-        })
-        .await
-        .map_err(|e| ServiceError::runtime(&workspace, e.into()))?;
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        relay(socket, terminal, workspace).await;
-        drop(busy);
-    }))
+    let terminal = state
+        .provider
+        .terminal(
+            &id,
+            TerminalParams {
+                command: query.command.map(Command::Shell),
+                cwd: query.cwd,
+                env: BTreeMap::new(),
+                rows: query.rows.unwrap_or(defaults.rows),
+                cols: query.cols.unwrap_or(defaults.cols),
+            },
+        )
+        .await?;
+    Ok(upgrade.on_upgrade(move |socket| relay(socket, terminal)))
 }
 
 /// Carries a terminal's bytes to and from its WebSocket until either end
-/// stops. Dropping the terminal ends its program.
-async fn relay(mut socket: WebSocket, mut terminal: Terminal, workspace: WorkspaceId) {
+/// stops, or the workspace's instance ends. Dropping the terminal ends its
+/// program.
+async fn relay(mut socket: WebSocket, mut terminal: Terminal) {
     loop {
         tokio::select! {
-            event = terminal.events.recv() => match event {
+            event = terminal.next() => match event {
                 Some(ExecEvent::Stdout { data } | ExecEvent::Stderr { data }) => {
                     if socket.send(Message::Binary(data.0.into())).await.is_err() {
                         return;
@@ -422,7 +324,7 @@ async fn relay(mut socket: WebSocket, mut terminal: Terminal, workspace: Workspa
                     }
                 }
                 Some(Ok(Message::Text(text))) => {
-                    if let Err(err) = control(&workspace, &terminal, text.as_str()) {
+                    if let Err(err) = control(&terminal, text.as_str()) {
                         let line = crate::stream::ErrorLine::new(err);
                         if let Ok(text) = serde_json::to_string(&line) {
                             let _ = socket.send(Message::Text(text.into())).await;
@@ -437,7 +339,7 @@ async fn relay(mut socket: WebSocket, mut terminal: Terminal, workspace: Workspa
 }
 
 /// Applies one control message to a terminal.
-fn control(workspace: &WorkspaceId, terminal: &Terminal, text: &str) -> Result<(), ApiError> {
+fn control(terminal: &Terminal, text: &str) -> Result<(), ApiError> {
     let message: TerminalControl = crate::extract::parse_json(text.as_bytes()).map_err(|e| {
         ApiError::new(
             "invalid_body",
@@ -450,20 +352,5 @@ fn control(workspace: &WorkspaceId, terminal: &Terminal, text: &str) -> Result<(
         TerminalControl::Signal { signal } => terminal.signal(signal),
         TerminalControl::Eof => terminal.close_stdin(),
     };
-    sent.map_err(|e| ServiceError::runtime(format!("{workspace}, terminal"), e.into()).into())
-}
-
-/// A session request's failure: the agent's refusals as every agent
-/// route reports them (naming the session), the server's own session
-/// table's answers as `not_found`.
-fn session_error(workspace: &WorkspaceId, err: SessionError) -> ApiError {
-    match err {
-        SessionError::Agent { session, source } => {
-            ServiceError::runtime(format!("{workspace}, session `{session}`"), source.into()).into()
-        }
-        SessionError::NotFound { .. } => ApiError::new("not_found", err.to_string()),
-        SessionError::Ended { .. } | SessionError::Lost { .. } => {
-            ApiError::new("not_found", format!("workspace {workspace}: {err}"))
-        }
-    }
+    Ok(sent?)
 }

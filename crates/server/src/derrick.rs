@@ -37,7 +37,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use berth_core::{ExecEvent, ExecRequest, Spec, Workspace, WorkspaceState};
+use berth_core::{ExecRequest, Spec, Stream, Workspace, WorkspaceState};
 use berth_provider::{CreateOptions, Progress, Provider, ServiceError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -321,7 +321,6 @@ pub(crate) async fn remove_workspace(
     };
     if ws.state != WorkspaceState::Removed {
         state.provider.remove(ws.id.as_str()).await?;
-        state.sessions.forget_workspace(ws.id.as_str());
     }
     state.made.ids().remove(ws.id.as_str());
     Ok(Json(ws.state != WorkspaceState::Removed))
@@ -505,42 +504,27 @@ async fn run(state: &AppState, id: &str, params: CmdParams) -> Result<Done, ApiE
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
     let (workspace, mut events) = state.provider.exec(ws.id.as_str(), request, cancel).await?;
-    let mut done = Done {
-        output: Vec::new(),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        exit_code: 0,
-        timed_out: false,
-    };
-    let mut exited = false;
-    while let Some(event) = events.recv().await {
-        match event {
-            ExecEvent::Stdout { data } => {
-                done.output.extend_from_slice(&data.0);
-                done.stdout.extend(data.0);
-            }
-            ExecEvent::Stderr { data } => {
-                done.output.extend_from_slice(&data.0);
-                done.stderr.extend(data.0);
-            }
-            ExecEvent::Exit(status) => {
-                done.timed_out = status.timed_out;
-                done.exit_code = if status.timed_out {
-                    TIMED_OUT
-                } else {
-                    status.shell_code()
-                };
-                exited = true;
-            }
+    let (mut output, mut stdout, mut stderr) = (Vec::new(), Vec::new(), Vec::new());
+    let exit = berth_core::output::each(&mut events, |stream, data| {
+        output.extend_from_slice(&data);
+        match stream {
+            Stream::Stdout => stdout.extend(data),
+            Stream::Stderr => stderr.extend(data),
         }
-    }
-    if !exited {
-        return Err(ApiError::new(
-            "runtime_error",
-            format!("workspace {workspace}: the command's output ended without an exit status"),
-        ));
-    }
-    Ok(done)
+    })
+    .await
+    .map_err(|e| ServiceError::runtime(&workspace, e.into()))?;
+    Ok(Done {
+        output,
+        stdout,
+        stderr,
+        exit_code: if exit.timed_out {
+            TIMED_OUT
+        } else {
+            exit.shell_code()
+        },
+        timed_out: exit.timed_out,
+    })
 }
 
 /// A path of a Derrick request as a path relative to the root of

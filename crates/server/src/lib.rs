@@ -31,7 +31,6 @@ mod extract;
 pub mod layers;
 pub mod openapi;
 mod server;
-mod sessions;
 mod stream;
 pub mod v1;
 
@@ -82,8 +81,6 @@ impl RouterConfig {
 pub(crate) struct AppState {
     pub provider: Provider,
     pub default_spec: Option<Arc<Spec>>,
-    /// Shell sessions open through this router.
-    pub sessions: sessions::Sessions,
     /// The workspaces made through Derrick's routes.
     pub made: derrick::Made,
 }
@@ -95,7 +92,6 @@ pub fn router(provider: Provider, config: RouterConfig) -> Router {
     let state = AppState {
         provider,
         default_spec: config.default_spec.map(Arc::new),
-        sessions: sessions::Sessions::default(),
         made: config.derrick_workspaces,
     };
     let (routes, document) = openapi::routes().split_for_parts();

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use berth_core::ProvisionEvent;
+use berth_core::{ExecStream, Output, ProvisionEvent, WorkspaceId};
 use berth_provider::{Progress, ServiceError};
 use futures::{Stream, StreamExt as _, stream};
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,36 @@ pub fn negotiate(headers: &HeaderMap, stream_query: bool) -> Format {
     } else {
         Format::Json
     }
+}
+
+/// The answer to a command run in a workspace (by exec or in a session):
+/// its events as they come in a streamed `format`, or, for
+/// [`Format::Json`], one [`crate::v1::ExecResponse`] once it is done.
+/// `guard` lives as long as the answer is being made: dropping it (the
+/// client went away) may cancel the command.
+pub async fn command<G: Send + 'static>(
+    format: Format,
+    workspace: WorkspaceId,
+    mut events: ExecStream,
+    guard: G,
+) -> Result<Response, ApiError> {
+    if format != Format::Json {
+        let events = stream::unfold((events, guard), |(mut events, guard)| async move {
+            let event = events.recv().await?;
+            Some((event, (events, guard)))
+        });
+        return Ok(streamed(format, events));
+    }
+    let done = berth_core::output::collect(&mut events)
+        .await
+        .map_err(|e| ServiceError::runtime(&workspace, e.into()))?;
+    drop(guard);
+    Ok(axum::Json(crate::v1::ExecResponse {
+        stdout: Output(done.stdout),
+        stderr: Output(done.stderr),
+        exit: done.exit,
+    })
+    .into_response())
 }
 
 /// A streamed response of serialisable items. In SSE each item's `type`

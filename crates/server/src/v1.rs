@@ -5,16 +5,15 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{ApiJson, ApiQuery, body_bytes};
 use crate::openapi::wire;
-use crate::stream::{self, Format, ProgressLine, negotiate, with_progress};
+use crate::stream::{self, ProgressLine, negotiate, with_progress};
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::{
-    ExecEvent, ExecRequest, ExitStatus, FileEntry, Labels, Output, Spec, Workspace, WorkspaceState,
+    ExecRequest, ExitStatus, FileEntry, Labels, Output, Spec, Workspace, WorkspaceState,
 };
 use berth_provider::{CreateOptions, FetchResult, RuntimeStatus, WorkspaceDetails};
-use futures::stream::unfold;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
@@ -270,9 +269,7 @@ pub(crate) async fn remove_workspace(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
-    let removed = state.provider.remove(&id).await?;
-    state.sessions.forget_workspace(removed.id.as_str());
-    Ok(Json(removed))
+    Ok(Json(state.provider.remove(&id).await?))
 }
 
 /// Starts a stopped workspace; a running one is left as it is.
@@ -310,9 +307,7 @@ pub(crate) async fn stop_workspace(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
-    let stopped = state.provider.stop(&id).await?;
-    state.sessions.forget_workspace(stopped.id.as_str());
-    Ok(Json(stopped))
+    Ok(Json(state.provider.stop(&id).await?))
 }
 
 /// Fetches upstream changes into every repository of a workspace, never
@@ -387,37 +382,8 @@ pub(crate) async fn exec(
     // Dropping the guard (the client went away, so this handler or its
     // stream was dropped) cancels the command.
     let guard = cancel.clone().drop_guard();
-    let (workspace, mut events) = state.provider.exec(&id, request, cancel).await?;
-    if format != Format::Json {
-        let events = unfold((events, guard), |(mut events, guard)| async move {
-            let event = events.recv().await?;
-            Some((event, (events, guard)))
-        });
-        return Ok(stream::streamed(format, events));
-    }
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut exit = None;
-    while let Some(event) = events.recv().await {
-        match event {
-            ExecEvent::Stdout { data } => stdout.extend(data.0),
-            ExecEvent::Stderr { data } => stderr.extend(data.0),
-            ExecEvent::Exit(status) => exit = Some(status),
-        }
-    }
-    drop(guard);
-    let exit = exit.ok_or_else(|| {
-        ApiError::new(
-            "runtime_error",
-            format!("workspace {workspace}: the command's output ended without an exit status"),
-        )
-    })?;
-    Ok(Json(ExecResponse {
-        stdout: Output(stdout),
-        stderr: Output(stderr),
-        exit,
-    })
-    .into_response())
+    let (workspace, events) = state.provider.exec(&id, request, cancel).await?;
+    stream::command(format, workspace, events, guard).await
 }
 
 /// Lists a directory of a running workspace.

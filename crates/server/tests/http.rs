@@ -51,6 +51,17 @@ impl Api {
         extra: Vec<Arc<dyn berth_core::Runtime>>,
         configure: impl FnOnce(ServerConfig) -> ServerConfig,
     ) -> Api {
+        Api::start_with_provider(home, extra, |provider| provider, configure).await
+    }
+
+    /// A server whose provider has `extra` runtimes besides `fake` and
+    /// `local`, and is set up by `provider`.
+    async fn start_with_provider(
+        home: tempfile::TempDir,
+        extra: Vec<Arc<dyn berth_core::Runtime>>,
+        provider: impl FnOnce(ProviderConfig) -> ProviderConfig,
+        configure: impl FnOnce(ServerConfig) -> ServerConfig,
+    ) -> Api {
         let fake = Arc::new(FakeRuntime::new());
         let local = Arc::new(LocalRuntime::new(home.path()));
         let mut config = ProviderConfig::new(home.path())
@@ -59,7 +70,7 @@ impl Api {
         for runtime in extra {
             config = config.runtime(runtime);
         }
-        let provider = Provider::open(config).await.unwrap();
+        let provider = Provider::open(provider(config)).await.unwrap();
         let config = configure(ServerConfig {
             listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
             token: Some(TOKEN.into()),

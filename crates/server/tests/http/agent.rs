@@ -176,6 +176,22 @@ impl Runtime for AgentLocal {
     fn agent_socket(&self, ws: &Workspace) -> Option<PathBuf> {
         Some(self.socket(ws))
     }
+
+    /// Empties the workspace's directory; its agent serves on, so that
+    /// only the provider can end what was open in it.
+    async fn reset(&self, ws: &Workspace, to: Option<&str>) -> Result<(), RuntimeError> {
+        assert_eq!(to, None, "this runtime has no snapshots");
+        let root = self.local.host_path(ws).unwrap();
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Api {
@@ -183,6 +199,23 @@ impl Api {
         let home = tempfile::tempdir().unwrap();
         let runtime = Arc::new(AgentLocal::new(home.path()));
         Api::start_with_runtimes(home, vec![runtime], |config| config).await
+    }
+
+    /// A server whose provider keeps `output_limit` bytes per stream of a
+    /// command that sets no limit.
+    async fn with_agents_and_output_limit(output_limit: u64) -> Api {
+        let home = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(AgentLocal::new(home.path()));
+        Api::start_with_provider(
+            home,
+            vec![runtime],
+            |provider| ProviderConfig {
+                output_limit,
+                ..provider
+            },
+            |config| config,
+        )
+        .await
     }
 
     async fn agent_workspace(&self) -> String {
@@ -198,6 +231,19 @@ impl Api {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Opens a session and answers its id and its shell's pid.
+    async fn open_session_with_pid(&self, id: &str) -> (String, u32) {
+        let (status, body) = self
+            .json(self.post(&format!("/v1/workspaces/{id}/sessions")))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let pid = body["pid"].as_u64().unwrap();
+        (
+            body["id"].as_str().unwrap().to_string(),
+            u32::try_from(pid).unwrap(),
+        )
     }
 
     async fn session_exec(&self, id: &str, session: &str, command: &str) -> (StatusCode, Value) {
@@ -556,6 +602,137 @@ async fn stopping_a_workspace_ends_its_sessions() {
     assert_eq!(body["stdout"], "still\n");
 }
 
+#[tokio::test]
+async fn a_session_command_keeps_no_more_than_the_providers_output_limit() {
+    let api = Api::with_agents_and_output_limit(8).await;
+    let id = api.agent_workspace().await;
+    let session = api.open_session(&id, json!({})).await;
+    let (status, body) = api
+        .session_exec(
+            &id,
+            &session,
+            "head -c 100 /dev/zero | tr '\\0' x; head -c 50 /dev/zero | tr '\\0' y >&2",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "xxxxxxxx", "{body}");
+    assert_eq!(body["stderr"], "yyyyyyyy", "{body}");
+    assert_eq!(body["exit"]["stdout_dropped"], 92, "{body}");
+    assert_eq!(body["exit"]["stderr_dropped"], 42, "{body}");
+
+    // A request's own limit still wins.
+    let (status, body) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/sessions/{session}/exec"))
+                .json(
+                    &json!({ "command": "head -c 100 /dev/zero | tr '\\0' x", "output_limit": 20 }),
+                ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "x".repeat(20), "{body}");
+}
+
+#[tokio::test]
+async fn a_session_command_ends_at_the_specs_exec_timeout() {
+    let api = Api::with_agents().await;
+    let id = api
+        .create(json!({ "runtime": "local-agent", "timeouts": { "exec": 1 } }))
+        .await;
+    let session = api.open_session(&id, json!({})).await;
+    let (status, body) = api
+        .session_exec(&id, &session, "echo started; sleep 30 && touch finished")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "started\n", "{body}");
+    assert_eq!(body["exit"]["timed_out"], true, "{body}");
+    assert!(!api.root(&id).join("finished").exists());
+    // The session lives on past its command's timeout.
+    let (_, body) = api.session_exec(&id, &session, "echo after").await;
+    assert_eq!(body["stdout"], "after\n", "{body}");
+}
+
+#[tokio::test]
+async fn a_reset_ends_the_sessions_and_terminals_of_the_old_instance() {
+    let api = Api::with_agents().await;
+    let id = api.agent_workspace().await;
+    let (session, shell) = api.open_session_with_pid(&id).await;
+    let other = api.agent_workspace().await;
+    let kept = api.open_session(&other, json!({})).await;
+    let mut request = api
+        .ws_url(&format!("/v1/workspaces/{id}/terminal?command=sh"))
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let terminal = terminal_pid(&mut socket).await;
+    assert!(!process_gone(shell) && !process_gone(terminal));
+
+    let (status, body) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/reset"))
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = api.session_exec(&id, &session, "true").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no session", &session, &id],
+    );
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Binary(_))) => {}
+            Some(Ok(Message::Close(_))) | None => break,
+            other => panic!("the terminal went on after the reset: {other:?}"),
+        }
+    }
+    eventually(
+        "the session's shell and the terminal's have ended",
+        || async { process_gone(shell) && process_gone(terminal) },
+    )
+    .await;
+    // Other workspaces' sessions, and new ones in the new instance, work.
+    let (_, body) = api.session_exec(&other, &kept, "echo still").await;
+    assert_eq!(body["stdout"], "still\n", "{body}");
+    let fresh = api.open_session(&id, json!({})).await;
+    let (_, body) = api.session_exec(&id, &fresh, "echo new").await;
+    assert_eq!(body["stdout"], "new\n", "{body}");
+}
+
+/// The pid of the shell a terminal runs, as it answers it.
+async fn terminal_pid<S>(socket: &mut S) -> u32
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures::Sink<Message>
+        + Unpin,
+    <S as futures::Sink<Message>>::Error: std::fmt::Debug,
+{
+    // The echoed input shows the expression, the output its value.
+    socket
+        .send(Message::Binary("echo pid:$(($$ + 0)):\n".into()))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    loop {
+        let found = seen
+            .split("pid:")
+            .skip(1)
+            .find_map(|rest| rest.split_once(':')?.0.parse().ok());
+        if let Some(pid) = found {
+            return pid;
+        }
+        seen += &read_until(socket, ":").await;
+    }
+}
+
 /// Reads a terminal's frames until `needle` shows in its output.
 async fn read_until<S>(socket: &mut S, needle: &str) -> String
 where
@@ -659,22 +836,7 @@ async fn a_terminal_whose_client_leaves_ends_its_program() {
         format!("Bearer {TOKEN}").parse().unwrap(),
     );
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    // The echoed input shows the expression, the output its value.
-    socket
-        .send(Message::Binary("echo pid:$(($$ + 0)):\n".into()))
-        .await
-        .unwrap();
-    let mut seen = String::new();
-    let pid: u32 = loop {
-        let found = seen
-            .split("pid:")
-            .skip(1)
-            .find_map(|rest| rest.split_once(':')?.0.parse().ok());
-        if let Some(pid) = found {
-            break pid;
-        }
-        seen += &read_until(&mut socket, ":").await;
-    };
+    let pid = terminal_pid(&mut socket).await;
     assert!(!process_gone(pid));
     socket.close(None).await.unwrap();
     drop(socket);

@@ -5,13 +5,14 @@
 //! is only ever held to look up, add or remove an entry, never across an
 //! await.
 //!
-//! A session ends when it is closed, when its workspace is stopped or
-//! removed through this server, when its agent goes away otherwise
-//! (noticed by the next request, which is answered with the loss), or when
-//! the server stops.
+//! A session ends when it is closed, when its workspace is stopped, reset
+//! or removed (by any front end: the provider ends them), when its agent
+//! goes away otherwise (noticed by the next request, which is answered
+//! with the loss), or when the provider is dropped.
 
+use crate::ServiceError;
 use berth_agent_client::{ClientError, Process, Session};
-use berth_core::{ExecEvent, ExitStatus};
+use berth_core::{ExecEvent, ExitStatus, WorkspaceId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
@@ -41,39 +42,18 @@ enum Request {
     Close(oneshot::Sender<Result<ExitStatus, ClientError>>),
 }
 
-/// A command to run in a session.
-pub(crate) struct Run {
-    pub command: String,
-    pub timeout_ms: Option<u64>,
-    pub output_limit: Option<u64>,
+/// A command to run in a session, bounded already.
+struct Run {
+    command: String,
+    timeout_ms: Option<u64>,
+    output_limit: u64,
     /// Receives the command's events once it has started.
-    pub started: oneshot::Sender<Result<mpsc::UnboundedReceiver<ExecEvent>, ClientError>>,
-}
-
-/// Why a request could not reach a session.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SessionError {
-    #[error("no session `{session}` in workspace {workspace}")]
-    NotFound { workspace: String, session: String },
-    #[error("session `{session}` has ended")]
-    Ended { session: String },
-    #[error("session `{session}` has ended: {source}")]
-    Lost {
-        session: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error("session `{session}`: {source}")]
-    Agent {
-        session: String,
-        #[source]
-        source: ClientError,
-    },
+    started: oneshot::Sender<Result<mpsc::UnboundedReceiver<ExecEvent>, ClientError>>,
 }
 
 impl Sessions {
     /// Hands `session` of `workspace` to a task of its own; returns its id.
-    pub fn open(&self, workspace: &str, session: Session) -> String {
+    pub fn open(&self, workspace: &WorkspaceId, session: Session) -> String {
         let id = ulid::Ulid::generate().to_string().to_ascii_lowercase();
         let (mailbox, requests) = mpsc::channel(MAILBOX);
         self.lock().insert(
@@ -84,7 +64,7 @@ impl Sessions {
             },
         );
         // Weak: the map holds the task's mailbox, and a task holding the
-        // map would keep both alive after the router is gone.
+        // map would keep both alive after the provider is gone.
         let open = Arc::downgrade(&self.open);
         let key = id.clone();
         tokio::spawn(async move {
@@ -104,12 +84,12 @@ impl Sessions {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn handle(&self, workspace: &str, session: &str) -> Result<Handle, SessionError> {
+    fn handle(&self, workspace: &WorkspaceId, session: &str) -> Result<Handle, ServiceError> {
         self.lock()
             .get(session)
-            .filter(|handle| handle.workspace == workspace)
+            .filter(|handle| handle.workspace == workspace.as_str())
             .cloned()
-            .ok_or_else(|| SessionError::NotFound {
+            .ok_or_else(|| ServiceError::SessionNotFound {
                 workspace: workspace.to_string(),
                 session: session.to_string(),
             })
@@ -117,12 +97,14 @@ impl Sessions {
 
     async fn ask<T>(
         &self,
-        workspace: &str,
+        workspace: &WorkspaceId,
         session: &str,
         request: impl FnOnce(oneshot::Sender<T>) -> Request,
-    ) -> Result<T, SessionError> {
-        let ended = || SessionError::Ended {
+    ) -> Result<T, ServiceError> {
+        let ended = || ServiceError::SessionEnded {
+            workspace: workspace.to_string(),
             session: session.to_string(),
+            cause: None,
         };
         let handle = self.handle(workspace, session)?;
         let (reply, answer) = oneshot::channel();
@@ -139,12 +121,12 @@ impl Sessions {
     /// interrupts the command.
     pub async fn run(
         &self,
-        workspace: &str,
+        workspace: &WorkspaceId,
         session: &str,
         command: String,
         timeout_ms: Option<u64>,
-        output_limit: Option<u64>,
-    ) -> Result<mpsc::UnboundedReceiver<ExecEvent>, SessionError> {
+        output_limit: u64,
+    ) -> Result<mpsc::UnboundedReceiver<ExecEvent>, ServiceError> {
         self.ask(workspace, session, |started| {
             Request::Run(Run {
                 command,
@@ -154,29 +136,37 @@ impl Sessions {
             })
         })
         .await?
-        .map_err(|source| agent_failed(session, source))
+        .map_err(|source| agent_failed(workspace, session, source))
     }
 
     /// Interrupts the command running in a session, if any; the session
     /// lives on. Answers whether a command was running.
-    pub async fn interrupt(&self, workspace: &str, session: &str) -> Result<bool, SessionError> {
+    pub async fn interrupt(
+        &self,
+        workspace: &WorkspaceId,
+        session: &str,
+    ) -> Result<bool, ServiceError> {
         self.ask(workspace, session, Request::Interrupt).await
     }
 
-    /// Forgets every session of a workspace that was stopped or removed:
-    /// their tasks end as their mailboxes close, and their ids are not
-    /// found from now on.
-    pub fn forget_workspace(&self, workspace: &str) {
+    /// Ends every session of a workspace that was stopped, reset or
+    /// removed: their tasks end as their mailboxes close, ending their
+    /// shells and commands, and their ids are not found from now on.
+    pub fn end_workspace(&self, workspace: &WorkspaceId) {
         self.lock()
-            .retain(|_, handle| handle.workspace != workspace);
+            .retain(|_, handle| handle.workspace != workspace.as_str());
     }
 
     /// Closes a session, ending its shell and anything running in it.
-    pub async fn close(&self, workspace: &str, session: &str) -> Result<ExitStatus, SessionError> {
+    pub async fn close(
+        &self,
+        workspace: &WorkspaceId,
+        session: &str,
+    ) -> Result<ExitStatus, ServiceError> {
         let closed = self.ask(workspace, session, Request::Close).await;
         // Gone from the map at once, not only when the task has finished.
         self.lock().remove(session);
-        closed?.map_err(|source| agent_failed(session, source))
+        closed?.map_err(|source| agent_failed(workspace, session, source))
     }
 }
 
@@ -186,12 +176,18 @@ fn is_lost(err: &ClientError) -> bool {
     matches!(err, ClientError::Closed | ClientError::Frame(_))
 }
 
-fn agent_failed(session: &str, source: ClientError) -> SessionError {
-    let session = session.to_string();
+/// An agent's answer to a session request: the loss of the connection
+/// ends the session; anything else is the agent's refusal or failure,
+/// named after the session.
+fn agent_failed(workspace: &WorkspaceId, session: &str, source: ClientError) -> ServiceError {
     if is_lost(&source) {
-        SessionError::Lost { session, source }
+        ServiceError::SessionEnded {
+            workspace: workspace.to_string(),
+            session: session.to_string(),
+            cause: Some(source.to_string()),
+        }
     } else {
-        SessionError::Agent { session, source }
+        ServiceError::runtime(format!("{workspace}, session `{session}`"), source.into())
     }
 }
 
@@ -223,7 +219,7 @@ async fn own(session: Session, mut requests: mpsc::Receiver<Request>) {
                 continue;
             }
             match session
-                .start(&run.command, run.timeout_ms, run.output_limit)
+                .start(&run.command, run.timeout_ms, Some(run.output_limit))
                 .await
             {
                 Ok(process) => {
