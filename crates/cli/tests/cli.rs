@@ -927,6 +927,64 @@ fn a_file_name_with_a_newline_cannot_forge_a_line_of_changes_or_files() {
 }
 
 #[test]
+fn a_name_that_is_not_utf8_is_listed_exactly_by_changes_json() {
+    use base64::Engine as _;
+    let env = Env::new();
+    let spec = env.file("sandbox.toml", "runtime = \"sandbox\"\nimage = \"host\"\n");
+    let out = env.run(&["up", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = workspace_id(&String::from_utf8(out.stdout).unwrap());
+    // Two names that differ only in bytes that are not UTF-8, a directory
+    // so named holding a file, and a plain name beside them.
+    let script = "printf 1 > \"$(printf 'a\\377.txt')\"\n\
+                  printf 2 > \"$(printf 'a\\376.txt')\"\n\
+                  mkdir \"$(printf 'd\\300')\"\n\
+                  printf 3 > \"$(printf 'd\\300/in')\"\n\
+                  printf 4 > plain.txt\n";
+    env.ok(&["exec", &id, "--", "sh", "-c", script]);
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["changes", &id, "--json"])).unwrap();
+    let mut exact: Vec<(Vec<u8>, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| {
+            let path = change["path"].as_str().unwrap().to_string();
+            let raw = match change.get("path_bytes") {
+                Some(bytes) => base64::engine::general_purpose::STANDARD
+                    .decode(bytes.as_str().unwrap())
+                    .unwrap(),
+                None => path.clone().into_bytes(),
+            };
+            assert_eq!(path, String::from_utf8_lossy(&raw), "{listed}");
+            (raw, path)
+        })
+        .collect();
+    exact.sort();
+    let expected: Vec<(Vec<u8>, String)> = [
+        &b"a\xfe.txt"[..],
+        b"a\xff.txt",
+        b"d\xc0",
+        b"d\xc0/in",
+        b"plain.txt",
+    ]
+    .iter()
+    .map(|raw| (raw.to_vec(), String::from_utf8_lossy(raw).into_owned()))
+    .collect();
+    assert_eq!(exact, expected, "{listed}");
+    // Only names that are not UTF-8 carry their bytes.
+    let plain = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|change| change["path"] == "plain.txt")
+        .unwrap();
+    assert!(plain.get("path_bytes").is_none(), "{listed}");
+    env.ok(&["rm", &id]);
+}
+
+#[test]
 fn ls_columns_line_up_whatever_the_lengths_of_names_and_states() {
     let env = Env::new();
     let spec = env.file("empty.yaml", "runtime: local\n");

@@ -3,8 +3,11 @@
 //! without layers answer these with [`crate::RuntimeError::Unsupported`].
 
 use crate::{FileKind, WorkspaceId};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use utoipa::ToSchema;
 
 /// What happened to one path since the workspace's base state.
@@ -17,13 +20,45 @@ pub enum ChangeKind {
 }
 
 /// One changed path, relative to the workspace root.
+///
+/// A workspace may name a file with bytes that are not UTF-8. Such a
+/// path is carried exactly in `path_bytes` (standard base64 of the raw
+/// bytes) and `path` holds it for display only, each invalid sequence
+/// replaced by U+FFFD; two such paths may share a `path` but never a
+/// `path_bytes`. A UTF-8 path has no `path_bytes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Change {
     pub path: String,
+    /// The path's raw bytes in standard base64, present only when they are
+    /// not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<String>,
     pub kind: ChangeKind,
     /// What the path is (for deletions: what it was).
     #[schema(value_type = String)]
     pub file_kind: FileKind,
+}
+
+impl Change {
+    /// The change of `path`, kept exact whether or not it is UTF-8.
+    pub fn new(path: &Path, kind: ChangeKind, file_kind: FileKind) -> Self {
+        let (path, path_bytes) = match path.to_str() {
+            Some(text) => (text.to_owned(), None),
+            None => {
+                let raw = path.as_os_str().as_bytes();
+                (
+                    String::from_utf8_lossy(raw).into_owned(),
+                    Some(STANDARD.encode(raw)),
+                )
+            }
+        };
+        Change {
+            path,
+            path_bytes,
+            kind,
+            file_kind,
+        }
+    }
 }
 
 /// A frozen state of a workspace that it can be reset to or forked from.

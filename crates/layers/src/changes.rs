@@ -40,7 +40,11 @@ pub fn changes(upper: &Path, lowers: &[PathBuf], under: &Path) -> io::Result<Vec
             ) => {}
         Err(e) => return Err(e),
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.sort_by(|a, b| {
+        a.path
+            .cmp(&b.path)
+            .then_with(|| a.path_bytes.cmp(&b.path_bytes))
+    });
     Ok(out)
 }
 
@@ -69,7 +73,7 @@ impl Walker<'_> {
             // Everything the lowers held here and the upper lacks is gone.
             let lower = tree::list(self.lowers, &self.under.join(rel))?;
             for (name, found) in lower {
-                if !names.iter().any(|n| n.to_string_lossy() == name.as_str()) {
+                if !names.contains(&name) {
                     self.deleted(&rel.join(&name), &found, out)?;
                 }
             }
@@ -192,11 +196,7 @@ pub(crate) fn changed(rel: &Path) -> io::Error {
 }
 
 fn push(out: &mut Vec<Change>, rel: &Path, kind: ChangeKind, file_kind: FileKind) {
-    out.push(Change {
-        path: rel.to_string_lossy().into_owned(),
-        kind,
-        file_kind,
-    });
+    out.push(Change::new(rel, kind, file_kind));
 }
 
 fn kind_of(meta: &Meta) -> FileKind {

@@ -3,6 +3,7 @@
 
 use rustix::fs::FileType;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -176,12 +177,12 @@ fn merged_dirs(layers: &[PathBuf], rel: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// The children of directory `rel` in the merged view of `layers`
 /// (topmost first), by name.
-pub fn list(layers: &[PathBuf], rel: &Path) -> io::Result<BTreeMap<String, Found>> {
-    let mut seen: BTreeMap<String, Option<Found>> = BTreeMap::new();
+pub fn list(layers: &[PathBuf], rel: &Path) -> io::Result<BTreeMap<OsString, Found>> {
+    let mut seen: BTreeMap<OsString, Option<Found>> = BTreeMap::new();
     for dir in merged_dirs(layers, rel)? {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let name = entry.file_name();
             if seen.contains_key(&name) {
                 continue;
             }

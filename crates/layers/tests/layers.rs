@@ -82,11 +82,7 @@ fn base(store: &LayerStore) -> berth_layers::Layer {
 }
 
 fn change(path: &str, kind: ChangeKind, file_kind: FileKind) -> Change {
-    Change {
-        path: path.to_string(),
-        kind,
-        file_kind,
-    }
+    Change::new(std::path::Path::new(path), kind, file_kind)
 }
 
 #[test]

@@ -790,11 +790,7 @@ fn join(parent: &str, name: &str) -> String {
 }
 
 fn change(path: String, kind: ChangeKind, file_kind: FileKind) -> Change {
-    Change {
-        path,
-        kind,
-        file_kind,
-    }
+    Change::new(std::path::Path::new(&path), kind, file_kind)
 }
 
 fn change_kind(kind: bollard::models::ChangeType) -> ChangeKind {

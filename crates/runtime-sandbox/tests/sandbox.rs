@@ -430,11 +430,7 @@ fn repo(dir: &Path) -> PathBuf {
 }
 
 fn change(path: &str, kind: ChangeKind, file_kind: FileKind) -> Change {
-    Change {
-        path: path.into(),
-        kind,
-        file_kind,
-    }
+    Change::new(std::path::Path::new(path), kind, file_kind)
 }
 
 /// A workspace provisioned with `repo` at `project/` and cached as `key`.

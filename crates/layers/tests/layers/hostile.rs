@@ -153,11 +153,11 @@ fn holds_secret(bytes: &[u8]) -> bool {
 }
 
 fn file_change(path: &str) -> Change {
-    Change {
-        path: path.into(),
-        kind: ChangeKind::Added,
-        file_kind: FileKind::File,
-    }
+    Change::new(
+        std::path::Path::new(path),
+        ChangeKind::Added,
+        FileKind::File,
+    )
 }
 
 #[test]
@@ -237,11 +237,11 @@ fn export_into_an_existing_directory_does_not_write_through_links_it_left() {
     let ws = upper.join("ws");
     fs::create_dir_all(&ws).unwrap();
     std::os::unix::fs::symlink(&host.secret_dir, ws.join("d2")).unwrap();
-    let link = vec![Change {
-        path: "d2".into(),
-        kind: ChangeKind::Added,
-        file_kind: FileKind::Symlink,
-    }];
+    let link = vec![Change::new(
+        std::path::Path::new("d2"),
+        ChangeKind::Added,
+        FileKind::Symlink,
+    )];
     let target = scratch.path().join("target");
     export_dir(&upper, Path::new("ws"), &link, &target).unwrap();
     assert_eq!(fs::read_link(target.join("d2")).unwrap(), host.secret_dir);
