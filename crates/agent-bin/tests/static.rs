@@ -50,7 +50,14 @@ fn install_is_idempotent_and_names_the_content() {
     );
     let mode = std::fs::metadata(&first).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // The agent and the stamp of its last check, no temporary left.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let agent = first.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(names, [format!(".{agent}.checked"), agent]);
     assert_eq!(
         std::fs::read(&first).unwrap(),
         berth_agent_bin::agent_binary()

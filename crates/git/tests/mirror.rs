@@ -13,9 +13,14 @@ use berth_git::{Credential, Credentials, Git, GitError, Mirrors};
 use berth_testkit::{self as kit, GitHttpServer};
 use std::path::{Path, PathBuf};
 
-const TOKEN: &str = "berth-mirror-token-81e0c4";
+/// A token of this test process's own: tests running beside it hold
+/// theirs, so a search for this one finds only what this test started.
+fn token() -> String {
+    format!("berth-mirror-token-{}", std::process::id())
+}
 
 struct World {
+    token: String,
     dir: tempfile::TempDir,
     server: GitHttpServer,
     git: Git,
@@ -29,13 +34,15 @@ impl World {
             &dir.path().join("repos/project"),
             &[("README", "hello\n"), ("src/lib.txt", "one\n")],
         );
-        let server = GitHttpServer::start(&dir.path().join("repos"), TOKEN);
+        let token = token();
+        let server = GitHttpServer::start(&dir.path().join("repos"), &token);
         let mut credentials = Credentials::new();
         credentials.insert(
             "forge",
-            Credential::bearer(TOKEN, [server.url().parse().unwrap()]),
+            Credential::bearer(&token, [server.url().parse().unwrap()]),
         );
         World {
+            token,
             mirrors: Mirrors::new(dir.path().join("mirrors")),
             dir,
             server,
@@ -164,7 +171,7 @@ async fn clones_through_a_mirror_leave_the_token_nowhere_and_reuse_it() {
         "true"
     );
     for dir in [&first, &second, &mirror] {
-        let found = kit::files_containing(dir, TOKEN.as_bytes());
+        let found = kit::files_containing(dir, world.token.as_bytes());
         assert!(found.is_empty(), "the token is in {found:?}");
     }
     // The clone's objects are its own: writing them cannot touch the mirror.
@@ -451,7 +458,7 @@ async fn a_dropped_clone_leaves_no_git_process_with_the_token() {
     );
     let clone = tokio::spawn(async move { git.clone_with_mirror(&repo, &mirrors, &dest).await });
     tokio::task::block_in_place(|| world.server.wait_for_stalled(1));
-    let holding = kit::processes_holding(TOKEN);
+    let holding = kit::processes_holding(&world.token);
     let commands: Vec<String> = holding.iter().map(|pid| kit::command_of(*pid)).collect();
     assert!(
         commands.iter().any(|c| c.contains("remote-http")),
@@ -461,7 +468,7 @@ async fn a_dropped_clone_leaves_no_git_process_with_the_token() {
     clone.abort();
     assert!(clone.await.unwrap_err().is_cancelled());
     kit::wait_for_exit(&holding, std::time::Duration::from_secs(10));
-    assert_eq!(kit::processes_holding(TOKEN), Vec::<u32>::new());
+    assert_eq!(kit::processes_holding(&world.token), Vec::<u32>::new());
 
     // Its mirror is free for the next clone, which finds nothing in the way.
     world.server.resume();
