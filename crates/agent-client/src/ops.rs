@@ -179,16 +179,14 @@ impl Drop for Process {
 }
 
 /// Reads an event stream to its end: stdout, stderr and the exit status.
+/// The events of an agent's command always end with `Exit` (a lost
+/// connection is an exit that says it was cancelled), so none is missing
+/// here but for a forwarding task that died; that too reads as a loss.
 pub async fn collect(events: &mut mpsc::Receiver<ExecEvent>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    while let Some(event) = events.recv().await {
-        match event {
-            ExecEvent::Stdout { data } => stdout.extend_from_slice(&data.0),
-            ExecEvent::Stderr { data } => stderr.extend_from_slice(&data.0),
-            ExecEvent::Exit(status) => return (stdout, stderr, status),
-        }
+    match berth_core::output::collect(events).await {
+        Ok(done) => (done.stdout, done.stderr, done.exit),
+        Err(berth_core::MissingExit) => (Vec::new(), Vec::new(), lost()),
     }
-    (stdout, stderr, lost())
 }
 
 /// The exit reported when the agent went away before the command ended.

@@ -1,11 +1,14 @@
-//! Connections to many agents at once, one per workspace, for runtimes
-//! that serve every workspace through its agent: made on first use, and
-//! made again once a connection is lost (the workspace restarted).
+//! Connections to many agents at once, one per workspace: made on first
+//! use, and made again once a connection is lost (the workspace
+//! restarted). A process keeps one pool, [`AgentPool::shared`], which the
+//! runtimes (for commands and files) and the provider (for sessions,
+//! terminals and what the agent reports) all use, so that each workspace's
+//! agent has one connection from it.
 
 use crate::{AgentClient, ClientError, Deadlines};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// Agent connections by workspace id.
@@ -22,7 +25,14 @@ impl Default for AgentPool {
 }
 
 impl AgentPool {
-    /// A pool whose connections wait for answers as long as
+    /// The process's one pool, whose connections wait for answers as long
+    /// as [`Deadlines::from_env`] says.
+    pub fn shared() -> &'static AgentPool {
+        static SHARED: OnceLock<AgentPool> = OnceLock::new();
+        SHARED.get_or_init(AgentPool::default)
+    }
+
+    /// A pool of its own whose connections wait for answers as long as
     /// [`Deadlines::from_env`] says.
     pub fn new() -> Self {
         Self::default()

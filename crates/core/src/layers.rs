@@ -61,6 +61,16 @@ impl Change {
     }
 }
 
+/// Whether `id` can be a snapshot's id in any runtime: 1-128 lowercase
+/// letters and digits (a layer's hash, an image tag's ULID).
+pub fn is_snapshot_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+}
+
 /// A frozen state of a workspace that it can be reset to or forked from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Snapshot {

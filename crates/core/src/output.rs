@@ -21,20 +21,37 @@ pub struct Collected {
 #[error("the command's output ended without an exit status")]
 pub struct MissingExit;
 
+/// One step of a command's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A chunk of output, in the order it came.
+    Output(Stream, Vec<u8>),
+    /// How the command ended: the last step.
+    Exit(ExitStatus),
+}
+
+/// The next step of a command's events, for a reader that awaits between
+/// chunks (writing them to a log, say).
+pub async fn next(events: &mut mpsc::Receiver<ExecEvent>) -> Result<Step, MissingExit> {
+    match events.recv().await.ok_or(MissingExit)? {
+        ExecEvent::Stdout { data } => Ok(Step::Output(Stream::Stdout, data.0)),
+        ExecEvent::Stderr { data } => Ok(Step::Output(Stream::Stderr, data.0)),
+        ExecEvent::Exit(exit) => Ok(Step::Exit(exit)),
+    }
+}
+
 /// Hands each chunk of a command's output to `chunk` in the order it came,
 /// and returns how the command ended.
 pub async fn each(
     events: &mut mpsc::Receiver<ExecEvent>,
     mut chunk: impl FnMut(Stream, Vec<u8>),
 ) -> Result<ExitStatus, MissingExit> {
-    while let Some(event) = events.recv().await {
-        match event {
-            ExecEvent::Stdout { data } => chunk(Stream::Stdout, data.0),
-            ExecEvent::Stderr { data } => chunk(Stream::Stderr, data.0),
-            ExecEvent::Exit(exit) => return Ok(exit),
+    loop {
+        match next(events).await? {
+            Step::Output(stream, data) => chunk(stream, data),
+            Step::Exit(exit) => return Ok(exit),
         }
     }
-    Err(MissingExit)
 }
 
 /// Reads a command's events to the end: its stdout, stderr and exit

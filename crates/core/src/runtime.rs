@@ -117,6 +117,8 @@ pub enum RuntimeError {
     Path(#[from] PathError),
     #[error("no such file or directory: `{0}`")]
     NotFound(String),
+    #[error("no snapshot `{0}`")]
+    SnapshotNotFound(String),
     #[error("path `{0}` leads outside the workspace")]
     Escapes(String),
     #[error("`{path}` is {problem}")]

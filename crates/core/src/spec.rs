@@ -475,15 +475,21 @@ fn located<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> SpecError {
     SpecError::field(field, err.into_inner().to_string())
 }
 
-/// The OpenAPI document states the same rule as the pattern of each name
-/// field (`^[A-Za-z0-9._-]{1,128}$`).
-fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
-    let ok = !value.is_empty()
+/// Whether `value` can be a name (of a workspace, a runtime, a
+/// credential): 1-128 letters, digits, `-`, `_`, `.`. Workspace ids are
+/// such names too.
+pub fn is_name(value: &str) -> bool {
+    !value.is_empty()
         && value.len() <= 128
         && value
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The OpenAPI document states the same rule as the pattern of each name
+/// field (`^[A-Za-z0-9._-]{1,128}$`).
+fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
+    if is_name(value) {
         Ok(())
     } else {
         Err(SpecError::field(

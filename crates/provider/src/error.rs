@@ -23,6 +23,13 @@ pub enum ServiceError {
     RuntimeUnavailable { name: String, reason: String },
     #[error("no workspace `{0}`")]
     NotFound(String),
+    /// An id that can name nothing of its kind, whatever exists.
+    #[error("`{id}` is not a {kind} id: expected {expected}")]
+    InvalidId {
+        kind: &'static str,
+        id: String,
+        expected: &'static str,
+    },
     #[error("no snapshot `{0}`")]
     SnapshotNotFound(String),
     #[error("no session `{session}` in workspace {workspace}")]
@@ -50,9 +57,24 @@ pub enum ServiceError {
     FileNotFound { id: String, path: String },
     #[error("workspace {id}: path `{path}` leads outside the workspace")]
     PathEscapes { id: String, path: String },
+    /// What a workspace's runtime (or agent) answered about it.
     #[error("workspace {id}: {source}")]
     Runtime {
         id: String,
+        #[source]
+        source: RuntimeError,
+    },
+    /// What a runtime answered about a snapshot.
+    #[error("snapshot `{id}`: {source}")]
+    Snapshot {
+        id: String,
+        #[source]
+        source: RuntimeError,
+    },
+    /// A runtime's failure in work of its own, not about one workspace.
+    #[error("runtime `{name}`: {source}")]
+    RuntimeFailed {
+        name: String,
         #[source]
         source: RuntimeError,
     },
@@ -62,6 +84,12 @@ pub enum ServiceError {
         #[source]
         source: berth_git::GitError,
     },
+    /// The git credentials file of the home cannot be used.
+    #[error(transparent)]
+    Credentials(berth_git::GitError),
+    /// Clearing what interrupted git processes left in the mirrors failed.
+    #[error("git mirrors: {0}")]
+    Mirrors(#[source] berth_git::GitError),
     #[error("provisioning workspace {id} failed while {step}: {message}")]
     ProvisionFailed {
         id: String,
@@ -90,13 +118,17 @@ impl ServiceError {
             ServiceError::Ambiguous(_) => "ambiguous_id",
             ServiceError::NameTaken(_) => "name_taken",
             ServiceError::WrongState { .. } => "wrong_state",
-            ServiceError::Runtime { source, .. } => match source {
+            ServiceError::InvalidId { .. } => "invalid_id",
+            ServiceError::Runtime { source, .. }
+            | ServiceError::Snapshot { source, .. }
+            | ServiceError::RuntimeFailed { source, .. } => match source {
                 RuntimeError::Gone { .. } => "workspace_gone",
                 RuntimeError::Unavailable { .. } => "runtime_unavailable",
                 RuntimeError::Spawn { .. } => "command_not_started",
                 RuntimeError::Unsupported { .. } => "unsupported",
                 RuntimeError::WrongKind { .. } => "invalid_request",
                 RuntimeError::AgentTimeout { .. } => "agent_timeout",
+                RuntimeError::SnapshotNotFound(_) => "not_found",
                 RuntimeError::Refused { reason, .. } => match reason {
                     Refusal::NotFound => "file_not_found",
                     Refusal::Escapes => "invalid_path",
@@ -108,7 +140,9 @@ impl ServiceError {
                 },
                 _ => "runtime_error",
             },
-            ServiceError::Git { source, .. } => git_code(source),
+            ServiceError::Git { source, .. }
+            | ServiceError::Credentials(source)
+            | ServiceError::Mirrors(source) => git_code(source),
             ServiceError::ProvisionFailed { .. } => "provision_failed",
             ServiceError::Store(_) => "registry_error",
         }
@@ -121,6 +155,7 @@ impl ServiceError {
     pub fn runtime(id: impl std::fmt::Display, source: RuntimeError) -> Self {
         let id = id.to_string();
         match source {
+            RuntimeError::SnapshotNotFound(snapshot) => ServiceError::SnapshotNotFound(snapshot),
             RuntimeError::Path(e) => ServiceError::InvalidPath(e),
             RuntimeError::NotFound(path) => ServiceError::FileNotFound { id, path },
             RuntimeError::Escapes(path) => ServiceError::PathEscapes { id, path },

@@ -4,8 +4,8 @@
 use crate::{CreateOptions, Provider, ServiceError};
 use berth_core::events::ProvisionStep;
 use berth_core::{
-    Change, ExecEvent, ExecRequest, ExportSummary, ExportTarget, GcReport, ReadSender, ReadStream,
-    Runtime, RuntimeError, Snapshot, Workspace, WorkspacePath, WorkspaceState,
+    Change, ExecRequest, ExportSummary, ExportTarget, GcReport, ReadSender, ReadStream, Runtime,
+    RuntimeError, Snapshot, Workspace, WorkspacePath, WorkspaceState,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
@@ -89,6 +89,9 @@ impl Provider {
 
     /// Returns the workspace to its provisioned state, or to a snapshot.
     pub async fn reset(&self, id: &str, to: Option<&str>) -> Result<Workspace, ServiceError> {
+        if let Some(snapshot) = to {
+            check_snapshot_id(snapshot)?;
+        }
         let ws = self.settled(id)?;
         self.runtime_of(&ws)?
             .reset(&ws, to)
@@ -201,20 +204,15 @@ impl Provider {
         let (_, mut events) = self
             .exec(ws.id.as_str(), request, CancellationToken::new())
             .await?;
-        let (mut stderr, mut code) = (Vec::new(), None);
-        while let Some(event) = events.recv().await {
-            match event {
-                ExecEvent::Stdout { .. } => {}
-                ExecEvent::Stderr { data } => stderr.extend(data.0),
-                ExecEvent::Exit(status) => code = Some(status.shell_code()),
-            }
-        }
-        let failure = match code {
-            Some(0) => return Ok(()),
-            Some(127) => "git is not available in the workspace".to_string(),
+        let done = berth_core::output::collect(&mut events)
+            .await
+            .map_err(|e| ServiceError::runtime(&ws.id, e.into()))?;
+        let failure = match done.exit.shell_code() {
+            0 => return Ok(()),
+            127 => "git is not available in the workspace".to_string(),
             _ => format!(
                 "cannot diff repository `{repo}`: {}",
-                String::from_utf8_lossy(&stderr).trim()
+                String::from_utf8_lossy(&done.stderr).trim()
             ),
         };
         Err(ServiceError::runtime(&ws.id, RuntimeError::Other(failure)))
@@ -291,6 +289,7 @@ impl Provider {
 
     /// Removes a snapshot from whichever runtime holds it.
     pub async fn remove_snapshot(&self, snapshot: &str) -> Result<(), ServiceError> {
+        check_snapshot_id(snapshot)?;
         let mut last = None;
         for runtime in self.runtime_list() {
             match runtime.remove_snapshot(snapshot).await {
@@ -300,12 +299,12 @@ impl Provider {
             }
         }
         Err(match last {
-            Some(RuntimeError::NotFound(_)) | None => {
+            Some(RuntimeError::SnapshotNotFound(_)) | None => {
                 ServiceError::SnapshotNotFound(snapshot.to_string())
             }
-            Some(e) => ServiceError::Runtime {
+            Some(source) => ServiceError::Snapshot {
                 id: snapshot.to_string(),
-                source: e,
+                source,
             },
         })
     }
@@ -317,10 +316,7 @@ impl Provider {
         let git = crate::provision::mirrors(self.home())
             .gc()
             .await
-            .map_err(|source| ServiceError::Git {
-                id: "mirrors".into(),
-                source,
-            })?;
+            .map_err(ServiceError::Mirrors)?;
         let live = self.store().list(false)?;
         let mut reports = Vec::new();
         for runtime in self.runtime_list() {
@@ -336,8 +332,8 @@ impl Provider {
                 }),
                 Err(RuntimeError::Unsupported { .. }) => {}
                 Err(source) => {
-                    return Err(ServiceError::Runtime {
-                        id: format!("runtime {}", runtime.name()),
+                    return Err(ServiceError::RuntimeFailed {
+                        name: runtime.name().into(),
                         source,
                     });
                 }
@@ -346,6 +342,20 @@ impl Provider {
         Ok(Gc {
             runtimes: reports,
             git,
+        })
+    }
+}
+
+/// Refuses what can be no runtime's snapshot id, before any runtime is
+/// asked about it.
+fn check_snapshot_id(id: &str) -> Result<(), ServiceError> {
+    if berth_core::layers::is_snapshot_id(id) {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidId {
+            kind: "snapshot",
+            id: id.to_string(),
+            expected: "1-128 lowercase letters and digits",
         })
     }
 }

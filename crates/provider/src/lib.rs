@@ -146,7 +146,8 @@ struct Inner {
     runtimes: BTreeMap<&'static str, Arc<dyn Runtime>>,
     default_runtime: Option<String>,
     output_limit: u64,
-    agents: berth_agent_client::AgentPool,
+    /// The process's agent connections, shared with the runtimes.
+    agents: &'static berth_agent_client::AgentPool,
     clock: Arc<dyn Clock>,
     activity: deadlines::Activity,
     cache_budget: Option<u64>,
@@ -174,10 +175,7 @@ impl Provider {
             message: format!("cannot create {}: {e}", config.home.display()),
         })?;
         let store = Store::open(&config.home)?;
-        let credentials = Credentials::load(&config.home).map_err(|source| ServiceError::Git {
-            id: "-".into(),
-            source,
-        })?;
+        let credentials = Credentials::load(&config.home).map_err(ServiceError::Credentials)?;
         let provider = Provider {
             inner: Arc::new(Inner {
                 home: config.home,
@@ -186,7 +184,7 @@ impl Provider {
                 runtimes: config.runtimes.into_iter().map(|r| (r.name(), r)).collect(),
                 default_runtime: config.default_runtime,
                 output_limit: config.output_limit,
-                agents: berth_agent_client::AgentPool::new(),
+                agents: berth_agent_client::AgentPool::shared(),
                 clock: config.clock,
                 activity: deadlines::Activity::default(),
                 cache_budget: config.cache_budget,
@@ -229,7 +227,7 @@ impl Provider {
     }
 
     pub(crate) fn agents(&self) -> &berth_agent_client::AgentPool {
-        &self.inner.agents
+        self.inner.agents
     }
 
     /// A token cancelled when the current instance of workspace `id`
@@ -404,6 +402,14 @@ impl Provider {
 
     /// A workspace by id, unique id prefix, or name.
     pub fn get(&self, id: &str) -> Result<Workspace, ServiceError> {
+        if !berth_core::spec::is_name(id) {
+            return Err(ServiceError::InvalidId {
+                kind: "workspace",
+                id: id.to_string(),
+                expected: "an id, a unique id prefix or a name: \
+                           1-128 letters, digits, `-`, `_`, `.`",
+            });
+        }
         Ok(self.store().resolve(id)?)
     }
 

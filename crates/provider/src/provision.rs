@@ -12,9 +12,10 @@ use crate::cache::Hold;
 use crate::error::step_name;
 use crate::{CreateOptions, FetchResult, Provider, ServiceError};
 use berth_core::events::ProvisionStep;
+use berth_core::output::{self, Step};
 use berth_core::{
-    ExecEvent, ExecRequest, ProvisionEvent, Runtime, Spec, Stream, Workspace, WorkspaceId,
-    WorkspacePath, WorkspaceState,
+    ExecRequest, Output, ProvisionEvent, Runtime, Spec, Workspace, WorkspaceId, WorkspacePath,
+    WorkspaceState,
 };
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -424,24 +425,29 @@ impl Provider {
             .await
             .map_err(|e| fail(&e))?;
         let mut tail = Tail::default();
-        let mut status = None;
-        while let Some(event) = events.recv().await {
-            let (stream, data) = match event {
-                ExecEvent::Stdout { data } => (Stream::Stdout, data),
-                ExecEvent::Stderr { data } => (Stream::Stderr, data),
-                ExecEvent::Exit(exit) => {
-                    status = Some(exit);
-                    continue;
+        let ended = loop {
+            match output::next(&mut events).await {
+                Ok(Step::Output(stream, data)) => {
+                    tail.push(&data);
+                    let _ = log.write_all(&data).await;
+                    progress
+                        .send(ProvisionEvent::SetupOutput {
+                            stream,
+                            data: Output(data),
+                        })
+                        .await;
                 }
-            };
-            tail.push(&data.0);
-            let _ = log.write_all(&data.0).await;
-            progress
-                .send(ProvisionEvent::SetupOutput { stream, data })
-                .await;
-        }
+                Ok(Step::Exit(status)) => break Ok(status),
+                Err(missing) => break Err(missing),
+            }
+        };
         let _ = log.flush().await;
-        let status = status.unwrap_or_default();
+        let status = ended.map_err(|missing| {
+            fail(&format!(
+                "the setup script's {missing} (log: {})",
+                log_file.display()
+            ))
+        })?;
         progress
             .send(ProvisionEvent::SetupFinished {
                 exit_code: status.shell_code(),
@@ -683,17 +689,12 @@ async fn run_inside(
         .exec(ws, request, CancellationToken::new())
         .await
         .map_err(|e| ServiceError::runtime(&ws.id, e))?;
-    let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
-    while let Some(event) = events.recv().await {
-        match event {
-            ExecEvent::Stdout { data } => stdout.extend_from_slice(&data.0),
-            ExecEvent::Stderr { data } => stderr.extend_from_slice(&data.0),
-            ExecEvent::Exit(status) => code = status.code,
-        }
-    }
+    let done = output::collect(&mut events)
+        .await
+        .map_err(|e| ServiceError::runtime(&ws.id, e.into()))?;
     Ok(berth_git::inside::Ran {
-        code,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        code: done.exit.code,
+        stdout: String::from_utf8_lossy(&done.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
     })
 }

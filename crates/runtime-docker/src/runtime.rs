@@ -68,7 +68,8 @@ pub struct DockerRuntime {
     defaults: ResourceDefaults,
     engine: OnceCell<Docker>,
     agent_binary: OnceCell<PathBuf>,
-    agents: AgentPool,
+    /// The process's agent connections.
+    agents: &'static AgentPool,
     /// One lock per workspace, held while its container is started,
     /// stopped, replaced or removed, so two of those never interleave.
     lifecycles: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -98,7 +99,7 @@ impl DockerRuntime {
             defaults: ResourceDefaults::for_this_host(),
             engine: OnceCell::new(),
             agent_binary: OnceCell::new(),
-            agents: AgentPool::new(),
+            agents: AgentPool::shared(),
             lifecycles: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -1097,19 +1098,19 @@ impl Runtime for DockerRuntime {
         let _lifecycle = self.lifecycle(ws).await;
         let image = match to {
             Some(id) if !plan::valid_tag(id) => {
-                return Err(RuntimeError::NotFound(id.to_string()));
+                return Err(RuntimeError::SnapshotNotFound(id.to_string()));
             }
             Some(id) => self.names()?.snapshot_image(id),
             None => self.names()?.provisioned_image(&ws.id),
         };
         if !self.image_exists(&image).await? {
-            return Err(RuntimeError::Other(match to {
-                Some(id) => format!("no snapshot `{id}`"),
-                None => format!(
+            return Err(match to {
+                Some(id) => RuntimeError::SnapshotNotFound(id.to_string()),
+                None => RuntimeError::Other(format!(
                     "the provisioned state of workspace {} (image `{image}`) is gone",
                     ws.id
-                ),
-            }));
+                )),
+            });
         }
         self.inspect(ws).await?;
         self.recreate(ws, &image).await
@@ -1262,7 +1263,7 @@ impl Runtime for DockerRuntime {
     async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
         let image = self.names()?.snapshot_image(id);
         if !plan::valid_tag(id) || !self.image_exists(&image).await? {
-            return Err(RuntimeError::NotFound(id.to_string()));
+            return Err(RuntimeError::SnapshotNotFound(id.to_string()));
         }
         self.untag(&image).await
     }

@@ -83,8 +83,9 @@ pub struct Inner {
     cgroups: Result<Layout, String>,
     host: HostBase,
     exporter: Option<Arc<dyn ImageExporter>>,
-    /// One connection per running workspace's agent.
-    agents: AgentPool,
+    /// The process's agent connections: one per running workspace's
+    /// agent.
+    agents: &'static AgentPool,
     lifecycle: Lifecycle,
     /// Work going on after an answer (standbys being made, teardowns,
     /// removals of discarded trees), which `settle` waits for.
@@ -175,7 +176,7 @@ impl Inner {
             cgroups,
             host,
             exporter,
-            agents: AgentPool::new(),
+            agents: AgentPool::shared(),
             lifecycle: Lifecycle::default(),
             background: TaskTracker::new(),
         })

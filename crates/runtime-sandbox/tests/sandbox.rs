@@ -913,7 +913,7 @@ async fn snapshots_survive_a_restart_and_forks_are_independent() {
     for unknown in [snapshot.id.as_str(), "0"] {
         let err = rt.remove_snapshot(unknown).await.unwrap_err();
         assert!(
-            matches!(err, berth_core::RuntimeError::NotFound(_)),
+            matches!(err, berth_core::RuntimeError::SnapshotNotFound(_)),
             "{unknown}: {err}"
         );
     }

@@ -38,6 +38,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Path)]
 pub struct SessionRef {
     /// An id, a unique id prefix, or a name
+    #[param(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub id: String,
     /// A session id
     pub session: String,
@@ -266,6 +267,8 @@ pub(crate) async fn terminal(
     ApiQuery(query): ApiQuery<TerminalQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // A malformed or unknown id is answered as such, before the upgrade.
+    state.provider.get(&id)?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::new(
             "websocket_required",

@@ -316,7 +316,8 @@ pub(crate) async fn remove_workspace(
 ) -> Result<Json<bool>, ApiError> {
     let ws = match state.provider.get(&id) {
         Ok(ws) => ws,
-        Err(ServiceError::NotFound(_)) => return Ok(Json(false)),
+        // Derrick answers `false` for an id that names nothing.
+        Err(ServiceError::NotFound(_) | ServiceError::InvalidId { .. }) => return Ok(Json(false)),
         Err(e) => return Err(e.into()),
     };
     if ws.state != WorkspaceState::Removed {
@@ -331,7 +332,7 @@ pub(crate) async fn remove_workspace(
     post,
     path = "/workspaces/{id}/cmd",
     tag = "derrick",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     request_body = CmdParams,
     responses(
         (status = 200, description = "The command's exit code", body = CmdResponse),
@@ -357,7 +358,7 @@ pub(crate) async fn cmd(
     post,
     path = "/workspaces/{id}/cmd_with_output",
     tag = "derrick",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     request_body = CmdParams,
     responses(
         (status = 200, description = "The command's output and exit code", body = CmdOutputResponse),
@@ -387,7 +388,7 @@ pub(crate) async fn cmd_with_output(
     post,
     path = "/workspaces/{id}/write_file",
     tag = "derrick",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     request_body = WriteFileParams,
     responses(
         (status = 200, description = "Written", body = WriteFileResponse),
@@ -428,7 +429,7 @@ pub(crate) async fn write_file(
     post,
     path = "/workspaces/{id}/read_file",
     tag = "derrick",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,128}$")),
     request_body = ReadFileParams,
     responses(
         (status = 200, description = "The file's bytes", content(

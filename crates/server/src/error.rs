@@ -31,7 +31,7 @@ pub struct ErrorBody {
 ///
 /// | status | codes |
 /// |---|---|
-/// | 400 | `invalid_request`, `invalid_path`, `invalid_body`, `invalid_query`, `ambiguous_id`, `no_default_spec` |
+/// | 400 | `invalid_request`, `invalid_path`, `invalid_body`, `invalid_query`, `ambiguous_id`, `invalid_id`, `no_default_spec` |
 /// | 401 | `unauthorized` |
 /// | 403 | `permission_denied`, `host_not_allowed`, `origin_not_allowed` |
 /// | 404 | `not_found`, `file_not_found`, `route_not_found`, `agent_not_built` |
@@ -65,7 +65,7 @@ pub struct ErrorBody {
 pub fn status_for(code: &str) -> StatusCode {
     match code {
         "invalid_request" | "invalid_path" | "invalid_body" | "invalid_query" | "ambiguous_id"
-        | "no_default_spec" => StatusCode::BAD_REQUEST,
+        | "invalid_id" | "no_default_spec" => StatusCode::BAD_REQUEST,
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "permission_denied" | "host_not_allowed" | "origin_not_allowed" => StatusCode::FORBIDDEN,
         "not_found" | "file_not_found" | "route_not_found" | "agent_not_built" => {

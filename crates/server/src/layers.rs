@@ -51,6 +51,7 @@ pub const EXPORT_DELETED: &str = "x-berth-export-deleted";
 pub struct ResetParams {
     /// A snapshot id; the provisioned state when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9]{1,128}$")]
     pub to: Option<String>,
 }
 
@@ -112,9 +113,10 @@ pub(crate) async fn create_snapshot(
     delete,
     path = "/v1/snapshots/{snapshot}",
     tag = "layers",
-    params(("snapshot" = String, Path, description = "A snapshot id")),
+    params(("snapshot" = String, Path, description = "A snapshot id", pattern = "^[a-z0-9]{1,128}$")),
     responses(
         (status = 204, description = "Removed"),
+        (status = 400, description = "An id that can name no snapshot", body = ErrorResponse),
         (status = 404, description = "No such snapshot", body = ErrorResponse),
     )
 )]
@@ -136,7 +138,8 @@ pub(crate) async fn remove_snapshot(
     request_body(content = ResetParams, description = "Optional"),
     responses(
         (status = 200, description = "The workspace", body = Workspace),
-        (status = 404, description = "No such workspace", body = ErrorResponse),
+        (status = 400, description = "A malformed body, or a snapshot id that can name no snapshot", body = ErrorResponse),
+        (status = 404, description = "No such workspace or snapshot", body = ErrorResponse),
         (status = 409, description = "Neither running nor stopped", body = ErrorResponse),
         (status = 422, description = "The workspace's runtime cannot reset", body = ErrorResponse),
     )

@@ -121,7 +121,10 @@ impl Modify for Boundaries {
                     // What looking the workspace up, or reaching its
                     // runtime, can answer on any route.
                     for (status, description) in [
-                        ("400", "An ambiguous id prefix"),
+                        (
+                            "400",
+                            "An ambiguous id prefix, or an id that can name no workspace",
+                        ),
                         (
                             "410",
                             "The workspace is gone from its runtime, or was removed",

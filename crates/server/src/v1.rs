@@ -75,6 +75,7 @@ pub struct StreamQuery {
 #[into_params(parameter_in = Path)]
 pub struct WorkspaceRef {
     /// An id, a unique id prefix, or a name
+    #[param(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub id: String,
 }
 

@@ -662,7 +662,10 @@ async fn changes_snapshots_resets_and_exports_follow_the_workspace() {
     runtime.remove_snapshot(&snapshot.id).await.unwrap();
     for unknown in [snapshot.id.as_str(), "0", "not a tag"] {
         let err = runtime.remove_snapshot(unknown).await.unwrap_err();
-        assert!(matches!(err, RuntimeError::NotFound(_)), "{unknown}: {err}");
+        assert!(
+            matches!(err, RuntimeError::SnapshotNotFound(_)),
+            "{unknown}: {err}"
+        );
     }
     let err = runtime.reset(&ws, Some(&snapshot.id)).await.unwrap_err();
     assert!(err.to_string().contains(&snapshot.id), "{err}");

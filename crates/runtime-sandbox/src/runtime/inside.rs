@@ -82,15 +82,8 @@ impl SandboxRuntime {
         let mut request = ExecRequest::new(berth_core::Command::Argv(argv));
         request.stdin = stdin;
         let mut events = self.exec(ws, request, CancellationToken::new()).await?;
-        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), -1);
-        while let Some(event) = events.recv().await {
-            match event {
-                berth_core::ExecEvent::Stdout { data } => out.extend_from_slice(&data.0),
-                berth_core::ExecEvent::Stderr { data } => err.extend_from_slice(&data.0),
-                berth_core::ExecEvent::Exit(status) => code = status.code.unwrap_or(-1),
-            }
-        }
-        Ok((code, out, err))
+        let done = berth_core::output::collect(&mut events).await?;
+        Ok((done.exit.code.unwrap_or(-1), done.stdout, done.stderr))
     }
 
     pub(super) async fn read_by_command(

@@ -271,10 +271,16 @@ impl Runtime for SandboxRuntime {
         let stack = match to {
             None => state.provisioned.clone(),
             Some(snapshot) => {
-                let id = LayerId::parse(snapshot).map_err(other)?;
-                let layer = self.store.get(&id).map_err(other)?;
+                // An id that is no layer's, or a layer that is no
+                // snapshot, is no snapshot of this runtime.
+                let missing = || RuntimeError::SnapshotNotFound(snapshot.to_string());
+                let id = LayerId::parse(snapshot).map_err(|_| missing())?;
+                let layer = match self.store.get(&id) {
+                    Err(berth_layers::StoreError::Missing(_)) => return Err(missing()),
+                    found => found.map_err(other)?,
+                };
                 if layer.meta.kind != LayerKind::Snapshot {
-                    return Err(other(format!("{snapshot} is not a snapshot")));
+                    return Err(missing());
                 }
                 layer.stack()
             }
@@ -316,7 +322,7 @@ impl Runtime for SandboxRuntime {
     async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
         // An id that is no layer's, or a layer no snapshot holds, is no
         // snapshot of this runtime.
-        let not_found = || RuntimeError::NotFound(id.to_string());
+        let not_found = || RuntimeError::SnapshotNotFound(id.to_string());
         let layer = LayerId::parse(id).map_err(|_| not_found())?;
         let holder = format!("snapshot:{layer}");
         if !self.store.refs(&layer).map_err(other)?.contains(&holder) {

@@ -358,6 +358,23 @@ async fn snapshots_reset_changes_export_and_forks_work_on_docker_workspaces() {
             &[unknown],
         );
     }
+    // A reset to a snapshot that is gone is not found, naming it; the
+    // workspace is left as it was.
+    api.put_file(&id, "kept.txt", "kept").await;
+    let (status, body) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/reset"))
+                .json(&json!({ "to": snapshot })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no snapshot", &snapshot],
+    );
+    assert_eq!(api.file(&id, "kept.txt").await.as_deref(), Some("kept"));
 
     for ws in forks.iter().chain([&id]) {
         let (status, _) = api
@@ -398,6 +415,57 @@ async fn an_export_takes_no_path_from_the_client() {
     }
     assert!(!target.exists());
     assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn ids_that_can_name_nothing_are_bad_requests_naming_the_id() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    for path in ["/v1/snapshots/Not.A.Snapshot", "/v1/snapshots/a-b"] {
+        let (status, body) = api.json(api.request(Method::DELETE, path)).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            &["snapshot", path.trim_start_matches("/v1/snapshots/")],
+        );
+    }
+    let (status, body) = api
+        .json(
+            api.post(&format!("/v1/workspaces/{id}/reset"))
+                .json(&json!({ "to": "../up" })),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        &["snapshot", "../up"],
+    );
+    for (path, named) in [
+        ("/v1/workspaces/two%20words", "two words"),
+        ("/v1/workspaces/a%2Fb/changes", "a/b"),
+    ] {
+        let (status, body) = api.json(api.get(path)).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            &["workspace", named],
+        );
+    }
+    // A well-formed id that names nothing is still not found.
+    let (status, body) = api.json(api.get("/v1/workspaces/nothing-here")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["nothing-here"],
+    );
 }
 
 #[tokio::test]
