@@ -350,10 +350,10 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     let ran = sh(
         &rt,
         &own,
-        "dd if=/dev/zero of=/tmp/big bs=1M count=12 2>/dev/null; du -m /tmp/big | cut -f1",
+        "dd if=/dev/zero of=/tmp/big bs=1M count=12 2>/dev/null; wc -c < /tmp/big",
     )
     .await;
-    assert_eq!(ran.stdout, "12\n", "{}", ran.stderr);
+    assert_eq!(ran.stdout, format!("{}\n", 12 << 20), "{}", ran.stderr);
     assert!(
         rt.isolation(&own)
             .notes
