@@ -7,19 +7,17 @@
 //! `BERTH_BENCH_ITERATIONS` sets the iterations of each (default 100).
 #![expect(clippy::unwrap_used, reason = "a benchmark fails loudly on any error")]
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{median, ok};
 
 const WORKSPACES: usize = 50;
 const WARM_UP: usize = 5;
 const GOAL: Duration = Duration::from_millis(5);
 const IMAGE: &str = "berth-bench/busybox:latest";
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 fn timed(iterations: usize, mut run: impl FnMut()) -> Duration {
     for _ in 0..WARM_UP {
@@ -34,16 +32,6 @@ fn timed(iterations: usize, mut run: impl FnMut()) -> Duration {
             })
             .collect(),
     )
-}
-
-fn ok(command: &mut Command) -> String {
-    let out = command.stdin(Stdio::null()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A busybox image for `docker run`, imported once.

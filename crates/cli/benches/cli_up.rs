@@ -7,28 +7,16 @@
 //! `BERTH_BENCH_ITERATIONS` sets the iterations of each (default 20).
 #![expect(clippy::unwrap_used, reason = "a benchmark fails loudly on any error")]
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{median, ok};
 
 const FILES: usize = 20_000;
 const GOAL: Duration = Duration::from_millis(30);
 const IMAGE: &str = "berth-bench/tree:latest";
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ok(command: &mut Command) -> String {
-    let out = command.stdin(Stdio::null()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A repository of `FILES` small files in nested directories.
 fn make_repo(repo: &Path) {
