@@ -1,7 +1,8 @@
 //! Test support for berth's crates: scratch directories, free loopback
 //! ports, git repositories made on the spot, real git servers on loopback
 //! (`git daemon`, and `git http-backend` behind an HTTP server that demands
-//! a token and can stall a clone), and the processes holding a secret.
+//! a token and can stall a clone), a real `nats-server` with JetStream, and
+//! the processes holding a secret.
 //!
 //! Everything here panics with a clear message when the machine cannot do
 //! what a test needs: a failed setup is a failed test.
@@ -9,11 +10,13 @@
 pub mod attacks;
 mod daemon;
 mod http;
+mod nats;
 mod procs;
 mod repo;
 
 pub use daemon::GitDaemon;
 pub use http::GitHttpServer;
+pub use nats::NatsServer;
 pub use procs::{command_of, processes_holding, wait_for_exit};
 pub use repo::{checkout, commit_files, create_branch, git, head, make_repo, tag};
 
