@@ -39,6 +39,8 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "files", description = "Read, write, list and remove a workspace's files"),
         (name = "layers", description = "Snapshots, reset, forks, changes, diffs, exports and garbage collection"),
         (name = "agent", description = "A workspace's agent: interpreters, shell sessions, terminals; and the agent binary itself"),
+        (name = "jobs", description = "Batch jobs: register and run a job over many repositories, list jobs and their runs, schedules"),
+        (name = "runs", description = "A job's runs and their tasks: state, live events, logs, patches, cancel, retry, publish"),
         (name = "health", description = "Liveness"),
         (name = "derrick", description = "Derrick's routes, for its existing clients"),
     )
@@ -176,6 +178,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::layers::routes())
         .merge(crate::agent::routes())
         .merge(crate::distribution::routes())
+        .merge(crate::jobs::routes())
         .merge(crate::derrick::routes());
     // After the merge: the modifier needs every operation in place.
     Boundaries.modify(routes.get_openapi_mut());
