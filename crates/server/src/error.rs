@@ -142,6 +142,17 @@ impl From<berth_jobs::JobError> for ApiError {
     }
 }
 
+impl From<ServiceError> for ErrorBody {
+    /// The code and message any front end gives for a service error.
+    fn from(err: ServiceError) -> Self {
+        let err = ApiError::from(err);
+        ErrorBody {
+            code: err.code.into_owned(),
+            message: err.message,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
