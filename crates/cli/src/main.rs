@@ -5,6 +5,7 @@
 
 mod backend;
 mod job;
+mod node;
 mod progress;
 mod quote;
 mod serve;
@@ -15,7 +16,7 @@ use backend::Backend;
 use berth_core::{ExecEvent, ExecRequest, Spec, Workspace};
 use berth_provider::{Config, CreateOptions, config};
 use clap::{Parser, Subcommand};
-use quote::{quoted, quoted_bytes};
+use quote::quoted;
 use serve::{DerrickCli, ServeArgs};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ struct Cli {
     /// `$BERTH_HOME/server-token`); BERTH_TOKEN gives it directly.
     #[arg(long, global = true, requires = "server")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    nats: berth_nats::NatsOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -207,6 +210,11 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         slots: usize,
     },
+    /// Join a NATS cluster as a node: register, and run the job tasks of
+    /// its work queue until SIGTERM.
+    Node(node::NodeArgs),
+    /// The live nodes of a NATS cluster, with the age of their heartbeat.
+    Nodes(node::NodesArgs),
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -227,6 +235,7 @@ fn main() -> ExitCode {
             home: derrick.home.clone(),
             server: None,
             token_file: None,
+            nats: berth_nats::NatsOptions::default(),
             command: Command::Serve(derrick.into_serve()),
         }
     } else {
@@ -287,6 +296,7 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let nats = cli.nats;
     let backend = match cli.server.filter(|s| !s.is_empty()) {
         Some(server) => Backend::Remote(client(&server, cli.token_file)?),
         None => {
@@ -299,7 +309,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Backend::Local(config.open().await?)
         }
     };
-    let code = command(cli.command, &backend).await;
+    let code = command(cli.command, &backend, &nats).await;
     // What the runtimes finish after answering (a sandbox's standby
     // instance) is done before the process ends, not cut off.
     backend.settle().await;
@@ -321,7 +331,11 @@ fn client(server: &str, token_file: Option<PathBuf>) -> Result<berth_client::Cli
     Ok(berth_client::Client::new(server, token)?)
 }
 
-async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
+async fn command(
+    command: Command,
+    backend: &Backend,
+    nats: &berth_nats::NatsOptions,
+) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match command {
         Command::Up {
@@ -452,7 +466,7 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
                     } else {
                         ""
                     };
-                    writeln!(stdout, "{}{suffix}", quoted_bytes(&entry.raw_path()))?;
+                    writeln!(stdout, "{}{suffix}", quoted(&entry.path))?;
                 }
             }
         }
@@ -477,7 +491,7 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
                         berth_core::ChangeKind::Modified => 'M',
                         berth_core::ChangeKind::Deleted => 'D',
                     };
-                    writeln!(stdout, "{mark} {}", quoted_bytes(&change.raw_path()))?;
+                    writeln!(stdout, "{mark} {}", quoted(&change.path))?;
                 }
             }
         }
@@ -553,7 +567,7 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
         }
         Command::Serve(args) => {
             drop(stdout);
-            serve::serve(backend.local("serve")?.clone(), args).await?;
+            serve::serve(backend.local("serve")?.clone(), args, nats).await?;
         }
         Command::Job { command } => {
             drop(stdout);
@@ -562,6 +576,14 @@ async fn command(command: Command, backend: &Backend) -> Result<ExitCode> {
         Command::Runner { slots } => {
             drop(stdout);
             return job::runner(backend.local("runner")?.clone(), slots).await;
+        }
+        Command::Node(args) => {
+            drop(stdout);
+            return node::node(backend.local("node")?.clone(), nats, args).await;
+        }
+        Command::Nodes(args) => {
+            drop(stdout);
+            return node::nodes(nats, args).await;
         }
     }
     Ok(ExitCode::SUCCESS)

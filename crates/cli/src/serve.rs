@@ -4,13 +4,16 @@
 //! on Derrick's address from Derrick's workspace config, so that Derrick's
 //! clients run unchanged.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use berth_core::Spec;
 use berth_provider::Provider;
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// How often a controller looks for due tasks to hand to the cluster.
+const DISPATCH_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Job tasks the server's workers run at once.
 const JOB_SLOTS: usize = 8;
@@ -58,6 +61,10 @@ pub struct ServeArgs {
     /// sandbox uses the host's system directories without it.
     #[arg(long, env = "BERTH_IMAGE")]
     image: Option<String>,
+    /// Run job tasks on the nodes of the NATS cluster at this URL
+    /// (`nats://HOST:PORT`) instead of inside the server.
+    #[arg(long, env = "BERTH_NATS_URL")]
+    nats: Option<String>,
     /// Started as `derrick`: Derrick's clients send no token.
     #[arg(skip)]
     derrick: bool,
@@ -117,6 +124,7 @@ impl DerrickCli {
             server_mode: self.server_mode,
             workspace_config_path: Some(self.workspace_config_path),
             image: self.image,
+            nats: None,
             derrick: true,
         }
     }
@@ -129,7 +137,11 @@ impl ServeArgs {
     }
 }
 
-pub async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
+pub async fn serve(
+    provider: Provider,
+    args: ServeArgs,
+    nats: &berth_nats::NatsOptions,
+) -> Result<()> {
     match args.server_mode.as_str() {
         "http" => {}
         "nats" => bail!(
@@ -154,20 +166,31 @@ pub async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
         (None, None) if default_spec.is_some() => berth_server::Listen::Tcp(DERRICK_LISTEN),
         (None, None) => berth_server::Listen::default(),
     };
-    // The workers: tasks of batch jobs run inside the server too, and
-    // scheduled jobs start their runs here.
-    let (jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
     let config = berth_server::ServerConfig {
         listen,
         token: args.token,
         insecure_no_auth: args.insecure_no_auth,
         default_spec,
-        jobs: Some(jobs.clone()),
     };
+    // The workers: tasks of batch jobs run inside the server too, and
+    // scheduled jobs start their runs here.
+    let (jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let workers = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { runner.serve(shutdown).await })
+    let workers = match &args.nats {
+        Some(url) => {
+            let controller = controller(&provider, nats, url).await?;
+            eprintln!("berth serve: job tasks run on the nodes of {url}");
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = controller.serve(shutdown).await {
+                    eprintln!("berth serve: the cluster's work queue stopped: {e}");
+                }
+            })
+        }
+        None => {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { runner.serve(shutdown).await })
+        }
     };
     let scheduler = {
         let shutdown = shutdown.clone();
@@ -180,6 +203,30 @@ pub async fn serve(provider: Provider, args: ServeArgs) -> Result<()> {
     let _ = scheduler.await;
     served?;
     Ok(())
+}
+
+/// The controller of the cluster's job queue: hands this registry's due
+/// tasks to the nodes and records what they report.
+async fn controller(
+    provider: &Provider,
+    nats: &berth_nats::NatsOptions,
+    url: &str,
+) -> Result<berth_cluster::Controller> {
+    let settings = crate::job::RunnerSettings::from_env()?;
+    let client = nats
+        .connect(url, "berth serve")
+        .await
+        .with_context(|| format!("cannot reach the cluster at {url}"))?;
+    let store = std::sync::Arc::new(berth_store::Store::open(provider.home())?);
+    berth_cluster::Controller::open(
+        client,
+        store,
+        std::sync::Arc::new(berth_core::SystemClock),
+        crate::node::queue_settings(&settings),
+        DISPATCH_POLL,
+    )
+    .await
+    .context("cannot open the cluster's work queue")
 }
 
 /// The spec of a Derrick config, with the runtime and image of the command

@@ -28,6 +28,9 @@ pub enum QueueError {
     Lost { task: String },
     #[error(transparent)]
     Store(StoreError),
+    /// The queue's backend failed (a cluster's messaging).
+    #[error("task queue: {0}")]
+    Other(String),
 }
 
 impl From<StoreError> for QueueError {

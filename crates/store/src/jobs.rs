@@ -823,7 +823,7 @@ fn encode<T: serde::Serialize>(
     })
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
     key: &str,
     field: &'static str,

@@ -12,6 +12,7 @@
 
 mod cache;
 mod error;
+mod handover;
 mod jobs;
 mod owner;
 mod schema;

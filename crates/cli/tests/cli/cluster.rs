@@ -1,0 +1,327 @@
+//! A cluster over a real nats-server: nodes (separate `berth` processes,
+//! each with its own home) join, withdraw and expire; a controller's jobs
+//! run on them, surviving a node killed mid-run and the controller's own
+//! restart, with no task lost or completed twice.
+
+use super::Env;
+use berth_core::job::TaskState;
+use berth_store::Store;
+use berth_testkit::{NatsServer, make_repo};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A node's process, named.
+struct Node {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The job settings every process of a test cluster shares: heartbeats
+/// every 0.2 s, a delivery given up on after 1 s without one.
+fn settings(command: &mut Command) -> &mut Command {
+    command
+        .env("BERTH_JOB_HEARTBEAT", "0.2")
+        .env("BERTH_JOB_STALL", "1")
+        .env("BERTH_JOB_RESETS", "5")
+        .env_remove("BERTH_RUNTIME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+}
+
+fn node(env: &Env, nats: &NatsServer, name: &str, ttl: u64) -> Node {
+    let child = settings(&mut Command::new(env!("CARGO_BIN_EXE_berth")))
+        .env("BERTH_HOME", env.dir.path().join(format!("node-{name}")))
+        .args([
+            "node",
+            "--nats",
+            &nats.url(),
+            "--name",
+            name,
+            "--slots",
+            "4",
+        ])
+        .args(["--ttl", &ttl.to_string()])
+        .spawn()
+        .unwrap();
+    Node {
+        name: name.into(),
+        child,
+    }
+}
+
+fn controller(env: &Env, nats: &NatsServer) -> Child {
+    let socket = env.dir.path().join("controller.sock");
+    let _ = std::fs::remove_file(&socket);
+    settings(&mut env.berth())
+        .args(["serve", "--nats", &nats.url(), "--socket"])
+        .arg(&socket)
+        .spawn()
+        .unwrap()
+}
+
+/// The names of the live nodes, as `berth nodes --json` lists them.
+fn names(env: &Env, nats: &NatsServer) -> Vec<String> {
+    let out = env.ok(&["nodes", "--nats", &nats.url(), "--json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < until,
+            "waited {limit:?} in vain for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "the node exits cleanly");
+}
+
+fn kill_9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn three_nodes_register_sigterm_withdraws_and_a_killed_node_expires_after_its_ttl() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let mut a = node(&env, &nats, "a", 3);
+    let mut b = node(&env, &nats, "b", 3);
+    let _c = node(&env, &nats, "c", 3);
+    wait_until("three nodes", Duration::from_secs(30), || {
+        names(&env, &nats) == ["a", "b", "c"]
+    });
+    let out = env.ok(&["nodes", "--nats", &nats.url(), "--json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for node in nodes.as_array().unwrap() {
+        assert_eq!(node["arch"], std::env::consts::ARCH, "{node}");
+        assert_eq!(node["slots"], 4, "{node}");
+        let runtimes = node["runtimes"].as_array().unwrap();
+        assert!(runtimes.iter().any(|r| r == "local"), "{node}");
+    }
+    let table = env.ok(&["nodes", "--nats", &nats.url()]);
+    assert!(
+        table.contains("s ago"),
+        "the age of each heartbeat: {table}"
+    );
+
+    // A node stopped withdraws before it exits.
+    terminate(&mut a.child);
+    assert_eq!(names(&env, &nats), ["b", "c"]);
+
+    // A node killed stays listed until its record's TTL passes.
+    kill_9(&mut b.child);
+    let killed = Instant::now();
+    assert_eq!(names(&env, &nats), ["b", "c"]);
+    wait_until("the killed node to expire", Duration::from_secs(20), || {
+        names(&env, &nats) == ["c"]
+    });
+    assert!(killed.elapsed() >= Duration::from_secs(1));
+}
+
+/// `count` repositories and a job running a short step over each on the
+/// local runtime, all at once.
+fn job(env: &Env, count: usize, step: &str) -> PathBuf {
+    let repos = env.dir.path().join("repos");
+    let mut text = String::from("name = \"edit\"\nruntime = \"local\"\nrepositories = [\n");
+    for i in 0..count {
+        let repo = repos.join(format!("r{i}"));
+        make_repo(&repo, &[("version.txt", &format!("repo {i}\n"))]);
+        text.push_str(&format!("  {{ url = \"{}\" }},\n", repo.display()));
+    }
+    text.push_str(&format!(
+        "]\n[[steps]]\nrun = \"{step}\"\n[run]\nconcurrency = {count}\n"
+    ));
+    env.file("job.toml", &text)
+}
+
+/// How a run's tasks ended, from the controller's registry.
+#[derive(Debug, Default)]
+struct Counts {
+    completed_once: usize,
+    lost: usize,
+    doubled: usize,
+    /// Tasks an attempt of `victim` held that completed elsewhere.
+    moved: usize,
+}
+
+fn counts(store: &Store, run: &str, victim: Option<&str>) -> Counts {
+    let mut counts = Counts::default();
+    for task in store.tasks_of(run).unwrap() {
+        let attempts = store.attempts_of(&task.id).unwrap();
+        let completed: Vec<_> = attempts
+            .iter()
+            .filter(|a| a.state == TaskState::Completed)
+            .collect();
+        match completed.len() {
+            0 => counts.lost += 1,
+            1 => counts.completed_once += 1,
+            _ => counts.doubled += 1,
+        }
+        if let Some(victim) = victim
+            && attempts.iter().any(|a| a.runner.as_deref() == Some(victim))
+            && completed
+                .iter()
+                .all(|a| a.runner.as_deref() != Some(victim))
+            && !completed.is_empty()
+        {
+            counts.moved += 1;
+        }
+    }
+    counts
+}
+
+fn running_on(store: &Store, run: &str, node: &str) -> usize {
+    store
+        .tasks_of(run)
+        .unwrap()
+        .iter()
+        .filter(|t| t.state == TaskState::Running && t.runner.as_deref() == Some(node))
+        .count()
+}
+
+fn start_run(env: &Env, file: &std::path::Path) -> String {
+    env.ok(&["job", "run", file.to_str().unwrap()])
+        .trim()
+        .to_owned()
+}
+
+fn wait_for_end(store: &Store, run: &str, limit: Duration) {
+    wait_until("the run to end", limit, || {
+        store.run(run).unwrap().state != berth_core::job::RunState::Running
+    });
+}
+
+#[test]
+fn a_node_killed_mid_run_loses_and_doubles_no_task_twenty_times_over() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let file = job(&env, 60, "sleep 0.2; echo done >> version.txt");
+    let mut controller = controller(&env, &nats);
+    let mut nodes: Vec<Node> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|name| node(&env, &nats, name, 5))
+        .collect();
+    wait_until("three nodes", Duration::from_secs(30), || {
+        names(&env, &nats).len() == 3
+    });
+    let store = Store::open(&env.home).unwrap();
+    let started = Instant::now();
+    let mut total = Counts::default();
+    for round in 0..20 {
+        let began = Instant::now();
+        let run = start_run(&env, &file);
+        let victim = round % nodes.len();
+        let name = nodes[victim].name.clone();
+        wait_until("the victim to hold tasks", Duration::from_secs(30), || {
+            running_on(&store, &run, &name) > 0
+        });
+        kill_9(&mut nodes[victim].child);
+        nodes[victim] = node(&env, &nats, &format!("n{victim}-{round}"), 5);
+        wait_for_end(&store, &run, Duration::from_secs(60));
+        let counts = counts(&store, &run, Some(&name));
+        println!(
+            "round {round:2}: 60 tasks, {} completed once, {} lost, {} doubled, {} moved from \
+             the killed node {name}, {:.1} s",
+            counts.completed_once,
+            counts.lost,
+            counts.doubled,
+            counts.moved,
+            began.elapsed().as_secs_f64()
+        );
+        assert_eq!(
+            (counts.lost, counts.doubled),
+            (0, 0),
+            "round {round}: {counts:?}"
+        );
+        assert_eq!(counts.completed_once, 60, "round {round}: {counts:?}");
+        assert!(
+            counts.moved > 0,
+            "the killed node's tasks finish elsewhere: {counts:?}"
+        );
+        assert_eq!(
+            store.run(&run).unwrap().state,
+            berth_core::job::RunState::Completed
+        );
+        total.completed_once += counts.completed_once;
+        total.lost += counts.lost;
+        total.doubled += counts.doubled;
+        total.moved += counts.moved;
+    }
+    println!(
+        "20 runs of 60 tasks, one node killed in each: {} completed once, {} lost, {} doubled, \
+         {} moved from killed nodes, {:.1} s",
+        total.completed_once,
+        total.lost,
+        total.doubled,
+        total.moved,
+        started.elapsed().as_secs_f64()
+    );
+    kill_9(&mut controller);
+}
+
+#[test]
+fn a_controller_killed_and_restarted_mid_run_loses_nothing() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let file = job(&env, 24, "sleep 0.3; echo done >> version.txt");
+    let mut first = controller(&env, &nats);
+    let _nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|name| node(&env, &nats, name, 5))
+        .collect();
+    wait_until("two nodes", Duration::from_secs(30), || {
+        names(&env, &nats).len() == 2
+    });
+    let store = Store::open(&env.home).unwrap();
+    let run = start_run(&env, &file);
+    wait_until("some tasks to complete", Duration::from_secs(30), || {
+        store
+            .tasks_of(&run)
+            .unwrap()
+            .iter()
+            .any(|t| t.state == TaskState::Completed)
+    });
+    kill_9(&mut first);
+    // The nodes go on meanwhile; what they report waits in JetStream.
+    let done_before = counts(&store, &run, None).completed_once;
+    let mut second = controller(&env, &nats);
+    wait_for_end(&store, &run, Duration::from_secs(60));
+    kill_9(&mut second);
+    let counts = counts(&store, &run, None);
+    assert_eq!(
+        (counts.completed_once, counts.lost, counts.doubled),
+        (24, 0, 0),
+        "{counts:?} ({done_before} completed before the restart)"
+    );
+    for task in store.tasks_of(&run).unwrap() {
+        let log = env.ok(&["job", "logs", &run, &task.id]);
+        assert!(log.contains("==> step 1"), "{log}");
+        let patch = String::from_utf8(store.patch(&task.id).unwrap().unwrap()).unwrap();
+        assert_eq!(patch.matches("+done").count(), 1, "{patch}");
+    }
+}

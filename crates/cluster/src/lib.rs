@@ -1,0 +1,64 @@
+//! berth across hosts over NATS JetStream.
+//!
+//! - [`nodes`]: each node registers what it offers in a key-value bucket,
+//!   refreshed by a heartbeat under a per-key TTL, so a node that dies
+//!   disappears by itself.
+//! - [`queue`]: a node's side of the job queue: its runner pulls tasks from
+//!   a work-queue stream, heartbeats them with in-progress acks, and
+//!   reports logs and results as events.
+//! - [`controller`]: the side that keeps runs: it hands due tasks from its
+//!   registry to the work queue and applies the nodes' events to it,
+//!   fencing off attempts that lost their task.
+//!
+//! The subjects, streams and buckets are named in [`wire`].
+
+pub mod controller;
+pub mod nodes;
+pub mod queue;
+pub mod wire;
+
+use std::time::Duration;
+
+pub use controller::Controller;
+pub use nodes::{Membership, NodeInfo};
+pub use queue::NodeQueue;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS or JetStream refused or failed an operation.
+    #[error("NATS: cannot {what}: {message}")]
+    Nats { what: String, message: String },
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+    #[error("invalid node name `{0}`: use letters, digits, `-` and `_`")]
+    NodeName(String),
+}
+
+impl ClusterError {
+    pub(crate) fn nats(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        ClusterError::Nats {
+            what: what.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// How tasks move through the work queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    /// How long a delivered task may go without an acknowledgement (a
+    /// heartbeat) before JetStream delivers it to another node.
+    pub ack_wait: Duration,
+    /// How often a task is delivered again after its node went silent
+    /// before it fails, saying its runner died.
+    pub max_resets: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            ack_wait: berth_jobs::queue::DEFAULT_STALL,
+            max_resets: berth_jobs::queue::DEFAULT_MAX_RESETS,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Node membership: each node keeps a record of what it offers in the
+//! `berth-nodes` key-value bucket, written again on every heartbeat with a
+//! per-key TTL (nats-server 2.11+). A node withdraws its record when it
+//! stops; one that dies stops writing it, and the server removes the
+//! record when its TTL passes.
+
+use crate::ClusterError;
+use crate::wire::NODES_BUCKET;
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// What a node offers, as its record says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The machine's architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The runtimes that work on the node.
+    pub runtimes: Vec<String>,
+    /// Tasks the node runs at once.
+    pub slots: usize,
+    /// Tasks it runs now.
+    pub running: usize,
+    /// The provisioning cache keys it holds.
+    pub cache_keys: Vec<String>,
+    /// When the node joined and when it last wrote its record, in
+    /// milliseconds since the epoch.
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+}
+
+/// A node's record in the bucket.
+pub struct Membership {
+    js: jetstream::Context,
+    kv: kv::Store,
+    name: String,
+    ttl: Duration,
+}
+
+/// Whether `name` can name a node (and so a key of the bucket).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The bucket, made if missing.
+async fn bucket(js: &jetstream::Context) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(NODES_BUCKET).await {
+        return Ok(kv);
+    }
+    let made = js
+        .create_key_value(kv::Config {
+            bucket: NODES_BUCKET.into(),
+            history: 1,
+            // Per-key TTLs, and how long a removal is remembered.
+            limit_markers: Some(Duration::from_secs(1)),
+            ..Default::default()
+        })
+        .await;
+    match made {
+        Ok(kv) => Ok(kv),
+        // Another node made it meanwhile.
+        Err(e) => js
+            .get_key_value(NODES_BUCKET)
+            .await
+            .map_err(|_| ClusterError::nats(format!("make the bucket {NODES_BUCKET}"), e)),
+    }
+}
+
+impl Membership {
+    /// A membership for `name`, whose record lives `ttl` after each beat
+    /// (whole seconds, at least one).
+    pub async fn join(
+        client: async_nats::Client,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Self, ClusterError> {
+        if !valid_name(name) {
+            return Err(ClusterError::NodeName(name.into()));
+        }
+        let js = jetstream::new(client);
+        let kv = bucket(&js).await?;
+        Ok(Membership {
+            js,
+            kv,
+            name: name.into(),
+            ttl: Duration::from_secs(ttl.as_secs().max(1)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How often the record must be written to stay.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Writes the record, to live `ttl` from now.
+    pub async fn beat(&self, info: &NodeInfo) -> Result<(), ClusterError> {
+        let body = serde_json::to_vec(info)
+            .map_err(|e| ClusterError::nats("encode the node's record", e))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            format!("{}s", self.ttl.as_secs()).as_str(),
+        );
+        // A key-value put is a publish on the bucket's subject; the TTL
+        // travels as a header, which the bucket's `put` cannot carry.
+        self.js
+            .publish_with_headers(
+                format!("$KV.{NODES_BUCKET}.{}", self.name),
+                headers,
+                body.into(),
+            )
+            .await
+            .map_err(|e| ClusterError::nats("write the node's record", e))?
+            .await
+            .map_err(|e| ClusterError::nats("write the node's record", e))?;
+        Ok(())
+    }
+
+    /// Removes the record: the node leaves.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        self.kv
+            .purge(&self.name)
+            .await
+            .map_err(|e| ClusterError::nats("remove the node's record", e))
+    }
+}
+
+/// Every node whose record is alive, by name.
+pub async fn list(client: async_nats::Client) -> Result<Vec<NodeInfo>, ClusterError> {
+    let js = jetstream::new(client);
+    let kv = bucket(&js).await?;
+    let mut keys = kv
+        .keys()
+        .await
+        .map_err(|e| ClusterError::nats("list the nodes", e))?;
+    let mut nodes = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| ClusterError::nats("list the nodes", e))?;
+        let Some(value) = kv
+            .get(&key)
+            .await
+            .map_err(|e| ClusterError::nats(format!("read the node `{key}`"), e))?
+        else {
+            continue;
+        };
+        match serde_json::from_slice::<NodeInfo>(&value) {
+            Ok(info) => nodes.push(info),
+            Err(e) => tracing::warn!(node = %key, error = %e, "an unreadable node record"),
+        }
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(nodes)
+}

@@ -1,0 +1,219 @@
+//! What travels between nodes and controllers, and where.
+//!
+//! ```text
+//!  controller ──publish──▶ berth.jobs.tasks ─▶ [BERTH_TASKS work queue] ─pull "runners"─▶ nodes
+//!  nodes ──publish──▶ berth.jobs.events.<task> ─▶ [BERTH_EVENTS] ─pull "controller"─▶ controller
+//!  JetStream ──$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.BERTH_TASKS.runners──▶ [BERTH_EVENTS]
+//!  nodes ──request──▶ berth.jobs.heartbeat ─▶ a controller (answers continue, cancel or lost)
+//!  nodes ──put──▶ object store berth-patches (a result's patch) ─▶ controller
+//!  nodes ──put, TTL──▶ key-value berth-nodes (membership)
+//! ```
+
+use crate::{ClusterError, QueueSettings};
+use async_nats::jetstream::{self, consumer, stream};
+use berth_core::job::{Finish, LogEvent, Task, TaskState};
+use serde::{Deserialize, Serialize};
+
+pub const TASKS_STREAM: &str = "BERTH_TASKS";
+pub const TASKS_SUBJECT: &str = "berth.jobs.tasks";
+/// The durable consumer every node's runner pulls from.
+pub const RUNNERS: &str = "runners";
+pub const EVENTS_STREAM: &str = "BERTH_EVENTS";
+pub const EVENTS_PREFIX: &str = "berth.jobs.events";
+/// The durable consumer controllers apply events from.
+pub const CONTROLLER: &str = "controller";
+pub const HEARTBEAT_SUBJECT: &str = "berth.jobs.heartbeat";
+pub const PATCHES_BUCKET: &str = "berth-patches";
+pub const NODES_BUCKET: &str = "berth-nodes";
+
+/// Where JetStream says a task was delivered as often as allowed.
+pub fn max_deliveries_subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.{RUNNERS}")
+}
+
+/// A task handed to the work queue under the token of the registry's
+/// attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dispatched {
+    pub task: Task,
+    pub token: String,
+    pub spec: serde_json::Value,
+}
+
+/// The token of the `delivery`th delivery of a task dispatched under
+/// `dispatch`: the first delivery keeps the registry's token, later ones
+/// add their number, so each delivery's word is fenced from the others'.
+pub fn delivery_token(dispatch: &str, delivery: u64) -> String {
+    if delivery <= 1 {
+        dispatch.to_owned()
+    } else {
+        format!("{dispatch}.{delivery}")
+    }
+}
+
+/// The dispatch token and delivery number of a delivery's token.
+pub fn parse_token(token: &str) -> (&str, u64) {
+    match token.rsplit_once('.') {
+        Some((dispatch, n)) => match n.parse() {
+            Ok(n) => (dispatch, n),
+            Err(_) => (token, 1),
+        },
+        None => (token, 1),
+    }
+}
+
+/// How an attempt ended, as a node reports it (its patch, if any, is in
+/// the patches bucket under the attempt's token).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    pub state: Option<TaskState>,
+    pub exit_code: Option<i32>,
+    pub failed_step: Option<String>,
+    pub error: Option<String>,
+    pub workspace: Option<String>,
+    pub retry_at: Option<i64>,
+    pub patch: bool,
+}
+
+impl Outcome {
+    pub fn of(finish: &Finish) -> Self {
+        Outcome {
+            state: finish.state,
+            exit_code: finish.exit_code,
+            failed_step: finish.failed_step.clone(),
+            error: finish.error.clone(),
+            workspace: finish.workspace.clone(),
+            retry_at: finish.retry_at,
+            patch: finish.patch.as_ref().is_some_and(|p| !p.is_empty()),
+        }
+    }
+
+    pub fn into_finish(self, patch: Option<Vec<u8>>) -> Finish {
+        Finish {
+            state: self.state,
+            exit_code: self.exit_code,
+            failed_step: self.failed_step,
+            error: self.error,
+            patch,
+            workspace: self.workspace,
+            retry_at: self.retry_at,
+        }
+    }
+}
+
+/// What a node says about a task it holds, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        task: String,
+        token: String,
+        runner: String,
+    },
+    Base {
+        task: String,
+        token: String,
+        commit: String,
+    },
+    Log {
+        task: String,
+        token: String,
+        event: LogEvent,
+    },
+    Finished {
+        task: String,
+        token: String,
+        outcome: Outcome,
+    },
+}
+
+impl Event {
+    pub fn task(&self) -> &str {
+        match self {
+            Event::Started { task, .. }
+            | Event::Base { task, .. }
+            | Event::Log { task, .. }
+            | Event::Finished { task, .. } => task,
+        }
+    }
+}
+
+/// A node's heartbeat of a task it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Beat {
+    pub task: String,
+    pub token: String,
+}
+
+/// A controller's answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BeatAnswer {
+    Continue,
+    Cancel,
+    /// The delivery no longer holds its task.
+    Lost,
+}
+
+/// The work queue, its consumer and the events stream, made if missing.
+pub async fn ensure_queue(
+    js: &jetstream::Context,
+    settings: QueueSettings,
+) -> Result<(stream::Stream, consumer::PullConsumer), ClusterError> {
+    let tasks = js
+        .get_or_create_stream(stream::Config {
+            name: TASKS_STREAM.into(),
+            subjects: vec![TASKS_SUBJECT.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: std::time::Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ClusterError::nats(format!("make the stream {TASKS_STREAM}"), e))?;
+    let consumer = tasks
+        .get_or_create_consumer(
+            RUNNERS,
+            consumer::pull::Config {
+                durable_name: Some(RUNNERS.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: settings.ack_wait,
+                max_deliver: i64::from(settings.max_resets) + 1,
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| ClusterError::nats(format!("make the consumer {RUNNERS}"), e))?;
+    js.get_or_create_stream(stream::Config {
+        name: EVENTS_STREAM.into(),
+        subjects: vec![format!("{EVENTS_PREFIX}.>"), max_deliveries_subject()],
+        retention: stream::RetentionPolicy::Limits,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::nats(format!("make the stream {EVENTS_STREAM}"), e))?;
+    Ok((tasks, consumer))
+}
+
+/// The bucket a result's patch travels through.
+pub async fn patches(
+    js: &jetstream::Context,
+) -> Result<jetstream::object_store::ObjectStore, ClusterError> {
+    if let Ok(store) = js.get_object_store(PATCHES_BUCKET).await {
+        return Ok(store);
+    }
+    match js
+        .create_object_store(jetstream::object_store::Config {
+            bucket: PATCHES_BUCKET.into(),
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(store) => Ok(store),
+        // Another process made it meanwhile.
+        Err(e) => js
+            .get_object_store(PATCHES_BUCKET)
+            .await
+            .map_err(|_| ClusterError::nats(format!("make the bucket {PATCHES_BUCKET}"), e)),
+    }
+}
