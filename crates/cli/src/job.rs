@@ -9,7 +9,7 @@ use crate::quote::quoted;
 use anyhow::{Context, Result, bail};
 use berth_core::SystemClock;
 use berth_core::job::{LogEvent, RunState, TaskState};
-use berth_jobs::service::repository_name;
+use berth_jobs::service::{patch_stem, repository_name};
 use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig, SqliteQueue};
 use berth_provider::Provider;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -281,7 +281,7 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
                     None => out.write_all(&patch)?,
                     Some(dir) => {
                         // Two repositories of one name get `name`, `name-2`…
-                        let base = safe_file_name(repository_name(&task.url));
+                        let base = patch_stem(&task.url);
                         let count = names.entry(base.clone()).or_default();
                         *count += 1;
                         let name = match *count {
@@ -347,24 +347,6 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A file name from a repository name that cannot leave its directory.
-fn safe_file_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    match cleaned.trim_start_matches('.') {
-        "" => "repository".into(),
-        rest => rest.to_owned(),
-    }
 }
 
 /// Prints a task's log; following, until the task ends.

@@ -16,7 +16,7 @@ use backend::Backend;
 use berth_core::{ExecEvent, ExecRequest, Spec, Workspace};
 use berth_provider::{Config, CreateOptions, config};
 use clap::{Parser, Subcommand};
-use quote::quoted;
+use quote::{quoted, quoted_bytes};
 use serve::{DerrickCli, ServeArgs};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -466,7 +466,7 @@ async fn command(
                     } else {
                         ""
                     };
-                    writeln!(stdout, "{}{suffix}", quoted(&entry.path))?;
+                    writeln!(stdout, "{}{suffix}", quoted_bytes(&entry.raw_path()))?;
                 }
             }
         }
@@ -491,7 +491,7 @@ async fn command(
                         berth_core::ChangeKind::Modified => 'M',
                         berth_core::ChangeKind::Deleted => 'D',
                     };
-                    writeln!(stdout, "{mark} {}", quoted(&change.path))?;
+                    writeln!(stdout, "{mark} {}", quoted_bytes(&change.raw_path()))?;
                 }
             }
         }

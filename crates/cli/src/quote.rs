@@ -14,39 +14,60 @@ use std::fmt::Write as _;
 /// Quoted are names holding a character that is not printable (control
 /// characters, line and paragraph separators, bidirectional and other
 /// format characters, combining marks), a `"` or `\` (so that a quoted name
-/// reads back unambiguously), U+FFFD (which stands for bytes that were not
-/// UTF-8), or leading or trailing white space. Inside the quotes `\a \b \t
-/// \n \v \f \r \" \\` stand for themselves and any other such character
-/// for its UTF-8 bytes in octal (`\033`, `\342\200\256`), as git writes them.
+/// reads back unambiguously), U+FFFD (which may stand for bytes that were
+/// not UTF-8), or leading or trailing white space. Inside the quotes `\a \b
+/// \t \n \v \f \r \" \\` stand for themselves and any other such
+/// character for its UTF-8 bytes in octal (`\033`, `\342\200\256`), as git
+/// writes them.
 pub fn quoted(name: &str) -> Cow<'_, str> {
-    let edges = name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace);
-    if !edges && name.chars().all(plain) {
-        return Cow::Borrowed(name);
+    quoted_bytes(name.as_bytes())
+}
+
+/// [`quoted`] for a name given as its raw bytes, which need not be UTF-8:
+/// a byte that is not part of a UTF-8 character is quoted in octal
+/// (`\377`), so that the listing shows the name's real bytes.
+pub fn quoted_bytes(name: &[u8]) -> Cow<'_, str> {
+    let Ok(text) = std::str::from_utf8(name) else {
+        return Cow::Owned(quote(name));
+    };
+    let edges = text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace);
+    if !edges && text.chars().all(plain) {
+        return Cow::Borrowed(text);
     }
+    Cow::Owned(quote(name))
+}
+
+/// `name` in double quotes, with C-style escapes.
+fn quote(name: &[u8]) -> String {
     let mut out = String::with_capacity(name.len() + 2);
     out.push('"');
-    for c in name.chars() {
-        match c {
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{c}' => out.push_str("\\f"),
-            '\r' => out.push_str("\\r"),
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if plain(c) => out.push(c),
-            c => {
-                let mut bytes = [0; 4];
-                for byte in c.encode_utf8(&mut bytes).bytes() {
-                    let _ = write!(out, "\\{byte:03o}");
-                }
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\u{b}' => out.push_str("\\v"),
+                '\u{c}' => out.push_str("\\f"),
+                '\r' => out.push_str("\\r"),
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if plain(c) => out.push(c),
+                c => octal(&mut out, c.encode_utf8(&mut [0; 4]).as_bytes()),
             }
         }
+        octal(&mut out, chunk.invalid());
     }
     out.push('"');
-    Cow::Owned(out)
+    out
+}
+
+/// Each of `bytes` as a backslash and three octal digits.
+fn octal(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        let _ = write!(out, "\\{byte:03o}");
+    }
 }
 
 /// Whether `c` prints as itself: std's `escape_debug` knows which
@@ -96,5 +117,22 @@ mod tests {
             assert_eq!(printed, shown, "{name:?}");
             assert!(!printed.chars().any(char::is_control), "{printed}");
         }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_quoted_as_themselves_not_as_a_replacement() {
+        for (name, shown) in [
+            (&b"a\xff.txt"[..], r#""a\377.txt""#),
+            (b"a\xfe.txt", r#""a\376.txt""#),
+            (b"d\xc0/in\n", r#""d\300/in\n""#),
+            (b"caf\xc3\xa9\xe2\x80", r#""café\342\200""#),
+        ] {
+            assert_eq!(quoted_bytes(name), shown, "{name:?}");
+        }
+        assert_eq!(quoted_bytes(b"plain.txt"), "plain.txt");
+        assert_eq!(
+            quoted_bytes(b"bad\xef\xbf\xbdname"),
+            quoted("bad\u{FFFD}name")
+        );
     }
 }

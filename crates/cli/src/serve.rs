@@ -166,15 +166,16 @@ pub async fn serve(
         (None, None) if default_spec.is_some() => berth_server::Listen::Tcp(DERRICK_LISTEN),
         (None, None) => berth_server::Listen::default(),
     };
+    // The workers: tasks of batch jobs run inside the server too, and
+    // scheduled jobs start their runs here.
+    let (jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
     let config = berth_server::ServerConfig {
         listen,
         token: args.token,
         insecure_no_auth: args.insecure_no_auth,
         default_spec,
+        jobs: Some(jobs.clone()),
     };
-    // The workers: tasks of batch jobs run inside the server too, and
-    // scheduled jobs start their runs here.
-    let (jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = match &args.nats {
         Some(url) => {

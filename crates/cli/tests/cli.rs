@@ -858,8 +858,8 @@ const HOSTILE_NAMES: &[(&str, &str)] = &[
     ("back\\\\slash", r#""back\\slash""#),
     ("caf\\303\\251.txt", "café.txt"),
     ("plain.txt", "plain.txt"),
-    // Not UTF-8: the byte reaches berth as U+FFFD, which is quoted too.
-    ("bad\\377name", r#""bad\357\277\275name""#),
+    // Not UTF-8: the raw byte is quoted in octal, not its replacement.
+    ("bad\\377name", r#""bad\377name""#),
 ];
 
 #[test]
@@ -981,6 +981,11 @@ fn a_name_that_is_not_utf8_is_listed_exactly_by_changes_json() {
         .find(|change| change["path"] == "plain.txt")
         .unwrap();
     assert!(plain.get("path_bytes").is_none(), "{listed}");
+    // Text output quotes the raw bytes, not their replacement.
+    assert_eq!(
+        env.ok(&["changes", &id]),
+        "A \"a\\376.txt\"\nA \"a\\377.txt\"\nA \"d\\300\"\nA \"d\\300/in\"\nA plain.txt\n",
+    );
     env.ok(&["rm", &id]);
 }
 

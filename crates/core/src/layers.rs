@@ -3,9 +3,8 @@
 //! without layers answer these with [`crate::RuntimeError::Unsupported`].
 
 use crate::{FileKind, WorkspaceId};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use utoipa::ToSchema;
@@ -42,22 +41,18 @@ pub struct Change {
 impl Change {
     /// The change of `path`, kept exact whether or not it is UTF-8.
     pub fn new(path: &Path, kind: ChangeKind, file_kind: FileKind) -> Self {
-        let (path, path_bytes) = match path.to_str() {
-            Some(text) => (text.to_owned(), None),
-            None => {
-                let raw = path.as_os_str().as_bytes();
-                (
-                    String::from_utf8_lossy(raw).into_owned(),
-                    Some(STANDARD.encode(raw)),
-                )
-            }
-        };
+        let (path, path_bytes) = crate::proto::exact_path(path.as_os_str().as_bytes());
         Change {
             path,
             path_bytes,
             kind,
             file_kind,
         }
+    }
+
+    /// The path's exact bytes.
+    pub fn raw_path(&self) -> Cow<'_, [u8]> {
+        crate::proto::raw_path(&self.path, self.path_bytes.as_deref())
     }
 }
 

@@ -9,7 +9,7 @@
 
 use crate::FilesError;
 use crate::resolve::{self, Fail, Resolution};
-use berth_proto::{FileEntry, FileKind, WorkspacePath};
+use berth_proto::{FileEntry, FileKind, WorkspacePath, exact_path};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
@@ -142,17 +142,14 @@ impl Root {
                 Err(Errno::NOENT) => continue,
                 Err(e) => return Err(errno(e, dir, "list")),
             };
-            // Names that are not UTF-8 are shown lossily: the wire format's
-            // paths are strings.
-            let name = String::from_utf8_lossy(name);
             let path = if dir.is_root() {
-                name.into_owned()
+                name.to_vec()
             } else {
-                format!("{}/{name}", dir.as_str())
+                [dir.as_str().as_bytes(), b"/", name].concat()
             };
-            entries.push(entry_of(path, &stat));
+            entries.push(entry_of(&path, &stat));
         }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.sort_by(|a, b| a.raw_path().cmp(&b.raw_path()));
         Ok(entries)
     }
 
@@ -162,7 +159,7 @@ impl Root {
             .open_rel(p.as_str(), OFlags::PATH, false)
             .map_err(|f| fail(f, p, "stat"))?;
         let stat = rustix::fs::fstat(&fd).map_err(|e| errno(e, p, "stat"))?;
-        Ok(entry_of(p.as_str().to_owned(), &stat))
+        Ok(entry_of(p.as_str().as_bytes(), &stat))
     }
 
     /// Removes a file, a symlink (not its target) or a directory with
@@ -424,7 +421,9 @@ fn remove_tree_bytes(parent: rustix::fd::BorrowedFd<'_>, name: &[u8]) -> Result<
     Err(Errno::NOTEMPTY)
 }
 
-fn entry_of(path: String, stat: &Stat) -> FileEntry {
+/// The entry of the path `raw`, kept exact whether or not it is UTF-8.
+fn entry_of(raw: &[u8], stat: &Stat) -> FileEntry {
+    let (path, path_bytes) = exact_path(raw);
     let kind = match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile => FileKind::File,
         FileType::Directory => FileKind::Dir,
@@ -433,6 +432,7 @@ fn entry_of(path: String, stat: &Stat) -> FileEntry {
     };
     FileEntry {
         path,
+        path_bytes,
         kind,
         size: u64::try_from(stat.st_size).unwrap_or(0),
         mode: stat.st_mode & 0o7777,

@@ -4,6 +4,8 @@
 //! a workspace provisioned through the provider's cache, with its log
 //! persisted as it is produced and its patch collected.
 
+pub mod api;
+pub mod follow;
 pub mod publish;
 pub mod queue;
 pub mod runner;

@@ -131,6 +131,11 @@ impl Jobs {
         self.start_registered(&spec.name, "manual").await
     }
 
+    /// Starts a new run of a registered job with its registered spec.
+    pub async fn run_again(&self, job: &str) -> Result<Run, JobError> {
+        self.start_registered(job, "manual").await
+    }
+
     /// Starts a run of a registered job with its registered spec.
     pub(crate) async fn start_registered(&self, job: &str, trigger: &str) -> Result<Run, JobError> {
         let record = self.store.job(job)?;
@@ -286,4 +291,24 @@ pub fn repository_name(url: &str) -> &str {
     let trimmed = url.trim_end_matches('/');
     let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
     last.strip_suffix(".git").unwrap_or(last)
+}
+
+/// The stem of the file a repository's patch is saved as: the URL's last
+/// segment, made a name that can neither leave its directory nor break a
+/// header.
+pub fn patch_stem(url: &str) -> String {
+    let cleaned: String = repository_name(url)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match cleaned.trim_start_matches('.') {
+        "" => "repository".into(),
+        rest => rest.to_owned(),
+    }
 }

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use utoipa::ToSchema;
 
 /// A job spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub name: String,
@@ -59,7 +60,7 @@ pub struct JobSpec {
 }
 
 /// A repository a job runs over.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRepository {
     pub url: String,
@@ -75,7 +76,7 @@ pub struct JobRepository {
 }
 
 /// One step: a shell script run in the repository's checkout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,7 +85,7 @@ pub struct Step {
 }
 
 /// Which finished workspaces stay for inspection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Keep {
     #[default]
@@ -93,7 +94,7 @@ pub enum Keep {
 }
 
 /// How a run goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunOptions {
     /// Tasks of one run at once on this host.
@@ -133,7 +134,7 @@ fn default_timeout() -> u64 {
 }
 
 /// Pushing each task's change as a commit on a branch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Publish {
     pub branch: String,
@@ -178,6 +179,11 @@ impl JobSpecError {
     }
 }
 
+/// Whether a repository URL is a path relative to the job file.
+fn is_relative(url: &str) -> bool {
+    url == "." || url == ".." || url.starts_with("./") || url.starts_with("../")
+}
+
 fn located<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> JobSpecError {
     let field = err.path().to_string();
     let field = if field == "." { String::new() } else { field };
@@ -217,11 +223,7 @@ impl JobSpec {
             spec.repositories.extend(listed);
         }
         for repo in &mut spec.repositories {
-            let relative = repo.url == "."
-                || repo.url == ".."
-                || repo.url.starts_with("./")
-                || repo.url.starts_with("../");
-            if relative {
+            if is_relative(&repo.url) {
                 let joined = base.join(&repo.url);
                 let absolute = std::fs::canonicalize(&joined).unwrap_or(joined);
                 repo.url = absolute.display().to_string();
@@ -243,6 +245,29 @@ impl JobSpec {
         }
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Checks a spec sent whole (over the API) before it is registered: it
+    /// must stand on its own, naming no file and no path relative to one,
+    /// since whoever sent it resolved those where the files are.
+    pub fn check_standalone(&self) -> Result<(), JobSpecError> {
+        if self.repositories_file.is_some() {
+            return Err(JobSpecError::field(
+                "repositories_file",
+                "a job sent whole cannot name a repositories file; list its repositories in \
+                 `repositories`",
+            ));
+        }
+        if let Some(i) = self.repositories.iter().position(|r| is_relative(&r.url)) {
+            return Err(JobSpecError::field(
+                format!("repositories[{i}].url"),
+                format!(
+                    "`{}` is relative; a job sent whole names repositories by absolute path or URL",
+                    self.repositories[i].url
+                ),
+            ));
+        }
+        self.validate()
     }
 
     fn deserialize_text(text: &str, format: Format) -> Result<JobSpec, JobSpecError> {

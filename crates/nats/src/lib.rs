@@ -208,7 +208,7 @@ impl NatsOptions {
 }
 
 /// `url` without the user and password it may carry, for messages.
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://{host}"),

@@ -19,7 +19,7 @@ pub mod message;
 pub mod path;
 
 pub use exec::{Command, ExecEvent, ExecRequest, ExitStatus, Output, Stream};
-pub use files::{FileEntry, FileKind, WatchEvent, WatchKind};
+pub use files::{FileEntry, FileKind, WatchEvent, WatchKind, exact_path, raw_path};
 pub use frame::{Frame, FrameDecoder, FrameError};
 pub use info::{AgentInfo, Interpreter, InterpreterSource, Resources};
 pub use message::{

@@ -3,10 +3,13 @@
 //! On a cache miss the repositories are cloned on the provider side (where
 //! the credentials are) from the provider's mirrors, moved into the
 //! workspace, the setup script runs inside the runtime, and the result is
-//! saved under the spec's cache key. On a hit the workspace starts from the
-//! cached state and fetches whatever moved upstream: into an isolated
-//! workspace as a bundle its own git takes in, into its own upper layer. Progress is reported as [`ProvisionEvent`]s; a failure
-//! leaves the workspace `failed` with the failing step's output tail.
+//! saved under the spec's cache key, with the commit each repository was
+//! cloned at. On a hit the workspace starts from the cached state and, for
+//! each repository whose upstream ref (asked with one `ls-remote`) is no
+//! longer that commit, fetches what moved: into an isolated workspace as a
+//! bundle its own git takes in, into its own upper layer. Progress is
+//! reported as [`ProvisionEvent`]s; a failure leaves the workspace `failed`
+//! with the failing step's output tail.
 
 use crate::cache::Hold;
 use crate::error::step_name;
@@ -250,17 +253,17 @@ impl Provider {
             .lock_cache_key(&key, Hold::Shared)
             .await
             .map_err(lock_err)?;
-        let mut cached = self.is_cached(&key, runtime).await;
-        if !cached {
+        let mut cached = self.cached(&key, runtime).await;
+        if cached.is_none() {
             drop(lock);
             lock = self
                 .lock_cache_key(&key, Hold::Exclusive)
                 .await
                 .map_err(lock_err)?;
-            cached = self.is_cached(&key, runtime).await;
+            cached = self.cached(&key, runtime).await;
         }
 
-        if cached {
+        if let Some(entry) = cached {
             progress
                 .send(ProvisionEvent::CacheHit { key: key.clone() })
                 .await;
@@ -277,7 +280,7 @@ impl Provider {
                 .map_err(store_err)?;
             drop(lock);
             self.start_runtime(&mut ws, runtime).await?;
-            self.fetch_into(&ws, runtime, progress)
+            self.fetch_into(&ws, runtime, &cloned_commits(&entry), progress)
                 .await
                 .map_err(|e| Failure::new(ProvisionStep::Fetch, e))?;
             let _ = self.store().touch_cache_entry(&key);
@@ -292,7 +295,7 @@ impl Provider {
             self.store()
                 .set_runtime_info(&ws.id, &ws.runtime_info)
                 .map_err(store_err)?;
-            self.clone_into(&ws, runtime, progress).await?;
+            let commits = self.clone_into(&ws, runtime, progress).await?;
             self.start_runtime(&mut ws, runtime).await?;
             if let Some(script) = ws.spec.setup_script.clone() {
                 self.run_setup(&ws, runtime, &script, progress).await?;
@@ -315,7 +318,7 @@ impl Provider {
                     runtime: runtime.name().into(),
                     created_at: now,
                     last_used_at: now,
-                    info: serde_json::json!({ "workspace": ws.id }),
+                    info: serde_json::json!({ "workspace": ws.id, "commits": commits }),
                     size,
                 })
                 .map_err(|e| Failure::new(ProvisionStep::Cache, e))?;
@@ -339,9 +342,14 @@ impl Provider {
             .map_err(store_err)
     }
 
-    /// Whether the registry and the runtime both have the entry `key`.
-    async fn is_cached(&self, key: &str, runtime: &Arc<dyn Runtime>) -> bool {
-        matches!(self.store().cache_entry(key), Ok(Some(_))) && runtime.has_cache(key).await
+    /// The entry `key`, when the registry and the runtime both have it.
+    async fn cached(
+        &self,
+        key: &str,
+        runtime: &Arc<dyn Runtime>,
+    ) -> Option<berth_store::CacheEntry> {
+        let entry = self.store().cache_entry(key).ok()??;
+        runtime.has_cache(key).await.then_some(entry)
     }
 
     async fn start_runtime(
@@ -359,14 +367,17 @@ impl Provider {
             .map_err(|e| Failure::new(ProvisionStep::Start, e))
     }
 
+    /// Clones every repository into the workspace; returns the commit each
+    /// was checked out at, in the spec's order.
     async fn clone_into(
         &self,
         ws: &Workspace,
         runtime: &Arc<dyn Runtime>,
         progress: &Progress,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<String>, Failure> {
         let staging = staging_dir(self.home(), &ws.id);
         let total = ws.spec.repositories.len();
+        let mut commits = Vec::with_capacity(total);
         for (index, repo) in ws.spec.repositories.iter().enumerate() {
             progress
                 .send(ProvisionEvent::Cloning {
@@ -394,12 +405,13 @@ impl Provider {
                 .send(ProvisionEvent::Cloned {
                     repository: repo.url.clone(),
                     path: repo.path.to_string(),
-                    commit,
+                    commit: commit.clone(),
                 })
                 .await;
+            commits.push(commit);
         }
         let _ = tokio::fs::remove_dir_all(&staging).await;
-        Ok(())
+        Ok(commits)
     }
 
     async fn run_setup(
@@ -491,7 +503,18 @@ impl Provider {
             });
         }
         let runtime = self.runtime_of(&ws)?;
-        self.fetch_into(&ws, &runtime, &progress).await
+        self.fetch_into(&ws, &runtime, &[], &progress).await
+    }
+
+    /// Whether `repo`'s ref upstream still points at `commit`, asked
+    /// without fetching: a ref that looks like a commit never moves. When
+    /// upstream cannot be asked, the fetch that follows says why.
+    async fn upstream_is_at(&self, repo: &berth_core::spec::Repository, commit: &str) -> bool {
+        match self.git().upstream_commit(repo).await {
+            Ok(Some(upstream)) => upstream == commit,
+            Ok(None) => true,
+            Err(_) => false,
+        }
     }
 
     /// Fetches one repository. In place, with provider-side git, when the
@@ -636,23 +659,33 @@ impl Provider {
         fetched
     }
 
+    /// Fetches into every repository of the workspace, except one whose
+    /// checkout is known to be at a commit (`at`, in the spec's order) that
+    /// its upstream ref still points at.
     async fn fetch_into(
         &self,
         ws: &Workspace,
         runtime: &Arc<dyn Runtime>,
+        at: &[String],
         progress: &Progress,
     ) -> Result<Vec<FetchResult>, ServiceError> {
         let mut results = Vec::new();
-        if ws.spec.repositories.is_empty() {
-            return Ok(results);
-        }
-        for repo in &ws.spec.repositories {
+        for (index, repo) in ws.spec.repositories.iter().enumerate() {
             progress
                 .send(ProvisionEvent::Fetching {
                     path: repo.path.to_string(),
                 })
                 .await;
-            let outcome = self.fetch_repository(ws, runtime, repo).await?;
+            let outcome = match at.get(index) {
+                Some(commit) if self.upstream_is_at(repo, commit).await => {
+                    berth_git::FetchOutcome {
+                        commit: commit.clone(),
+                        previous: commit.clone(),
+                        updated: false,
+                    }
+                }
+                _ => self.fetch_repository(ws, runtime, repo).await?,
+            };
             progress
                 .send(ProvisionEvent::Fetched {
                     path: repo.path.to_string(),
@@ -669,6 +702,16 @@ impl Provider {
         }
         Ok(results)
     }
+}
+
+/// The commits a cache entry's repositories were cloned at, in the spec's
+/// order; none for an entry that did not record them.
+fn cloned_commits(entry: &berth_store::CacheEntry) -> Vec<String> {
+    entry
+        .info
+        .get("commits")
+        .and_then(|commits| serde_json::from_value(commits.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// A file name for a bundle inside a checkout's `.git`, unique among the

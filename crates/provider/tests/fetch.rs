@@ -281,6 +281,57 @@ async fn a_cache_hit_takes_in_what_moved_upstream_and_the_token_stays_out() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cache_hit_with_upstream_unmoved_runs_no_git_inside() {
+    let world = World::new().await;
+    // The cached state has a `git` first on PATH that logs every call and
+    // runs the real one.
+    let mut spec = world.spec("true");
+    let bin = format!("{}/.bin", spec.root());
+    spec.env.insert(
+        "PATH".to_owned(),
+        format!("{bin}:/usr/local/bin:/usr/bin:/bin"),
+    );
+    spec.setup_script = Some(format!(
+        r#"real=$(command -v git) && mkdir -p {bin} &&
+printf '#!/bin/sh\necho "$*" >> {bin}/calls\nexec %s "$@"\n' "$real" > {bin}/git &&
+chmod +x {bin}/git"#
+    ));
+    let calls = format!("cat {bin}/calls 2>/dev/null; true");
+    let calls = calls.as_str();
+    let (first, _) = world.create(spec.clone()).await;
+    let head = world.sh(&first, "cd app && git rev-parse HEAD").await;
+    let head = head.trim();
+
+    let (second, events) = world.create(spec.clone()).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProvisionEvent::CacheHit { .. })),
+        "{events:#?}"
+    );
+    assert_eq!(fetched(&events), Some((head.to_owned(), false)));
+    assert_eq!(world.sh(&second, calls).await, "", "git ran inside");
+    let status = world
+        .sh(
+            &second,
+            "cd app && git status --porcelain --branch && git rev-parse HEAD refs/berth/base",
+        )
+        .await;
+    assert_eq!(status, format!("## main...origin/main\n{head}\n{head}\n"));
+
+    // Once upstream moves, the workspace's git takes in what moved.
+    let moved = commit_files(&world.upstream(), &[("NEWS", "moved\n")], "news");
+    let (third, events) = world.create(spec).await;
+    assert_eq!(fetched(&events), Some((moved, true)));
+    assert_eq!(world.read(&third, "app/NEWS").await, "moved\n");
+    assert_ne!(
+        world.sh(&third, calls).await,
+        "",
+        "the fetch ran no git inside"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_conflicting_local_change_stops_the_fetch_and_survives() {
     let world = World::new().await;
     let (ws, _) = world.create(world.spec("true")).await;

@@ -350,6 +350,7 @@ impl Runtime for FakeRuntime {
                 };
                 entries.entry(child.to_string()).or_insert(FileEntry {
                     path: child.to_string(),
+                    path_bytes: None,
                     kind,
                     size,
                     mode: if kind == FileKind::Dir { 0o755 } else { 0o644 },

@@ -31,12 +31,12 @@ pub struct ErrorBody {
 ///
 /// | status | codes |
 /// |---|---|
-/// | 400 | `invalid_request`, `invalid_path`, `invalid_body`, `invalid_query`, `ambiguous_id`, `invalid_id`, `no_default_spec` |
+/// | 400 | `invalid_request`, `invalid_path`, `invalid_body`, `invalid_query`, `ambiguous_id`, `ambiguous`, `invalid_id`, `no_default_spec` |
 /// | 401 | `unauthorized` |
 /// | 403 | `permission_denied`, `host_not_allowed`, `origin_not_allowed` |
 /// | 404 | `not_found`, `file_not_found`, `route_not_found`, `agent_not_built` |
 /// | 405 | `method_not_allowed` |
-/// | 409 | `wrong_state`, `name_taken`, `cannot_fast_forward`, `already_exists` |
+/// | 409 | `wrong_state`, `name_taken`, `cannot_fast_forward`, `already_exists`, `conflict` |
 /// | 410 | `workspace_gone` |
 /// | 413 | `body_too_large` |
 /// | 415 | `unsupported_media_type` |
@@ -65,14 +65,14 @@ pub struct ErrorBody {
 pub fn status_for(code: &str) -> StatusCode {
     match code {
         "invalid_request" | "invalid_path" | "invalid_body" | "invalid_query" | "ambiguous_id"
-        | "invalid_id" | "no_default_spec" => StatusCode::BAD_REQUEST,
+        | "ambiguous" | "invalid_id" | "no_default_spec" => StatusCode::BAD_REQUEST,
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "permission_denied" | "host_not_allowed" | "origin_not_allowed" => StatusCode::FORBIDDEN,
         "not_found" | "file_not_found" | "route_not_found" | "agent_not_built" => {
             StatusCode::NOT_FOUND
         }
         "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-        "wrong_state" | "name_taken" | "cannot_fast_forward" | "already_exists" => {
+        "wrong_state" | "name_taken" | "cannot_fast_forward" | "already_exists" | "conflict" => {
             StatusCode::CONFLICT
         }
         "workspace_gone" => StatusCode::GONE,
@@ -129,6 +129,26 @@ impl From<ServiceError> for ApiError {
         ApiError {
             code: Cow::Borrowed(err.code()),
             message: err.to_string(),
+        }
+    }
+}
+
+impl From<berth_jobs::JobError> for ApiError {
+    fn from(err: berth_jobs::JobError) -> Self {
+        ApiError {
+            code: Cow::Borrowed(err.code()),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<ServiceError> for ErrorBody {
+    /// The code and message any front end gives for a service error.
+    fn from(err: ServiceError) -> Self {
+        let err = ApiError::from(err);
+        ErrorBody {
+            code: err.code.into_owned(),
+            message: err.message,
         }
     }
 }
@@ -201,6 +221,9 @@ mod tests {
             ("origin_not_allowed", 403),
             ("unsupported_media_type", 415),
             ("agent_timeout", 504),
+            // The jobs service's.
+            ("ambiguous", 400),
+            ("conflict", 409),
         ];
         for (code, status) in expected {
             assert_eq!(status_for(code).as_u16(), status, "{code}");

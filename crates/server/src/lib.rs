@@ -6,8 +6,9 @@
 //! - the versioned REST API under `/v1`, described by an OpenAPI document
 //!   generated from the code and served at `GET /v1/openapi.json`:
 //!   workspaces, commands and files ([`v1`]), layers ([`layers`]), the
-//!   workspace's agent — interpreters, sessions, terminals ([`agent`]) —
-//!   and the agent binary for hosts that download it ([`distribution`]);
+//!   workspace's agent — interpreters, sessions, terminals ([`agent`]) —,
+//!   the agent binary for hosts that download it ([`distribution`]), and
+//!   batch jobs, their runs, logs and patches ([`jobs`]);
 //! - Derrick's routes ([`derrick`]), so that clients written for Derrick keep
 //!   working unchanged.
 //!
@@ -28,6 +29,7 @@ pub mod derrick;
 pub mod distribution;
 mod error;
 mod extract;
+pub mod jobs;
 pub mod layers;
 pub mod openapi;
 mod server;
@@ -43,6 +45,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use berth_core::Spec;
+use berth_jobs::Jobs;
 use berth_provider::Provider;
 use std::sync::Arc;
 use tower_http::trace::TraceLayer;
@@ -55,6 +58,8 @@ pub const BODY_LIMIT: usize = 100 << 20;
 #[derive(Clone)]
 pub struct RouterConfig {
     pub auth: Auth,
+    /// The jobs service the `/v1/jobs` and `/v1/runs` routes call.
+    pub jobs: Jobs,
     /// Which `Host` and `Origin` requests may carry.
     pub boundary: Boundary,
     /// The spec Derrick's `POST /workspaces` uses when its body names none
@@ -66,9 +71,10 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
-    pub fn new(auth: Auth) -> Self {
+    pub fn new(auth: Auth, jobs: Jobs) -> Self {
         RouterConfig {
             auth,
+            jobs,
             boundary: Boundary::any_host(),
             default_spec: None,
             derrick_workspaces: derrick::Made::default(),
@@ -80,17 +86,19 @@ impl RouterConfig {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub provider: Provider,
+    pub jobs: Jobs,
     pub default_spec: Option<Arc<Spec>>,
     /// The workspaces made through Derrick's routes.
     pub made: derrick::Made,
 }
 
-/// The whole HTTP API over `provider`: `/v1`, Derrick's routes, the health
+/// The whole HTTP API over `provider` and `jobs`: `/v1`, Derrick's routes, the health
 /// checks, the OpenAPI document, the `Host` and `Origin` checks,
 /// authentication and request tracing.
 pub fn router(provider: Provider, config: RouterConfig) -> Router {
     let state = AppState {
         provider,
+        jobs: config.jobs,
         default_spec: config.default_spec.map(Arc::new),
         made: config.derrick_workspaces,
     };

@@ -39,6 +39,8 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "files", description = "Read, write, list and remove a workspace's files"),
         (name = "layers", description = "Snapshots, reset, forks, changes, diffs, exports and garbage collection"),
         (name = "agent", description = "A workspace's agent: interpreters, shell sessions, terminals; and the agent binary itself"),
+        (name = "jobs", description = "Batch jobs: register and run a job over many repositories, list jobs and their runs, schedules"),
+        (name = "runs", description = "A job's runs and their tasks: state, live events, logs, patches, cancel, retry, publish"),
         (name = "health", description = "Liveness"),
         (name = "derrick", description = "Derrick's routes, for its existing clients"),
     )
@@ -176,6 +178,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::layers::routes())
         .merge(crate::agent::routes())
         .merge(crate::distribution::routes())
+        .merge(crate::jobs::routes())
         .merge(crate::derrick::routes());
     // After the merge: the modifier needs every operation in place.
     Boundaries.modify(routes.get_openapi_mut());
@@ -371,8 +374,13 @@ pub mod wire {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct FileEntry {
-        /// Path relative to the workspace root.
+        /// Path relative to the workspace root, for display: each sequence
+        /// of bytes that is not UTF-8 replaced by U+FFFD.
         pub path: String,
+        /// The path's raw bytes in standard base64, present only when they
+        /// are not UTF-8.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path_bytes: Option<String>,
         pub kind: FileKind,
         pub size: u64,
         /// Unix permission bits.
@@ -433,13 +441,16 @@ mod tests {
         ] {
             same_wire::<_, wire::ExecEvent>(&event);
         }
-        same_wire::<_, wire::FileEntry>(&FileEntry {
-            path: "a/b".into(),
-            kind: FileKind::Symlink,
-            size: 3,
-            mode: 0o644,
-            modified: 17,
-        });
+        for path_bytes in [None, Some("Yf8=".to_owned())] {
+            same_wire::<_, wire::FileEntry>(&FileEntry {
+                path: "a/b".into(),
+                path_bytes,
+                kind: FileKind::Symlink,
+                size: 3,
+                mode: 0o644,
+                modified: 17,
+            });
+        }
         same_wire::<_, wire::Command>(&Command::Shell("true".into()));
         let interpreter = |name: &str, version: Option<&str>, source| Interpreter {
             name: name.into(),

@@ -5,12 +5,14 @@ use crate::auth::{Auth, load_or_create_token};
 use crate::boundary::Boundary;
 use crate::{RouterConfig, router};
 use axum::Router;
-use berth_core::Spec;
+use berth_core::{Spec, SystemClock};
+use berth_jobs::Jobs;
 use berth_provider::Provider;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The TCP port `berth serve` listens on by default, on 127.0.0.1.
@@ -48,6 +50,8 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// The spec Derrick's `POST /workspaces` uses when the body has none.
     pub default_spec: Option<Spec>,
+    /// The jobs service; when absent, one over the provider's registry.
+    pub jobs: Option<Jobs>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -58,6 +62,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("default_spec", &self.default_spec)
+            .field("jobs", &self.jobs.is_some())
             .finish()
     }
 }
@@ -100,6 +105,12 @@ pub enum ServerError {
     TokenFileMode { path: PathBuf, mode: u32 },
     #[error("server token file {} is empty", path.display())]
     EmptyToken { path: PathBuf },
+    #[error("cannot open the jobs registry in {}", home.display())]
+    Jobs {
+        home: PathBuf,
+        #[source]
+        source: berth_store::StoreError,
+    },
     #[error("the server stopped")]
     Serve(#[source] std::io::Error),
 }
@@ -169,11 +180,23 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
         Some(token) => Auth::token(token),
         None => Auth::none(),
     };
+    let jobs = match config.jobs {
+        Some(jobs) => jobs,
+        None => {
+            let store =
+                berth_store::Store::open(provider.home()).map_err(|source| ServerError::Jobs {
+                    home: provider.home().to_path_buf(),
+                    source,
+                })?;
+            Jobs::sqlite(Arc::new(store), Arc::new(SystemClock))
+        }
+    };
     let derrick_workspaces = crate::derrick::Made::default();
     let router = router(
         provider.clone(),
         RouterConfig {
             auth,
+            jobs,
             boundary,
             default_spec: config.default_spec,
             derrick_workspaces: derrick_workspaces.clone(),

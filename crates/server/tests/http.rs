@@ -1356,6 +1356,20 @@ async fn the_openapi_document_describes_every_route() {
         "/v1/workspaces/{id}/sessions/{session}/interrupt",
         "/v1/workspaces/{id}/terminal",
         "/v1/agent/binary",
+        "/v1/jobs",
+        "/v1/jobs/{job}/runs",
+        "/v1/jobs/{job}/schedule",
+        "/v1/runs/{run}",
+        "/v1/runs/{run}/events",
+        "/v1/runs/{run}/cancel",
+        "/v1/runs/{run}/retry",
+        "/v1/runs/{run}/publish",
+        "/v1/runs/{run}/patch",
+        "/v1/runs/{run}/tasks/{task}",
+        "/v1/runs/{run}/tasks/{task}/log",
+        "/v1/runs/{run}/tasks/{task}/patch",
+        "/v1/runs/{run}/tasks/{task}/cancel",
+        "/v1/runs/{run}/tasks/{task}/retry",
         "/healthz",
         "/health",
         "/workspaces",
@@ -2029,6 +2043,8 @@ mod agent;
 mod derrick;
 #[path = "http/distribution.rs"]
 mod distribution;
+#[path = "http/jobs.rs"]
+mod jobs;
 #[path = "http/layers.rs"]
 mod layers;
 #[path = "http/schemathesis.rs"]

@@ -408,3 +408,80 @@ fn a_wrong_token_a_missing_one_and_an_unreachable_server_get_clear_errors() {
         stderr(&out)
     );
 }
+
+/// A workspace names files with bytes that are not UTF-8, two of them
+/// differing only in such bytes: `berth files` lists each exactly, on the
+/// host and over HTTP, in `--json` (`path_bytes` beside a display `path`)
+/// and in text (the raw bytes quoted in octal, never U+FFFD).
+#[test]
+fn a_name_that_is_not_utf8_is_listed_exactly_by_files_here_and_over_http() {
+    use base64::Engine as _;
+    let env = Env::new();
+    let server = Server::tcp();
+    let client = Env::new();
+    for (runtime, spec) in [
+        ("sandbox", "runtime = \"sandbox\"\nimage = \"host\"\n"),
+        ("local", "runtime = \"local\"\n"),
+    ] {
+        let spec = env.file(&format!("{runtime}.toml"), spec);
+        let script = "mkdir names && cd names\n\
+                      printf 1 > \"$(printf 'a\\377.txt')\"\n\
+                      printf 2 > \"$(printf 'a\\376.txt')\"\n\
+                      mkdir \"$(printf 'd\\300')\"\n\
+                      printf 4 > plain.txt\n";
+        for target in [
+            Target::Local(&env),
+            Target::Server {
+                server: &server,
+                client: &client,
+            },
+        ] {
+            let out = target.run(&["up", spec.to_str().unwrap()], None);
+            assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+            let id = super::workspace_id(&String::from_utf8(out.stdout).unwrap());
+            let out = target.run(&["exec", &id, "--", "sh", "-c", script], None);
+            assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+
+            let out = target.run(&["files", &id, "names", "--json"], None);
+            assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let exact: Vec<(Vec<u8>, String)> = listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|entry| {
+                    let path = entry["path"].as_str().unwrap().to_string();
+                    let raw = match entry.get("path_bytes") {
+                        Some(bytes) => base64::engine::general_purpose::STANDARD
+                            .decode(bytes.as_str().unwrap())
+                            .unwrap(),
+                        None => path.clone().into_bytes(),
+                    };
+                    (raw, path)
+                })
+                .collect();
+            let expected: Vec<(Vec<u8>, String)> = [
+                &b"names/a\xfe.txt"[..],
+                b"names/a\xff.txt",
+                b"names/d\xc0",
+                b"names/plain.txt",
+            ]
+            .iter()
+            .map(|raw| (raw.to_vec(), String::from_utf8_lossy(raw).into_owned()))
+            .collect();
+            assert_eq!(exact, expected, "{runtime}: {listed}");
+            let plain = &listed[3];
+            assert!(plain.get("path_bytes").is_none(), "{runtime}: {listed}");
+
+            let out = target.run(&["files", &id, "names"], None);
+            assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+            assert_eq!(
+                String::from_utf8(out.stdout).unwrap(),
+                "\"names/a\\376.txt\"\n\"names/a\\377.txt\"\n\"names/d\\300\"/\nnames/plain.txt\n",
+                "{runtime}"
+            );
+            let out = target.run(&["rm", &id], None);
+            assert!(out.status.success(), "{runtime}: {}", stderr(&out));
+        }
+    }
+}

@@ -139,32 +139,35 @@ impl SandboxRuntime {
         }
         let mut entries = Vec::new();
         for record in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-            let text = String::from_utf8_lossy(record);
-            let mut parts = text.splitn(5, ' ');
+            // Four fields, then the name: the rest of the record, whatever
+            // its bytes.
+            let mut parts = record.splitn(5, |b| *b == b' ');
             let (Some(kind), Some(size), Some(mode), Some(time), Some(name)) = (
-                parts.next(),
-                parts.next(),
-                parts.next(),
-                parts.next(),
+                parts.next().map(String::from_utf8_lossy),
+                parts.next().map(String::from_utf8_lossy),
+                parts.next().map(String::from_utf8_lossy),
+                parts.next().map(String::from_utf8_lossy),
                 parts.next(),
             ) else {
                 continue;
             };
-            let path = if dir.as_str().is_empty() {
-                name.to_string()
+            let raw = if dir.as_str().is_empty() {
+                name.to_vec()
             } else {
-                format!("{}/{name}", dir.as_str())
+                [dir.as_str().as_bytes(), b"/", name].concat()
             };
+            let (path, path_bytes) = berth_core::proto::exact_path(&raw);
             entries.push(FileEntry {
                 path,
-                kind: match kind {
+                path_bytes,
+                kind: match kind.as_ref() {
                     "f" => FileKind::File,
                     "d" => FileKind::Dir,
                     "l" => FileKind::Symlink,
                     _ => FileKind::Other,
                 },
                 size: size.parse().unwrap_or(0),
-                mode: u32::from_str_radix(mode, 8).unwrap_or(0),
+                mode: u32::from_str_radix(&mode, 8).unwrap_or(0),
                 modified: time
                     .split('.')
                     .next()
@@ -172,7 +175,7 @@ impl SandboxRuntime {
                     .unwrap_or(0),
             });
         }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.sort_by(|a, b| a.raw_path().cmp(&b.raw_path()));
         Ok(entries)
     }
 

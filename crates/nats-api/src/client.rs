@@ -1,0 +1,529 @@
+//! A typed client of the NATS service, for `berth --server nats://...`:
+//! the same calls as the HTTP client, answering with the same types and
+//! errors ([`berth_client::ClientError`]), so that a front end reports
+//! either alike.
+
+use crate::protocol::{
+    ARGS, CONTROL, Control, ERROR_CODE, EVENT, ExecArgs, ForkArgs, InfoArgs, KEEPALIVE, LOST_AFTER,
+    ListArgs, Op, PathArgs, ResetArgs, SEQ, Target, WINDOW,
+};
+use async_nats::{HeaderMap, Subject};
+use berth_client::ClientError;
+use berth_core::{
+    Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, ProvisionEvent, ReadStream,
+    Snapshot, Spec, Workspace,
+};
+use berth_provider::{CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, WorkspaceDetails};
+use berth_server::ErrorResponse;
+use berth_server::layers::{ChangeList, GcResponse};
+use berth_server::v1::{
+    CreateWorkspaceParams, FetchResponse, FileList, RuntimeList, WorkspaceList,
+};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// How long to wait for an answer's first frame (the service sends one at
+/// least every heartbeat interval after that).
+const FIRST_FRAME: Duration = Duration::from_secs(30);
+
+/// A client of one berth NATS service. Cheap to clone.
+#[derive(Clone)]
+pub struct NatsClient {
+    nats: async_nats::Client,
+    prefix: String,
+    /// The server's URL, for messages.
+    server: String,
+}
+
+impl NatsClient {
+    /// A client of the service under `prefix` on an established connection
+    /// to the NATS server at `server`.
+    pub fn new(nats: async_nats::Client, prefix: &str, server: &str) -> NatsClient {
+        NatsClient {
+            nats,
+            prefix: prefix.to_owned(),
+            server: berth_nats::redacted(server),
+        }
+    }
+
+    /// Provisions and starts a workspace, passing provisioning events to
+    /// `progress` as the service streams them.
+    pub async fn create(
+        &self,
+        spec: &Spec,
+        options: &CreateOptions,
+        progress: mpsc::Sender<ProvisionEvent>,
+    ) -> Result<Workspace, ClientError> {
+        let params = CreateWorkspaceParams {
+            spec: spec.clone(),
+            runtime: options.runtime.clone(),
+            name: options.name.clone(),
+            labels: options.labels.clone(),
+            idle: options.idle,
+            lifetime: options.lifetime,
+        };
+        let mut call = self.call(Op::Create, &params).await?;
+        loop {
+            match call.next().await? {
+                Frame::Item(event) => {
+                    let _ = progress.send(self.decode(&event)?).await;
+                }
+                Frame::Done(workspace) => return self.decode(&workspace),
+            }
+        }
+    }
+
+    /// The workspaces carrying every label of `selector`, oldest first.
+    pub async fn list(&self, all: bool, selector: &Labels) -> Result<Vec<Workspace>, ClientError> {
+        let args = ListArgs {
+            all,
+            labels: selector.clone(),
+        };
+        Ok(self
+            .unary::<WorkspaceList>(Op::List, &args)
+            .await?
+            .workspaces)
+    }
+
+    pub async fn describe(&self, id: &str) -> Result<WorkspaceDetails, ClientError> {
+        self.unary(Op::Show, &target(id)).await
+    }
+
+    pub async fn start(&self, id: &str) -> Result<Workspace, ClientError> {
+        self.unary(Op::Start, &target(id)).await
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<Workspace, ClientError> {
+        self.unary(Op::Stop, &target(id)).await
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<Workspace, ClientError> {
+        self.unary(Op::Remove, &target(id)).await
+    }
+
+    pub async fn fetch(&self, id: &str) -> Result<Vec<FetchResult>, ClientError> {
+        let mut call = self.call(Op::Fetch, &target(id)).await?;
+        loop {
+            // Progress events are not wanted here.
+            if let Frame::Done(results) = call.next().await? {
+                return Ok(self.decode::<FetchResponse>(&results)?.results);
+            }
+        }
+    }
+
+    pub async fn runtimes(&self) -> Result<Vec<RuntimeStatus>, ClientError> {
+        Ok(self
+            .unary::<RuntimeList>(Op::Runtimes, &serde_json::json!({}))
+            .await?
+            .runtimes)
+    }
+
+    /// Runs a command; its events arrive as the service streams them.
+    /// Cancelling `cancel`, or dropping the stream, cancels the command:
+    /// its whole process tree is ended.
+    pub async fn exec(
+        &self,
+        id: &str,
+        request: &ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, ClientError> {
+        let args = ExecArgs {
+            id: id.to_owned(),
+            request: request.clone(),
+        };
+        let mut call = self.call(Op::Exec, &args).await?;
+        // The first frame comes before the stream is handed back, so that
+        // a refusal (no such workspace) is this call's error.
+        let first = call.next().await?;
+        let (sender, receiver) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut frame = Ok(first);
+            loop {
+                // A broken stream ends the events without an exit, which
+                // the caller reports.
+                let Ok(Frame::Item(event)) = frame else {
+                    return;
+                };
+                let Ok(event) = this.decode::<ExecEvent>(&event) else {
+                    return;
+                };
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+                frame = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    next = call.next() => next,
+                };
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// A file's bytes, read as the stream is consumed.
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<ReadStream, ClientError> {
+        self.bytes(Op::FilesRead, &path_args(id, path)).await
+    }
+
+    /// Writes a file; it must fit in one NATS message (the NATS server's
+    /// `max_payload`, 1 MiB unless configured otherwise).
+    pub async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<(), ClientError> {
+        let limit = self.nats.server_info().max_payload;
+        if data.len() > limit {
+            return Err(ClientError::Api {
+                status: 413,
+                code: "body_too_large".into(),
+                message: format!(
+                    "{path}: {} bytes is more than the NATS server at {} takes in one message \
+                     ({limit} bytes, its max_payload)",
+                    data.len(),
+                    self.server
+                ),
+            });
+        }
+        let mut headers = HeaderMap::new();
+        let args = serde_json::to_string(&path_args(id, path)).map_err(|e| self.protocol(e))?;
+        headers.insert(ARGS, args.as_str());
+        let mut call = self.send(Op::FilesWrite, headers, data.into()).await?;
+        call.done().await.map(drop)
+    }
+
+    pub async fn list_files(&self, id: &str, dir: &str) -> Result<Vec<FileEntry>, ClientError> {
+        Ok(self
+            .unary::<FileList>(Op::FilesList, &path_args(id, dir))
+            .await?
+            .entries)
+    }
+
+    pub async fn remove_file(&self, id: &str, path: &str) -> Result<(), ClientError> {
+        self.unary::<()>(Op::FilesRemove, &path_args(id, path))
+            .await
+    }
+
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot, ClientError> {
+        self.unary(Op::Snapshot, &target(id)).await
+    }
+
+    pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<Workspace>, ClientError> {
+        let args = ForkArgs {
+            id: id.to_owned(),
+            count,
+        };
+        Ok(self
+            .unary::<WorkspaceList>(Op::Fork, &args)
+            .await?
+            .workspaces)
+    }
+
+    pub async fn reset(&self, id: &str, to: Option<&str>) -> Result<Workspace, ClientError> {
+        let args = ResetArgs {
+            id: id.to_owned(),
+            to: to.map(str::to_owned),
+        };
+        self.unary(Op::Reset, &args).await
+    }
+
+    pub async fn changes(&self, id: &str) -> Result<Vec<Change>, ClientError> {
+        Ok(self
+            .unary::<ChangeList>(Op::Changes, &target(id))
+            .await?
+            .changes)
+    }
+
+    pub async fn diff(&self, id: &str) -> Result<ReadStream, ClientError> {
+        self.bytes(Op::Diff, &target(id)).await
+    }
+
+    /// Removes what nothing uses, in every runtime that keeps layers.
+    pub async fn gc(&self) -> Result<Vec<RuntimeGc>, ClientError> {
+        Ok(self
+            .unary::<GcResponse>(Op::Gc, &serde_json::json!({}))
+            .await?
+            .runtimes)
+    }
+
+    pub async fn agent_info(
+        &self,
+        id: &str,
+        detect: bool,
+    ) -> Result<berth_core::proto::AgentInfo, ClientError> {
+        let args = InfoArgs {
+            id: id.to_owned(),
+            detect,
+        };
+        self.unary(Op::Info, &args).await
+    }
+
+    /// An operation answered once.
+    async fn unary<T: DeserializeOwned>(
+        &self,
+        op: Op,
+        args: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        let mut call = self.call(op, args).await?;
+        let done = call.done().await?;
+        // `()` answers with an empty payload.
+        let done = if done.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            done
+        };
+        self.decode(&done)
+    }
+
+    /// An operation answered with bytes, read as they are consumed.
+    async fn bytes(&self, op: Op, args: &impl Serialize) -> Result<ReadStream, ClientError> {
+        let mut call = self.call(op, args).await?;
+        let first = call.next().await?;
+        let (sender, stream) = ReadStream::channel();
+        tokio::spawn(async move {
+            let mut frame = Ok(first);
+            loop {
+                match frame {
+                    Ok(Frame::Item(chunk)) => {
+                        if !sender.send(chunk.to_vec()).await {
+                            return;
+                        }
+                    }
+                    Ok(Frame::Done(_)) => return sender.finish().await,
+                    Err(e) => return sender.fail(std::io::Error::other(e)).await,
+                }
+                frame = call.next().await;
+            }
+        });
+        Ok(stream)
+    }
+
+    async fn call(&self, op: Op, args: &impl Serialize) -> Result<Call, ClientError> {
+        let payload = serde_json::to_vec(args).map_err(|e| self.protocol(e))?;
+        self.send(op, HeaderMap::new(), payload.into()).await
+    }
+
+    async fn send(&self, op: Op, headers: HeaderMap, payload: Bytes) -> Result<Call, ClientError> {
+        let subject = format!("{}.{}", self.prefix, op.subject());
+        let inbox = self.nats.new_inbox();
+        let answers = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.nats
+            .publish_with_reply_and_headers(subject.clone(), inbox, headers, payload)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let state = Arc::new(CallState::default());
+        let stop = CancellationToken::new();
+        Ok(Call {
+            client: self.clone(),
+            subject,
+            answers,
+            next_seq: 0,
+            acked: 0,
+            control: None,
+            wait: FIRST_FRAME,
+            state,
+            stop: stop.clone(),
+            _guard: stop.drop_guard(),
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(payload).map_err(|e| self.protocol(e))
+    }
+
+    fn protocol(&self, detail: impl std::fmt::Display) -> ClientError {
+        ClientError::Protocol {
+            server: self.server.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn unreachable(&self, detail: impl std::fmt::Display) -> ClientError {
+        ClientError::Unreachable {
+            server: self.server.clone(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+fn target(id: &str) -> Target {
+    Target { id: id.to_owned() }
+}
+
+fn path_args(id: &str, path: &str) -> PathArgs {
+    PathArgs {
+        id: id.to_owned(),
+        path: path.to_owned(),
+    }
+}
+
+/// A frame of an answer, as the caller sees it (heartbeats are taken care
+/// of by [`Call`]).
+enum Frame {
+    Item(Bytes),
+    Done(Bytes),
+}
+
+/// What the keepalive task shares with its call.
+#[derive(Default)]
+struct CallState {
+    received: AtomicU64,
+    finished: AtomicBool,
+}
+
+/// One request's answer being received. Dropped before its last frame, it
+/// tells the service to cancel.
+struct Call {
+    client: NatsClient,
+    subject: String,
+    answers: async_nats::Subscriber,
+    next_seq: u64,
+    acked: u64,
+    /// Where acknowledgements and `cancel` go, once the first frame named it.
+    control: Option<Subject>,
+    /// How long the service may be silent.
+    wait: Duration,
+    state: Arc<CallState>,
+    /// Stops the keepalive task (which then sends `cancel` if the answer
+    /// is not finished).
+    stop: CancellationToken,
+    _guard: DropGuard,
+}
+
+impl Call {
+    /// The answer's next item, or its result.
+    async fn next(&mut self) -> Result<Frame, ClientError> {
+        if self.state.finished.load(Ordering::Relaxed) {
+            return Err(self.client.protocol("read past the end of an answer"));
+        }
+        loop {
+            let message = tokio::time::timeout(self.wait, self.answers.next())
+                .await
+                .map_err(|_| {
+                    self.client.unreachable(format!(
+                        "no word from the berth service on {} for {:?}",
+                        self.subject, self.wait
+                    ))
+                })?
+                .ok_or_else(|| self.client.unreachable("the NATS connection closed"))?;
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                self.state.finished.store(true, Ordering::Relaxed);
+                return Err(self
+                    .client
+                    .unreachable(format!("no berth service answers on {}", self.subject)));
+            }
+            let headers = message.headers.clone().unwrap_or_default();
+            let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+            let seq = header(SEQ).and_then(|seq| seq.parse::<u64>().ok());
+            if seq != Some(self.next_seq) {
+                self.state.finished.store(true, Ordering::Relaxed);
+                return Err(self.client.protocol(format!(
+                    "frame {} of {} arrived as {seq:?}: frames were lost",
+                    self.next_seq, self.subject
+                )));
+            }
+            if self.next_seq == 0 {
+                self.begin(header(CONTROL), header(KEEPALIVE))?;
+            }
+            self.next_seq += 1;
+            self.state.received.store(self.next_seq, Ordering::Relaxed);
+            if self.next_seq - self.acked >= WINDOW / 2 {
+                self.acked = self.next_seq;
+                self.keepalive_now().await;
+            }
+            match header(EVENT).as_deref() {
+                Some("alive") => continue,
+                Some("item") => return Ok(Frame::Item(message.payload)),
+                Some("done") => {
+                    self.state.finished.store(true, Ordering::Relaxed);
+                    return Ok(Frame::Done(message.payload));
+                }
+                Some("error") => {
+                    self.state.finished.store(true, Ordering::Relaxed);
+                    let body: ErrorResponse = self.client.decode(&message.payload)?;
+                    let code = header(ERROR_CODE).unwrap_or(body.error.code);
+                    return Err(ClientError::Api {
+                        status: berth_server::status_for(&code).as_u16(),
+                        code,
+                        message: body.error.message,
+                    });
+                }
+                other => {
+                    self.state.finished.store(true, Ordering::Relaxed);
+                    return Err(self
+                        .client
+                        .protocol(format!("a frame of unknown kind {other:?}")));
+                }
+            }
+        }
+    }
+
+    /// Skips to the result.
+    async fn done(&mut self) -> Result<Bytes, ClientError> {
+        loop {
+            if let Frame::Done(result) = self.next().await? {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// The first frame named the control subject and heartbeat interval:
+    /// the keepalive task starts.
+    fn begin(
+        &mut self,
+        control: Option<String>,
+        keepalive: Option<String>,
+    ) -> Result<(), ClientError> {
+        let (Some(control), Some(keepalive)) =
+            (control, keepalive.and_then(|ms| ms.parse::<u64>().ok()))
+        else {
+            return Err(self
+                .client
+                .protocol("the first frame names no control subject or heartbeat interval"));
+        };
+        let keepalive = Duration::from_millis(keepalive.max(1));
+        self.wait = keepalive * (LOST_AFTER + 1);
+        let control = Subject::from(control);
+        self.control = Some(control.clone());
+        let nats = self.client.nats.clone();
+        let state = self.state.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(keepalive);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = ticks.tick() => {
+                        let received = state.received.load(Ordering::Relaxed);
+                        send(&nats, &control, &Control::Ack { received }).await;
+                    }
+                }
+            }
+            if !state.finished.load(Ordering::Relaxed) {
+                send(&nats, &control, &Control::Cancel).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Acknowledges what has arrived at once (the window is half used).
+    async fn keepalive_now(&self) {
+        if let Some(control) = &self.control {
+            let received = self.next_seq;
+            send(&self.client.nats, control, &Control::Ack { received }).await;
+        }
+    }
+}
+
+async fn send(nats: &async_nats::Client, control: &Subject, message: &Control) {
+    if let Ok(payload) = serde_json::to_vec(message) {
+        let _ = nats.publish(control.clone(), payload.into()).await;
+    }
+}

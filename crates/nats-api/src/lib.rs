@@ -1,0 +1,14 @@
+//! berth's service layer over NATS: the provider served as a NATS service
+//! (discoverable with `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`), one
+//! endpoint per operation under a subject prefix (`berth.v1` by default),
+//! and the client `berth --server nats://...` uses. The front end only
+//! translates: behaviour, bounds and errors are the provider's, and error
+//! codes and messages are the HTTP API's.
+
+mod client;
+pub mod protocol;
+mod service;
+
+pub use client::NatsClient;
+pub use protocol::{DEFAULT_PREFIX, Op, SERVICE_NAME};
+pub use service::{NatsService, ServeError, ServiceConfig, serve, start, valid_prefix};

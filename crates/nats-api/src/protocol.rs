@@ -1,0 +1,202 @@
+//! What travels over NATS: the operations and their subjects, each
+//! operation's arguments, and the frames of an answer.
+//!
+//! A client sends a request to `PREFIX.OPERATION` with its arguments as
+//! JSON, and a reply subject. The service answers on that subject with
+//! frames, each carrying a [`EVENT`] header and a [`SEQ`] number counting
+//! from 0: `item`s (progress events, output events, or chunks of bytes),
+//! `alive` heartbeats while the operation runs, and one last `done` (the
+//! result, as JSON) or `error` (an [`berth_server::ErrorResponse`], with
+//! the stable code in [`ERROR_CODE`] and NATS's service error headers).
+//! The first frame names, in [`CONTROL`], a subject where the client sends
+//! [`Control`] messages: acknowledgements of the frames it has taken (the
+//! service sends at most [`WINDOW`] frames ahead of them), sent at least
+//! once per heartbeat interval ([`KEEPALIVE`]), and `cancel`. A service
+//! that hears nothing from a client for [`LOST_AFTER`] heartbeat intervals
+//! takes it for gone: a command it runs is cancelled, as when an HTTP
+//! client disconnects; provisioning and the other operations finish.
+
+use berth_core::{ExecRequest, Labels};
+use serde::{Deserialize, Serialize};
+
+/// The subject prefix the service's endpoints live under by default.
+pub const DEFAULT_PREFIX: &str = "berth.v1";
+
+/// The service's name in `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
+pub const SERVICE_NAME: &str = "berth";
+
+/// The frame's kind: `item`, `alive`, `done` or `error`.
+pub const EVENT: &str = "Berth-Event";
+/// The frame's number in its answer, from 0.
+pub const SEQ: &str = "Berth-Seq";
+/// On the first frame: the subject for the client's [`Control`] messages.
+pub const CONTROL: &str = "Berth-Control";
+/// On the first frame: the heartbeat interval, in milliseconds.
+pub const KEEPALIVE: &str = "Berth-Keepalive-Ms";
+/// On an `error` frame: the stable error code.
+pub const ERROR_CODE: &str = "Berth-Error-Code";
+/// On a `files.write` request: its [`PathArgs`] as JSON (the payload is
+/// the file's bytes).
+pub const ARGS: &str = "Berth-Args";
+
+/// Frames the service sends ahead of the client's acknowledgements.
+pub const WINDOW: u64 = 64;
+/// Heartbeat intervals without a word from the client after which it is
+/// taken for gone (and, on the client, without a frame from the service).
+pub const LOST_AFTER: u32 = 5;
+
+/// A message from the client about an answer it is receiving.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// The client has taken this many frames, and is still there.
+    Ack { received: u64 },
+    /// The client wants no more: a command is cancelled.
+    Cancel,
+}
+
+/// The operations, one NATS service endpoint each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    List,
+    Show,
+    Start,
+    Stop,
+    Remove,
+    Fetch,
+    Runtimes,
+    Exec,
+    FilesList,
+    FilesRead,
+    FilesWrite,
+    FilesRemove,
+    Snapshot,
+    Fork,
+    Reset,
+    Changes,
+    Diff,
+    Gc,
+    Info,
+}
+
+impl Op {
+    pub const ALL: [Op; 20] = [
+        Op::Create,
+        Op::List,
+        Op::Show,
+        Op::Start,
+        Op::Stop,
+        Op::Remove,
+        Op::Fetch,
+        Op::Runtimes,
+        Op::Exec,
+        Op::FilesList,
+        Op::FilesRead,
+        Op::FilesWrite,
+        Op::FilesRemove,
+        Op::Snapshot,
+        Op::Fork,
+        Op::Reset,
+        Op::Changes,
+        Op::Diff,
+        Op::Gc,
+        Op::Info,
+    ];
+
+    /// The endpoint's subject below the prefix.
+    pub fn subject(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::List => "list",
+            Op::Show => "show",
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Remove => "remove",
+            Op::Fetch => "fetch",
+            Op::Runtimes => "runtimes",
+            Op::Exec => "exec",
+            Op::FilesList => "files.list",
+            Op::FilesRead => "files.read",
+            Op::FilesWrite => "files.write",
+            Op::FilesRemove => "files.remove",
+            Op::Snapshot => "snapshot",
+            Op::Fork => "fork",
+            Op::Reset => "reset",
+            Op::Changes => "changes",
+            Op::Diff => "diff",
+            Op::Gc => "gc",
+            Op::Info => "info",
+        }
+    }
+
+    /// The endpoint's name in `$SRV.INFO` (a subject without dots).
+    pub fn name(self) -> String {
+        self.subject().replace('.', "_")
+    }
+}
+
+/// The workspace an operation is about: an id, a unique id prefix, or a
+/// name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    /// Include removed workspaces.
+    #[serde(default)]
+    pub all: bool,
+    /// Only workspaces carrying every one of these labels.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecArgs {
+    pub id: String,
+    pub request: ExecRequest,
+}
+
+/// A file or directory of a workspace (the root when `path` is empty).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathArgs {
+    pub id: String,
+    #[serde(default)]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkArgs {
+    pub id: String,
+    #[serde(default = "one")]
+    pub count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetArgs {
+    pub id: String,
+    /// A snapshot to reset to instead of the workspace's base.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfoArgs {
+    pub id: String,
+    /// Probe the interpreters again.
+    #[serde(default)]
+    pub detect: bool,
+}

@@ -1,0 +1,533 @@
+//! The service: one NATS service endpoint per operation, each request
+//! translated into one provider call and its answer into frames
+//! ([`crate::protocol`]). Errors are the HTTP API's: the same stable code
+//! and message, through `berth_server`'s one mapping.
+
+use crate::protocol::{
+    CONTROL, Control, DEFAULT_PREFIX, ERROR_CODE, EVENT, ExecArgs, ForkArgs, InfoArgs, KEEPALIVE,
+    LOST_AFTER, ListArgs, Op, PathArgs, ResetArgs, SEQ, SERVICE_NAME, Target, WINDOW,
+};
+use async_nats::service::ServiceExt as _;
+use async_nats::{HeaderMap, Subject};
+use berth_provider::{CreateOptions, Progress, Provider, ServiceError};
+use berth_server::ErrorBody;
+use berth_server::layers::{ChangeList, GcResponse};
+use berth_server::v1::{
+    CreateWorkspaceParams, FetchResponse, FileList, RuntimeList, WorkspaceList,
+};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{Future, StreamExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of a file or patch per frame (NATS's default payload limit is
+/// 1 MiB).
+const CHUNK: usize = 128 * 1024;
+
+/// Provisioning events buffered before provisioning waits for the client.
+const PROGRESS_BUFFER: usize = 256;
+
+/// How the service is set up.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The subject prefix of the endpoints: NATS subject tokens
+    /// (`[A-Za-z0-9_-]`) separated by dots.
+    pub prefix: String,
+    /// How often a running operation sends a heartbeat, and how often its
+    /// client must be heard from.
+    pub keepalive: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            prefix: DEFAULT_PREFIX.into(),
+            keepalive: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "NATS subject prefix {prefix:?}: expected tokens of letters, digits, `_` or `-` \
+         separated by dots, such as `berth.v1`"
+    )]
+    Prefix { prefix: String },
+    #[error("cannot start the NATS service: {0}")]
+    Start(String),
+}
+
+/// Whether `prefix` is a literal NATS subject of safe tokens.
+pub fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+/// Serves `provider` on `client` until `shutdown` is cancelled.
+pub async fn serve(
+    client: async_nats::Client,
+    provider: Provider,
+    config: ServiceConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    start(client, provider, config).await?.run(shutdown).await
+}
+
+/// The service, its endpoints registered (requests from now on are
+/// queued for it), not yet answering.
+pub struct NatsService {
+    client: async_nats::Client,
+    provider: Provider,
+    config: ServiceConfig,
+    service: async_nats::service::Service,
+    requests: BoxStream<'static, (Op, async_nats::service::Request)>,
+}
+
+/// Registers the service and its endpoints on `client`.
+pub async fn start(
+    client: async_nats::Client,
+    provider: Provider,
+    config: ServiceConfig,
+) -> Result<NatsService, ServeError> {
+    if !valid_prefix(&config.prefix) {
+        return Err(ServeError::Prefix {
+            prefix: config.prefix,
+        });
+    }
+    let service = client
+        .service_builder()
+        .description("berth: fresh, isolated, pre-provisioned workspaces for coding agents")
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+    let group = service.group(&config.prefix);
+    let mut endpoints = Vec::new();
+    for op in Op::ALL {
+        let endpoint = group
+            .endpoint_builder()
+            .name(op.name())
+            .add(op.subject())
+            .await
+            .map_err(|e| ServeError::Start(format!("{}: {e}", op.subject())))?;
+        endpoints.push(endpoint.map(move |request| (op, request)));
+    }
+    // Registered once the server has seen the subscriptions.
+    client
+        .flush()
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+    Ok(NatsService {
+        client,
+        provider,
+        config,
+        service,
+        requests: stream::select_all(endpoints).boxed(),
+    })
+}
+
+impl NatsService {
+    /// Answers requests, each on a task of its own, until `shutdown` is
+    /// cancelled; requests still running then finish on their own.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        tracing::info!(prefix = %self.config.prefix, "serving the berth API over NATS");
+        loop {
+            let (op, request) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = self.requests.next() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
+            };
+            let Some(reply) = request.message.reply.clone() else {
+                // Nowhere to answer: nothing is done.
+                continue;
+            };
+            let frames = answer(op, &self.provider, &request.message);
+            let answer = Answer {
+                client: self.client.clone(),
+                reply,
+                prefix: self.config.prefix.clone(),
+                keepalive: self.config.keepalive,
+                request,
+            };
+            tokio::spawn(answer.send(frames));
+        }
+        drop(self.requests);
+        self.service
+            .stop()
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))
+    }
+}
+
+/// One frame of an answer, before it is sent.
+enum Frame {
+    Item(Bytes),
+    Done(Bytes),
+    Failed(ErrorBody),
+}
+
+/// The frames answering one request.
+fn answer(op: Op, provider: &Provider, message: &async_nats::Message) -> BoxStream<'static, Frame> {
+    let provider = provider.clone();
+    let payload = message.payload.clone();
+    match op {
+        Op::Create => with_args(op, &payload, |params: CreateWorkspaceParams| {
+            let options = CreateOptions {
+                runtime: params.runtime,
+                name: params.name,
+                labels: params.labels,
+                idle: params.idle,
+                lifetime: params.lifetime,
+            };
+            with_progress(move |progress| async move {
+                provider.create(params.spec, options, progress).await
+            })
+        }),
+        Op::List => with_args(op, &payload, |args: ListArgs| {
+            done(async move {
+                Ok(WorkspaceList {
+                    workspaces: provider.list_labelled(args.all, &args.labels)?,
+                })
+            })
+        }),
+        Op::Show => with_args(op, &payload, |args: Target| {
+            done(async move { provider.describe(&args.id) })
+        }),
+        Op::Start => with_args(op, &payload, |args: Target| {
+            done(async move { provider.start(&args.id).await })
+        }),
+        Op::Stop => with_args(op, &payload, |args: Target| {
+            done(async move { provider.stop(&args.id).await })
+        }),
+        Op::Remove => with_args(op, &payload, |args: Target| {
+            done(async move { provider.remove(&args.id).await })
+        }),
+        Op::Fetch => with_args(op, &payload, |args: Target| {
+            with_progress(move |progress| async move {
+                let results = provider.fetch(&args.id, progress).await?;
+                Ok(FetchResponse { results })
+            })
+        }),
+        Op::Runtimes => done(async move {
+            Ok(RuntimeList {
+                runtimes: provider.runtimes().await,
+            })
+        }),
+        Op::Exec => with_args(op, &payload, |args: ExecArgs| exec(provider, args)),
+        Op::FilesList => with_args(op, &payload, |args: PathArgs| {
+            done(async move {
+                Ok(FileList {
+                    entries: provider.list_files(&args.id, &args.path).await?,
+                })
+            })
+        }),
+        Op::FilesRead => with_args(op, &payload, |args: PathArgs| {
+            bytes(async move { provider.read_file(&args.id, &args.path).await })
+        }),
+        Op::FilesWrite => {
+            let args = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(crate::protocol::ARGS))
+                .map(|value| Bytes::copy_from_slice(value.as_str().as_bytes()))
+                .unwrap_or_default();
+            with_args(op, &args, |args: PathArgs| {
+                done(async move {
+                    provider
+                        .write_file(&args.id, &args.path, payload.to_vec())
+                        .await
+                })
+            })
+        }
+        Op::FilesRemove => with_args(op, &payload, |args: PathArgs| {
+            done(async move { provider.remove_file(&args.id, &args.path).await })
+        }),
+        Op::Snapshot => with_args(op, &payload, |args: Target| {
+            done(async move { provider.snapshot(&args.id).await })
+        }),
+        Op::Fork => with_args(op, &payload, |args: ForkArgs| {
+            done(async move {
+                Ok(WorkspaceList {
+                    workspaces: provider.fork(&args.id, args.count).await?,
+                })
+            })
+        }),
+        Op::Reset => with_args(op, &payload, |args: ResetArgs| {
+            done(async move { provider.reset(&args.id, args.to.as_deref()).await })
+        }),
+        Op::Changes => with_args(op, &payload, |args: Target| {
+            done(async move {
+                Ok(ChangeList {
+                    changes: provider.changes(&args.id).await?,
+                })
+            })
+        }),
+        Op::Diff => with_args(op, &payload, |args: Target| {
+            bytes(async move { provider.diff(&args.id).await })
+        }),
+        Op::Gc => done(async move {
+            Ok(GcResponse {
+                runtimes: provider.gc().await?.runtimes,
+            })
+        }),
+        Op::Info => with_args(op, &payload, |args: InfoArgs| {
+            done(async move { provider.agent_info(&args.id, args.detect).await })
+        }),
+    }
+}
+
+/// The request's arguments, or an `invalid_body` error naming what is
+/// wrong with them.
+fn with_args<A: DeserializeOwned>(
+    op: Op,
+    payload: &[u8],
+    then: impl FnOnce(A) -> BoxStream<'static, Frame>,
+) -> BoxStream<'static, Frame> {
+    // An operation without arguments may be sent an empty payload.
+    let payload = if payload.is_empty() { b"{}" } else { payload };
+    match serde_json::from_slice(payload) {
+        Ok(args) => then(args),
+        Err(e) => stream::once(async move {
+            Frame::Failed(ErrorBody {
+                code: "invalid_body".into(),
+                message: format!("the {} request: {e}", op.subject()),
+            })
+        })
+        .boxed(),
+    }
+}
+
+/// An operation answered once, when done. It runs on a task of its own, so
+/// that it completes even if its client goes away.
+fn done<T: Serialize + Send + 'static>(
+    operation: impl Future<Output = Result<T, ServiceError>> + Send + 'static,
+) -> BoxStream<'static, Frame> {
+    stream::once(async move { finished(tokio::spawn(operation).await) }).boxed()
+}
+
+/// An operation whose progress events stream as `item`s before its result;
+/// it runs on a task of its own, so that it completes even if its client
+/// goes away.
+fn with_progress<T, Fut>(operation: impl FnOnce(Progress) -> Fut) -> BoxStream<'static, Frame>
+where
+    T: Serialize + Send + 'static,
+    Fut: Future<Output = Result<T, ServiceError>> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
+    let task = tokio::spawn(operation(Progress::to(sender)));
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+        .map(|event| Frame::Item(json(&event)))
+        .chain(stream::once(async move { finished(task.await) }))
+        .boxed()
+}
+
+fn finished<T: Serialize>(
+    outcome: Result<Result<T, ServiceError>, tokio::task::JoinError>,
+) -> Frame {
+    match outcome {
+        Ok(Ok(value)) => Frame::Done(json(&value)),
+        Ok(Err(err)) => Frame::Failed(err.into()),
+        Err(err) => Frame::Failed(ErrorBody {
+            code: "internal".into(),
+            message: format!("the operation's task failed: {err}"),
+        }),
+    }
+}
+
+/// A command's events as `item`s. Dropping the stream (the client went
+/// away or cancelled) cancels the command.
+fn exec(provider: Provider, args: ExecArgs) -> BoxStream<'static, Frame> {
+    stream::once(async move {
+        let cancel = CancellationToken::new();
+        let guard = cancel.clone().drop_guard();
+        match provider.exec(&args.id, args.request, cancel).await {
+            Ok((_, events)) => stream::unfold((events, guard), |(mut events, guard)| async move {
+                let event = events.recv().await?;
+                Some((Frame::Item(json(&event)), (events, guard)))
+            })
+            .chain(stream::once(async { Frame::Done(Bytes::new()) }))
+            .boxed(),
+            Err(err) => stream::once(async move { Frame::Failed(err.into()) }).boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// What is read from a workspace (a file, a patch), in chunks, as the
+/// client takes them. A read that fails midway ends with an error frame,
+/// never early.
+fn bytes(
+    open: impl Future<Output = Result<berth_core::ReadStream, ServiceError>> + Send + 'static,
+) -> BoxStream<'static, Frame> {
+    stream::once(async move {
+        match open.await {
+            Ok(reader) => tokio_util::io::ReaderStream::with_capacity(reader, CHUNK)
+                .map(|chunk| match chunk {
+                    Ok(chunk) => Frame::Item(chunk),
+                    Err(e) => Frame::Failed(ErrorBody {
+                        code: "read_failed".into(),
+                        message: format!("reading from the workspace failed: {e}"),
+                    }),
+                })
+                .chain(stream::once(async { Frame::Done(Bytes::new()) }))
+                .boxed(),
+            Err(err) => stream::once(async move { Frame::Failed(err.into()) }).boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+fn json<T: Serialize>(value: &T) -> Bytes {
+    // Every type sent serialises; a failure would be a bug, reported as
+    // the JSON of an error rather than a panic.
+    serde_json::to_vec(value)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode: {e}\"}}").into_bytes())
+        .into()
+}
+
+/// Sends one request's frames to its reply subject, heeding the client's
+/// acknowledgements and cancellation.
+struct Answer {
+    client: async_nats::Client,
+    reply: Subject,
+    prefix: String,
+    keepalive: Duration,
+    request: async_nats::service::Request,
+}
+
+impl Answer {
+    async fn send(self, mut frames: BoxStream<'static, Frame>) {
+        let control_subject = format!(
+            "{}.control.{}",
+            self.prefix,
+            self.client
+                .new_inbox()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+        );
+        let mut control = match self.client.subscribe(control_subject.clone()).await {
+            Ok(control) => control,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to a control subject");
+                return;
+            }
+        };
+        let mut sent: u64 = 0;
+        let mut acked: u64 = 0;
+        let mut silent: u32 = 0;
+        let mut heartbeat = tokio::time::interval(self.keepalive);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                message = control.next() => {
+                    match message.map(|m| serde_json::from_slice::<Control>(&m.payload)) {
+                        Some(Ok(Control::Ack { received })) => {
+                            acked = acked.max(received);
+                            silent = 0;
+                        }
+                        Some(Ok(Control::Cancel)) | None => return,
+                        Some(Err(_)) => {}
+                    }
+                    continue;
+                }
+                _ = heartbeat.tick() => {
+                    silent += 1;
+                    if silent > LOST_AFTER {
+                        tracing::debug!(subject = %self.request.message.subject, "the client is gone");
+                        return;
+                    }
+                    ("alive", Bytes::new(), None)
+                }
+                frame = frames.next(), if sent.saturating_sub(acked) < WINDOW => match frame {
+                    Some(Frame::Item(payload)) => ("item", payload, None),
+                    Some(Frame::Done(payload)) => ("done", payload, None),
+                    None => ("done", Bytes::new(), None),
+                    Some(Frame::Failed(error)) => ("error", Bytes::new(), Some(error)),
+                },
+            };
+            let (event, payload, error) = frame;
+            let mut headers = HeaderMap::new();
+            headers.insert(EVENT, event);
+            headers.insert(SEQ, sent.to_string().as_str());
+            if sent == 0 {
+                headers.insert(CONTROL, control_subject.as_str());
+                headers.insert(KEEPALIVE, self.keepalive.as_millis().to_string().as_str());
+            }
+            sent += 1;
+            let published = match (event, error) {
+                ("done", _) => {
+                    // Through the service, which counts it in $SRV.STATS.
+                    self.request
+                        .respond_with_headers(Ok(payload), headers)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                (_, Some(error)) => {
+                    let status = berth_server::status_for(&error.code).as_u16();
+                    headers.insert(ERROR_CODE, error.code.as_str());
+                    headers.insert("Nats-Service-Error", one_line(&error.message).as_str());
+                    headers.insert("Nats-Service-Error-Code", status.to_string().as_str());
+                    let body = json(&berth_server::ErrorResponse { error });
+                    self.client
+                        .publish_with_headers(self.reply.clone(), headers, body)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                _ => self
+                    .client
+                    .publish_with_headers(self.reply.clone(), headers, payload)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = published {
+                tracing::warn!(error = %e, "cannot answer over NATS");
+                return;
+            }
+            if event == "done" || event == "error" {
+                return;
+            }
+        }
+    }
+}
+
+/// A message fit for a header value: one line.
+fn one_line(message: &str) -> String {
+    message.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_literal_tokens() {
+        assert!(valid_prefix("berth.v1"));
+        assert!(valid_prefix("team-a.berth_2"));
+        for bad in [
+            "",
+            "berth.",
+            ".berth",
+            "berth.*",
+            "berth.>",
+            "a b",
+            "berth..v1",
+        ] {
+            assert!(!valid_prefix(bad), "{bad:?}");
+        }
+    }
+}
