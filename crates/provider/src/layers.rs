@@ -310,8 +310,8 @@ impl Provider {
     }
 
     /// Removes what no workspace, cache entry or snapshot uses, in every
-    /// runtime that keeps layers, and what interrupted clones left in the
-    /// mirrors nobody is using.
+    /// runtime that collects (layers, what gone workspaces left), and what
+    /// interrupted clones left in the mirrors nobody is using.
     pub async fn gc(&self) -> Result<Gc, ServiceError> {
         let git = crate::provision::mirrors(self.home())
             .gc()

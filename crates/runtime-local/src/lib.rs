@@ -4,17 +4,18 @@
 //! Commands get an environment built from the spec, never the provider's
 //! own, so provider secrets do not leak into them. Where the host lets
 //! berth make cgroups (cgroup v2, as root), each command runs in a cgroup
-//! of its own beneath `berth-local/<workspace id>`: a timeout or a cancel
-//! ends everything the command started, and stopping or removing the
-//! workspace ends whatever of its commands still runs. Elsewhere only the
+//! of its own beneath `berth-local/<home id>/<workspace id>`: a timeout or
+//! a cancel ends everything the command started, stopping or removing the
+//! workspace ends whatever of its commands still runs, and `berth gc` ends
+//! and removes the cgroups of this home's workspaces that are gone. Elsewhere only the
 //! command's process group is ended, and `berth show` says so. The provisioning cache is
 //! a directory per key, copied into new workspaces (with reflinks where the
 //! filesystem has them).
 
 use async_trait::async_trait;
 use berth_core::{
-    ExecRequest, ExecStream, FileEntry, Isolation, ReadStream, Refusal, Runtime, RuntimeError,
-    Workspace, WorkspacePath,
+    ExecRequest, ExecStream, FileEntry, GcReport, HomeId, Isolation, ReadStream, Refusal, Runtime,
+    RuntimeError, Workspace, WorkspacePath,
 };
 use berth_exec::{Cgroups, DEFAULT_GRACE, Spawn, Stdin};
 use berth_files::{FilesError, Root};
@@ -40,6 +41,7 @@ pub struct LocalInfo {
 }
 
 pub struct LocalRuntime {
+    home: PathBuf,
     workspaces: PathBuf,
     cache: PathBuf,
     /// Where workspaces' cgroups go, once looked for; why none otherwise.
@@ -49,13 +51,15 @@ pub struct LocalRuntime {
 }
 
 /// The directory beneath the cgroup v2 mount that holds local workspaces'
-/// cgroups.
+/// cgroups, one directory per home (named by its [`HomeId`]) and in it one
+/// per workspace.
 const CGROUP_DIR: &str = "berth-local";
 
 impl LocalRuntime {
     /// A runtime keeping its workspaces and cache under `home`.
     pub fn new(home: &Path) -> Self {
         LocalRuntime {
+            home: home.to_path_buf(),
             workspaces: home.join("local").join("workspaces"),
             cache: home.join("local").join("cache"),
             cgroup_root: OnceLock::new(),
@@ -63,14 +67,15 @@ impl LocalRuntime {
         }
     }
 
-    /// Where workspaces' cgroups go, if this host lets berth make them:
-    /// looked for on first use (by making a probe cgroup there).
+    /// Where this home's workspaces' cgroups go, if this host lets berth
+    /// make them: looked for on first use (by making a probe cgroup there).
     fn cgroup_root(&self) -> Result<&Path, &str> {
         self.cgroup_root
             .get_or_init(|| {
                 let mount = berth_exec::cgroup::v2_mount()
                     .ok_or_else(|| "this host mounts no cgroup v2".to_string())?;
-                let root = mount.join(CGROUP_DIR);
+                let home = HomeId::load_or_create(&self.home).map_err(|e| e.to_string())?;
+                let root = mount.join(CGROUP_DIR).join(home.as_str());
                 Cgroups::open(&root.join("probe"))
                     .map_err(|e| format!("cannot make cgroups in {}: {e}", root.display()))?;
                 let _ = std::fs::remove_dir(root.join("probe"));
@@ -102,24 +107,7 @@ impl LocalRuntime {
         if let Ok(mut cgroups) = self.cgroups.lock() {
             cgroups.remove(ws.id.as_str());
         }
-        blocking(move || {
-            if !dir.is_dir() {
-                return Ok(());
-            }
-            let cgroups = Cgroups::open(&dir)
-                .map_err(|e| RuntimeError::io(format!("open {}", dir.display()), e))?;
-            cgroups.kill_all().map_err(|e| {
-                RuntimeError::io(format!("end the processes in {}", dir.display()), e)
-            })?;
-            drop(cgroups);
-            match std::fs::remove_dir(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(RuntimeError::io(format!("remove {}", dir.display()), e))
-                }
-                _ => Ok(()),
-            }
-        })
-        .await
+        blocking(move || end_cgroup(&dir)).await
     }
 
     fn root(&self, ws: &Workspace) -> PathBuf {
@@ -157,6 +145,26 @@ impl LocalRuntime {
         env.extend(ws.spec.env.clone());
         env.extend(request.env.clone());
         env.into_iter().collect()
+    }
+}
+
+/// Kills every process in the workspace cgroup `dir` and in the commands'
+/// cgroups beneath it, and removes it.
+fn end_cgroup(dir: &Path) -> Result<(), RuntimeError> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let cgroups =
+        Cgroups::open(dir).map_err(|e| RuntimeError::io(format!("open {}", dir.display()), e))?;
+    cgroups
+        .kill_all()
+        .map_err(|e| RuntimeError::io(format!("end the processes in {}", dir.display()), e))?;
+    drop(cgroups);
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RuntimeError::io(format!("remove {}", dir.display()), e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -299,6 +307,43 @@ impl Runtime for LocalRuntime {
             _ => Ok(()),
         })
         .await
+    }
+
+    /// Ends and removes the cgroups of this home's workspaces that are not
+    /// in `live` (removed while no berth process could end them): another
+    /// home's are not looked at.
+    async fn gc(&self, live: &[Workspace]) -> Result<GcReport, RuntimeError> {
+        let Ok(root) = self.cgroup_root() else {
+            return Ok(GcReport::default());
+        };
+        let root = root.to_path_buf();
+        let live: Vec<String> = live.iter().map(|ws| ws.id.to_string()).collect();
+        let orphans = blocking(move || {
+            let entries = std::fs::read_dir(&root)
+                .map_err(|e| RuntimeError::io(format!("list {}", root.display()), e))?;
+            let mut orphans = Vec::new();
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| RuntimeError::io(format!("list {}", root.display()), e))?;
+                let Ok(id) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if entry.path().is_dir() && !live.contains(&id) {
+                    end_cgroup(&entry.path())?;
+                    orphans.push(id);
+                }
+            }
+            orphans.sort();
+            Ok(orphans)
+        })
+        .await?;
+        if let Ok(mut cgroups) = self.cgroups.lock() {
+            cgroups.retain(|id, _| !orphans.contains(id));
+        }
+        Ok(GcReport {
+            removed: Vec::new(),
+            orphans,
+        })
     }
 
     async fn exists(&self, ws: &Workspace) -> Result<bool, RuntimeError> {

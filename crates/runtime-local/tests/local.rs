@@ -149,3 +149,108 @@ async fn removing_a_local_workspace_ends_what_its_commands_left_running() {
     let left = attacks::survivors(&format!("sleep {marker}"), GONE_WITHIN);
     assert!(left.is_empty(), "survived the removal: {left:?}");
 }
+
+/// A command of `ws` that leaves a daemon (`sleep {marker}`) running.
+async fn leave_daemon(rt: &LocalRuntime, ws: &Workspace, marker: &str) {
+    let script = format!("(setsid sleep {marker} >/dev/null 2>&1 &); echo left");
+    let (out, status) = run(rt, ws, ExecRequest::shell(script)).await;
+    assert_eq!((out.as_str(), status.code), ("left\n", Some(0)));
+    attacks::wait_for(&format!("sleep {marker}"), 1);
+}
+
+/// The cgroup directories named `id` beneath `berth-local`, in any home.
+fn cgroups_named(id: &WorkspaceId) -> Vec<std::path::PathBuf> {
+    let mount = berth_exec::cgroup::v2_mount().unwrap();
+    std::fs::read_dir(mount.join("berth-local"))
+        .unwrap()
+        .map(|home| home.unwrap().path().join(id.as_str()))
+        .filter(|dir| dir.is_dir())
+        .collect()
+}
+
+#[tokio::test]
+async fn two_homes_with_a_workspace_of_the_same_id_never_end_each_others_commands() {
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        LocalRuntime::new(home_a.path()),
+        LocalRuntime::new(home_b.path()),
+    );
+    let ws_a = created(&a).await;
+    cgroups_here(&a, &ws_a);
+    // The other home has a workspace of the same id (a copied registry).
+    let ws_b = Workspace {
+        runtime_info: b.create(&ws_a, None).await.unwrap(),
+        ..ws_a.clone()
+    };
+    let (marker_a, marker_b) = (attacks::marker(), attacks::marker());
+    let _sweep = (
+        Sweep(format!("sleep {marker_a}")),
+        Sweep(format!("sleep {marker_b}")),
+    );
+    leave_daemon(&a, &ws_a, &marker_a).await;
+    leave_daemon(&b, &ws_b, &marker_b).await;
+    assert_eq!(cgroups_named(&ws_a.id).len(), 2, "one cgroup per home");
+
+    a.remove(&ws_a).await.unwrap();
+    let left = attacks::survivors(&format!("sleep {marker_a}"), GONE_WITHIN);
+    assert!(left.is_empty(), "survived the removal: {left:?}");
+    assert_eq!(
+        attacks::processes_with(&format!("sleep {marker_b}")).len(),
+        1,
+        "the other home's command was ended with this one's workspace"
+    );
+    assert_eq!(cgroups_named(&ws_a.id).len(), 1, "the removed one is gone");
+    b.remove(&ws_b).await.unwrap();
+    assert!(cgroups_named(&ws_a.id).is_empty());
+}
+
+#[tokio::test]
+async fn gc_ends_the_leftover_commands_of_workspaces_this_home_forgot_and_no_others() {
+    let (home, other_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (rt, other) = (
+        LocalRuntime::new(home.path()),
+        LocalRuntime::new(other_home.path()),
+    );
+    let (kept, forgotten, elsewhere) = (
+        created(&rt).await,
+        created(&rt).await,
+        created(&other).await,
+    );
+    cgroups_here(&rt, &kept);
+    let markers = [attacks::marker(), attacks::marker(), attacks::marker()];
+    let _sweep: Vec<Sweep> = markers
+        .iter()
+        .map(|marker| Sweep(format!("sleep {marker}")))
+        .collect();
+    leave_daemon(&rt, &kept, &markers[0]).await;
+    leave_daemon(&rt, &forgotten, &markers[1]).await;
+    leave_daemon(&other, &elsewhere, &markers[2]).await;
+
+    // The registry no longer knows `forgotten` (removed while its berth
+    // process was killed); a new runtime of the same home collects it.
+    let report = LocalRuntime::new(home.path())
+        .gc(std::slice::from_ref(&kept))
+        .await
+        .unwrap();
+    assert_eq!(report.orphans, [forgotten.id.to_string()]);
+    let left = attacks::survivors(&format!("sleep {}", markers[1]), GONE_WITHIN);
+    assert!(left.is_empty(), "survived gc: {left:?}");
+    assert!(cgroups_named(&forgotten.id).is_empty());
+    for marker in [&markers[0], &markers[2]] {
+        assert_eq!(
+            attacks::processes_with(&format!("sleep {marker}")).len(),
+            1,
+            "gc ended a live workspace's or another home's command"
+        );
+    }
+    // Nothing left to collect.
+    assert!(
+        rt.gc(std::slice::from_ref(&kept))
+            .await
+            .unwrap()
+            .orphans
+            .is_empty()
+    );
+    rt.remove(&kept).await.unwrap();
+    other.remove(&elsewhere).await.unwrap();
+}

@@ -386,6 +386,8 @@ async fn snapshots_reset_changes_export_and_forks_work_on_docker_workspaces() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["runtimes"][0]["runtime"], "docker", "{body}");
     assert!(body["runtimes"][0]["removed"].is_array(), "{body}");
+    // Local workspaces' leftover cgroups are collected too.
+    assert_eq!(body["runtimes"][1]["runtime"], "local", "{body}");
 }
 
 #[tokio::test]
@@ -507,7 +509,14 @@ async fn runtimes_without_layers_refuse_clearly() {
         "{listed}"
     );
     let (status, body) = api.json(api.post("/v1/gc")).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({ "runtimes": [] })));
+    // Only local's leftover cgroups are collected: it keeps no layers.
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            json!({ "runtimes": [{ "runtime": "local", "removed": [], "orphans": [] }] })
+        )
+    );
 
     let (status, body) = api
         .json(api.request(Method::DELETE, "/v1/snapshots/nope"))
