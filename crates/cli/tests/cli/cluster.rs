@@ -38,7 +38,12 @@ fn settings(command: &mut Command) -> &mut Command {
 }
 
 fn node(env: &Env, nats: &NatsServer, name: &str, ttl: u64) -> Node {
+    node_with(env, nats, name, ttl, 5)
+}
+
+fn node_with(env: &Env, nats: &NatsServer, name: &str, ttl: u64, resets: u32) -> Node {
     let child = settings(&mut Command::new(env!("CARGO_BIN_EXE_berth")))
+        .env("BERTH_JOB_RESETS", resets.to_string())
         .env("BERTH_HOME", env.dir.path().join(format!("node-{name}")))
         .args([
             "node",
@@ -59,9 +64,14 @@ fn node(env: &Env, nats: &NatsServer, name: &str, ttl: u64) -> Node {
 }
 
 fn controller(env: &Env, nats: &NatsServer) -> Child {
+    controller_with(env, nats, 5)
+}
+
+fn controller_with(env: &Env, nats: &NatsServer, resets: u32) -> Child {
     let socket = env.dir.path().join("controller.sock");
     let _ = std::fs::remove_file(&socket);
     settings(&mut env.berth())
+        .env("BERTH_JOB_RESETS", resets.to_string())
         .args(["serve", "--nats", &nats.url(), "--socket"])
         .arg(&socket)
         .spawn()
@@ -324,4 +334,59 @@ fn a_controller_killed_and_restarted_mid_run_loses_nothing() {
         let patch = String::from_utf8(store.patch(&task.id).unwrap().unwrap()).unwrap();
         assert_eq!(patch.matches("+done").count(), 1, "{patch}");
     }
+}
+
+#[test]
+fn cancel_reaches_the_node_that_holds_the_task() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let file = job(&env, 2, "echo started; sleep 600");
+    let mut controller = controller(&env, &nats);
+    let _node = node(&env, &nats, "holder", 5);
+    let store = Store::open(&env.home).unwrap();
+    let run = start_run(&env, &file);
+    wait_until(
+        "both tasks to run on the node",
+        Duration::from_secs(30),
+        || running_on(&store, &run, "holder") == 2,
+    );
+    let cancelled = Instant::now();
+    env.ok(&["job", "cancel", &run]);
+    wait_for_end(&store, &run, Duration::from_secs(30));
+    assert!(cancelled.elapsed() < Duration::from_secs(20));
+    kill_9(&mut controller);
+    let details = store.run(&run).unwrap();
+    assert_eq!(details.state, berth_core::job::RunState::Cancelled);
+    for task in store.tasks_of(&run).unwrap() {
+        assert_eq!(task.state, TaskState::Cancelled, "{task:?}");
+        assert_eq!(task.runner.as_deref(), Some("holder"));
+    }
+}
+
+#[test]
+fn with_no_resets_a_task_whose_node_was_killed_fails_saying_its_runner_died() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let file = job(&env, 1, "echo started; sleep 600");
+    let mut controller = controller_with(&env, &nats, 0);
+    let mut first = node_with(&env, &nats, "first", 5, 0);
+    let store = Store::open(&env.home).unwrap();
+    let run = start_run(&env, &file);
+    wait_until(
+        "the task to run on the first node",
+        Duration::from_secs(30),
+        || running_on(&store, &run, "first") == 1,
+    );
+    kill_9(&mut first.child);
+    let _second = node_with(&env, &nats, "second", 5, 0);
+    wait_for_end(&store, &run, Duration::from_secs(30));
+    kill_9(&mut controller);
+    let task = &store.tasks_of(&run).unwrap()[0];
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    let error = task.error.as_deref().unwrap();
+    assert!(
+        error.contains("died") && error.contains("`first`"),
+        "{error}"
+    );
+    assert_eq!(task.attempts, 1, "the second node never took it: {task:?}");
 }
