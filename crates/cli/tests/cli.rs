@@ -1167,6 +1167,8 @@ fn ten_berth_up_processes_from_one_uncached_spec_run_setup_once() {
 
 // --- berth standing in for Derrick ------------------------------------------
 
+#[path = "cli/dashboard.rs"]
+mod dashboard;
 #[path = "cli/derrick.rs"]
 mod derrick;
 #[path = "cli/hostile.rs"]

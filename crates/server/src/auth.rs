@@ -3,9 +3,16 @@
 //! The token is compared in constant time, on SHA-256 digests so that not
 //! even its length leaks through timing. A unix socket needs no token: its
 //! file mode (0600) already limits who can connect.
+//!
+//! A browser's session cookie ([`crate::session`]) stands for the token;
+//! a request authenticated by it that may change anything (any method but
+//! `GET`, `HEAD`, `OPTIONS`) must carry an `Origin`, which the boundary has
+//! already held to the server's own: a cookie a browser attaches to a
+//! request it cannot place never acts for the user.
 
 use crate::error::ApiError;
 use crate::server::ServerError;
+use crate::session::{Sessions, session_cookie};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
@@ -17,39 +24,59 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 use subtle::ConstantTimeEq as _;
 
 /// The file in berth's state directory holding the server's token.
 pub const TOKEN_FILE: &str = "server-token";
 
-/// Routes that answer without a token, so that supervisors can probe them.
-const OPEN_ROUTES: &[&str] = &["/healthz", "/health"];
+/// Routes that answer without a token: the health checks, so that
+/// supervisors can probe them, the login, and the dashboard's page and
+/// files (which hold no data: what they show comes from the API).
+fn is_open(path: &str) -> bool {
+    matches!(path, "/healthz" | "/health" | "/v1/session")
+        || crate::dashboard::is_dashboard_path(path)
+}
 
 /// Who may use the API.
 #[derive(Clone)]
-pub struct Auth(Option<Arc<[u8; 32]>>);
+pub struct Auth {
+    token: Option<Arc<[u8; 32]>>,
+    sessions: Sessions,
+}
 
 impl Auth {
-    /// Every request but the health checks must carry this bearer token.
+    /// Every request but the open routes must carry this bearer token, or
+    /// the cookie of a session opened with it.
     pub fn token(token: &str) -> Auth {
-        Auth(Some(Arc::new(digest(token))))
+        Auth {
+            token: Some(Arc::new(digest(token))),
+            sessions: Sessions::default(),
+        }
     }
 
     /// No token is asked for: for a unix socket, or the explicitly insecure
     /// mode on loopback.
     pub fn none() -> Auth {
-        Auth(None)
+        Auth {
+            token: None,
+            sessions: Sessions::default(),
+        }
     }
 
     pub fn is_required(&self) -> bool {
-        self.0.is_some()
+        self.token.is_some()
     }
 
-    fn accepts(&self, presented: &str) -> bool {
-        match &self.0 {
+    pub(crate) fn accepts(&self, presented: &str) -> bool {
+        match &self.token {
             Some(expected) => bool::from(digest(presented).ct_eq(&**expected)),
             None => true,
         }
+    }
+
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 }
 
@@ -68,13 +95,28 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Refuses a request without the right token before anything is done.
 pub(crate) async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
-    if !auth.is_required() || OPEN_ROUTES.contains(&req.uri().path()) {
+    if !auth.is_required() || is_open(req.uri().path()) {
         return next.run(req).await;
     }
-    let refusal = match bearer(req.headers()) {
-        Some(token) if auth.accepts(token) => return next.run(req).await,
-        Some(_) => "wrong bearer token",
-        None => {
+    let refusal = match (bearer(req.headers()), session_cookie(req.headers())) {
+        (Some(token), _) if auth.accepts(token) => return next.run(req).await,
+        (Some(_), _) => "wrong bearer token",
+        (None, Some(session)) if auth.sessions.accepts(&session, Instant::now()) => {
+            if !req.method().is_safe() && !req.headers().contains_key(header::ORIGIN) {
+                return ApiError::new(
+                    "origin_not_allowed",
+                    format!(
+                        "a {} authenticated by the session cookie must carry the `Origin` \
+                         of this server's dashboard",
+                        req.method()
+                    ),
+                )
+                .into_response();
+            }
+            return next.run(req).await;
+        }
+        (None, Some(_)) => "the session has expired or was ended: log in again",
+        (None, None) => {
             "missing bearer token: send `Authorization: Bearer <token>`; \
              the server's token is in $BERTH_HOME/server-token"
         }
@@ -140,6 +182,11 @@ fn read_token(path: &Path) -> Result<String, ServerError> {
 
 /// 32 bytes from the kernel's random source, URL-safe.
 fn generate_token() -> std::io::Result<String> {
+    Ok(format!("berth_{}", URL_SAFE_NO_PAD.encode(random_bytes()?)))
+}
+
+/// 32 bytes from the kernel's random source.
+pub(crate) fn random_bytes() -> std::io::Result<[u8; 32]> {
     let mut bytes = [0u8; 32];
     let mut filled = 0;
     while filled < bytes.len() {
@@ -147,7 +194,7 @@ fn generate_token() -> std::io::Result<String> {
             rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
                 .map_err(std::io::Error::from)?;
     }
-    Ok(format!("berth_{}", URL_SAFE_NO_PAD.encode(bytes)))
+    Ok(bytes)
 }
 
 #[cfg(test)]

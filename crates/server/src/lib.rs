@@ -10,7 +10,9 @@
 //!   the agent binary for hosts that download it ([`distribution`]), and
 //!   batch jobs, their runs, logs and patches ([`jobs`]);
 //! - Derrick's routes ([`derrick`]), so that clients written for Derrick keep
-//!   working unchanged.
+//!   working unchanged;
+//! - the web dashboard at `/` ([`dashboard`]), a client of the same API
+//!   that logs in for a session cookie ([`session`]).
 //!
 //! Errors are JSON, `{"error": {"code", "message"}}`, with the service
 //! layer's stable code; [`status_for`] is the one mapping from codes to
@@ -25,6 +27,7 @@
 pub mod agent;
 mod auth;
 mod boundary;
+mod dashboard;
 pub mod derrick;
 pub mod distribution;
 mod error;
@@ -33,6 +36,7 @@ pub mod jobs;
 pub mod layers;
 pub mod openapi;
 mod server;
+pub mod session;
 mod stream;
 pub mod v1;
 
@@ -87,6 +91,9 @@ impl RouterConfig {
 pub(crate) struct AppState {
     pub provider: Provider,
     pub jobs: Jobs,
+    /// Who may use the API: the token, and the browser sessions opened
+    /// with it.
+    pub auth: Auth,
     pub default_spec: Option<Arc<Spec>>,
     /// The workspaces made through Derrick's routes.
     pub made: derrick::Made,
@@ -99,6 +106,7 @@ pub fn router(provider: Provider, config: RouterConfig) -> Router {
     let state = AppState {
         provider,
         jobs: config.jobs,
+        auth: config.auth.clone(),
         default_spec: config.default_spec.map(Arc::new),
         made: config.derrick_workspaces,
     };
@@ -113,6 +121,7 @@ pub fn router(provider: Provider, config: RouterConfig) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], document) }
             }),
         )
+        .merge(dashboard::routes())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

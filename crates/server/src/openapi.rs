@@ -15,8 +15,10 @@ use utoipa_axum::router::OpenApiRouter;
     info(
         title = "berth",
         description = "Fresh, isolated, pre-provisioned workspaces for coding agents.\n\n\
-            Every route but `/healthz` and `/health` needs `Authorization: Bearer <token>` on \
-            TCP (the token is in `$BERTH_HOME/server-token`); a unix socket needs none. Errors \
+            Every route but `/healthz`, `/health` and `/v1/session` needs `Authorization: Bearer \
+            <token>` on TCP (the token is in `$BERTH_HOME/server-token`), or the session cookie \
+            `POST /v1/session` sets for the dashboard (a request that may change anything with \
+            the cookie must carry the dashboard's `Origin`); a unix socket needs none. Errors \
             are `{\"error\": {\"code\", \"message\"}}` with a stable code.\n\n\
             A request from another origin (one whose `Origin` is not the `Host` it is \
             addressed to) is refused with 403 `origin_not_allowed`. Without a token (`berth \
@@ -43,6 +45,7 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "runs", description = "A job's runs and their tasks: state, live events, logs, patches, cancel, retry, publish"),
         (name = "health", description = "Liveness"),
         (name = "derrick", description = "Derrick's routes, for its existing clients"),
+        (name = "session", description = "The dashboard's browser session: the token traded for a cookie"),
     )
 )]
 struct ApiDoc;
@@ -179,7 +182,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::agent::routes())
         .merge(crate::distribution::routes())
         .merge(crate::jobs::routes())
-        .merge(crate::derrick::routes());
+        .merge(crate::derrick::routes())
+        .merge(crate::session::routes());
     // After the merge: the modifier needs every operation in place.
     Boundaries.modify(routes.get_openapi_mut());
     routes

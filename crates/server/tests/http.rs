@@ -1370,6 +1370,7 @@ async fn the_openapi_document_describes_every_route() {
         "/v1/runs/{run}/tasks/{task}/patch",
         "/v1/runs/{run}/tasks/{task}/cancel",
         "/v1/runs/{run}/tasks/{task}/retry",
+        "/v1/session",
         "/healthz",
         "/health",
         "/workspaces",
@@ -2039,6 +2040,8 @@ async fn derricks_clients_work_end_to_end() {
 
 #[path = "http/agent.rs"]
 mod agent;
+#[path = "http/dashboard.rs"]
+mod dashboard;
 #[path = "http/derrick.rs"]
 mod derrick;
 #[path = "http/distribution.rs"]

@@ -1,0 +1,145 @@
+//! The dashboard in a real browser: Debian's chromium, headless, driven by
+//! playwright-core (`tests/browser/dashboard.mjs`, installed by
+//! `scripts/prepare` with `npm ci`), against a real `berth serve` with a
+//! running sandbox workspace. Each test saves a screenshot under
+//! `target/tmp/dashboard/`.
+
+use super::{Env, stderr, workspace_id};
+use berth_testkit::{GitHttpServer, free_port, make_repo, write_credentials};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FORGE_TOKEN: &str = "tok-dashboard-9c41d2";
+
+/// A `berth serve` on a free loopback port, with a running sandbox
+/// workspace holding a clone of `r0` from a token-guarded forge, ended
+/// when dropped.
+struct Served {
+    env: Env,
+    child: Child,
+    url: String,
+    workspace: String,
+    _forge: GitHttpServer,
+}
+
+impl Served {
+    fn start() -> Served {
+        let env = Env::new();
+        let upstream = env.dir.path().join("repos");
+        for i in 0..2 {
+            make_repo(
+                &upstream.join(format!("r{i}")),
+                &[("version.txt", &format!("repo {i}\n"))],
+            );
+        }
+        let forge = GitHttpServer::start(&upstream, FORGE_TOKEN);
+        write_credentials(&env.home, "forge", FORGE_TOKEN, &[&forge.url()]);
+        let spec = env.file(
+            "workspace.toml",
+            &format!(
+                "runtime = \"sandbox\"\nimage = \"host\"\nsetup_script = \"true\"\n\
+                 repositories = [ {{ url = \"{}r0\", path = \"r0\", credential = \"forge\" }} ]\n",
+                forge.url()
+            ),
+        );
+        let out = env.run(&["up", spec.to_str().unwrap()]);
+        assert!(out.status.success(), "berth up: {}", stderr(&out));
+        let workspace = workspace_id(&String::from_utf8(out.stdout).unwrap());
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = env
+            .berth()
+            .args(["serve", "--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "berth serve never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Served {
+            env,
+            child,
+            url: format!("http://{addr}"),
+            workspace,
+            _forge: forge,
+        }
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.env.home.join("server-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Runs the browser test `name`; panics with its output if it fails.
+    fn browse(&self, name: &str) {
+        let dir = browser_dir();
+        let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+        std::fs::create_dir_all(&screenshots).unwrap();
+        let out = Command::new("node")
+            .arg(dir.join("dashboard.mjs"))
+            .arg(name)
+            .current_dir(&dir)
+            .env("BERTH_URL", &self.url)
+            .env("BERTH_TOKEN", self.token())
+            .env("BERTH_WORKSPACE", &self.workspace)
+            .env("BERTH_SCREENSHOT", screenshots.join(format!("{name}.png")))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run node (scripts/prepare installs nodejs): {e}"));
+        assert!(
+            out.status.success(),
+            "browser test {name} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.env.berth().args(["rm", &self.workspace]).output();
+    }
+}
+
+/// Where the browser tests and their `node_modules` are; fails loudly when
+/// chromium or playwright-core is missing.
+fn browser_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: scripts/prepare installs Debian's chromium"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing in {}: scripts/prepare runs `npm ci` there",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn the_dashboard_logs_in_with_the_token_and_refuses_a_wrong_one() {
+    Served::start().browse("login_with_the_token_and_a_wrong_token_refused");
+}
+
+#[test]
+fn the_dashboard_terminal_runs_echo_hello_and_follows_its_size() {
+    Served::start().browse("workspace_terminal_echoes_hello");
+}
+
+#[test]
+fn the_dashboard_shows_a_workspace_diff_with_its_changed_lines() {
+    Served::start().browse("workspace_diff_shows_the_changed_lines");
+}
+
+#[test]
+fn a_cross_site_page_cannot_use_the_dashboards_session_cookie() {
+    Served::start().browse("a_cross_site_request_with_the_cookie_is_refused");
+}
