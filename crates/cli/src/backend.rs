@@ -1,7 +1,8 @@
 //! What the commands run against: the provider in this process, or a
-//! berth server through its client (`--server`). Each command is written
-//! once, over [`Backend`], so its output, progress and exit codes are the
-//! same either way; each method here only forwards to one of the two.
+//! berth server through its client (`--server`): over HTTP, or over NATS
+//! (`nats://`). Each command is written once, over [`Backend`], so its
+//! output, progress and exit codes are the same every way; each method
+//! here only forwards to one of them.
 
 use anyhow::{Result, bail};
 use berth_client::{Client, ExportCounts};
@@ -9,6 +10,7 @@ use berth_core::{
     Change, ExecRequest, ExecStream, ExportTarget, FileEntry, Labels, ProvisionEvent, ReadStream,
     Snapshot, Spec, Workspace,
 };
+use berth_nats_api::NatsClient;
 use berth_provider::{
     CreateOptions, FetchResult, Progress, Provider, RuntimeGc, RuntimeStatus, ServiceError,
     WorkspaceDetails,
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub enum Backend {
     Local(Provider),
     Remote(Client),
+    Nats(NatsClient),
 }
 
 /// What `berth gc` removed.
@@ -44,7 +47,7 @@ impl Backend {
     pub fn local(&self, command: &str) -> Result<&Provider> {
         match self {
             Backend::Local(provider) => Ok(provider),
-            Backend::Remote(_) => {
+            Backend::Remote(_) | Backend::Nats(_) => {
                 bail!("berth {command} runs on the server's host only, not with --server")
             }
         }
@@ -59,6 +62,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.create(spec, options, Progress::to(progress)).await?,
             Backend::Remote(c) => c.create(&spec, &options, progress).await?,
+            Backend::Nats(c) => c.create(&spec, &options, progress).await?,
         })
     }
 
@@ -66,6 +70,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.list_labelled(all, selector)?,
             Backend::Remote(c) => c.list(all, selector).await?,
+            Backend::Nats(c) => c.list(all, selector).await?,
         })
     }
 
@@ -73,6 +78,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.describe(id)?,
             Backend::Remote(c) => c.describe(id).await?,
+            Backend::Nats(c) => c.describe(id).await?,
         })
     }
 
@@ -80,6 +86,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.start(id).await?,
             Backend::Remote(c) => c.start(id).await?,
+            Backend::Nats(c) => c.start(id).await?,
         })
     }
 
@@ -87,6 +94,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.stop(id).await?,
             Backend::Remote(c) => c.stop(id).await?,
+            Backend::Nats(c) => c.stop(id).await?,
         })
     }
 
@@ -94,6 +102,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.remove(id).await?,
             Backend::Remote(c) => c.remove(id).await?,
+            Backend::Nats(c) => c.remove(id).await?,
         })
     }
 
@@ -101,6 +110,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.fetch(id, Progress::none()).await?,
             Backend::Remote(c) => c.fetch(id).await?,
+            Backend::Nats(c) => c.fetch(id).await?,
         })
     }
 
@@ -108,6 +118,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.runtimes().await,
             Backend::Remote(c) => c.runtimes().await?,
+            Backend::Nats(c) => c.runtimes().await?,
         })
     }
 
@@ -120,6 +131,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.exec(id, request, cancel).await?.1,
             Backend::Remote(c) => c.exec(id, &request, cancel).await?,
+            Backend::Nats(c) => c.exec(id, &request, cancel).await?,
         })
     }
 
@@ -127,6 +139,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.read_file(id, path).await?,
             Backend::Remote(c) => c.read_file(id, path).await?,
+            Backend::Nats(c) => c.read_file(id, path).await?,
         })
     }
 
@@ -134,6 +147,7 @@ impl Backend {
         match self {
             Backend::Local(p) => p.write_file(id, path, data).await?,
             Backend::Remote(c) => c.write_file(id, path, data).await?,
+            Backend::Nats(c) => c.write_file(id, path, data).await?,
         }
         Ok(())
     }
@@ -142,6 +156,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.list_files(id, dir).await?,
             Backend::Remote(c) => c.list_files(id, dir).await?,
+            Backend::Nats(c) => c.list_files(id, dir).await?,
         })
     }
 
@@ -149,6 +164,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.snapshot(id).await?,
             Backend::Remote(c) => c.snapshot(id).await?,
+            Backend::Nats(c) => c.snapshot(id).await?,
         })
     }
 
@@ -156,6 +172,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.fork(id, count).await?,
             Backend::Remote(c) => c.fork(id, count).await?,
+            Backend::Nats(c) => c.fork(id, count).await?,
         })
     }
 
@@ -163,6 +180,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.reset(id, to).await?,
             Backend::Remote(c) => c.reset(id, to).await?,
+            Backend::Nats(c) => c.reset(id, to).await?,
         })
     }
 
@@ -170,6 +188,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.changes(id).await?,
             Backend::Remote(c) => c.changes(id).await?,
+            Backend::Nats(c) => c.changes(id).await?,
         })
     }
 
@@ -177,6 +196,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.diff(id).await?,
             Backend::Remote(c) => c.diff(id).await?,
+            Backend::Nats(c) => c.diff(id).await?,
         })
     }
 
@@ -200,6 +220,9 @@ impl Backend {
                 }
             }
             Backend::Remote(c) => c.export(id, output, is_archive).await?,
+            Backend::Nats(_) => {
+                bail!("berth export is not offered over NATS; use --server http://HOST:PORT")
+            }
         })
     }
 
@@ -216,6 +239,10 @@ impl Backend {
                 runtimes: c.gc().await?,
                 git: None,
             },
+            Backend::Nats(c) => GcReport {
+                runtimes: c.gc().await?,
+                git: None,
+            },
         })
     }
 
@@ -223,6 +250,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.agent_info(id, detect).await?,
             Backend::Remote(c) => c.agent_info(id, detect).await?,
+            Backend::Nats(c) => c.agent_info(id, detect).await?,
         })
     }
 

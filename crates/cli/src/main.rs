@@ -41,8 +41,9 @@ struct Cli {
     #[arg(long, env = "BERTH_HOME", global = true)]
     home: Option<PathBuf>,
     /// Run the command on a running `berth serve`: `http://HOST:PORT`
-    /// (with the token in BERTH_TOKEN or --token-file) or
-    /// `unix:///PATH/TO/SOCKET`.
+    /// (with the token in BERTH_TOKEN or --token-file),
+    /// `unix:///PATH/TO/SOCKET`, or through its NATS API at
+    /// `nats://HOST:PORT` (or `tls://`, with the --nats-* options).
     #[arg(long, env = "BERTH_SERVER", global = true)]
     server: Option<String>,
     /// A file holding the server's bearer token (such as the server's
@@ -197,7 +198,7 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Serve the HTTP API, and run job tasks.
+    /// Serve the API over HTTP and/or NATS, and run job tasks.
     Serve(ServeArgs),
     /// Batch jobs: one script over many repositories.
     Job {
@@ -298,6 +299,14 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let nats = cli.nats;
     let backend = match cli.server.filter(|s| !s.is_empty()) {
+        Some(server) if berth_nats_api::is_nats_url(&server) => {
+            let connection = nats.connect(&server, "berth").await?;
+            Backend::Nats(berth_nats_api::NatsClient::new(
+                connection,
+                &nats.prefix,
+                &server,
+            ))
+        }
         Some(server) => Backend::Remote(client(&server, cli.token_file)?),
         None => {
             let mut config = Config::load(config::home_dir(cli.home)?)?;

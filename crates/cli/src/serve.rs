@@ -48,7 +48,8 @@ pub struct ServeArgs {
     /// overrides BERTH_RUNTIME and the configuration file's `runtime`.
     #[arg(short = 'p', long = "provisioning-mode")]
     provisioning_mode: Option<String>,
-    /// Front end: `http` (Derrick's flag; `nats` is not served yet).
+    /// Front ends: `http`, `nats` or `http,nats` (Derrick's flag). With
+    /// --nats the API is served over NATS too; `nats` alone serves no HTTP.
     #[arg(short = 's', long = "server-mode", default_value = "http")]
     server_mode: String,
     /// A Derrick workspace config, the spec of workspaces Derrick's routes
@@ -61,8 +62,9 @@ pub struct ServeArgs {
     /// sandbox uses the host's system directories without it.
     #[arg(long, env = "BERTH_IMAGE")]
     image: Option<String>,
-    /// Run job tasks on the nodes of the NATS cluster at this URL
-    /// (`nats://HOST:PORT`) instead of inside the server.
+    /// Serve the API over the NATS server at this URL (`nats://HOST:PORT`,
+    /// under --nats-prefix), and run job tasks on the nodes of its cluster
+    /// instead of inside the server.
     #[arg(long, env = "BERTH_NATS_URL")]
     nats: Option<String>,
     /// Started as `derrick`: Derrick's clients send no token.
@@ -89,9 +91,12 @@ pub struct DerrickCli {
     /// Derrick's workspace config.
     #[arg(short = 'w', long)]
     workspace_config_path: PathBuf,
-    /// The server mode: `http` (`nats` is not served yet).
+    /// The server mode: `http`, `nats` (with --nats URL) or `http,nats`.
     #[arg(short = 's', long)]
     server_mode: String,
+    /// The NATS server to serve the API through, for `-s nats`.
+    #[arg(long, env = "BERTH_NATS_URL", value_name = "URL")]
+    nats: Option<String>,
     /// The image for a config that names none: needed by `docker`; the
     /// sandbox uses the host's system directories without it.
     #[arg(long, env = "BERTH_IMAGE")]
@@ -124,13 +129,37 @@ impl DerrickCli {
             server_mode: self.server_mode,
             workspace_config_path: Some(self.workspace_config_path),
             image: self.image,
-            nats: None,
+            nats: self.nats,
             derrick: true,
         }
     }
 }
 
 impl ServeArgs {
+    /// Whether to serve HTTP, and the NATS server to serve the API through
+    /// if any.
+    fn front_ends(&self) -> Result<(bool, Option<String>)> {
+        let mode = self.server_mode.as_str();
+        let (mut http, mut nats) = (false, false);
+        for front_end in mode.split(',').map(str::trim) {
+            match front_end {
+                "http" => http = true,
+                "nats" => nats = true,
+                other => bail!(
+                    "--server-mode: `{other}` is not a server mode; expected `http`, `nats` \
+                     or `http,nats`"
+                ),
+            }
+        }
+        match self.nats.as_deref() {
+            None if nats => bail!(
+                "--server-mode {mode}: give the NATS server to serve through with --nats \
+                 nats://HOST:PORT (or BERTH_NATS_URL)"
+            ),
+            url => Ok((http, url.map(str::to_owned))),
+        }
+    }
+
     /// The runtime for workspaces whose spec names none.
     pub fn default_runtime(&self) -> Option<String> {
         self.provisioning_mode.clone().filter(|r| !r.is_empty())
@@ -142,15 +171,8 @@ pub async fn serve(
     args: ServeArgs,
     nats: &berth_nats::NatsOptions,
 ) -> Result<()> {
-    match args.server_mode.as_str() {
-        "http" => {}
-        "nats" => bail!(
-            "--server-mode nats: berth has no NATS front end yet; serve over HTTP with \
-             `--server-mode http`"
-        ),
-        other => bail!("--server-mode: `{other}` is not a server mode; expected `http`"),
-    }
-    if args.derrick && !args.insecure_no_auth {
+    let (http, nats_url) = args.front_ends()?;
+    if http && args.derrick && !args.insecure_no_auth {
         bail!(
             "Derrick's clients send no token: serve them without one (on loopback only) by \
              setting BERTH_INSECURE_NO_AUTH=1 or adding --insecure-no-auth"
@@ -198,10 +220,45 @@ pub async fn serve(
         let scheduler = berth_jobs::Scheduler::new(jobs);
         tokio::spawn(async move { scheduler.serve(SCHEDULE_TICK, shutdown).await })
     };
-    let served = berth_server::serve(provider, config).await;
+    let api = match nats_url {
+        Some(url) => {
+            let connection = nats
+                .connect(&url, "berth serve")
+                .await
+                .context("cannot serve the API through NATS")?;
+            let service = berth_nats_api::start(
+                connection,
+                provider.clone(),
+                berth_nats_api::ServiceConfig {
+                    prefix: nats.prefix.clone(),
+                    ..berth_nats_api::ServiceConfig::default()
+                },
+            )
+            .await?;
+            eprintln!(
+                "berth serve: the API is served through NATS at {} under {}",
+                berth_nats::redacted(&url),
+                nats.prefix
+            );
+            Some(tokio::spawn(service.run(shutdown.clone())))
+        }
+        None => None,
+    };
+    let served = if http {
+        berth_server::serve(provider, config).await
+    } else {
+        // The workspaces' deadlines are applied while the server runs.
+        let reaper = tokio::spawn(provider.reap_forever());
+        berth_server::shutdown_signal().await;
+        reaper.abort();
+        Ok(())
+    };
     shutdown.cancel();
     let _ = workers.await;
     let _ = scheduler.await;
+    if let Some(api) = api {
+        api.await??;
+    }
     served?;
     Ok(())
 }

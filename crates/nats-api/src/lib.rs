@@ -12,3 +12,9 @@ mod service;
 pub use client::NatsClient;
 pub use protocol::{DEFAULT_PREFIX, Op, SERVICE_NAME};
 pub use service::{NatsService, ServeError, ServiceConfig, serve, start, valid_prefix};
+
+/// Whether `server` names a NATS server (`nats://` or `tls://`) rather
+/// than an HTTP one.
+pub fn is_nats_url(server: &str) -> bool {
+    server.starts_with("nats://") || server.starts_with("tls://")
+}

@@ -20,7 +20,7 @@ use berth_core::{ExecRequest, Labels};
 use serde::{Deserialize, Serialize};
 
 /// The subject prefix the service's endpoints live under by default.
-pub const DEFAULT_PREFIX: &str = "berth.v1";
+pub use berth_nats::DEFAULT_PREFIX;
 
 /// The service's name in `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
 pub const SERVICE_NAME: &str = "berth";

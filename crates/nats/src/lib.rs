@@ -13,8 +13,18 @@ pub use async_nats;
 /// The connection options, as flags or environment variables. Secrets are
 /// best given through the environment (or as files), where other users of
 /// the machine cannot read them from the process list.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct NatsOptions {
+    /// The subject prefix of berth's NATS API, served and used
+    #[arg(
+        long = "nats-prefix",
+        env = "BERTH_NATS_PREFIX",
+        global = true,
+        value_name = "PREFIX",
+        default_value = DEFAULT_PREFIX
+    )]
+    pub prefix: String,
+
     /// Authenticate to NATS with this token
     #[arg(
         long = "nats-token",
@@ -95,6 +105,25 @@ pub struct NatsOptions {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+}
+
+/// The subject prefix berth's NATS API lives under unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "berth.v1";
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            prefix: DEFAULT_PREFIX.into(),
+            token: None,
+            user: None,
+            password: None,
+            nkey: None,
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 /// A password, token or other secret: never shown by `Debug`.

@@ -43,7 +43,9 @@ pub mod v1;
 pub use auth::{Auth, TOKEN_FILE};
 pub use boundary::Boundary;
 pub use error::{ErrorBody, ErrorResponse, status_for};
-pub use server::{DEFAULT_PORT, Listen, Server, ServerConfig, ServerError, bind, serve};
+pub use server::{
+    DEFAULT_PORT, Listen, Server, ServerConfig, ServerError, bind, serve, shutdown_signal,
+};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -334,7 +334,8 @@ async fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServerError>
     Ok(listener)
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut terminate) => {

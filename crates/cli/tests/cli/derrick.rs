@@ -634,9 +634,10 @@ fn derrick_refuses_to_start_what_it_cannot_serve_and_says_why() {
         &no_auth,
     );
     assert!(err.contains("loopback"), "{err}");
+    // Derrick's NATS mode needs the NATS server to serve through.
     let err = run(&["-p", "local", "-s", "nats"], &no_auth);
     assert!(
-        err.contains("NATS") && err.contains("--server-mode http"),
+        err.contains("--server-mode nats") && err.contains("--nats nats://HOST:PORT"),
         "{err}"
     );
     let err = run(&["-p", "remote_nats", "-s", "http"], &no_auth);

@@ -1,9 +1,10 @@
 //! `berth --server`: every command run against a running `berth serve`,
-//! over TCP with a token and over a unix socket, gives what it gives on
-//! the local provider: the same output, progress, errors and exit codes.
+//! over TCP with a token, over a unix socket and through its NATS API,
+//! gives what it gives on the local provider: the same output, progress,
+//! errors and exit codes.
 
 use super::{Env, stderr};
-use berth_testkit::{free_port, make_repo};
+use berth_testkit::{NatsServer, free_port, make_repo};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,8 @@ struct Server {
     env: Env,
     child: Child,
     url: String,
+    /// The NATS server it serves through, for a NATS API.
+    _nats: Option<NatsServer>,
 }
 
 impl Server {
@@ -24,6 +27,7 @@ impl Server {
             env,
             child,
             url: format!("http://{addr}"),
+            _nats: None,
         };
         server.wait_until(|| std::net::TcpStream::connect(&addr).is_ok());
         server
@@ -37,8 +41,27 @@ impl Server {
             env,
             child,
             url: format!("unix://{}", socket.display()),
+            _nats: None,
         };
         server.wait_until(|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
+        server
+    }
+
+    /// `berth serve -s nats --nats URL`: the NATS API alone, through a NATS server
+    /// of its own.
+    fn nats() -> Server {
+        let nats = NatsServer::start();
+        let env = Env::new();
+        let child = serve(&env, &["-s", "nats", "--nats", &nats.url()]);
+        let server = Server {
+            env,
+            child,
+            url: nats.url(),
+            _nats: Some(nats),
+        };
+        // Answered once the service's endpoints are registered.
+        let probe = Env::new();
+        server.wait_until(|| probe.run(&["--server", &server.url, "ls"]).status.success());
         server
     }
 
@@ -296,7 +319,8 @@ fn every_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
         "{local:#?}"
     );
 
-    for server in [Server::tcp(), Server::unix()] {
+    for server in [Server::tcp(), Server::unix(), Server::nats()] {
+        let over_nats = server.url.starts_with("nats://");
         let client = Env::new();
         let target = Target::Server {
             server: &server,
@@ -311,12 +335,21 @@ fn every_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
                 continue;
             }
             let step = masked(step);
+            if over_nats && step.starts_with("export ") {
+                // Not offered over NATS: said so, and nothing written.
+                assert_eq!(there.0, Some(1));
+                assert!(there.2.contains("not offered over NATS"), "{}", there.2);
+                assert!(!out_dir.exists());
+                continue;
+            }
             assert_eq!(here, there, "`berth {step}` over {}", server.url);
         }
-        assert_eq!(
-            std::fs::read_to_string(out_dir.join("app/edit.txt")).unwrap(),
-            "changed\n"
-        );
+        if !over_nats {
+            assert_eq!(
+                std::fs::read_to_string(out_dir.join("app/edit.txt")).unwrap(),
+                "changed\n"
+            );
+        }
         assert!(
             !client.home.join("registry.db").exists(),
             "the client opened no state of its own"
@@ -484,4 +517,74 @@ fn a_name_that_is_not_utf8_is_listed_exactly_by_files_here_and_over_http() {
             assert!(out.status.success(), "{runtime}: {}", stderr(&out));
         }
     }
+}
+
+/// `berth --server nats://...` killed (SIGKILL, no goodbye) while its
+/// command runs: the server stops hearing its keepalives and ends the
+/// command's whole process tree.
+#[test]
+fn a_killed_nats_client_has_its_exec_ended() {
+    use std::io::BufRead as _;
+    let server = Server::nats();
+    let client = Env::new();
+    let spec = client.file("spec.toml", "runtime = \"local\"\n");
+    let nats = |args: &[&str]| {
+        let mut command = client.berth();
+        command.args(["--server", &server.url]).args(args);
+        command
+    };
+    let up = nats(&["up", spec.to_str().unwrap(), "--name", "w"])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", stderr(&up));
+    let mut exec = nats(&["exec", "w", "--", "sh", "-c", "sleep 300 & echo $!; wait"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(exec.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let sleeper: u32 = first.trim().parse().unwrap();
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(alive(sleeper));
+    exec.kill().unwrap();
+    exec.wait().unwrap();
+    server.wait_until(|| !alive(sleeper));
+    // The workspace is still usable.
+    let out = nats(&["exec", "w", "--", "echo", "ok"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+#[test]
+fn an_unreachable_nats_server_and_one_without_berth_get_clear_errors() {
+    let client = Env::new();
+    let closed = format!("nats://127.0.0.1:{}", free_port());
+    let out = client.run(&["--server", &closed, "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("cannot connect to NATS at {closed}")),
+        "{}",
+        stderr(&out)
+    );
+    let bare = NatsServer::start();
+    let out = client.run(&["--server", &bare.url(), "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no berth service answers on berth.v1.list"),
+        "{}",
+        stderr(&out)
+    );
+    let out = client.run(&["serve", "-s", "nats"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--nats nats://HOST:PORT"),
+        "{}",
+        stderr(&out)
+    );
 }
