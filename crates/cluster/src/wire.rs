@@ -187,7 +187,8 @@ pub async fn ensure_queue(
     js.get_or_create_stream(stream::Config {
         name: EVENTS_STREAM.into(),
         subjects: vec![format!("{EVENTS_PREFIX}.>"), max_deliveries_subject()],
-        retention: stream::RetentionPolicy::Limits,
+        // An event leaves once the controllers' consumer took it.
+        retention: stream::RetentionPolicy::Interest,
         ..Default::default()
     })
     .await
