@@ -25,11 +25,11 @@ impl Drop for Node {
 }
 
 /// The job settings every process of a test cluster shares: heartbeats
-/// every 0.2 s, a delivery given up on after 1 s without one.
+/// every 0.2 s, a delivery given up on after 2 s without one.
 fn settings(command: &mut Command) -> &mut Command {
     command
         .env("BERTH_JOB_HEARTBEAT", "0.2")
-        .env("BERTH_JOB_STALL", "1")
+        .env("BERTH_JOB_STALL", "2")
         .env("BERTH_JOB_RESETS", "5")
         .env_remove("BERTH_RUNTIME")
         .stdin(Stdio::null())
@@ -252,7 +252,7 @@ fn a_node_killed_mid_run_loses_and_doubles_no_task_twenty_times_over() {
         });
         kill_9(&mut nodes[victim].child);
         nodes[victim] = node(&env, &nats, &format!("n{victim}-{round}"), 5);
-        wait_for_end(&store, &run, Duration::from_secs(60));
+        wait_for_end(&store, &run, Duration::from_secs(120));
         let counts = counts(&store, &run, Some(&name));
         println!(
             "round {round:2}: 60 tasks, {} completed once, {} lost, {} doubled, {} moved from \
