@@ -159,7 +159,7 @@ impl Provider {
     pub async fn reap(&self) -> Result<Vec<Reaped>, ServiceError> {
         let now = self.clock().now_ms();
         let mut reaped = Vec::new();
-        for ws in self.store().list(false)? {
+        for ws in self.store().past_deadline(now)? {
             if ws.removal_deadline().is_some_and(|at| at <= now) {
                 match self.remove(ws.id.as_str()).await {
                     Ok(_) => {

@@ -128,6 +128,27 @@ impl Store {
         )
     }
 
+    /// The workspaces whose idle deadline (`timeouts.idle` seconds after
+    /// their last use, while running) or removal deadline
+    /// (`timeouts.lifetime` seconds after creation, unless being made or
+    /// removed) is at or before `now` (ms since the Unix epoch), oldest
+    /// first. Found by SQLite alone, so that a process opening the registry
+    /// reads no other workspace.
+    pub fn past_deadline(&self, now: i64) -> Result<Vec<Workspace>, StoreError> {
+        self.select(
+            &format!(
+                "SELECT {COLUMNS} FROM workspaces
+                 WHERE state NOT IN ('removed', 'creating')
+                   AND (created_at + json_extract(spec, '$.timeouts.lifetime') * 1000.0 <= ?1
+                        OR (state = 'running'
+                            AND max(last_active_at, created_at)
+                                + json_extract(spec, '$.timeouts.idle') * 1000.0 <= ?1))
+                 ORDER BY created_at, id"
+            ),
+            &[&now],
+        )
+    }
+
     /// Moves a workspace to `state`, recording `error` (or clearing it).
     /// Leaving `creating` also forgets the owning process.
     pub fn set_state(

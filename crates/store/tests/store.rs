@@ -365,6 +365,44 @@ fn orphaned_provisions_are_those_whose_owner_is_gone() {
 }
 
 #[test]
+fn past_deadline_finds_exactly_the_workspaces_whose_deadline_passed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let at = 1_000_000_000;
+    let make = |name: &str, state, idle, lifetime, used: i64| {
+        let mut ws = workspace(name);
+        ws.state = state;
+        ws.spec.timeouts.idle = idle;
+        ws.spec.timeouts.lifetime = lifetime;
+        ws.created_at = at;
+        ws.last_active_at = at + used;
+        store.insert_workspace(&ws).unwrap();
+        ws.id
+    };
+    use WorkspaceState::*;
+    let idle_now = make("idle-now", Running, Some(10), None, 5_000);
+    make("idle-soon", Running, Some(10), None, 5_001);
+    make("idle-stopped", Stopped, Some(1), None, 0);
+    let old_stopped = make("old-stopped", Stopped, None, Some(15), 0);
+    let old_running = make("old-running", Running, Some(3_600), Some(15), 14_000);
+    make("old-creating", Creating, None, Some(1), 0);
+    make("old-removed", Removed, Some(1), Some(1), 0);
+    make("never", Running, Some(u64::MAX), Some(u64::MAX), 0);
+    make("no-timeouts", Running, None, None, 0);
+
+    let found: Vec<WorkspaceId> = store
+        .past_deadline(at + 15_000)
+        .unwrap()
+        .into_iter()
+        .map(|ws| ws.id)
+        .collect();
+    let mut expected = vec![idle_now, old_stopped, old_running];
+    expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(found, expected);
+    assert!(store.past_deadline(at + 14_999).unwrap().is_empty());
+}
+
+#[test]
 fn a_provision_killed_mid_way_is_found_orphaned() {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = spawn_child("provision", tmp.path());
