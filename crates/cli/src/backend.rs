@@ -12,8 +12,8 @@ use berth_core::{
 };
 use berth_nats_api::NatsClient;
 use berth_provider::{
-    CreateOptions, FetchResult, Progress, Provider, RuntimeGc, RuntimeStatus, ServiceError,
-    WorkspaceDetails,
+    CacheGc, CreateOptions, FetchResult, Progress, Provider, RuntimeGc, RuntimeStatus,
+    ServiceError, WorkspaceDetails,
 };
 use std::path::Path;
 use tokio::sync::mpsc;
@@ -243,6 +243,13 @@ impl Backend {
                 runtimes: c.gc().await?,
                 git: None,
             },
+        })
+    }
+
+    pub async fn gc_cache(&self, budget: Option<u64>) -> Result<CacheGc> {
+        Ok(match self {
+            Backend::Local(p) => p.gc_cache(budget).await?,
+            Backend::Remote(c) => c.gc_cache(budget).await?,
         })
     }
 

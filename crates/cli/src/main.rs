@@ -524,7 +524,7 @@ async fn command(
                         format!("--cache: `{text}` is not a size: expected bytes or a number with k, m, g or t")
                     })?),
                 };
-                let evicted = backend.local("gc --cache")?.gc_cache(budget).await?;
+                let evicted = backend.gc_cache(budget).await?;
                 writeln!(
                     stdout,
                     "cache: {} entries evicted ({} bytes freed, {} bytes kept)",

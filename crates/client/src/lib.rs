@@ -8,7 +8,9 @@ use berth_core::{
     Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, ProvisionEvent, ReadStream,
     Snapshot, Spec, Workspace,
 };
-use berth_provider::{CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, WorkspaceDetails};
+use berth_provider::{
+    CacheGc, CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, WorkspaceDetails,
+};
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -524,6 +526,15 @@ impl Client {
     pub async fn gc(&self) -> Result<Vec<RuntimeGc>, ClientError> {
         let request = self.request(Method::POST, "/v1/gc")?;
         Ok(self.json::<GcResponse>(request).await?.runtimes)
+    }
+
+    /// Evicts unused provisioning cache entries until the cache fits
+    /// `budget` bytes (the server's configured budget when `None`).
+    pub async fn gc_cache(&self, budget: Option<u64>) -> Result<CacheGc, ClientError> {
+        let request = self
+            .request(Method::POST, "/v1/cache/gc")?
+            .json(&serde_json::json!({ "budget": budget }));
+        self.json(request).await
     }
 
     /// What the workspace's agent reports, interpreters probed again

@@ -1,6 +1,7 @@
 //! Routes over a workspace's layers: snapshots, reset, forks, the list of
 //! changes, a patch of them, their export as an archive, and garbage
-//! collection. Each is one provider call.
+//! collection (of layers, and of the provisioning cache to a budget). Each
+//! is one provider call.
 //!
 //! The export is streamed to the client from an archive the server writes
 //! in a private directory of its own and unlinks before sending: a client
@@ -16,7 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::{Change, ExportTarget, Snapshot, Workspace};
-use berth_provider::RuntimeGc;
+use berth_provider::{CacheGc, RuntimeGc};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
@@ -33,6 +34,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fork))
         .routes(routes!(export))
         .routes(routes!(gc))
+        .routes(routes!(gc_cache))
 }
 
 /// The media type of a patch.
@@ -75,6 +77,16 @@ pub struct ChangeList {
 pub struct GcResponse {
     /// One report per runtime that keeps layers.
     pub runtimes: Vec<RuntimeGc>,
+}
+
+/// The size the provisioning cache is brought within.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheGcParams {
+    /// Bytes the entries may keep; the server's configured budget when
+    /// absent, and without one every entry no workspace uses is evicted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u64>,
 }
 
 /// An export takes no parameters: in particular no path, so that no
@@ -323,4 +335,23 @@ pub(crate) async fn gc(State(state): State<AppState>) -> Result<Json<GcResponse>
     Ok(Json(GcResponse {
         runtimes: state.provider.gc().await?.runtimes,
     }))
+}
+
+/// Evicts the least recently used provisioning cache entries that no
+/// workspace uses until the cache fits its budget. The body may be empty.
+#[utoipa::path(
+    post,
+    path = "/v1/cache/gc",
+    tag = "layers",
+    request_body(content = CacheGcParams, description = "Optional"),
+    responses(
+        (status = 200, description = "What was evicted and what is kept", body = CacheGc),
+        (status = 400, description = "A malformed body", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn gc_cache(
+    State(state): State<AppState>,
+    JsonOrDefault(params): JsonOrDefault<CacheGcParams>,
+) -> Result<Json<CacheGc>, ApiError> {
+    Ok(Json(state.provider.gc_cache(params.budget).await?))
 }

@@ -274,7 +274,7 @@ fn session(target: &Target, spec: &Path, export: &Path) -> Vec<(String, Seen)> {
         (&["rm", "--label", "team=a"], None),
         (&["ls", "--all", "--label", "team=a"], None),
     ];
-    let seen = steps
+    let mut seen: Vec<(String, Seen)> = steps
         .into_iter()
         .map(|(args, stdin)| (args.join(" "), seen(&target.run(args, stdin))))
         .collect();
@@ -285,6 +285,12 @@ fn session(target: &Target, spec: &Path, export: &Path) -> Vec<(String, Seen)> {
         let out = target.run(&["rm", ws["id"].as_str().unwrap()], None);
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    // Then nothing uses the spec's cache entry. What follows the cache's
+    // line is `gc`'s report, whose git line only a local provider gives.
+    let gc = ["gc", "--cache", "0"];
+    let (code, out, err) = self::seen(&target.run(&gc, None));
+    let cache = out.lines().next().unwrap_or_default().to_owned();
+    seen.push((gc.join(" "), (code, cache, err)));
     seen
 }
 
@@ -318,6 +324,9 @@ fn every_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
         [Some(3), Some(0), Some(124), Some(127), Some(125), Some(0)],
         "{local:#?}"
     );
+    let (_, (_, gc, _)) = local.last().unwrap();
+    assert!(gc.starts_with("cache: 1 entries evicted ("), "{gc}");
+    assert!(gc.contains(", 0 bytes kept)"), "{gc}");
 
     for server in [Server::tcp(), Server::unix(), Server::nats()] {
         let over_nats = server.url.starts_with("nats://");
