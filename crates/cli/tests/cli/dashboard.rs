@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: Debian's chromium, headless, driven by
 //! playwright-core (`tests/browser/dashboard.mjs`, installed by
 //! `scripts/prepare` with `npm ci`), against a real `berth serve` with a
-//! running sandbox workspace. Each test saves a screenshot under
-//! `target/tmp/dashboard/`.
+//! running sandbox workspace and batch jobs over real repositories, whose
+//! tasks the server's own workers run in the sandbox. Each test saves a
+//! screenshot under `target/tmp/dashboard/`.
 
 use super::{Env, stderr, workspace_id};
 use berth_testkit::{GitHttpServer, free_port, make_repo, write_credentials};
@@ -11,6 +12,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FORGE_TOKEN: &str = "tok-dashboard-9c41d2";
+
+/// Two repositories; job `edit` appends a line to each, printing as it
+/// goes, and fails in the second with exit code 7 and a word on stderr.
+const EDIT: &str = r#"name = "edit"
+runtime = "sandbox"
+image = "host"
+repositories = [
+  { url = "FORGEr0", credential = "forge" },
+  { url = "FORGEr1", credential = "forge" },
+]
+[[steps]]
+name = "bump"
+run = '''
+for i in 1 2 3 4 5 6 7 8; do echo "working $i"; sleep 0.5; done
+echo bumped >> version.txt
+if grep -q 'repo 1' version.txt; then echo 'no luck' >&2; exit 7; fi
+'''
+"#;
+
+/// Job `slow`: one task that runs until it is cancelled.
+const SLOW: &str = r#"name = "slow"
+runtime = "sandbox"
+image = "host"
+repositories = [ { url = "FORGEr0", credential = "forge" } ]
+[[steps]]
+name = "wait"
+run = "echo waiting; sleep 600"
+"#;
 
 /// A `berth serve` on a free loopback port, with a running sandbox
 /// workspace holding a clone of `r0` from a token-guarded forge, ended
@@ -25,6 +54,13 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
+        Served::start_with(&[])
+    }
+
+    /// A server whose home also has the jobs `specs` over the forge's `r0`
+    /// and `r1` (`FORGE` in them standing for the forge's URL), each with a
+    /// run started, which the server's workers run.
+    fn start_with(specs: &[&str]) -> Served {
         let env = Env::new();
         let upstream = env.dir.path().join("repos");
         for i in 0..2 {
@@ -46,6 +82,13 @@ impl Served {
         let out = env.run(&["up", spec.to_str().unwrap()]);
         assert!(out.status.success(), "berth up: {}", stderr(&out));
         let workspace = workspace_id(&String::from_utf8(out.stdout).unwrap());
+        for (i, spec) in specs.iter().enumerate() {
+            let file = env.file(
+                &format!("job{i}.toml"),
+                &spec.replace("FORGE", &forge.url()),
+            );
+            env.ok(&["job", "run", file.to_str().unwrap()]);
+        }
         let addr = format!("127.0.0.1:{}", free_port());
         let child = env
             .berth()
@@ -142,4 +185,24 @@ fn the_dashboard_shows_a_workspace_diff_with_its_changed_lines() {
 #[test]
 fn a_cross_site_page_cannot_use_the_dashboards_session_cookie() {
     Served::start().browse("a_cross_site_request_with_the_cookie_is_refused");
+}
+
+#[test]
+fn the_dashboard_starts_a_run_and_shows_its_tasks_and_log_live() {
+    Served::start_with(&[EDIT]).browse("start_a_run_and_see_it_live");
+}
+
+#[test]
+fn the_dashboard_shows_a_failed_tasks_exit_code_and_log_tail() {
+    Served::start_with(&[EDIT]).browse("a_failed_task_shows_its_exit_code_and_log_tail");
+}
+
+#[test]
+fn the_dashboard_shows_a_succeeded_tasks_diff() {
+    Served::start_with(&[EDIT]).browse("a_succeeded_task_shows_its_diff");
+}
+
+#[test]
+fn the_dashboard_cancels_a_run_and_its_tasks_end() {
+    Served::start_with(&[SLOW]).browse("cancel_a_run_and_its_tasks_end");
 }
