@@ -297,11 +297,13 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
             }
         }
         JobCommand::Cancel { run, task } => {
-            let details = jobs.cancel(&run, task.as_deref())?;
+            let details = jobs.cancel(&run, task.as_deref()).await?;
             writeln!(out, "{}: {}", details.run.id, details.run.state)?;
         }
         JobCommand::Retry { run, task, failed } => {
-            let details = jobs.retry(&run, if failed { None } else { task.as_deref() })?;
+            let details = jobs
+                .retry(&run, if failed { None } else { task.as_deref() })
+                .await?;
             writeln!(out, "{}: {}", details.run.id, details.run.state)?;
         }
         JobCommand::Publish {

@@ -15,8 +15,8 @@ use crate::wire::{self, Beat, BeatAnswer, Dispatched, Event, Outcome};
 use crate::{ClusterError, QueueSettings};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use async_trait::async_trait;
-use berth_core::job::{Finish, LogEvent, NewRun, Run, Stalled, Task, TaskState};
-use berth_jobs::queue::{Claim, Heartbeat, QueueError, TaskQueue};
+use berth_core::job::{Finish, LogEvent, NewRun, RetryScope, Run, Stalled, Task, TaskState};
+use berth_jobs::queue::{Claim, Heartbeat, QueueError, TaskQueue, WorkSender, WorkSignal};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -137,6 +137,8 @@ impl NodeQueue {
             task,
             token,
             spec: dispatched.spec,
+            // Cancellation reaches a node on its heartbeats.
+            cancelled: tokio_util::sync::CancellationToken::new(),
         })
     }
 }
@@ -147,6 +149,29 @@ impl TaskQueue for NodeQueue {
         Err(QueueError::Other(format!(
             "a node runs tasks but does not start runs (job `{}`): start it on a controller",
             run.job
+        )))
+    }
+
+    fn work(&self) -> WorkSignal {
+        // A claim waits for work itself; nothing else wakes a node's runner.
+        WorkSender::default().subscribe()
+    }
+
+    async fn cancel_run(&self, run: &str) -> Result<Run, QueueError> {
+        Err(QueueError::Other(format!(
+            "a node runs tasks but does not cancel runs (run `{run}`): cancel it on a controller"
+        )))
+    }
+
+    async fn cancel_task(&self, task: &str) -> Result<Task, QueueError> {
+        Err(QueueError::Other(format!(
+            "a node runs tasks but does not cancel them (task `{task}`): cancel it on a controller"
+        )))
+    }
+
+    async fn retry(&self, run: &str, _scope: &RetryScope) -> Result<Vec<Task>, QueueError> {
+        Err(QueueError::Other(format!(
+            "a node runs tasks but does not retry them (run `{run}`): retry it on a controller"
         )))
     }
 

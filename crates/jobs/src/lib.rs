@@ -12,6 +12,7 @@ pub mod runner;
 pub mod schedule;
 pub mod service;
 pub mod spec;
+mod utf8;
 
 pub use publish::Published;
 pub use queue::{Heartbeat, QueueError, SqliteQueue, TaskQueue};

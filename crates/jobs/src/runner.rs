@@ -5,21 +5,26 @@
 //! reporting the result with the repository's patch.
 //!
 //! Each task held is heartbeated; the answer carries cancellation, which
-//! ends the step's processes with the workspace's usual grace. A runner
-//! that stops mid-task (killed, or its process restarted) leaves the task
-//! to be requeued once its heartbeats are missed.
+//! ends the step's processes with the workspace's usual grace. Within the
+//! process a cancellation reaches the attempt at once, and the queue wakes
+//! idle runners when work comes; the heartbeat and a slow poll carry what
+//! other processes do. A runner that stops mid-task (killed, or its
+//! process restarted) leaves the task to be requeued once its heartbeats
+//! are missed. A task's workspace is removed after its result is recorded.
 
 use crate::queue::{Claim, Heartbeat, QueueError, TaskQueue};
 use crate::service::Jobs;
 use crate::spec::{JobSpec, Keep};
+use crate::utf8::Utf8Stream;
 use berth_core::Clock;
 use berth_core::job::{Finish, LogEvent, Task, TaskState};
 use berth_core::{ExecEvent, ExecRequest, Labels};
 use berth_provider::{CreateOptions, Progress, Provider};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How a runner works.
 #[derive(Debug, Clone)]
@@ -28,9 +33,12 @@ pub struct RunnerConfig {
     pub id: String,
     /// Tasks at once, over every run.
     pub slots: usize,
-    /// How often a held task is heartbeated.
+    /// How often a held task is heartbeated: how soon a cancellation made
+    /// in another process reaches it (one made in this process does at
+    /// once).
     pub heartbeat: Duration,
-    /// How often the queue is looked at when idle.
+    /// How often an idle runner looks for work queued by other processes
+    /// and for stalled tasks (work queued in this process wakes it at once).
     pub poll: Duration,
     /// Bytes of output kept per attempt in the task's log; the rest is
     /// counted in a truncation mark.
@@ -45,7 +53,7 @@ impl RunnerConfig {
             id: id.into(),
             slots: 8,
             heartbeat: Duration::from_secs(5),
-            poll: Duration::from_millis(200),
+            poll: Duration::from_secs(1),
             log_limit: 4 << 20,
             patch_limit: 64 << 20,
         }
@@ -62,6 +70,8 @@ pub struct Runner {
     queue: Arc<dyn TaskQueue>,
     clock: Arc<dyn Clock>,
     config: Arc<RunnerConfig>,
+    /// Removals of finished tasks' workspaces, awaited at shutdown.
+    removals: TaskTracker,
 }
 
 /// Why an attempt stopped early.
@@ -81,17 +91,19 @@ impl Runner {
             clock: jobs.clock(),
             jobs,
             config: Arc::new(config),
+            removals: TaskTracker::new(),
         }
     }
 
     /// Claims and runs tasks until `shutdown`; tasks still held then are
-    /// left to be requeued when their heartbeats are missed.
+    /// left to be requeued when their heartbeats are missed, workspaces of
+    /// tasks that ended are removed before it returns.
     pub async fn serve(&self, shutdown: CancellationToken) {
         let mut running = JoinSet::new();
+        let mut work = self.queue.work();
+        let mut poll = tokio::time::interval(self.config.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Err(e) = self.queue.requeue_stalled().await {
-                tracing::warn!(error = %e, "cannot requeue stalled tasks");
-            }
             while running.len() < self.config.slots {
                 match self.queue.claim(&self.config.id).await {
                     Ok(Some(claim)) => {
@@ -106,15 +118,23 @@ impl Runner {
                 }
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     if let Ok(Err(e)) = done {
                         tracing::warn!(error = %e, "a task's result was not recorded");
                     }
                 }
-                _ = tokio::time::sleep(self.config.poll) => {}
+                _ = work.changed() => {}
+                _ = poll.tick() => {
+                    if let Err(e) = self.queue.requeue_stalled().await {
+                        tracing::warn!(error = %e, "cannot requeue stalled tasks");
+                    }
+                }
             }
         }
+        self.removals.close();
+        self.removals.wait().await;
+        self.removals.reopen();
     }
 
     /// Runs one claimed task to its end and reports it.
@@ -124,11 +144,21 @@ impl Runner {
         let reason = Arc::new(std::sync::Mutex::new(None));
         let beating = self.heartbeat(&claim, stop.clone(), reason.clone());
         let mut log = Log::new(self, &task);
-        let outcome = match serde_json::from_value::<JobSpec>(claim.spec.clone()) {
-            Ok(spec) => self.attempt(&claim, &spec, &mut log, &stop).await,
-            Err(e) => Outcome::errored(format!("the run's job spec cannot be read: {e}")),
+        let spec = serde_json::from_value::<JobSpec>(claim.spec.clone());
+        let (outcome, workspace) = match &spec {
+            Ok(spec) => self.attempt(&claim, spec, &mut log, &stop).await,
+            Err(e) => (
+                Outcome::errored(format!("the run's job spec cannot be read: {e}")),
+                None,
+            ),
         };
         beating.abort();
+        // Whatever becomes of the result, the workspace goes once it is
+        // recorded (or refused), off the task's slot.
+        let _removal = workspace.map(|id| Removal {
+            runner: self.clone(),
+            id,
+        });
         let stopped = *reason.lock().unwrap_or_else(|p| p.into_inner());
         if stopped == Some(Stop::Lost) {
             return Err(QueueError::Lost { task: task.id });
@@ -138,7 +168,7 @@ impl Runner {
             finish.state = Some(TaskState::Cancelled);
             finish.error = Some("cancelled".into());
         }
-        let spec = serde_json::from_value::<JobSpec>(claim.spec.clone()).ok();
+        let spec = spec.ok();
         let retries = spec.as_ref().map_or(0, |s| s.run.retries);
         if finish.state == Some(TaskState::Errored) && task.attempts <= retries {
             let backoff = 1000_i64
@@ -181,7 +211,8 @@ impl Runner {
         log.note(text).await;
     }
 
-    /// Heartbeats the claim until aborted; a cancellation or a lost claim
+    /// Heartbeats the claim until aborted; a cancellation (answered by a
+    /// heartbeat, or signalled in this process at once) or a lost claim
     /// stops the attempt.
     fn heartbeat(
         &self,
@@ -192,11 +223,19 @@ impl Runner {
         let queue = self.queue.clone();
         let (task, token) = (claim.task.id.clone(), claim.token.clone());
         let every = self.config.heartbeat;
+        let cancelled = claim.cancelled.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(every);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                interval.tick().await;
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = cancelled.cancelled() => {
+                        *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(Stop::Cancelled);
+                        stop.cancel();
+                        return;
+                    }
+                }
                 let why = match queue.heartbeat(&task, &token).await {
                     Ok(Heartbeat::Continue) => continue,
                     Ok(Heartbeat::Cancel) => Stop::Cancelled,
@@ -213,15 +252,15 @@ impl Runner {
         })
     }
 
-    /// Provisions, runs the steps, collects the patch, and removes the
-    /// workspace unless it is kept.
+    /// Provisions, runs the steps and collects the patch; answers the
+    /// workspace to remove unless it is kept.
     async fn attempt(
         &self,
         claim: &Claim,
         spec: &JobSpec,
         log: &mut Log<'_>,
         stop: &CancellationToken,
-    ) -> Outcome {
+    ) -> (Outcome, Option<String>) {
         let task = &claim.task;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(spec.run.timeout);
         let ws_spec = spec.spec_for(&task.url, task.reference.clone(), task.credential.clone());
@@ -235,20 +274,23 @@ impl Runner {
             labels,
             ..CreateOptions::default()
         };
+        let started = Instant::now();
         let created = tokio::select! {
             created = self.provider.create(ws_spec, options, Progress::none()) => created,
             _ = tokio::time::sleep_until(deadline) => {
-                return Outcome::new(TaskState::TimedOut, "provisioning ran past the run's timeout");
+                let outcome = Outcome::new(TaskState::TimedOut, "provisioning ran past the run's timeout");
+                return (outcome, None);
             }
-            _ = stop.cancelled() => return Outcome::new(TaskState::Cancelled, "cancelled"),
+            _ = stop.cancelled() => return (Outcome::new(TaskState::Cancelled, "cancelled"), None),
         };
         let ws = match created {
             Ok(ws) => ws,
             Err(e) => {
                 log.note(format!("provisioning failed: {e}")).await;
-                return Outcome::errored(format!("provisioning failed: {e}"));
+                return (Outcome::errored(format!("provisioning failed: {e}")), None);
             }
         };
+        tracing::debug!(task = %task.id, ms = elapsed_ms(started), "provisioned");
         let id = ws.id.to_string();
         let mut outcome = self
             .in_workspace(claim, spec, &id, log, stop, deadline)
@@ -259,10 +301,9 @@ impl Runner {
             log.note(format!("the workspace {id} is kept for inspection"))
                 .await;
             outcome.finish.workspace = Some(id);
-        } else if let Err(e) = self.provider.remove(&id).await {
-            tracing::warn!(workspace = %id, error = %e, "cannot remove a task's workspace");
+            return (outcome, None);
         }
-        outcome
+        (outcome, Some(id))
     }
 
     async fn in_workspace(
@@ -289,6 +330,7 @@ impl Runner {
             }
             Err(e) => return Outcome::errored(format!("cannot read the checkout's commit: {e}")),
         }
+        let started = Instant::now();
         for (i, step) in spec.steps.iter().enumerate() {
             let number = i as u32 + 1;
             let name = step.name.clone().unwrap_or_else(|| number.to_string());
@@ -316,6 +358,7 @@ impl Runner {
                     ExecEvent::Exit(exit) => status = Some(exit),
                 }
             }
+            log.end_streams().await;
             let Some(status) = status else {
                 return Outcome::errored(format!("step {name} ended without an exit status"));
             };
@@ -348,10 +391,13 @@ impl Runner {
                 );
             }
         }
+        tracing::debug!(task = %claim.task.id, ms = elapsed_ms(started), "steps ran");
+        let started = Instant::now();
         let patch = match self.provider.diff(ws).await {
             Ok(stream) => stream.read_all(self.config.patch_limit).await,
             Err(e) => return Outcome::errored(format!("cannot collect the patch: {e}")),
         };
+        tracing::debug!(task = %claim.task.id, ms = elapsed_ms(started), "patch collected");
         match patch {
             Ok(patch) => Outcome {
                 finish: Finish {
@@ -387,6 +433,31 @@ impl Runner {
             _ => Err(String::from_utf8_lossy(&err).trim().to_owned()),
         }
     }
+}
+
+/// Removes a finished task's workspace when dropped: in the background,
+/// tracked so that the runner's shutdown waits for it.
+struct Removal {
+    runner: Runner,
+    id: String,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let provider = self.runner.provider.clone();
+        let id = std::mem::take(&mut self.id);
+        self.runner.removals.spawn(async move {
+            let started = Instant::now();
+            if let Err(e) = provider.remove(&id).await {
+                tracing::warn!(workspace = %id, error = %e, "cannot remove a task's workspace");
+            }
+            tracing::debug!(workspace = %id, ms = elapsed_ms(started), "removed");
+        });
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A label value from a job name: names allow what label values allow,
@@ -431,6 +502,8 @@ struct Log<'a> {
     attempt: u32,
     left: u64,
     dropped: u64,
+    stdout: Utf8Stream,
+    stderr: Utf8Stream,
 }
 
 impl<'a> Log<'a> {
@@ -441,6 +514,8 @@ impl<'a> Log<'a> {
             attempt: task.attempts,
             left: runner.config.log_limit,
             dropped: 0,
+            stdout: Utf8Stream::default(),
+            stderr: Utf8Stream::default(),
         }
     }
 
@@ -454,6 +529,8 @@ impl<'a> Log<'a> {
         self.event(LogEvent::Note { text }).await;
     }
 
+    /// Output of a step, kept up to the log's bound; a character split
+    /// between two chunks of a stream is logged whole with the second.
     async fn output(&mut self, stderr: bool, data: &[u8]) {
         let keep = (data.len() as u64).min(self.left) as usize;
         self.dropped += (data.len() - keep) as u64;
@@ -461,7 +538,27 @@ impl<'a> Log<'a> {
         if keep == 0 {
             return;
         }
-        let text = String::from_utf8_lossy(&data[..keep]).into_owned();
+        let stream = if stderr {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
+        let text = stream.decode(&data[..keep]);
+        self.text(stderr, text).await;
+    }
+
+    /// Ends the step's streams: a character left incomplete is logged as
+    /// U+FFFD.
+    async fn end_streams(&mut self) {
+        let (out, err) = (self.stdout.finish(), self.stderr.finish());
+        self.text(false, out).await;
+        self.text(true, err).await;
+    }
+
+    async fn text(&mut self, stderr: bool, text: String) {
+        if text.is_empty() {
+            return;
+        }
         self.event(if stderr {
             LogEvent::Stderr { text }
         } else {

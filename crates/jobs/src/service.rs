@@ -39,17 +39,19 @@ impl JobError {
     pub fn code(&self) -> &'static str {
         match self {
             JobError::Spec(_) | JobError::Invalid { .. } => "invalid_request",
-            JobError::Store(
+            JobError::NoTask { .. } => "not_found",
+            JobError::AmbiguousTask { .. } => "ambiguous",
+            JobError::Queue(QueueError::Lost { .. }) => "conflict",
+            // The registry's word, straight or through the queue.
+            JobError::Store(e) | JobError::Queue(QueueError::Store(e)) => match e {
                 StoreError::JobNotFound(_)
                 | StoreError::RunNotFound(_)
-                | StoreError::TaskNotFound(_),
-            )
-            | JobError::NoTask { .. } => "not_found",
-            JobError::Store(StoreError::AmbiguousJobRecord { .. })
-            | JobError::AmbiguousTask { .. } => "ambiguous",
-            JobError::Store(StoreError::TaskState { .. }) => "wrong_state",
-            JobError::Queue(QueueError::Lost { .. }) => "conflict",
-            JobError::Store(_) | JobError::Queue(_) => "internal",
+                | StoreError::TaskNotFound(_) => "not_found",
+                StoreError::AmbiguousJobRecord { .. } => "ambiguous",
+                StoreError::TaskState { .. } => "wrong_state",
+                _ => "internal",
+            },
+            JobError::Queue(QueueError::Other(_)) => "internal",
         }
     }
 }
@@ -244,27 +246,26 @@ impl Jobs {
     }
 
     /// Cancels a run, or one task of it.
-    pub fn cancel(&self, run: &str, task: Option<&str>) -> Result<RunDetails, JobError> {
-        let now = self.clock.now_ms();
+    pub async fn cancel(&self, run: &str, task: Option<&str>) -> Result<RunDetails, JobError> {
         match task {
             Some(query) => {
                 let task = self.task(run, query)?.task;
-                self.store.cancel_task(&task.id, now)?;
+                self.queue.cancel_task(&task.id).await?;
             }
             None => {
-                self.store.cancel_run(run, now)?;
+                self.queue.cancel_run(run).await?;
             }
         }
         self.run(run)
     }
 
     /// Queues again a run's failed tasks, or one task; earlier attempts stay.
-    pub fn retry(&self, run: &str, task: Option<&str>) -> Result<RunDetails, JobError> {
+    pub async fn retry(&self, run: &str, task: Option<&str>) -> Result<RunDetails, JobError> {
         let scope = match task {
             Some(query) => RetryScope::One(self.task(run, query)?.task.id),
             None => RetryScope::Failed,
         };
-        self.store.retry_tasks(run, &scope, self.clock.now_ms())?;
+        self.queue.retry(run, &scope).await?;
         self.run(run)
     }
 

@@ -1,12 +1,14 @@
 //! The queue in berth's registry, driven with a manual clock: claims are
 //! atomic and FIFO, heartbeats carry cancellation, stalled tasks are
+//! requeued a bounded number of times, stale results are refused; within
+//! the process, work and cancellation are signalled at once.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
-//! requeued a bounded number of times, stale results are refused.
 
 use berth_core::ManualClock;
 use berth_core::job::{Finish, NewRun, NewTask, RunState, Stalled, TaskState};
 use berth_jobs::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
 use berth_store::Store;
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,6 +146,75 @@ async fn the_heartbeat_answer_carries_cancellation_and_queued_tasks_never_start(
         "a queued task of a cancelled run never started"
     );
     assert_eq!(world.store.run(&run).unwrap().state, RunState::Cancelled);
+}
+
+#[tokio::test]
+async fn a_cancel_through_the_queue_reaches_the_holder_at_once_without_a_heartbeat() {
+    let world = World::new();
+    let queue = world.queue(60, 3);
+    let run = world.run(&queue, 4, 2).await;
+    let (a, b) = (
+        queue.claim("r").await.unwrap().unwrap(),
+        queue.claim("r").await.unwrap().unwrap(),
+    );
+    assert!(!a.cancelled.is_cancelled() && !b.cancelled.is_cancelled());
+
+    // One task: its holder is told, the other holder is not.
+    queue.cancel_task(&a.task.id).await.unwrap();
+    assert!(a.cancelled.is_cancelled());
+    assert!(!b.cancelled.is_cancelled());
+
+    // The run: the other holder is told too, and its queued tasks end.
+    let cancelled = queue.cancel_run(&run).await.unwrap();
+    assert_eq!(cancelled.id, run);
+    assert!(b.cancelled.is_cancelled());
+    assert!(queue.claim("r").await.unwrap().is_none());
+    for claim in [&a, &b] {
+        queue
+            .complete(&claim.task.id, &claim.token, done(TaskState::Cancelled))
+            .await
+            .unwrap();
+    }
+    let tasks = world.store.tasks_of(&run).unwrap();
+    assert!(tasks.iter().all(|t| t.state == TaskState::Cancelled));
+    assert_eq!(tasks.iter().filter(|t| t.attempts == 0).count(), 2);
+}
+
+#[tokio::test]
+async fn work_wakes_an_idle_runner_when_queued_when_a_task_ends_and_when_retried() {
+    let world = World::new();
+    let queue = world.queue(60, 3);
+    let mut work = queue.work();
+    assert!(work.changed().now_or_never().is_none(), "no work yet");
+    let run = world.run(&queue, 2, 1).await;
+    assert!(work.changed().now_or_never().is_some(), "a run was queued");
+    let claim = queue.claim("r").await.unwrap().unwrap();
+    // The run's concurrency is taken: nothing is claimable, nothing said.
+    assert!(queue.claim("r").await.unwrap().is_none());
+    assert!(work.changed().now_or_never().is_none());
+    queue
+        .complete(&claim.task.id, &claim.token, done(TaskState::Failed))
+        .await
+        .unwrap();
+    assert!(work.changed().now_or_never().is_some(), "a task ended");
+    let next = queue.claim("r").await.unwrap().unwrap();
+    queue
+        .complete(&next.task.id, &next.token, done(TaskState::Completed))
+        .await
+        .unwrap();
+    assert!(work.changed().now_or_never().is_some());
+    queue
+        .retry(&run, &berth_core::job::RetryScope::Failed)
+        .await
+        .unwrap();
+    assert!(
+        work.changed().now_or_never().is_some(),
+        "a task was retried"
+    );
+    assert_eq!(
+        queue.claim("r").await.unwrap().unwrap().task.id,
+        claim.task.id
+    );
 }
 
 #[tokio::test]

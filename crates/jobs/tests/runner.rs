@@ -90,9 +90,14 @@ impl World {
     }
 
     fn start_runner(&self, slots: usize) {
+        self.start_runner_beating(slots, Duration::from_millis(100));
+    }
+
+    /// A runner heartbeating every `heartbeat` (after a first beat at once).
+    fn start_runner_beating(&self, slots: usize, heartbeat: Duration) {
         let mut config = RunnerConfig::new("test-runner");
         config.slots = slots;
-        config.heartbeat = Duration::from_millis(100);
+        config.heartbeat = heartbeat;
         config.poll = Duration::from_millis(20);
         let runner = Runner::new(self.provider.clone(), self.jobs.clone(), config);
         let shutdown = self.shutdown.clone();
@@ -301,7 +306,7 @@ async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start() {
         })
         .await;
     let cancelled_at = Instant::now();
-    world.jobs.cancel(&run.id, None).unwrap();
+    world.jobs.cancel(&run.id, None).await.unwrap();
     world
         .wait_run(&run.id, |d| d.run.state != RunState::Running)
         .await;
@@ -316,6 +321,101 @@ async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start() {
     assert_eq!(never, 2, "the queued tasks never started: {details:#?}");
     let survivors = berth_testkit::attacks::survivors(&marker, Duration::from_secs(5));
     assert!(survivors.is_empty(), "{survivors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat() {
+    let world = World::new(4).await;
+    // After its first beat at the claim, no heartbeat comes within the test:
+    // only the direct path can carry the cancellation.
+    world.start_runner_beating(2, Duration::from_secs(3600));
+    let marker = berth_testkit::attacks::marker();
+    let steps = format!("[[steps]]\nrun = \"echo started; exec sleep {marker}\"\n");
+    let run = world
+        .jobs
+        .start(&world.job(4, &steps, "[run]\nconcurrency = 2"))
+        .await
+        .unwrap();
+    let started = |d: &berth_jobs::RunDetails| {
+        d.tasks
+            .iter()
+            .filter(|t| world.log_text(&t.id).contains("started"))
+            .map(|t| t.id.clone())
+            .collect::<Vec<_>>()
+    };
+    world.wait_run(&run.id, |d| started(d).len() == 2).await;
+    let running = started(&world.jobs.run(&run.id).unwrap());
+
+    // One task first: it ends cancelled, its neighbour goes on.
+    world.jobs.cancel(&run.id, Some(&running[0])).await.unwrap();
+    world
+        .wait_run(&run.id, |d| {
+            d.tasks
+                .iter()
+                .any(|t| t.id == running[0] && t.state == TaskState::Cancelled)
+        })
+        .await;
+    let details = world.jobs.run(&run.id).unwrap();
+    let other = details.tasks.iter().find(|t| t.id == running[1]).unwrap();
+    assert_eq!(other.state, TaskState::Running, "{details:#?}");
+
+    // Then the run: the task it freed a slot for, and the other, end too.
+    world.wait_run(&run.id, |d| started(d).len() == 3).await;
+    world.jobs.cancel(&run.id, None).await.unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    let details = world.jobs.run(&run.id).unwrap();
+    assert_eq!(details.run.state, RunState::Cancelled);
+    for task in &details.tasks {
+        assert_eq!(task.state, TaskState::Cancelled, "{task:#?}");
+    }
+    assert_eq!(
+        details.tasks.iter().filter(|t| t.attempts == 0).count(),
+        1,
+        "the queued task never started: {details:#?}"
+    );
+    let survivors = berth_testkit::attacks::survivors(&marker, Duration::from_secs(5));
+    assert!(survivors.is_empty(), "{survivors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_byte_characters_split_across_writes_are_logged_whole() {
+    let world = World::new(1).await;
+    world.start_runner(1);
+    // Each character's bytes leave in two writes, the second after a pause,
+    // so the runner reads them in separate chunks, on both streams.
+    let steps = r#"
+[[steps]]
+run = '''
+for c in '\342\202' '\254 \346\227' '\245 \360\237\246' '\200 ok'; do
+  printf "$c"; printf "$c" >&2; sleep 0.2
+done
+'''
+"#;
+    let run = world.jobs.start(&world.job(1, steps, "")).await.unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    let task = &world.jobs.run(&run.id).unwrap().tasks[0];
+    assert_eq!(task.state, TaskState::Completed, "{task:#?}");
+    let (mut out, mut err, mut chunks) = (String::new(), String::new(), 0);
+    for entry in world.jobs.log(&task.id, 0, 1000).unwrap() {
+        match entry.event {
+            LogEvent::Stdout { text } => {
+                chunks += 1;
+                out.push_str(&text);
+            }
+            LogEvent::Stderr { text } => err.push_str(&text),
+            _ => {}
+        }
+    }
+    assert_eq!(out, "€ 日 🦀 ok");
+    assert_eq!(err, "€ 日 🦀 ok");
+    assert!(
+        chunks > 1,
+        "the output came in one chunk: the test proves nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

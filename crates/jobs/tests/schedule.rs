@@ -50,7 +50,7 @@ async fn a_schedule_fires_at_its_times_and_skips_one_while_the_previous_run_is_a
     assert!(skipped[0].reason.contains(&run.id), "{skipped:?}");
 
     // Once it ended, 10:15 starts the next run; a tick in between does nothing.
-    jobs.cancel(&run.id, None).unwrap();
+    jobs.cancel(&run.id, None).await.unwrap();
     assert_eq!(jobs.run(&run.id).unwrap().run.state, RunState::Cancelled);
     clock.advance_ms(MINUTE);
     assert!(scheduler.tick().await.unwrap().is_empty());

@@ -302,7 +302,7 @@ pub(crate) async fn cancel_run(
     State(state): State<AppState>,
     Path(RunRef { run }): Path<RunRef>,
 ) -> Result<Json<RunDetails>, ApiError> {
-    Ok(Json(state.jobs.cancel(&run, None)?))
+    Ok(Json(state.jobs.cancel(&run, None).await?))
 }
 
 /// Queues again every task of a run that did not complete; earlier
@@ -323,7 +323,7 @@ pub(crate) async fn retry_run(
     State(state): State<AppState>,
     Path(RunRef { run }): Path<RunRef>,
 ) -> Result<Json<RunDetails>, ApiError> {
-    Ok(Json(state.jobs.retry(&run, None)?))
+    Ok(Json(state.jobs.retry(&run, None).await?))
 }
 
 /// Pushes each completed task's change as `branch` of its repository; a
@@ -504,7 +504,7 @@ pub(crate) async fn cancel_task(
     State(state): State<AppState>,
     Path(TaskRef { run, task }): Path<TaskRef>,
 ) -> Result<Json<RunDetails>, ApiError> {
-    Ok(Json(state.jobs.cancel(&run, Some(&task))?))
+    Ok(Json(state.jobs.cancel(&run, Some(&task)).await?))
 }
 
 /// Queues one task of a run again; its earlier attempts stay.
@@ -524,7 +524,7 @@ pub(crate) async fn retry_task(
     State(state): State<AppState>,
     Path(TaskRef { run, task }): Path<TaskRef>,
 ) -> Result<Json<RunDetails>, ApiError> {
-    Ok(Json(state.jobs.retry(&run, Some(&task))?))
+    Ok(Json(state.jobs.retry(&run, Some(&task)).await?))
 }
 
 /// A streamed item, or the error line that ends the stream.
