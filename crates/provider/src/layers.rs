@@ -49,14 +49,21 @@ base=$(git rev-parse -q --verify refs/berth/base^{commit} || git rev-parse --ver
 objects=$(cd "$(git rev-parse --git-common-dir)/objects" && pwd -P)
 # What a diff killed before its patch was read left behind: a patch is
 # read at once once written, so one an hour old is no other diff's.
-find "$(git rev-parse --git-dir)" -maxdepth 1 -name 'berth-diff-*.patch' -mmin +60 -exec rm -f {} + 2>/dev/null || true
+gitdir=$(git rev-parse --git-dir)
+find "$gitdir" -maxdepth 1 -name 'berth-diff-*.patch' -mmin +60 -exec rm -f {} + 2>/dev/null || true
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"; [ "$written" = 1 ] || rm -f "$3"' EXIT
 trap 'exit 1' HUP INT TERM
 mkdir "$scratch/objects"
 export GIT_INDEX_FILE="$scratch/index" GIT_OBJECT_DIRECTORY="$scratch/objects"
 export GIT_ALTERNATE_OBJECT_DIRECTORIES="$objects"
-git read-tree "$base"
+# The repository's own index, when it can be read, lends its stat data to
+# the files unchanged since, so that `add` reads only the changed ones; any
+# index that does not do (missing, corrupt, mid-merge) gives way to none.
+if ! { cp -p "$gitdir/index" "$scratch/index" 2>/dev/null && git read-tree -m "$base" 2>/dev/null; }; then
+  rm -f "$scratch/index"
+  git read-tree "$base"
+fi
 git add -A .
 git -c core.quotepath=off diff --cached --no-color --binary --src-prefix="a/$2" --dst-prefix="b/$2" "$base" >"$3"
 written=1

@@ -658,6 +658,40 @@ async fn diff_shows_every_change_since_provisioning_committed_or_not() {
         "{patch}"
     );
     assert!(!patch.contains("keep.txt"), "{patch}");
+    // The repository's index lends its stat data to the diff: an edit
+    // that keeps the file's size and puts its time back is found anyway,
+    // and an index the workspace broke only makes the diff read every file.
+    let out = exec(
+        &provider,
+        &id,
+        ExecRequest::shell(
+            "cd src/app && cp -p keep.txt ../keep.ref && printf 'SAME\\n' > keep.txt && \
+             touch -r ../keep.ref keep.txt && rm ../keep.ref",
+        ),
+    )
+    .await;
+    assert_eq!(out.exit.code, Some(0), "{}", out.stderr);
+    let patch = provider.diff(&id).await.unwrap();
+    let patch = String::from_utf8(patch.read_all(u64::MAX).await.unwrap()).unwrap();
+    assert!(patch.contains("-same\n+SAME\n"), "{patch}");
+    let index = exec(
+        &provider,
+        &id,
+        ExecRequest::shell("cd src/app && cp .git/index index.good && echo garbage > .git/index"),
+    )
+    .await;
+    assert_eq!(index.exit.code, Some(0), "{}", index.stderr);
+    let broken = provider.diff(&id).await.unwrap();
+    let broken = String::from_utf8(broken.read_all(u64::MAX).await.unwrap()).unwrap();
+    assert!(broken.contains("-same\n+SAME\n"), "{broken}");
+    assert!(broken.contains("-old\n+new\n+later\n"), "{broken}");
+    let restored = exec(
+        &provider,
+        &id,
+        ExecRequest::shell("cd src/app && mv index.good .git/index && git checkout -q keep.txt"),
+    )
+    .await;
+    assert_eq!(restored.exit.code, Some(0), "{}", restored.stderr);
     // The repository's own index is untouched.
     let status = exec(
         &provider,
