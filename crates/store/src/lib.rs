@@ -98,6 +98,15 @@ impl Store {
         conn.pragma_update(None, "synchronous", "normal")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
+        // Each CLI call is a process of its own: a checkpoint when it closes
+        // the last connection would sync the database and delete the WAL,
+        // which the next call's first write then recreates and syncs again.
+        // The WAL stays instead, and is checkpointed as it fills up.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(db)?;
         schema::migrate(&mut conn, path)?;
         Ok(conn)
     }

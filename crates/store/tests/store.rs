@@ -63,6 +63,25 @@ fn open_creates_the_home_directory_and_a_wal_database() {
 }
 
 #[test]
+fn a_process_that_wrote_and_closed_leaves_the_wal_for_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let ws = workspace("a");
+    store.insert_workspace(&ws).unwrap();
+    drop(store);
+    // Not checkpointed and deleted on close: the next process's first
+    // write appends to it rather than creating and syncing a new one.
+    let wal = tmp.path().join("berth.db-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "{}",
+        wal.display()
+    );
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.get(&ws.id).unwrap(), ws);
+}
+
+#[test]
 fn a_workspace_reads_back_as_it_was_written() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
