@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     agent_version: String,
     path: PathBuf,
     deadlines: Deadlines,
+    /// The agent's process id, as the kernel gave it for the connection.
+    peer: Option<u32>,
 }
 
 impl AgentClient {
@@ -88,6 +90,11 @@ impl AgentClient {
         path: &Path,
         deadlines: Deadlines,
     ) -> Result<Self, ClientError> {
+        let peer = stream
+            .peer_cred()
+            .ok()
+            .and_then(|cred| cred.pid())
+            .and_then(|pid| u32::try_from(pid).ok());
         let (mut reader, mut writer) = stream.into_split();
         let hello = frame::encode(&Frame::new(
             0,
@@ -139,8 +146,17 @@ impl AgentClient {
                 agent_version,
                 path: path.to_path_buf(),
                 deadlines,
+                peer,
             }),
         })
+    }
+
+    /// Puts each thread of the agent whose nice value the workspace raised
+    /// above `nice` back at it (see [`crate::priority`]).
+    pub(crate) fn hold_priority(&self, nice: i32) {
+        if let Some(pid) = self.inner.peer {
+            crate::priority::hold(pid, nice);
+        }
     }
 
     /// The version the agent reported in the handshake.

@@ -121,6 +121,7 @@ mod tests {
                             root: "/workspace".into(),
                             interpreters: Vec::new(),
                             resources: Default::default(),
+                            nice: 0,
                         },
                     },
                     _ => continue,

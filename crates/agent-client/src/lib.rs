@@ -24,6 +24,7 @@ mod conn;
 mod deadline;
 mod ops;
 mod pool;
+mod priority;
 
 pub use conn::AgentClient;
 pub use deadline::{ANSWER_ENV, Deadlines};

@@ -16,6 +16,8 @@ use std::time::Duration;
 pub struct AgentPool {
     clients: Mutex<HashMap<String, AgentClient>>,
     deadlines: Deadlines,
+    /// This process's nice value, which no agent it uses falls below.
+    nice: i32,
 }
 
 impl Default for AgentPool {
@@ -44,6 +46,7 @@ impl AgentPool {
         AgentPool {
             clients: Mutex::new(HashMap::new()),
             deadlines,
+            nice: rustix::process::getpriority_process(None).unwrap_or(0),
         }
     }
 
@@ -62,16 +65,22 @@ impl AgentPool {
         // Two callers may both connect here; the later connection replaces
         // the earlier, which closes once its operations end.
         let client = AgentClient::connect_with(socket, wait, self.deadlines).await?;
+        client.hold_priority(self.nice);
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(id.to_string(), client.clone());
         }
         Ok(client)
     }
 
-    /// The live connection to workspace `id`'s agent, if there is one.
+    /// The live connection to workspace `id`'s agent, if there is one,
+    /// with the agent's priority held (see [`crate::priority`]).
     pub fn connected(&self, id: &str) -> Option<AgentClient> {
-        let clients = self.clients.lock().ok()?;
-        clients.get(id).filter(|c| c.is_connected()).cloned()
+        let client = {
+            let clients = self.clients.lock().ok()?;
+            clients.get(id).filter(|c| c.is_connected()).cloned()?
+        };
+        client.hold_priority(self.nice);
+        Some(client)
     }
 
     /// Drops the connection to workspace `id`'s agent (it is stopping).

@@ -19,8 +19,26 @@ pub async fn run(agent: &Arc<Agent>, detect: bool, out: Outbox) {
         root: agent.root.to_string_lossy().into_owned(),
         interpreters,
         resources: resources(agent),
+        nice: nice(),
     };
     out.message(AgentMessage::Info { info }).await;
+}
+
+/// The highest nice value of the agent's threads.
+fn nice() -> i32 {
+    let mut highest = rustix::process::getpriority_process(None).unwrap_or(0);
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let tid = task.file_name().to_str().and_then(|name| name.parse().ok());
+            if let Some(nice) = tid
+                .and_then(rustix::process::Pid::from_raw)
+                .and_then(|tid| rustix::process::getpriority_process(Some(tid)).ok())
+            {
+                highest = highest.max(nice);
+            }
+        }
+    }
+    highest
 }
 
 fn resources(agent: &Agent) -> Resources {

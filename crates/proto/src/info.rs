@@ -16,6 +16,11 @@ pub struct AgentInfo {
     pub root: String,
     pub interpreters: Vec<Interpreter>,
     pub resources: Resources,
+    /// The agent's nice value (the highest of its threads'): the one it
+    /// started at, whatever the workspace did to it, when the runtime let
+    /// it hold its priority.
+    #[serde(default)]
+    pub nice: i32,
 }
 
 /// An interpreter or shell found in the workspace.

@@ -1225,6 +1225,71 @@ async fn busy_loops_in_the_workspace_run_below_the_agent_and_cannot_outrank_it()
     rt.remove(&ws).await.unwrap();
 }
 
+/// The workspace's root raises the nice value of its agent and of each of
+/// its threads to 19 (the kernel lets it: they are its own user's), then
+/// keeps the CPUs busy: the next call from the host puts the agent back at
+/// the nice value it started at, which the agent reports, and is answered.
+#[tokio::test]
+async fn renice_of_the_agent_and_its_threads_from_inside_does_not_hold() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = with_agent(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let agent = rt.start(&ws).await.unwrap()["pid"].as_u64().unwrap() as u32;
+    let base = nice_of(agent);
+    assert!(base < 19, "the agent starts at nice {base}");
+    let socket = rt.agent_socket(&ws).unwrap();
+    let client =
+        berth_agent_client::AgentClient::connect(&socket, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert_eq!(client.info(false).await.unwrap().nice, base);
+
+    let busy = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let attack = format!(
+        "lowered=0; for t in /proc/1/task/*; do \
+           renice -n 19 -p ${{t##*/}} >/dev/null 2>&1 && lowered=$((lowered + 1)); done; \
+         for i in $(seq {busy}); do (while :; do :; done) >/dev/null 2>&1 & done; \
+         echo $lowered"
+    );
+    let ran = sh(&rt, &ws, &attack).await;
+    let lowered: usize = ran.stdout.trim().parse().unwrap();
+    assert!(
+        lowered >= 1,
+        "the kernel refused the renice: {}",
+        ran.stderr
+    );
+
+    let ran = sh(&rt, &ws, "echo answered").await;
+    assert_eq!(ran.stdout, "answered\n");
+    // Every thread of the agent is back at its nice value, by its own
+    // account (asked on a connection that holds nothing) and the host's.
+    let info = client.info(false).await.unwrap();
+    assert_eq!(info.nice, base, "the agent stays at nice {}", info.nice);
+    let tasks = fs::read_dir(format!("/proc/{agent}/task")).unwrap();
+    for task in tasks {
+        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let nice = nice_of_thread(agent, tid);
+        assert!(nice <= base, "thread {tid} of the agent is at nice {nice}");
+    }
+    // The commands' room stops at their own nice value, not the agent's.
+    let ran = sh(
+        &rt,
+        &ws,
+        "renice -n 0 -p $$ >/dev/null 2>&1 && echo raised || echo refused",
+    )
+    .await;
+    assert_eq!(ran.stdout, "refused\n", "{}", ran.stderr);
+    rt.remove(&ws).await.unwrap();
+}
+
+/// The nice value of thread `tid` of host process `pid`.
+fn nice_of_thread(pid: u32, tid: u32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
 #[tokio::test]
 async fn a_stopped_agent_makes_exec_and_read_fail_in_bounded_time() {
     let _cleanup = Cleanup;

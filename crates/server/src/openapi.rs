@@ -330,6 +330,11 @@ pub mod wire {
         pub root: String,
         pub interpreters: Vec<Interpreter>,
         pub resources: Resources,
+        /// The agent's nice value (the highest of its threads'): the one
+        /// it started at, whatever the workspace did to it, when the
+        /// runtime let it hold its priority.
+        #[serde(default)]
+        pub nice: i32,
     }
 
     /// An interpreter or shell found in the workspace.
@@ -480,6 +485,7 @@ mod tests {
                 memory_available_bytes: 5,
                 load_1m_centi: 6,
             },
+            nice: 7,
         });
     }
 }

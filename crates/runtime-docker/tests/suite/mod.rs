@@ -307,6 +307,39 @@ async fn a_workspace_cannot_ptrace_its_agent() {
     assert_eq!(out, "still here\n");
 }
 
+/// The workspace's root raises the nice value of its agent and of each of
+/// its threads to 19 (the kernel lets it: they are its own user's), then
+/// keeps the CPUs busy: the next call from the host puts every thread of
+/// the agent back at berth's nice value at most, as the agent reports.
+#[tokio::test]
+async fn renice_of_the_agent_and_its_threads_from_inside_does_not_hold() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Debian))).await;
+    let runtime = &world.runtime;
+    let ours = rustix::process::getpriority_process(None).unwrap();
+    assert!(ours < 19, "this test runs at nice {ours}");
+
+    let busy = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let attack = format!(
+        "lowered=0; for t in /proc/1/task/*; do \
+           renice -n 19 -p ${{t##*/}} >/dev/null 2>&1 && lowered=$((lowered + 1)); done; \
+         for i in $(seq {busy}); do (while :; do :; done) >/dev/null 2>&1 & done; \
+         echo $lowered"
+    );
+    let (out, status) = sh(runtime, &ws, &attack).await;
+    let lowered: usize = out.trim().parse().unwrap();
+    assert!(lowered >= 1, "the kernel refused the renice: {status:?}");
+
+    let (out, _) = sh(runtime, &ws, "echo answered").await;
+    assert_eq!(out, "answered\n");
+    let info = runtime.agent(&ws).await.unwrap().info(false).await.unwrap();
+    assert!(
+        info.nice <= ours,
+        "the agent stays at nice {} (berth runs at {ours})",
+        info.nice
+    );
+}
+
 #[tokio::test]
 async fn kill_term_int_or_stop_of_its_agent_from_inside_leaves_it_serving() {
     let world = World::new();
