@@ -12,7 +12,7 @@
 
 use crate::wire::{self, Beat, BeatAnswer, Dispatched, Event};
 use crate::{ClusterError, QueueSettings};
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, AckKind, consumer, stream};
 use berth_core::Clock;
 use berth_core::job::{Finish, TaskState};
 use berth_store::{Store, StoreError};
@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// How the registry names the holder of a task handed to the work queue
 /// that no node took yet.
 pub const DISPATCHED: &str = "work queue";
+
+/// How soon an event that could not be applied is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Controller {
@@ -91,7 +94,7 @@ impl Controller {
             )
             .await
             .map_err(|e| ClusterError::nats("make the controller's consumer", e))?;
-        let mut events = events
+        let mut stream = events
             .messages()
             .await
             .map_err(|e| ClusterError::nats("read the events stream", e))?;
@@ -106,14 +109,28 @@ impl Controller {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => self.dispatch().await,
-                Some(message) = events.next() => match message {
-                    Ok(message) => {
-                        self.apply(&message).await;
-                        if let Err(e) = message.double_ack().await {
+                message = stream.next() => match message {
+                    Some(Ok(message)) => {
+                        // An event that could not be applied for now comes
+                        // back; one that never can is dropped.
+                        let ack = if self.apply(&message).await {
+                            AckKind::Ack
+                        } else {
+                            AckKind::Nak(Some(RETRY))
+                        };
+                        if let Err(e) = message.double_ack_with(ack).await {
                             tracing::warn!(error = %e, "cannot acknowledge an event");
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot read an event"),
+                    Some(Err(e)) => tracing::warn!(error = %e, "cannot read an event"),
+                    // The pull ended (the connection went away): pull again.
+                    None => match events.messages().await {
+                        Ok(again) => stream = again,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the events stream");
+                            tokio::time::sleep(RETRY).await;
+                        }
+                    },
                 },
                 Some(beat) = beats.next() => self.answer(beat).await,
             }
@@ -177,24 +194,34 @@ impl Controller {
 
     /// Applies one event (or JetStream's word that a task was delivered
     /// as often as allowed) to the registry.
-    async fn apply(&self, message: &jetstream::Message) {
+    /// Answers false when the event should come back later (the registry
+    /// or the object store failed).
+    async fn apply(&self, message: &jetstream::Message) -> bool {
         let result = if message.subject.as_str() == wire::max_deliveries_subject() {
             self.exhausted(&message.payload).await
         } else {
             match serde_json::from_slice::<Event>(&message.payload) {
                 Ok(event) => self.apply_event(event).await,
-                Err(e) => Err(ClusterError::nats(
-                    format!("read the event on {}", message.subject),
-                    e,
-                )),
+                Err(e) => Err(ClusterError::Undecodable(format!(
+                    "the event on {}: {e}",
+                    message.subject
+                ))),
             }
         };
         match result {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(ClusterError::Store(StoreError::AttemptLost { task })) => {
                 tracing::info!(task = %task, "a report from an attempt that lost its task is refused");
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "cannot apply a node's report"),
+            Err(ClusterError::Undecodable(e)) => {
+                tracing::warn!(error = %e, "an unreadable report is dropped");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply a node's report; it comes back");
+                false
+            }
         }
     }
 
@@ -240,20 +267,30 @@ impl Controller {
                 token,
                 outcome,
             } => {
-                let patch = if outcome.patch {
-                    Some(self.take_patch(&token).await?)
+                let stored = outcome.patch;
+                let patch = if stored {
+                    Some(self.read_patch(&token).await?)
                 } else {
                     None
                 };
-                self.store
-                    .finish_task(&task, &token, &outcome.into_finish(patch), now)?;
+                let finished =
+                    self.store
+                        .finish_task(&task, &token, &outcome.into_finish(patch), now);
+                // Kept while the result may still be applied on a retry.
+                if stored
+                    && matches!(finished, Ok(_) | Err(StoreError::AttemptLost { .. }))
+                    && let Err(e) = self.patches.delete(&token).await
+                {
+                    tracing::warn!(token, error = %e, "cannot remove a delivered patch");
+                }
+                finished?;
             }
         }
         Ok(())
     }
 
-    /// Reads and removes the patch a node stored under `token`.
-    async fn take_patch(&self, token: &str) -> Result<Vec<u8>, ClusterError> {
+    /// Reads the patch a node stored under `token`.
+    async fn read_patch(&self, token: &str) -> Result<Vec<u8>, ClusterError> {
         let mut object = self
             .patches
             .get(token)
@@ -264,9 +301,6 @@ impl Controller {
             .read_to_end(&mut patch)
             .await
             .map_err(|e| ClusterError::nats(format!("read the patch {token}"), e))?;
-        if let Err(e) = self.patches.delete(token).await {
-            tracing::warn!(token, error = %e, "cannot remove a delivered patch");
-        }
         Ok(patch)
     }
 
@@ -279,14 +313,14 @@ impl Controller {
             deliveries: u64,
         }
         let advisory: Advisory = serde_json::from_slice(advisory)
-            .map_err(|e| ClusterError::nats("read a max-deliveries advisory", e))?;
+            .map_err(|e| ClusterError::Undecodable(format!("a max-deliveries advisory: {e}")))?;
         let message = match self.tasks.get_raw_message(advisory.stream_seq).await {
             Ok(message) => message,
             // Finished meanwhile: nothing to do.
             Err(_) => return Ok(()),
         };
         let dispatched: Dispatched = serde_json::from_slice(&message.payload)
-            .map_err(|e| ClusterError::nats("read an exhausted task", e))?;
+            .map_err(|e| ClusterError::Undecodable(format!("an exhausted task: {e}")))?;
         let task = dispatched.task.id;
         if let Some(held) = self.store.held_token(&task)?
             && wire::parse_token(&held).0 == dispatched.token

@@ -30,6 +30,9 @@ pub enum ClusterError {
     Nats { what: String, message: String },
     #[error(transparent)]
     Store(#[from] berth_store::StoreError),
+    /// A message that no retry can make readable.
+    #[error("cannot read {0}")]
+    Undecodable(String),
     #[error("invalid node name `{0}`: use letters, digits, `-` and `_`")]
     NodeName(String),
 }
