@@ -5,13 +5,20 @@
 //! `berth serve`, a `berth runner`); with `--wait` this process also runs
 //! tasks until the run ends, so no daemon is needed.
 
+use crate::backend::Backend;
 use crate::quote::quoted;
 use anyhow::{Context, Result, bail};
+use berth_client::Client;
 use berth_core::SystemClock;
-use berth_core::job::{LogEvent, RunState, TaskState};
+use berth_core::job::{JobRecord, LogEntry, LogEvent, Run, RunState, Task, TaskState};
+use berth_jobs::api::{LogLine, LogPage, RunList};
 use berth_jobs::service::{patch_stem, repository_name};
-use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig, SqliteQueue};
+use berth_jobs::{
+    JobSpec, JobSummary, Jobs, Published, RunDetails, Runner, RunnerConfig, SqliteQueue,
+};
 use berth_provider::Provider;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -170,21 +177,167 @@ pub async fn runner(provider: Provider, slots: usize) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode> {
-    let (jobs, runner) = open(&provider, 8)?;
+/// Where the job commands go: the jobs service in this process (which also
+/// runs tasks while `run --wait` waits), or a server's.
+enum Service {
+    Here {
+        provider: Provider,
+        jobs: Jobs,
+        runner: Runner,
+    },
+    Server(Client),
+}
+
+/// Log entries read at once.
+const LOG_PAGE: u32 = 1000;
+
+/// How often a followed log or a waited-for run is read again.
+const POLL: Duration = Duration::from_millis(200);
+
+impl Service {
+    fn open(backend: &Backend) -> Result<Service> {
+        Ok(match backend {
+            Backend::Local(provider) => {
+                let (jobs, runner) = open(provider, 8)?;
+                Service::Here {
+                    provider: provider.clone(),
+                    jobs,
+                    runner,
+                }
+            }
+            Backend::Remote(client) => Service::Server(client.clone()),
+            Backend::Nats(_) => bail!(
+                "berth job does not go through NATS yet: give the server's HTTP address \
+                 (--server http://HOST:PORT or unix:///PATH) or run it on the server's host"
+            ),
+        })
+    }
+
+    async fn start(&self, spec: &JobSpec) -> Result<Run> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.start(spec).await?,
+            Service::Server(client) => client.start_job(spec).await?,
+        })
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobSummary>> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.jobs()?,
+            Service::Server(client) => client.jobs().await?,
+        })
+    }
+
+    async fn runs(&self, job: &str) -> Result<RunList> {
+        Ok(match self {
+            Service::Here { jobs, .. } => RunList {
+                runs: jobs.runs(job)?,
+                skipped: jobs.skipped_times(job)?,
+            },
+            Service::Server(client) => client.runs(job).await?,
+        })
+    }
+
+    async fn run(&self, run: &str) -> Result<RunDetails> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.run(run)?,
+            Service::Server(client) => client.job_run(run).await?,
+        })
+    }
+
+    async fn task(&self, run: &str, task: &str) -> Result<Task> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.task(run, task)?.task,
+            Service::Server(client) => client.task(run, task).await?.task,
+        })
+    }
+
+    async fn log_page(&self, task: &Task, after: u64) -> Result<LogPage> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.log_page(&task.id, after, LOG_PAGE)?,
+            Service::Server(client) => {
+                client
+                    .log_page(&task.run_id, &task.id, after, LOG_PAGE)
+                    .await?
+            }
+        })
+    }
+
+    /// A task's log as it is written, then its `end`.
+    async fn follow_log(&self, task: &Task) -> Result<BoxStream<'static, Result<LogLine>>> {
+        Ok(match self {
+            Service::Here { jobs, .. } => {
+                berth_jobs::follow::log(jobs.clone(), task.id.clone(), 0, POLL)
+                    .map(|line| line.map_err(anyhow::Error::from))
+                    .boxed()
+            }
+            Service::Server(client) => client
+                .follow_log(&task.run_id, &task.id, 0)
+                .await?
+                .map(|line| line.map_err(anyhow::Error::from))
+                .boxed(),
+        })
+    }
+
+    async fn patch(&self, task: &Task) -> Result<Vec<u8>> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.patch(&task.id)?,
+            Service::Server(client) => client.task_patch(&task.run_id, &task.id).await?,
+        })
+    }
+
+    async fn cancel(&self, run: &str, task: Option<&str>) -> Result<RunDetails> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.cancel(run, task).await?,
+            Service::Server(client) => client.cancel_run(run, task).await?,
+        })
+    }
+
+    async fn retry(&self, run: &str, task: Option<&str>) -> Result<RunDetails> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.retry(run, task).await?,
+            Service::Server(client) => client.retry_run(run, task).await?,
+        })
+    }
+
+    async fn publish(
+        &self,
+        run: &str,
+        branch: &str,
+        message: Option<&str>,
+    ) -> Result<Vec<Published>> {
+        Ok(match self {
+            Service::Here { provider, jobs, .. } => {
+                jobs.publish(provider, run, branch, message).await?
+            }
+            Service::Server(client) => client.publish(run, branch, message).await?,
+        })
+    }
+
+    async fn schedule(&self, job: &str, cron: Option<&str>) -> Result<JobRecord> {
+        Ok(match self {
+            Service::Here { jobs, .. } => jobs.schedule(job, cron)?,
+            Service::Server(client) => client.schedule(job, cron).await?,
+        })
+    }
+}
+
+pub async fn command(backend: &Backend, command: JobCommand) -> Result<ExitCode> {
+    let service = Service::open(backend)?;
     let mut out = std::io::stdout().lock();
     match command {
         JobCommand::Run { file, wait } => {
+            // Read here, relative paths and `repositories_file` resolved
+            // against the file, whichever service runs it.
             let spec = JobSpec::from_file(&file)?;
-            let run = jobs.start(&spec).await?;
+            let run = service.start(&spec).await?;
             writeln!(out, "{}", run.id)?;
             if wait {
                 drop(out);
-                return wait_for(&jobs, runner, &run.id).await;
+                return wait_for(service, &run.id).await;
             }
         }
         JobCommand::Ls { json } => {
-            let list = jobs.jobs()?;
+            let list = service.jobs().await?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
@@ -205,9 +358,9 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
             }
         }
         JobCommand::Runs { job, json } => {
-            let runs = jobs.runs(&job)?;
+            let list = service.runs(&job).await?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &runs)?;
+                serde_json::to_writer_pretty(&mut out, &list.runs)?;
                 writeln!(out)?;
             } else {
                 writeln!(
@@ -215,7 +368,7 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
                     "{:<28} {:<10} {:<9} DURATION",
                     "RUN", "STATE", "TRIGGER"
                 )?;
-                for run in runs {
+                for run in list.runs {
                     let duration = run.ended_at.map(|end| end - run.created_at);
                     writeln!(
                         out,
@@ -226,13 +379,13 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
                         millis(duration)
                     )?;
                 }
-                for skipped in jobs.skipped_times(&job)? {
+                for skipped in list.skipped {
                     writeln!(out, "skipped {}: {}", rfc3339(skipped.at), skipped.reason)?;
                 }
             }
         }
         JobCommand::Show { run, json } => {
-            let details = jobs.run(&run)?;
+            let details = service.run(&run).await?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &details)?;
                 writeln!(out)?;
@@ -247,21 +400,21 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
         }
         JobCommand::Logs { run, task, follow } => {
             let tasks = match &task {
-                Some(query) => vec![jobs.task(&run, query)?.task],
-                None => jobs.run(&run)?.tasks,
+                Some(query) => vec![service.task(&run, query).await?],
+                None => service.run(&run).await?.tasks,
             };
             let many = tasks.len() > 1;
             for task in tasks {
                 if many {
                     writeln!(out, "==> {} <==", quoted(&task.url))?;
                 }
-                print_log(&jobs, &mut out, &task.id, follow && !many).await?;
+                print_log(&service, &mut out, &task, follow && !many).await?;
             }
         }
         JobCommand::Patch { run, task, output } => {
             let tasks = match &task {
-                Some(query) => vec![jobs.task(&run, query)?.task],
-                None => jobs.run(&run)?.tasks,
+                Some(query) => vec![service.task(&run, query).await?],
+                None => service.run(&run).await?.tasks,
             };
             let done: Vec<_> = tasks
                 .into_iter()
@@ -276,7 +429,7 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
             }
             let mut names: BTreeMap<String, usize> = BTreeMap::new();
             for task in done {
-                let patch = jobs.patch(&task.id)?;
+                let patch = service.patch(&task).await?;
                 match &output {
                     None => out.write_all(&patch)?,
                     Some(dir) => {
@@ -297,11 +450,11 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
             }
         }
         JobCommand::Cancel { run, task } => {
-            let details = jobs.cancel(&run, task.as_deref()).await?;
+            let details = service.cancel(&run, task.as_deref()).await?;
             writeln!(out, "{}: {}", details.run.id, details.run.state)?;
         }
         JobCommand::Retry { run, task, failed } => {
-            let details = jobs
+            let details = service
                 .retry(&run, if failed { None } else { task.as_deref() })
                 .await?;
             writeln!(out, "{}: {}", details.run.id, details.run.state)?;
@@ -312,10 +465,7 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
             message,
         } => {
             let mut failed = false;
-            for published in jobs
-                .publish(&provider, &run, &branch, message.as_deref())
-                .await?
-            {
+            for published in service.publish(&run, &branch, message.as_deref()).await? {
                 match (&published.commit, &published.error) {
                     (Some(commit), _) => writeln!(
                         out,
@@ -339,7 +489,9 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
             }
         }
         JobCommand::Schedule { job, cron, off } => {
-            let record = jobs.schedule(&job, if off { None } else { cron.as_deref() })?;
+            let record = service
+                .schedule(&job, if off { None } else { cron.as_deref() })
+                .await?;
             writeln!(
                 out,
                 "{}: {}",
@@ -351,51 +503,66 @@ pub async fn command(provider: Provider, command: JobCommand) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a task's log; following, until the task ends.
-async fn print_log(jobs: &Jobs, out: &mut impl Write, task: &str, follow: bool) -> Result<()> {
-    let mut seen = 0;
-    // Once the task has ended, one more read takes what it wrote last.
-    let mut ended = !follow;
+/// Prints a task's log; following, as it is written until the task ends.
+async fn print_log(
+    service: &Service,
+    out: &mut impl Write,
+    task: &Task,
+    follow: bool,
+) -> Result<()> {
+    if follow {
+        let mut lines = service.follow_log(task).await?;
+        while let Some(line) = lines.next().await {
+            match line? {
+                LogLine::Entry(entry) => print_entry(out, &entry)?,
+                LogLine::End(_) => break,
+            }
+            out.flush()?;
+        }
+        return Ok(());
+    }
+    let mut after = 0;
     loop {
-        let entries = jobs.log(task, seen, 1000)?;
-        for entry in &entries {
-            seen = entry.seq;
-            let text = match &entry.event {
-                LogEvent::Stdout { text } | LogEvent::Stderr { text } => {
-                    out.write_all(text.as_bytes())?;
-                    continue;
-                }
-                LogEvent::StepStart { step, name } => format!("==> step {step}: {name}"),
-                LogEvent::StepEnd { step, exit_code } => {
-                    format!("<== step {step} exited with {exit_code}")
-                }
-                LogEvent::Note { text } => format!("berth: {text}"),
-                LogEvent::Truncated { dropped_bytes } => {
-                    format!("berth: [log truncated: {dropped_bytes} bytes dropped]")
-                }
-            };
-            writeln!(out, "{} {text}", timestamp(entry.at))?;
+        let page = service.log_page(task, after).await?;
+        for entry in &page.entries {
+            print_entry(out, entry)?;
         }
-        out.flush()?;
-        if entries.len() == 1000 {
-            continue;
+        if page.entries.len() < LOG_PAGE as usize {
+            return Ok(out.flush()?);
         }
-        if ended {
-            return Ok(());
-        }
-        ended = jobs.task_by_id(task)?.state.is_final();
-        if !ended {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        after = page.next;
     }
 }
 
-/// Runs tasks here until the run ends, showing each running task.
-async fn wait_for(jobs: &Jobs, runner: Runner, run: &str) -> Result<ExitCode> {
+fn print_entry(out: &mut impl Write, entry: &LogEntry) -> Result<()> {
+    let text = match &entry.event {
+        LogEvent::Stdout { text } | LogEvent::Stderr { text } => {
+            out.write_all(text.as_bytes())?;
+            return Ok(());
+        }
+        LogEvent::StepStart { step, name } => format!("==> step {step}: {name}"),
+        LogEvent::StepEnd { step, exit_code } => {
+            format!("<== step {step} exited with {exit_code}")
+        }
+        LogEvent::Note { text } => format!("berth: {text}"),
+        LogEvent::Truncated { dropped_bytes } => {
+            format!("berth: [log truncated: {dropped_bytes} bytes dropped]")
+        }
+    };
+    writeln!(out, "{} {text}", timestamp(entry.at))?;
+    Ok(())
+}
+
+/// Waits for the run to end, showing each running task; here, this
+/// process runs tasks meanwhile.
+async fn wait_for(service: Service, run: &str) -> Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    let serving = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { runner.serve(shutdown).await })
+    let serving = match &service {
+        Service::Here { runner, .. } => {
+            let (runner, shutdown) = (runner.clone(), shutdown.clone());
+            Some(tokio::spawn(async move { runner.serve(shutdown).await }))
+        }
+        Service::Server(_) => None,
     };
     let bars = MultiProgress::new();
     if !std::io::stderr().is_terminal() {
@@ -405,7 +572,7 @@ async fn wait_for(jobs: &Jobs, runner: Runner, run: &str) -> Result<ExitCode> {
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let details = loop {
-        let details = jobs.run(run)?;
+        let details = service.run(run).await?;
         for task in &details.tasks {
             if task.state == TaskState::Running {
                 let bar = shown.entry(task.id.clone()).or_insert_with(|| {
@@ -423,10 +590,12 @@ async fn wait_for(jobs: &Jobs, runner: Runner, run: &str) -> Result<ExitCode> {
         if details.run.state != RunState::Running {
             break details;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(POLL).await;
     };
     shutdown.cancel();
-    let _ = serving.await;
+    if let Some(serving) = serving {
+        let _ = serving.await;
+    }
     let _ = bars.clear();
     let mut out = std::io::stdout().lock();
     writeln!(out, "run {}: {}", details.run.id, details.run.state)?;

@@ -580,7 +580,7 @@ async fn command(
         }
         Command::Job { command } => {
             drop(stdout);
-            return job::command(backend.local("job")?.clone(), command).await;
+            return job::command(backend, command).await;
         }
         Command::Runner { slots } => {
             drop(stdout);

@@ -4,6 +4,8 @@
 //! stable code and its message, which is the service layer's own, so a
 //! front end reports it as it would a local one.
 
+mod jobs;
+
 use berth_core::{
     Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, ProvisionEvent, ReadStream,
     Snapshot, Spec, Workspace,

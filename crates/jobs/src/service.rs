@@ -77,7 +77,9 @@ pub struct RunDetails {
 pub struct TaskDetails {
     #[serde(flatten)]
     pub task: Task,
-    pub attempts: Vec<Attempt>,
+    /// Every attempt, oldest first (beside the task's own `attempts`, their
+    /// count).
+    pub history: Vec<Attempt>,
 }
 
 /// The jobs service. Cheap to clone.
@@ -226,8 +228,8 @@ impl Jobs {
                 });
             }
         };
-        let attempts = self.store.attempts_of(&task.id)?;
-        Ok(TaskDetails { task, attempts })
+        let history = self.store.attempts_of(&task.id)?;
+        Ok(TaskDetails { task, history })
     }
 
     /// A task by its exact id.
@@ -238,6 +240,24 @@ impl Jobs {
     /// A task's log entries after position `after`, at most `limit`.
     pub fn log(&self, task: &str, after: u64, limit: u32) -> Result<Vec<LogEntry>, JobError> {
         Ok(self.store.log_after(task, after, limit)?)
+    }
+
+    /// A page of a task's log: at most `limit` entries after `after`.
+    pub fn log_page(
+        &self,
+        task: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<crate::api::LogPage, JobError> {
+        // The state is read first: if the task had ended then, a short page
+        // holds the last of its log.
+        let ended = self.task_by_id(task)?.state.is_final();
+        let entries = self.log(task, after, limit)?;
+        Ok(crate::api::LogPage {
+            next: entries.last().map_or(after, |e| e.seq),
+            done: ended && entries.len() < limit as usize,
+            entries,
+        })
     }
 
     /// A task's patch; empty when it made none.

@@ -452,16 +452,7 @@ pub(crate) async fn task_log(
             berth_jobs::follow::log(state.jobs, task.id, query.after, FOLLOW_POLL).map(stream_item);
         return Ok(streamed(format, lines));
     }
-    // The state is read first: if the task had ended then, a short page
-    // holds the last of its log.
-    let ended = task.state.is_final();
-    let entries = state.jobs.log(&task.id, query.after, limit)?;
-    Ok(Json(LogPage {
-        next: entries.last().map_or(query.after, |e| e.seq),
-        done: ended && entries.len() < limit as usize,
-        entries,
-    })
-    .into_response())
+    Ok(Json(state.jobs.log_page(&task.id, query.after, limit)?).into_response())
 }
 
 /// A task's patch: its repository's changes against the commit its

@@ -597,3 +597,156 @@ fn an_unreachable_nats_server_and_one_without_berth_get_clear_errors() {
         stderr(&out)
     );
 }
+
+/// A job's output with what differs between two runs masked as well: times
+/// of day (`10:03:04.567`), durations (`1.2s`), and the spaces that align
+/// them in columns.
+fn masked_job(text: &str, dir: &Path) -> String {
+    let text = masked(&text.replace(&dir.display().to_string(), "<dir>"));
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts_number = chars[i].is_ascii_digit()
+            && (i == 0 || !chars[i - 1].is_ascii_alphanumeric() && chars[i - 1] != '.');
+        if starts_number {
+            let mut j = i;
+            while j < chars.len() && (chars[j].is_ascii_digit() || matches!(chars[j], ':' | '.')) {
+                j += 1;
+            }
+            let token: String = chars[i..j].iter().collect();
+            if token.contains(':') && token.contains('.') {
+                out.push_str("<time>");
+            } else if token.contains('.') && chars.get(j) == Some(&'s') {
+                out.push_str("<secs>");
+            } else {
+                out.push_str(&token);
+            }
+            i = j;
+            continue;
+        }
+        if chars[i] == ' ' && out.ends_with(' ') {
+            i += 1;
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Every job command a user runs, in order, as they see it, over a job of
+/// two repositories in `dir` (one whose step fails), named relative to
+/// the job file.
+fn job_session(target: &Target, dir: &Path) -> Vec<(String, Seen)> {
+    for (i, name) in ["ok", "bad"].iter().enumerate() {
+        make_repo(
+            &dir.join("repos").join(name),
+            &[("version.txt", &format!("repo {i}\n"))],
+        );
+    }
+    let file = dir.join("job.toml");
+    std::fs::write(
+        &file,
+        "name = \"edit\"\nruntime = \"local\"\n\
+         repositories = [{ url = \"./repos/ok\" }, { url = \"./repos/bad\" }]\n\
+         [[steps]]\nname = \"bump\"\nrun = '''\necho bumped >> version.txt; echo edited\n\
+         if grep -q 'repo 1' version.txt; then echo 'no luck' >&2; exit 7; fi\n'''\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = target.run(args, None);
+        let (code, stdout, stderr) = seen(&out);
+        (
+            out,
+            (code, masked_job(&stdout, dir), masked_job(&stderr, dir)),
+        )
+    };
+    let mut seen_all = Vec::new();
+    let (out, first) = run(&["job", "run", file.to_str().unwrap(), "--wait"]);
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    seen_all.push(("job run --wait".to_string(), first));
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["job", "ls"],
+        vec!["job", "runs", "edit"],
+        vec!["job", "show", &id],
+        vec!["job", "logs", &id, "ok"],
+        vec!["job", "logs", &id, "bad", "-f"],
+        vec!["job", "logs", &id],
+        vec!["job", "patch", &id],
+        vec!["job", "patch", &id, "bad"],
+        vec!["job", "show", "no-such-run"],
+        vec!["job", "logs", &id, "no-such-task"],
+        vec!["job", "runs", "no-such-job"],
+        vec!["job", "publish", &id, "--branch", "berth/edit"],
+        vec!["job", "publish", &id, "--branch", "bad..name"],
+        vec!["job", "schedule", "edit", "--cron", "0 3 * * *"],
+        vec!["job", "schedule", "edit", "--cron", "every day"],
+        vec!["job", "schedule", "edit", "--off"],
+        vec!["job", "cancel", &id],
+        vec!["job", "retry", &id, "ok"],
+    ];
+    for args in steps {
+        let (_, what) = run(&args);
+        seen_all.push((masked(&args.join(" ")), what));
+    }
+    seen_all
+}
+
+#[test]
+fn every_job_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
+    let env = Env::new();
+    let here = env.dir.path().join("jobs");
+    let local = job_session(&Target::Local(&env), &here);
+    // Sanity: the session exercised what it claims.
+    let code = |step: &str| {
+        local
+            .iter()
+            .find(|(s, _)| s.starts_with(step))
+            .map(|(_, seen)| seen.0)
+    };
+    assert_eq!(code("job run --wait"), Some(Some(1)), "{local:#?}");
+    let (_, (_, waited, _)) = &local[0];
+    assert!(
+        waited.contains("run <id>: partial") && waited.contains("step bump"),
+        "{waited}"
+    );
+    let (_, (_, followed, _)) = local.iter().find(|(s, _)| s.ends_with("bad -f")).unwrap();
+    assert!(
+        followed.contains("no luck") && followed.contains("==> step 1: bump"),
+        "{followed}"
+    );
+    let (_, (_, patch, _)) = local.iter().find(|(s, _)| s == "job patch <id>").unwrap();
+    assert!(patch.contains("+bumped"), "{patch}");
+    let (_, published) = local
+        .iter()
+        .find(|(s, _)| s.ends_with("--branch berth/edit"))
+        .unwrap();
+    assert_eq!(published.0, Some(0), "{published:?}");
+    assert!(
+        published.1.contains("<dir>/repos/ok berth/edit <hash>"),
+        "{published:?}"
+    );
+
+    for server in [Server::tcp(), Server::unix()] {
+        let client = Env::new();
+        let target = Target::Server {
+            server: &server,
+            client: &client,
+        };
+        let there = client.dir.path().join("jobs");
+        let remote = job_session(&target, &there);
+        assert_eq!(local.len(), remote.len());
+        for ((step, here), (_, there)) in local.iter().zip(&remote) {
+            assert_eq!(here, there, "`berth {step}` over {}", server.url);
+        }
+        assert!(
+            !client.home.join("registry.db").exists(),
+            "the client opened no state of its own"
+        );
+    }
+}

@@ -363,6 +363,9 @@ async fn a_log_followed_live_is_byte_identical_when_read_again_after_a_restart()
     }
     let (_, task) = api.json(api.get(&format!("/v1/runs/{run}/tasks/r0"))).await;
     assert_eq!(task["state"], "running", "the log was followed live");
+    // Its attempts: a count, and each one in `history`.
+    assert_eq!(task["attempts"], 1, "{task}");
+    assert_eq!(task["history"].as_array().unwrap().len(), 1, "{task}");
     std::fs::write(&go, "").unwrap();
     while let Some(chunk) = body.next().await {
         live.extend_from_slice(&chunk.unwrap());
