@@ -424,9 +424,16 @@ function progressBar(by, total) {
   return bar;
 }
 
-/** The repository a task works on, short. */
+/** The repository a task works on: its URL's path (or a path as given). */
 function repository(task) {
-  return task.url.replace(/\.git$/, '').split(/[/:]/).filter(Boolean).slice(-2).join('/');
+  let path;
+  try {
+    path = new URL(task.url).pathname;
+  } catch {
+    // Not a URL: `host:owner/name` (scp-like) or a local path.
+    path = task.url.replace(/^[^/:]+:/, '');
+  }
+  return path.replace(/\.git$/, '').replace(/^\/+|\/+$/g, '') || task.url;
 }
 
 function taskDuration(task) {
@@ -685,7 +692,7 @@ page(/^\/runs\/([^/]+)\/tasks\/([^/]+)$/, async (runId, taskId) => {
 });
 
 page(/^\/cluster$/, async () => {
-  main.append(h('h1', {}, 'Cluster'), h('p', { id: 'cluster-state' }, 'Not in a cluster: this server runs its workspaces and tasks itself.'));
+  main.append(h('h1', {}, 'Cluster'), h('p', { id: 'cluster-state' }, 'Not in a cluster: this server reports no cluster nodes over its API (`berth nodes` lists the nodes of a NATS cluster).'));
 });
 
 // ---- Login --------------------------------------------------------------
