@@ -250,10 +250,7 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.gc_cache(budget).await?,
             Backend::Remote(c) => c.gc_cache(budget).await?,
-            Backend::Nats(_) => bail!(
-                "berth gc --cache does not go through NATS yet: give the server's HTTP address \
-                 (--server http://HOST:PORT or unix:///PATH) or run it on the server's host"
-            ),
+            Backend::Nats(c) => c.gc_cache(budget).await?,
         })
     }
 

@@ -13,9 +13,11 @@ use berth_core::{
     Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, ProvisionEvent, ReadStream,
     Snapshot, Spec, Workspace,
 };
-use berth_provider::{CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, WorkspaceDetails};
+use berth_provider::{
+    CacheGc, CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, WorkspaceDetails,
+};
 use berth_server::ErrorResponse;
-use berth_server::layers::{ChangeList, GcResponse};
+use berth_server::layers::{CacheGcParams, ChangeList, GcResponse};
 use berth_server::v1::{
     CreateWorkspaceParams, FetchResponse, FileList, RuntimeList, WorkspaceList,
 };
@@ -247,6 +249,12 @@ impl NatsClient {
             .unary::<GcResponse>(Op::Gc, &serde_json::json!({}))
             .await?
             .runtimes)
+    }
+
+    /// Evicts unused provisioning cache entries down to `budget` bytes
+    /// (the server's own budget when absent).
+    pub async fn gc_cache(&self, budget: Option<u64>) -> Result<CacheGc, ClientError> {
+        self.unary(Op::GcCache, &CacheGcParams { budget }).await
     }
 
     pub async fn agent_info(

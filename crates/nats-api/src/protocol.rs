@@ -77,11 +77,12 @@ pub enum Op {
     Changes,
     Diff,
     Gc,
+    GcCache,
     Info,
 }
 
 impl Op {
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 21] = [
         Op::Create,
         Op::List,
         Op::Show,
@@ -101,6 +102,7 @@ impl Op {
         Op::Changes,
         Op::Diff,
         Op::Gc,
+        Op::GcCache,
         Op::Info,
     ];
 
@@ -126,6 +128,7 @@ impl Op {
             Op::Changes => "changes",
             Op::Diff => "diff",
             Op::Gc => "gc",
+            Op::GcCache => "gc.cache",
             Op::Info => "info",
         }
     }

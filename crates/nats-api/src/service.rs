@@ -11,7 +11,7 @@ use async_nats::service::ServiceExt as _;
 use async_nats::{HeaderMap, Subject};
 use berth_provider::{CreateOptions, Progress, Provider, ServiceError};
 use berth_server::ErrorBody;
-use berth_server::layers::{ChangeList, GcResponse};
+use berth_server::layers::{CacheGcParams, ChangeList, GcResponse};
 use berth_server::v1::{
     CreateWorkspaceParams, FetchResponse, FileList, RuntimeList, WorkspaceList,
 };
@@ -279,6 +279,9 @@ fn answer(op: Op, provider: &Provider, message: &async_nats::Message) -> BoxStre
             Ok(GcResponse {
                 runtimes: provider.gc().await?.runtimes,
             })
+        }),
+        Op::GcCache => with_args(op, &payload, |args: CacheGcParams| {
+            done(async move { provider.gc_cache(args.budget).await })
         }),
         Op::Info => with_args(op, &payload, |args: InfoArgs| {
             done(async move { provider.agent_info(&args.id, args.detect).await })
