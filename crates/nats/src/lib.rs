@@ -17,6 +17,7 @@ pub use async_nats;
 pub struct NatsOptions {
     /// The subject prefix of berth's NATS API, served and used
     #[arg(
+        id = "nats_prefix",
         long = "nats-prefix",
         env = "BERTH_NATS_PREFIX",
         global = true,
@@ -27,49 +28,54 @@ pub struct NatsOptions {
 
     /// Authenticate to NATS with this token
     #[arg(
+        id = "nats_token",
         long = "nats-token",
         env = "BERTH_NATS_TOKEN",
         hide_env_values = true,
         global = true,
         value_name = "TOKEN",
-        conflicts_with_all = ["user", "nkey", "creds"]
+        conflicts_with_all = ["nats_user", "nats_nkey", "nats_creds"]
     )]
     pub token: Option<Secret>,
 
     /// Authenticate to NATS as this user (with --nats-password)
     #[arg(
+        id = "nats_user",
         long = "nats-user",
         env = "BERTH_NATS_USER",
         global = true,
         value_name = "USER",
-        requires = "password",
-        conflicts_with_all = ["nkey", "creds"]
+        requires = "nats_password",
+        conflicts_with_all = ["nats_nkey", "nats_creds"]
     )]
     pub user: Option<String>,
 
     /// The NATS user's password
     #[arg(
+        id = "nats_password",
         long = "nats-password",
         env = "BERTH_NATS_PASSWORD",
         hide_env_values = true,
         global = true,
         value_name = "PASSWORD",
-        requires = "user"
+        requires = "nats_user"
     )]
     pub password: Option<Secret>,
 
     /// Authenticate to NATS with the nkey seed held in this file
     #[arg(
+        id = "nats_nkey",
         long = "nats-nkey",
         env = "BERTH_NATS_NKEY",
         global = true,
         value_name = "FILE",
-        conflicts_with = "creds"
+        conflicts_with = "nats_creds"
     )]
     pub nkey: Option<PathBuf>,
 
     /// Authenticate to NATS with this credentials file (a user JWT and its seed)
     #[arg(
+        id = "nats_creds",
         long = "nats-creds",
         env = "BERTH_NATS_CREDS",
         global = true,
@@ -79,6 +85,7 @@ pub struct NatsOptions {
 
     /// Require TLS, trusting the NATS server's certificate to this CA (PEM)
     #[arg(
+        id = "nats_tls_ca",
         long = "nats-tls-ca",
         env = "BERTH_NATS_TLS_CA",
         global = true,
@@ -88,21 +95,23 @@ pub struct NatsOptions {
 
     /// Require TLS, presenting this client certificate (PEM, with --nats-tls-key)
     #[arg(
+        id = "nats_tls_cert",
         long = "nats-tls-cert",
         env = "BERTH_NATS_TLS_CERT",
         global = true,
         value_name = "FILE",
-        requires = "tls_key"
+        requires = "nats_tls_key"
     )]
     pub tls_cert: Option<PathBuf>,
 
     /// The client certificate's private key (PEM)
     #[arg(
+        id = "nats_tls_key",
         long = "nats-tls-key",
         env = "BERTH_NATS_TLS_KEY",
         global = true,
         value_name = "FILE",
-        requires = "tls_cert"
+        requires = "nats_tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
 }

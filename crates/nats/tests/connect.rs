@@ -161,3 +161,20 @@ fn two_ways_to_authenticate_at_once_are_refused() {
         assert!(parsed.is_err(), "{flags:?} was accepted");
     }
 }
+
+/// A command's own `--token` (the HTTP server's) and the NATS options
+/// side by side: each keeps its own value.
+#[test]
+fn the_nats_token_never_collides_with_a_commands_own_token() {
+    #[derive(Parser)]
+    struct Serve {
+        #[arg(long)]
+        token: Option<String>,
+        #[command(flatten)]
+        nats: NatsOptions,
+    }
+    let serve =
+        Serve::try_parse_from(["serve", "--token", "http", "--nats-token", "nats"]).unwrap();
+    assert_eq!(serve.token.as_deref(), Some("http"));
+    assert_eq!(serve.nats.token.unwrap().expose(), "nats");
+}
