@@ -136,7 +136,7 @@ pub(crate) async fn info(
     path = "/v1/workspaces/{id}/sessions",
     tag = "agent",
     params(WorkspaceRef),
-    request_body(content = OpenSessionParams, description = "Optional"),
+    request_body(content = Option<OpenSessionParams>, description = "Optional"),
     responses(
         (status = 201, description = "The session", body = SessionInfo),
         (status = 400, description = "A working directory leaving the workspace or not a directory", body = ErrorResponse),

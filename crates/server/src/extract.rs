@@ -29,7 +29,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 /// A JSON body whose fields are all optional: an empty body is the
-/// default, so that `curl -X POST` with no `-d` works.
+/// default (as is `null`), so that `curl -X POST` with no `-d` works.
 pub struct JsonOrDefault<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDefault<T> {
@@ -42,7 +42,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDef
             return Ok(JsonOrDefault(T::default()));
         }
         require_json_type(&headers)?;
-        parse_json(&bytes).map(JsonOrDefault)
+        let body: Option<T> = parse_json(&bytes)?;
+        Ok(JsonOrDefault(body.unwrap_or_default()))
     }
 }
 

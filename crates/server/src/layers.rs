@@ -147,7 +147,7 @@ pub(crate) async fn remove_snapshot(
     path = "/v1/workspaces/{id}/reset",
     tag = "layers",
     params(WorkspaceRef),
-    request_body(content = ResetParams, description = "Optional"),
+    request_body(content = Option<ResetParams>, description = "Optional"),
     responses(
         (status = 200, description = "The workspace", body = Workspace),
         (status = 400, description = "A malformed body, or a snapshot id that can name no snapshot", body = ErrorResponse),
@@ -219,7 +219,7 @@ pub(crate) async fn diff(
     path = "/v1/workspaces/{id}/fork",
     tag = "layers",
     params(WorkspaceRef),
-    request_body(content = ForkParams, description = "Optional"),
+    request_body(content = Option<ForkParams>, description = "Optional"),
     responses(
         (status = 201, description = "The new workspaces", body = WorkspaceList),
         (status = 400, description = "A count outside 1 to 64", body = ErrorResponse),
@@ -343,7 +343,7 @@ pub(crate) async fn gc(State(state): State<AppState>) -> Result<Json<GcResponse>
     post,
     path = "/v1/cache/gc",
     tag = "layers",
-    request_body(content = CacheGcParams, description = "Optional"),
+    request_body(content = Option<CacheGcParams>, description = "Optional"),
     responses(
         (status = 200, description = "What was evicted and what is kept", body = CacheGc),
         (status = 400, description = "A malformed body", body = ErrorResponse),
