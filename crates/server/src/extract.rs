@@ -42,8 +42,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDef
             return Ok(JsonOrDefault(T::default()));
         }
         require_json_type(&headers)?;
-        let body: Option<T> = parse_json(&bytes)?;
-        Ok(JsonOrDefault(body.unwrap_or_default()))
+        if bytes.trim_ascii() == b"null" {
+            return Ok(JsonOrDefault(T::default()));
+        }
+        parse_json(&bytes).map(JsonOrDefault)
     }
 }
 
