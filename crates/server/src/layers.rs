@@ -86,6 +86,7 @@ pub struct CacheGcParams {
     /// Bytes the entries may keep; the server's configured budget when
     /// absent, and without one every entry no workspace uses is evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uint64", minimum = 0, maximum = 18446744073709551615_u64)]
     pub budget: Option<u64>,
 }
 
