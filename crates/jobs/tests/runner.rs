@@ -64,7 +64,8 @@ impl World {
         write_credentials(&home, "forge", TOKEN, &[&server.url()]);
         let runtime = SandboxRuntime::new(SandboxConfig {
             init_program: init_program(),
-            agent_program: None,
+            // The agent, beside the init: it handles the workspaces' files.
+            agent_program: Some(init_program().with_file_name("berth-agent")),
             host_binds: Vec::new(),
             id_map: Some(DEFAULT_ID_MAP),
             accept_weaker: false,

@@ -60,7 +60,9 @@ impl World {
         write_credentials(&home, "forge", TOKEN, &[&server.url()]);
         let runtime = SandboxRuntime::new(SandboxConfig {
             init_program: init_program(),
-            agent_program: None,
+            // The static agent, as berth installs it: it handles files,
+            // in any image.
+            agent_program: Some(berth_agent_bin::install(&home.join("bin")).unwrap()),
             host_binds: Vec::new(),
             id_map: Some(DEFAULT_ID_MAP),
             accept_weaker: false,

@@ -17,13 +17,13 @@
 //! With an agent configured (as berth runs it), commands and files go to
 //! the agent over its socket, exactly as in docker; without one, each
 //! command is run by the stage-1 init joining the workspace's namespaces,
-//! and files are handled by commands inside.
+//! and file operations are refused.
 //!
 //! The pieces, one concern each: `config` (how the runtime is set up),
 //! `base` (where a base filesystem comes from), `state` (a workspace on
 //! disk), `instance` (starting and stopping inits), `standby`, `stack`
-//! (layers, changes, export, import), `cache`, `isolation`, `inside` (the
-//! path without an agent), `gc`, and `operations` (the [`Runtime`](berth_core::Runtime) trait).
+//! (layers, changes, export, import), `cache`, `isolation`, `inside` (commands
+//! without an agent), `gc`, and `operations` (the [`Runtime`](berth_core::Runtime) trait).
 
 mod base;
 mod cache;
@@ -132,6 +132,17 @@ impl SandboxRuntime {
         tokio::task::spawn_blocking(move || work(&this))
             .await
             .map_err(other)?
+    }
+
+    /// The agent that handles a workspace's files: without one, file
+    /// operations are refused.
+    async fn file_agent(&self, ws: &Workspace) -> Result<AgentClient, RuntimeError> {
+        self.agent(ws)
+            .await?
+            .ok_or_else(|| RuntimeError::Unsupported {
+                runtime: "sandbox".into(),
+                operation: "file operations without an agent",
+            })
     }
 
     /// The agent serving a running workspace, when the runtime runs one.

@@ -23,6 +23,13 @@ async fn runtime(home: &Path) -> SandboxRuntime {
     support::runtime(config(home)).await
 }
 
+/// The runtime with its agent, which handles files.
+async fn runtime_with_agent(home: &Path) -> SandboxRuntime {
+    let mut config = config(home);
+    config.agent_program = Some(agent_binary());
+    support::runtime(config).await
+}
+
 thread_local! {
     static MADE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -462,7 +469,7 @@ const EDITS: &str = "cd /workspace/project
 async fn changes_are_exact_and_reset_restores_files_deletions_and_permissions() {
     let _cleanup = Cleanup;
     let home = tempfile::tempdir().unwrap();
-    let rt = runtime(home.path()).await;
+    let rt = runtime_with_agent(home.path()).await;
     let ws = provisioned(&rt, home.path(), "key-reset").await;
     assert!(rt.has_cache("key-reset").await);
     assert_eq!(
@@ -931,11 +938,40 @@ async fn snapshots_survive_a_restart_and_forks_are_independent() {
     assert!(report.removed.is_empty(), "{report:?}");
 }
 
+/// Without an agent, commands still run (through the init), and every
+/// file operation is refused saying why, rather than run as commands
+/// inside a workspace that controls what they meet.
+#[tokio::test]
+async fn without_an_agent_commands_run_and_file_operations_are_refused() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let ran = sh(&rt, &ws, "echo made > file").await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let file = WorkspacePath::parse("file").unwrap();
+    let refused = "runtime `sandbox` does not support file operations without an agent";
+    let read = rt.read_file(&ws, &file).await.err().map(|e| e.to_string());
+    assert_eq!(read.as_deref(), Some(refused));
+    let write = rt.write_file(&ws, &file, b"x".to_vec()).await;
+    assert_eq!(write.err().map(|e| e.to_string()).as_deref(), Some(refused));
+    let list = rt.list_files(&ws, &WorkspacePath::parse("").unwrap()).await;
+    assert_eq!(list.err().map(|e| e.to_string()).as_deref(), Some(refused));
+    let remove = rt.remove_file(&ws, &file).await;
+    assert_eq!(
+        remove.err().map(|e| e.to_string()).as_deref(),
+        Some(refused)
+    );
+    let kept = sh(&rt, &ws, "cat file").await;
+    assert_eq!(kept.stdout, "made\n", "nothing was written or removed");
+    rt.remove(&ws).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_cached_workspace_starts_from_the_cache_and_files_round_trip() {
     let _cleanup = Cleanup;
     let home = tempfile::tempdir().unwrap();
-    let rt = runtime(home.path()).await;
+    let rt = runtime_with_agent(home.path()).await;
     let first = provisioned(&rt, home.path(), "key-files").await;
     rt.remove(&first).await.unwrap();
 

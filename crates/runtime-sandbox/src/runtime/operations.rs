@@ -160,10 +160,7 @@ impl Runtime for SandboxRuntime {
         ws: &Workspace,
         path: &WorkspacePath,
     ) -> Result<ReadStream, RuntimeError> {
-        if let Some(agent) = self.agent(ws).await? {
-            return Ok(agent.read_file(path).await?);
-        }
-        self.read_by_command(ws, path).await
+        Ok(self.file_agent(ws).await?.read_file(path).await?)
     }
 
     async fn write_file(
@@ -172,10 +169,11 @@ impl Runtime for SandboxRuntime {
         path: &WorkspacePath,
         data: Vec<u8>,
     ) -> Result<(), RuntimeError> {
-        if let Some(agent) = self.agent(ws).await? {
-            return Ok(agent.write_file(path, &data, None).await?);
-        }
-        self.write_by_command(ws, path, data).await
+        Ok(self
+            .file_agent(ws)
+            .await?
+            .write_file(path, &data, None)
+            .await?)
     }
 
     async fn list_files(
@@ -183,17 +181,11 @@ impl Runtime for SandboxRuntime {
         ws: &Workspace,
         dir: &WorkspacePath,
     ) -> Result<Vec<FileEntry>, RuntimeError> {
-        if let Some(agent) = self.agent(ws).await? {
-            return Ok(agent.list_dir(dir).await?);
-        }
-        self.list_by_command(ws, dir).await
+        Ok(self.file_agent(ws).await?.list_dir(dir).await?)
     }
 
     async fn remove_file(&self, ws: &Workspace, path: &WorkspacePath) -> Result<(), RuntimeError> {
-        if let Some(agent) = self.agent(ws).await? {
-            return Ok(agent.remove(path).await?);
-        }
-        self.remove_by_command(ws, path).await
+        Ok(self.file_agent(ws).await?.remove(path).await?)
     }
 
     async fn save_cache(&self, ws: &Workspace, key: &str) -> Result<(), RuntimeError> {
