@@ -235,9 +235,18 @@ impl Format {
     }
 }
 
+/// What a spec describes: a workspace, or a batch job (whose errors say
+/// `invalid job`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecKind {
+    Workspace,
+    Job,
+}
+
 /// A spec that could not be read, naming the file and the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub struct SpecError {
+    pub kind: SpecKind,
     /// The spec file, when the spec came from one.
     pub file: Option<PathBuf>,
     /// The field at fault, as a path like `repositories[1].path`; empty for
@@ -248,7 +257,10 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid spec")?;
+        f.write_str(match self.kind {
+            SpecKind::Workspace => "invalid spec",
+            SpecKind::Job => "invalid job",
+        })?;
         if let Some(file) = &self.file {
             write!(f, " {}", file.display())?;
         }
@@ -260,32 +272,86 @@ impl fmt::Display for SpecError {
 }
 
 impl SpecError {
-    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A spec of `kind` refused for its `field` (empty: the whole spec).
+    pub fn new(kind: SpecKind, field: impl Into<String>, message: impl Into<String>) -> Self {
         SpecError {
+            kind,
             file: None,
             field: field.into(),
             message: message.into(),
         }
     }
 
-    fn in_file(mut self, file: &Path) -> Self {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError::new(SpecKind::Workspace, field, message)
+    }
+
+    /// The same error, of the spec read from `file`.
+    pub fn in_file(mut self, file: &Path) -> Self {
         self.file = Some(file.to_path_buf());
         self
     }
 }
 
+impl Format {
+    /// Reads a spec file of `kind`: its format, which its extension picks,
+    /// and its text.
+    pub fn read(file: &Path, kind: SpecKind) -> Result<(Format, String), SpecError> {
+        let whole = |message: String| SpecError::new(kind, "", message).in_file(file);
+        let format = Format::from_path(file).ok_or_else(|| {
+            whole("unknown file extension; expected .json, .toml, .yaml or .yml".into())
+        })?;
+        let text =
+            std::fs::read_to_string(file).map_err(|e| whole(format!("cannot read file: {e}")))?;
+        Ok((format, text))
+    }
+
+    /// Deserializes a spec of `kind` from `text`, an error naming the field
+    /// at fault.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(
+        self,
+        text: &str,
+        kind: SpecKind,
+    ) -> Result<T, SpecError> {
+        match self {
+            Format::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de).map_err(|e| located(kind, e))
+            }
+            Format::Toml => {
+                let de = toml::Deserializer::parse(text)
+                    .map_err(|e| SpecError::new(kind, "", e.to_string()))?;
+                serde_path_to_error::deserialize(de).map_err(|e| located(kind, e))
+            }
+            Format::Yaml => {
+                let de = serde_yaml_ng::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(|e| located(kind, e))
+            }
+        }
+    }
+}
+
+/// Whether a repository URL is a path relative to its spec file (`.`,
+/// `..`, `./x`, `../x`).
+pub fn is_relative_url(url: &str) -> bool {
+    url == "." || url == ".." || url.starts_with("./") || url.starts_with("../")
+}
+
+/// A repository URL with a relative path taken relative to `base`, the
+/// spec file's directory; any other URL as it is.
+pub fn resolve_url(base: &Path, url: &str) -> String {
+    if !is_relative_url(url) {
+        return url.to_string();
+    }
+    let joined = base.join(url);
+    let absolute = std::fs::canonicalize(&joined).unwrap_or(joined);
+    absolute.display().to_string()
+}
+
 impl Spec {
     /// Reads and checks a spec file; its extension picks the format.
     pub fn from_file(file: &Path) -> Result<Spec, SpecError> {
-        let format = Format::from_path(file).ok_or_else(|| {
-            SpecError::field(
-                "",
-                "unknown file extension; expected .json, .toml, .yaml or .yml",
-            )
-            .in_file(file)
-        })?;
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| SpecError::field("", format!("cannot read file: {e}")).in_file(file))?;
+        let (format, text) = Format::read(file, SpecKind::Workspace)?;
         let mut spec = Spec::parse(&text, format).map_err(|e| e.in_file(file))?;
         spec.resolve_local_urls(file.parent().unwrap_or(Path::new(".")));
         Ok(spec)
@@ -295,35 +361,13 @@ impl Spec {
     /// taken relative to the spec file's directory.
     fn resolve_local_urls(&mut self, base: &Path) {
         for repo in &mut self.repositories {
-            let relative = repo.url == "."
-                || repo.url == ".."
-                || repo.url.starts_with("./")
-                || repo.url.starts_with("../");
-            if relative {
-                let joined = base.join(&repo.url);
-                let absolute = std::fs::canonicalize(&joined).unwrap_or(joined);
-                repo.url = absolute.display().to_string();
-            }
+            repo.url = resolve_url(base, &repo.url);
         }
     }
 
     /// Parses and checks a spec from text.
     pub fn parse(text: &str, format: Format) -> Result<Spec, SpecError> {
-        let spec: Spec = match format {
-            Format::Json => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(&mut de).map_err(located)?
-            }
-            Format::Toml => {
-                let de = toml::Deserializer::parse(text)
-                    .map_err(|e| SpecError::field("", e.to_string()))?;
-                serde_path_to_error::deserialize(de).map_err(located)?
-            }
-            Format::Yaml => {
-                let de = serde_yaml_ng::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(de).map_err(located)?
-            }
-        };
+        let spec: Spec = format.deserialize(text, SpecKind::Workspace)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -469,10 +513,10 @@ impl Spec {
     }
 }
 
-fn located<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> SpecError {
+fn located<E: fmt::Display>(kind: SpecKind, err: serde_path_to_error::Error<E>) -> SpecError {
     let field = err.path().to_string();
     let field = if field == "." { String::new() } else { field };
-    SpecError::field(field, err.into_inner().to_string())
+    SpecError::new(kind, field, err.into_inner().to_string())
 }
 
 /// Whether `value` can be a name (of a workspace, a runtime, a

@@ -19,4 +19,4 @@ pub use queue::{Heartbeat, QueueError, SqliteQueue, TaskQueue};
 pub use runner::{Runner, RunnerConfig};
 pub use schedule::{Fired, Scheduler};
 pub use service::{JobError, JobSummary, Jobs, RunDetails, TaskDetails};
-pub use spec::{JobSpec, JobSpecError, Keep};
+pub use spec::{JobSpec, Keep};

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error(transparent)]
-    Spec(#[from] crate::spec::JobSpecError),
+    Spec(#[from] berth_core::SpecError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -6,12 +6,13 @@
 //! are taken relative to the job file, and the list the file names is
 //! folded into `repositories` so a stored spec stands on its own.
 
-use berth_core::spec::{Format, Limits, Network, Repository};
-use berth_core::{Spec, WorkspacePath};
+use berth_core::spec::{
+    Format, Limits, Network, Repository, SpecKind, is_relative_url, resolve_url,
+};
+use berth_core::{Spec, SpecError, WorkspacePath};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use utoipa::ToSchema;
 
 /// A job spec.
@@ -142,79 +143,30 @@ pub struct Publish {
     pub message: Option<String>,
 }
 
-/// A job spec that could not be read, naming the file and the field.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub struct JobSpecError {
-    pub file: Option<PathBuf>,
-    /// The field at fault, like `steps[1].run`; empty for the whole spec.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for JobSpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid job")?;
-        if let Some(file) = &self.file {
-            write!(f, " {}", file.display())?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": field `{}`", self.field)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl JobSpecError {
-    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        JobSpecError {
-            file: None,
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    fn in_file(mut self, file: &Path) -> Self {
-        self.file = Some(file.to_path_buf());
-        self
-    }
-}
-
-/// Whether a repository URL is a path relative to the job file.
-fn is_relative(url: &str) -> bool {
-    url == "." || url == ".." || url.starts_with("./") || url.starts_with("../")
-}
-
-fn located<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> JobSpecError {
-    let field = err.path().to_string();
-    let field = if field == "." { String::new() } else { field };
-    JobSpecError::field(field, err.into_inner().to_string())
+/// A job spec refused for its `field` (empty: the whole spec).
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::new(SpecKind::Job, field, message)
 }
 
 impl JobSpec {
     /// Reads a job file; the format follows its extension.
-    pub fn from_file(file: &Path) -> Result<JobSpec, JobSpecError> {
-        let format = Format::from_path(file).ok_or_else(|| {
-            JobSpecError::field(
-                "",
-                "unknown file extension; expected .json, .toml, .yaml or .yml",
-            )
-            .in_file(file)
-        })?;
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| JobSpecError::field("", format!("cannot read file: {e}")).in_file(file))?;
+    pub fn from_file(file: &Path) -> Result<JobSpec, SpecError> {
+        let (format, text) = Format::read(file, SpecKind::Job)?;
         let base = file.parent().unwrap_or(Path::new("."));
-        let mut spec = Self::deserialize_text(&text, format).map_err(|e| e.in_file(file))?;
+        let mut spec = format
+            .deserialize::<JobSpec>(&text, SpecKind::Job)
+            .map_err(|e| e.in_file(file))?;
         if let Some(list) = spec.repositories_file.take() {
             let path = base.join(&list);
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                JobSpecError::field(
+                invalid(
                     "repositories_file",
                     format!("cannot read {}: {e}", path.display()),
                 )
                 .in_file(file)
             })?;
             let listed = parse_repository_list(&text).map_err(|(line, message)| {
-                JobSpecError::field(
+                invalid(
                     "repositories_file",
                     format!("{}, line {line}: {message}", path.display()),
                 )
@@ -223,11 +175,7 @@ impl JobSpec {
             spec.repositories.extend(listed);
         }
         for repo in &mut spec.repositories {
-            if is_relative(&repo.url) {
-                let joined = base.join(&repo.url);
-                let absolute = std::fs::canonicalize(&joined).unwrap_or(joined);
-                repo.url = absolute.display().to_string();
-            }
+            repo.url = resolve_url(base, &repo.url);
         }
         spec.validate().map_err(|e| e.in_file(file))?;
         Ok(spec)
@@ -235,10 +183,10 @@ impl JobSpec {
 
     /// Parses and checks a job spec from text (relative URLs stay as written
     /// and `repositories_file` is refused: there is no file to be relative to).
-    pub fn parse(text: &str, format: Format) -> Result<JobSpec, JobSpecError> {
-        let spec = Self::deserialize_text(text, format)?;
+    pub fn parse(text: &str, format: Format) -> Result<JobSpec, SpecError> {
+        let spec = format.deserialize::<JobSpec>(text, SpecKind::Job)?;
         if spec.repositories_file.is_some() {
-            return Err(JobSpecError::field(
+            return Err(invalid(
                 "repositories_file",
                 "only a job read from a file can name a repositories file; list `repositories`",
             ));
@@ -250,16 +198,20 @@ impl JobSpec {
     /// Checks a spec sent whole (over the API) before it is registered: it
     /// must stand on its own, naming no file and no path relative to one,
     /// since whoever sent it resolved those where the files are.
-    pub fn check_standalone(&self) -> Result<(), JobSpecError> {
+    pub fn check_standalone(&self) -> Result<(), SpecError> {
         if self.repositories_file.is_some() {
-            return Err(JobSpecError::field(
+            return Err(invalid(
                 "repositories_file",
                 "a job sent whole cannot name a repositories file; list its repositories in \
                  `repositories`",
             ));
         }
-        if let Some(i) = self.repositories.iter().position(|r| is_relative(&r.url)) {
-            return Err(JobSpecError::field(
+        if let Some(i) = self
+            .repositories
+            .iter()
+            .position(|r| is_relative_url(&r.url))
+        {
+            return Err(invalid(
                 format!("repositories[{i}].url"),
                 format!(
                     "`{}` is relative; a job sent whole names repositories by absolute path or URL",
@@ -270,70 +222,49 @@ impl JobSpec {
         self.validate()
     }
 
-    fn deserialize_text(text: &str, format: Format) -> Result<JobSpec, JobSpecError> {
-        match format {
-            Format::Json => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(&mut de).map_err(located)
-            }
-            Format::Toml => {
-                let de = toml::Deserializer::parse(text)
-                    .map_err(|e| JobSpecError::field("", e.to_string()))?;
-                serde_path_to_error::deserialize(de).map_err(located)
-            }
-            Format::Yaml => {
-                let de = serde_yaml_ng::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(de).map_err(located)
-            }
-        }
-    }
-
     /// Checks what the types alone cannot, including that every
     /// repository's workspace spec is valid.
-    pub fn validate(&self) -> Result<(), JobSpecError> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         let named = Spec {
             name: Some(self.name.clone()),
             ..Spec::default()
         };
-        named
-            .validate()
-            .map_err(|e| JobSpecError::field("name", e.message))?;
+        named.validate().map_err(|e| invalid("name", e.message))?;
         if self.repositories.is_empty() {
-            return Err(JobSpecError::field(
+            return Err(invalid(
                 "repositories",
                 "expected at least one repository (or a `repositories_file`)",
             ));
         }
         if self.steps.is_empty() {
-            return Err(JobSpecError::field("steps", "expected at least one step"));
+            return Err(invalid("steps", "expected at least one step"));
         }
         for (i, step) in self.steps.iter().enumerate() {
             if step.run.trim().is_empty() {
-                return Err(JobSpecError::field(
+                return Err(invalid(
                     format!("steps[{i}].run"),
                     "expected a script, found an empty string",
                 ));
             }
         }
         if self.run.concurrency == 0 {
-            return Err(JobSpecError::field(
+            return Err(invalid(
                 "run.concurrency",
                 "expected at least 1 task at once",
             ));
         }
         if self.run.timeout == 0 || self.run.timeout > u64::MAX / 1000 {
-            return Err(JobSpecError::field(
+            return Err(invalid(
                 "run.timeout",
                 "expected a positive number of seconds",
             ));
         }
         if let Some(schedule) = &self.run.schedule {
-            crate::schedule::parse(schedule)
-                .map_err(|message| JobSpecError::field("run.schedule", message))?;
+            crate::schedule::parse(schedule).map_err(|message| invalid("run.schedule", message))?;
         }
         if let Some(publish) = &self.publish {
             crate::publish::check_branch(&publish.branch)
-                .map_err(|message| JobSpecError::field("publish.branch", message))?;
+                .map_err(|message| invalid("publish.branch", message))?;
         }
         for i in 0..self.repositories.len() {
             self.workspace_spec(i)?.validate().map_err(|e| {
@@ -341,7 +272,7 @@ impl JobSpec {
                     Some(rest) => format!("repositories[{i}]{rest}"),
                     None => e.field,
                 };
-                JobSpecError::field(field, e.message)
+                invalid(field, e.message)
             })?;
         }
         Ok(())
@@ -349,10 +280,11 @@ impl JobSpec {
 
     /// The workspace spec of the job's `index`th repository: the job's
     /// workspace fields and that repository, checked out at the root.
-    pub fn workspace_spec(&self, index: usize) -> Result<Spec, JobSpecError> {
-        let repo = self.repositories.get(index).ok_or_else(|| {
-            JobSpecError::field(format!("repositories[{index}]"), "no such repository")
-        })?;
+    pub fn workspace_spec(&self, index: usize) -> Result<Spec, SpecError> {
+        let repo = self
+            .repositories
+            .get(index)
+            .ok_or_else(|| invalid(format!("repositories[{index}]"), "no such repository"))?;
         Ok(self.spec_for(&repo.url, repo.reference.clone(), repo.credential.clone()))
     }
 
@@ -414,7 +346,7 @@ fn parse_repository_list(text: &str) -> Result<Vec<JobRepository>, (usize, Strin
 mod tests {
     use super::*;
 
-    fn toml(text: &str) -> Result<JobSpec, JobSpecError> {
+    fn toml(text: &str) -> Result<JobSpec, SpecError> {
         JobSpec::parse(text, Format::Toml)
     }
 

@@ -5,7 +5,7 @@
 //! Derrick's commands run. berth's own spec fields are read too, so one
 //! file can serve both.
 
-use super::{Format, Spec, SpecError, located};
+use super::{Format, Spec, SpecError, SpecKind, located};
 use serde_json::Value;
 use serde_path_to_error::Segment;
 use std::path::Path;
@@ -65,7 +65,7 @@ impl Spec {
                 {
                     ignored.push(err.path().to_string());
                 }
-                Err(err) => return Err(located(err)),
+                Err(err) => return Err(located(SpecKind::Workspace, err)),
             }
         };
         spec.validate()?;
