@@ -366,6 +366,7 @@ async fn run_probe(env: &BaseEnv, reaper: &Reaper, argv: Vec<String>) -> Option<
             output_limit: Some(4096),
             grace: Duration::from_millis(100),
             cgroup: None,
+            shepherd: None,
             // Detection is never urgent: the workspace's own commands
             // come first.
             nice: Some(19),

@@ -36,6 +36,12 @@ pub async fn run(
         (None, stdin)
     };
     let cancel = agent.shutdown.child_token();
+    // Without cgroups, a shepherd holds the command's processes together.
+    let cgroup = agent.command_cgroup();
+    let shepherd = match cgroup {
+        Some(_) => None,
+        None => Some(crate::shepherd()),
+    };
     let spawned = berth_exec::spawn(
         Spawn {
             argv: request.command.to_argv(),
@@ -45,7 +51,8 @@ pub async fn run(
             timeout: request.timeout_ms.map(Duration::from_millis),
             output_limit: request.output_limit,
             grace: agent.grace,
-            cgroup: agent.command_cgroup(),
+            cgroup,
+            shepherd,
             nice: Some(agent.command_nice),
         },
         cancel.clone(),
@@ -59,11 +66,6 @@ pub async fn run(
     };
     let _owned = agent.reaper.own(running.pid);
     let pid = running.pid;
-    // Without cgroups, what the command orphans is told by its start time.
-    let since = match agent.cgroups {
-        Some(_) => None,
-        None => crate::adopted::start_time(pid),
-    };
     if !out.message(AgentMessage::Started { pid }).await {
         cancel.cancel();
     }
@@ -74,9 +76,6 @@ pub async fn run(
                 Some(ExecEvent::Stdout { data }) => send_output(&out, Stream::Stdout, &data.0, &cancel).await,
                 Some(ExecEvent::Stderr { data }) => send_output(&out, Stream::Stderr, &data.0, &cancel).await,
                 Some(ExecEvent::Exit(status)) => {
-                    if let Some(since) = since.filter(|_| status.timed_out || status.cancelled) {
-                        crate::adopted::end_since(agent, since).await;
-                    }
                     out.message(AgentMessage::Exit(status)).await;
                     return;
                 }

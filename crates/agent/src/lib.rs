@@ -31,8 +31,10 @@
 //!   command, session and terminal also gets a cgroup of its own, and
 //!   that ending reaches everything in it, however it detached; a
 //!   session or terminal that ends takes its cgroup's processes with it.
-//!   Without one, an ended command also ends the orphans the agent adopted
-//!   while it ran (see [`adopted`]). As PID 1 (or as a child
+//!   Without one, each command runs under a shepherd, a copy of the agent
+//!   (`berth-agent shepherd ARGV...`) that is its child subreaper, and an
+//!   ending reaches everything beneath it the same way (see
+//!   [`berth_exec::shepherd`]). As PID 1 (or as a child
 //!   subreaper when run as an ordinary process) the agent reaps every
 //!   orphan; this reads `/proc`, which docker and the sandbox mount.
 //! - **Its own protection**: the agent makes itself undumpable and
@@ -53,7 +55,6 @@
 //! The agent runs on a current-thread tokio runtime: it is small, and the
 //! reaper's correctness relies on it (see [`reaper`]).
 
-mod adopted;
 pub mod args;
 pub mod detect;
 pub mod env;
@@ -62,7 +63,6 @@ mod fdio;
 mod files;
 pub mod guard;
 mod info;
-pub mod procfs;
 pub mod reaper;
 mod server;
 mod session;
@@ -70,6 +70,8 @@ mod spawn;
 mod stop_signals;
 mod terminal;
 mod watch;
+
+pub use berth_exec::procfs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -247,7 +249,7 @@ async fn end_everyone_else(grace: Duration) {
 }
 
 /// The cgroups delegated at descriptor `fd`, or `None` (said on stderr)
-/// when they cannot be used: commands then end by process group only.
+/// when they cannot be used: commands then run under a shepherd.
 fn delegated_cgroups(fd: i32) -> Option<Arc<berth_exec::Cgroups>> {
     let dir = inherited(fd)?;
     match berth_exec::Cgroups::new(dir) {
@@ -295,6 +297,18 @@ impl Agent {
     /// directory that does not lead outside it.
     pub fn workdir(&self, cwd: Option<&str>) -> Result<PathBuf, (berth_proto::ErrorCode, String)> {
         files::workdir(self, cwd).map_err(|body| (body.code, body.message))
+    }
+}
+
+/// The first argument that makes the agent's binary a shepherd.
+pub const SHEPHERD: &str = "shepherd";
+
+/// How commands start their shepherd: this very executable, which no
+/// process of the workspace can replace.
+fn shepherd() -> berth_exec::Shepherd {
+    berth_exec::Shepherd {
+        program: PathBuf::from("/proc/self/exe"),
+        args: vec![SHEPHERD.to_string()],
     }
 }
 

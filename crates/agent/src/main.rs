@@ -14,6 +14,11 @@ fn main() -> ExitCode {
         let code = berth_runtime_sandbox::stage1::main(&raw[1..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    if raw.first().map(String::as_str) == Some(berth_agent::SHEPHERD) {
+        let argv: Vec<_> = std::env::args_os().skip(2).collect();
+        let code = berth_exec::shepherd::main(&argv);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let options = match args::parse(std::env::args_os().skip(1)) {
         Ok(Invocation::Serve(options)) => options,
         Ok(Invocation::Install(dir)) => {

@@ -182,7 +182,7 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
         .stdin(Stdio::piped())
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
-    crate::spawn::pass_as_fd3(&mut command, &status_w);
+    berth_exec::pass_as_fd3(&mut command, status_w);
     berth_exec::nice_on_spawn(&mut command, agent.command_nice);
     let cgroup = agent.command_cgroup();
     if let Some(cgroup) = &cgroup {
@@ -194,7 +194,6 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
     // The write ends now live in the shell only, so they report end of
     // file when it is gone.
     drop(command);
-    drop(status_w);
     let pid = child.id().unwrap_or_default();
     let stdin = child.stdin.take().ok_or((
         ErrorCode::Spawn,

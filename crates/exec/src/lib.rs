@@ -8,14 +8,18 @@
 //! then SIGKILL. Given a cgroup of its own ([`cgroup`]), the command's
 //! process enters it before it runs, and an ending ends everything in the
 //! cgroup the same way: whatever the command started, however it
-//! detached. The last event is always [`ExecEvent::Exit`], sent once the
+//! detached. Where there are no cgroups, a [`shepherd`] holds the
+//! command's processes together instead, to the same end. The last event is always [`ExecEvent::Exit`], sent once the
 //! command and (when it was ended) everything it started are gone.
 //!
 //! Used by the `local` runtime in the provider and by the in-workspace agent.
 
 pub mod cgroup;
+pub mod procfs;
+pub mod shepherd;
 
 pub use cgroup::{Cgroups, CommandCgroup};
+pub use shepherd::Shepherd;
 
 use berth_proto::{ExecEvent, ExitStatus, Stream};
 use rustix::process::{Pid, Signal, kill_process_group};
@@ -54,6 +58,8 @@ pub struct Spawn {
     pub grace: Duration,
     /// The cgroup the command runs in, if it has one of its own.
     pub cgroup: Option<CommandCgroup>,
+    /// The shepherd the command runs under, for a caller without cgroups.
+    pub shepherd: Option<Shepherd>,
     /// The nice value the command runs at (and what it starts, which
     /// inherits it), set before it runs anything; `None` keeps the
     /// caller's. A process without CAP_SYS_NICE cannot lower it again.
@@ -112,12 +118,51 @@ pub fn nice_on_spawn(command: &mut Command, nice: i32) {
     }
 }
 
+/// Makes `fd` the descriptor 3 of `command`'s process, open across exec;
+/// `command` keeps `fd` open until it is dropped.
+#[expect(
+    unsafe_code,
+    reason = "a pre_exec hook makes two system calls between fork and exec"
+)]
+pub fn pass_as_fd3(command: &mut Command, fd: std::os::fd::OwnedFd) {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook only calls dup2/fcntl on descriptors that are open
+    // in the child (inherited from the parent), and allocates nothing.
+    unsafe {
+        command.as_std_mut().pre_exec(move || {
+            let raw = fd.as_raw_fd();
+            if raw == 3 {
+                // dup2 onto itself keeps close-on-exec; clear it instead.
+                rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
+            } else {
+                let mut three = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(3));
+                rustix::io::dup2(&fd, &mut three)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts a command. Must be called within a tokio runtime.
 pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnError> {
     let (program, args) = spawn.argv.split_first().ok_or(SpawnError::EmptyCommand)?;
-    let mut command = Command::new(program);
+    let spawn_error = |source| SpawnError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let (mut command, mut link) = match &spawn.shepherd {
+        Some(shepherd) => {
+            let (command, link) = shepherd.command(&spawn.argv).map_err(spawn_error)?;
+            (command, Some(link))
+        }
+        None => {
+            let mut command = Command::new(program);
+            command.args(args);
+            (command, None)
+        }
+    };
     command
-        .args(args)
         .current_dir(&spawn.cwd)
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k, v)))
@@ -134,10 +179,15 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
     if let Some(nice) = spawn.nice {
         nice_on_spawn(&mut command, nice);
     }
-    let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
+    let mut child = command.spawn().map_err(spawn_error)?;
+    // The shepherd's end of its socket lives in the shepherd only.
+    drop(command);
+    if let Some(link) = &mut link
+        && let Err(source) = link.started()
+    {
+        let _ = child.start_kill();
+        return Err(spawn_error(source));
+    }
     let pid = child.id().unwrap_or_default();
     let (events, receiver) = mpsc::channel(64);
 
@@ -159,6 +209,7 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
         timeout: spawn.timeout,
         grace: spawn.grace,
         cgroup: spawn.cgroup,
+        shepherd: link,
     };
     tokio::spawn(supervise(child, pid, readers, events, ending, cancel));
     Ok(Running {
@@ -218,11 +269,12 @@ async fn pump(
 }
 
 /// How a command is ended: past its timeout, with this grace between
-/// SIGTERM and SIGKILL, everything in its cgroup too.
+/// SIGTERM and SIGKILL, everything in its cgroup or under its shepherd too.
 struct Ends {
     timeout: Option<Duration>,
     grace: Duration,
     cgroup: Option<CommandCgroup>,
+    shepherd: Option<shepherd::Link>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -244,6 +296,7 @@ async fn supervise(
         timeout,
         grace,
         cgroup,
+        shepherd,
     } = ends;
     let started = Instant::now();
     let deadline = async {
@@ -260,7 +313,10 @@ async fn supervise(
     };
     let status = match status {
         Some(status) => status,
-        None => end_tree(&mut child, pid, grace, cgroup.as_ref()).await,
+        None => match shepherd {
+            Some(link) => shepherd::end(&mut child, pid, grace, link).await,
+            None => end_tree(&mut child, pid, grace, cgroup.as_ref()).await,
+        },
     };
 
     let mut dropped = [0u64; 2];

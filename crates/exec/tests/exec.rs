@@ -16,6 +16,7 @@ fn sh(script: &str) -> Spawn {
         output_limit: None,
         grace: DEFAULT_GRACE,
         cgroup: None,
+        shepherd: None,
         nice: None,
     }
 }

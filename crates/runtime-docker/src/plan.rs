@@ -238,9 +238,10 @@ pub fn isolation(spec: &Spec, defaults: ResourceDefaults) -> Isolation {
     ];
     notes.extend(ResourceDefaults::notes(spec, memory, shm));
     notes.push(
-        "no cgroup for commands inside a container: a timeout or a cancel ends the \
-         command's process group and the processes the agent adopted while it ran \
-         (orphans of any command running then)"
+        "no cgroup for commands inside a container: each command runs under a shepherd, \
+         its child subreaper, and a timeout or a cancel ends every process beneath it, \
+         however it detached, and no other command's; what a session or terminal \
+         leaves runs until the workspace stops"
             .into(),
     );
     Isolation {

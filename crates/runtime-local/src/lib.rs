@@ -402,6 +402,7 @@ impl Runtime for LocalRuntime {
             output_limit: request.output_limit,
             grace: DEFAULT_GRACE,
             cgroup: self.commands_cgroups(ws).and_then(|c| c.make().ok()),
+            shepherd: None,
             nice: None,
         };
         let command = request.command.display();

@@ -392,6 +392,140 @@ async fn timeout_ends_a_setsid_double_forked_child() {
     assert_eq!(out, "next\n");
 }
 
+/// Starts `script` and returns its events once it has printed `started`.
+async fn started(
+    runtime: &DockerRuntime,
+    ws: &Workspace,
+    script: &str,
+    cancel: CancellationToken,
+) -> tokio::sync::mpsc::Receiver<berth_core::ExecEvent> {
+    let mut events = runtime
+        .exec(ws, ExecRequest::shell(script), cancel)
+        .await
+        .unwrap();
+    match events.recv().await {
+        Some(berth_core::ExecEvent::Stdout { data }) => assert_eq!(data.0, b"started\n"),
+        other => panic!("expected `started`, got {other:?}"),
+    }
+    events
+}
+
+/// The pids of processes running `sleep MARKER` itself (not a shell whose
+/// script names it), once there are `count` of them.
+fn sleeping(marker: &str, count: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut found: Vec<u32> = attacks::processes_with(&format!("sleep {marker}"))
+            .into_iter()
+            .filter(|(_, line)| line.starts_with("sleep "))
+            .map(|(pid, _)| pid)
+            .collect();
+        found.sort_unstable();
+        if found.len() >= count || Instant::now() >= deadline {
+            assert_eq!(found.len(), count, "processes sleeping {marker}");
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two commands run at once, each with a detached child that ignores
+/// SIGTERM, the second started after the first: cancelling the first ends
+/// its child only, and the second's lives until its own command ends. A
+/// container has no cgroups for commands, and says how it holds them.
+#[tokio::test]
+async fn a_cancel_of_one_command_never_ends_another_commands_children() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+    let shown = runtime.isolation(&ws);
+    assert!(
+        shown
+            .notes
+            .iter()
+            .any(|n| n.contains("runs under a shepherd")),
+        "`berth show` says how commands are held: {shown:?}"
+    );
+    let (first, second) = (attacks::marker(), format!("{}1", attacks::marker()));
+    let detach = |marker: &str| {
+        format!(
+            "(setsid sh -c 'trap \"\" TERM; sleep {marker}' &); \
+             echo started; sleep {marker}"
+        )
+    };
+
+    let cancel_first = CancellationToken::new();
+    let mut events_first = started(runtime, &ws, &detach(&first), cancel_first.clone()).await;
+    let cancel_second = CancellationToken::new();
+    let mut events_second = started(runtime, &ws, &detach(&second), cancel_second.clone()).await;
+    sleeping(&first, 2);
+    let before = sleeping(&second, 2);
+
+    cancel_first.cancel();
+    let (_, _, status) = collect(&mut events_first).await;
+    assert!(status.cancelled, "{status:?}");
+    let left = attacks::survivors(&format!("sleep {first}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "survived the cancel: {left:?}");
+    assert_eq!(
+        sleeping(&second, 2),
+        before,
+        "the other command and its child live on"
+    );
+
+    cancel_second.cancel();
+    let (_, _, status) = collect(&mut events_second).await;
+    assert!(status.cancelled, "{status:?}");
+    let left = attacks::survivors(&format!("sleep {second}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "survived the cancel: {left:?}");
+}
+
+/// A detached process that ignores SIGTERM forks detached children that
+/// ignore it too, as fast as it can, up to the workspace's pids limit:
+/// a timeout still ends every one of them.
+#[tokio::test]
+async fn a_timeout_ends_a_fork_loop_of_detached_children_that_ignore_sigterm() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let marker = attacks::marker();
+
+    let mut request = ExecRequest::shell(format!(
+        "(setsid sh -c 'trap \"\" TERM; while :; do (trap \"\" TERM; sleep {marker}) & done' \
+           >/dev/null 2>&1 &); \
+         echo started; sleep {marker}"
+    ));
+    request.timeout_ms = Some(1000);
+    let (out, _, status) = run(&world.runtime, &ws, request).await;
+    assert!(status.timed_out, "{status:?}");
+    assert_eq!(out, "started\n");
+    let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "{} survived the timeout", left.len());
+    let (out, _) = sh(&world.runtime, &ws, "echo next").await;
+    assert_eq!(out, "next\n");
+}
+
+/// The command stops the process that watches over it, then detaches a
+/// child that ignores SIGTERM: a timeout still ends both, and the next
+/// command runs.
+#[tokio::test]
+async fn a_timeout_ends_a_command_that_stopped_its_parent() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let marker = attacks::marker();
+
+    let mut request = ExecRequest::shell(format!(
+        "kill -STOP $PPID; (setsid sh -c 'trap \"\" TERM; sleep {marker}' &); \
+         echo started; sleep {marker}"
+    ));
+    request.timeout_ms = Some(500);
+    let (out, _, status) = run(&world.runtime, &ws, request).await;
+    assert!(status.timed_out, "{status:?}");
+    assert_eq!(out, "started\n");
+    let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "survived the timeout: {left:?}");
+    let (out, _) = sh(&world.runtime, &ws, "echo next").await;
+    assert_eq!(out, "next\n");
+}
+
 #[tokio::test]
 async fn docker_stop_is_answered_gracefully() {
     let world = World::new();

@@ -55,6 +55,7 @@ impl Inner {
                 output_limit: request.output_limit,
                 grace: berth_exec::DEFAULT_GRACE,
                 cgroup: None,
+                shepherd: None,
                 nice: None,
             },
             cancel,

@@ -59,8 +59,10 @@ impl Inner {
              a timeout or a cancel ends everything it started, however it detached"
                 .into()
         } else {
-            "no cgroup v2 for commands here: a timeout or a cancel ends the command's \
-             process group only, and what left it runs until the workspace stops"
+            "no cgroup v2 for commands here: each command runs under a shepherd, its \
+             child subreaper, and a timeout or a cancel ends every process beneath it, \
+             however it detached; what a session or terminal leaves runs until the \
+             workspace stops"
                 .into()
         });
         Isolation {

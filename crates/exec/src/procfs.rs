@@ -1,5 +1,5 @@
-//! Reading processes from `/proc`: who is a zombie child of the agent, who
-//! belongs to a process group, and what the agent uses.
+//! Reading processes from `/proc`: who is whose child, who is a zombie,
+//! who belongs to a process group, and what a process uses.
 
 use std::fs;
 
