@@ -9,8 +9,9 @@
 //! process enters it before it runs, and an ending ends everything in the
 //! cgroup the same way: whatever the command started, however it
 //! detached. Where there are no cgroups, a [`shepherd`] holds the
-//! command's processes together instead, to the same end. The last event is always [`ExecEvent::Exit`], sent once the
-//! command and (when it was ended) everything it started are gone.
+//! command's processes together instead, to the same end. The last event
+//! is always [`ExecEvent::Exit`], sent once the command and (when it was
+//! ended) everything it started are gone.
 //!
 //! Used by the `local` runtime in the provider and by the in-workspace agent.
 
