@@ -65,7 +65,7 @@ fn main() {
             began.elapsed()
         })
     };
-    let name = format!("berth-{}", ws.id);
+    let name = world.names().container(&ws.id);
     let docker_exec_true = || {
         let began = Instant::now();
         let status = Command::new("docker")
