@@ -66,6 +66,12 @@ pub async fn run(
     };
     let _owned = agent.reaper.own(running.pid);
     let pid = running.pid;
+    // A shepherd says whether the command started; waiting for it holds up
+    // no other operation, and the command's timeout runs meanwhile.
+    if let Err(err) = running.started().await {
+        out.error(ErrorCode::Spawn, err.to_string()).await;
+        return;
+    }
     if !out.message(AgentMessage::Started { pid }).await {
         cancel.cancel();
     }

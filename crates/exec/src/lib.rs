@@ -95,10 +95,24 @@ pub enum SpawnError {
 /// A started command.
 #[derive(Debug)]
 pub struct Running {
-    /// The command's pid, which is also its process group id.
+    /// The command's pid, which is also its process group id (under a
+    /// shepherd, the shepherd's).
     pub pid: u32,
     /// Output as produced, then `Exit`. Dropping this ends the command.
     pub events: mpsc::Receiver<ExecEvent>,
+    /// What the shepherd says about starting the command, if it has one.
+    report: Option<shepherd::Report>,
+}
+
+impl Running {
+    /// Waits until the command has started: an error when its program
+    /// could not be run. Without a shepherd that was known at once.
+    pub async fn started(&mut self) -> Result<(), SpawnError> {
+        match self.report.take() {
+            Some(report) => report.wait().await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Makes `command`'s process take the nice value `nice` before it runs
@@ -183,12 +197,13 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
     let mut child = command.spawn().map_err(spawn_error)?;
     // The shepherd's end of its socket lives in the shepherd only.
     drop(command);
-    if let Some(link) = &mut link
-        && let Err(source) = link.started()
-    {
-        let _ = child.start_kill();
-        return Err(spawn_error(source));
-    }
+    let (report, link) = match link.take() {
+        Some(link) => {
+            let (report, link) = link.split(program).map_err(spawn_error)?;
+            (Some(report), Some(link))
+        }
+        None => (None, None),
+    };
     let pid = child.id().unwrap_or_default();
     let (events, receiver) = mpsc::channel(64);
 
@@ -216,6 +231,7 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
     Ok(Running {
         pid,
         events: receiver,
+        report,
     })
 }
 

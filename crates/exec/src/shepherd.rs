@@ -38,15 +38,14 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 
 /// The descriptor on which the shepherd finds its socket to the caller.
 const LINK_FD: i32 = 3;
 /// Asks the shepherd to stay until the caller closes the socket.
 const HOLD: u8 = b'h';
-/// How long the caller waits for the shepherd to say whether the command
-/// started.
-const REPORT_WITHIN: Duration = Duration::from_secs(10);
 /// How often the ending looks at what is left of the command.
 const POLL: Duration = Duration::from_millis(5);
 /// How long killed processes (and then the shepherd) may take to go.
@@ -60,32 +59,61 @@ pub struct Shepherd {
     pub args: Vec<String>,
 }
 
-/// The caller's end of a shepherd's socket.
+/// The caller's end of a shepherd's socket, before the shepherd has
+/// started the command.
 #[derive(Debug)]
-pub(crate) struct Link(UnixStream);
+pub(crate) struct Starting(UnixStream);
+
+/// What a shepherd says about starting its command.
+#[derive(Debug)]
+pub(crate) struct Report {
+    program: String,
+    socket: OwnedReadHalf,
+}
+
+/// The caller's word to a running shepherd.
+#[derive(Debug)]
+pub(crate) struct Link(OwnedWriteHalf);
 
 impl Shepherd {
     /// A command that runs `argv` under a shepherd, with the shepherd's
     /// socket; [`Link::started`] says whether the command started.
-    pub(crate) fn command(&self, argv: &[String]) -> std::io::Result<(Command, Link)> {
+    pub(crate) fn command(&self, argv: &[String]) -> std::io::Result<(Command, Starting)> {
         let (ours, theirs) = UnixStream::pair()?;
         let mut command = Command::new(&self.program);
         command.args(&self.args).args(argv);
         crate::pass_as_fd3(&mut command, OwnedFd::from(theirs));
-        Ok((command, Link(ours)))
+        Ok((command, Starting(ours)))
     }
 }
 
-impl Link {
-    /// Waits for the shepherd to say whether the command started: `Ok`, or
-    /// the error that kept it from starting.
-    pub(crate) fn started(&mut self) -> std::io::Result<()> {
-        self.0.set_read_timeout(Some(REPORT_WITHIN))?;
+impl Starting {
+    /// The shepherd's report on starting `program`, and the link that
+    /// holds and releases it.
+    pub(crate) fn split(self, program: &str) -> std::io::Result<(Report, Link)> {
+        self.0.set_nonblocking(true)?;
+        let (socket, link) = tokio::net::UnixStream::from_std(self.0)?.into_split();
+        let report = Report {
+            program: program.to_string(),
+            socket,
+        };
+        Ok((report, Link(link)))
+    }
+}
+
+impl Report {
+    /// Waits for the shepherd to say whether the command started. Only an
+    /// error it names is one: a shepherd that ends without a word (one
+    /// the command's ending killed) leaves the exit to say what happened.
+    /// Nothing here blocks: a command may have stopped its shepherd.
+    pub(crate) async fn wait(mut self) -> Result<(), crate::SpawnError> {
         let mut report = [0u8; 4];
-        self.0.read_exact(&mut report)?;
-        match i32::from_le_bytes(report) {
-            0 => Ok(()),
-            errno => Err(std::io::Error::from_raw_os_error(errno)),
+        match self.socket.read_exact(&mut report).await {
+            Ok(_) if report != [0; 4] => Err(crate::SpawnError::Spawn {
+                program: self.program,
+                source: std::io::Error::from_raw_os_error(i32::from_le_bytes(report)),
+            }),
+            _ => Ok(()),
         }
     }
 }
@@ -98,10 +126,10 @@ pub(crate) async fn end(
     child: &mut Child,
     pid: u32,
     grace: Duration,
-    mut link: Link,
+    link: Link,
 ) -> std::process::ExitStatus {
     // A shepherd gone already has reported its command's end.
-    let _ = link.0.write_all(&[HOLD]);
+    let _ = link.0.try_write(&[HOLD]);
     if let Ok(Some(status)) = child.try_wait() {
         return status;
     }
