@@ -191,7 +191,10 @@ enum Service {
 /// Log entries read at once.
 const LOG_PAGE: u32 = 1000;
 
-/// How often a followed log or a waited-for run is read again.
+/// How often a followed log or a waited-for run is read again. Writes of
+/// this process's own runner wake a followed log at once; the tasks of a
+/// `berth serve` or `berth runner` on the same home reach it only through
+/// the registry, read this often.
 const POLL: Duration = Duration::from_millis(200);
 
 impl Service {

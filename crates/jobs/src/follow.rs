@@ -1,10 +1,13 @@
 //! Following jobs as they go: a task's log entry by entry until the task
 //! ends, and a run's tasks change by change until the run ends. Both read
-//! the registry every `poll` while nothing new is there, so that whatever
-//! process runs the tasks (the server's workers, a `berth runner`), the
-//! follower sees what it persisted.
+//! the registry, and while nothing new is there wait for the jobs
+//! service's word that the run changed (a write through it in this
+//! process), or at most `poll`: the fallback for writers in other
+//! processes (a `berth runner` on the same home), which cannot wake this
+//! one and whose writes the registry alone carries.
 
 use crate::api::{LogEnd, LogLine, RunEvent};
+use crate::changes::Change;
 use crate::{JobError, Jobs};
 use berth_core::job::{LogEntry, Run, RunState, Task, TaskState};
 use futures::Stream;
@@ -19,6 +22,8 @@ struct LogFollow {
     task: String,
     seen: u64,
     poll: Duration,
+    /// Made before the first read, so that no write after it is missed.
+    change: Option<Change>,
     pending: VecDeque<LogEntry>,
     /// The task was seen final: the next read takes what it wrote last.
     ended: Option<TaskState>,
@@ -40,6 +45,7 @@ pub fn log(
         task,
         seen: after,
         poll,
+        change: None,
         pending: VecDeque::new(),
         ended: None,
         end: None,
@@ -67,6 +73,12 @@ impl LogFollow {
             if self.over {
                 return None;
             }
+            if self.change.is_none() {
+                match self.jobs.task_by_id(&self.task) {
+                    Ok(task) => self.change = Some(self.jobs.changes.subscribe(&task.run_id)),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
             let entries = match self.jobs.log(&self.task, self.seen, PAGE) {
                 Ok(entries) => entries,
                 Err(e) => return Some(Err(e)),
@@ -85,7 +97,7 @@ impl LogFollow {
             }
             match self.jobs.task_by_id(&self.task) {
                 Ok(task) if task.state.is_final() => self.ended = Some(task.state),
-                Ok(_) if self.pending.is_empty() => tokio::time::sleep(self.poll).await,
+                Ok(_) if self.pending.is_empty() => wait(&mut self.change, self.poll).await,
                 Ok(_) => {}
                 Err(e) => return Some(Err(e)),
             }
@@ -97,6 +109,8 @@ struct RunFollow {
     jobs: Jobs,
     run: String,
     poll: Duration,
+    /// Made before the first read, so that no write after it is missed.
+    change: Option<Change>,
     last: Option<(Run, HashMap<String, Task>)>,
     pending: VecDeque<RunEvent>,
     over: bool,
@@ -113,6 +127,7 @@ pub fn run(
         jobs,
         run,
         poll,
+        change: None,
         last: None,
         pending: VecDeque::new(),
         over: false,
@@ -135,8 +150,18 @@ impl RunFollow {
             if self.over {
                 return None;
             }
+            if self.change.is_none() {
+                // The run by its exact id, which changes are told by.
+                match self.jobs.run(&self.run) {
+                    Ok(details) => {
+                        self.change = Some(self.jobs.changes.subscribe(&details.run.id));
+                        self.run = details.run.id;
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
             if self.last.is_some() {
-                tokio::time::sleep(self.poll).await;
+                wait(&mut self.change, self.poll).await;
             }
             let details = match self.jobs.run(&self.run) {
                 Ok(details) => details,
@@ -165,5 +190,16 @@ impl RunFollow {
             let by_id = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
             self.last = Some((run, by_id));
         }
+    }
+}
+
+/// Until the run may have changed, or at most `poll`.
+async fn wait(change: &mut Option<Change>, poll: Duration) {
+    let Some(change) = change else {
+        return tokio::time::sleep(poll).await;
+    };
+    tokio::select! {
+        _ = change.changed() => {}
+        _ = tokio::time::sleep(poll) => {}
     }
 }

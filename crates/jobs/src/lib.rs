@@ -5,6 +5,7 @@
 //! persisted as it is produced and its patch collected.
 
 pub mod api;
+mod changes;
 pub mod follow;
 pub mod publish;
 pub mod queue;

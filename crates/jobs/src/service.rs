@@ -1,6 +1,7 @@
 //! The jobs service: what every front end (the CLI, the HTTP API) asks of
 //! jobs, runs and tasks. Runs are made here and queued; runners take them.
 
+use crate::changes::{Changes, Notifying};
 use crate::queue::{QueueError, SqliteQueue, TaskQueue};
 use crate::spec::JobSpec;
 use berth_core::Clock;
@@ -86,15 +87,19 @@ pub struct TaskDetails {
 #[derive(Clone)]
 pub struct Jobs {
     pub(crate) store: Arc<Store>,
+    /// The queue, telling `changes` of what goes through it.
     queue: Arc<dyn TaskQueue>,
+    pub(crate) changes: Arc<Changes>,
     clock: Arc<dyn Clock>,
 }
 
 impl Jobs {
     pub fn new(store: Arc<Store>, queue: Arc<dyn TaskQueue>, clock: Arc<dyn Clock>) -> Self {
+        let changes = Arc::new(Changes::default());
         Jobs {
             store,
-            queue,
+            queue: Arc::new(Notifying::new(queue, changes.clone())),
+            changes,
             clock,
         }
     }

@@ -26,7 +26,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 /// How often a followed log or run is read again while nothing changed.
-const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// The server's own workers wake followers as they write; this slow poll
+/// is for a `berth runner` process on the same home, whose writes only the
+/// registry carries.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
 /// The most log entries one page holds.
 const LOG_PAGE_MAX: u32 = 1000;
