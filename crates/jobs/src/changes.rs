@@ -1,6 +1,7 @@
 //! Word of changes within the process. Whatever goes through the jobs
-//! service's queue (a log line, a claim, a result, a cancellation, a
-//! retry) wakes the followers of its run at once. A wake-up carries
+//! service's queue wakes its followers at once: a log line those of its
+//! task's log, a claim, a result, a cancellation or a retry those of its
+//! run (and of its tasks' logs, which end with them). A wake-up carries
 //! nothing: the registry stays the source of truth, read again on each.
 //!
 //! Writers in other processes (a `berth runner` on the same home, a
@@ -14,14 +15,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-/// The followed runs' wake-up signals, by run id.
+/// The wake-up signals of what is followed: a run's tasks changing state,
+/// a task's log growing.
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
-    runs: Mutex<HashMap<String, watch::Sender<()>>>,
+    /// By run id: a task of the run changed (claimed, ended, ...).
+    pub(crate) runs: Signals,
+    /// By task id: the task's log grew.
+    pub(crate) logs: Signals,
 }
 
-/// Resolves when the run it follows may have changed since it last did
-/// (or was made): a change is never missed between two waits.
+/// Wake-up signals by key, made as they are followed.
+#[derive(Debug, Default)]
+pub(crate) struct Signals(Mutex<HashMap<String, watch::Sender<()>>>);
+
+/// Resolves when what it follows may have changed since it last did (or
+/// was made): a change is never missed between two waits.
 #[derive(Debug)]
 pub(crate) struct Change(watch::Receiver<()>);
 
@@ -34,32 +43,31 @@ impl Change {
     }
 }
 
-impl Changes {
-    fn runs(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<()>>> {
+impl Signals {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<()>>> {
         // The map is whole after any panic: every change is one call.
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Follows the run `run` (an exact id); runs no longer followed are
-    /// forgotten.
-    pub(crate) fn subscribe(&self, run: &str) -> Change {
-        let mut runs = self.runs();
-        runs.retain(|_, sender| sender.receiver_count() > 0);
+    /// Follows `key` (an exact id); keys no longer followed are forgotten.
+    pub(crate) fn subscribe(&self, key: &str) -> Change {
+        let mut map = self.map();
+        map.retain(|_, sender| sender.receiver_count() > 0);
         Change(
-            runs.entry(run.to_owned())
+            map.entry(key.to_owned())
                 .or_insert_with(|| watch::Sender::new(()))
                 .subscribe(),
         )
     }
 
-    pub(crate) fn notify(&self, run: &str) {
-        if let Some(sender) = self.runs().get(run) {
+    pub(crate) fn notify(&self, key: &str) {
+        if let Some(sender) = self.map().get(key) {
             sender.send_modify(|_| {});
         }
     }
 
     fn notify_all(&self) {
-        for sender in self.runs().values() {
+        for sender in self.map().values() {
             sender.send_modify(|_| {});
         }
     }
@@ -70,7 +78,7 @@ pub(crate) struct Notifying {
     inner: Arc<dyn TaskQueue>,
     changes: Arc<Changes>,
     /// The run of each task claimed through this queue and not yet ended,
-    /// for the words (log, base) that name only the task.
+    /// for the base, which names only the task.
     claimed: Mutex<HashMap<String, String>>,
 }
 
@@ -87,10 +95,10 @@ impl Notifying {
         self.claimed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn notify_task(&self, task: &str) {
+    fn notify_run_of(&self, task: &str) {
         let run = self.claimed().get(task).cloned();
         if let Some(run) = run {
-            self.changes.notify(&run);
+            self.changes.runs.notify(&run);
         }
     }
 
@@ -112,7 +120,7 @@ impl TaskQueue for Notifying {
         let claim = self.inner.claim(runner).await?;
         if let Some(claim) = &claim {
             let run = claim.task.run_id.clone();
-            self.changes.notify(&run);
+            self.changes.runs.notify(&run);
             self.claimed().insert(claim.task.id.clone(), run);
         }
         Ok(claim)
@@ -124,20 +132,20 @@ impl TaskQueue for Notifying {
 
     async fn cancel_run(&self, run: &str) -> Result<Run, QueueError> {
         let run = self.inner.cancel_run(run).await?;
-        self.changes.notify(&run.id);
+        self.changes.runs.notify(&run.id);
         Ok(run)
     }
 
     async fn cancel_task(&self, task: &str) -> Result<Task, QueueError> {
         let task = self.inner.cancel_task(task).await?;
-        self.changes.notify(&task.run_id);
+        self.changes.runs.notify(&task.run_id);
         Ok(task)
     }
 
     async fn retry(&self, run: &str, scope: &RetryScope) -> Result<Vec<Task>, QueueError> {
         let tasks = self.inner.retry(run, scope).await?;
         if let Some(task) = tasks.first() {
-            self.changes.notify(&task.run_id);
+            self.changes.runs.notify(&task.run_id);
         }
         Ok(tasks)
     }
@@ -152,7 +160,7 @@ impl TaskQueue for Notifying {
         let set = self.inner.set_base(task, token, commit).await;
         self.forget_lost(task, &set);
         if set.is_ok() {
-            self.notify_task(task);
+            self.notify_run_of(task);
         }
         set
     }
@@ -161,7 +169,7 @@ impl TaskQueue for Notifying {
         let logged = self.inner.log(task, attempt, event).await;
         self.forget_lost(task, &logged);
         if logged.is_ok() {
-            self.notify_task(task);
+            self.changes.logs.notify(task);
         }
         logged
     }
@@ -170,8 +178,8 @@ impl TaskQueue for Notifying {
         let done = self.inner.complete(task, token, finish).await;
         let run = self.claimed().remove(task);
         match (&done, run) {
-            (Ok(done), _) => self.changes.notify(&done.run_id),
-            (Err(_), Some(run)) => self.changes.notify(&run),
+            (Ok(done), _) => self.changes.runs.notify(&done.run_id),
+            (Err(_), Some(run)) => self.changes.runs.notify(&run),
             (Err(_), None) => {}
         }
         done
@@ -187,7 +195,7 @@ impl TaskQueue for Notifying {
                 claimed.remove(task);
             }
             drop(claimed);
-            self.changes.notify_all();
+            self.changes.runs.notify_all();
         }
         Ok(moved)
     }

@@ -1,7 +1,7 @@
 //! Following jobs as they go: a task's log entry by entry until the task
 //! ends, and a run's tasks change by change until the run ends. Both read
 //! the registry, and while nothing new is there wait for the jobs
-//! service's word that the run changed (a write through it in this
+//! service's word that the log or the run changed (a write through it in this
 //! process), or at most `poll`: the fallback for writers in other
 //! processes (a `berth runner` on the same home), which cannot wake this
 //! one and whose writes the registry alone carries.
@@ -22,8 +22,9 @@ struct LogFollow {
     task: String,
     seen: u64,
     poll: Duration,
-    /// Made before the first read, so that no write after it is missed.
-    change: Option<Change>,
+    /// The log's and the run's changes, followed before the first read so
+    /// that no write after it is missed.
+    changes: Option<[Change; 2]>,
     pending: VecDeque<LogEntry>,
     /// The task was seen final: the next read takes what it wrote last.
     ended: Option<TaskState>,
@@ -45,7 +46,7 @@ pub fn log(
         task,
         seen: after,
         poll,
-        change: None,
+        changes: None,
         pending: VecDeque::new(),
         ended: None,
         end: None,
@@ -73,9 +74,15 @@ impl LogFollow {
             if self.over {
                 return None;
             }
-            if self.change.is_none() {
+            if self.changes.is_none() {
+                let changes = &self.jobs.changes;
                 match self.jobs.task_by_id(&self.task) {
-                    Ok(task) => self.change = Some(self.jobs.changes.subscribe(&task.run_id)),
+                    Ok(task) => {
+                        self.changes = Some([
+                            changes.logs.subscribe(&task.id),
+                            changes.runs.subscribe(&task.run_id),
+                        ]);
+                    }
                     Err(e) => return Some(Err(e)),
                 }
             }
@@ -97,7 +104,9 @@ impl LogFollow {
             }
             match self.jobs.task_by_id(&self.task) {
                 Ok(task) if task.state.is_final() => self.ended = Some(task.state),
-                Ok(_) if self.pending.is_empty() => wait(&mut self.change, self.poll).await,
+                Ok(_) if self.pending.is_empty() => {
+                    wait(self.changes.iter_mut().flatten(), self.poll).await;
+                }
                 Ok(_) => {}
                 Err(e) => return Some(Err(e)),
             }
@@ -109,7 +118,8 @@ struct RunFollow {
     jobs: Jobs,
     run: String,
     poll: Duration,
-    /// Made before the first read, so that no write after it is missed.
+    /// The run's changes, followed before the first read so that no write
+    /// after it is missed.
     change: Option<Change>,
     last: Option<(Run, HashMap<String, Task>)>,
     pending: VecDeque<RunEvent>,
@@ -154,14 +164,14 @@ impl RunFollow {
                 // The run by its exact id, which changes are told by.
                 match self.jobs.run(&self.run) {
                     Ok(details) => {
-                        self.change = Some(self.jobs.changes.subscribe(&details.run.id));
+                        self.change = Some(self.jobs.changes.runs.subscribe(&details.run.id));
                         self.run = details.run.id;
                     }
                     Err(e) => return Some(Err(e)),
                 }
             }
             if self.last.is_some() {
-                wait(&mut self.change, self.poll).await;
+                wait(self.change.iter_mut(), self.poll).await;
             }
             let details = match self.jobs.run(&self.run) {
                 Ok(details) => details,
@@ -193,13 +203,14 @@ impl RunFollow {
     }
 }
 
-/// Until the run may have changed, or at most `poll`.
-async fn wait(change: &mut Option<Change>, poll: Duration) {
-    let Some(change) = change else {
+/// Until any of `changes` fires, or at most `poll`.
+async fn wait(changes: impl Iterator<Item = &mut Change>, poll: Duration) {
+    let changed: Vec<_> = changes.map(|c| Box::pin(c.changed())).collect();
+    if changed.is_empty() {
         return tokio::time::sleep(poll).await;
-    };
+    }
     tokio::select! {
-        _ = change.changed() => {}
+        _ = futures::future::select_all(changed) => {}
         _ = tokio::time::sleep(poll) => {}
     }
 }

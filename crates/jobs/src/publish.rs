@@ -115,7 +115,7 @@ impl Jobs {
         match provider.publish(&publication).await {
             Ok(commit) => {
                 self.store.set_published(&task.id, branch, &commit)?;
-                self.changes.notify(&task.run_id);
+                self.changes.runs.notify(&task.run_id);
                 result.commit = Some(commit);
             }
             Err(ServiceError::Git { source, .. }) => result.error = Some(source.to_string()),
