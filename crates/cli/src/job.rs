@@ -18,7 +18,7 @@ use berth_jobs::{
 };
 use berth_provider::Provider;
 use futures::StreamExt as _;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, FusedStream as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -574,6 +574,14 @@ async fn wait_for(service: Service, run: &str) -> Result<ExitCode> {
     let style = ProgressStyle::with_template("{spinner} {prefix} {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    // Here, the run's changes wake the wait as this process makes them.
+    let mut changes = match &service {
+        Service::Here { jobs, .. } => {
+            berth_jobs::follow::run(jobs.clone(), run.to_owned(), POLL).boxed()
+        }
+        Service::Server(_) => futures::stream::empty().boxed(),
+    }
+    .fuse();
     let details = loop {
         let details = service.run(run).await?;
         for task in &details.tasks {
@@ -593,7 +601,9 @@ async fn wait_for(service: Service, run: &str) -> Result<ExitCode> {
         if details.run.state != RunState::Running {
             break details;
         }
-        tokio::time::sleep(POLL).await;
+        if changes.is_terminated() || changes.next().await.is_none() {
+            tokio::time::sleep(POLL).await;
+        }
     };
     shutdown.cancel();
     if let Some(serving) = serving {
