@@ -315,6 +315,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             {
                 config.runtime = Some(runtime);
             }
+            if let Command::Node(args) = &cli.command
+                && let Some(offer) = &args.runtimes
+            {
+                if let Some(unknown) = offer
+                    .iter()
+                    .find(|r| !config::RUNTIMES.contains(&r.as_str()))
+                {
+                    bail!(
+                        "--runtimes: no runtime `{unknown}`; expected some of {}",
+                        config::RUNTIMES.join(", ")
+                    );
+                }
+                config.offer = Some(offer.clone());
+            }
             Backend::Local(config.open().await?)
         }
     };
@@ -709,6 +723,24 @@ fn short(commit: &str) -> &str {
 }
 
 fn print_table(out: &mut impl Write, workspaces: &[Workspace]) -> Result<()> {
+    // Through a cluster's controller, each workspace's node.
+    if workspaces.iter().any(|ws| ws.node.is_some()) {
+        let rows = workspaces.iter().map(|ws| {
+            [
+                ws.id.to_string(),
+                quoted(&ws.name).to_string(),
+                ws.node.clone().unwrap_or_default(),
+                ws.runtime.clone(),
+                ws.state.to_string(),
+                progress::ago(ws.created_at),
+            ]
+        });
+        return write_columns(
+            out,
+            ["ID", "NAME", "NODE", "RUNTIME", "STATE", "CREATED"],
+            rows,
+        );
+    }
     let rows = workspaces.iter().map(|ws| {
         [
             ws.id.to_string(),

@@ -36,6 +36,13 @@ pub struct NodeArgs {
     /// refreshed three times within it.
     #[arg(long, default_value_t = 15)]
     ttl: u64,
+    /// The runtimes the node offers, of those that work here
+    /// (comma-separated); every one that works by default.
+    #[arg(long, value_delimiter = ',')]
+    pub runtimes: Option<Vec<String>>,
+    /// Workspaces a controller places here at most; no limit by default.
+    #[arg(long)]
+    capacity: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +73,17 @@ pub async fn node(provider: Provider, nats: &NatsOptions, args: NodeArgs) -> Res
     let membership = Membership::join(client.clone(), &name, Duration::from_secs(args.ttl))
         .await
         .context("cannot register the node")?;
+    // The API for the workspaces controllers place here.
+    let api = berth_cluster::node_prefix(&nats.prefix, &name);
+    let service = berth_nats_api::start(
+        client.clone(),
+        provider.clone(),
+        berth_nats_api::ServiceConfig {
+            prefix: api.clone(),
+            ..berth_nats_api::ServiceConfig::default()
+        },
+    )
+    .await?;
     let queue = Arc::new(
         NodeQueue::open(client, queue_settings(&settings), CLAIM_WAIT)
             .await
@@ -94,6 +112,8 @@ pub async fn node(provider: Provider, nats: &NatsOptions, args: NodeArgs) -> Res
         slots: args.slots.max(1),
         running: 0,
         cache_keys: Vec::new(),
+        api: Some(api),
+        capacity: args.capacity,
         started_at: clock.now_ms(),
         heartbeat_at: 0,
     };
@@ -113,6 +133,7 @@ pub async fn node(provider: Provider, nats: &NatsOptions, args: NodeArgs) -> Res
     );
 
     let shutdown = CancellationToken::new();
+    let api = tokio::spawn(service.run(shutdown.clone()));
     let serving = {
         let (runner, shutdown) = (runner.clone(), shutdown.clone());
         tokio::spawn(async move { runner.serve(shutdown).await })
@@ -135,6 +156,7 @@ pub async fn node(provider: Provider, nats: &NatsOptions, args: NodeArgs) -> Res
     }
     shutdown.cancel();
     let _ = serving.await;
+    api.await??;
     // Tasks still held go to other nodes at once rather than after the
     // ack wait.
     queue.release_all().await;

@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// instead of inside the server.
     #[arg(long, env = "BERTH_NATS_URL")]
     nats: Option<String>,
+    /// With --nats: serve the NATS API as the cluster's controller, each
+    /// workspace placed on a node and every request about it forwarded
+    /// there, rather than from this host's provider.
+    #[arg(long, requires = "nats")]
+    remote: bool,
     /// Started as `derrick`: Derrick's clients send no token.
     #[arg(skip)]
     derrick: bool,
@@ -130,6 +135,7 @@ impl DerrickCli {
             workspace_config_path: Some(self.workspace_config_path),
             image: self.image,
             nats: self.nats,
+            remote: false,
             derrick: true,
         }
     }
@@ -226,15 +232,24 @@ pub async fn serve(
                 .connect(&url, "berth serve")
                 .await
                 .context("cannot serve the API through NATS")?;
-            let service = berth_nats_api::start(
-                connection,
-                provider.clone(),
-                berth_nats_api::ServiceConfig {
-                    prefix: nats.prefix.clone(),
-                    ..berth_nats_api::ServiceConfig::default()
-                },
-            )
-            .await?;
+            let config = berth_nats_api::ServiceConfig {
+                prefix: nats.prefix.clone(),
+                ..berth_nats_api::ServiceConfig::default()
+            };
+            let service = if args.remote {
+                let router = berth_cluster::Router::open(
+                    connection.clone(),
+                    &nats.prefix,
+                    &berth_nats::redacted(&url),
+                    provider.default_runtime().map(str::to_owned),
+                )
+                .await
+                .context("cannot open the cluster's registry of workspaces")?;
+                eprintln!("berth serve: workspaces are placed on the nodes of the cluster");
+                berth_nats_api::start(connection, router, config).await?
+            } else {
+                berth_nats_api::start(connection, provider.clone(), config).await?
+            };
             eprintln!(
                 "berth serve: the API is served through NATS at {} under {}",
                 berth_nats::redacted(&url),

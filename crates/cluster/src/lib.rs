@@ -9,19 +9,26 @@
 //! - [`controller`]: the side that keeps runs: it hands due tasks from its
 //!   registry to the work queue and applies the nodes' events to it,
 //!   fencing off attempts that lost their task.
+//! - [`router`]: the controller's API for workspaces: each placed on a
+//!   node ([`placement`]), recorded in a key-value bucket
+//!   ([`workspaces`]), and every request about it forwarded to its node.
 //!
 //! The subjects, streams and buckets are named in [`wire`].
 
 pub mod controller;
 pub mod nodes;
+pub mod placement;
 pub mod queue;
+pub mod router;
 pub mod wire;
+pub mod workspaces;
 
 use std::time::Duration;
 
 pub use controller::Controller;
 pub use nodes::{Membership, NodeInfo};
 pub use queue::NodeQueue;
+pub use router::{Router, node_prefix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -25,6 +25,13 @@ pub struct NodeInfo {
     pub running: usize,
     /// The provisioning cache keys it holds.
     pub cache_keys: Vec<String>,
+    /// The subject prefix it serves the API under, for the workspaces
+    /// placed on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// Workspaces it takes at most; no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<usize>,
     /// When the node joined and when it last wrote its record, in
     /// milliseconds since the epoch.
     pub started_at: i64,
@@ -49,7 +56,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// The bucket, made if missing.
-async fn bucket(js: &jetstream::Context) -> Result<kv::Store, ClusterError> {
+pub(crate) async fn bucket(js: &jetstream::Context) -> Result<kv::Store, ClusterError> {
     if let Ok(kv) = js.get_key_value(NODES_BUCKET).await {
         return Ok(kv);
     }
@@ -137,8 +144,11 @@ impl Membership {
 
 /// Every node whose record is alive, by name.
 pub async fn list(client: async_nats::Client) -> Result<Vec<NodeInfo>, ClusterError> {
-    let js = jetstream::new(client);
-    let kv = bucket(&js).await?;
+    list_in(&bucket(&jetstream::new(client)).await?).await
+}
+
+/// Every node whose record in `kv` is alive, by name.
+pub(crate) async fn list_in(kv: &kv::Store) -> Result<Vec<NodeInfo>, ClusterError> {
     let mut keys = kv
         .keys()
         .await

@@ -25,6 +25,7 @@ pub const CONTROLLER: &str = "controller";
 pub const HEARTBEAT_SUBJECT: &str = "berth.jobs.heartbeat";
 pub const PATCHES_BUCKET: &str = "berth-patches";
 pub const NODES_BUCKET: &str = "berth-nodes";
+pub const WORKSPACES_BUCKET: &str = "berth-workspaces";
 
 /// Where JetStream says a task was delivered as often as allowed.
 pub fn max_deliveries_subject() -> String {

@@ -53,6 +53,9 @@ pub enum WorkspaceState {
     Stopped,
     Failed,
     Removed,
+    /// On a cluster node that is gone (its membership expired): known
+    /// from the cluster's registry, unreachable.
+    Lost,
 }
 
 impl WorkspaceState {
@@ -63,6 +66,7 @@ impl WorkspaceState {
             WorkspaceState::Stopped => "stopped",
             WorkspaceState::Failed => "failed",
             WorkspaceState::Removed => "removed",
+            WorkspaceState::Lost => "lost",
         }
     }
 
@@ -73,6 +77,7 @@ impl WorkspaceState {
             "stopped" => WorkspaceState::Stopped,
             "failed" => WorkspaceState::Failed,
             "removed" => WorkspaceState::Removed,
+            "lost" => WorkspaceState::Lost,
             _ => return None,
         })
     }
@@ -119,6 +124,9 @@ pub struct Workspace {
     /// (its creation until then), in milliseconds since the Unix epoch.
     #[serde(default)]
     pub last_active_at: i64,
+    /// The cluster node it lives on, when listed through a controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Workspace {

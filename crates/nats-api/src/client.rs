@@ -16,13 +16,14 @@ use berth_core::{
 use berth_provider::{
     CacheGc, CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, WorkspaceDetails,
 };
-use berth_server::ErrorResponse;
 use berth_server::layers::{CacheGcParams, ChangeList, GcResponse};
 use berth_server::v1::{
     CreateWorkspaceParams, FetchResponse, FileList, RuntimeList, WorkspaceList,
 };
+use berth_server::{ErrorBody, ErrorResponse};
 use bytes::Bytes;
 use futures::StreamExt as _;
+use futures::stream::{self, BoxStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -267,6 +268,41 @@ impl NatsClient {
             detect,
         };
         self.unary(Op::Info, &args).await
+    }
+
+    /// Sends a request as it came (its headers and payload) and hands back
+    /// its answer's frames as they arrive: a controller forwarding to a
+    /// node's service. An error the service answered keeps its code; one
+    /// reaching it is `node_unreachable`. Dropping the stream before its
+    /// end cancels the request there.
+    pub async fn forward(
+        &self,
+        op: Op,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> BoxStream<'static, crate::Frame> {
+        fn failed(err: ClientError) -> crate::Frame {
+            crate::Frame::Failed(match err {
+                ClientError::Api { code, message, .. } => ErrorBody { code, message },
+                other => ErrorBody {
+                    code: "node_unreachable".into(),
+                    message: other.to_string(),
+                },
+            })
+        }
+        let call = match self.send(op, headers, payload).await {
+            Ok(call) => call,
+            Err(err) => return stream::once(async move { failed(err) }).boxed(),
+        };
+        stream::unfold(Some(call), |call| async move {
+            let mut call = call?;
+            Some(match call.next().await {
+                Ok(Frame::Item(item)) => (crate::Frame::Item(item), Some(call)),
+                Ok(Frame::Done(result)) => (crate::Frame::Done(result), None),
+                Err(err) => (failed(err), None),
+            })
+        })
+        .boxed()
     }
 
     /// An operation answered once.

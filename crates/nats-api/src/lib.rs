@@ -11,7 +11,9 @@ mod service;
 
 pub use client::NatsClient;
 pub use protocol::{DEFAULT_PREFIX, Op, SERVICE_NAME};
-pub use service::{NatsService, ServeError, ServiceConfig, serve, start, valid_prefix};
+pub use service::{
+    Frame, Handler, NatsService, ServeError, ServiceConfig, serve, start, valid_prefix,
+};
 
 /// Whether `server` names a NATS server (`nats://` or `tls://`) rather
 /// than an HTTP one.

@@ -72,21 +72,34 @@ pub fn valid_prefix(prefix: &str) -> bool {
         })
 }
 
-/// Serves `provider` on `client` until `shutdown` is cancelled.
+/// What answers the service's requests: the provider in this process, or
+/// a cluster's controller forwarding to the node holding a workspace.
+pub trait Handler: Send + Sync + 'static {
+    /// The frames answering a request for `op`.
+    fn answer(&self, op: Op, message: &async_nats::Message) -> BoxStream<'static, Frame>;
+}
+
+impl Handler for Provider {
+    fn answer(&self, op: Op, message: &async_nats::Message) -> BoxStream<'static, Frame> {
+        answer(op, self, message)
+    }
+}
+
+/// Serves `handler` on `client` until `shutdown` is cancelled.
 pub async fn serve(
     client: async_nats::Client,
-    provider: Provider,
+    handler: impl Handler,
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    start(client, provider, config).await?.run(shutdown).await
+    start(client, handler, config).await?.run(shutdown).await
 }
 
 /// The service, its endpoints registered (requests from now on are
 /// queued for it), not yet answering.
 pub struct NatsService {
     client: async_nats::Client,
-    provider: Provider,
+    handler: Box<dyn Handler>,
     config: ServiceConfig,
     service: async_nats::service::Service,
     requests: BoxStream<'static, (Op, async_nats::service::Request)>,
@@ -95,7 +108,7 @@ pub struct NatsService {
 /// Registers the service and its endpoints on `client`.
 pub async fn start(
     client: async_nats::Client,
-    provider: Provider,
+    handler: impl Handler,
     config: ServiceConfig,
 ) -> Result<NatsService, ServeError> {
     if !valid_prefix(&config.prefix) {
@@ -127,7 +140,7 @@ pub async fn start(
         .map_err(|e| ServeError::Start(e.to_string()))?;
     Ok(NatsService {
         client,
-        provider,
+        handler: Box::new(handler),
         config,
         service,
         requests: stream::select_all(endpoints).boxed(),
@@ -151,7 +164,7 @@ impl NatsService {
                 // Nowhere to answer: nothing is done.
                 continue;
             };
-            let frames = answer(op, &self.provider, &request.message);
+            let frames = self.handler.answer(op, &request.message);
             let answer = Answer {
                 client: self.client.clone(),
                 reply,
@@ -170,8 +183,10 @@ impl NatsService {
 }
 
 /// One frame of an answer, before it is sent.
-enum Frame {
+pub enum Frame {
+    /// A progress or output event, or a chunk of bytes.
     Item(Bytes),
+    /// The result, as JSON (empty for none).
     Done(Bytes),
     Failed(ErrorBody),
 }

@@ -20,8 +20,8 @@
 //! ```
 
 use crate::{DEFAULT_OUTPUT_LIMIT, Provider, ProviderConfig, ServiceError};
-use berth_core::ResourceDefaults;
 use berth_core::spec::{deserialize_bytes, parse_bytes};
+use berth_core::{ResourceDefaults, Runtime};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,6 +86,9 @@ pub struct Config {
     /// Bytes the provisioning cache may hold before its least recently
     /// used entries that no workspace uses are evicted; no limit when unset.
     pub cache_budget: Option<u64>,
+    /// The runtimes offered (a cluster node restricted to some); every
+    /// one that works here when unset.
+    pub offer: Option<Vec<String>>,
 }
 
 /// The sandbox runtime's settings.
@@ -251,6 +254,7 @@ impl Config {
                 host_binds,
             },
             cache_budget: size("BERTH_CACHE_BUDGET")?.or(file.cache_budget),
+            offer: None,
             home,
         })
     }
@@ -265,13 +269,23 @@ impl Config {
             None => berth_runtime_docker::DockerRuntime::new(&home),
         }
         .with_defaults(self.defaults);
-        let mut config = ProviderConfig::new(&home)
-            .runtime(Arc::new(berth_runtime_local::LocalRuntime::new(&home)))
-            .runtime(Arc::new(docker));
-        match self.sandbox_runtime() {
-            Ok(sandbox) => config = config.runtime(Arc::new(sandbox)),
-            Err(e) => tracing::warn!("the sandbox runtime is unavailable: {e}"),
+        let offered = |name: &str| {
+            self.offer
+                .as_ref()
+                .is_none_or(|offer| offer.iter().any(|o| o == name))
+        };
+        let mut runtimes: Vec<Arc<dyn Runtime>> = vec![
+            Arc::new(berth_runtime_local::LocalRuntime::new(&home)),
+            Arc::new(docker),
+        ];
+        if offered("sandbox") {
+            match self.sandbox_runtime() {
+                Ok(sandbox) => runtimes.push(Arc::new(sandbox)),
+                Err(e) => tracing::warn!("the sandbox runtime is unavailable: {e}"),
+            }
         }
+        let mut config = ProviderConfig::new(&home);
+        config.runtimes = runtimes.into_iter().filter(|r| offered(r.name())).collect();
         config.default_runtime = self.runtime;
         config.output_limit = self.output_limit;
         config.cache_budget = self.cache_budget;

@@ -224,6 +224,7 @@ impl Provider {
             created_at: now,
             updated_at: now,
             last_active_at: now,
+            node: None,
         };
         for suffix in 2.. {
             match self.store().insert_workspace(&ws) {

@@ -29,6 +29,7 @@ async fn created(rt: &LocalRuntime) -> Workspace {
         created_at: 0,
         updated_at: 0,
         last_active_at: 0,
+        node: None,
     };
     let info = rt.create(&ws, None).await.unwrap();
     Workspace {

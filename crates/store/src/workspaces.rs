@@ -383,6 +383,7 @@ impl RawWorkspace {
             created_at: self.created_at,
             updated_at: self.updated_at,
             last_active_at: self.last_active_at,
+            node: None,
         })
     }
 }

@@ -35,6 +35,7 @@ fn workspace_with_id(id: WorkspaceId, name: &str) -> Workspace {
         created_at: now,
         updated_at: now,
         last_active_at: now,
+        node: None,
     }
 }
 

@@ -390,3 +390,6 @@ fn with_no_resets_a_task_whose_node_was_killed_fails_saying_its_runner_died() {
     );
     assert_eq!(task.attempts, 1, "the second node never took it: {task:?}");
 }
+
+#[path = "cluster/placement.rs"]
+mod placement;

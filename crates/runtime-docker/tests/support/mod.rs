@@ -228,6 +228,7 @@ pub fn workspace(spec: Spec) -> Workspace {
         created_at: 0,
         updated_at: 0,
         last_active_at: 0,
+        node: None,
     }
 }
 

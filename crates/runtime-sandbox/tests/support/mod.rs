@@ -68,6 +68,7 @@ pub fn workspace(name: &str, spec: Spec) -> Workspace {
         created_at: 0,
         updated_at: 0,
         last_active_at: 0,
+        node: None,
     }
 }
 
