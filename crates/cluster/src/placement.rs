@@ -26,7 +26,9 @@ pub fn choose<'a>(
     let held = |node: &NodeInfo| workspaces.get(&node.name).copied().unwrap_or(0);
     let offering: Vec<&NodeInfo> = nodes
         .iter()
-        .filter(|node| node.api.is_some() && node.runtimes.iter().any(|r| r == runtime))
+        .filter(|node| {
+            crate::router::node_api(node).is_some() && node.runtimes.iter().any(|r| r == runtime)
+        })
         .collect();
     if offering.is_empty() {
         let nodes = if nodes.is_empty() {

@@ -32,6 +32,19 @@ pub fn node_prefix(prefix: &str, name: &str) -> String {
     format!("{prefix}.node.{name}")
 }
 
+/// The prefix `node`'s record names for its API, if it is one a node
+/// serves: literal tokens ending in `node.<its name>`. Any other (the
+/// controllers' own `berth.v1`, another node's) would have a controller
+/// forward requests to itself or to the wrong node.
+pub fn node_api(node: &NodeInfo) -> Option<&str> {
+    let api = node.api.as_deref()?;
+    let own = api
+        .strip_suffix(node.name.as_str())
+        .and_then(|rest| rest.strip_suffix(".node."))
+        .is_some_and(|base| !base.is_empty());
+    (own && berth_nats_api::valid_prefix(api)).then_some(api)
+}
+
 /// The controller's handler of the NATS API. Cheap to clone.
 #[derive(Clone)]
 pub struct Router {
@@ -287,9 +300,13 @@ impl Inner {
 
     /// A client of `node`'s service.
     fn client(&self, node: &NodeInfo) -> Result<NatsClient, ErrorBody> {
-        let api = node.api.as_deref().ok_or_else(|| ErrorBody {
+        let api = node_api(node).ok_or_else(|| ErrorBody {
             code: "node_unreachable".into(),
-            message: format!("the node `{}` serves no API", node.name),
+            message: format!(
+                "the node `{}` serves no API under {}",
+                node.name,
+                node_prefix("PREFIX", &node.name)
+            ),
         })?;
         Ok(NatsClient::new(self.nats.clone(), api, &self.server))
     }
@@ -392,4 +409,47 @@ fn done(value: &impl serde::Serialize) -> BoxStream<'static, Frame> {
         Err(e) => Frame::Failed(internal(e)),
     };
     stream::once(async move { frame }).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claiming(name: &str, api: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            arch: "x86_64".into(),
+            runtimes: vec!["local".into()],
+            slots: 1,
+            running: 0,
+            cache_keys: Vec::new(),
+            api: Some(api.into()),
+            capacity: None,
+            started_at: 0,
+            heartbeat_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_node_record_naming_the_controllers_subjects_or_another_nodes_is_not_forwarded_to() {
+        assert_eq!(
+            node_api(&claiming("a", "berth.v1.node.a")),
+            Some("berth.v1.node.a")
+        );
+        assert_eq!(
+            node_api(&claiming("a", "team.x.node.a")),
+            Some("team.x.node.a")
+        );
+        for api in [
+            "berth.v1",
+            "berth.v1.node.b",
+            "berth.v1.node.xa",
+            ".node.a",
+            "berth.*.node.a",
+            "berth.>.node.a",
+            "node.a",
+        ] {
+            assert_eq!(node_api(&claiming("a", api)), None, "{api}");
+        }
+    }
 }
