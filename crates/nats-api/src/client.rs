@@ -64,14 +64,7 @@ impl NatsClient {
         options: &CreateOptions,
         progress: mpsc::Sender<ProvisionEvent>,
     ) -> Result<Workspace, ClientError> {
-        let params = CreateWorkspaceParams {
-            spec: spec.clone(),
-            runtime: options.runtime.clone(),
-            name: options.name.clone(),
-            labels: options.labels.clone(),
-            idle: options.idle,
-            lifetime: options.lifetime,
-        };
+        let params = CreateWorkspaceParams::new(spec.clone(), options.clone());
         let mut call = self.call(Op::Create, &params).await?;
         loop {
             match call.next().await? {

@@ -9,7 +9,7 @@ use crate::protocol::{
 };
 use async_nats::service::ServiceExt as _;
 use async_nats::{HeaderMap, Subject};
-use berth_provider::{CreateOptions, Progress, Provider, ServiceError};
+use berth_provider::{Progress, Provider, ServiceError};
 use berth_server::ErrorBody;
 use berth_server::layers::{CacheGcParams, ChangeList, GcResponse};
 use berth_server::v1::{
@@ -197,16 +197,10 @@ fn answer(op: Op, provider: &Provider, message: &async_nats::Message) -> BoxStre
     let payload = message.payload.clone();
     match op {
         Op::Create => with_args(op, &payload, |params: CreateWorkspaceParams| {
-            let options = CreateOptions {
-                runtime: params.runtime,
-                name: params.name,
-                labels: params.labels,
-                idle: params.idle,
-                lifetime: params.lifetime,
-            };
-            with_progress(move |progress| async move {
-                provider.create(params.spec, options, progress).await
-            })
+            let (spec, options) = params.into_parts();
+            with_progress(
+                move |progress| async move { provider.create(spec, options, progress).await },
+            )
         }),
         Op::List => with_args(op, &payload, |args: ListArgs| {
             done(async move {

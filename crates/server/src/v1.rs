@@ -62,6 +62,32 @@ pub struct CreateWorkspaceParams {
     pub lifetime: Option<u64>,
 }
 
+impl CreateWorkspaceParams {
+    /// The request that creates a workspace from `spec` with `options`.
+    pub fn new(spec: Spec, options: CreateOptions) -> CreateWorkspaceParams {
+        CreateWorkspaceParams {
+            spec,
+            runtime: options.runtime,
+            name: options.name,
+            labels: options.labels,
+            idle: options.idle,
+            lifetime: options.lifetime,
+        }
+    }
+
+    /// The spec and the options the provider creates the workspace with.
+    pub fn into_parts(self) -> (Spec, CreateOptions) {
+        let options = CreateOptions {
+            runtime: self.runtime,
+            name: self.name,
+            labels: self.labels,
+            idle: self.idle,
+            lifetime: self.lifetime,
+        };
+        (self.spec, options)
+    }
+}
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
@@ -179,16 +205,10 @@ pub(crate) async fn create_workspace(
     ApiJson(params): ApiJson<CreateWorkspaceParams>,
 ) -> Response {
     let provider = state.provider;
-    let options = CreateOptions {
-        runtime: params.runtime,
-        name: params.name,
-        labels: params.labels,
-        idle: params.idle,
-        lifetime: params.lifetime,
-    };
+    let (spec, options) = params.into_parts();
     with_progress(
         negotiate(&headers, query.stream),
-        move |progress| async move { provider.create(params.spec, options, progress).await },
+        move |progress| async move { provider.create(spec, options, progress).await },
         |workspace| {
             let location = HeaderValue::from_str(&format!("/v1/workspaces/{}", workspace.id));
             let mut response = (StatusCode::CREATED, Json(workspace)).into_response();
