@@ -6,9 +6,10 @@
 
 use anyhow::{Result, bail};
 use berth_client::{Client, ExportCounts};
+use berth_core::proto::TerminalParams;
 use berth_core::{
-    Change, ExecRequest, ExecStream, ExportTarget, FileEntry, Labels, ProvisionEvent, ReadStream,
-    Snapshot, Spec, Workspace,
+    Change, Command, ExecEvent, ExecRequest, ExecStream, ExportTarget, FileEntry, Labels,
+    ProvisionEvent, ReadStream, Snapshot, Spec, Workspace,
 };
 use berth_nats_api::NatsClient;
 use berth_provider::{
@@ -262,10 +263,79 @@ impl Backend {
         })
     }
 
+    /// Opens a terminal of `rows` by `cols` in workspace `id`, running
+    /// `command` (a shell when `None`).
+    pub async fn terminal(
+        &self,
+        id: &str,
+        command: Option<Command>,
+        rows: u16,
+        cols: u16,
+    ) -> Result<Terminal> {
+        Ok(match self {
+            Backend::Local(p) => {
+                let params = TerminalParams {
+                    command,
+                    rows,
+                    cols,
+                    ..TerminalParams::default()
+                };
+                Terminal::Local(p.terminal(id, params).await?)
+            }
+            Backend::Remote(c) => Terminal::Remote(Box::new(
+                c.terminal(id, command.as_ref(), rows, cols).await?,
+            )),
+            Backend::Nats(_) => {
+                bail!("berth terminal is not offered over NATS; use --server http://HOST:PORT")
+            }
+        })
+    }
+
     /// Waits for what the local runtimes go on with after answering.
     pub async fn settle(&self) {
         if let Backend::Local(provider) = self {
             provider.settle().await;
         }
+    }
+}
+
+/// A program in a workspace's terminal, here or on a server.
+pub enum Terminal {
+    Local(berth_provider::Terminal),
+    Remote(Box<berth_client::Terminal>),
+}
+
+impl Terminal {
+    /// The program's next output, then its `Exit`; `None` once its events
+    /// ended without one.
+    pub async fn next(&mut self) -> Option<ExecEvent> {
+        match self {
+            Terminal::Local(t) => t.next().await,
+            Terminal::Remote(t) => t.next().await,
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Terminal::Local(t) => t.write(bytes)?,
+            Terminal::Remote(t) => t.write(bytes).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<()> {
+        match self {
+            Terminal::Local(t) => t.resize(rows, cols)?,
+            Terminal::Remote(t) => t.resize(rows, cols).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        match self {
+            Terminal::Local(t) => t.close_stdin()?,
+            Terminal::Remote(t) => t.close_stdin().await?,
+        }
+        Ok(())
     }
 }

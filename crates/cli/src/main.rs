@@ -586,7 +586,7 @@ async fn command(
         }
         Command::Terminal { id, command } => {
             drop(stdout);
-            return terminal::run(backend.local("terminal")?, &id, command).await;
+            return terminal::run(backend, &id, command).await;
         }
         Command::Serve(args) => {
             drop(stdout);

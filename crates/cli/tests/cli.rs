@@ -1177,6 +1177,8 @@ mod hostile;
 mod jobs;
 #[path = "cli/server.rs"]
 mod server;
+#[path = "cli/terminal.rs"]
+mod terminal;
 
 #[test]
 fn up_with_idle_and_lifetime_shows_when_each_deadline_falls() {

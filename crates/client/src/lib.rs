@@ -5,6 +5,9 @@
 //! front end reports it as it would a local one.
 
 mod jobs;
+mod terminal;
+
+pub use terminal::Terminal;
 
 use berth_core::{
     Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, ProvisionEvent, ReadStream,
@@ -68,6 +71,8 @@ pub struct Client {
     /// The server as the user named it, for messages.
     server: String,
     token: Option<String>,
+    /// The unix socket requests go through, when not TCP.
+    socket: Option<PathBuf>,
 }
 
 /// The error body every refusal carries.
@@ -158,8 +163,8 @@ impl Client {
             ))
         })?;
         let builder = reqwest::Client::builder();
-        let (builder, base) = match url.scheme() {
-            "http" => (builder, url.clone()),
+        let (builder, base, socket) = match url.scheme() {
+            "http" => (builder, url.clone(), None),
             "unix" => {
                 let path = PathBuf::from(url.path());
                 if url.has_host() || !path.is_absolute() {
@@ -168,7 +173,7 @@ impl Client {
                     ));
                 }
                 let base = url::Url::parse("http://localhost/").map_err(|e| bad(e.to_string()))?;
-                (builder.unix_socket(path), base)
+                (builder.unix_socket(path.clone()), base, Some(path))
             }
             "https" => {
                 return Err(bad(
@@ -191,6 +196,7 @@ impl Client {
             base,
             server: server.into(),
             token,
+            socket,
         })
     }
 
@@ -215,7 +221,12 @@ impl Client {
         }
         let status = response.status();
         let body = response.bytes().await.map_err(|e| self.unreachable(e))?;
-        Err(match serde_json::from_slice::<ErrorResponse>(&body) {
+        Err(self.refusal(status, &body))
+    }
+
+    /// The error a server's refusal (`status` with its `body`) says.
+    fn refusal(&self, status: StatusCode, body: &[u8]) -> ClientError {
+        match serde_json::from_slice::<ErrorResponse>(body) {
             Ok(refusal) => ClientError::Api {
                 status: status.as_u16(),
                 code: refusal.error.code,
@@ -225,7 +236,7 @@ impl Client {
                 "{status}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             )),
-        })
+        }
     }
 
     async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ClientError> {
@@ -234,7 +245,7 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
     }
 
-    fn unreachable(&self, err: reqwest::Error) -> ClientError {
+    fn unreachable(&self, err: impl std::error::Error) -> ClientError {
         // reqwest's own message says little ("error sending request");
         // the cause (connection refused, no such file) says what is wrong.
         let mut detail = err.to_string();

@@ -10,16 +10,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `berth serve` of its own home, ended when dropped.
-struct Server {
+pub(crate) struct Server {
     env: Env,
     child: Child,
-    url: String,
+    pub(crate) url: String,
     /// The NATS server it serves through, for a NATS API.
     _nats: Option<NatsServer>,
 }
 
 impl Server {
-    fn tcp() -> Server {
+    pub(crate) fn tcp() -> Server {
         let env = Env::new();
         let addr = format!("127.0.0.1:{}", free_port());
         let child = serve(&env, &["--listen", &addr]);
@@ -33,7 +33,7 @@ impl Server {
         server
     }
 
-    fn unix() -> Server {
+    pub(crate) fn unix() -> Server {
         let env = Env::new();
         let socket = env.dir.path().join("berth.sock");
         let child = serve(&env, &["--socket", socket.to_str().unwrap()]);
@@ -96,13 +96,13 @@ impl Drop for Server {
 }
 
 /// How the CLI is pointed at its workspaces.
-enum Target<'a> {
+pub(crate) enum Target<'a> {
     Local(&'a Env),
     Server { server: &'a Server, client: &'a Env },
 }
 
 impl Target<'_> {
-    fn berth(&self) -> Command {
+    pub(crate) fn berth(&self) -> Command {
         match self {
             Target::Local(env) => env.berth(),
             Target::Server { server, client } => {
@@ -117,7 +117,7 @@ impl Target<'_> {
         }
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+    pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut command = self.berth();
         command.args(args);
         let Some(text) = stdin else {
