@@ -634,6 +634,7 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     let world = World::with_defaults(ResourceDefaults {
         memory: 256 << 20,
         shm: 8 << 20,
+        tmp: 32 << 20,
     });
     let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
     let runtime = &world.runtime;
@@ -662,11 +663,91 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     let now = World::with_defaults(ResourceDefaults {
         memory: 512 << 20,
         shm: 16 << 20,
+        tmp: 64 << 20,
     });
     let isolation = now.runtime.isolation(&recorded);
-    for limit in [format!("memory={}", 256 << 20), format!("shm={}", 8 << 20)] {
+    for limit in [
+        format!("memory={}", 256 << 20),
+        format!("shm={}", 8 << 20),
+        format!("tmp={}", 32 << 20),
+    ] {
         assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
     }
+    // Recorded before /tmp was a tmpfs: it is on the container's disk.
+    let mut before = recorded.clone();
+    before
+        .runtime_info
+        .as_object_mut()
+        .unwrap()
+        .remove("tmp_size");
+    let isolation = now.runtime.isolation(&before);
+    assert!(
+        isolation
+            .notes
+            .iter()
+            .any(|n| n.starts_with("/tmp is on disk")),
+        "{isolation:?}"
+    );
+}
+
+/// A workspace writes more into `/tmp` than its bound, as a build or an
+/// agent's scratch files can: the write fails with ENOSPC inside, nothing
+/// lands on the container's writable layer (the host's disk), and the
+/// workspace keeps working. `/tmp` was on that layer, without a bound.
+#[tokio::test]
+async fn tmp_is_bounded_and_a_workspace_cannot_fill_the_host_through_it() {
+    let world = World::with_defaults(ResourceDefaults {
+        memory: 256 << 20,
+        shm: 8 << 20,
+        tmp: 16 << 20,
+    });
+    let ws = running(
+        &world,
+        Spec {
+            root: Some("/".into()),
+            ..spec_for(image(TestImage::Busybox))
+        },
+    )
+    .await;
+    let runtime = &world.runtime;
+    let (out, err, _) = run(
+        runtime,
+        &ws,
+        ExecRequest::shell(
+            "df -k /tmp | tail -1 | awk '{print $2}';
+             head -c 100000000 /dev/zero > /tmp/fill || echo refused; wc -c < /tmp/fill",
+        ),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["16384", "refused"], "{out}{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let kept: u64 = lines[2].trim().parse().unwrap();
+    assert!(kept <= 16 << 20 && kept > 15 << 20, "/tmp holds {kept}");
+    // The writable layer (what the Engine keeps on the host's disk) did
+    // not take it.
+    let name = world.names().container(&ws.id);
+    let layer: u64 = cli(&["inspect", "--size", "-f", "{{.SizeRw}}", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(layer < 1 << 20, "the writable layer holds {layer} bytes");
+    assert_eq!(
+        runtime.changes(&ws).await.unwrap(),
+        [],
+        "/tmp is not a change"
+    );
+
+    let (out, err, _) = run(
+        runtime,
+        &ws,
+        ExecRequest::shell("rm /tmp/fill && echo scratch > /tmp/note && cat /tmp/note"),
+    )
+    .await;
+    assert_eq!(out, "scratch\n", "the workspace keeps working: {err}");
+    runtime.reset(&ws, None).await.unwrap();
+    let (out, err, _) = run(runtime, &ws, ExecRequest::shell("ls -A /tmp; echo listed")).await;
+    assert_eq!(out, "listed\n", "a reset empties /tmp: {err}");
 }
 
 #[tokio::test]
@@ -981,13 +1062,19 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     std::fs::write(repo.join("README"), "readme\n").unwrap();
     runtime.import(&ws, &repo, &path("code/app")).await.unwrap();
     runtime.start(&ws).await.unwrap();
-    sh(runtime, &ws, "echo 'Hello World' > /tmp/hello.txt").await;
+    sh(
+        runtime,
+        &ws,
+        "mkdir -p /var/tmp && echo 'Hello World' > /var/tmp/hello.txt \
+         && echo 'Hello World' > /tmp/hello.txt",
+    )
+    .await;
     let key = format!("test{}", ws.id);
     world.track_image(world.names().cache_image(&key));
     runtime.save_cache(&ws, &key).await.unwrap();
     assert_eq!(runtime.changes(&ws).await.unwrap(), []);
 
-    let (seen, status) = sh(runtime, &ws, "pwd; cat /tmp/hello.txt; ls code/app").await;
+    let (seen, status) = sh(runtime, &ws, "pwd; cat /var/tmp/hello.txt; ls code/app").await;
     assert_eq!(seen, "/\nHello World\nREADME\n", "{status:?}");
     runtime
         .write_file(&ws, &path("tmp/test.patch"), b"patch\n".to_vec())
@@ -1002,11 +1089,8 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     assert_eq!(seen, "patch\n");
     assert_eq!(
         changed(runtime, &ws).await,
-        [
-            ("code/app/README".to_string(), ChangeKind::Modified),
-            ("tmp/test.patch".to_string(), ChangeKind::Added),
-        ],
-        "everything but berth's own directory"
+        [("code/app/README".to_string(), ChangeKind::Modified)],
+        "everything but berth's own directory and /tmp"
     );
     let out = host.path().join("export");
     runtime
@@ -1028,8 +1112,13 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     );
     runtime.reset(&ws, None).await.unwrap();
     assert_eq!(runtime.changes(&ws).await.unwrap(), []);
-    let (seen, _) = sh(runtime, &ws, "cat /code/app/README /tmp/hello.txt").await;
-    assert_eq!(seen, "readme\nHello World\n");
+    let (seen, _) = sh(
+        runtime,
+        &ws,
+        "cat /code/app/README /var/tmp/hello.txt; ls -A /tmp",
+    )
+    .await;
+    assert_eq!(seen, "readme\nHello World\n", "a reset empties /tmp");
     runtime.remove(&ws).await.unwrap();
 }
 
