@@ -715,7 +715,8 @@ async fn tmp_is_bounded_and_a_workspace_cannot_fill_the_host_through_it() {
         &ws,
         ExecRequest::shell(
             "df -k /tmp | tail -1 | awk '{print $2}';
-             head -c 100000000 /dev/zero > /tmp/fill || echo refused; wc -c < /tmp/fill",
+             dd if=/dev/zero of=/tmp/fill bs=1000 count=100000 || echo refused;
+             wc -c < /tmp/fill",
         ),
     )
     .await;
@@ -732,10 +733,10 @@ async fn tmp_is_bounded_and_a_workspace_cannot_fill_the_host_through_it() {
         .parse()
         .unwrap();
     assert!(layer < 1 << 20, "the writable layer holds {layer} bytes");
-    assert_eq!(
-        runtime.changes(&ws).await.unwrap(),
-        [],
-        "/tmp is not a change"
+    let changes = runtime.changes(&ws).await.unwrap();
+    assert!(
+        !changes.iter().any(|c| c.path.starts_with("tmp")),
+        "/tmp's files are not the workspace's changes: {changes:?}"
     );
 
     let (out, err, _) = run(
