@@ -1046,7 +1046,7 @@ async fn gc_frees_this_homes_images_left_without_a_name_and_no_other_homes() {
 /// A workspace whose root is `/`, as Derrick's configs make them: the
 /// clone at its absolute path, commands at `/`, and changes, export,
 /// copies and reset covering the whole filesystem but berth's own
-/// directory.
+/// directory and `/tmp`, a tmpfs that no cache keeps and a reset empties.
 #[tokio::test]
 async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths() {
     let world = World::new();
