@@ -7,6 +7,8 @@
 //!  nodes ──request──▶ berth.jobs.heartbeat ─▶ a controller (answers continue, cancel or lost)
 //!  nodes ──put──▶ object store berth-patches (a result's patch) ─▶ controller
 //!  nodes ──put, TTL──▶ key-value berth-nodes (membership)
+//!  controllers ──request──▶ berth.v1.node.<name>.<op> (a workspace's node, see `router`)
+//!  controllers ──put──▶ key-value berth-workspaces (which node holds which workspace)
 //! ```
 
 use crate::{ClusterError, QueueSettings};
