@@ -1,12 +1,22 @@
-//! Runs of real jobs on the sandbox runtime, over repositories served by a
-//! token-protected smart HTTP server: patches, partial failure, timeouts,
-//! cancellation, logs and retries.
+//! Runs of real jobs on the sandbox and docker runtimes (each scenario
+//! runs on both), over repositories served by a token-protected smart HTTP
+//! server: patches, partial failure, timeouts, cancellation, logs and
+//! retries.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
+
+#[path = "../../runtime-docker/tests/support/mod.rs"]
+#[expect(dead_code, reason = "the jobs need only the docker suite's images")]
+mod support;
+
+/// The engine the docker runtime's scenarios run on.
+const ENGINE: support::Engine = support::Engine::Docker;
 
 use berth_core::SystemClock;
 use berth_core::job::{LogEvent, RunState, TaskState};
 use berth_jobs::{JobSpec, Jobs, Runner, RunnerConfig};
 use berth_provider::{Provider, ProviderConfig};
+use berth_runtime_docker::DockerRuntime;
+use berth_runtime_docker::plan::LABEL_HOME;
 use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
 use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
 use berth_store::Store;
@@ -35,7 +45,57 @@ fn init_program() -> PathBuf {
     init
 }
 
+/// The runtime a scenario runs on.
+#[derive(Debug, Clone, Copy)]
+enum On {
+    /// The sandbox, on this host's filesystem (image `host`).
+    Sandbox,
+    /// dockerd, in the docker suite's Debian image (which has git).
+    Docker,
+}
+
+impl On {
+    /// A run's timeout, in seconds, that provisioning and quick steps
+    /// stay well within but a step that sleeps does not: a container
+    /// takes longer to provision than a sandbox.
+    fn slow_timeout(self) -> u32 {
+        match self {
+            On::Sandbox => 4,
+            On::Docker => 20,
+        }
+    }
+}
+
+/// Each scenario, once per runtime: `NAME::sandbox` and `NAME::docker`.
+macro_rules! on_each_runtime {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sandbox() {
+                super::$scenario(super::On::Sandbox).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn docker() {
+                super::$scenario(super::On::Docker).await;
+            }
+        }
+    )*};
+}
+
+on_each_runtime!(
+    twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone,
+    some_repositories_fail_or_time_out_and_the_run_is_partial,
+    cancel_mid_run_ends_running_tasks_and_queued_ones_never_start,
+    a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat,
+    multi_byte_characters_split_across_writes_are_logged_whole,
+    changes_are_published_as_branches_updated_by_later_runs_and_a_refused_push_is_reported_alone,
+);
+
 struct World {
+    on: On,
+    /// The docker runtime's home label, for what is left at the end.
+    docker_home: Option<String>,
     dir: TempDir,
     server: GitHttpServer,
     provider: Provider,
@@ -46,7 +106,7 @@ struct World {
 impl World {
     /// `repos` repositories `r0`…, each with a `version.txt`, a binary
     /// file and a file to delete.
-    async fn new(repos: usize) -> World {
+    async fn new(on: On, repos: usize) -> World {
         let dir = temp_dir();
         let home = dir.path().join("home");
         let upstream = dir.path().join("repos");
@@ -62,26 +122,39 @@ impl World {
         }
         let server = GitHttpServer::start(&upstream, TOKEN);
         write_credentials(&home, "forge", TOKEN, &[&server.url()]);
-        let runtime = SandboxRuntime::new(SandboxConfig {
-            init_program: init_program(),
-            // The agent, beside the init: it handles the workspaces' files.
-            agent_program: Some(init_program().with_file_name("berth-agent")),
-            host_binds: Vec::new(),
-            id_map: Some(DEFAULT_ID_MAP),
-            accept_weaker: false,
-            standby: true,
-            ..SandboxConfig::from_env(&home)
-        })
-        .unwrap();
-        if let Err(reason) = berth_core::Runtime::available(&runtime).await {
-            panic!("the sandbox runtime cannot run here: {reason}");
+        let mut docker_home = None;
+        let runtime: Arc<dyn berth_core::Runtime> = match on {
+            On::Sandbox => Arc::new(
+                SandboxRuntime::new(SandboxConfig {
+                    init_program: init_program(),
+                    // The agent, beside the init: it handles the workspaces' files.
+                    agent_program: Some(init_program().with_file_name("berth-agent")),
+                    host_binds: Vec::new(),
+                    id_map: Some(DEFAULT_ID_MAP),
+                    accept_weaker: false,
+                    standby: true,
+                    ..SandboxConfig::from_env(&home)
+                })
+                .unwrap(),
+            ),
+            On::Docker => {
+                let docker =
+                    DockerRuntime::with_host(home.join("docker"), support::engine().host());
+                docker_home = Some(docker.names().unwrap().home().to_string());
+                Arc::new(docker)
+            }
+        };
+        if let Err(reason) = runtime.available().await {
+            panic!("the {on:?} runtime cannot run here: {reason}");
         }
-        let provider = Provider::open(ProviderConfig::new(&home).runtime(Arc::new(runtime)))
+        let provider = Provider::open(ProviderConfig::new(&home).runtime(runtime))
             .await
             .unwrap();
         let store = Arc::new(Store::open(&home).unwrap());
         let jobs = Jobs::sqlite(store, Arc::new(SystemClock));
         World {
+            on,
+            docker_home,
             dir,
             server,
             provider,
@@ -106,9 +179,13 @@ impl World {
     }
 
     fn job(&self, repos: usize, steps: &str, extra: &str) -> JobSpec {
-        let mut text =
-            "name = \"edit\"\nruntime = \"sandbox\"\nimage = \"host\"\nrepositories = [\n"
-                .to_string();
+        let (runtime, image) = match self.on {
+            On::Sandbox => ("sandbox", "host"),
+            On::Docker => ("docker", support::image(support::TestImage::Debian)),
+        };
+        let mut text = format!(
+            "name = \"edit\"\nruntime = \"{runtime}\"\nimage = \"{image}\"\nrepositories = [\n"
+        );
         for i in 0..repos {
             text.push_str(&format!(
                 "  {{ url = \"{}r{i}\", credential = \"forge\" }},\n",
@@ -155,6 +232,16 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let Some(home) = &self.docker_home {
+            // What the provider left of this home's containers.
+            let label = format!("label={LABEL_HOME}={home}");
+            let left = support::command(&["ps", "-aq", "--filter", &label])
+                .output()
+                .unwrap();
+            for id in String::from_utf8_lossy(&left.stdout).split_whitespace() {
+                let _ = support::command(&["rm", "-f", "-v", id]).output();
+            }
+        }
     }
 }
 
@@ -167,9 +254,8 @@ name = "more"
 run = "rm old.txt && echo new > new.txt && printf '\\000\\001\\002' > blob.bin && echo done >&2"
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone() {
-    let world = World::new(20).await;
+async fn twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone(on: On) {
+    let world = World::new(on, 20).await;
     world.start_runner(4);
     let run = world
         .jobs
@@ -228,9 +314,8 @@ async fn twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone() {
     assert!(live.is_empty(), "{live:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn some_repositories_fail_or_time_out_and_the_run_is_partial() {
-    let world = World::new(3).await;
+async fn some_repositories_fail_or_time_out_and_the_run_is_partial(on: On) {
+    let world = World::new(on, 3).await;
     world.start_runner(3);
     let steps = r#"
 [[steps]]
@@ -247,7 +332,11 @@ esac
 "#;
     let run = world
         .jobs
-        .start(&world.job(3, steps, "[run]\ntimeout = 4\nkeep = \"failed\""))
+        .start(&world.job(
+            3,
+            steps,
+            &format!("[run]\ntimeout = {}\nkeep = \"failed\"", on.slow_timeout()),
+        ))
         .await
         .unwrap();
     world
@@ -286,9 +375,8 @@ esac
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start() {
-    let world = World::new(4).await;
+async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start(on: On) {
+    let world = World::new(on, 4).await;
     world.start_runner(2);
     let marker = berth_testkit::attacks::marker();
     let steps = format!("[[steps]]\nrun = \"echo started; exec sleep {marker}\"\n");
@@ -324,9 +412,10 @@ async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start() {
     assert!(survivors.is_empty(), "{survivors:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat() {
-    let world = World::new(4).await;
+async fn a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat(
+    on: On,
+) {
+    let world = World::new(on, 4).await;
     // After its first beat at the claim, no heartbeat comes within the test:
     // only the direct path can carry the cancellation.
     world.start_runner_beating(2, Duration::from_secs(3600));
@@ -380,9 +469,8 @@ async fn a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_
     assert!(survivors.is_empty(), "{survivors:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn multi_byte_characters_split_across_writes_are_logged_whole() {
-    let world = World::new(1).await;
+async fn multi_byte_characters_split_across_writes_are_logged_whole(on: On) {
+    let world = World::new(on, 1).await;
     world.start_runner(1);
     // Each character's bytes leave in two writes, the second after a pause,
     // so the runner reads them in separate chunks, on both streams.
@@ -419,10 +507,10 @@ done
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn changes_are_published_as_branches_updated_by_later_runs_and_a_refused_push_is_reported_alone()
- {
-    let world = World::new(2).await;
+async fn changes_are_published_as_branches_updated_by_later_runs_and_a_refused_push_is_reported_alone(
+    on: On,
+) {
+    let world = World::new(on, 2).await;
     let upstream = |i: usize| world.dir.path().join("repos").join(format!("r{i}"));
     for i in 0..2 {
         git(&upstream(i), &["config", "http.receivepack", "true"]);
