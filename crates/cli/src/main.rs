@@ -218,6 +218,17 @@ enum Command {
     Nodes(node::NodesArgs),
 }
 
+impl Command {
+    /// Whether the command runs many tasks at once for long, and so gets
+    /// a worker thread per core.
+    fn runs_on_workers(&self) -> bool {
+        matches!(
+            self,
+            Command::Serve(_) | Command::Job { .. } | Command::Runner { .. } | Command::Node(_)
+        )
+    }
+}
+
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
@@ -249,7 +260,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A one-shot command runs on this thread alone: starting a worker
+    // thread per core would cost more than many commands take. What runs
+    // tasks side by side for long (serving, jobs, a node) gets the workers.
+    let mut builder = if cli.command.runs_on_workers() {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");

@@ -17,7 +17,7 @@
 //! `berth gc` ([`Mirrors::gc`]).
 
 use crate::command::{Auth, Runner};
-use crate::mirror_lock::{Entry, Wait, io_error, sweep, take_lock};
+use crate::mirror_lock::{Entry, Wait, any_dead_holder, io_error, sweep, take_lock};
 use crate::{Git, GitError, check_ref, looks_like_commit, remote_failure, url};
 use berth_core::spec::Repository;
 use sha2::{Digest, Sha256};
@@ -84,6 +84,12 @@ impl Mirrors {
     /// for every mirror nobody holds now: run when berth starts. Returns
     /// what was removed.
     pub async fn recover(&self) -> Result<Vec<PathBuf>, GitError> {
+        // Nearly every start finds nothing to clear, which a directory read
+        // and a stat per mirror tell here, for less than a blocking
+        // thread costs to start.
+        if !any_dead_holder(&self.root)? {
+            return Ok(Vec::new());
+        }
         self.sweep(false).await
     }
 

@@ -180,28 +180,12 @@ fn remove(path: &Path, removed: &mut Vec<PathBuf>) -> io::Result<()> {
 /// dead holder left, or, with `everything`, all of them, and the lock files
 /// of mirrors that do not exist.
 pub(crate) fn sweep(root: &Path, everything: bool) -> Result<Vec<PathBuf>, GitError> {
-    let mut names = std::collections::BTreeSet::new();
-    let entries = read_dir(root).map_err(io_error(root))?;
-    let scratch = read_dir(&root.join("scratch")).map_err(io_error(root))?;
-    for entry in &entries {
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        if let Some((name, "git" | "lock" | "partial")) = file_name.rsplit_once('.') {
-            names.insert(name.to_owned());
-        }
-    }
-    for entry in &scratch {
-        if let Some((name, _)) = entry.file_name().to_string_lossy().split_once('-') {
-            names.insert(name.to_owned());
-        }
-    }
     let mut removed = Vec::new();
-    for name in names {
+    for name in names(root)? {
         let entry = Entry::new(root, &name);
         let lock_path = entry.lock_file();
         let swept = (|| {
-            let dead_holder = std::fs::metadata(&lock_path).is_ok_and(|m| m.len() > 0);
-            if !everything && !dead_holder {
+            if !everything && !dead_holder(&lock_path) {
                 return Ok(());
             }
             let Some(lock) = take_lock(&lock_path, Wait::No)? else {
@@ -219,4 +203,38 @@ pub(crate) fn sweep(root: &Path, everything: bool) -> Result<Vec<PathBuf>, GitEr
         swept.map_err(io_error(&lock_path))?;
     }
     Ok(removed)
+}
+
+/// The names of the mirrors that have anything under `root`.
+fn names(root: &Path) -> Result<std::collections::BTreeSet<String>, GitError> {
+    let mut names = std::collections::BTreeSet::new();
+    let entries = read_dir(root).map_err(io_error(root))?;
+    let scratch = read_dir(&root.join("scratch")).map_err(io_error(root))?;
+    for entry in &entries {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if let Some((name, "git" | "lock" | "partial")) = file_name.rsplit_once('.') {
+            names.insert(name.to_owned());
+        }
+    }
+    for entry in &scratch {
+        if let Some((name, _)) = entry.file_name().to_string_lossy().split_once('-') {
+            names.insert(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Whether the lock file says its last holder died holding it: a holder
+/// writes into it, and empties it when it lets go in good order.
+fn dead_holder(lock_path: &Path) -> bool {
+    std::fs::metadata(lock_path).is_ok_and(|m| m.len() > 0)
+}
+
+/// Whether any mirror under `root` was left by a holder that died, so
+/// that [`sweep`] without `everything` has something to do.
+pub(crate) fn any_dead_holder(root: &Path) -> Result<bool, GitError> {
+    Ok(names(root)?
+        .iter()
+        .any(|name| dead_holder(&Entry::new(root, name).lock_file())))
 }

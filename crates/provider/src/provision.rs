@@ -268,20 +268,28 @@ impl Provider {
             progress
                 .send(ProvisionEvent::CacheHit { key: key.clone() })
                 .await;
-            ws.runtime_info = runtime
-                .create(&ws, Some(&key))
-                .await
-                .map_err(|e| Failure::new(ProvisionStep::Create, e))?;
-            self.store()
-                .set_runtime_info(&ws.id, &ws.runtime_info)
-                .map_err(store_err)?;
-            // Made from the entry: in use, so never evicted from here on.
-            self.store()
-                .set_cache_key(&ws.id, Some(&key))
-                .map_err(store_err)?;
-            drop(lock);
-            self.start_runtime(&mut ws, runtime).await?;
-            self.fetch_into(&ws, runtime, &cloned_commits(&entry), progress)
+            // Upstream is asked while the workspace is made: neither
+            // waits for the other.
+            let commits = cloned_commits(&entry);
+            let repositories = ws.spec.repositories.clone();
+            let made = async {
+                ws.runtime_info = runtime
+                    .create(&ws, Some(&key))
+                    .await
+                    .map_err(|e| Failure::new(ProvisionStep::Create, e))?;
+                self.store()
+                    .set_runtime_info(&ws.id, &ws.runtime_info)
+                    .map_err(store_err)?;
+                // Made from the entry: in use, so never evicted from here on.
+                self.store()
+                    .set_cache_key(&ws.id, Some(&key))
+                    .map_err(store_err)?;
+                drop(lock);
+                self.start_runtime(&mut ws, runtime).await
+            };
+            let (made, unmoved) = tokio::join!(made, self.unmoved(&repositories, &commits));
+            made?;
+            self.fetch_into(&ws, runtime, &unmoved, progress)
                 .await
                 .map_err(|e| Failure::new(ProvisionStep::Fetch, e))?;
             let _ = self.store().touch_cache_entry(&key);
@@ -507,6 +515,24 @@ impl Provider {
         self.fetch_into(&ws, &runtime, &[], &progress).await
     }
 
+    /// Per repository, the commit it was cloned at (`at`, in the same
+    /// order) when upstream still points there, all asked at once.
+    async fn unmoved(
+        &self,
+        repositories: &[berth_core::spec::Repository],
+        at: &[String],
+    ) -> Vec<Option<String>> {
+        let checks = repositories
+            .iter()
+            .zip(at)
+            .map(|(repo, commit)| async move {
+                self.upstream_is_at(repo, commit)
+                    .await
+                    .then(|| commit.clone())
+            });
+        futures::future::join_all(checks).await
+    }
+
     /// Whether `repo`'s ref upstream still points at `commit`, asked
     /// without fetching: a ref that looks like a commit never moves. When
     /// upstream cannot be asked, the fetch that follows says why.
@@ -661,13 +687,13 @@ impl Provider {
     }
 
     /// Fetches into every repository of the workspace, except one whose
-    /// checkout is known to be at a commit (`at`, in the spec's order) that
-    /// its upstream ref still points at.
+    /// checkout is known to be at the commit its upstream ref still points
+    /// at (`unmoved`, in the spec's order; see [`Provider::unmoved`]).
     async fn fetch_into(
         &self,
         ws: &Workspace,
         runtime: &Arc<dyn Runtime>,
-        at: &[String],
+        unmoved: &[Option<String>],
         progress: &Progress,
     ) -> Result<Vec<FetchResult>, ServiceError> {
         let mut results = Vec::new();
@@ -677,14 +703,12 @@ impl Provider {
                     path: repo.path.to_string(),
                 })
                 .await;
-            let outcome = match at.get(index) {
-                Some(commit) if self.upstream_is_at(repo, commit).await => {
-                    berth_git::FetchOutcome {
-                        commit: commit.clone(),
-                        previous: commit.clone(),
-                        updated: false,
-                    }
-                }
+            let outcome = match unmoved.get(index) {
+                Some(Some(commit)) => berth_git::FetchOutcome {
+                    commit: commit.clone(),
+                    previous: commit.clone(),
+                    updated: false,
+                },
                 _ => self.fetch_repository(ws, runtime, repo).await?,
             };
             progress

@@ -34,6 +34,9 @@ pub const DB_FILE: &str = "berth.db";
 /// giving up with "database is locked". Writes take microseconds, so this is
 /// only reached when something is badly stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The write-ahead log's pages (4 KiB each) past which a commit
+/// checkpoints it; the next writer then starts it over.
+const WAL_PAGES: i64 = 128;
 
 /// A handle on the registry. Cheap calls, one connection behind a mutex:
 /// calls from many threads are serialised here, calls from other handles
@@ -107,6 +110,12 @@ impl Store {
             true,
         )
         .map_err(db)?;
+        // A WAL left behind has its price: the first connection of every
+        // process rebuilds the WAL's index by reading each page in it. So
+        // it is checkpointed at WAL_PAGES, not at SQLite's 1,000 pages
+        // (4 MiB read by each call).
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)
+            .map_err(db)?;
         schema::migrate(&mut conn, path)?;
         Ok(conn)
     }

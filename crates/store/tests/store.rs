@@ -83,6 +83,27 @@ fn a_process_that_wrote_and_closed_leaves_the_wal_for_the_next_one() {
 }
 
 #[test]
+fn many_processes_writing_keep_the_wal_each_open_reads_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Each call a process of its own, as the CLI's are: open, write, close.
+    for i in 0..400 {
+        let store = Store::open(tmp.path()).unwrap();
+        let ws = workspace(&format!("ws-{i}"));
+        store.insert_workspace(&ws).unwrap();
+        store.record_activity(&ws.id, now_ms()).unwrap();
+        drop(store);
+    }
+    // Every open reads the whole WAL to rebuild its index: it is
+    // checkpointed and started over long before SQLite's 4 MiB default.
+    let wal = std::fs::metadata(tmp.path().join("berth.db-wal"))
+        .unwrap()
+        .len();
+    assert!(wal < 1 << 20, "the WAL holds {wal} bytes");
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.list(false).unwrap().len(), 400);
+}
+
+#[test]
 fn a_workspace_reads_back_as_it_was_written() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
