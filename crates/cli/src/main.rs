@@ -625,7 +625,7 @@ async fn command(
         }
         Command::Nodes(args) => {
             drop(stdout);
-            return node::nodes(nats, args).await;
+            return node::nodes(backend, nats, args).await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -4,8 +4,9 @@
 //! heartbeat, runs job tasks pulled from the cluster's work queue, and
 //! withdraws on SIGTERM or Ctrl-C. `berth nodes` lists the live nodes.
 
+use crate::backend::Backend;
 use crate::job::RunnerSettings;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use berth_cluster::{Membership, NodeInfo, NodeQueue, QueueSettings};
 use berth_core::{Clock, SystemClock};
 use berth_jobs::{Jobs, Runner, RunnerConfig};
@@ -47,9 +48,10 @@ pub struct NodeArgs {
 
 #[derive(clap::Args)]
 pub struct NodesArgs {
-    /// The cluster's NATS server: `nats://HOST:PORT`.
+    /// The cluster's NATS server: `nats://HOST:PORT`; not needed with
+    /// `--server http://…` of a `berth serve --nats`, which lists them.
     #[arg(long, env = "BERTH_NATS_URL")]
-    nats: String,
+    nats: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -168,12 +170,28 @@ pub async fn node(provider: Provider, nats: &NatsOptions, args: NodeArgs) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn nodes(nats: &NatsOptions, args: NodesArgs) -> Result<ExitCode> {
-    let client = nats
-        .connect(&args.nats, "berth nodes")
-        .await
-        .with_context(|| format!("cannot reach the cluster at {}", args.nats))?;
-    let nodes = berth_cluster::nodes::list(client).await?;
+/// Lists the cluster's nodes: those the server of `--server http://…`
+/// reports, else those of the NATS server of `--nats`.
+pub async fn nodes(backend: &Backend, nats: &NatsOptions, args: NodesArgs) -> Result<ExitCode> {
+    let nodes = match (backend, &args.nats) {
+        (Backend::Remote(client), _) => client.nodes().await?.with_context(|| {
+            format!(
+                "{} serves no cluster (one started with `berth serve --nats URL` does)",
+                client.server()
+            )
+        })?,
+        (_, Some(url)) => {
+            let client = nats
+                .connect(url, "berth nodes")
+                .await
+                .with_context(|| format!("cannot reach the cluster at {url}"))?;
+            berth_cluster::nodes::list(client).await?
+        }
+        (_, None) => bail!(
+            "give the cluster's NATS server with --nats nats://HOST:PORT (or BERTH_NATS_URL), \
+             or its berth server with --server http://HOST:PORT"
+        ),
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &nodes)?;

@@ -197,17 +197,37 @@ pub async fn serve(
     // The workers: tasks of batch jobs run inside the server too, and
     // scheduled jobs start their runs here.
     let (jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
+    // With --nats, the job tasks run on the cluster's nodes, which the
+    // dashboard lists.
+    let cluster = match &args.nats {
+        Some(url) => Some((
+            url,
+            nats.connect(url, "berth serve")
+                .await
+                .with_context(|| format!("cannot reach the cluster at {url}"))?,
+        )),
+        None => None,
+    };
+    let directory = match &cluster {
+        Some((_, client)) => Some(
+            berth_cluster::Directory::open(client.clone())
+                .await
+                .context("cannot read the cluster's nodes")?,
+        ),
+        None => None,
+    };
     let config = berth_server::ServerConfig {
         listen,
         token: args.token,
         insecure_no_auth: args.insecure_no_auth,
         default_spec,
         jobs: Some(jobs.clone()),
+        cluster: directory,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let workers = match &args.nats {
-        Some(url) => {
-            let controller = controller(&provider, nats, url).await?;
+    let workers = match cluster {
+        Some((url, client)) => {
+            let controller = controller(&provider, client).await?;
             eprintln!("berth serve: job tasks run on the nodes of {url}");
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -282,14 +302,9 @@ pub async fn serve(
 /// tasks to the nodes and records what they report.
 async fn controller(
     provider: &Provider,
-    nats: &berth_nats::NatsOptions,
-    url: &str,
+    client: berth_nats::async_nats::Client,
 ) -> Result<berth_cluster::Controller> {
     let settings = crate::job::RunnerSettings::from_env()?;
-    let client = nats
-        .connect(url, "berth serve")
-        .await
-        .with_context(|| format!("cannot reach the cluster at {url}"))?;
     let store = std::sync::Arc::new(berth_store::Store::open(provider.home())?);
     berth_cluster::Controller::open(
         client,

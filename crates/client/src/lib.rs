@@ -140,6 +140,12 @@ struct GcResponse {
     runtimes: Vec<RuntimeGc>,
 }
 
+#[derive(Deserialize)]
+struct NodeList {
+    clustered: bool,
+    nodes: Vec<berth_cluster::NodeInfo>,
+}
+
 /// What an export wrote: the counts the server reports in its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportCounts {
@@ -198,6 +204,11 @@ impl Client {
             token,
             socket,
         })
+    }
+
+    /// The server as the user named it.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     fn request(&self, method: Method, path: &str) -> Result<RequestBuilder, ClientError> {
@@ -548,6 +559,13 @@ impl Client {
             .request(Method::POST, "/v1/cache/gc")?
             .json(&serde_json::json!({ "budget": budget }));
         self.json(request).await
+    }
+
+    /// The nodes of the cluster the server serves, by name; `None` when it
+    /// serves none.
+    pub async fn nodes(&self) -> Result<Option<Vec<berth_cluster::NodeInfo>>, ClientError> {
+        let list: NodeList = self.json(self.request(Method::GET, "/v1/nodes")?).await?;
+        Ok(list.clustered.then_some(list.nodes))
     }
 
     /// What the workspace's agent reports, interpreters probed again

@@ -26,7 +26,7 @@ pub mod workspaces;
 use std::time::Duration;
 
 pub use controller::Controller;
-pub use nodes::{Membership, NodeInfo};
+pub use nodes::{Directory, Membership, NodeInfo};
 pub use queue::NodeQueue;
 pub use router::{Router, node_prefix};
 

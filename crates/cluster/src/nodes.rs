@@ -2,7 +2,8 @@
 //! `berth-nodes` key-value bucket, written again on every heartbeat with a
 //! per-key TTL (nats-server 2.11+). A node withdraws its record when it
 //! stops; one that dies stops writing it, and the server removes the
-//! record when its TTL passes.
+//! record when its TTL passes. A [`Directory`] reads the records for a
+//! server to show, and tells it when they change.
 
 use crate::ClusterError;
 use crate::wire::NODES_BUCKET;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// What a node offers, as its record says.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub name: String,
     /// The machine's architecture (`x86_64`, `aarch64`).
@@ -170,4 +171,43 @@ pub(crate) async fn list_in(kv: &kv::Store) -> Result<Vec<NodeInfo>, ClusterErro
     }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(nodes)
+}
+
+/// The cluster's node records as a server sees them: listed on demand,
+/// and watched for any change (a node joining, beating, leaving or
+/// expiring). Cheap to clone.
+#[derive(Clone)]
+pub struct Directory {
+    kv: kv::Store,
+}
+
+impl Directory {
+    /// The directory of the cluster `client` reaches (its bucket made if
+    /// missing).
+    pub async fn open(client: async_nats::Client) -> Result<Self, ClusterError> {
+        Ok(Directory {
+            kv: bucket(&jetstream::new(client)).await?,
+        })
+    }
+
+    /// Every node whose record is alive, by name.
+    pub async fn list(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        list_in(&self.kv).await
+    }
+
+    /// A stream that yields once per live record at first, then once per
+    /// change of any record (a node joining, beating, leaving, or its
+    /// record expiring); it ends when the watch breaks.
+    pub async fn changes(
+        &self,
+    ) -> Result<impl futures::Stream<Item = ()> + Send + 'static, ClusterError> {
+        let watch = self
+            .kv
+            .watch_all()
+            .await
+            .map_err(|e| ClusterError::nats("watch the nodes", e))?;
+        Ok(watch
+            .take_while(|entry| std::future::ready(entry.is_ok()))
+            .map(|_| ()))
+    }
 }

@@ -62,3 +62,38 @@ export function socketUrl(path) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return `${scheme}//${location.host}${path}`;
 }
+
+/**
+ * Calls `refresh` now, when the stream of the API's list changes
+ * (`/v1/events`) opens (and opens again after a drop), and whenever one of `lists`
+ * ('workspaces', 'jobs', 'nodes') changed. One refresh runs at a time;
+ * changes told meanwhile make one more. Returns what stops it.
+ */
+export function onListChange(lists, refresh) {
+  let running = false;
+  let again = false;
+  const run = async () => {
+    if (running) { again = true; return; }
+    running = true;
+    try {
+      do {
+        again = false;
+        await refresh();
+      } while (again);
+    } finally {
+      running = false;
+    }
+  };
+  const source = new EventSource('/v1/events', { withCredentials: true });
+  source.addEventListener('ready', () => {
+    // Marked for whoever waits for the page to be live (its tests).
+    document.body.dataset.live = 'on';
+    run();
+  });
+  for (const list of lists) source.addEventListener(list, run);
+  run();
+  return () => {
+    source.close();
+    delete document.body.dataset.live;
+  };
+}

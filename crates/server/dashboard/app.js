@@ -3,7 +3,7 @@
 // comes from the server (names, labels, paths, logs) is set as text, never
 // as HTML: a workspace controls much of it.
 
-import { ApiError, del, get, login, logout, post, socketUrl, whenUnauthorized } from './api.js';
+import { ApiError, del, get, login, logout, onListChange, post, socketUrl, whenUnauthorized } from './api.js';
 import { Terminal } from './vendor/xterm/xterm.mjs';
 import { FitAddon } from './vendor/xterm-addon-fit/addon-fit.mjs';
 
@@ -78,23 +78,19 @@ function onLeave(cleanup) {
   cleanups.push(cleanup);
 }
 
-/** Calls `refresh` now and every `ms` while the page is shown. */
-function every(ms, refresh) {
-  let stopped = false;
-  let timer;
-  const tick = async () => {
+/**
+ * Calls `refresh` now and whenever the server says that one of `lists`
+ * changed, while the page is shown: nothing is asked for again unless it
+ * changed.
+ */
+function live(lists, refresh) {
+  onLeave(onListChange(lists, async () => {
     try {
       await refresh();
     } catch (err) {
       if (!(err instanceof ApiError && err.status === 401)) say(err.message);
     }
-    if (!stopped) timer = setTimeout(tick, ms);
-  };
-  tick();
-  onLeave(() => {
-    stopped = true;
-    clearTimeout(timer);
-  });
+  }));
 }
 
 const pages = [];
@@ -149,7 +145,7 @@ page(/^\/workspaces$/, async () => {
       h('label', { for: 'label-filter' }, 'Filter by label'),
       filter,
       h('span', { id: 'label-help', class: 'muted' }, 'Only workspaces with all these labels.')),
-    table,
+    h('div', { class: 'table-wrap' }, table),
   );
   let query = '';
   const refresh = async () => {
@@ -172,7 +168,7 @@ page(/^\/workspaces$/, async () => {
     query = filter.value.trim();
     refresh().catch((err) => say(err.message));
   });
-  every(2000, refresh);
+  live(['workspaces'], refresh);
 });
 
 page(/^\/workspaces\/([^/]+)$/, async (id) => {
@@ -257,7 +253,7 @@ page(/^\/workspaces\/([^/]+)$/, async (id) => {
   main.append(title, summary, actions, tabList, panel);
   onLeave(() => panelCleanups.splice(0).forEach((cleanup) => cleanup()));
   show(workspace.state === 'running' ? 'terminal' : 'spec');
-  every(2000, async () => drawSummary(await get(ref)));
+  live(['workspaces'], async () => drawSummary(await get(ref)));
 });
 
 /** A terminal in the workspace over the API's terminal WebSocket. */
@@ -445,11 +441,11 @@ page(/^\/jobs$/, async () => {
   const body = h('tbody');
   main.append(
     h('h1', {}, 'Jobs'),
-    h('table', { class: 'list', 'aria-label': 'Jobs' },
+    h('div', { class: 'table-wrap' }, h('table', { class: 'list', 'aria-label': 'Jobs' },
       h('thead', {}, h('tr', {}, ['Job', 'Last run', 'Tasks', 'Schedule', ''].map((t) => h('th', { scope: 'col' }, t)))),
-      body),
+      body)),
   );
-  every(3000, async () => {
+  live(['jobs'], async () => {
     const { jobs } = await get('/v1/jobs');
     const details = await Promise.all(jobs.map((job) => (job.last_run
       ? get(`/v1/runs/${encodeURIComponent(job.last_run.id)}`).catch(() => null)
@@ -575,9 +571,9 @@ page(/^\/runs\/([^/]+)$/, async (runId) => {
     h('div', { class: 'filters' },
       h('label', { for: 'state-filter' }, 'State'), stateFilter,
       h('label', { for: 'repo-search' }, 'Repository'), search),
-    h('table', { class: 'list', 'aria-label': 'Tasks' },
+    h('div', { class: 'table-wrap' }, h('table', { class: 'list', 'aria-label': 'Tasks' },
       h('thead', {}, h('tr', {}, ['Repository', 'State', 'Exit', 'Failing step', 'Duration', 'Patch'].map((t) => h('th', { scope: 'col' }, t)))),
-      body),
+      body)),
     h('div', { class: 'filters' }, prev, next, pageInfo));
 
   apply(await get(ref));
@@ -679,20 +675,72 @@ page(/^\/runs\/([^/]+)\/tasks\/([^/]+)$/, async (runId, taskId) => {
   };
   open();
   if (task.state !== 'queued' && task.state !== 'running') await showPatch();
-  const refresh = setInterval(async () => {
-    if (ended) return;
-    try { task = await get(ref); drawTask(task); } catch { /* shown by the next try */ }
-  }, 2000);
+  // The task's state as it changes, from its run's events.
+  const runEvents = new EventSource(`/v1/runs/${encodeURIComponent(runId)}/events`, { withCredentials: true });
+  const changed = (update) => {
+    if (ended || !update || update.id !== task.id) return;
+    task = { ...task, ...update };
+    drawTask(task);
+  };
+  // The stream ends with its run; closed then, lest it be opened again.
+  const runEnded = (run) => { if (run.state !== 'running') runEvents.close(); };
+  runEvents.addEventListener('snapshot', (event) => {
+    const data = JSON.parse(event.data);
+    changed(data.tasks.find((t) => t.id === task.id));
+    runEnded(data.run);
+  });
+  runEvents.addEventListener('task', (event) => changed(JSON.parse(event.data).task));
+  runEvents.addEventListener('run', (event) => runEnded(JSON.parse(event.data).run));
   onLeave(() => {
     ended = true;
     clearTimeout(retryTimer);
-    clearInterval(refresh);
+    runEvents.close();
     if (source) source.close();
   });
 });
 
+/** What a node is doing, from its load. */
+function nodeState(node) {
+  if (node.running === 0) return 'idle';
+  return node.running >= node.slots ? 'full' : 'busy';
+}
+
 page(/^\/cluster$/, async () => {
-  main.append(h('h1', {}, 'Cluster'), h('p', { id: 'cluster-state' }, 'Not in a cluster: this server reports no cluster nodes over its API (`berth nodes` lists the nodes of a NATS cluster).'));
+  const state = h('p', { id: 'cluster-state' });
+  const body = h('tbody');
+  const table = h('table', { class: 'list', 'aria-label': 'Nodes' },
+    h('thead', {}, h('tr', {}, ['Node', 'State', 'Runtimes', 'Architecture', 'Load', 'Cache keys', 'Last heartbeat'].map((t) => h('th', { scope: 'col' }, t)))),
+    body);
+  const wrap = h('div', { class: 'table-wrap' }, table);
+  wrap.hidden = true;
+  main.append(h('h1', {}, 'Cluster'), state, wrap);
+  let nodes = [];
+  const draw = () => {
+    body.replaceChildren(...nodes.map((node) => h('tr', { 'data-node': node.name, 'data-state': nodeState(node) },
+      h('td', { class: 'mono' }, node.name),
+      h('td', {}, stateBadge(nodeState(node))),
+      h('td', {}, node.runtimes.join(', ')),
+      h('td', {}, node.arch),
+      h('td', {}, `${node.running} of ${node.slots}`),
+      h('td', {}, node.cache_keys.length),
+      h('td', {}, `${age(node.heartbeat_at)} ago`))));
+    if (nodes.length === 0) body.append(h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No node is up.')));
+  };
+  live(['nodes'], async () => {
+    const list = await get('/v1/nodes');
+    if (!list.clustered) {
+      state.textContent = 'Not in a cluster: this server runs job tasks itself. Serve with `berth serve --nats nats://HOST:PORT` to run them on the nodes (`berth node`) of a NATS cluster.';
+      wrap.hidden = true;
+      return;
+    }
+    nodes = list.nodes;
+    state.textContent = `${nodes.length} node(s) up.`;
+    wrap.hidden = false;
+    draw();
+  });
+  // The heartbeats' ages move on between changes.
+  const ticking = setInterval(draw, 1000);
+  onLeave(() => clearInterval(ticking));
 });
 
 // ---- Login --------------------------------------------------------------

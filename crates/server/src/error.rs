@@ -89,9 +89,11 @@ pub fn status_for(code: &str) -> StatusCode {
         | "unsupported" => StatusCode::UNPROCESSABLE_ENTITY,
         "websocket_required" => StatusCode::UPGRADE_REQUIRED,
         "git_authentication_failed" | "git_failed" => StatusCode::BAD_GATEWAY,
-        "runtime_unavailable" | "no_node" | "node_lost" | "node_unreachable" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        "runtime_unavailable"
+        | "no_node"
+        | "node_lost"
+        | "node_unreachable"
+        | "cluster_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "agent_timeout" => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -8,7 +8,8 @@
 //!   workspaces, commands and files ([`v1`]), layers ([`layers`]), the
 //!   workspace's agent — interpreters, sessions, terminals ([`agent`]) —,
 //!   the agent binary for hosts that download it ([`distribution`]), and
-//!   batch jobs, their runs, logs and patches ([`jobs`]);
+//!   batch jobs, their runs, logs and patches ([`jobs`]), the cluster's
+//!   nodes ([`cluster`]) and the changes of all these lists ([`events`]);
 //! - Derrick's routes ([`derrick`]), so that clients written for Derrick keep
 //!   working unchanged;
 //! - the web dashboard at `/` ([`dashboard`]), a client of the same API
@@ -27,10 +28,12 @@
 pub mod agent;
 mod auth;
 mod boundary;
+pub mod cluster;
 mod dashboard;
 pub mod derrick;
 pub mod distribution;
 mod error;
+pub mod events;
 mod extract;
 pub mod jobs;
 pub mod layers;
@@ -74,6 +77,8 @@ pub struct RouterConfig {
     /// The workspaces made through Derrick's routes, for the server to
     /// remove when it stops.
     pub derrick_workspaces: derrick::Made,
+    /// The cluster's nodes, when the server serves a cluster.
+    pub cluster: Option<berth_cluster::Directory>,
 }
 
 impl RouterConfig {
@@ -84,6 +89,7 @@ impl RouterConfig {
             boundary: Boundary::any_host(),
             default_spec: None,
             derrick_workspaces: derrick::Made::default(),
+            cluster: None,
         }
     }
 }
@@ -99,6 +105,9 @@ pub(crate) struct AppState {
     pub default_spec: Option<Arc<Spec>>,
     /// The workspaces made through Derrick's routes.
     pub made: derrick::Made,
+    pub cluster: Option<berth_cluster::Directory>,
+    /// The watcher of the lists' changes.
+    pub lists: events::Lists,
 }
 
 /// The whole HTTP API over `provider` and `jobs`: `/v1`, Derrick's routes, the health
@@ -111,6 +120,8 @@ pub fn router(provider: Provider, config: RouterConfig) -> Router {
         auth: config.auth.clone(),
         default_spec: config.default_spec.map(Arc::new),
         made: config.derrick_workspaces,
+        cluster: config.cluster,
+        lists: events::Lists::default(),
     };
     let (routes, document) = openapi::routes().split_for_parts();
     // Rendered once: the document never changes while the server runs.

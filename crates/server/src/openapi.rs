@@ -43,6 +43,8 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "agent", description = "A workspace's agent: interpreters, shell sessions, terminals; and the agent binary itself"),
         (name = "jobs", description = "Batch jobs: register and run a job over many repositories, list jobs and their runs, schedules"),
         (name = "runs", description = "A job's runs and their tasks: state, live events, logs, patches, cancel, retry, publish"),
+        (name = "cluster", description = "The nodes of the cluster the server serves (`berth serve --nats`)"),
+        (name = "events", description = "The changes of the workspaces', jobs' and nodes' lists, pushed"),
         (name = "health", description = "Liveness"),
         (name = "derrick", description = "Derrick's routes, for its existing clients"),
         (name = "session", description = "The dashboard's browser session: the token traded for a cookie"),
@@ -182,6 +184,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::agent::routes())
         .merge(crate::distribution::routes())
         .merge(crate::jobs::routes())
+        .merge(crate::cluster::routes())
+        .merge(crate::events::routes())
         .merge(crate::derrick::routes())
         .merge(crate::session::routes());
     // After the merge: the modifier needs every operation in place.

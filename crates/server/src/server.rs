@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub default_spec: Option<Spec>,
     /// The jobs service; when absent, one over the provider's registry.
     pub jobs: Option<Jobs>,
+    /// The cluster's nodes, when the server serves a cluster.
+    pub cluster: Option<berth_cluster::Directory>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -63,6 +65,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("default_spec", &self.default_spec)
             .field("jobs", &self.jobs.is_some())
+            .field("cluster", &self.cluster.is_some())
             .finish()
     }
 }
@@ -200,6 +203,7 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
             boundary,
             default_spec: config.default_spec,
             derrick_workspaces: derrick_workspaces.clone(),
+            cluster: config.cluster,
         },
     );
     Ok(Server {

@@ -2046,6 +2046,8 @@ mod dashboard;
 mod derrick;
 #[path = "http/distribution.rs"]
 mod distribution;
+#[path = "http/events.rs"]
+mod events;
 #[path = "http/jobs.rs"]
 mod jobs;
 #[path = "http/layers.rs"]

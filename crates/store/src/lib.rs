@@ -125,6 +125,19 @@ impl Store {
         &self.path
     }
 
+    /// A number that changes whenever another handle, in this process or
+    /// another, commits to the registry (SQLite's `data_version`; this
+    /// handle's own writes leave it alone): a microsecond's check of
+    /// whether anything may have changed.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .pragma_query_value(None, "data_version", |row| row.get(0))
+            .map_err(|source| StoreError::Database {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave the connection in a
         // half-written state that matters: SQLite rolls back an unfinished

@@ -802,3 +802,20 @@ fn child_process() {
         other => panic!("unknown child role {other}"),
     }
 }
+
+#[test]
+fn the_data_version_moves_when_another_handle_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watcher = Store::open(tmp.path()).unwrap();
+    let writer = Store::open(tmp.path()).unwrap();
+    let before = watcher.data_version().unwrap();
+    assert_eq!(
+        watcher.data_version().unwrap(),
+        before,
+        "nothing was written"
+    );
+    writer.insert_workspace(&workspace("a")).unwrap();
+    let after = watcher.data_version().unwrap();
+    assert_ne!(after, before, "another handle's commit is seen");
+    assert_eq!(watcher.data_version().unwrap(), after);
+}

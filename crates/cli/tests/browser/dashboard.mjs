@@ -4,11 +4,15 @@
 //   BERTH_URL         the server's address (http://127.0.0.1:PORT)
 //   BERTH_TOKEN       its token
 //   BERTH_WORKSPACE   a running sandbox workspace's id
-//   BERTH_JOB         a job's name (for the job tests)
 //   BERTH_SCREENSHOT  where to save the test's screenshot (PNG)
+//   BERTH_CLI         the berth binary, BERTH_HOME its home and BERTH_SPEC
+//                     a workspace spec, for the tests that use the CLI too
+//   BERTH_KILL_PID    the process of a cluster node to kill (cluster test)
 // Exits 0 when the test passed; otherwise prints why and exits 1.
 
 import { chromium } from 'playwright-core';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import http from 'node:http';
 import assert from 'node:assert/strict';
 
@@ -38,6 +42,31 @@ async function api(method, path, body) {
   if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
   return text ? JSON.parse(text) : null;
 }
+
+/** Runs the berth CLI on the server's home; its standard output. */
+async function berth(...args) {
+  const { stdout } = await promisify(execFile)(env('BERTH_CLI'), args, { env: process.env });
+  return stdout;
+}
+
+/** Counts, in the page, the events of each type its EventSources get. */
+async function countEvents(page) {
+  await page.addInitScript(() => {
+    window.__events = {};
+    const Original = window.EventSource;
+    window.EventSource = class extends Original {
+      addEventListener(type, listener, options) {
+        super.addEventListener(type, (event) => {
+          if (this.url.endsWith('/v1/events')) window.__events[type] = (window.__events[type] || 0) + 1;
+          listener(event);
+        }, options);
+      }
+    };
+  });
+}
+
+/** Whether the page is wider than its window (it scrolls sideways). */
+const overflowing = (page) => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
 
 /** Logs in through the page's own form. */
 async function logIn(page) {
@@ -217,6 +246,116 @@ const tests = {
     const download = page.getByRole('link', { name: 'Download patch' });
     assert.match(await download.getAttribute('download'), /\.patch$/);
     await page.locator('.d2h-ins', { hasText: 'bumped' }).first().scrollIntoViewIfNeeded();
+  },
+
+  async a_workspace_made_from_the_cli_appears_live(page) {
+    await countEvents(page);
+    const lists = [];
+    page.on('request', (request) => {
+      if (new URL(request.url()).pathname === '/v1/workspaces') lists.push(request.url());
+    });
+    await logIn(page);
+    await page.locator('body[data-live="on"]').waitFor();
+    const before = await page.locator('tbody tr[data-id]').count();
+    // From here on, each reading of the list is counted against the
+    // changes pushed.
+    await page.evaluate(() => { window.__events = {}; });
+    lists.length = 0;
+    const made = await berth('up', env('BERTH_SPEC'), '--name', 'made-from-the-cli');
+    const id = made.trim().split(/\s+/).pop();
+    try {
+      // Without a reload: the row comes, then its state follows.
+      const row = page.locator(`tr[data-id="${id}"]`);
+      await row.waitFor({ timeout: TIMEOUT });
+      await row.locator('.state', { hasText: 'running' }).waitFor({ timeout: TIMEOUT });
+      assert.equal(await page.locator('tbody tr[data-id]').count(), before + 1);
+      // Every reading of the list answered a change the server pushed:
+      // the page does not ask again and again.
+      const events = await page.evaluate(() => window.__events);
+      assert.ok(events.workspaces >= 1, `a workspaces event came: ${JSON.stringify(events)}`);
+      assert.ok(lists.length <= (events.ready || 0) + events.workspaces,
+        `${lists.length} list requests for ${JSON.stringify(events)}`);
+      // Removed from the CLI, it goes from the page too.
+      await berth('rm', id);
+      await row.waitFor({ state: 'detached', timeout: TIMEOUT });
+    } finally {
+      await berth('rm', id).catch(() => {});
+    }
+  },
+
+  async the_cluster_page_lists_the_nodes_and_drops_a_killed_one(page) {
+    await logIn(page);
+    await page.getByRole('link', { name: 'Cluster' }).click();
+    const kept = page.locator('tr[data-node="node-kept"]');
+    const killed = page.locator('tr[data-node="node-killed"]');
+    await kept.waitFor({ timeout: TIMEOUT });
+    await killed.waitFor({ timeout: TIMEOUT });
+    const cells = await kept.locator('td').allTextContents();
+    assert.equal(cells[0], 'node-kept');
+    assert.equal(cells[1], 'idle');
+    assert.ok(cells[2].split(', ').includes('local'), `runtimes: ${cells[2]}`);
+    assert.ok(['x86_64', 'aarch64'].includes(cells[3]), `architecture: ${cells[3]}`);
+    assert.equal(cells[4], '0 of 3');
+    assert.match(cells[5], /^\d+$/);
+    assert.match(cells[6], /^\d+s ago$/);
+    await page.locator('body[data-live="on"]').waitFor();
+    process.kill(Number(env('BERTH_KILL_PID')), 'SIGKILL');
+    // Gone once its record's TTL passed, without a reload.
+    await killed.waitFor({ state: 'detached', timeout: TIMEOUT });
+    assert.equal(await kept.count(), 1, 'the other node stays');
+    await page.locator('#cluster-state', { hasText: '1 node(s) up.' }).waitFor();
+  },
+
+  async a_run_of_a_thousand_tasks_renders_quickly(page) {
+    await logIn(page);
+    const { jobs } = await api('GET', '/v1/jobs');
+    const run = jobs.find((job) => job.name === 'many').last_run;
+    const started = Date.now();
+    await page.goto(`${base}/#/runs/${run.id}`);
+    await page.locator('#run-counts', { hasText: /^1000: / }).waitFor();
+    const rows = page.locator('tbody tr[data-task]');
+    await page.waitForFunction(() => document.querySelectorAll('tbody tr[data-task]').length === 50);
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed < 2000, `the first page of tasks took ${elapsed} ms`);
+    console.log(`the first page of a thousand tasks drawn in ${elapsed} ms`);
+    assert.equal(await overflowing(page), 0, 'the page is no wider than the window');
+    // Paged: the next page holds the next fifty.
+    await page.getByRole('button', { name: 'Next' }).click();
+    await page.getByText('1000 task(s), page 2 of 20').waitFor();
+    assert.equal(await rows.count(), 50);
+    assert.match(await rows.first().locator('a').textContent(), /many-0050$/);
+    // Searching finds one task among the thousand.
+    await page.getByLabel('Repository', { exact: true }).fill('many-0999');
+    await page.getByText('1 task(s), page 1 of 1').waitFor();
+    assert.match(await rows.first().locator('a').textContent(), /many-0999$/);
+  },
+
+  async every_page_fits_a_narrow_window(page) {
+    await page.setViewportSize({ width: 375, height: 740 });
+    await logIn(page);
+    const workspace = env('BERTH_WORKSPACE');
+    const { jobs } = await api('GET', '/v1/jobs');
+    const run = await api('GET', `/v1/runs/${jobs.find((job) => job.name === 'edit').last_run.id}`);
+    const pages = [
+      ['#/workspaces', () => page.locator(`tr[data-id="${workspace}"]`).waitFor()],
+      [`#/workspaces/${workspace}`, () => page.locator('.term-box .xterm-rows').waitFor()],
+      ['#/jobs', () => page.locator('tr[data-job="edit"]').waitFor()],
+      [`#/runs/${run.id}`, () => page.locator('tbody tr[data-task]').first().waitFor()],
+      [`#/runs/${run.id}/tasks/${run.tasks[0].id}`, () => page.locator('#task-log').waitFor()],
+      ['#/cluster', () => page.locator('#cluster-state', { hasText: 'Not in a cluster' }).waitFor()],
+    ];
+    for (const [hash, shown] of pages) {
+      await page.goto(`${base}/${hash}`);
+      await shown();
+      assert.equal(await overflowing(page), 0, `${hash} is no wider than 375 px`);
+    }
+    // A workspace's files and spec too.
+    await page.goto(`${base}/#/workspaces/${workspace}`);
+    for (const tab of ['Changes', 'Files', 'Spec']) {
+      await page.getByRole('tab', { name: tab }).click();
+      await page.locator('#panel > *').first().waitFor();
+      assert.equal(await overflowing(page), 0, `the ${tab} tab is no wider than 375 px`);
+    }
   },
 
   async cancel_a_run_and_its_tasks_end(page) {

@@ -6,7 +6,7 @@
 //! screenshot under `target/tmp/dashboard/`.
 
 use super::{Env, stderr, workspace_id};
-use berth_testkit::{GitHttpServer, free_port, make_repo, write_credentials};
+use berth_testkit::{GitHttpServer, NatsServer, free_port, make_repo, write_credentials};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,6 +49,8 @@ struct Served {
     child: Child,
     url: String,
     workspace: String,
+    /// The spec the workspace was made from, for making more.
+    spec: PathBuf,
     _forge: GitHttpServer,
 }
 
@@ -61,6 +63,12 @@ impl Served {
     /// and `r1` (`FORGE` in them standing for the forge's URL), each with a
     /// run started, which the server's workers run.
     fn start_with(specs: &[&str]) -> Served {
+        Served::start_serving(specs, &[])
+    }
+
+    /// A server as [`Served::start_with`] makes, `berth serve` given
+    /// `serve_args` too.
+    fn start_serving(specs: &[&str], serve_args: &[&str]) -> Served {
         let env = Env::new();
         let upstream = env.dir.path().join("repos");
         for i in 0..2 {
@@ -93,6 +101,7 @@ impl Served {
         let child = env
             .berth()
             .args(["serve", "--listen", &addr])
+            .args(serve_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -107,6 +116,7 @@ impl Served {
             child,
             url: format!("http://{addr}"),
             workspace,
+            spec,
             _forge: forge,
         }
     }
@@ -120,6 +130,11 @@ impl Served {
 
     /// Runs the browser test `name`; panics with its output if it fails.
     fn browse(&self, name: &str) {
+        self.browse_with(name, &[]);
+    }
+
+    /// Runs the browser test `name` with more environment `vars`.
+    fn browse_with(&self, name: &str, vars: &[(&str, &str)]) {
         let dir = browser_dir();
         let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
         std::fs::create_dir_all(&screenshots).unwrap();
@@ -131,6 +146,12 @@ impl Served {
             .env("BERTH_TOKEN", self.token())
             .env("BERTH_WORKSPACE", &self.workspace)
             .env("BERTH_SCREENSHOT", screenshots.join(format!("{name}.png")))
+            // For the tests that use the CLI beside the page.
+            .env("BERTH_CLI", env!("CARGO_BIN_EXE_berth"))
+            .env("BERTH_HOME", &self.env.home)
+            .env("BERTH_SPEC", &self.spec)
+            .env_remove("BERTH_RUNTIME")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run node (scripts/prepare installs nodejs): {e}"));
@@ -205,4 +226,117 @@ fn the_dashboard_shows_a_succeeded_tasks_diff() {
 #[test]
 fn the_dashboard_cancels_a_run_and_its_tasks_end() {
     Served::start_with(&[SLOW]).browse("cancel_a_run_and_its_tasks_end");
+}
+
+#[test]
+fn the_dashboard_shows_a_workspace_made_from_the_cli_without_a_reload() {
+    Served::start().browse("a_workspace_made_from_the_cli_appears_live");
+}
+
+/// A `berth node` process, killed when dropped.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Job `many`: a thousand repositories, tasks one at a time.
+fn many_tasks() -> String {
+    let mut spec = String::from(
+        "name = \"many\"\nruntime = \"sandbox\"\nimage = \"host\"\nrepositories = [\n",
+    );
+    for i in 0..1000 {
+        spec.push_str(&format!(
+            "  {{ url = \"FORGEmany-{i:04}\", credential = \"forge\" }},\n"
+        ));
+    }
+    spec.push_str("]\n[run]\nconcurrency = 1\n[[steps]]\nname = \"nothing\"\nrun = \"true\"\n");
+    spec
+}
+
+#[test]
+fn the_dashboard_renders_a_run_of_a_thousand_tasks_quickly() {
+    Served::start_with(&[&many_tasks()]).browse("a_run_of_a_thousand_tasks_renders_quickly");
+}
+
+#[test]
+fn the_dashboard_fits_a_narrow_window() {
+    Served::start_with(&[EDIT]).browse("every_page_fits_a_narrow_window");
+}
+
+#[test]
+fn the_dashboard_lists_the_cluster_nodes_and_drops_a_killed_one_after_its_ttl() {
+    let nats = NatsServer::start();
+    let served = Served::start_serving(&[], &["--nats", &nats.url()]);
+    let node = |name: &str| {
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .env(
+                "BERTH_HOME",
+                served.env.dir.path().join(format!("node-{name}")),
+            )
+            .env_remove("BERTH_RUNTIME")
+            .args([
+                "node",
+                "--nats",
+                &nats.url(),
+                "--name",
+                name,
+                "--slots",
+                "3",
+            ])
+            // The shortest TTL: a killed node's record goes a second later.
+            .args(["--ttl", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Node(child)
+    };
+    let (kept, killed) = (node("node-kept"), node("node-killed"));
+    served.browse_with(
+        "the_cluster_page_lists_the_nodes_and_drops_a_killed_one",
+        &[("BERTH_KILL_PID", &killed.0.id().to_string())],
+    );
+    // The CLI reads the same list from the server.
+    let token = served.env.home.join("server-token");
+    let out = served.env.ok(&[
+        "nodes",
+        "--server",
+        &served.url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--json",
+    ]);
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node-kept"], "{out}");
+    drop(kept);
+}
+
+#[test]
+fn berth_nodes_through_a_server_without_a_cluster_says_so() {
+    let served = Served::start();
+    let token = served.env.home.join("server-token");
+    let out = served.env.run(&[
+        "nodes",
+        "--server",
+        &served.url,
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("serves no cluster"),
+        "{}",
+        stderr(&out)
+    );
 }
