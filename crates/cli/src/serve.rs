@@ -209,11 +209,12 @@ pub async fn serve(
         None => None,
     };
     let directory = match &cluster {
-        Some((_, client)) => Some(
+        Some((_, client)) => Some(std::sync::Arc::new(
             berth_cluster::Directory::open(client.clone())
                 .await
                 .context("cannot read the cluster's nodes")?,
-        ),
+        )
+            as std::sync::Arc<dyn berth_server::cluster::NodeDirectory>),
         None => None,
     };
     let config = berth_server::ServerConfig {

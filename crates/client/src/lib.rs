@@ -143,7 +143,7 @@ struct GcResponse {
 #[derive(Deserialize)]
 struct NodeList {
     clustered: bool,
-    nodes: Vec<berth_cluster::NodeInfo>,
+    nodes: Vec<berth_core::node::NodeInfo>,
 }
 
 /// What an export wrote: the counts the server reports in its headers.
@@ -563,7 +563,7 @@ impl Client {
 
     /// The nodes of the cluster the server serves, by name; `None` when it
     /// serves none.
-    pub async fn nodes(&self) -> Result<Option<Vec<berth_cluster::NodeInfo>>, ClientError> {
+    pub async fn nodes(&self) -> Result<Option<Vec<berth_core::node::NodeInfo>>, ClientError> {
         let list: NodeList = self.json(self.request(Method::GET, "/v1/nodes")?).await?;
         Ok(list.clustered.then_some(list.nodes))
     }

@@ -9,35 +9,9 @@ use crate::ClusterError;
 use crate::wire::NODES_BUCKET;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// What a node offers, as its record says.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NodeInfo {
-    pub name: String,
-    /// The machine's architecture (`x86_64`, `aarch64`).
-    pub arch: String,
-    /// The runtimes that work on the node.
-    pub runtimes: Vec<String>,
-    /// Tasks the node runs at once.
-    pub slots: usize,
-    /// Tasks it runs now.
-    pub running: usize,
-    /// The provisioning cache keys it holds.
-    pub cache_keys: Vec<String>,
-    /// The subject prefix it serves the API under, for the workspaces
-    /// placed on it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api: Option<String>,
-    /// Workspaces it takes at most; no limit when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<usize>,
-    /// When the node joined and when it last wrote its record, in
-    /// milliseconds since the epoch.
-    pub started_at: i64,
-    pub heartbeat_at: i64,
-}
+pub use berth_core::node::NodeInfo;
 
 /// A node's record in the bucket.
 pub struct Membership {
@@ -209,5 +183,19 @@ impl Directory {
         Ok(watch
             .take_while(|entry| std::future::ready(entry.is_ok()))
             .map(|_| ()))
+    }
+}
+
+#[async_trait::async_trait]
+impl berth_server::cluster::NodeDirectory for Directory {
+    async fn list(&self) -> Result<Vec<NodeInfo>, berth_server::cluster::DirectoryError> {
+        Ok(Directory::list(self).await?)
+    }
+
+    async fn changes(
+        &self,
+    ) -> Result<futures::stream::BoxStream<'static, ()>, berth_server::cluster::DirectoryError>
+    {
+        Ok(Directory::changes(self).await?.boxed())
     }
 }

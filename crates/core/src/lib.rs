@@ -10,6 +10,7 @@ pub mod home;
 pub mod job;
 pub mod label;
 pub mod layers;
+pub mod node;
 pub mod object;
 pub mod output;
 pub mod read;

@@ -1,16 +1,32 @@
 //! The cluster's nodes under `/v1/nodes`, as the cluster's directory
-//! ([`berth_cluster::Directory`]) reads them, when the server serves a
-//! cluster (`berth serve --nats`).
+//! ([`NodeDirectory`], which `berth-cluster` implements over its key-value
+//! bucket) reads them, when the server serves a cluster (`berth serve
+//! --nats`).
 
 use crate::AppState;
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::State;
-use berth_cluster::NodeInfo;
+use berth_core::node::NodeInfo;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+/// Why the cluster's directory cannot answer.
+pub type DirectoryError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The nodes of a cluster, for a server to show.
+#[async_trait::async_trait]
+pub trait NodeDirectory: Send + Sync {
+    /// Every node whose record is alive, by name.
+    async fn list(&self) -> Result<Vec<NodeInfo>, DirectoryError>;
+
+    /// Yields at each change of the nodes (a node joining, beating,
+    /// leaving or expiring); ends when it cannot tell any more.
+    async fn changes(&self) -> Result<BoxStream<'static, ()>, DirectoryError>;
+}
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_nodes))
@@ -52,6 +68,6 @@ pub(crate) async fn list_nodes(State(state): State<AppState>) -> Result<Json<Nod
     }))
 }
 
-pub(crate) fn unavailable(err: berth_cluster::ClusterError) -> ApiError {
+fn unavailable(err: DirectoryError) -> ApiError {
     ApiError::new("cluster_unavailable", err.to_string())
 }

@@ -157,7 +157,7 @@ async fn watcher(
     joined: Arc<AtomicU64>,
     provider: Provider,
     jobs: Jobs,
-    cluster: Option<berth_cluster::Directory>,
+    cluster: Option<std::sync::Arc<dyn crate::cluster::NodeDirectory>>,
 ) {
     // A handle of the watcher's own, so that every write — this
     // process's too — moves its data version.

@@ -78,7 +78,7 @@ pub struct RouterConfig {
     /// remove when it stops.
     pub derrick_workspaces: derrick::Made,
     /// The cluster's nodes, when the server serves a cluster.
-    pub cluster: Option<berth_cluster::Directory>,
+    pub cluster: Option<std::sync::Arc<dyn cluster::NodeDirectory>>,
 }
 
 impl RouterConfig {
@@ -105,7 +105,7 @@ pub(crate) struct AppState {
     pub default_spec: Option<Arc<Spec>>,
     /// The workspaces made through Derrick's routes.
     pub made: derrick::Made,
-    pub cluster: Option<berth_cluster::Directory>,
+    pub cluster: Option<std::sync::Arc<dyn cluster::NodeDirectory>>,
     /// The watcher of the lists' changes.
     pub lists: events::Lists,
 }

@@ -53,7 +53,7 @@ pub struct ServerConfig {
     /// The jobs service; when absent, one over the provider's registry.
     pub jobs: Option<Jobs>,
     /// The cluster's nodes, when the server serves a cluster.
-    pub cluster: Option<berth_cluster::Directory>,
+    pub cluster: Option<std::sync::Arc<dyn crate::cluster::NodeDirectory>>,
 }
 
 impl std::fmt::Debug for ServerConfig {

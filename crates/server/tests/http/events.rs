@@ -16,7 +16,7 @@ async fn next_event(
             let line: Vec<u8> = buffer.drain(..=end).collect();
             return serde_json::from_slice(&line).unwrap();
         }
-        let chunk = lines.next().await.expect("the stream ended").unwrap();
+        let chunk = lines.next().await.unwrap().unwrap();
         buffer.extend_from_slice(&chunk);
     }
 }
