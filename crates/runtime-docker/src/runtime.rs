@@ -499,7 +499,6 @@ impl DockerRuntime {
             "container": found.id,
             "memory": host_config.and_then(|h| h.memory),
             "shm_size": host_config.and_then(|h| h.shm_size),
-            "tmp_size": host_config.and_then(plan::tmp_size),
             "name": self.names()?.container(&ws.id),
             "image": found.config.and_then(|c| c.image),
             "state": state.to_string(),
@@ -951,15 +950,8 @@ impl Runtime for DockerRuntime {
         let made_with = ResourceDefaults {
             memory: recorded("memory").unwrap_or(self.defaults.memory),
             shm: recorded("shm_size").unwrap_or(self.defaults.shm),
-            tmp: self.defaults.tmp,
         };
-        // A container recorded without a `/tmp` tmpfs was made before
-        // there was one: its `/tmp` is on its writable layer.
-        let tmp = match ws.runtime_info.get("container") {
-            Some(_) => recorded("tmp_size"),
-            None => Some(made_with.tmp(&ws.spec)),
-        };
-        plan::isolation(&ws.spec, made_with, tmp)
+        plan::isolation(&ws.spec, made_with)
     }
 
     async fn exec(

@@ -76,9 +76,6 @@ pub struct PlanInput<'a> {
     pub cgroups: Option<&'a Cgroups>,
     /// The size of the tmpfs at `/dev/shm`.
     pub shm_size: u64,
-    /// The size of the tmpfs at `/tmp`; `None` leaves `/tmp` the
-    /// overlay's, as workspaces made before it was bounded have it.
-    pub tmp_size: Option<u64>,
     pub seccomp: bool,
     /// See [`InitConfig::delegate_cgroup`].
     pub delegate_cgroup: Option<String>,
@@ -157,20 +154,8 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
             target: target.into(),
         });
     }
-    // `/tmp` is a tmpfs of a bounded size: on the overlay it could fill
-    // the host's disk. Its pages are charged to the workspace's memory
-    // cgroup, as the processes that write them are in it, so it pins no
-    // more than the memory limit; its files are in no layer, so changes,
-    // snapshots and the cache leave them out and each start empties it.
-    // A bound on the overlay's own disk use would need project quotas,
-    // which few hosts' filesystems have.
-    if let Some(size) = input.tmp_size {
-        mounts.push(Mount::Tmpfs {
-            target: "tmp".into(),
-            mode: 0o1777,
-            size: Some(size),
-        });
-    }
+    // `/tmp` is the overlay's, as in a container: what a setup script
+    // leaves there is part of the provisioned state.
     mounts.push(Mount::Bind {
         source: dirs.run.clone(),
         target: Path::new(BERTH_DIR).join("run"),
@@ -249,7 +234,6 @@ mod tests {
             hostname: "ws1".into(),
             cgroups,
             shm_size: 64 << 20,
-            tmp_size: Some(1 << 30),
             seccomp: true,
             delegate_cgroup: None,
             programs: vec!["/opt/berth/berth-agent".into()],
@@ -320,32 +304,7 @@ mod tests {
             mode: 0o755,
             size: None,
         }));
-        // `/tmp` is a bounded tmpfs, never a bind of anything.
-        let tmp: Vec<_> = config
-            .mounts
-            .iter()
-            .filter(|m| matches!(
-                m,
-                Mount::Tmpfs { target, .. } | Mount::Bind { target, .. } | Mount::Dir { target, .. }
-                    if target.as_path() == Path::new("tmp")
-            ))
-            .collect();
-        assert_eq!(
-            tmp,
-            [&Mount::Tmpfs {
-                target: "tmp".into(),
-                mode: 0o1777,
-                size: Some(1 << 30),
-            }]
-        );
-    }
-
-    #[test]
-    fn a_workspace_made_before_tmp_was_bounded_keeps_it_on_the_overlay() {
-        let dirs = dirs();
-        let mut input = input(&dirs, None, None);
-        input.tmp_size = None;
-        let config = plan(&input);
+        // `/tmp` is the overlay's, so it is saved with the rest.
         assert!(!config.mounts.iter().any(|m| matches!(
             m,
             Mount::Tmpfs { target, .. } | Mount::Bind { target, .. } if target.as_path() == Path::new("tmp")

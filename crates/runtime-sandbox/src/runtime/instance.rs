@@ -269,7 +269,6 @@ impl Inner {
             hostname: format!("ws-{}", &id[id.len().saturating_sub(8)..]),
             cgroups: cgroups.as_ref(),
             shm_size: self.shm_size(state),
-            tmp_size: state.tmp_size,
             seccomp: true,
             delegate_cgroup,
             programs,

@@ -63,11 +63,6 @@ pub(super) struct State {
     /// before it was recorded, which get the runtime's default.
     #[serde(default)]
     pub(super) shm_size: Option<u64>,
-    /// The size of the tmpfs at `/tmp`; `None` in states written before
-    /// `/tmp` was a tmpfs, whose `/tmp` stays on disk in the overlay as
-    /// it was made (their cached layers may hold files there).
-    #[serde(default)]
-    pub(super) tmp_size: Option<u64>,
     #[serde(default)]
     pub(super) init: Option<Init>,
     /// Counts instances: each start gets its own cgroups, overlay work
@@ -170,7 +165,6 @@ impl Inner {
             private_network: ws.spec.network.unwrap_or(Network::None) != Network::Host,
             limits: self.limits_of(ws),
             shm_size: Some(self.config.defaults.shm(&ws.spec)),
-            tmp_size: Some(self.config.defaults.tmp(&ws.spec)),
             init: None,
             instance: 0,
             standby: None,
