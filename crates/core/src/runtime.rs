@@ -62,21 +62,26 @@ impl ResourceDefaults {
         }
     }
 
-    /// The defaults on this host (its `MemTotal`; the cap if unknown).
+    /// The defaults on this host (its `MemTotal`; the cap if unknown),
+    /// read once per process: each runtime's configuration and the
+    /// provider's ask, and the host's memory does not change under them.
     pub fn for_this_host() -> Self {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let ram_kib = meminfo.lines().find_map(|line| {
-            line.strip_prefix("MemTotal:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        });
-        match ram_kib {
-            Some(kib) => Self::for_ram(kib.saturating_mul(1024)),
-            None => Self::for_ram(Self::MEMORY_CAP.saturating_mul(2)),
-        }
+        static HERE: std::sync::OnceLock<ResourceDefaults> = std::sync::OnceLock::new();
+        *HERE.get_or_init(|| {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+            let ram_kib = meminfo.lines().find_map(|line| {
+                line.strip_prefix("MemTotal:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+            match ram_kib {
+                Some(kib) => Self::for_ram(kib.saturating_mul(1024)),
+                None => Self::for_ram(Self::MEMORY_CAP.saturating_mul(2)),
+            }
+        })
     }
 
     /// The memory limit of a workspace of `spec`.
