@@ -221,9 +221,7 @@ impl Backend {
                 }
             }
             Backend::Remote(c) => c.export(id, output, is_archive).await?,
-            Backend::Nats(_) => {
-                bail!("berth export is not offered over NATS; use --server http://HOST:PORT")
-            }
+            Backend::Nats(c) => c.export(id, output, is_archive).await?,
         })
     }
 

@@ -16,6 +16,7 @@ use berth_jobs::service::{patch_stem, repository_name};
 use berth_jobs::{
     JobSpec, JobSummary, Jobs, Published, RunDetails, Runner, RunnerConfig, SqliteQueue,
 };
+use berth_nats_api::NatsClient;
 use berth_provider::Provider;
 use futures::StreamExt as _;
 use futures::stream::{BoxStream, FusedStream as _};
@@ -178,7 +179,7 @@ pub async fn runner(provider: Provider, slots: usize) -> Result<ExitCode> {
 }
 
 /// Where the job commands go: the jobs service in this process (which also
-/// runs tasks while `run --wait` waits), or a server's.
+/// runs tasks while `run --wait` waits), or a server's, over HTTP or NATS.
 enum Service {
     Here {
         provider: Provider,
@@ -186,6 +187,7 @@ enum Service {
         runner: Runner,
     },
     Server(Client),
+    Nats(NatsClient),
 }
 
 /// Log entries read at once.
@@ -209,10 +211,7 @@ impl Service {
                 }
             }
             Backend::Remote(client) => Service::Server(client.clone()),
-            Backend::Nats(_) => bail!(
-                "berth job does not go through NATS yet: give the server's HTTP address \
-                 (--server http://HOST:PORT or unix:///PATH) or run it on the server's host"
-            ),
+            Backend::Nats(client) => Service::Nats(client.clone()),
         })
     }
 
@@ -220,6 +219,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.start(spec).await?,
             Service::Server(client) => client.start_job(spec).await?,
+            Service::Nats(client) => client.start_job(spec).await?,
         })
     }
 
@@ -227,6 +227,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.jobs()?,
             Service::Server(client) => client.jobs().await?,
+            Service::Nats(client) => client.jobs().await?,
         })
     }
 
@@ -237,6 +238,7 @@ impl Service {
                 skipped: jobs.skipped_times(job)?,
             },
             Service::Server(client) => client.runs(job).await?,
+            Service::Nats(client) => client.runs(job).await?,
         })
     }
 
@@ -244,6 +246,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.run(run)?,
             Service::Server(client) => client.job_run(run).await?,
+            Service::Nats(client) => client.job_run(run).await?,
         })
     }
 
@@ -251,6 +254,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.task(run, task)?.task,
             Service::Server(client) => client.task(run, task).await?.task,
+            Service::Nats(client) => client.task(run, task).await?.task,
         })
     }
 
@@ -262,6 +266,7 @@ impl Service {
                     .log_page(&task.run_id, &task.id, after, LOG_PAGE)
                     .await?
             }
+            Service::Nats(client) => client.log_page(&task.run_id, &task.id, after).await?,
         })
     }
 
@@ -278,6 +283,11 @@ impl Service {
                 .await?
                 .map(|line| line.map_err(anyhow::Error::from))
                 .boxed(),
+            Service::Nats(client) => client
+                .follow_log(&task.run_id, &task.id, 0)
+                .await?
+                .map(|line| line.map_err(anyhow::Error::from))
+                .boxed(),
         })
     }
 
@@ -285,6 +295,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.patch(&task.id)?,
             Service::Server(client) => client.task_patch(&task.run_id, &task.id).await?,
+            Service::Nats(client) => client.task_patch(&task.run_id, &task.id).await?,
         })
     }
 
@@ -292,6 +303,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.cancel(run, task).await?,
             Service::Server(client) => client.cancel_run(run, task).await?,
+            Service::Nats(client) => client.cancel_run(run, task).await?,
         })
     }
 
@@ -299,6 +311,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.retry(run, task).await?,
             Service::Server(client) => client.retry_run(run, task).await?,
+            Service::Nats(client) => client.retry_run(run, task).await?,
         })
     }
 
@@ -313,6 +326,7 @@ impl Service {
                 jobs.publish(provider, run, branch, message).await?
             }
             Service::Server(client) => client.publish(run, branch, message).await?,
+            Service::Nats(client) => client.publish(run, branch, message).await?,
         })
     }
 
@@ -320,6 +334,7 @@ impl Service {
         Ok(match self {
             Service::Here { jobs, .. } => jobs.schedule(job, cron)?,
             Service::Server(client) => client.schedule(job, cron).await?,
+            Service::Nats(client) => client.schedule(job, cron).await?,
         })
     }
 }
@@ -565,7 +580,7 @@ async fn wait_for(service: Service, run: &str) -> Result<ExitCode> {
             let (runner, shutdown) = (runner.clone(), shutdown.clone());
             Some(tokio::spawn(async move { runner.serve(shutdown).await }))
         }
-        Service::Server(_) => None,
+        Service::Server(_) | Service::Nats(_) => None,
     };
     let bars = MultiProgress::new();
     if !std::io::stderr().is_terminal() {
@@ -579,7 +594,7 @@ async fn wait_for(service: Service, run: &str) -> Result<ExitCode> {
         Service::Here { jobs, .. } => {
             berth_jobs::follow::run(jobs.clone(), run.to_owned(), POLL).boxed()
         }
-        Service::Server(_) => futures::stream::empty().boxed(),
+        Service::Server(_) | Service::Nats(_) => futures::stream::empty().boxed(),
     }
     .fuse();
     let details = loop {

@@ -170,13 +170,20 @@ pub async fn node(provider: Provider, nats: &NatsOptions, args: NodeArgs) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// Lists the cluster's nodes: those the server of `--server http://…`
+/// Lists the cluster's nodes: those the server of `--server` (HTTP or NATS)
 /// reports, else those of the NATS server of `--nats`.
 pub async fn nodes(backend: &Backend, nats: &NatsOptions, args: NodesArgs) -> Result<ExitCode> {
     let nodes = match (backend, &args.nats) {
         (Backend::Remote(client), _) => client.nodes().await?.with_context(|| {
             format!(
                 "{} serves no cluster (one started with `berth serve --nats URL` does)",
+                client.server()
+            )
+        })?,
+        (Backend::Nats(client), _) => client.nodes().await?.with_context(|| {
+            format!(
+                "the berth service at {} serves no cluster (one started with `berth serve \
+                 --nats URL` does)",
                 client.server()
             )
         })?,

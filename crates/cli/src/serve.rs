@@ -223,7 +223,7 @@ pub async fn serve(
         insecure_no_auth: args.insecure_no_auth,
         default_spec,
         jobs: Some(jobs.clone()),
-        cluster: directory,
+        cluster: directory.clone(),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = match cluster {
@@ -244,7 +244,7 @@ pub async fn serve(
     };
     let scheduler = {
         let shutdown = shutdown.clone();
-        let scheduler = berth_jobs::Scheduler::new(jobs);
+        let scheduler = berth_jobs::Scheduler::new(jobs.clone());
         tokio::spawn(async move { scheduler.serve(SCHEDULE_TICK, shutdown).await })
     };
     let api = match nats_url {
@@ -267,9 +267,11 @@ pub async fn serve(
                 .await
                 .context("cannot open the cluster's registry of workspaces")?;
                 eprintln!("berth serve: workspaces are placed on the nodes of the cluster");
-                berth_nats_api::start(connection, router, config).await?
+                let api = api(router, &jobs, &provider, directory.as_ref());
+                berth_nats_api::start(connection, api, config).await?
             } else {
-                berth_nats_api::start(connection, provider.clone(), config).await?
+                let api = api(provider.clone(), &jobs, &provider, directory.as_ref());
+                berth_nats_api::start(connection, api, config).await?
             };
             eprintln!(
                 "berth serve: the API is served through NATS at {} under {}",
@@ -297,6 +299,22 @@ pub async fn serve(
     }
     served?;
     Ok(())
+}
+
+/// The NATS API: the workspaces' operations answered by `workspaces`
+/// (this host's provider, or the cluster's router); jobs, and the
+/// cluster's nodes, this server's own either way.
+fn api<H: berth_nats_api::Handler>(
+    workspaces: H,
+    jobs: &berth_jobs::Jobs,
+    provider: &Provider,
+    directory: Option<&std::sync::Arc<dyn berth_server::cluster::NodeDirectory>>,
+) -> berth_nats_api::Api<H> {
+    let api = berth_nats_api::Api::new(workspaces).with_jobs(jobs.clone(), provider.clone());
+    match directory {
+        Some(directory) => api.with_nodes(directory.clone()),
+        None => api,
+    }
 }
 
 /// The controller of the cluster's job queue: hands this registry's due

@@ -146,8 +146,8 @@ struct NodeList {
     nodes: Vec<berth_core::node::NodeInfo>,
 }
 
-/// What an export wrote: the counts the server reports in its headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an export wrote: the counts the server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExportCounts {
     pub entries: u64,
     pub bytes: u64,
@@ -509,40 +509,7 @@ impl Client {
             bytes: header("x-berth-export-bytes")?,
             deleted: header("x-berth-export-deleted")?,
         };
-        let local = |what: String| move |source| ClientError::Local { what, source };
-        // Downloaded beside the output, so that an archive is renamed into
-        // place whole and nothing partial is left under its name.
-        let beside = match output.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let download = tempfile::NamedTempFile::new_in(&beside)
-            .map_err(local(format!("cannot write into {}", beside.display())))?;
-        let mut file = tokio::fs::File::from_std(
-            download
-                .reopen()
-                .map_err(local(format!("cannot write into {}", beside.display())))?,
-        );
-        let mut body = self.body(response);
-        tokio::io::copy(&mut body, &mut file)
-            .await
-            .map_err(local("cannot download the export".into()))?;
-        if is_archive {
-            download.persist(output).map_err(|e| ClientError::Local {
-                what: format!("cannot write {}", output.display()),
-                source: e.error,
-            })?;
-        } else {
-            let archive = download.path().to_path_buf();
-            let dest = output.to_path_buf();
-            tokio::task::spawn_blocking(move || berth_layers::extract_archive(&archive, &dest))
-                .await
-                .map_err(|e| ClientError::Local {
-                    what: "cannot unpack the export".into(),
-                    source: std::io::Error::other(e),
-                })?
-                .map_err(local(format!("cannot unpack into {}", output.display())))?;
-        }
+        save_export(self.body(response), output, is_archive).await?;
         Ok(counts)
     }
 
@@ -580,6 +547,49 @@ impl Client {
             .query(&[("detect", detect)]);
         self.json(request).await
     }
+}
+
+/// Writes an exported archive read from `body` to `output`: the archive
+/// itself (`is_archive`), or the files it holds unpacked into a directory.
+/// It is downloaded beside the output first, so that an archive is renamed
+/// into place whole and nothing partial is left under its name.
+pub async fn save_export(
+    mut body: impl tokio::io::AsyncRead + Unpin,
+    output: &Path,
+    is_archive: bool,
+) -> Result<(), ClientError> {
+    let local = |what: String| move |source| ClientError::Local { what, source };
+    let beside = match output.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let download = tempfile::NamedTempFile::new_in(&beside)
+        .map_err(local(format!("cannot write into {}", beside.display())))?;
+    let mut file = tokio::fs::File::from_std(
+        download
+            .reopen()
+            .map_err(local(format!("cannot write into {}", beside.display())))?,
+    );
+    tokio::io::copy(&mut body, &mut file)
+        .await
+        .map_err(local("cannot download the export".into()))?;
+    if is_archive {
+        download.persist(output).map_err(|e| ClientError::Local {
+            what: format!("cannot write {}", output.display()),
+            source: e.error,
+        })?;
+    } else {
+        let archive = download.path().to_path_buf();
+        let dest = output.to_path_buf();
+        tokio::task::spawn_blocking(move || berth_layers::extract_archive(&archive, &dest))
+            .await
+            .map_err(|e| ClientError::Local {
+                what: "cannot unpack the export".into(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(local(format!("cannot unpack into {}", output.display())))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@ use berth_core::job::{LogEntry, Run, SkippedTime, Task, TaskState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// The most log entries one page holds.
+pub const LOG_PAGE_MAX: u32 = 1000;
+
 /// Every job with its last run.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobList {

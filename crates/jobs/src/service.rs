@@ -6,7 +6,7 @@ use crate::queue::{QueueError, SqliteQueue, TaskQueue};
 use crate::spec::JobSpec;
 use berth_core::Clock;
 use berth_core::job::{
-    Attempt, JobRecord, LogEntry, NewRun, NewTask, RetryScope, Run, SkippedTime, Task,
+    Attempt, JobRecord, LogEntry, NewRun, NewTask, RetryScope, Run, SkippedTime, Task, TaskState,
 };
 use berth_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,15 @@ impl Jobs {
         self.start_registered(&spec.name, "manual").await
     }
 
+    /// Registers a job sent by a client over a wire and starts a run of
+    /// it. Its spec must stand on its own: repositories are absolute paths
+    /// or URLs (the client resolved paths relative to its file), and no
+    /// `repositories_file`.
+    pub async fn submit(&self, spec: &JobSpec) -> Result<Run, JobError> {
+        spec.check_standalone()?;
+        self.start(spec).await
+    }
+
     /// Starts a new run of a registered job with its registered spec.
     pub async fn run_again(&self, job: &str) -> Result<Run, JobError> {
         self.start_registered(job, "manual").await
@@ -268,6 +277,22 @@ impl Jobs {
     /// A task's patch; empty when it made none.
     pub fn patch(&self, task: &str) -> Result<Vec<u8>, JobError> {
         Ok(self.store.patch(task)?.unwrap_or_default())
+    }
+
+    /// Every completed task's patch of a run, one after the other in the
+    /// run's order, with the run's id: one file that `git apply` takes in
+    /// each repository's checkout.
+    pub fn run_patch(&self, run: &str) -> Result<(String, Vec<u8>), JobError> {
+        let details = self.run(run)?;
+        let mut patches = Vec::new();
+        for task in details
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Completed)
+        {
+            patches.extend(self.patch(&task.id)?);
+        }
+        Ok((details.run.id, patches))
     }
 
     /// Cancels a run, or one task of it.

@@ -4,18 +4,28 @@
 //! either alike.
 
 use crate::protocol::{
-    ARGS, CONTROL, Control, ERROR_CODE, EVENT, ExecArgs, ForkArgs, InfoArgs, KEEPALIVE, LOST_AFTER,
-    ListArgs, Op, PathArgs, ResetArgs, SEQ, Target, WINDOW,
+    ARGS, CONTROL, Control, ERROR_CODE, EVENT, ExecArgs, ForkArgs, InfoArgs, JobArgs, KEEPALIVE,
+    LOST_AFTER, ListArgs, LogArgs, Op, PathArgs, PublishArgs, ResetArgs, RunArgs, RunTaskArgs, SEQ,
+    ScheduleArgs, SessionArgs, SessionExecArgs, SessionOpenArgs, SnapshotArgs, Target, TaskArgs,
+    WINDOW,
 };
 use async_nats::{HeaderMap, Subject};
-use berth_client::ClientError;
+use berth_client::{ClientError, ExportCounts};
+use berth_core::job::{JobRecord, Run};
+use berth_core::node::NodeInfo;
+use berth_core::proto::SessionParams;
 use berth_core::{
     Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, ProvisionEvent, ReadStream,
     Snapshot, Spec, Workspace,
 };
+use berth_jobs::api::{JobList, LogLine, LogPage, PublishResponse, RunEvent, RunList};
+use berth_jobs::{JobSpec, JobSummary, Published, RunDetails, TaskDetails};
 use berth_provider::{
-    CacheGc, CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, WorkspaceDetails,
+    CacheGc, CreateOptions, FetchResult, RuntimeGc, RuntimeStatus, SessionCommand, SessionInfo,
+    WorkspaceDetails,
 };
+use berth_server::agent::InterruptResponse;
+use berth_server::cluster::NodeList;
 use berth_server::layers::{CacheGcParams, ChangeList, GcResponse};
 use berth_server::v1::{
     CreateWorkspaceParams, FetchResponse, FileList, RuntimeList, WorkspaceList,
@@ -26,6 +36,7 @@ use futures::StreamExt as _;
 use futures::stream::{self, BoxStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -54,6 +65,11 @@ impl NatsClient {
             prefix: prefix.to_owned(),
             server: berth_nats::redacted(server),
         }
+    }
+
+    /// The NATS server's URL, without credentials.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// Provisions and starts a workspace, passing provisioning events to
@@ -134,33 +150,8 @@ impl NatsClient {
             id: id.to_owned(),
             request: request.clone(),
         };
-        let mut call = self.call(Op::Exec, &args).await?;
-        // The first frame comes before the stream is handed back, so that
-        // a refusal (no such workspace) is this call's error.
-        let first = call.next().await?;
-        let (sender, receiver) = mpsc::channel(64);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut frame = Ok(first);
-            loop {
-                // A broken stream ends the events without an exit, which
-                // the caller reports.
-                let Ok(Frame::Item(event)) = frame else {
-                    return;
-                };
-                let Ok(event) = this.decode::<ExecEvent>(&event) else {
-                    return;
-                };
-                if sender.send(event).await.is_err() {
-                    return;
-                }
-                frame = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    next = call.next() => next,
-                };
-            }
-        });
-        Ok(receiver)
+        let call = self.call(Op::Exec, &args).await?;
+        self.events(call, cancel).await
     }
 
     /// A file's bytes, read as the stream is consumed.
@@ -263,6 +254,259 @@ impl NatsClient {
         self.unary(Op::Info, &args).await
     }
 
+    /// Removes a snapshot; its layer goes once nothing else uses it.
+    pub async fn remove_snapshot(&self, snapshot: &str) -> Result<(), ClientError> {
+        let args = SnapshotArgs {
+            snapshot: snapshot.to_owned(),
+        };
+        self.unary::<()>(Op::SnapshotRemove, &args).await
+    }
+
+    /// Writes the changed files to `output`: the archive the service
+    /// streams (`is_archive`), or the files it holds unpacked into a
+    /// directory.
+    pub async fn export(
+        &self,
+        id: &str,
+        output: &Path,
+        is_archive: bool,
+    ) -> Result<ExportCounts, ClientError> {
+        let mut call = self.call(Op::Export, &target(id)).await?;
+        // A refusal (no such workspace) comes before anything is written.
+        let first = call.next().await?;
+        let (sender, archive) = ReadStream::channel();
+        let feeding = tokio::spawn(async move {
+            let mut frame: Result<Frame, ClientError> = Ok(first);
+            loop {
+                match frame {
+                    Ok(Frame::Item(chunk)) => {
+                        if !sender.send(chunk.to_vec()).await {
+                            // The reader gave up: its error is the answer.
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Frame::Done(counts)) => {
+                        sender.finish().await;
+                        return Ok(Some(counts));
+                    }
+                    Err(e) => {
+                        sender.fail(std::io::Error::other(e.to_string())).await;
+                        return Err(e);
+                    }
+                }
+                frame = call.next().await;
+            }
+        });
+        let saved = berth_client::save_export(archive, output, is_archive).await;
+        let counts = feeding
+            .await
+            .map_err(|e| self.protocol(format!("the export's reader failed: {e}")))??;
+        saved?;
+        let counts = counts.ok_or_else(|| self.protocol("the export ended without its counts"))?;
+        self.decode(&counts)
+    }
+
+    /// Opens a persistent shell session in a running workspace.
+    pub async fn open_session(
+        &self,
+        id: &str,
+        params: &SessionParams,
+    ) -> Result<SessionInfo, ClientError> {
+        let args = SessionOpenArgs {
+            id: id.to_owned(),
+            params: params.clone(),
+        };
+        self.unary(Op::SessionOpen, &args).await
+    }
+
+    /// Closes a session, ending its shell and anything running in it.
+    pub async fn close_session(&self, id: &str, session: &str) -> Result<(), ClientError> {
+        self.unary::<()>(Op::SessionClose, &session_args(id, session))
+            .await
+    }
+
+    /// Runs a command in a session; its events arrive as the service
+    /// streams them. Cancelling `cancel`, or dropping the stream,
+    /// interrupts the command; the session lives on.
+    pub async fn session_exec(
+        &self,
+        id: &str,
+        session: &str,
+        command: &SessionCommand,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, ClientError> {
+        let args = SessionExecArgs {
+            id: id.to_owned(),
+            session: session.to_owned(),
+            command: command.clone(),
+        };
+        let call = self.call(Op::SessionExec, &args).await?;
+        self.events(call, cancel).await
+    }
+
+    /// Interrupts the command running in a session; whether one was.
+    pub async fn interrupt_session(&self, id: &str, session: &str) -> Result<bool, ClientError> {
+        Ok(self
+            .unary::<InterruptResponse>(Op::SessionInterrupt, &session_args(id, session))
+            .await?
+            .interrupted)
+    }
+
+    /// The nodes of the cluster the service serves, by name; `None` when
+    /// it serves none.
+    pub async fn nodes(&self) -> Result<Option<Vec<NodeInfo>>, ClientError> {
+        let list: NodeList = self.unary(Op::Nodes, &serde_json::json!({})).await?;
+        Ok(list.clustered.then_some(list.nodes))
+    }
+
+    /// Registers a job from its spec (standing on its own: repositories
+    /// are absolute paths or URLs) and starts a run of it.
+    pub async fn start_job(&self, spec: &JobSpec) -> Result<Run, ClientError> {
+        self.unary(Op::JobStart, spec).await
+    }
+
+    /// Starts a new run of a registered job.
+    pub async fn run_job(&self, job: &str) -> Result<Run, ClientError> {
+        self.unary(Op::JobRerun, &job_args(job)).await
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobSummary>, ClientError> {
+        Ok(self
+            .unary::<JobList>(Op::JobList, &serde_json::json!({}))
+            .await?
+            .jobs)
+    }
+
+    /// A job's runs and the scheduled times at which none started.
+    pub async fn runs(&self, job: &str) -> Result<RunList, ClientError> {
+        self.unary(Op::JobRuns, &job_args(job)).await
+    }
+
+    /// Sets (or with `None` removes) a job's schedule.
+    pub async fn schedule(&self, job: &str, cron: Option<&str>) -> Result<JobRecord, ClientError> {
+        let args = ScheduleArgs {
+            job: job.to_owned(),
+            cron: cron.map(str::to_owned),
+        };
+        self.unary(Op::JobSchedule, &args).await
+    }
+
+    pub async fn job_run(&self, run: &str) -> Result<RunDetails, ClientError> {
+        self.unary(
+            Op::RunShow,
+            &RunArgs {
+                run: run.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// A run's live state: a snapshot, then each change, ending once the
+    /// run has ended.
+    pub async fn run_events(
+        &self,
+        run: &str,
+    ) -> Result<BoxStream<'static, Result<RunEvent, ClientError>>, ClientError> {
+        self.items(
+            Op::RunEvents,
+            &RunArgs {
+                run: run.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Cancels a run, or one task of it.
+    pub async fn cancel_run(
+        &self,
+        run: &str,
+        task: Option<&str>,
+    ) -> Result<RunDetails, ClientError> {
+        self.unary(Op::RunCancel, &run_task_args(run, task)).await
+    }
+
+    /// Queues again a run's failed tasks, or one task.
+    pub async fn retry_run(
+        &self,
+        run: &str,
+        task: Option<&str>,
+    ) -> Result<RunDetails, ClientError> {
+        self.unary(Op::RunRetry, &run_task_args(run, task)).await
+    }
+
+    /// Pushes each completed task's change as `branch` of its repository.
+    pub async fn publish(
+        &self,
+        run: &str,
+        branch: &str,
+        message: Option<&str>,
+    ) -> Result<Vec<Published>, ClientError> {
+        let args = PublishArgs {
+            run: run.to_owned(),
+            branch: branch.to_owned(),
+            message: message.map(str::to_owned),
+        };
+        Ok(self
+            .unary::<PublishResponse>(Op::RunPublish, &args)
+            .await?
+            .published)
+    }
+
+    /// Every completed task's patch of a run, one after the other.
+    pub async fn run_patch(&self, run: &str) -> Result<Vec<u8>, ClientError> {
+        let patch = self
+            .bytes(
+                Op::RunPatch,
+                &RunArgs {
+                    run: run.to_owned(),
+                },
+            )
+            .await?;
+        self.read_all(patch).await
+    }
+
+    pub async fn task(&self, run: &str, task: &str) -> Result<TaskDetails, ClientError> {
+        self.unary(Op::TaskShow, &task_args(run, task)).await
+    }
+
+    /// A page of a task's log: at most 1000 entries after `after`.
+    pub async fn log_page(
+        &self,
+        run: &str,
+        task: &str,
+        after: u64,
+    ) -> Result<LogPage, ClientError> {
+        let args = LogArgs {
+            run: run.to_owned(),
+            task: task.to_owned(),
+            after,
+            follow: false,
+        };
+        self.unary(Op::TaskLog, &args).await
+    }
+
+    /// A task's log after `after`, as it is written, then its `end`.
+    pub async fn follow_log(
+        &self,
+        run: &str,
+        task: &str,
+        after: u64,
+    ) -> Result<BoxStream<'static, Result<LogLine, ClientError>>, ClientError> {
+        let args = LogArgs {
+            run: run.to_owned(),
+            task: task.to_owned(),
+            after,
+            follow: true,
+        };
+        self.items(Op::TaskLog, &args).await
+    }
+
+    /// A task's patch; empty when it made none.
+    pub async fn task_patch(&self, run: &str, task: &str) -> Result<Vec<u8>, ClientError> {
+        let patch = self.bytes(Op::TaskPatch, &task_args(run, task)).await?;
+        self.read_all(patch).await
+    }
+
     /// Sends a request as it came (its headers and payload) and hands back
     /// its answer's frames as they arrive: a controller forwarding to a
     /// node's service. An error the service answered keeps its code; one
@@ -313,6 +557,76 @@ impl NatsClient {
             done
         };
         self.decode(&done)
+    }
+
+    /// A command's events, from the first frame of `call` on: the first
+    /// comes before the stream is handed back, so that a refusal (no such
+    /// workspace) is this call's error.
+    async fn events(
+        &self,
+        mut call: Call,
+        cancel: CancellationToken,
+    ) -> Result<ExecStream, ClientError> {
+        let first = call.next().await?;
+        let (sender, receiver) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut frame = Ok(first);
+            loop {
+                // A broken stream ends the events without an exit, which
+                // the caller reports.
+                let Ok(Frame::Item(event)) = frame else {
+                    return;
+                };
+                let Ok(event) = this.decode::<ExecEvent>(&event) else {
+                    return;
+                };
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+                frame = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    next = call.next() => next,
+                };
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// An operation answered with JSON items, decoded as they arrive; the
+    /// first comes before the stream is handed back, so that a refusal is
+    /// this call's error. Dropping the stream cancels the operation.
+    async fn items<T: DeserializeOwned + Send + 'static>(
+        &self,
+        op: Op,
+        args: &impl Serialize,
+    ) -> Result<BoxStream<'static, Result<T, ClientError>>, ClientError> {
+        let mut call = self.call(op, args).await?;
+        let first = call.next().await?;
+        let state = (self.clone(), call, Some(first));
+        Ok(stream::unfold(Some(state), |state| async move {
+            let (this, mut call, first) = state?;
+            let frame = match first {
+                Some(first) => Ok(first),
+                None => call.next().await,
+            };
+            match frame {
+                Ok(Frame::Item(item)) => Some((this.decode(&item), Some((this, call, None)))),
+                Ok(Frame::Done(_)) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+        .boxed())
+    }
+
+    /// Everything a byte stream holds.
+    async fn read_all(&self, mut from: ReadStream) -> Result<Vec<u8>, ClientError> {
+        use tokio::io::AsyncReadExt as _;
+        let mut bytes = Vec::new();
+        from.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| self.protocol(e))?;
+        Ok(bytes)
     }
 
     /// An operation answered with bytes, read as they are consumed.
@@ -392,6 +706,33 @@ impl NatsClient {
 
 fn target(id: &str) -> Target {
     Target { id: id.to_owned() }
+}
+
+fn session_args(id: &str, session: &str) -> SessionArgs {
+    SessionArgs {
+        id: id.to_owned(),
+        session: session.to_owned(),
+    }
+}
+
+fn job_args(job: &str) -> JobArgs {
+    JobArgs {
+        job: job.to_owned(),
+    }
+}
+
+fn run_task_args(run: &str, task: Option<&str>) -> RunTaskArgs {
+    RunTaskArgs {
+        run: run.to_owned(),
+        task: task.map(str::to_owned),
+    }
+}
+
+fn task_args(run: &str, task: &str) -> TaskArgs {
+    TaskArgs {
+        run: run.to_owned(),
+        task: task.to_owned(),
+    }
 }
 
 fn path_args(id: &str, path: &str) -> PathArgs {

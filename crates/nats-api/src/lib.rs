@@ -5,10 +5,13 @@
 //! translates: behaviour, bounds and errors are the provider's, and error
 //! codes and messages are the HTTP API's.
 
+mod api;
 mod client;
+mod jobs;
 pub mod protocol;
 mod service;
 
+pub use api::Api;
 pub use client::NatsClient;
 pub use protocol::{DEFAULT_PREFIX, Op, SERVICE_NAME};
 pub use service::{

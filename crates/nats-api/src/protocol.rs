@@ -16,7 +16,9 @@
 //! takes it for gone: a command it runs is cancelled, as when an HTTP
 //! client disconnects; provisioning and the other operations finish.
 
+use berth_core::proto::SessionParams;
 use berth_core::{ExecRequest, Labels};
+use berth_provider::SessionCommand;
 use serde::{Deserialize, Serialize};
 
 /// The subject prefix the service's endpoints live under by default.
@@ -79,10 +81,31 @@ pub enum Op {
     Gc,
     GcCache,
     Info,
+    SnapshotRemove,
+    Export,
+    SessionOpen,
+    SessionClose,
+    SessionExec,
+    SessionInterrupt,
+    Nodes,
+    JobStart,
+    JobList,
+    JobRerun,
+    JobRuns,
+    JobSchedule,
+    RunShow,
+    RunEvents,
+    RunCancel,
+    RunRetry,
+    RunPublish,
+    RunPatch,
+    TaskShow,
+    TaskLog,
+    TaskPatch,
 }
 
 impl Op {
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 42] = [
         Op::Create,
         Op::List,
         Op::Show,
@@ -104,6 +127,27 @@ impl Op {
         Op::Gc,
         Op::GcCache,
         Op::Info,
+        Op::SnapshotRemove,
+        Op::Export,
+        Op::SessionOpen,
+        Op::SessionClose,
+        Op::SessionExec,
+        Op::SessionInterrupt,
+        Op::Nodes,
+        Op::JobStart,
+        Op::JobList,
+        Op::JobRerun,
+        Op::JobRuns,
+        Op::JobSchedule,
+        Op::RunShow,
+        Op::RunEvents,
+        Op::RunCancel,
+        Op::RunRetry,
+        Op::RunPublish,
+        Op::RunPatch,
+        Op::TaskShow,
+        Op::TaskLog,
+        Op::TaskPatch,
     ];
 
     /// The endpoint's subject below the prefix.
@@ -130,6 +174,50 @@ impl Op {
             Op::Gc => "gc",
             Op::GcCache => "gc.cache",
             Op::Info => "info",
+            Op::SnapshotRemove => "snapshot.remove",
+            Op::Export => "export",
+            Op::SessionOpen => "session.open",
+            Op::SessionClose => "session.close",
+            Op::SessionExec => "session.exec",
+            Op::SessionInterrupt => "session.interrupt",
+            Op::Nodes => "nodes",
+            Op::JobStart => "job.start",
+            Op::JobList => "job.list",
+            Op::JobRerun => "job.rerun",
+            Op::JobRuns => "job.runs",
+            Op::JobSchedule => "job.schedule",
+            Op::RunShow => "run.show",
+            Op::RunEvents => "run.events",
+            Op::RunCancel => "run.cancel",
+            Op::RunRetry => "run.retry",
+            Op::RunPublish => "run.publish",
+            Op::RunPatch => "run.patch",
+            Op::TaskShow => "task.show",
+            Op::TaskLog => "task.log",
+            Op::TaskPatch => "task.patch",
+        }
+    }
+
+    /// Who answers the operation: a workspace's provider, the cluster's
+    /// directory of nodes, or the jobs service.
+    pub fn scope(self) -> Scope {
+        match self {
+            Op::Nodes => Scope::Nodes,
+            Op::JobStart
+            | Op::JobList
+            | Op::JobRerun
+            | Op::JobRuns
+            | Op::JobSchedule
+            | Op::RunShow
+            | Op::RunEvents
+            | Op::RunCancel
+            | Op::RunRetry
+            | Op::RunPublish
+            | Op::RunPatch
+            | Op::TaskShow
+            | Op::TaskLog
+            | Op::TaskPatch => Scope::Jobs,
+            _ => Scope::Provider,
         }
     }
 
@@ -137,6 +225,14 @@ impl Op {
     pub fn name(self) -> String {
         self.subject().replace('.', "_")
     }
+}
+
+/// Who answers an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Provider,
+    Nodes,
+    Jobs,
 }
 
 /// The workspace an operation is about: an id, a unique id prefix, or a
@@ -202,4 +298,100 @@ pub struct InfoArgs {
     /// Probe the interpreters again.
     #[serde(default)]
     pub detect: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotArgs {
+    pub snapshot: String,
+}
+
+/// Opening a persistent shell session in a workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionOpenArgs {
+    pub id: String,
+    #[serde(default)]
+    pub params: SessionParams,
+}
+
+/// A session of a workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionArgs {
+    pub id: String,
+    pub session: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionExecArgs {
+    pub id: String,
+    pub session: String,
+    pub command: SessionCommand,
+}
+
+/// A registered job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobArgs {
+    pub job: String,
+}
+
+/// A job's new schedule, or none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleArgs {
+    pub job: String,
+    /// A cron expression (UTC); the schedule is removed when absent.
+    #[serde(default)]
+    pub cron: Option<String>,
+}
+
+/// A run: an id or a unique prefix of one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    pub run: String,
+}
+
+/// A run, or one task of it (an id or a unique prefix, its repository's
+/// URL, or the URL's last path segment without `.git`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunTaskArgs {
+    pub run: String,
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// One task of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskArgs {
+    pub run: String,
+    pub task: String,
+}
+
+/// A task's log: a page of entries (at most
+/// [`berth_jobs::api::LOG_PAGE_MAX`]) after `after` or, `follow`ing, every
+/// entry after it as it is written, then its end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogArgs {
+    pub run: String,
+    pub task: String,
+    #[serde(default)]
+    pub after: u64,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishArgs {
+    pub run: String,
+    pub branch: String,
+    #[serde(default)]
+    pub message: Option<String>,
 }

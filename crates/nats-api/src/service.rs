@@ -5,12 +5,16 @@
 
 use crate::protocol::{
     CONTROL, Control, DEFAULT_PREFIX, ERROR_CODE, EVENT, ExecArgs, ForkArgs, InfoArgs, KEEPALIVE,
-    LOST_AFTER, ListArgs, Op, PathArgs, ResetArgs, SEQ, SERVICE_NAME, Target, WINDOW,
+    LOST_AFTER, ListArgs, Op, PathArgs, ResetArgs, SEQ, SERVICE_NAME, SessionArgs, SessionExecArgs,
+    SessionOpenArgs, SnapshotArgs, Target, WINDOW,
 };
 use async_nats::service::ServiceExt as _;
 use async_nats::{HeaderMap, Subject};
+use berth_client::ExportCounts;
 use berth_provider::{Progress, Provider, ServiceError};
 use berth_server::ErrorBody;
+use berth_server::agent::InterruptResponse;
+use berth_server::cluster::NodeList;
 use berth_server::layers::{CacheGcParams, ChangeList, GcResponse};
 use berth_server::v1::{
     CreateWorkspaceParams, FetchResponse, FileList, RuntimeList, WorkspaceList,
@@ -295,12 +299,73 @@ fn answer(op: Op, provider: &Provider, message: &async_nats::Message) -> BoxStre
         Op::Info => with_args(op, &payload, |args: InfoArgs| {
             done(async move { provider.agent_info(&args.id, args.detect).await })
         }),
+        Op::SnapshotRemove => with_args(op, &payload, |args: SnapshotArgs| {
+            done(async move { provider.remove_snapshot(&args.snapshot).await })
+        }),
+        Op::Export => with_args(op, &payload, |args: Target| export(provider, args)),
+        Op::SessionOpen => with_args(op, &payload, |args: SessionOpenArgs| {
+            done(async move { provider.open_session(&args.id, args.params).await })
+        }),
+        Op::SessionClose => with_args(op, &payload, |args: SessionArgs| {
+            done(async move {
+                provider
+                    .close_session(&args.id, &args.session)
+                    .await
+                    .map(drop)
+            })
+        }),
+        Op::SessionExec => with_args(op, &payload, |args: SessionExecArgs| {
+            events(
+                async move {
+                    provider
+                        .session_exec(&args.id, &args.session, args.command)
+                        .await
+                },
+                (),
+            )
+        }),
+        Op::SessionInterrupt => with_args(op, &payload, |args: SessionArgs| {
+            done(async move {
+                let interrupted = provider.interrupt_session(&args.id, &args.session).await?;
+                Ok::<_, ServiceError>(InterruptResponse { interrupted })
+            })
+        }),
+        // A provider serves no cluster, as an HTTP server without one.
+        Op::Nodes => done(async {
+            Ok::<_, ServiceError>(NodeList {
+                clustered: false,
+                nodes: Vec::new(),
+            })
+        }),
+        Op::JobStart
+        | Op::JobList
+        | Op::JobRerun
+        | Op::JobRuns
+        | Op::JobSchedule
+        | Op::RunShow
+        | Op::RunEvents
+        | Op::RunCancel
+        | Op::RunRetry
+        | Op::RunPublish
+        | Op::RunPatch
+        | Op::TaskShow
+        | Op::TaskLog
+        | Op::TaskPatch => stream::once(async move {
+            Frame::Failed(ErrorBody {
+                code: "unsupported".into(),
+                message: format!(
+                    "`{}`: this service runs no jobs; ask the cluster's server (berth serve)",
+                    op.subject()
+                ),
+            })
+        })
+        .boxed(),
     }
 }
 
 /// The request's arguments, or an `invalid_body` error naming what is
 /// wrong with them.
-fn with_args<A: DeserializeOwned>(
+pub(crate) fn with_args<A: DeserializeOwned>(
     op: Op,
     payload: &[u8],
     then: impl FnOnce(A) -> BoxStream<'static, Frame>,
@@ -324,6 +389,17 @@ fn with_args<A: DeserializeOwned>(
 fn done<T: Serialize + Send + 'static>(
     operation: impl Future<Output = Result<T, ServiceError>> + Send + 'static,
 ) -> BoxStream<'static, Frame> {
+    answered(operation)
+}
+
+/// [`done`], for an operation of any service's errors.
+pub(crate) fn answered<T, E>(
+    operation: impl Future<Output = Result<T, E>> + Send + 'static,
+) -> BoxStream<'static, Frame>
+where
+    T: Serialize + Send + 'static,
+    E: Into<ErrorBody> + Send + 'static,
+{
     stream::once(async move { finished(tokio::spawn(operation).await) }).boxed()
 }
 
@@ -343,8 +419,8 @@ where
         .boxed()
 }
 
-fn finished<T: Serialize>(
-    outcome: Result<Result<T, ServiceError>, tokio::task::JoinError>,
+fn finished<T: Serialize, E: Into<ErrorBody>>(
+    outcome: Result<Result<T, E>, tokio::task::JoinError>,
 ) -> Frame {
     match outcome {
         Ok(Ok(value)) => Frame::Done(json(&value)),
@@ -359,10 +435,23 @@ fn finished<T: Serialize>(
 /// A command's events as `item`s. Dropping the stream (the client went
 /// away or cancelled) cancels the command.
 fn exec(provider: Provider, args: ExecArgs) -> BoxStream<'static, Frame> {
+    let cancel = CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
+    events(
+        async move { provider.exec(&args.id, args.request, cancel).await },
+        guard,
+    )
+}
+
+/// A command's events as `item`s, then `done`; `guard` is dropped with
+/// the stream (the client went away or cancelled), and the receiver of
+/// the events with it, which interrupts a session's command.
+fn events<W: Send + 'static>(
+    start: impl Future<Output = Result<(W, berth_core::ExecStream), ServiceError>> + Send + 'static,
+    guard: impl Send + 'static,
+) -> BoxStream<'static, Frame> {
     stream::once(async move {
-        let cancel = CancellationToken::new();
-        let guard = cancel.clone().drop_guard();
-        match provider.exec(&args.id, args.request, cancel).await {
+        match start.await {
             Ok((_, events)) => stream::unfold((events, guard), |(mut events, guard)| async move {
                 let event = events.recv().await?;
                 Some((Frame::Item(json(&event)), (events, guard)))
@@ -374,6 +463,46 @@ fn exec(provider: Provider, args: ExecArgs) -> BoxStream<'static, Frame> {
     })
     .flatten()
     .boxed()
+}
+
+/// The changes exported as an archive, in chunks as the client takes
+/// them, then what it holds.
+fn export(provider: Provider, args: Target) -> BoxStream<'static, Frame> {
+    stream::once(async move {
+        match provider.export_archive(&args.id).await {
+            Ok(archive) => {
+                let counts = ExportCounts {
+                    entries: archive.summary.entries,
+                    bytes: archive.summary.bytes,
+                    deleted: archive.summary.deleted.len() as u64,
+                };
+                tokio_util::io::ReaderStream::with_capacity(archive.file, CHUNK)
+                    .map(|chunk| match chunk {
+                        Ok(chunk) => Frame::Item(chunk),
+                        Err(e) => Frame::Failed(ErrorBody {
+                            code: "internal".into(),
+                            message: format!("reading the exported archive failed: {e}"),
+                        }),
+                    })
+                    .chain(stream::once(async move { Frame::Done(json(&counts)) }))
+                    .boxed()
+            }
+            Err(err) => stream::once(async move { Frame::Failed(err.into()) }).boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Bytes held whole (a patch), in chunks, then `done`.
+pub(crate) fn chunked(bytes: Vec<u8>) -> BoxStream<'static, Frame> {
+    let chunks: Vec<Frame> = bytes
+        .chunks(CHUNK)
+        .map(|chunk| Frame::Item(Bytes::copy_from_slice(chunk)))
+        .collect();
+    stream::iter(chunks)
+        .chain(stream::once(async { Frame::Done(Bytes::new()) }))
+        .boxed()
 }
 
 /// What is read from a workspace (a file, a patch), in chunks, as the
@@ -401,7 +530,7 @@ fn bytes(
     .boxed()
 }
 
-fn json<T: Serialize>(value: &T) -> Bytes {
+pub(crate) fn json<T: Serialize>(value: &T) -> Bytes {
     // Every type sent serialises; a failure would be a bug, reported as
     // the JSON of an error rather than a panic.
     serde_json::to_vec(value)

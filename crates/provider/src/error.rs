@@ -98,6 +98,15 @@ pub enum ServiceError {
     },
     #[error("registry: {0}")]
     Store(#[source] berth_store::StoreError),
+    /// The host's own scratch space (the home's `tmp`) failed.
+    #[error("workspace {id}: cannot {what} in {}: {source}", dir.display())]
+    Scratch {
+        id: String,
+        what: &'static str,
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ServiceError {
@@ -145,6 +154,7 @@ impl ServiceError {
             | ServiceError::Mirrors(source) => git_code(source),
             ServiceError::ProvisionFailed { .. } => "provision_failed",
             ServiceError::Store(_) => "registry_error",
+            ServiceError::Scratch { .. } => "internal",
         }
     }
 

@@ -16,6 +16,18 @@ use utoipa::ToSchema;
 /// typo'd count must not fill the host.
 pub const MAX_FORKS: usize = 64;
 
+/// A workspace's changes exported as an archive, its file open and
+/// already unlinked.
+#[derive(Debug)]
+pub struct ExportedArchive {
+    /// The workspace's id.
+    pub workspace: String,
+    pub summary: ExportSummary,
+    pub file: tokio::fs::File,
+    /// The archive's size in bytes.
+    pub length: u64,
+}
+
 /// What garbage collection removed in one runtime.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RuntimeGc {
@@ -135,6 +147,56 @@ impl Provider {
             .export_changes(&ws, target)
             .await
             .map_err(|e| ServiceError::runtime(&ws.id, e))
+    }
+
+    /// The changed files as a `.tar.zst` archive, open for reading, for a
+    /// front end to send. The archive is written in a private directory
+    /// under the home's `tmp` that the provider alone names (a client never
+    /// chooses a host path written to), and unlinked before it is handed
+    /// back: nothing is left behind whether or not the reader reads it all.
+    pub async fn export_archive(&self, id: &str) -> Result<ExportedArchive, ServiceError> {
+        let ws = self.get(id)?;
+        let scratch = self.home().join("tmp");
+        let local = |what: &'static str| {
+            let (id, dir) = (ws.id.to_string(), scratch.clone());
+            move |source| ServiceError::Scratch {
+                id,
+                what,
+                dir,
+                source,
+            }
+        };
+        tokio::fs::create_dir_all(&scratch)
+            .await
+            .map_err(local("make the export directory"))?;
+        // Made here, private (0700).
+        let dir = tempfile::Builder::new()
+            .prefix("export-")
+            .tempdir_in(&scratch)
+            .map_err(local("make a private export directory"))?;
+        let path = dir.path().join("changes.tar.zst");
+        let summary = self
+            .export(
+                ws.id.as_str(),
+                &ExportTarget::Archive { path: path.clone() },
+            )
+            .await?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(local("open the exported archive"))?;
+        let length = file
+            .metadata()
+            .await
+            .map_err(local("read the exported archive"))?
+            .len();
+        // Unlinked now: the open file stays readable.
+        drop(dir);
+        Ok(ExportedArchive {
+            workspace: ws.id.to_string(),
+            summary,
+            file,
+            length,
+        })
     }
 
     /// A git-style patch of the changes in each of the workspace's

@@ -18,7 +18,7 @@ pub use cache::CacheGc;
 pub use config::{Config, ConfigError};
 pub use deadlines::{Busy, REAP_INTERVAL, Reaped};
 pub use error::ServiceError;
-pub use layers::{Gc, RuntimeGc};
+pub use layers::{ExportedArchive, Gc, RuntimeGc};
 pub use provision::Progress;
 
 use berth_core::{

@@ -157,6 +157,17 @@ impl From<ServiceError> for ErrorBody {
     }
 }
 
+impl From<berth_jobs::JobError> for ErrorBody {
+    /// The code and message any front end gives for a jobs error.
+    fn from(err: berth_jobs::JobError) -> Self {
+        let err = ApiError::from(err);
+        ErrorBody {
+            code: err.code.into_owned(),
+            message: err.message,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -12,9 +12,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_core::job::{JobRecord, Run, TaskState};
+use berth_core::job::{JobRecord, Run};
 use berth_jobs::api::{
-    JobList, LogLine, LogPage, PublishRequest, PublishResponse, RunEvent, RunList, ScheduleRequest,
+    JobList, LOG_PAGE_MAX, LogLine, LogPage, PublishRequest, PublishResponse, RunEvent, RunList,
+    ScheduleRequest,
 };
 use berth_jobs::service::patch_stem;
 use berth_jobs::{JobSpec, RunDetails, TaskDetails};
@@ -30,9 +31,6 @@ use utoipa_axum::routes;
 /// is for a `berth runner` process on the same home, whose writes only the
 /// registry carries.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
-
-/// The most log entries one page holds.
-const LOG_PAGE_MAX: u32 = 1000;
 
 /// The media type of a patch.
 const PATCH_TYPE: &str = "text/x-diff";
@@ -136,9 +134,7 @@ pub(crate) async fn start_job(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<Response, ApiError> {
-    spec.check_standalone()
-        .map_err(berth_jobs::JobError::from)?;
-    Ok(created(state.jobs.start(&spec).await?))
+    Ok(created(state.jobs.submit(&spec).await?))
 }
 
 /// Lists jobs, by name, each with its last run.
@@ -379,16 +375,8 @@ pub(crate) async fn run_patch(
     State(state): State<AppState>,
     Path(RunRef { run }): Path<RunRef>,
 ) -> Result<Response, ApiError> {
-    let details = state.jobs.run(&run)?;
-    let mut patches = Vec::new();
-    for task in details
-        .tasks
-        .iter()
-        .filter(|t| t.state == TaskState::Completed)
-    {
-        patches.extend(state.jobs.patch(&task.id)?);
-    }
-    Ok(patch_response(&details.run.id, patches))
+    let (run, patches) = state.jobs.run_patch(&run)?;
+    Ok(patch_response(&run, patches))
 }
 
 /// A task of a run with every attempt it made.

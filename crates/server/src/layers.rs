@@ -3,9 +3,9 @@
 //! collection (of layers, and of the provisioning cache to a budget). Each
 //! is one provider call.
 //!
-//! The export is streamed to the client from an archive the server writes
-//! in a private directory of its own and unlinks before sending: a client
-//! never chooses a host path the server writes to.
+//! The export is streamed to the client from an archive the provider
+//! writes in a private directory of its own and unlinks before sending: a
+//! client never chooses a host path the server writes to.
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
@@ -16,8 +16,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_core::{Change, ExportTarget, Snapshot, Workspace};
-use berth_provider::{CacheGc, RuntimeGc};
+use berth_core::{Change, Snapshot, Workspace};
+use berth_provider::{CacheGc, ExportedArchive, RuntimeGc};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
@@ -264,53 +264,18 @@ pub(crate) async fn export(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(_query): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
-    let ws = state.provider.get(&id)?;
-    let scratch = state.provider.home().join("tmp");
-    let local = |context: &str, err: std::io::Error| {
-        ApiError::new(
-            "internal",
-            format!(
-                "workspace {}: cannot {context} in {}: {err}",
-                ws.id,
-                scratch.display()
-            ),
-        )
-    };
-    tokio::fs::create_dir_all(&scratch)
-        .await
-        .map_err(|e| local("make the export directory", e))?;
-    // Made here, private (0700), and named by the server alone.
-    let dir = tempfile::Builder::new()
-        .prefix("export-")
-        .tempdir_in(&scratch)
-        .map_err(|e| local("make a private export directory", e))?;
-    let path = dir.path().join("changes.tar.zst");
-    let summary = state
-        .provider
-        .export(
-            ws.id.as_str(),
-            &ExportTarget::Archive { path: path.clone() },
-        )
-        .await?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| local("open the exported archive", e))?;
-    let length = file
-        .metadata()
-        .await
-        .map_err(|e| local("read the exported archive", e))?
-        .len();
-    // Unlinked now: the open file stays readable until the stream ends,
-    // and nothing is left behind whether or not the client reads it all.
-    drop(dir);
-
+    let ExportedArchive {
+        workspace,
+        summary,
+        file,
+        length,
+    } = state.provider.export_archive(&id).await?;
     let mut response = Body::from_stream(ReaderStream::new(file)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TAR_ZST));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if let Ok(disposition) = HeaderValue::from_str(&format!(
-        "attachment; filename=\"{}-changes.tar.zst\"",
-        ws.id
+        "attachment; filename=\"{workspace}-changes.tar.zst\""
     )) {
         headers.insert(header::CONTENT_DISPOSITION, disposition);
     }

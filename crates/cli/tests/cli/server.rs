@@ -14,6 +14,8 @@ pub(crate) struct Server {
     env: Env,
     child: Child,
     pub(crate) url: String,
+    /// A node of its cluster, which runs its job tasks.
+    node: Option<Child>,
     /// The NATS server it serves through, for a NATS API.
     _nats: Option<NatsServer>,
 }
@@ -27,6 +29,7 @@ impl Server {
             env,
             child,
             url: format!("http://{addr}"),
+            node: None,
             _nats: None,
         };
         server.wait_until(|| std::net::TcpStream::connect(&addr).is_ok());
@@ -41,6 +44,7 @@ impl Server {
             env,
             child,
             url: format!("unix://{}", socket.display()),
+            node: None,
             _nats: None,
         };
         server.wait_until(|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
@@ -57,11 +61,35 @@ impl Server {
             env,
             child,
             url: nats.url(),
+            node: None,
             _nats: Some(nats),
         };
         // Answered once the service's endpoints are registered.
         let probe = Env::new();
         server.wait_until(|| probe.run(&["--server", &server.url, "ls"]).status.success());
+        server
+    }
+
+    /// [`Server::nats`] with a node of its cluster (`berth node`, a home of
+    /// its own), on which its job tasks run.
+    pub(crate) fn nats_with_node() -> Server {
+        let mut server = Server::nats();
+        let node = server
+            .env
+            .berth()
+            .env("BERTH_HOME", server.env.dir.path().join("node"))
+            .env("BERTH_JOB_HEARTBEAT", "0.2")
+            .args(["node", "--nats", &server.url, "--name", "n1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        server.node = Some(node);
+        let probe = Env::new();
+        server.wait_until(|| {
+            let out = probe.run(&["--server", &server.url, "nodes", "--json"]);
+            String::from_utf8_lossy(&out.stdout).contains("\"n1\"")
+        });
         server
     }
 
@@ -90,8 +118,10 @@ fn serve(env: &Env, args: &[&str]) -> Child {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.node.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -195,9 +225,11 @@ fn seen(out: &Output) -> Seen {
 /// Every command a user runs on a workspace, in order, as they see it.
 fn session(target: &Target, spec: &Path, export: &Path) -> Vec<(String, Seen)> {
     let spec = spec.to_str().unwrap();
+    let archive = format!("{}.tar.zst", export.display());
     let export = export.to_str().unwrap();
     let up = ["up", spec, "--name", "w", "--label", "team=a"];
     let export = ["export", "w", "-o", export];
+    let export_archive = ["export", "w", "-o", &archive];
     let steps: Vec<(&[&str], Option<&str>)> = vec![
         (&up, None),
         (&["ls", "--label", "team=a"], None),
@@ -262,6 +294,7 @@ fn session(target: &Target, spec: &Path, export: &Path) -> Vec<(String, Seen)> {
         (&["changes", "w"], None),
         (&["diff", "w"], None),
         (&export, None),
+        (&export_archive, None),
         (&["snapshot", "w"], None),
         (&["fork", "w", "--count", "2"], None),
         (&["reset", "w"], None),
@@ -294,8 +327,27 @@ fn session(target: &Target, spec: &Path, export: &Path) -> Vec<(String, Seen)> {
     seen
 }
 
+/// The paths an exported archive holds, and each file's bytes.
+fn archived(archive: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read as _;
+    let tar = zstd::Decoder::new(std::fs::File::open(archive).unwrap()).unwrap();
+    let mut entries: Vec<(String, Vec<u8>)> = tar::Archive::new(tar)
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
 #[test]
-fn every_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
+fn every_command_over_tcp_a_unix_socket_and_nats_gives_what_it_gives_locally() {
     let env = Env::new();
     let repo = env.dir.path().join("upstream");
     make_repo(&repo, &[("keep.txt", "k\n"), ("edit.txt", "old\n")]);
@@ -329,7 +381,6 @@ fn every_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
     assert!(gc.contains(", 0 bytes kept)"), "{gc}");
 
     for server in [Server::tcp(), Server::unix(), Server::nats()] {
-        let over_nats = server.url.starts_with("nats://");
         let client = Env::new();
         let target = Target::Server {
             server: &server,
@@ -344,21 +395,20 @@ fn every_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
                 continue;
             }
             let step = masked(step);
-            if over_nats && step.starts_with("export ") {
-                // Not offered over NATS: said so, and nothing written.
-                assert_eq!(there.0, Some(1));
-                assert!(there.2.contains("NATS"), "{}", there.2);
-                assert!(!out_dir.exists());
-                continue;
-            }
             assert_eq!(here, there, "`berth {step}` over {}", server.url);
         }
-        if !over_nats {
-            assert_eq!(
-                std::fs::read_to_string(out_dir.join("app/edit.txt")).unwrap(),
-                "changed\n"
-            );
-        }
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join("app/edit.txt")).unwrap(),
+            "changed\n",
+            "exported over {}",
+            server.url
+        );
+        assert_eq!(
+            archived(&out_dir.with_extension("tar.zst")),
+            archived(&env.dir.path().join("local-export.tar.zst")),
+            "the archive exported over {}",
+            server.url
+        );
         assert!(
             !client.home.join("registry.db").exists(),
             "the client opened no state of its own"
@@ -698,7 +748,7 @@ fn job_session(target: &Target, dir: &Path) -> Vec<(String, Seen)> {
 }
 
 #[test]
-fn every_job_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
+fn every_job_command_over_tcp_a_unix_socket_and_nats_gives_what_it_gives_locally() {
     let env = Env::new();
     let here = env.dir.path().join("jobs");
     let local = job_session(&Target::Local(&env), &here);
@@ -732,7 +782,7 @@ fn every_job_command_over_tcp_and_a_unix_socket_gives_what_it_gives_locally() {
         "{published:?}"
     );
 
-    for server in [Server::tcp(), Server::unix()] {
+    for server in [Server::tcp(), Server::unix(), Server::nats_with_node()] {
         let client = Env::new();
         let target = Target::Server {
             server: &server,
