@@ -40,7 +40,7 @@ pub async fn run(
     let cgroup = agent.command_cgroup();
     let shepherd = match cgroup {
         Some(_) => None,
-        None => Some(crate::shepherd()),
+        None => Some(agent.shepherd()),
     };
     let spawned = berth_exec::spawn(
         Spawn {
@@ -64,7 +64,9 @@ pub async fn run(
             return;
         }
     };
-    let _owned = agent.reaper.own(running.pid);
+    // Owned until its exit is known: until then the reaper takes nothing
+    // it adopts as a finished command's (see `reaper`).
+    let owned = agent.reaper.own(running.pid);
     let pid = running.pid;
     // A shepherd says whether the command started; waiting for it holds up
     // no other operation, and the command's timeout runs meanwhile.
@@ -82,6 +84,7 @@ pub async fn run(
                 Some(ExecEvent::Stdout { data }) => send_output(&out, Stream::Stdout, &data.0, &cancel).await,
                 Some(ExecEvent::Stderr { data }) => send_output(&out, Stream::Stderr, &data.0, &cancel).await,
                 Some(ExecEvent::Exit(status)) => {
+                    drop(owned);
                     out.message(AgentMessage::Exit(status)).await;
                     return;
                 }

@@ -33,8 +33,9 @@
 //!   session or terminal that ends takes its cgroup's processes with it.
 //!   Without one, each command runs under a shepherd, a copy of the agent
 //!   (`berth-agent shepherd ARGV...`) that is its child subreaper, and an
-//!   ending reaches everything beneath it the same way (see
-//!   [`berth_exec::shepherd`]). As PID 1 (or as a child
+//!   ending reaches everything beneath it the same way; a command that
+//!   kills its shepherd has what it started ended at once (see
+//!   [`berth_exec::shepherd`] and [`reaper`]). As PID 1 (or as a child
 //!   subreaper when run as an ordinary process) the agent reaps every
 //!   orphan; this reads `/proc`, which docker and the sandbox mount.
 //! - **Its own protection**: the agent makes itself undumpable and
@@ -293,6 +294,17 @@ impl Agent {
         }
     }
 
+    /// How commands start their shepherd: this very executable, which no
+    /// process of the workspace can replace; the agent's reaper adopts
+    /// what a killed shepherd leaves.
+    fn shepherd(&self) -> berth_exec::Shepherd {
+        berth_exec::Shepherd {
+            program: PathBuf::from("/proc/self/exe"),
+            args: vec![SHEPHERD.to_string()],
+            adopter: Arc::new(self.reaper.clone()),
+        }
+    }
+
     /// A working directory: `cwd` relative to the root, an existing
     /// directory that does not lead outside it.
     pub fn workdir(&self, cwd: Option<&str>) -> Result<PathBuf, (berth_proto::ErrorCode, String)> {
@@ -302,15 +314,6 @@ impl Agent {
 
 /// The first argument that makes the agent's binary a shepherd.
 pub const SHEPHERD: &str = "shepherd";
-
-/// How commands start their shepherd: this very executable, which no
-/// process of the workspace can replace.
-fn shepherd() -> berth_exec::Shepherd {
-    berth_exec::Shepherd {
-        program: PathBuf::from("/proc/self/exe"),
-        args: vec![SHEPHERD.to_string()],
-    }
-}
 
 /// Sends `signal` (a raw number) to the process group led by `pid`; an
 /// unknown signal number or a group already gone is ignored.

@@ -9,6 +9,15 @@
 //! child as owned right after spawning it, in the same synchronous step;
 //! the agent runs on a current-thread runtime, so the reaper (a task on
 //! that same thread) cannot run in between.
+//!
+//! The reaper also keeps the processes it adopted apart: those it takes
+//! as what finished commands left (a background server), and strays,
+//! which a shepherd the command killed left (see
+//! [`berth_exec::shepherd`]). It takes an adoptee as left by a finished
+//! command only while every child a task owns is running: a killed
+//! shepherd's processes come to the agent in the same step of the kernel
+//! that makes the shepherd a zombie, and its task keeps it owned until it
+//! has ended them.
 
 use crate::procfs;
 use rustix::process::{Pid, WaitOptions};
@@ -20,6 +29,9 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 struct Shared {
     owned: Mutex<HashSet<i32>>,
+    /// Adoptees taken as what finished commands left, by pid and start
+    /// time (a pid may be used again).
+    leftovers: Mutex<HashSet<(i32, u64)>>,
     wake: Notify,
 }
 
@@ -97,32 +109,66 @@ fn is_owned(shared: &Shared, pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// Reaps every zombie child that no task owns.
+/// Reaps every zombie child that no task owns, and takes the live ones as
+/// what finished commands left while every owned child is running.
 fn sweep(shared: &Shared) {
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    let zombies: Option<Vec<i32>> = match procfs::children() {
-        Some(children) => Some(
-            children
-                .into_iter()
-                .filter(|&pid| procfs::stat(pid).is_some_and(|s| s.state == 'Z'))
-                .collect(),
-        ),
-        None => procfs::all().map(|all| {
-            all.into_iter()
-                .filter(|s| s.ppid == me && s.state == 'Z')
-                .map(|s| s.pid)
-                .collect()
-        }),
+    let Some(children) = children() else {
+        sweep_without_proc(shared);
+        return;
     };
-    match zombies {
-        Some(zombies) => {
-            for pid in zombies {
-                if !is_owned(shared, pid) {
-                    reap(pid);
-                }
+    let mut live = HashSet::new();
+    for child in children {
+        match (child.state, is_owned(shared, child.pid)) {
+            ('Z', false) => reap(child.pid),
+            (_, false) => {
+                live.insert((child.pid, child.start_time));
             }
+            _ => {}
         }
-        None => sweep_without_proc(shared),
+    }
+    // Owned children are looked at after the listing, so a shepherd
+    // whose processes were listed is seen to have exited.
+    let settled = shared.owned.lock().is_ok_and(|owned| {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        owned
+            .iter()
+            .all(|&pid| procfs::stat(pid).is_some_and(|s| s.state != 'Z' && s.ppid == me))
+    });
+    if let Ok(mut leftovers) = shared.leftovers.lock() {
+        if settled {
+            *leftovers = live;
+        } else {
+            leftovers.retain(|known| live.contains(known));
+        }
+    }
+}
+
+/// The agent's children, or `None` without `/proc`.
+fn children() -> Option<Vec<procfs::ProcStat>> {
+    match procfs::children() {
+        Some(children) => Some(children.into_iter().filter_map(procfs::stat).collect()),
+        None => {
+            let me = rustix::process::getpid().as_raw_nonzero().get();
+            procfs::all().map(|all| all.into_iter().filter(|s| s.ppid == me).collect())
+        }
+    }
+}
+
+impl berth_exec::shepherd::Adopter for Reaper {
+    fn strays(&self) -> Vec<i32> {
+        let Ok(leftovers) = self.shared.leftovers.lock() else {
+            return Vec::new();
+        };
+        children()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| {
+                c.state != 'Z'
+                    && !is_owned(&self.shared, c.pid)
+                    && !leftovers.contains(&(c.pid, c.start_time))
+            })
+            .map(|c| c.pid)
+            .collect()
     }
 }
 

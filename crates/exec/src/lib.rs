@@ -322,19 +322,30 @@ async fn supervise(
             None => std::future::pending().await,
         }
     };
+    let mut shepherd = shepherd;
+    let listen = async {
+        match shepherd.as_mut() {
+            Some(link) => link.listen().await,
+            None => std::future::pending().await,
+        }
+    };
     let (status, ending) = tokio::select! {
         status = child.wait() => (status.ok(), Ending::Exited),
         () = deadline => (None, Ending::TimedOut),
         () = cancel.cancelled() => (None, Ending::Cancelled),
         () = events.closed() => (None, Ending::Cancelled),
+        never = listen => match never {},
     };
     let status = match status {
         Some(status) => status,
-        None => match shepherd {
+        None => match shepherd.as_mut() {
             Some(link) => shepherd::end(&mut child, pid, grace, link).await,
             None => end_tree(&mut child, pid, grace, cgroup.as_ref()).await,
         },
     };
+    if let Some(link) = shepherd {
+        link.settle().await;
+    }
 
     let mut dropped = [0u64; 2];
     let drain_until = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;

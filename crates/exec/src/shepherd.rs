@@ -21,11 +21,16 @@
 //! left), then lets it go. The caller walks the tree itself, so a
 //! command that stops its shepherd still ends.
 //!
-//! What a shepherd cannot prevent: a command may SIGKILL (or trace) its
-//! own shepherd, which runs as the same user, and what it started then
-//! belongs to the caller's subreaper like anything a finished command
-//! left. The shepherd holds nothing the command does not have: its
-//! environment is the command's, and its socket only ever carries the
+//! A command may also SIGKILL its own shepherd, which runs as its user
+//! (it cannot trace it: the shepherd is not dumpable). What it started
+//! then comes to the caller's subreaper, the [`Adopter`]. So the shepherd
+//! gives a final word on its socket before it exits, whatever the command
+//! did; a shepherd that exits without it was killed, and the caller ends
+//! at once (SIGSTOP and SIGKILL, no grace) every process its subreaper
+//! adopted that it cannot tell came from a command that finished.
+//! Processes of running commands are beneath their own shepherds, never
+//! among those. The shepherd holds nothing the command does not have:
+//! its environment is the command's, and its socket only ever carries the
 //! caller's word.
 
 use crate::procfs;
@@ -37,15 +42,22 @@ use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 
 /// The descriptor on which the shepherd finds its socket to the caller.
 const LINK_FD: i32 = 3;
 /// Asks the shepherd to stay until the caller closes the socket.
 const HOLD: u8 = b'h';
+/// The shepherd's last byte, after its report on starting the command
+/// (four bytes: the errno, or zero): it was not killed.
+const FINAL: u8 = b'.';
+/// The length of the shepherd's report on starting the command.
+const REPORT: usize = 4;
 /// How often the ending looks at what is left of the command.
 const POLL: Duration = Duration::from_millis(5);
 /// How long killed processes (and then the shepherd) may take to go.
@@ -57,47 +69,83 @@ const KILLED_LEAVE: Duration = Duration::from_secs(5);
 pub struct Shepherd {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// The caller's subreaper, which adopts what a killed shepherd leaves.
+    pub adopter: Arc<dyn Adopter>,
+}
+
+/// The caller's subreaper (or whoever reaps it): it adopts what a shepherd
+/// leaves when it exits, and tells the processes a killed shepherd left
+/// from those of commands that finished.
+pub trait Adopter: Send + Sync + std::fmt::Debug {
+    /// The live processes it adopted and has not taken as what a finished
+    /// command left. It must take none while a child it owns has exited
+    /// and its owner may not have looked at how (here: until the caller
+    /// has received the command's exit), so that a killed shepherd's
+    /// processes are all among them.
+    fn strays(&self) -> Vec<i32>;
 }
 
 /// The caller's end of a shepherd's socket, before the shepherd has
 /// started the command.
 #[derive(Debug)]
-pub(crate) struct Starting(UnixStream);
-
-/// What a shepherd says about starting its command.
-#[derive(Debug)]
-pub(crate) struct Report {
-    program: String,
-    socket: OwnedReadHalf,
+pub(crate) struct Starting {
+    socket: UnixStream,
+    adopter: Arc<dyn Adopter>,
 }
 
-/// The caller's word to a running shepherd.
+/// Whether the shepherd started its command, once it says so.
 #[derive(Debug)]
-pub(crate) struct Link(OwnedWriteHalf);
+pub(crate) struct Report(oneshot::Receiver<Result<(), crate::SpawnError>>);
+
+/// The caller's side of a running shepherd: its word to the shepherd, and
+/// what the shepherd says.
+#[derive(Debug)]
+pub(crate) struct Link {
+    program: String,
+    reader: OwnedReadHalf,
+    writer: Option<OwnedWriteHalf>,
+    /// Everything the shepherd said so far.
+    heard: Vec<u8>,
+    /// Whether the shepherd's side is closed.
+    closed: bool,
+    /// Where the report on starting goes, until it has been heard.
+    report: Option<oneshot::Sender<Result<(), crate::SpawnError>>>,
+    adopter: Arc<dyn Adopter>,
+}
 
 impl Shepherd {
     /// A command that runs `argv` under a shepherd, with the shepherd's
-    /// socket; [`Link::started`] says whether the command started.
+    /// socket; [`Report::wait`] says whether the command started.
     pub(crate) fn command(&self, argv: &[String]) -> std::io::Result<(Command, Starting)> {
         let (ours, theirs) = UnixStream::pair()?;
         let mut command = Command::new(&self.program);
         command.args(&self.args).args(argv);
         crate::pass_as_fd3(&mut command, OwnedFd::from(theirs));
-        Ok((command, Starting(ours)))
+        let starting = Starting {
+            socket: ours,
+            adopter: self.adopter.clone(),
+        };
+        Ok((command, starting))
     }
 }
 
 impl Starting {
     /// The shepherd's report on starting `program`, and the link that
-    /// holds and releases it.
+    /// holds, releases and listens to it.
     pub(crate) fn split(self, program: &str) -> std::io::Result<(Report, Link)> {
-        self.0.set_nonblocking(true)?;
-        let (socket, link) = tokio::net::UnixStream::from_std(self.0)?.into_split();
-        let report = Report {
+        self.socket.set_nonblocking(true)?;
+        let (reader, writer) = tokio::net::UnixStream::from_std(self.socket)?.into_split();
+        let (report, heard) = oneshot::channel();
+        let link = Link {
             program: program.to_string(),
-            socket,
+            reader,
+            writer: Some(writer),
+            heard: Vec::new(),
+            closed: false,
+            report: Some(report),
+            adopter: self.adopter,
         };
-        Ok((report, Link(link)))
+        Ok((Report(heard), link))
     }
 }
 
@@ -106,14 +154,75 @@ impl Report {
     /// error it names is one: a shepherd that ends without a word (one
     /// the command's ending killed) leaves the exit to say what happened.
     /// Nothing here blocks: a command may have stopped its shepherd.
-    pub(crate) async fn wait(mut self) -> Result<(), crate::SpawnError> {
-        let mut report = [0u8; 4];
-        match self.socket.read_exact(&mut report).await {
-            Ok(_) if report != [0; 4] => Err(crate::SpawnError::Spawn {
-                program: self.program,
-                source: std::io::Error::from_raw_os_error(i32::from_le_bytes(report)),
-            }),
-            _ => Ok(()),
+    pub(crate) async fn wait(self) -> Result<(), crate::SpawnError> {
+        self.0.await.unwrap_or(Ok(()))
+    }
+}
+
+impl Link {
+    /// Listens until the shepherd has reported on starting the command,
+    /// then never returns: meant to run beside waiting for the shepherd.
+    pub(crate) async fn listen(&mut self) -> std::convert::Infallible {
+        while self.report.is_some() && !self.closed {
+            self.read().await;
+        }
+        std::future::pending().await
+    }
+
+    /// One read of what the shepherd says.
+    async fn read(&mut self) {
+        let mut chunk = [0u8; 16];
+        match self.reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                self.closed = true;
+                // A shepherd that never reported leaves the exit to say
+                // what happened.
+                self.report = None;
+            }
+            Ok(n) => {
+                self.heard.extend_from_slice(&chunk[..n]);
+                if let Some(errno) = self.heard.first_chunk::<REPORT>()
+                    && let Some(report) = self.report.take()
+                {
+                    let errno = i32::from_le_bytes(*errno);
+                    let _ = report.send(match errno {
+                        0 => Ok(()),
+                        errno => Err(crate::SpawnError::Spawn {
+                            program: self.program.clone(),
+                            source: std::io::Error::from_raw_os_error(errno),
+                        }),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Asks the shepherd to stay until released; a shepherd gone already
+    /// has nothing to be asked.
+    fn hold(&self) {
+        if let Some(writer) = &self.writer {
+            let _ = writer.try_write(&[HOLD]);
+        }
+    }
+
+    /// Lets a held shepherd go.
+    fn release(&mut self) {
+        self.writer = None;
+    }
+
+    /// Once the shepherd has exited: when it did so without its final
+    /// word, the command killed it, and what it left to the caller's
+    /// subreaper is ended at once.
+    pub(crate) async fn settle(mut self) {
+        // Its socket closes as the shepherd exits: nothing else holds it.
+        let _ = tokio::time::timeout(KILLED_LEAVE, async {
+            while !self.closed {
+                self.read().await;
+            }
+        })
+        .await;
+        if self.heard.get(REPORT) != Some(&FINAL) {
+            kill_strays(self.adopter.as_ref()).await;
         }
     }
 }
@@ -126,36 +235,27 @@ pub(crate) async fn end(
     child: &mut Child,
     pid: u32,
     grace: Duration,
-    link: Link,
+    link: &mut Link,
 ) -> std::process::ExitStatus {
     // A shepherd gone already has reported its command's end.
-    let _ = link.0.try_write(&[HOLD]);
+    link.hold();
     if let Ok(Some(status)) = child.try_wait() {
         return status;
     }
     // Until it is waited for, `pid` is the shepherd's, so its descendants
     // are the command's processes.
-    let pid = pid as i32;
-    signal_all(&descendants(pid), Signal::TERM);
+    let root = HashSet::from([pid as i32]);
+    signal_all(&descendants(&root), Signal::TERM);
     let until = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < until && !descendants(pid).is_empty() {
+    while tokio::time::Instant::now() < until && !descendants(&root).is_empty() {
         tokio::time::sleep(POLL).await;
     }
     // Stopped processes cannot fork; each pass finds what forked before it
     // was stopped, among the descendants of the shepherd.
-    let until = tokio::time::Instant::now() + KILLED_LEAVE;
-    loop {
-        let left = descendants(pid);
-        if left.is_empty() || tokio::time::Instant::now() >= until {
-            break;
-        }
-        signal_all(&left, Signal::STOP);
-        signal_all(&left, Signal::KILL);
-        tokio::time::sleep(POLL).await;
-    }
-    drop(link);
+    stop_and_kill(|| descendants(&root)).await;
+    link.release();
     // The command may have stopped its shepherd.
-    signal_all(&HashSet::from([pid]), Signal::CONT);
+    signal_all(&root, Signal::CONT);
     match tokio::time::timeout(KILLED_LEAVE, child.wait()).await {
         Ok(Ok(status)) => status,
         _ => {
@@ -168,10 +268,38 @@ pub(crate) async fn end(
     }
 }
 
-/// The live descendants of `root`, not counting it.
-fn descendants(root: i32) -> HashSet<i32> {
+/// SIGSTOP and SIGKILL to what `left` finds, in passes, until it finds
+/// nothing (or killed processes take too long to go).
+async fn stop_and_kill(left: impl Fn() -> HashSet<i32>) {
+    let until = tokio::time::Instant::now() + KILLED_LEAVE;
+    loop {
+        let left = left();
+        if left.is_empty() || tokio::time::Instant::now() >= until {
+            return;
+        }
+        signal_all(&left, Signal::STOP);
+        signal_all(&left, Signal::KILL);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Ends at once the processes a killed shepherd left to `adopter`, and
+/// everything beneath them. Asking the adopter again each pass finds
+/// those a killed one left in turn.
+async fn kill_strays(adopter: &dyn Adopter) {
+    stop_and_kill(|| {
+        let strays: HashSet<i32> = adopter.strays().into_iter().collect();
+        let mut all = descendants(&strays);
+        all.extend(strays);
+        all
+    })
+    .await;
+}
+
+/// The live descendants of `roots`, not counting them.
+fn descendants(roots: &HashSet<i32>) -> HashSet<i32> {
     let all = procfs::all().unwrap_or_default();
-    let mut tree = HashSet::from([root]);
+    let mut tree = roots.clone();
     // To a fixed point: a parent may be listed after its children.
     loop {
         let before = tree.len();
@@ -182,8 +310,7 @@ fn descendants(root: i32) -> HashSet<i32> {
                 .collect::<Vec<_>>(),
         );
         if tree.len() == before {
-            tree.remove(&root);
-            return tree;
+            return tree.difference(roots).copied().collect();
         }
     }
 }
@@ -224,10 +351,30 @@ pub fn main(argv: &[OsString]) -> i32 {
         eprintln!("berth shepherd: no socket at descriptor {LINK_FD}");
         return 126;
     };
+    // Nothing of the command's may trace the shepherd, nor take its
+    // socket from it.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let mut link = UnixStream::from(link);
+    let ended = shepherd(&mut link, argv);
+    // The final word: whatever the command did, the shepherd was not
+    // killed, and what it leaves running is what a finished command left.
+    let _ = link.write_all(&[FINAL]);
+    match ended {
+        Ok(status) => exit_as(status),
+        Err(code) => code,
+    }
+}
+
+/// Runs the command and waits for it (and, if the caller holds the
+/// shepherd, for the caller): how its process ended, or the shepherd's
+/// exit code when it could not be started.
+fn shepherd(
+    link: &mut UnixStream,
+    argv: &[OsString],
+) -> Result<Option<rustix::process::WaitStatus>, i32> {
     let Some((program, args)) = argv.split_first() else {
         let _ = link.write_all(&libc::EINVAL.to_le_bytes());
-        return 126;
+        return Err(126);
     };
     // Orphans of the command come here.
     let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
@@ -240,7 +387,7 @@ pub fn main(argv: &[OsString]) -> i32 {
         Err(err) => {
             let errno = err.raw_os_error().unwrap_or(libc::EIO);
             let _ = link.write_all(&errno.to_le_bytes());
-            return 127;
+            return Err(127);
         }
     };
     if link.write_all(&0i32.to_le_bytes()).is_err() {
@@ -249,7 +396,7 @@ pub fn main(argv: &[OsString]) -> i32 {
     }
     release_stdio();
     let status = wait_for(leader);
-    if held(&mut link) {
+    if held(link) {
         // Until the caller is done ending the command's processes.
         let mut rest = [0u8; 64];
         loop {
@@ -262,7 +409,7 @@ pub fn main(argv: &[OsString]) -> i32 {
         }
     }
     while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
-    exit_as(status)
+    Ok(status)
 }
 
 /// Descriptor 3, made close-on-exec so the command never has it.

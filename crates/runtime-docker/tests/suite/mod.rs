@@ -530,6 +530,67 @@ async fn a_timeout_ends_a_command_that_stopped_its_parent() {
     assert_eq!(out, "next\n");
 }
 
+/// The command detaches a child that ignores SIGTERM, then SIGKILLs the
+/// shepherd it runs under (its parent, which runs as its user): what it
+/// started is ended all the same, long before its timeout would have, and
+/// the next command runs. What a finished command left running, and a
+/// command still running, are not touched.
+#[tokio::test]
+async fn a_command_that_kills_its_shepherd_leaves_nothing_behind_its_timeout() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let runtime = &world.runtime;
+    let (marker, left_running, running_on) = (
+        attacks::marker(),
+        format!("{}1", attacks::marker()),
+        format!("{}2", attacks::marker()),
+    );
+    let (out, _) = sh(
+        runtime,
+        &ws,
+        &format!("(setsid sleep {left_running} >/dev/null 2>&1 &); echo started"),
+    )
+    .await;
+    assert_eq!(out, "started\n");
+    let left_before = sleeping(&left_running, 1);
+    let cancel_other = CancellationToken::new();
+    let mut other = started(
+        runtime,
+        &ws,
+        &format!("(setsid sleep {running_on} &); echo started; sleep {running_on}"),
+        cancel_other.clone(),
+    )
+    .await;
+    let other_before = sleeping(&running_on, 2);
+
+    let mut request = ExecRequest::shell(format!(
+        "(setsid sh -c 'trap \"\" TERM; sleep {marker}' &); \
+         echo started; kill -9 $PPID; sleep {marker}"
+    ));
+    request.timeout_ms = Some(1000);
+    let (out, _, status) = run(runtime, &ws, request).await;
+    assert_eq!(out, "started\n");
+    assert_eq!(status.signal, Some(9), "{status:?}");
+    let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "survived the timeout: {left:?}");
+    let (out, _) = sh(runtime, &ws, "echo next").await;
+    assert_eq!(out, "next\n");
+
+    assert_eq!(
+        sleeping(&left_running, 1),
+        left_before,
+        "a finished command's"
+    );
+    assert_eq!(
+        sleeping(&running_on, 2),
+        other_before,
+        "a running command's"
+    );
+    cancel_other.cancel();
+    let (_, _, status) = collect(&mut other).await;
+    assert!(status.cancelled, "{status:?}");
+}
+
 #[tokio::test]
 async fn docker_stop_is_answered_gracefully() {
     let world = World::new();
