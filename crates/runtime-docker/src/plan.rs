@@ -240,8 +240,9 @@ pub fn isolation(spec: &Spec, defaults: ResourceDefaults) -> Isolation {
     notes.push(
         "no cgroup for commands inside a container: each command runs under a shepherd, \
          its child subreaper, and a timeout or a cancel ends every process beneath it, \
-         however it detached, and no other command's; what a session or terminal \
-         leaves runs until the workspace stops"
+         however it detached, and no other command's (a command that kills its \
+         shepherd has them killed at once); what a session or terminal leaves runs \
+         until the workspace stops"
             .into(),
     );
     Isolation {
