@@ -112,7 +112,7 @@ impl Inner {
                 let workspaces = self.list(args.all, &args.labels).await?;
                 Ok(done(&WorkspaceList { workspaces }))
             }
-            Op::Runtimes | Op::Gc | Op::GcCache => Err(ErrorBody {
+            Op::Runtimes | Op::Gc | Op::GcCache | Op::SnapshotRemove => Err(ErrorBody {
                 code: "unsupported".into(),
                 message: format!(
                     "`{}` is each node's own: ask a node's service, under {}",

@@ -5,6 +5,7 @@
 
 use berth_client::ClientError;
 use berth_core::{ExecEvent, ExecRequest, Spec};
+use berth_jobs::{JobSpec, Jobs};
 use berth_nats_api::protocol::{self, Control};
 use berth_nats_api::{NatsClient, Op, ServiceConfig};
 use berth_provider::{CreateOptions, Provider, ProviderConfig};
@@ -25,6 +26,7 @@ const KEEPALIVE: Duration = Duration::from_millis(100);
 struct Api {
     nats: NatsServer,
     provider: Provider,
+    jobs: Jobs,
     client: NatsClient,
     shutdown: CancellationToken,
     _home: tempfile::TempDir,
@@ -37,10 +39,15 @@ impl Api {
         let config =
             ProviderConfig::new(home.path()).runtime(Arc::new(LocalRuntime::new(home.path())));
         let provider = Provider::open(config).await.unwrap();
+        // No runner: runs stay queued.
+        let jobs = Jobs::sqlite(
+            Arc::new(berth_store::Store::open(home.path()).unwrap()),
+            Arc::new(berth_core::SystemClock),
+        );
         let connection = async_nats::connect(nats.url()).await.unwrap();
         let service = berth_nats_api::start(
             connection.clone(),
-            provider.clone(),
+            berth_nats_api::Api::new(provider.clone()).with_jobs(jobs.clone(), provider.clone()),
             ServiceConfig {
                 keepalive: KEEPALIVE,
                 ..ServiceConfig::default()
@@ -58,6 +65,7 @@ impl Api {
         Api {
             nats,
             provider,
+            jobs,
             client,
             shutdown,
             _home: home,
@@ -449,4 +457,147 @@ async fn a_prefix_with_wildcards_is_refused() {
     .await;
     let message = refused.err().unwrap().to_string();
     assert!(message.contains("\"berth.>\""), "{message}");
+}
+
+/// A job spec of one repository at `url`, on the local runtime.
+fn job_spec(name: &str, extra: Value) -> JobSpec {
+    let mut spec = json!({
+        "name": name,
+        "runtime": "local",
+        "repositories": [{ "url": "/nowhere/repo" }],
+        "steps": [{ "run": "true" }],
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    serde_json::from_value(spec).unwrap()
+}
+
+#[tokio::test]
+async fn jobs_and_runs_over_nats_answer_as_the_jobs_service_and_fail_with_its_codes() {
+    let api = Api::start().await;
+    let run = api
+        .client
+        .start_job(&job_spec("edit", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(api.jobs.run(&run.id).unwrap().run.id, run.id);
+    let listed = api.client.jobs().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_run.as_ref().unwrap().id, run.id);
+    assert_eq!(api.client.runs("edit").await.unwrap().runs.len(), 1);
+    let details = api.client.job_run(&run.id[..8]).await.unwrap();
+    assert_eq!(details.tasks.len(), 1);
+    let task = &details.tasks[0];
+    assert_eq!(
+        api.client.task(&run.id, "repo").await.unwrap().task.id,
+        task.id
+    );
+    let page = api.client.log_page(&run.id, &task.id, 0).await.unwrap();
+    assert!(page.entries.is_empty() && !page.done);
+    assert!(
+        api.client
+            .task_patch(&run.id, &task.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let record = api
+        .client
+        .schedule("edit", Some("0 3 * * *"))
+        .await
+        .unwrap();
+    assert_eq!(record.schedule.as_deref(), Some("0 3 * * *"));
+    // A task still queued cannot be retried.
+    let (code, _) = api_error(api.client.retry_run(&run.id, Some(&task.id)).await);
+    assert_eq!(code, "wrong_state");
+    assert_eq!(
+        api_error(api.client.retry_run(&run.id, Some(&task.id)).await),
+        {
+            let body = ErrorBody::from(api.jobs.retry(&run.id, Some(&task.id)).await.unwrap_err());
+            (body.code, body.message)
+        }
+    );
+    let cancelled = api.client.cancel_run(&run.id, None).await.unwrap();
+    assert_eq!(cancelled.run.state.as_str(), "cancelled");
+
+    // What HTTP answers for the same failures, through the same mapping.
+    let expected = |err: berth_jobs::JobError| {
+        let body = ErrorBody::from(err);
+        (body.code, body.message)
+    };
+    assert_eq!(
+        api_error(api.client.job_run("nope").await),
+        expected(api.jobs.run("nope").unwrap_err())
+    );
+    assert_eq!(
+        api_error(api.client.task(&run.id, "no-such-task").await),
+        expected(api.jobs.task(&run.id, "no-such-task").unwrap_err())
+    );
+    assert_eq!(
+        api_error(api.client.runs("no-such-job").await),
+        expected(api.jobs.runs("no-such-job").unwrap_err())
+    );
+    assert_eq!(
+        api_error(api.client.schedule("edit", Some("every day")).await),
+        expected(api.jobs.schedule("edit", Some("every day")).unwrap_err())
+    );
+    let (code, _) = api_error(api.client.job_run("nope").await);
+    assert_eq!(code, "not_found");
+}
+
+#[tokio::test]
+async fn a_job_spec_naming_a_host_file_is_refused_and_nothing_is_registered() {
+    let api = Api::start().await;
+    // The service would read the list from its own host's filesystem.
+    let spec = job_spec("leak", json!({ "repositories_file": "/etc/passwd" }));
+    let (code, message) = api_error(api.client.start_job(&spec).await);
+    let http = ErrorBody::from(api.jobs.submit(&spec).await.unwrap_err());
+    assert_eq!((&code, &message), (&http.code, &http.message));
+    assert_eq!(code, "invalid_request");
+    assert!(message.contains("repositories_file"), "{message}");
+    assert!(api.client.jobs().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_export_request_naming_a_host_path_is_refused() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    let target = tempfile::tempdir().unwrap();
+    let path = target.path().join("written");
+    let nats = async_nats::connect(api.nats.url()).await.unwrap();
+    let request = json!({ "id": id, "path": path.display().to_string() });
+    let answer = nats
+        .request("berth.v1.export", request.to_string().into())
+        .await
+        .unwrap();
+    let headers = answer.headers.unwrap();
+    assert_eq!(
+        headers.get(protocol::ERROR_CODE).unwrap().as_str(),
+        "invalid_body"
+    );
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_service_without_a_cluster_lists_no_nodes_and_a_node_runs_no_jobs() {
+    let api = Api::start().await;
+    assert_eq!(api.client.nodes().await.unwrap(), None);
+    // A provider served alone (as a node serves its own) has no jobs.
+    let nats = async_nats::connect(api.nats.url()).await.unwrap();
+    let service = berth_nats_api::start(
+        nats.clone(),
+        api.provider.clone(),
+        ServiceConfig {
+            prefix: "berth.v1.node.n1".into(),
+            keepalive: KEEPALIVE,
+        },
+    )
+    .await
+    .unwrap();
+    tokio::spawn(service.run(api.shutdown.clone()));
+    let node = NatsClient::new(nats, "berth.v1.node.n1", &api.nats.url());
+    let (code, message) = api_error(node.jobs().await);
+    assert_eq!(code, "unsupported");
+    assert!(message.contains("job.list"), "{message}");
 }

@@ -800,3 +800,167 @@ fn every_job_command_over_tcp_a_unix_socket_and_nats_gives_what_it_gives_locally
         );
     }
 }
+
+/// The JSON of `berth job show RUN --json` through `target`.
+fn run_details(target: &Target, run: &str) -> serde_json::Value {
+    let out = target.run(&["job", "show", run, "--json"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the run's first task is `state`, at most two minutes.
+fn until_task(target: &Target, run: &str, state: &str) {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let details = run_details(target, run);
+        if details["tasks"][0]["state"] == state {
+            return;
+        }
+        assert!(Instant::now() < until, "never {state}: {details:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A job of one repository in `dir` running `step` on the local runtime;
+/// the run's id.
+fn start_job(target: &Target, dir: &Path, name: &str, step: &str) -> String {
+    let repo = dir.join(name);
+    make_repo(&repo, &[("version.txt", "one\n")]);
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\nruntime = \"local\"\nrepositories = [{{ url = \"{}\" }}]\n\
+             [[steps]]\nrun = \"{step}\"\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let out = target.run(&["job", "run", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Through `berth --server nats://…`: a task's log followed from while it
+/// runs to its end, as it reads once ended; a running run cancelled, its
+/// task ended on the node; and the cluster's nodes listed.
+#[test]
+fn over_nats_a_log_is_followed_live_a_running_run_is_cancelled_and_nodes_are_listed() {
+    let server = Server::nats_with_node();
+    let client = Env::new();
+    let target = Target::Server {
+        server: &server,
+        client: &client,
+    };
+    let dir = client.dir.path();
+
+    let run = start_job(
+        &target,
+        dir,
+        "slow",
+        "echo started; sleep 1; echo edited >> version.txt; echo done",
+    );
+    until_task(&target, &run, "running");
+    let followed = target.run(&["job", "logs", &run, "slow", "-f"], None);
+    assert!(followed.status.success(), "{}", stderr(&followed));
+    let followed = String::from_utf8(followed.stdout).unwrap();
+    // Written after the follow began: it was followed live, to the end.
+    assert!(followed.contains("started\n"), "{followed}");
+    assert!(followed.contains("done\n"), "{followed}");
+    assert!(followed.contains("<== step 1 exited with 0"), "{followed}");
+    assert_eq!(run_details(&target, &run)["tasks"][0]["state"], "completed");
+    let read = target.run(&["job", "logs", &run, "slow"], None);
+    assert_eq!(String::from_utf8(read.stdout).unwrap(), followed);
+    let patch = target.run(&["job", "patch", &run], None);
+    assert!(
+        String::from_utf8_lossy(&patch.stdout).contains("+edited"),
+        "{}",
+        stderr(&patch)
+    );
+
+    let run = start_job(&target, dir, "stuck", "echo waiting; sleep 300");
+    until_task(&target, &run, "running");
+    let out = target.run(&["job", "cancel", &run], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Asked, not yet done: the node ends the task's command.
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.starts_with(&format!("{run}: ")), "{said}");
+    until_task(&target, &run, "cancelled");
+    let until = Instant::now() + Duration::from_secs(60);
+    while run_details(&target, &run)["state"] != "cancelled" {
+        assert!(Instant::now() < until, "the run never ended cancelled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let out = target.run(&["nodes", "--json"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(nodes[0]["name"], "n1", "{nodes}");
+    let table = target.run(&["nodes"], None);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.starts_with("NODE") && table.contains("\nn1 "),
+        "{table}"
+    );
+}
+
+/// A persistent shell session through the NATS API, on a sandbox
+/// workspace made with `berth --server nats://… up`: its working directory
+/// and variables carry from one command to the next; closed, it is gone.
+#[test]
+fn a_session_over_nats_keeps_its_shell_state_until_closed() {
+    let server = Server::nats();
+    let client = Env::new();
+    let target = Target::Server {
+        server: &server,
+        client: &client,
+    };
+    let spec = client.file("sandbox.toml", "runtime = \"sandbox\"\nimage = \"host\"\n");
+    let out = target.run(&["up", spec.to_str().unwrap(), "--name", "s"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let nats = berth_nats::async_nats::connect(server.url.as_str())
+            .await
+            .unwrap();
+        let api =
+            berth_nats_api::NatsClient::new(nats, berth_nats_api::DEFAULT_PREFIX, &server.url);
+        let session = api.open_session("s", &Default::default()).await.unwrap();
+        let run = |command: &str| {
+            let command: berth_provider::SessionCommand =
+                serde_json::from_value(serde_json::json!({ "command": command })).unwrap();
+            let api = api.clone();
+            let session = session.id.clone();
+            async move {
+                let mut events = api
+                    .session_exec("s", &session, &command, Default::default())
+                    .await?;
+                let (mut stdout, mut code) = (Vec::new(), None);
+                while let Some(event) = events.recv().await {
+                    match event {
+                        berth_core::ExecEvent::Stdout { data } => stdout.extend(data.0),
+                        berth_core::ExecEvent::Stderr { .. } => {}
+                        berth_core::ExecEvent::Exit(exit) => code = exit.code,
+                    }
+                }
+                Ok::<_, berth_client::ClientError>((String::from_utf8(stdout).unwrap(), code))
+            }
+        };
+        run("mkdir -p deep/er && cd deep/er && export GREETING=hi")
+            .await
+            .unwrap();
+        let (out, code) = run("echo \"$(basename \"$PWD\") $GREETING\"")
+            .await
+            .unwrap();
+        assert_eq!((out.as_str(), code), ("er hi\n", Some(0)));
+        assert!(!api.interrupt_session("s", &session.id).await.unwrap());
+        api.close_session("s", &session.id).await.unwrap();
+        match run("true").await {
+            Err(berth_client::ClientError::Api { code, .. }) => assert_eq!(code, "not_found"),
+            other => panic!("a closed session runs nothing: {other:?}"),
+        }
+    });
+}
