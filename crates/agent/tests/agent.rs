@@ -198,6 +198,38 @@ async fn timeout_kills_a_tree_that_ignores_sigterm_and_keeps_output() {
     });
 }
 
+/// A command detaches a child that ignores SIGTERM and SIGKILLs the
+/// shepherd it runs under: the child is killed and reaped as the command
+/// ends, while what a finished command left running lives on.
+#[tokio::test]
+async fn a_command_that_kills_its_shepherd_has_its_detached_child_killed() {
+    let agent = Agent::start().await;
+    let (out, _, status) = agent
+        .run(ExecRequest::shell("sleep 1000 >/dev/null 2>&1 & echo $!"))
+        .await;
+    assert!(status.success(), "{status:?}");
+    let left_running: u32 = out.trim().parse().unwrap();
+
+    let mut request = ExecRequest::shell(
+        "setsid sh -c 'trap \"\" TERM; exec sleep 1000' >/dev/null 2>&1 & echo $!; \
+         kill -9 $PPID; sleep 1000",
+    );
+    request.timeout_ms = Some(60_000);
+    let (out, _, status) = agent.run(request).await;
+    assert_eq!(status.signal, Some(9), "{status:?}");
+    assert!(
+        !status.timed_out,
+        "ended long before its timeout: {status:?}"
+    );
+    let detached: u32 = out.trim().parse().unwrap();
+    eventually("the detached child to be killed and reaped", || {
+        gone(detached)
+    });
+    assert!(!gone(left_running), "a finished command's process lives on");
+    let pid = rustix::process::Pid::from_raw(left_running as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+}
+
 #[tokio::test]
 async fn cancel_ends_the_command() {
     let agent = Agent::start().await;
