@@ -5,6 +5,7 @@
 
 use berth_client::ClientError;
 use berth_core::{ExecEvent, ExecRequest, Spec};
+use berth_jobs::api::RunEvent;
 use berth_jobs::{JobSpec, Jobs};
 use berth_nats_api::protocol::{self, Control};
 use berth_nats_api::{NatsClient, Op, ServiceConfig};
@@ -600,4 +601,33 @@ async fn a_service_without_a_cluster_lists_no_nodes_and_a_node_runs_no_jobs() {
     let (code, message) = api_error(node.jobs().await);
     assert_eq!(code, "unsupported");
     assert!(message.contains("job.list"), "{message}");
+}
+
+#[tokio::test]
+async fn a_runs_events_stream_a_snapshot_then_its_changes_until_it_ends() {
+    let api = Api::start().await;
+    let run = api
+        .client
+        .start_job(&job_spec("edit", json!({})))
+        .await
+        .unwrap();
+    let mut events = api.client.run_events(&run.id).await.unwrap();
+    let first = events.next().await.unwrap().unwrap();
+    let RunEvent::Snapshot { run: seen, tasks } = first else {
+        panic!("a snapshot first: {first:?}");
+    };
+    assert_eq!((seen.id.as_str(), tasks.len()), (run.id.as_str(), 1));
+    api.jobs.cancel(&run.id, None).await.unwrap();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = Some(event.unwrap());
+    }
+    match last {
+        Some(RunEvent::Run { run: ended }) => assert_eq!(ended.state.as_str(), "cancelled"),
+        other => panic!("the run's end last: {other:?}"),
+    }
+    // No task completed: no patch.
+    assert!(api.client.run_patch(&run.id).await.unwrap().is_empty());
+    let (code, _) = api_error(api.client.run_events("nope").await.map(drop));
+    assert_eq!(code, "not_found");
 }
