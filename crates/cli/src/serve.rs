@@ -24,6 +24,10 @@ const SCHEDULE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// The program name under which berth stands in for Derrick.
 pub const DERRICK: &str = "derrick";
 
+/// Derrick's provisioning mode for workspaces made on other hosts: berth
+/// serves as the cluster's controller (`--remote`).
+const REMOTE_NATS: &str = "remote_nats";
+
 /// Where Derrick listened, and berth does for a Derrick config.
 const DERRICK_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50080);
@@ -46,6 +50,9 @@ pub struct ServeArgs {
     insecure_no_auth: bool,
     /// The runtime for workspaces whose spec names none (Derrick's flag);
     /// overrides BERTH_RUNTIME and the configuration file's `runtime`.
+    /// `remote_nats` (with --nats) is --remote: workspaces are made on the
+    /// cluster's nodes, in the runtime the spec, BERTH_RUNTIME or the
+    /// configuration file names.
     #[arg(short = 'p', long = "provisioning-mode")]
     provisioning_mode: Option<String>,
     /// Front ends: `http`, `nats` or `http,nats` (Derrick's flag). With
@@ -67,9 +74,10 @@ pub struct ServeArgs {
     /// instead of inside the server.
     #[arg(long, env = "BERTH_NATS_URL")]
     nats: Option<String>,
-    /// With --nats: serve the NATS API as the cluster's controller, each
-    /// workspace placed on a node and every request about it forwarded
-    /// there, rather than from this host's provider.
+    /// With --nats: serve the API (over NATS, and HTTP's workspace routes)
+    /// as the cluster's controller, each workspace placed on a node and
+    /// every request about it forwarded there, rather than from this
+    /// host's provider.
     #[arg(long, requires = "nats")]
     remote: bool,
     /// Started as `derrick`: Derrick's clients send no token.
@@ -90,7 +98,8 @@ pub struct DerrickCli {
     /// berth's state directory (registry, caches, workspaces).
     #[arg(long, env = "BERTH_HOME")]
     pub home: Option<PathBuf>,
-    /// The runtime: `docker`, `sandbox` or `local`.
+    /// The runtime: `docker`, `sandbox` or `local`; or `remote_nats` (with
+    /// --nats URL), workspaces made on the nodes of that cluster.
     #[arg(short = 'p', long)]
     provisioning_mode: String,
     /// Derrick's workspace config.
@@ -99,7 +108,8 @@ pub struct DerrickCli {
     /// The server mode: `http`, `nats` (with --nats URL) or `http,nats`.
     #[arg(short = 's', long)]
     server_mode: String,
-    /// The NATS server to serve the API through, for `-s nats`.
+    /// The NATS server to serve the API through, for `-s nats`, and the
+    /// cluster for `-p remote_nats`.
     #[arg(long, env = "BERTH_NATS_URL", value_name = "URL")]
     nats: Option<String>,
     /// The image for a config that names none: needed by `docker`; the
@@ -168,7 +178,23 @@ impl ServeArgs {
 
     /// The runtime for workspaces whose spec names none.
     pub fn default_runtime(&self) -> Option<String> {
-        self.provisioning_mode.clone().filter(|r| !r.is_empty())
+        self.provisioning_mode
+            .clone()
+            .filter(|r| !r.is_empty() && r != REMOTE_NATS)
+    }
+
+    /// Whether this server is the cluster's controller: `--remote`, or
+    /// Derrick's `-p remote_nats`.
+    fn remote(&self) -> Result<bool> {
+        let remote_nats = self.provisioning_mode.as_deref() == Some(REMOTE_NATS);
+        if remote_nats && self.nats.is_none() {
+            bail!(
+                "--provisioning-mode {REMOTE_NATS}: give the cluster's NATS server with --nats \
+                 nats://HOST:PORT (or BERTH_NATS_URL); its nodes (`berth node`) make the \
+                 workspaces"
+            );
+        }
+        Ok(self.remote || remote_nats)
     }
 }
 
@@ -178,6 +204,7 @@ pub async fn serve(
     nats: &berth_nats::NatsOptions,
 ) -> Result<()> {
     let (http, nats_url) = args.front_ends()?;
+    let remote = args.remote()?;
     if http && args.derrick && !args.insecure_no_auth {
         bail!(
             "Derrick's clients send no token: serve them without one (on loopback only) by \
@@ -185,7 +212,7 @@ pub async fn serve(
         );
     }
     let default_spec = match &args.workspace_config_path {
-        Some(path) => Some(derrick_spec(&provider, path, &args).await?),
+        Some(path) => Some(derrick_spec(&provider, path, &args, remote).await?),
         None => None,
     };
     let listen = match (&args.socket, args.listen) {
@@ -217,6 +244,17 @@ pub async fn serve(
             as std::sync::Arc<dyn berth_server::cluster::NodeDirectory>),
         None => None,
     };
+    // A controller's HTTP routes call its own NATS API, where the
+    // workspaces are placed.
+    let workspaces = match &cluster {
+        Some((url, client)) if remote => {
+            Some(
+                std::sync::Arc::new(berth_cluster::Front::new(client.clone(), &nats.prefix, url))
+                    as std::sync::Arc<dyn berth_server::workspaces::Workspaces>,
+            )
+        }
+        _ => None,
+    };
     let config = berth_server::ServerConfig {
         listen,
         token: args.token,
@@ -224,6 +262,7 @@ pub async fn serve(
         default_spec,
         jobs: Some(jobs.clone()),
         cluster: directory.clone(),
+        workspaces,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let workers = match cluster {
@@ -257,7 +296,7 @@ pub async fn serve(
                 prefix: nats.prefix.clone(),
                 ..berth_nats_api::ServiceConfig::default()
             };
-            let service = if args.remote {
+            let service = if remote {
                 let router = berth_cluster::Router::open(
                     connection.clone(),
                     &nats.prefix,
@@ -338,8 +377,14 @@ async fn controller(
 
 /// The spec of a Derrick config, with the runtime and image of the command
 /// line where it names none, checked before anything is served: the
-/// runtime must work here and `docker` needs an image.
-async fn derrick_spec(provider: &Provider, path: &Path, args: &ServeArgs) -> Result<Spec> {
+/// runtime must work here (on a controller, the nodes have their say when
+/// a workspace is placed) and `docker` needs an image.
+async fn derrick_spec(
+    provider: &Provider,
+    path: &Path,
+    args: &ServeArgs,
+    remote: bool,
+) -> Result<Spec> {
     let config = Spec::from_derrick_file(path)?;
     if !config.ignored.is_empty() {
         eprintln!(
@@ -356,25 +401,35 @@ async fn derrick_spec(provider: &Provider, path: &Path, args: &ServeArgs) -> Res
         spec.image = args.image.clone();
     }
     let Some(runtime) = spec.runtime.clone() else {
+        if remote {
+            bail!(
+                "--provisioning-mode {REMOTE_NATS}: {} names no runtime for the nodes to make \
+                 workspaces in; give one with BERTH_RUNTIME or `runtime` in berth's \
+                 configuration file: docker, sandbox or local",
+                path.display()
+            );
+        }
         bail!(
             "--provisioning-mode: {} names no runtime; give one: docker, sandbox or local",
             path.display()
         );
     };
-    let runtimes = provider.runtimes().await;
-    match runtimes.iter().find(|r| r.name == runtime) {
-        None => {
-            let names: Vec<&str> = runtimes.iter().map(|r| r.name.as_str()).collect();
-            bail!(
-                "--provisioning-mode: no runtime `{runtime}`; this berth has {}",
-                names.join(", ")
-            );
+    if !remote {
+        let runtimes = provider.runtimes().await;
+        match runtimes.iter().find(|r| r.name == runtime) {
+            None => {
+                let names: Vec<&str> = runtimes.iter().map(|r| r.name.as_str()).collect();
+                bail!(
+                    "--provisioning-mode: no runtime `{runtime}`; this berth has {}",
+                    names.join(", ")
+                );
+            }
+            Some(status) if !status.available => bail!(
+                "--provisioning-mode {runtime}: the runtime is unavailable: {}",
+                status.reason.as_deref().unwrap_or("no reason given")
+            ),
+            Some(_) => {}
         }
-        Some(status) if !status.available => bail!(
-            "--provisioning-mode {runtime}: the runtime is unavailable: {}",
-            status.reason.as_deref().unwrap_or("no reason given")
-        ),
-        Some(_) => {}
     }
     if runtime == "docker" && spec.image.is_none() {
         bail!(

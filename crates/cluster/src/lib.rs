@@ -11,11 +11,13 @@
 //!   fencing off attempts that lost their task.
 //! - [`router`]: the controller's API for workspaces: each placed on a
 //!   node ([`placement`]), recorded in a key-value bucket
-//!   ([`workspaces`]), and every request about it forwarded to its node.
+//!   ([`workspaces`]), and every request about it forwarded to its node;
+//!   [`front`] has the controller's HTTP routes call it.
 //!
 //! The subjects, streams and buckets are named in [`wire`].
 
 pub mod controller;
+pub mod front;
 pub mod nodes;
 pub mod placement;
 pub mod queue;
@@ -26,6 +28,7 @@ pub mod workspaces;
 use std::time::Duration;
 
 pub use controller::Controller;
+pub use front::Front;
 pub use nodes::{Directory, Membership, NodeInfo};
 pub use queue::NodeQueue;
 pub use router::{Router, node_prefix};
@@ -42,6 +45,9 @@ pub enum ClusterError {
     Undecodable(String),
     #[error("invalid node name `{0}`: use letters, digits, `-` and `_`")]
     NodeName(String),
+    /// A workspace of the cluster has the name, or is being placed with it.
+    #[error("the name `{0}` is taken in the cluster")]
+    NameTaken(String),
 }
 
 impl ClusterError {

@@ -140,6 +140,35 @@ impl Inner {
                     .into(),
             })?;
         params.runtime = Some(runtime.clone());
+        // Reserved before placing, so that no other controller places
+        // the same name meanwhile.
+        let name = params.name.clone();
+        if let Some(name) = &name {
+            self.placements.reserve(name).await.map_err(|e| match e {
+                ClusterError::NameTaken(_) => ErrorBody {
+                    code: "name_taken".into(),
+                    message: e.to_string(),
+                },
+                e => internal(e),
+            })?;
+        }
+        let placed = self.place(params, &runtime).await;
+        if placed.is_err()
+            && let Some(name) = &name
+            && let Err(e) = self.placements.release(name).await
+        {
+            tracing::warn!(%name, error = %e, "cannot free a name reserved in vain");
+        }
+        let (node, frames) = placed?;
+        Ok(self.recording(Op::Create, node, frames, name))
+    }
+
+    /// Chooses the node for a new workspace and has it make it.
+    async fn place(
+        self: &Arc<Self>,
+        params: CreateWorkspaceParams,
+        runtime: &str,
+    ) -> Result<(String, BoxStream<'static, Frame>), ErrorBody> {
         let nodes = nodes::list_in(&self.nodes).await.map_err(internal)?;
         let mut held = BTreeMap::<String, usize>::new();
         for ws in self.placements.all().await.map_err(internal)? {
@@ -147,7 +176,7 @@ impl Inner {
                 *held.entry(node).or_default() += 1;
             }
         }
-        let node = placement::choose(&nodes, &held, &runtime, &params.spec.cache_key(&runtime))
+        let node = placement::choose(&nodes, &held, runtime, &params.spec.cache_key(runtime))
             .map_err(|e| ErrorBody {
                 code: "no_node".into(),
                 message: e.to_string(),
@@ -159,7 +188,7 @@ impl Inner {
             .client(&node)?
             .forward(Op::Create, Default::default(), payload.into())
             .await;
-        Ok(self.recording(Op::Create, node.name, frames))
+        Ok((node.name, frames))
     }
 
     /// Forwards a request about one workspace to its node.
@@ -197,10 +226,7 @@ impl Inner {
         let Some(node) = self.node(&name).await? else {
             if op == Op::Remove {
                 // The registry's record is all that is left to remove.
-                self.placements
-                    .remove(ws.id.as_str())
-                    .await
-                    .map_err(internal)?;
+                self.placements.remove(&ws).await.map_err(internal)?;
                 return Ok(done(&Workspace {
                     state: WorkspaceState::Lost,
                     ..ws
@@ -224,7 +250,7 @@ impl Inner {
             Bytes::from(args.to_string())
         };
         let frames = self.client(&node)?.forward(op, headers, payload).await;
-        Ok(self.recording(op, name, frames))
+        Ok(self.recording(op, name, frames, None))
     }
 
     /// Every node's workspaces, and those of nodes gone as `lost`.
@@ -312,30 +338,48 @@ impl Inner {
     }
 
     /// A node's answer, its result marked with the node and recorded in
-    /// the registry as the operation changed it.
+    /// the registry as the operation changed it; the name `reserved` for
+    /// a new workspace is its once made, and free again if not.
     fn recording(
         self: Arc<Self>,
         op: Op,
         node: String,
         frames: BoxStream<'static, Frame>,
+        reserved: Option<String>,
     ) -> BoxStream<'static, Frame> {
         frames
             .then(move |frame| {
-                let (this, node) = (self.clone(), node.clone());
+                let (this, node, reserved) = (self.clone(), node.clone(), reserved.clone());
                 async move {
                     match frame {
-                        Frame::Done(result) => match this.record(op, &node, &result).await {
-                            Ok(result) => Frame::Done(result),
-                            Err(error) => Frame::Failed(error),
-                        },
-                        other => other,
+                        Frame::Done(result) => {
+                            match this.record(op, &node, &result, reserved.as_deref()).await {
+                                Ok(result) => Frame::Done(result),
+                                Err(error) => Frame::Failed(error),
+                            }
+                        }
+                        Frame::Failed(error) => {
+                            if let Some(name) = &reserved
+                                && let Err(e) = this.placements.release(name).await
+                            {
+                                tracing::warn!(%name, error = %e, "cannot free a name");
+                            }
+                            Frame::Failed(error)
+                        }
+                        item => item,
                     }
                 }
             })
             .boxed()
     }
 
-    async fn record(&self, op: Op, node: &str, result: &Bytes) -> Result<Bytes, ErrorBody> {
+    async fn record(
+        &self,
+        op: Op,
+        node: &str,
+        result: &Bytes,
+        reserved: Option<&str>,
+    ) -> Result<Bytes, ErrorBody> {
         let mark = |value: &mut Value| {
             if let Some(object) = value.as_object_mut() {
                 object.insert("node".into(), Value::String(node.into()));
@@ -360,9 +404,16 @@ impl Inner {
                 mark(&mut value);
                 let ws = decode(&value)?;
                 let recorded = match op {
-                    Op::Remove => self.placements.remove(ws.id.as_str()).await,
+                    Op::Create => match self.placements.create(&ws).await {
+                        Ok(()) => match reserved {
+                            Some(name) => self.placements.claim(name, ws.id.as_str()).await,
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(e),
+                    },
+                    Op::Remove => self.placements.remove(&ws).await,
                     Op::Show => Ok(()),
-                    _ => self.placements.put(&ws).await,
+                    _ => self.placements.update(&ws).await,
                 };
                 recorded.map_err(|e| failed(&ws, e))?;
                 Ok(value.to_string().into())
@@ -373,7 +424,10 @@ impl Inner {
                     for fork in forks {
                         mark(fork);
                         let ws = decode(fork)?;
-                        self.placements.put(&ws).await.map_err(|e| failed(&ws, e))?;
+                        self.placements
+                            .create(&ws)
+                            .await
+                            .map_err(|e| failed(&ws, e))?;
                     }
                 }
                 Ok(value.to_string().into())

@@ -8,7 +8,8 @@
 //!  nodes ──put──▶ object store berth-patches (a result's patch) ─▶ controller
 //!  nodes ──put, TTL──▶ key-value berth-nodes (membership)
 //!  controllers ──request──▶ berth.v1.node.<name>.<op> (a workspace's node, see `router`)
-//!  controllers ──put──▶ key-value berth-workspaces (which node holds which workspace)
+//!  controllers ──create, update──▶ key-value berth-workspaces (which node holds which workspace)
+//!  controllers ──create──▶ key-value berth-workspace-names (names reserved across the cluster)
 //! ```
 
 use crate::{ClusterError, QueueSettings};
@@ -28,6 +29,7 @@ pub const HEARTBEAT_SUBJECT: &str = "berth.jobs.heartbeat";
 pub const PATCHES_BUCKET: &str = "berth-patches";
 pub const NODES_BUCKET: &str = "berth-nodes";
 pub const WORKSPACES_BUCKET: &str = "berth-workspaces";
+pub const WORKSPACE_NAMES_BUCKET: &str = "berth-workspace-names";
 
 /// Where JetStream says a task was delivered as often as allowed.
 pub fn max_deliveries_subject() -> String {

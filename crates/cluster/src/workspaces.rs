@@ -3,18 +3,38 @@
 //! node last answered, with `node` set). Every controller reads and writes
 //! the same records, so a second or restarted controller knows every
 //! workspace placed through any of them.
+//!
+//! Controllers write concurrently, so no write assumes what it read: a
+//! record is made only if absent (JetStream's create), and changed only
+//! at the revision it was read at and only while it exists, so that a
+//! workspace one controller removed is not brought back by another's late
+//! answer. A name given to a new workspace is reserved across the cluster
+//! the same way, in `berth-workspace-names`, before the workspace is
+//! placed: two controllers placing the same name at once make one
+//! workspace, the other is refused as `name_taken`. Names a node derives
+//! (the spec's name, with a suffix where it is taken there) are unique on
+//! their node only; one that finds workspaces on two nodes is refused as
+//! `ambiguous_id`, and the id names either.
 
 use crate::ClusterError;
-use crate::wire::WORKSPACES_BUCKET;
+use crate::wire::{WORKSPACE_NAMES_BUCKET, WORKSPACES_BUCKET};
 use async_nats::jetstream::{self, kv};
 use berth_core::Workspace;
+use bytes::Bytes;
 use futures::StreamExt;
 
 /// The cluster's record of placed workspaces.
 #[derive(Clone)]
 pub struct Placements {
     kv: kv::Store,
+    /// The names reserved across the cluster, each naming its workspace's
+    /// id (empty while it is being placed).
+    names: kv::Store,
 }
+
+/// How often a change is tried again when another controller changed the
+/// record in between.
+const RACES: usize = 8;
 
 /// What a name, id or id prefix finds among the records.
 pub enum Found {
@@ -25,46 +45,111 @@ pub enum Found {
 }
 
 impl Placements {
-    /// The bucket, made if missing.
+    /// The buckets, made if missing.
     pub async fn open(js: &jetstream::Context) -> Result<Self, ClusterError> {
-        if let Ok(kv) = js.get_key_value(WORKSPACES_BUCKET).await {
-            return Ok(Placements { kv });
-        }
-        let made = js
-            .create_key_value(kv::Config {
-                bucket: WORKSPACES_BUCKET.into(),
-                history: 1,
-                ..Default::default()
-            })
-            .await;
-        match made {
-            Ok(kv) => Ok(Placements { kv }),
-            // Another controller made it meanwhile.
-            Err(e) => js
-                .get_key_value(WORKSPACES_BUCKET)
-                .await
-                .map(|kv| Placements { kv })
-                .map_err(|_| ClusterError::nats(format!("make the bucket {WORKSPACES_BUCKET}"), e)),
-        }
+        Ok(Placements {
+            kv: bucket(js, WORKSPACES_BUCKET).await?,
+            names: bucket(js, WORKSPACE_NAMES_BUCKET).await?,
+        })
     }
 
-    /// Records `workspace` (whose `node` is set) as it is now.
-    pub async fn put(&self, workspace: &Workspace) -> Result<(), ClusterError> {
-        let body = serde_json::to_vec(workspace)
-            .map_err(|e| ClusterError::nats("encode a workspace's record", e))?;
+    /// Records a new workspace (whose `node` is set), if no record of it
+    /// exists.
+    pub async fn create(&self, workspace: &Workspace) -> Result<(), ClusterError> {
+        let what = || format!("record the workspace {}", workspace.id);
         self.kv
-            .put(workspace.id.as_str(), body.into())
+            .create(workspace.id.as_str(), encode(workspace)?)
             .await
-            .map_err(|e| ClusterError::nats(format!("record the workspace {}", workspace.id), e))
+            .map_err(|e| ClusterError::nats(what(), e))
             .map(drop)
     }
 
-    /// Forgets the workspace `id`.
-    pub async fn remove(&self, id: &str) -> Result<(), ClusterError> {
+    /// Records `workspace` as it is now, if it still has a record.
+    pub async fn update(&self, workspace: &Workspace) -> Result<(), ClusterError> {
+        let id = workspace.id.as_str();
+        let what = || format!("record the workspace {id}");
+        let body = encode(workspace)?;
+        for _ in 0..RACES {
+            let entry = self
+                .kv
+                .entry(id)
+                .await
+                .map_err(|e| ClusterError::nats(what(), e))?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                // Removed meanwhile: it stays removed.
+                return Ok(());
+            };
+            match self.kv.update(id, body.clone(), entry.revision).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(ClusterError::nats(what(), e)),
+            }
+        }
+        Err(ClusterError::nats(
+            what(),
+            format!("changed by others {RACES} times in a row"),
+        ))
+    }
+
+    /// Reserves `name` for a workspace about to be placed.
+    pub async fn reserve(&self, name: &str) -> Result<(), ClusterError> {
+        match self.names.create(name_key(name), Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(ClusterError::NameTaken(name.into()))
+            }
+            Err(e) => Err(ClusterError::nats(format!("reserve the name `{name}`"), e)),
+        }
+    }
+
+    /// The reserved `name` is the workspace `id`'s.
+    pub async fn claim(&self, name: &str, id: &str) -> Result<(), ClusterError> {
+        self.names
+            .put(name_key(name), Bytes::copy_from_slice(id.as_bytes()))
+            .await
+            .map_err(|e| ClusterError::nats(format!("reserve the name `{name}`"), e))
+            .map(drop)
+    }
+
+    /// Frees `name`, reserved for a workspace that was not made.
+    pub async fn release(&self, name: &str) -> Result<(), ClusterError> {
+        self.names
+            .purge(name_key(name))
+            .await
+            .map_err(|e| ClusterError::nats(format!("free the name `{name}`"), e))
+    }
+
+    /// Frees the name of the removed `workspace`, if it is reserved for it.
+    async fn release_of(&self, workspace: &Workspace) -> Result<(), ClusterError> {
+        let key = name_key(&workspace.name);
+        let what = || format!("free the name `{}`", workspace.name);
+        let entry = self
+            .names
+            .entry(key.as_str())
+            .await
+            .map_err(|e| ClusterError::nats(what(), e))?;
+        match entry {
+            Some(entry)
+                if entry.operation == kv::Operation::Put
+                    && entry.value == workspace.id.as_str().as_bytes() =>
+            {
+                self.names
+                    .purge_expect_revision(key, Some(entry.revision))
+                    .await
+                    .map_err(|e| ClusterError::nats(what(), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets the `workspace`, and frees its name.
+    pub async fn remove(&self, workspace: &Workspace) -> Result<(), ClusterError> {
+        let id = workspace.id.as_str();
         self.kv
             .purge(id)
             .await
-            .map_err(|e| ClusterError::nats(format!("forget the workspace {id}"), e))
+            .map_err(|e| ClusterError::nats(format!("forget the workspace {id}"), e))?;
+        self.release_of(workspace).await
     }
 
     /// Every record, oldest first.
@@ -115,4 +200,38 @@ impl Placements {
             many => Found::Many(many.iter().map(|ws| ws.id.to_string()).collect()),
         })
     }
+}
+
+/// A key-value bucket, made if missing.
+async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    let made = js
+        .create_key_value(kv::Config {
+            bucket: name.into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await;
+    match made {
+        Ok(kv) => Ok(kv),
+        // Another controller made it meanwhile.
+        Err(e) => js
+            .get_key_value(name)
+            .await
+            .map_err(|_| ClusterError::nats(format!("make the bucket {name}"), e)),
+    }
+}
+
+fn encode(workspace: &Workspace) -> Result<Bytes, ClusterError> {
+    serde_json::to_vec(workspace)
+        .map(Bytes::from)
+        .map_err(|e| ClusterError::nats("encode a workspace's record", e))
+}
+
+/// A name as a key: hexadecimal, since a name may hold what a key may
+/// not (a leading or trailing dot).
+fn name_key(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
 }

@@ -125,7 +125,7 @@ pub(crate) async fn info(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<InfoQuery>,
 ) -> Result<Json<AgentInfo>, ApiError> {
-    Ok(Json(state.provider.agent_info(&id, query.detect).await?))
+    Ok(Json(state.workspaces.agent_info(&id, query.detect).await?))
 }
 
 /// Opens a persistent shell in a running workspace. Commands run in it one

@@ -31,14 +31,15 @@
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{AnyTypeJson, body_bytes, parse_json};
+use crate::workspaces::Workspaces;
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use berth_core::{ExecRequest, Spec, Stream, Workspace, WorkspaceState};
-use berth_provider::{CreateOptions, Progress, Provider, ServiceError};
+use berth_core::{ExecRequest, ProvisionEvent, Spec, Stream, Workspace, WorkspaceState};
+use berth_provider::{CreateOptions, ServiceError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,6 +58,9 @@ const BASH_OR_SH: &str =
 /// it (Derrick ran commands under `timeout`).
 const TIMED_OUT: i32 = 124;
 
+/// Provisioning events buffered before provisioning waits for them.
+const PROGRESS_BUFFER: usize = 64;
+
 /// The workspaces made through Derrick's `POST /workspaces`: as in
 /// Derrick, they are this server's, listed by `GET /workspaces` and removed
 /// when it stops ([`Made::remove_all`]). Ids sort by creation.
@@ -70,12 +74,15 @@ impl Made {
     }
 
     /// Removes every workspace still held, for a server that stopped.
-    pub async fn remove_all(&self, provider: &Provider) {
+    pub async fn remove_all(&self, workspaces: &dyn Workspaces) {
         let ids = std::mem::take(&mut *self.ids());
         for id in ids {
-            match provider.remove(&id).await {
-                Ok(_) | Err(ServiceError::NotFound(_)) => {}
-                Err(e) => tracing::warn!(workspace = %id, "cannot remove the workspace: {e}"),
+            match workspaces.remove(&id).await {
+                Ok(_) => {}
+                Err(e) if e.code == "not_found" => {}
+                Err(e) => {
+                    tracing::warn!(workspace = %id, "cannot remove the workspace: {}", e.message)
+                }
             }
         }
     }
@@ -242,15 +249,25 @@ pub(crate) async fn create_workspace(
         }
     };
     spec.env.extend(params.env.unwrap_or_default());
-    let provider = state.provider.clone();
+    let workspaces = state.workspaces.clone();
+    let (progress, mut events) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
     // Its own task: provisioning completes even if the client goes away.
     let created = tokio::spawn(async move {
-        provider
-            .create(spec, CreateOptions::default(), Progress::none())
+        workspaces
+            .create(spec, CreateOptions::default(), Some(progress))
             .await
-    })
-    .await
-    .map_err(|e| ApiError::new("internal", format!("the provisioning task failed: {e}")))?;
+    });
+    // The id, from the event that registered it, of a workspace whose
+    // provisioning failed after that.
+    let mut registered = None;
+    while let Some(event) = events.recv().await {
+        if let ProvisionEvent::Created { id, .. } = event {
+            registered = Some(id);
+        }
+    }
+    let created = created
+        .await
+        .map_err(|e| ApiError::new("internal", format!("the provisioning task failed: {e}")))?;
     match created {
         Ok(ws) => {
             state.made.ids().insert(ws.id.to_string());
@@ -260,12 +277,12 @@ pub(crate) async fn create_workspace(
         }
         Err(err) => {
             // The answer carries the failure; the workspace has no use.
-            if let ServiceError::ProvisionFailed { id, .. } = &err
-                && let Err(e) = state.provider.remove(id).await
+            if let Some(id) = registered
+                && let Err(e) = state.workspaces.remove(id.as_str()).await
             {
-                tracing::warn!(workspace = %id, "cannot remove the failed workspace: {e}");
+                tracing::warn!(workspace = %id, "cannot remove the failed workspace: {}", e.message);
             }
-            Err(err.into())
+            Err(err)
         }
     }
 }
@@ -283,16 +300,16 @@ pub(crate) async fn list_workspaces(
     let made: Vec<String> = state.made.ids().iter().cloned().collect();
     let mut workspaces = Vec::new();
     for id in made {
-        match state.provider.get(&id) {
+        match state.workspaces.get(&id).await {
             // Removed some other way (the CLI, `/v1`).
             Ok(ws) if ws.state == WorkspaceState::Removed => {}
-            Err(ServiceError::NotFound(_)) => {}
+            Err(e) if e.code == "not_found" => {}
             Ok(ws) => workspaces.push(WorkspaceSummary {
                 id: ws.id.to_string(),
                 name: ws.name,
                 state: ws.state,
             }),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(Json(WorkspaceListResponse { workspaces }))
@@ -314,14 +331,14 @@ pub(crate) async fn remove_workspace(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<bool>, ApiError> {
-    let ws = match state.provider.get(&id) {
+    let ws = match state.workspaces.get(&id).await {
         Ok(ws) => ws,
         // Derrick answers `false` for an id that names nothing.
-        Err(ServiceError::NotFound(_) | ServiceError::InvalidId { .. }) => return Ok(Json(false)),
-        Err(e) => return Err(e.into()),
+        Err(e) if e.code == "not_found" || e.code == "invalid_id" => return Ok(Json(false)),
+        Err(e) => return Err(e),
     };
     if ws.state != WorkspaceState::Removed {
-        state.provider.remove(ws.id.as_str()).await?;
+        state.workspaces.remove(ws.id.as_str()).await?;
     }
     state.made.ids().remove(ws.id.as_str());
     Ok(Json(ws.state != WorkspaceState::Removed))
@@ -414,10 +431,10 @@ pub(crate) async fn write_file(
             format!("request body: field `content`: expected base64: {e}"),
         )
     })?;
-    let ws = state.provider.get(&id)?;
+    let ws = state.workspaces.get(&id).await?;
     let path = derrick_path(&ws, params.working_dir.as_deref(), &params.path);
     state
-        .provider
+        .workspaces
         .write_file(ws.id.as_str(), &path, data)
         .await?;
     Ok(Json(WriteFileResponse { success: true }))
@@ -446,9 +463,9 @@ pub(crate) async fn read_file(
     headers: HeaderMap,
     AnyTypeJson(params): AnyTypeJson<ReadFileParams>,
 ) -> Result<Response, ApiError> {
-    let ws = state.provider.get(&id)?;
+    let ws = state.workspaces.get(&id).await?;
     let path = derrick_path(&ws, params.working_dir.as_deref(), &params.path);
-    let file = state.provider.read_file(ws.id.as_str(), &path).await?;
+    let file = state.workspaces.read_file(ws.id.as_str(), &path).await?;
     if accepts_json(&headers) {
         // JSON carries the file whole: as much as the output limit.
         let limit = state.provider.output_limit();
@@ -491,7 +508,7 @@ struct Done {
 /// Runs a command to its end. Dropping this future (the client went away)
 /// cancels the command.
 async fn run(state: &AppState, id: &str, params: CmdParams) -> Result<Done, ApiError> {
-    let ws = state.provider.get(id)?;
+    let ws = state.workspaces.get(id).await?;
     let mut request = ExecRequest::argv(["/bin/sh", "-c", BASH_OR_SH, "sh", &params.cmd]);
     request.cwd = params
         .working_dir
@@ -504,7 +521,10 @@ async fn run(state: &AppState, id: &str, params: CmdParams) -> Result<Done, ApiE
         .map(|secs| secs.saturating_mul(1000));
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
-    let (workspace, mut events) = state.provider.exec(ws.id.as_str(), request, cancel).await?;
+    let (workspace, mut events) = state
+        .workspaces
+        .exec(ws.id.as_str(), request, cancel)
+        .await?;
     let (mut output, mut stdout, mut stderr) = (Vec::new(), Vec::new(), Vec::new());
     let exit = berth_core::output::each(&mut events, |stream, data| {
         output.extend_from_slice(&data);

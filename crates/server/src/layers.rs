@@ -117,7 +117,7 @@ pub(crate) async fn create_snapshot(
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
     Ok((
         StatusCode::CREATED,
-        Json(state.provider.snapshot(&id).await?),
+        Json(state.workspaces.snapshot(&id).await?),
     ))
 }
 
@@ -162,7 +162,9 @@ pub(crate) async fn reset(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     JsonOrDefault(params): JsonOrDefault<ResetParams>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(state.provider.reset(&id, params.to.as_deref()).await?))
+    Ok(Json(
+        state.workspaces.reset(&id, params.to.as_deref()).await?,
+    ))
 }
 
 /// The paths added, modified and deleted since the provisioned state (or
@@ -184,7 +186,7 @@ pub(crate) async fn changes(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<ChangeList>, ApiError> {
     Ok(Json(ChangeList {
-        changes: state.provider.changes(&id).await?,
+        changes: state.workspaces.changes(&id).await?,
     }))
 }
 
@@ -207,7 +209,7 @@ pub(crate) async fn diff(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Response, ApiError> {
-    let patch = state.provider.diff(&id).await?;
+    let patch = state.workspaces.diff(&id).await?;
     let body = crate::stream::read_body(patch);
     Ok(([(header::CONTENT_TYPE, DIFF)], body).into_response())
 }
@@ -234,7 +236,10 @@ pub(crate) async fn fork(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     JsonOrDefault(params): JsonOrDefault<ForkParams>,
 ) -> Result<(StatusCode, Json<WorkspaceList>), ApiError> {
-    let workspaces = state.provider.fork(&id, params.count.unwrap_or(1)).await?;
+    let workspaces = state
+        .workspaces
+        .fork(&id, params.count.unwrap_or(1))
+        .await?;
     Ok((StatusCode::CREATED, Json(WorkspaceList { workspaces })))
 }
 

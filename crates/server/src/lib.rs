@@ -42,10 +42,11 @@ mod server;
 pub mod session;
 mod stream;
 pub mod v1;
+pub mod workspaces;
 
 pub use auth::{Auth, TOKEN_FILE};
 pub use boundary::Boundary;
-pub use error::{ErrorBody, ErrorResponse, status_for};
+pub use error::{ApiError, ErrorBody, ErrorResponse, status_for};
 pub use server::{
     DEFAULT_PORT, Listen, Server, ServerConfig, ServerError, bind, serve, shutdown_signal,
 };
@@ -79,6 +80,9 @@ pub struct RouterConfig {
     pub derrick_workspaces: derrick::Made,
     /// The cluster's nodes, when the server serves a cluster.
     pub cluster: Option<std::sync::Arc<dyn cluster::NodeDirectory>>,
+    /// What the workspace routes call, when not the provider: a cluster's
+    /// controller placing workspaces on its nodes.
+    pub workspaces: Option<Arc<dyn workspaces::Workspaces>>,
 }
 
 impl RouterConfig {
@@ -90,6 +94,7 @@ impl RouterConfig {
             default_spec: None,
             derrick_workspaces: derrick::Made::default(),
             cluster: None,
+            workspaces: None,
         }
     }
 }
@@ -98,6 +103,8 @@ impl RouterConfig {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub provider: Provider,
+    /// What the workspace routes call: the provider, or the cluster.
+    pub workspaces: Arc<dyn workspaces::Workspaces>,
     pub jobs: Jobs,
     /// Who may use the API: the token, and the browser sessions opened
     /// with it.
@@ -114,8 +121,12 @@ pub(crate) struct AppState {
 /// checks, the OpenAPI document, the `Host` and `Origin` checks,
 /// authentication and request tracing.
 pub fn router(provider: Provider, config: RouterConfig) -> Router {
+    let workspaces = config
+        .workspaces
+        .unwrap_or_else(|| Arc::new(provider.clone()));
     let state = AppState {
         provider,
+        workspaces,
         jobs: config.jobs,
         auth: config.auth.clone(),
         default_spec: config.default_spec.map(Arc::new),

@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub jobs: Option<Jobs>,
     /// The cluster's nodes, when the server serves a cluster.
     pub cluster: Option<std::sync::Arc<dyn crate::cluster::NodeDirectory>>,
+    /// What the workspace routes call, when not the provider.
+    pub workspaces: Option<Arc<dyn crate::workspaces::Workspaces>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("default_spec", &self.default_spec)
             .field("jobs", &self.jobs.is_some())
             .field("cluster", &self.cluster.is_some())
+            .field("workspaces", &self.workspaces.is_some())
             .finish()
     }
 }
@@ -133,6 +136,8 @@ pub struct Server {
     router: Router,
     token: Option<String>,
     provider: Provider,
+    /// What Derrick's workspaces are removed through.
+    workspaces: Arc<dyn crate::workspaces::Workspaces>,
     /// Removed once the server stopped, as Derrick's workspaces were its
     /// server's.
     derrick_workspaces: crate::derrick::Made,
@@ -195,6 +200,9 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
         }
     };
     let derrick_workspaces = crate::derrick::Made::default();
+    let workspaces = config
+        .workspaces
+        .unwrap_or_else(|| Arc::new(provider.clone()));
     let router = router(
         provider.clone(),
         RouterConfig {
@@ -204,6 +212,7 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
             default_spec: config.default_spec,
             derrick_workspaces: derrick_workspaces.clone(),
             cluster: config.cluster,
+            workspaces: Some(workspaces.clone()),
         },
     );
     Ok(Server {
@@ -211,6 +220,7 @@ pub async fn bind(provider: Provider, config: ServerConfig) -> Result<Server, Se
         router,
         token,
         provider,
+        workspaces,
         derrick_workspaces,
     })
 }
@@ -292,7 +302,7 @@ impl Server {
         };
         reaper.abort();
         // The listener is closed by now; the workspaces go after it.
-        self.derrick_workspaces.remove_all(&self.provider).await;
+        self.derrick_workspaces.remove_all(&*self.workspaces).await;
         result
     }
 }

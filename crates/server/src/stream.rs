@@ -3,12 +3,13 @@
 //! progress is streamed while the operation itself outlives the client.
 
 use crate::error::{ApiError, ErrorBody};
+use crate::workspaces::ProgressSender;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use berth_core::{ExecStream, Output, ProvisionEvent, WorkspaceId};
-use berth_provider::{Progress, ServiceError};
+use berth_provider::ServiceError;
 use futures::{Stream, StreamExt as _, stream};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
@@ -185,27 +186,27 @@ pub enum ProgressLine {
 /// with an `error` line.
 pub async fn with_progress<T, Fut>(
     format: Format,
-    operation: impl FnOnce(Progress) -> Fut,
+    operation: impl FnOnce(ProgressSender) -> Fut,
     respond: impl FnOnce(T) -> Response,
 ) -> Response
 where
     T: Send + 'static,
-    Fut: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
     if format == Format::Json {
-        return match tokio::spawn(operation(Progress::none())).await {
+        return match tokio::spawn(operation(None)).await {
             Ok(Ok(value)) => respond(value),
-            Ok(Err(err)) => ApiError::from(err).into_response(),
+            Ok(Err(err)) => err.into_response(),
             Err(err) => task_failed(err).into_response(),
         };
     }
     let (sender, mut receiver) = mpsc::channel(PROGRESS_BUFFER);
-    let task = tokio::spawn(operation(Progress::to(sender)));
+    let task = tokio::spawn(operation(Some(sender)));
     let Some(first) = receiver.recv().await else {
         // The operation ended without a word: answer with its outcome.
         return match task.await {
             Ok(Ok(_)) => streamed(format, stream::empty::<ProgressLine>()),
-            Ok(Err(err)) => ApiError::from(err).into_response(),
+            Ok(Err(err)) => err.into_response(),
             Err(err) => task_failed(err).into_response(),
         };
     };
@@ -215,7 +216,7 @@ where
     let outcome = stream::once(async move {
         match task.await {
             Ok(Ok(_)) => None,
-            Ok(Err(err)) => Some(ProgressLine::Error(ErrorLine::new(err.into()))),
+            Ok(Err(err)) => Some(ProgressLine::Error(ErrorLine::new(err))),
             Err(err) => Some(ProgressLine::Error(ErrorLine::new(task_failed(err)))),
         }
     })

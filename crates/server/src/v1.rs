@@ -204,11 +204,11 @@ pub(crate) async fn create_workspace(
     ApiQuery(query): ApiQuery<StreamQuery>,
     ApiJson(params): ApiJson<CreateWorkspaceParams>,
 ) -> Response {
-    let provider = state.provider;
+    let workspaces = state.workspaces;
     let (spec, options) = params.into_parts();
     with_progress(
         negotiate(&headers, query.stream),
-        move |progress| async move { provider.create(spec, options, progress).await },
+        move |progress| async move { workspaces.create(spec, options, progress).await },
         |workspace| {
             let location = HeaderValue::from_str(&format!("/v1/workspaces/{}", workspace.id));
             let mut response = (StatusCode::CREATED, Json(workspace)).into_response();
@@ -239,7 +239,7 @@ pub(crate) async fn list_workspaces(
         None => Labels::new(),
     };
     Ok(Json(WorkspaceList {
-        workspaces: state.provider.list_labelled(query.all, &selector)?,
+        workspaces: state.workspaces.list(query.all, &selector).await?,
     }))
 }
 
@@ -261,7 +261,7 @@ pub(crate) async fn get_workspace(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<WorkspaceDetails>, ApiError> {
-    let details = state.provider.describe(&id)?;
+    let details = state.workspaces.describe(&id).await?;
     if details.workspace.state == WorkspaceState::Removed {
         return Err(ApiError::new(
             "workspace_gone",
@@ -290,7 +290,7 @@ pub(crate) async fn remove_workspace(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(state.provider.remove(&id).await?))
+    Ok(Json(state.workspaces.remove(&id).await?))
 }
 
 /// Starts a stopped workspace; a running one is left as it is.
@@ -309,7 +309,7 @@ pub(crate) async fn start_workspace(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(state.provider.start(&id).await?))
+    Ok(Json(state.workspaces.start(&id).await?))
 }
 
 /// Stops a running workspace, keeping its files.
@@ -328,7 +328,7 @@ pub(crate) async fn stop_workspace(
     State(state): State<AppState>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(state.provider.stop(&id).await?))
+    Ok(Json(state.workspaces.stop(&id).await?))
 }
 
 /// Fetches upstream changes into every repository of a workspace, never
@@ -356,10 +356,10 @@ pub(crate) async fn fetch_workspace(
     ApiQuery(query): ApiQuery<StreamQuery>,
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
 ) -> Response {
-    let provider = state.provider;
+    let workspaces = state.workspaces;
     with_progress(
         negotiate(&headers, query.stream),
-        move |progress| async move { provider.fetch(&id, progress).await },
+        move |progress| async move { workspaces.fetch(&id, progress).await },
         |results| Json(FetchResponse { results }).into_response(),
     )
     .await
@@ -403,7 +403,7 @@ pub(crate) async fn exec(
     // Dropping the guard (the client went away, so this handler or its
     // stream was dropped) cancels the command.
     let guard = cancel.clone().drop_guard();
-    let (workspace, events) = state.provider.exec(&id, request, cancel).await?;
+    let (workspace, events) = state.workspaces.exec(&id, request, cancel).await?;
     stream::command(format, workspace, events, guard).await
 }
 
@@ -428,7 +428,7 @@ pub(crate) async fn list_files(
 ) -> Result<Json<FileList>, ApiError> {
     let dir = query.path.unwrap_or_default();
     Ok(Json(FileList {
-        entries: state.provider.list_files(&id, &dir).await?,
+        entries: state.workspaces.list_files(&id, &dir).await?,
     }))
 }
 
@@ -452,7 +452,7 @@ pub(crate) async fn remove_file(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<StatusCode, ApiError> {
-    state.provider.remove_file(&id, &query.path).await?;
+    state.workspaces.remove_file(&id, &query.path).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -475,7 +475,7 @@ pub(crate) async fn read_file(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(query): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
-    let file = state.provider.read_file(&id, &query.path).await?;
+    let file = state.workspaces.read_file(&id, &query.path).await?;
     let body = stream::read_body(file);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
@@ -505,7 +505,7 @@ pub(crate) async fn write_file(
 ) -> Result<StatusCode, ApiError> {
     let data = body_bytes(request, &()).await?;
     state
-        .provider
+        .workspaces
         .write_file(&id, &query.path, data.to_vec())
         .await?;
     Ok(StatusCode::NO_CONTENT)

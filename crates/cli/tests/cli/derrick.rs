@@ -4,7 +4,8 @@
 //! `GET /health`, sent Derrick's requests with the headers its clients
 //! send, and ended by SIGTERM to its group. On `docker` (an image with
 //! bash and git made here with `docker import`), the `sandbox` and
-//! `local`.
+//! `local`, and with `remote_nats`: a controller placing the workspaces on
+//! two nodes of a cluster over a real nats-server.
 //!
 //! Derrick listens on 127.0.0.1:50080 and its clients give no other port,
 //! so these tests take turns for it through a file lock.
@@ -36,6 +37,8 @@ enum Mode {
     Docker,
     Sandbox,
     Local,
+    /// On the `local` runtime of a cluster's nodes.
+    RemoteNats,
 }
 
 impl Mode {
@@ -44,12 +47,13 @@ impl Mode {
             Mode::Docker => "docker",
             Mode::Sandbox => "sandbox",
             Mode::Local => "local",
+            Mode::RemoteNats => "remote_nats",
         }
     }
 
     /// Whether the workspace has a filesystem of its own (`/` is its).
     fn isolated(self) -> bool {
-        self != Mode::Local
+        !matches!(self, Mode::Local | Mode::RemoteNats)
     }
 }
 
@@ -59,7 +63,89 @@ struct Derrick {
     home: PathBuf,
     child: std::process::Child,
     client: reqwest::Client,
+    /// With `remote_nats`: the cluster its workspaces are made in.
+    cluster: Option<Cluster>,
     _port: std::fs::File,
+}
+
+/// A nats-server and two nodes, `a` and `b`, offering `local`, each a
+/// `berth node` process with a home of its own.
+struct Cluster {
+    nats: berth_testkit::NatsServer,
+    nodes: Vec<(PathBuf, std::process::Child)>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let nats = berth_testkit::NatsServer::start();
+        let nodes = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let home = dir.join(format!("node-{name}"));
+                let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+                    .env("BERTH_HOME", &home)
+                    .env_remove("BERTH_RUNTIME")
+                    .args(["node", "--nats", &nats.url(), "--name", name])
+                    .args(["--runtimes", "local", "--ttl", "15"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                (home, child)
+            })
+            .collect();
+        let cluster = Cluster { nats, nodes };
+        let deadline = Instant::now() + PATIENCE;
+        while cluster.names() != ["a", "b"] {
+            assert!(Instant::now() < deadline, "the nodes never joined");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn names(&self) -> Vec<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["nodes", "--nats", &self.nats.url(), "--json"])
+            .output()
+            .unwrap();
+        let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|node| node["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The workspaces in the registry of the node `name`'s own home.
+    fn registry(&self, name: &str) -> Vec<Value> {
+        let (home, _) = &self.nodes[if name == "a" { 0 } else { 1 }];
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .env("BERTH_HOME", home)
+            .args(["ls", "--all", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Derrick {
@@ -92,12 +178,20 @@ impl Derrick {
         if mode == Mode::Docker {
             command.env("BERTH_IMAGE", bash_git_image());
         }
+        let cluster = (mode == Mode::RemoteNats).then(|| Cluster::start(dir.path()));
+        if let Some(cluster) = &cluster {
+            // The runtime the nodes make the workspaces in.
+            command
+                .args(["--nats", &cluster.nats.url()])
+                .env("BERTH_RUNTIME", "local");
+        }
         let child = command.spawn().unwrap();
         let derrick = Derrick {
             dir,
             home,
             child,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            cluster,
             _port: port,
         };
         derrick.wait_healthy().await;
@@ -194,6 +288,35 @@ impl Derrick {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// berth's command line through this server (`--server`).
+    fn through(&self, args: &[&str]) -> String {
+        let url = url("");
+        let mut all = vec!["--server", url.as_str()];
+        all.extend_from_slice(args);
+        self.berth(&all)
+    }
+
+    /// The node the controller says the workspace `id` is on, which holds
+    /// it in its own registry.
+    fn node_of(&self, id: &str) -> String {
+        let listed: Value = serde_json::from_str(&self.through(&["ls", "--json"])).unwrap();
+        let node = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|ws| ws["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed: {listed}"))["node"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cluster = self.cluster.as_ref().unwrap();
+        assert!(
+            cluster.registry(&node).iter().any(|ws| ws["id"] == id),
+            "{id} is in the registry of {node}"
+        );
+        node
+    }
+
     /// SIGTERM to the process group, as the harness ends it; the server
     /// exits cleanly, its port is free and its workspaces are removed.
     fn terminate(mut self) {
@@ -217,6 +340,13 @@ impl Derrick {
         let all: Value = serde_json::from_str(&self.berth(&["ls", "--all", "--json"])).unwrap();
         for ws in all.as_array().unwrap() {
             assert_eq!(ws["state"], "removed", "{ws}");
+        }
+        if let Some(cluster) = &self.cluster {
+            for node in ["a", "b"] {
+                for ws in cluster.registry(node) {
+                    assert_eq!(ws["state"], "removed", "on {node}: {ws}");
+                }
+            }
         }
         assert_eq!(self.containers(), "", "no container is left");
     }
@@ -329,6 +459,10 @@ async fn workflow(mode: Mode) {
         .request(reqwest::Method::GET, "/workspaces", None)
         .await;
     assert_eq!(list["workspaces"][0]["id"], id.as_str(), "{list}");
+    if mode == Mode::RemoteNats {
+        assert_eq!(derrick.node_of(&id), "a");
+        assert_eq!(derrick.berth(&["ls", "--json"]).trim(), "[]", "none here");
+    }
 
     // Derrick's own test suite.
     let out = derrick.cmd(&id, json!({ "cmd": "echo hello" })).await;
@@ -528,6 +662,28 @@ async fn workflow(mode: Mode) {
             "the live workspace's container is found"
         );
     }
+    if mode == Mode::RemoteNats {
+        // berth's command line works on them through the controller too.
+        derrick.node_of(second);
+        let out = derrick.through(&["exec", second, "--", "cat", "todolist/todo.txt"]);
+        assert_eq!(out, "buy milk\n");
+        let third = derrick
+            .post("/workspaces", json!({ "env": { "PROJECT_ROOT": project } }))
+            .await;
+        let third = third["id"].as_str().unwrap();
+        let node = derrick.node_of(third);
+        assert_eq!(derrick.through(&["rm", third]).trim(), third);
+        let listed = derrick.through(&["ls", "--json"]);
+        assert!(!listed.contains(third), "{listed}");
+        let cluster = derrick.cluster.as_ref().unwrap();
+        assert!(
+            cluster
+                .registry(&node)
+                .iter()
+                .any(|ws| ws["id"] == third && ws["state"] == "removed"),
+            "removed on {node}"
+        );
+    }
     derrick.terminate();
 }
 
@@ -544,6 +700,11 @@ async fn derricks_clients_run_unchanged_on_the_sandbox() {
 #[tokio::test]
 async fn derricks_clients_run_unchanged_on_local() {
     workflow(Mode::Local).await;
+}
+
+#[tokio::test]
+async fn derricks_clients_run_unchanged_with_workspaces_made_on_nodes() {
+    workflow(Mode::RemoteNats).await;
 }
 
 /// Where the workspace has no bash, commands run under the POSIX shell.
@@ -640,8 +801,12 @@ fn derrick_refuses_to_start_what_it_cannot_serve_and_says_why() {
         err.contains("--server-mode nats") && err.contains("--nats nats://HOST:PORT"),
         "{err}"
     );
+    // Workspaces made on the nodes of a cluster need the cluster.
     let err = run(&["-p", "remote_nats", "-s", "http"], &no_auth);
-    assert!(err.contains("no runtime `remote_nats`"), "{err}");
+    assert!(
+        err.contains("--provisioning-mode remote_nats") && err.contains("--nats"),
+        "{err}"
+    );
     let err = run(&["-s", "http"], &no_auth);
     assert!(
         err.contains("--provisioning-mode"),

@@ -451,3 +451,60 @@ fn a_token_the_node_clones_with_never_crosses_nats() {
         );
     }
 }
+
+#[test]
+fn two_controllers_placing_one_name_at_once_on_different_nodes_make_one_workspace() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    // Each controller can only place on its own node: the local runtime
+    // is a's, the sandbox b's.
+    let _a = node_offering(&env, &nats, "a", "local", 15);
+    let _b = node_offering(&env, &nats, "b", "sandbox", 15);
+    let _p = controller(&env, &nats, "berth.p");
+    let _q = controller(&env, &nats, "berth.q");
+    ready(&env, &nats, "berth.p", &["a", "b"]);
+    ready(&env, &nats, "berth.q", &["a", "b"]);
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("hello.txt", "hi\n")]);
+    let local = spec(&env, "local.toml", &repo, "local");
+    let sandboxed = sandbox_spec(&env, "sandboxed.toml", &repo, "sandboxed");
+
+    let racers: Vec<_> = [("berth.p", &local), ("berth.q", &sandboxed)]
+        .into_iter()
+        .map(|(prefix, spec)| {
+            env.berth()
+                .args(["--server", &nats.url(), "--nats-prefix", prefix])
+                .args(["up", spec, "--name", "twin"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = racers
+        .into_iter()
+        .map(|racer| racer.wait_with_output().unwrap())
+        .collect();
+    let made: Vec<&Output> = outs.iter().filter(|out| out.status.success()).collect();
+    assert_eq!(made.len(), 1, "one of the two is made");
+    let refused = outs.iter().find(|out| !out.status.success()).unwrap();
+    assert!(
+        stderr(refused).contains("the name `twin` is taken in the cluster"),
+        "{}",
+        stderr(refused)
+    );
+    let twin = workspace_id(&String::from_utf8_lossy(&made[0].stdout));
+    assert_eq!(placed(&env, &nats, "berth.q").len(), 1);
+    let out = via(
+        &env,
+        &nats,
+        "berth.q",
+        &["exec", "twin", "--", "cat", "ready"],
+    );
+    assert!(out.status.success(), "the name names one: {}", stderr(&out));
+
+    // Removed, its name is free again, for either node.
+    assert_eq!(ok(&env, &nats, "berth.q", &["rm", "twin"]).trim(), twin);
+    let again = ok(&env, &nats, "berth.p", &["up", &local, "--name", "twin"]);
+    assert_eq!(node_of(&env, &nats, "berth.p", &workspace_id(&again)), "a");
+}
