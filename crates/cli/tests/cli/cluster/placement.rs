@@ -508,3 +508,90 @@ fn two_controllers_placing_one_name_at_once_on_different_nodes_make_one_workspac
     let again = ok(&env, &nats, "berth.p", &["up", &local, "--name", "twin"]);
     assert_eq!(node_of(&env, &nats, "berth.p", &workspace_id(&again)), "a");
 }
+
+/// A controller serving HTTP (without a token, on loopback) and the NATS
+/// API, with its own home; its address.
+fn http_controller(env: &Env, nats: &NatsServer) -> (Node, String) {
+    let addr = format!("127.0.0.1:{}", berth_testkit::free_port());
+    let log = std::fs::File::create(env.dir.path().join("http-controller.log")).unwrap();
+    let child = settings(&mut Command::new(env!("CARGO_BIN_EXE_berth")))
+        .env("BERTH_HOME", env.dir.path().join("controller-http"))
+        .args(["serve", "-s", "http", "--nats", &nats.url(), "--remote"])
+        .args(["--listen", &addr, "--insecure-no-auth"])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let node = Node {
+        name: "http".into(),
+        child,
+    };
+    (node, format!("http://{addr}"))
+}
+
+#[test]
+fn an_http_client_that_goes_away_has_its_command_ended_on_the_node() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let _a = node_offering(&env, &nats, "a", "local", 15);
+    let (_controller, url) = http_controller(&env, &nats);
+    ready(&env, &nats, "berth.v1", &["a"]);
+    let http = |args: &[&str]| {
+        let out = env
+            .berth()
+            .args(["--server", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "berth {args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    wait_until("the HTTP front end", Duration::from_secs(30), || {
+        env.berth()
+            .args(["--server", &url, "ls"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("hello.txt", "hi\n")]);
+    let id = workspace_id(&http(&["up", &spec(&env, "one.toml", &repo, "one")]));
+    assert_eq!(node_of(&env, &nats, "berth.v1", &id), "a");
+    let listed: serde_json::Value = serde_json::from_str(&http(&["ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["node"], "a", "{listed}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pid: i32 = runtime.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut response = client
+            .post(format!("{url}/v1/workspaces/{id}/exec?stream=true"))
+            .json(&serde_json::json!({
+                "command": ["sh", "-c", "echo $$ > pid; echo started; exec sleep 1000"]
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut seen = String::new();
+        while !seen.contains("started") {
+            let chunk = response.chunk().await.unwrap().expect("the output streams");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let pid = http(&["exec", &id, "--", "cat", "pid"]);
+        drop(response);
+        pid.trim().parse().unwrap()
+    });
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(
+        std::fs::read_to_string(proc.join("cmdline")).is_ok_and(|c| c.contains("sleep"))
+            || !proc.exists(),
+        "the pid is the command's"
+    );
+    wait_until(
+        "the command to end on the node",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(proc.join("stat")).map_or(true, |stat| stat.contains(") Z ")),
+    );
+    assert_eq!(http(&["rm", &id]).trim(), id);
+    assert_eq!(http(&["ls", "--json"]).trim(), "[]");
+}
