@@ -255,6 +255,15 @@ pub async fn serve(
         }
         _ => None,
     };
+    // How to log in, told with the dashboard's address once it listens.
+    let login = match (&args.token, args.insecure_no_auth) {
+        (_, true) => "no login (--insecure-no-auth)".to_owned(),
+        (Some(_), false) => "log in with the token given to --token (BERTH_TOKEN)".to_owned(),
+        (None, false) => format!(
+            "log in with the token in {}",
+            provider.home().join(berth_server::TOKEN_FILE).display()
+        ),
+    };
     let config = berth_server::ServerConfig {
         listen,
         token: args.token,
@@ -322,7 +331,15 @@ pub async fn serve(
         None => None,
     };
     let served = if http {
-        berth_server::serve(provider, config).await
+        match berth_server::bind(provider, config).await {
+            Ok(server) => {
+                if let Some(addr) = server.local_addr() {
+                    eprintln!("berth serve: the dashboard is at http://{addr}/; {login}");
+                }
+                server.run().await
+            }
+            Err(e) => Err(e),
+        }
     } else {
         // The workspaces' deadlines are applied while the server runs.
         let reaper = tokio::spawn(provider.reap_forever());

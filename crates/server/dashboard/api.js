@@ -44,6 +44,39 @@ export async function api(method, path, body) {
   return type.includes('json') ? response.json() : response.text();
 }
 
+/**
+ * The first `limit` bytes of a file the API serves, read no further (a
+ * workspace's file may be of any size), and whether there was more.
+ */
+export async function getBytes(path, limit) {
+  const response = await fetch(path, { credentials: 'same-origin' });
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.getReader();
+  const chunks = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return { bytes: concat(chunks, size), more: false };
+    chunks.push(value);
+    size += value.length;
+    if (size > limit) {
+      await reader.cancel();
+      return { bytes: concat(chunks, limit), more: true };
+    }
+  }
+}
+
+function concat(chunks, size) {
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    const part = chunk.subarray(0, size - at);
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return bytes;
+}
+
 export const get = (path) => api('GET', path);
 export const post = (path, body) => api('POST', path, body);
 export const del = (path) => api('DELETE', path);

@@ -3,7 +3,7 @@
 // comes from the server (names, labels, paths, logs) is set as text, never
 // as HTML: a workspace controls much of it.
 
-import { ApiError, del, get, login, logout, onListChange, post, socketUrl, whenUnauthorized } from './api.js';
+import { ApiError, del, get, getBytes, login, logout, onListChange, post, socketUrl, whenUnauthorized } from './api.js';
 import { Terminal } from './vendor/xterm/xterm.mjs';
 import { FitAddon } from './vendor/xterm-addon-fit/addon-fit.mjs';
 
@@ -56,13 +56,48 @@ function labelsText(labels) {
   return Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`).join(', ');
 }
 
-/** Runs an action from a button, telling the user how it went. */
+/**
+ * Sets `body`'s rows to `rows` (`tr` elements, each with a unique
+ * `data-key`), keeping each row already shown and redrawing only its cells
+ * that changed: a list redrawn as it changes must not swallow a click on
+ * a link or button in it, which a row replaced between the press and the
+ * release would. `empty` is shown when there is no row.
+ */
+function setRows(body, rows, empty) {
+  const shown = new Map([...body.children].filter((row) => row.dataset.key).map((row) => [row.dataset.key, row]));
+  const kept = rows.map((fresh) => {
+    const row = shown.get(fresh.dataset.key);
+    if (!row) return fresh;
+    for (const { name, value } of fresh.attributes) row.setAttribute(name, value);
+    [...fresh.cells].forEach((cell, i) => {
+      if (row.cells[i].outerHTML !== cell.outerHTML) row.cells[i].replaceWith(cell);
+    });
+    return row;
+  });
+  if (kept.length === 0) kept.push(empty);
+  // Rows in place stay put; only those out of place move.
+  let at = body.firstChild;
+  for (const row of kept) {
+    if (row === at) at = at.nextSibling;
+    else body.insertBefore(row, at);
+  }
+  while (at) {
+    const next = at.nextSibling;
+    at.remove();
+    at = next;
+  }
+}
+
+/**
+ * Runs an action from a button, telling the user how it went: what the
+ * action returns when it is a sentence, else that it is done.
+ */
 async function act(button, what, action) {
   button.disabled = true;
   say(`${what}…`);
   try {
-    await action();
-    say(`${what}: done`);
+    const told = await action();
+    say(typeof told === 'string' ? told : `${what}: done`);
   } catch (err) {
     say(`${what} failed: ${err.message}`);
   } finally {
@@ -150,8 +185,8 @@ page(/^\/workspaces$/, async () => {
   let query = '';
   const refresh = async () => {
     const { workspaces } = await get(`/v1/workspaces${query ? `?label=${encodeURIComponent(query)}` : ''}`);
-    body.replaceChildren(
-      ...workspaces.slice().reverse().map((w) => h('tr', { 'data-id': w.id },
+    setRows(body,
+      workspaces.slice().reverse().map((w) => h('tr', { 'data-id': w.id, 'data-key': w.id },
         h('td', {}, h('a', { href: `#/workspaces/${encodeURIComponent(w.id)}` }, w.name || w.id)),
         h('td', {}, stateBadge(w.state)),
         h('td', {}, w.runtime),
@@ -159,10 +194,7 @@ page(/^\/workspaces$/, async () => {
         h('td', {}, w.node || 'this host'),
         h('td', {}, age(w.created_at)),
       )),
-    );
-    if (workspaces.length === 0) {
-      body.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No workspaces.')));
-    }
+      h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No workspaces.')));
   };
   filter.addEventListener('change', () => {
     query = filter.value.trim();
@@ -197,7 +229,7 @@ page(/^\/workspaces\/([^/]+)$/, async (id) => {
   button('Reset', 'Reset', () => post(`${ref}/reset`, {}));
   button('Snapshot', 'Snapshot', async () => {
     const snapshot = await post(`${ref}/snapshots`);
-    say(`Snapshot ${snapshot.id} taken`);
+    return `Snapshot ${snapshot.id} taken`;
   });
   button('Fork', 'Fork', async () => {
     const { workspaces } = await post(`${ref}/fork`, {});
@@ -206,7 +238,7 @@ page(/^\/workspaces\/([^/]+)$/, async (id) => {
   button('Start', 'Start', () => post(`${ref}/start`));
   button('Stop', 'Stop', () => post(`${ref}/stop`));
   button('Remove', 'Remove', async () => {
-    if (!confirm(`Remove workspace ${workspace.name || workspace.id}?`)) return;
+    if (!confirm(`Remove workspace ${workspace.name || workspace.id}?`)) return 'Not removed';
     await del(ref);
     location.hash = '#/workspaces';
   });
@@ -293,7 +325,9 @@ function terminalPanel(ref) {
       socket.close();
       term.dispose();
     };
-    term.focus();
+    // Typed into at once when nothing else has the focus; a tab chosen
+    // from the keyboard keeps it, for the arrow keys.
+    if (document.activeElement === document.body) term.focus();
   });
   wrap.cleanup = () => term.dispose();
   return wrap;
@@ -343,6 +377,9 @@ async function changesPanel(ref) {
     diffView(patch, { downloadName: `${ref.split('/').pop()}.patch` }));
 }
 
+/** How much of a file the viewer shows. */
+const VIEWED_BYTES = 1 << 20;
+
 async function filesPanel(ref) {
   const listing = h('ul', { class: 'files', 'aria-label': 'Files' });
   const viewer = h('pre', { class: 'viewer', tabindex: 0, 'aria-label': 'File content' });
@@ -353,7 +390,7 @@ async function filesPanel(ref) {
     const items = [];
     if (dir) {
       const up = dir.split('/').slice(0, -1).join('/');
-      items.push(h('li', {}, h('button', { type: 'button', class: 'link', onclick: () => open(up) }, '..')));
+      items.push(h('li', {}, h('button', { type: 'button', class: 'link', onclick: () => open(up).catch((err) => say(err.message)) }, '..')));
     }
     entries.sort((a, b) => (a.kind === 'dir') === (b.kind === 'dir') ? a.path.localeCompare(b.path) : a.kind === 'dir' ? -1 : 1);
     for (const entry of entries) {
@@ -362,17 +399,16 @@ async function filesPanel(ref) {
       items.push(h('li', {}, h('button', {
         type: 'button',
         class: 'link',
-        onclick: () => (isDir ? open(entry.path) : view(entry.path)),
+        onclick: () => (isDir ? open(entry.path) : view(entry.path)).catch((err) => say(err.message)),
       }, isDir ? `${name}/` : name), isDir ? '' : h('span', { class: 'muted' }, ` ${entry.size} B`)));
     }
     listing.replaceChildren(...items);
   };
   const view = async (path) => {
-    const response = await fetch(`${ref}/files/content?path=${encodeURIComponent(path)}`, { credentials: 'same-origin' });
-    const bytes = new Uint8Array(await response.arrayBuffer());
-    viewer.textContent = bytes.length > 1 << 20
-      ? `(${bytes.length} bytes: too large to show)`
-      : new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+    viewer.textContent = '';
+    const { bytes, more } = await getBytes(`${ref}/files/content?path=${encodeURIComponent(path)}`, VIEWED_BYTES);
+    viewer.textContent = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+    if (more) viewer.append(h('span', { class: 'muted' }, `\n[only the first ${VIEWED_BYTES} bytes are shown]`));
   };
   await open('');
   return h('div', { class: 'split' }, h('div', {}, where, listing), viewer);
@@ -450,14 +486,14 @@ page(/^\/jobs$/, async () => {
     const details = await Promise.all(jobs.map((job) => (job.last_run
       ? get(`/v1/runs/${encodeURIComponent(job.last_run.id)}`).catch(() => null)
       : null)));
-    body.replaceChildren(...jobs.map((job, i) => {
+    setRows(body, jobs.map((job, i) => {
       const run = details[i];
       const again = h('button', { type: 'button', 'aria-label': `Run ${job.name} again` }, 'Run again');
       again.addEventListener('click', () => act(again, `Run ${job.name}`, async () => {
         const started = await post(`/v1/jobs/${encodeURIComponent(job.name)}/runs`);
         location.hash = `#/runs/${encodeURIComponent(started.id)}`;
       }));
-      return h('tr', { 'data-job': job.name },
+      return h('tr', { 'data-job': job.name, 'data-key': job.name },
         h('td', {}, job.name),
         h('td', {}, job.last_run
           ? [stateBadge(job.last_run.state), ' ', h('a', { href: `#/runs/${encodeURIComponent(job.last_run.id)}` }, age(job.last_run.created_at), ' ago')]
@@ -465,8 +501,7 @@ page(/^\/jobs$/, async () => {
         h('td', {}, run ? countsText(counts(run.tasks)) : ''),
         h('td', { class: 'mono' }, job.schedule || '—'),
         h('td', {}, again));
-    }));
-    if (jobs.length === 0) body.append(h('tr', {}, h('td', { colspan: 5, class: 'muted' }, 'No jobs: start one with `berth job run`.')));
+    }), h('tr', {}, h('td', { colspan: 5, class: 'muted' }, 'No jobs: start one with `berth job run`.')));
   });
 });
 
@@ -500,9 +535,9 @@ page(/^\/runs\/([^/]+)$/, async (runId) => {
   button('Retry failed', 'Retry', async () => apply(await post(`${ref}/retry`)));
   button('Publish…', 'Publish', async () => {
     const branch = prompt('Publish the completed tasks\' changes as branch:', `berth/${run ? run.job : 'run'}`);
-    if (!branch) return;
+    if (!branch) return 'Not published';
     const { published } = await post(`${ref}/publish`, { branch });
-    say(`Published ${published.length} change(s) as ${branch}`);
+    return `Published ${published.length} change(s) as ${branch}`;
   });
   actions.append(h('a', { href: `${ref}/patch`, download: `${runId}.patch` }, 'Download all patches'));
 
@@ -539,8 +574,8 @@ page(/^\/runs\/([^/]+)$/, async (runId) => {
     }
     facts.replaceChildren(
       h('dt', {}, 'Tasks'), h('dd', { id: 'run-counts' }, `${all.length}: ${countsText(by)}`),
-      h('dt', {}, 'Elapsed'), h('dd', {}, duration(elapsed)),
-      h('dt', {}, 'Remaining'), h('dd', {}, estimate),
+      h('dt', {}, 'Elapsed'), h('dd', { id: 'run-elapsed' }, duration(elapsed)),
+      h('dt', {}, 'Remaining'), h('dd', { id: 'run-remaining' }, estimate),
       h('dt', {}, 'Trigger'), h('dd', {}, run.trigger),
     );
     bar.replaceChildren(progressBar(by, Math.max(1, all.length)));
@@ -550,14 +585,14 @@ page(/^\/runs\/([^/]+)$/, async (runId) => {
     const pages = Math.max(1, Math.ceil(shown.length / PAGE_SIZE));
     pageIndex = Math.min(pageIndex, pages - 1);
     const slice = shown.slice(pageIndex * PAGE_SIZE, (pageIndex + 1) * PAGE_SIZE);
-    body.replaceChildren(...slice.map((t) => h('tr', { 'data-task': t.id, 'data-state': t.state },
+    setRows(body, slice.map((t) => h('tr', { 'data-task': t.id, 'data-state': t.state, 'data-key': t.id },
       h('td', {}, h('a', { href: `#/runs/${encodeURIComponent(run.id)}/tasks/${encodeURIComponent(t.id)}` }, repository(t))),
       h('td', {}, stateBadge(t.state)),
       h('td', {}, t.exit_code ?? ''),
       h('td', {}, t.failed_step || ''),
       h('td', {}, duration(taskDuration(t))),
-      h('td', {}, t.patch_size ? `${t.patch_size} B` : ''))));
-    if (slice.length === 0) body.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No task matches.')));
+      h('td', {}, t.patch_size ? `${t.patch_size} B` : ''))),
+    h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No task matches.')));
     pageInfo.textContent = `${shown.length} task(s), page ${pageIndex + 1} of ${pages}`;
     prev.disabled = pageIndex === 0;
     next.disabled = pageIndex >= pages - 1;
@@ -716,15 +751,15 @@ page(/^\/cluster$/, async () => {
   main.append(h('h1', {}, 'Cluster'), state, wrap);
   let nodes = [];
   const draw = () => {
-    body.replaceChildren(...nodes.map((node) => h('tr', { 'data-node': node.name, 'data-state': nodeState(node) },
+    setRows(body, nodes.map((node) => h('tr', { 'data-node': node.name, 'data-state': nodeState(node), 'data-key': node.name },
       h('td', { class: 'mono' }, node.name),
       h('td', {}, stateBadge(nodeState(node))),
       h('td', {}, node.runtimes.join(', ')),
       h('td', {}, node.arch),
       h('td', {}, `${node.running} of ${node.slots}`),
       h('td', {}, node.cache_keys.length),
-      h('td', {}, `${age(node.heartbeat_at)} ago`))));
-    if (nodes.length === 0) body.append(h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No node is up.')));
+      h('td', {}, `${age(node.heartbeat_at)} ago`))),
+    h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No node is up.')));
   };
   live(['nodes'], async () => {
     const list = await get('/v1/nodes');

@@ -115,3 +115,35 @@ fn file(kind: &'static str, bytes: &'static [u8]) -> Response {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FILES;
+    use std::path::Path;
+
+    /// Each vendored library's files are served with its licence beside
+    /// them, and `VENDORED.md` names its package and version.
+    #[test]
+    fn every_vendored_library_keeps_its_licence_and_is_listed() {
+        let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard/vendor");
+        let listed = std::fs::read_to_string(vendor.join("VENDORED.md")).unwrap();
+        let libraries: std::collections::BTreeSet<&str> = FILES
+            .iter()
+            .filter_map(|(path, _, _)| path.strip_prefix("vendor/"))
+            .map(|path| path.split('/').next().unwrap())
+            .collect();
+        assert!(libraries.len() >= 3, "{libraries:?}");
+        for library in libraries {
+            let licences = std::fs::read_dir(vendor.join(library))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                .filter(|name| name.starts_with("LICENSE"))
+                .count();
+            assert_eq!(licences, 1, "vendor/{library} has no licence file");
+            assert!(
+                listed.contains(&format!("| `{library}/` |")),
+                "VENDORED.md does not list vendor/{library}"
+            );
+        }
+    }
+}

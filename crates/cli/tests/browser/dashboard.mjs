@@ -8,12 +8,14 @@
 //   BERTH_CLI         the berth binary, BERTH_HOME its home and BERTH_SPEC
 //                     a workspace spec, for the tests that use the CLI too
 //   BERTH_KILL_PID    the process of a cluster node to kill (cluster test)
+//   BERTH_REPOS       a directory of repositories r0 and r1 (cluster test)
 // Exits 0 when the test passed; otherwise prints why and exits 1.
 
 import { chromium } from 'playwright-core';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import http from 'node:http';
+import { readFile } from 'node:fs/promises';
 import assert from 'node:assert/strict';
 
 const env = (name) => {
@@ -43,6 +45,16 @@ async function api(method, path, body) {
   return text ? JSON.parse(text) : null;
 }
 
+/** Writes a file in a workspace through the API. */
+async function putFile(workspace, path, body) {
+  const response = await fetch(`${base}/v1/workspaces/${workspace}/files/content?path=${encodeURIComponent(path)}`, {
+    method: 'PUT',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/octet-stream' },
+    body,
+  });
+  assert.ok(response.ok, `write ${path}: ${response.status} ${await response.text()}`);
+}
+
 /** Runs the berth CLI on the server's home; its standard output. */
 async function berth(...args) {
   const { stdout } = await promisify(execFile)(env('BERTH_CLI'), args, { env: process.env });
@@ -68,12 +80,90 @@ async function countEvents(page) {
 /** Whether the page is wider than its window (it scrolls sideways). */
 const overflowing = (page) => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
 
+/**
+ * The controls and headings shown past the window's sides, out of reach
+ * unless in a box that scrolls sideways (a table's, a diff's): what a
+ * narrow window hides even when the page itself does not scroll.
+ */
+const cutOff = (page) => page.evaluate(() => {
+  const scrolls = (el) => {
+    for (let up = el.parentElement; up; up = up.parentElement) {
+      if (up === document.body || up === document.documentElement) return false;
+      const { overflowX } = getComputedStyle(up);
+      if (overflowX === 'auto' || overflowX === 'scroll') return true;
+    }
+    return false;
+  };
+  return [...document.querySelectorAll('a[href], button, input, select, h1, h2, [role="tab"], dd')]
+    .filter((el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden')
+    .filter((el) => {
+      const rect = el.getBoundingClientRect();
+      // Wholly off to the left is hidden on purpose (the skip link).
+      if (rect.right <= 0) return false;
+      return (rect.right > window.innerWidth + 1 || rect.left < -1) && !scrolls(el);
+    })
+    .map((el) => `${el.tagName.toLowerCase()} "${el.textContent.trim().slice(0, 40)}"`);
+});
+
 /** Logs in through the page's own form. */
 async function logIn(page) {
   await page.goto(`${base}/`);
   await page.getByLabel('Token').fill(token);
   await page.getByRole('button', { name: 'Log in' }).click();
   await page.getByRole('heading', { name: 'Workspaces' }).waitFor();
+}
+
+/** Every page, with `workspace`'s and the job `edit`'s, fits 375 px. */
+async function fitsANarrowWindow(page, workspace) {
+  // A change with a long line, for the workspace's diff.
+  await fetch(`${base}/v1/workspaces/${workspace}/files/content?path=r0/wide.txt`, {
+    method: 'PUT',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/octet-stream' },
+    body: `${'a long line that no phone shows whole '.repeat(8)}\n`,
+  }).then((r) => assert.ok(r.ok, `write: ${r.status}`));
+  await logIn(page);
+  const { jobs } = await api('GET', '/v1/jobs');
+  const runId = jobs.find((job) => job.name === 'edit').last_run.id;
+  const ended = async () => {
+    const run = await api('GET', `/v1/runs/${runId}`);
+    return run.state === 'running' ? null : run;
+  };
+  let run;
+  for (const started = Date.now(); !(run = await ended());) {
+    assert.ok(Date.now() - started < TIMEOUT, 'the run ended');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const succeeded = run.tasks.find((task) => task.state === 'completed' && task.url.includes('withoutasinglebreak'));
+  assert.ok(succeeded, `the long-named repository's task completed: ${JSON.stringify(run.tasks)}`);
+  const pages = [
+    ['#/workspaces', () => page.locator(`tr[data-id="${workspace}"]`).waitFor()],
+    [`#/workspaces/${workspace}`, () => page.locator('.term-box .xterm-rows').waitFor()],
+    ['#/jobs', () => page.locator('tr[data-job="edit"] .state').waitFor()],
+    [`#/runs/${run.id}`, () => page.locator('tbody tr[data-task]').first().waitFor()],
+    // A task's log and its patch, drawn side by side.
+    [`#/runs/${run.id}/tasks/${succeeded.id}`, () => page.locator('.d2h-file-side-diff').first().waitFor()],
+    ['#/cluster', () => page.locator('#cluster-state', { hasText: 'Not in a cluster' }).waitFor()],
+  ];
+  const fits = async (what) => {
+    assert.equal(await overflowing(page), 0, `${what} is no wider than 375 px`);
+    assert.deepEqual(await cutOff(page), [], `${what} shows everything within 375 px`);
+  };
+  for (const [hash, shown] of pages) {
+    await page.goto(`${base}/${hash}`);
+    await shown();
+    await fits(hash);
+  }
+  // A workspace's changes, files and spec too.
+  await page.goto(`${base}/#/workspaces/${workspace}`);
+  for (const [tab, shown] of [
+    ['Changes', () => page.locator('.d2h-file-side-diff').first().waitFor()],
+    ['Files', () => page.locator('ul.files button', { hasText: 'r0/' }).waitFor()],
+    ['Spec', () => page.locator('#panel pre').first().waitFor()],
+  ]) {
+    await page.getByRole('tab', { name: tab }).click();
+    await shown();
+    await fits(`the ${tab} tab`);
+  }
 }
 
 const tests = {
@@ -155,10 +245,96 @@ const tests = {
     await diff.waitFor({ timeout: TIMEOUT });
     await page.locator('.d2h-file-name', { hasText: 'r0/greeting.py' }).first().waitFor();
     await page.locator('.d2h-ins', { hasText: 'hello from the diff' }).first().waitFor();
-    // Switching to the unified view redraws the same lines.
+    // Coloured as Python: its keywords and strings marked apart.
+    const highlighted = async () => {
+      await page.locator('.d2h-ins .hljs-keyword', { hasText: 'return' }).first().waitFor();
+      await page.locator('.d2h-ins .hljs-string', { hasText: 'hello from the diff' }).first().waitFor();
+    };
+    await highlighted();
+    assert.equal(await page.locator('.d2h-file-side-diff').count(), 2, 'side by side: two columns');
+    // Switching to the unified view redraws the same lines, in one column.
     await page.getByLabel('Diff view', { exact: true }).selectOption('line-by-line');
     await page.locator('.d2h-ins', { hasText: 'hello from the diff' }).first().waitFor();
+    await highlighted();
+    assert.equal(await page.locator('.d2h-file-side-diff').count(), 0, 'unified: one column');
     await page.locator('.d2h-file-list-wrapper').waitFor();
+  },
+
+  async a_workspaces_labels_files_and_actions(page) {
+    const workspace = env('BERTH_WORKSPACE');
+    const made = await berth('up', env('BERTH_SPEC'), '--name', 'labelled', '--label', 'team=docs');
+    const labelled = made.trim().split(/\s+/).pop();
+    try {
+      await logIn(page);
+      // Filtered by label: only the labelled workspace stays.
+      await page.locator(`tr[data-id="${workspace}"]`).waitFor();
+      await page.locator(`tr[data-id="${labelled}"] td:nth-child(4)`, { hasText: 'team=docs' }).waitFor();
+      await page.getByLabel('Filter by label').fill('team=docs');
+      await page.getByLabel('Filter by label').press('Enter');
+      await page.locator(`tr[data-id="${workspace}"]`).waitFor({ state: 'detached' });
+      assert.equal(await page.locator('tbody tr[data-id]').count(), 1);
+    } finally {
+      await berth('rm', labelled).catch(() => {});
+    }
+
+    // Its files, browsed and viewed. A file named like markup (a workspace
+    // names its files as it likes) shows as its name; a large one shows
+    // its start, the rest not read.
+    const trap = '<img src=x onerror=window.__owned=1>';
+    await putFile(workspace, `r0/${trap}`, 'trap\n');
+    await putFile(workspace, 'r0/big.txt', 'x'.repeat(3 << 20));
+    await page.goto(`${base}/#/workspaces/${workspace}`);
+    await page.getByRole('tab', { name: 'Files' }).click();
+    await page.locator('ul.files button', { hasText: 'r0/' }).click();
+    await page.locator('ul.files button').filter({ hasText: trap }).waitFor();
+    assert.equal(await page.locator('ul.files img').count(), 0, 'no element made from a file name');
+    await page.locator('ul.files button', { hasText: 'version.txt' }).click();
+    await page.locator('pre.viewer', { hasText: 'repo 0' }).waitFor();
+    await page.locator('ul.files button', { hasText: 'big.txt' }).click();
+    await page.locator('pre.viewer', { hasText: `[only the first ${1 << 20} bytes are shown]` }).waitFor();
+    assert.equal(await page.evaluate(() => window.__owned), undefined);
+
+    // Reset: the changes go.
+    const status = page.getByRole('status');
+    const button = (name) => page.getByRole('button', { name, exact: true });
+    await button('Reset').click();
+    await status.filter({ hasText: 'Reset: done' }).waitFor();
+    const { changes } = await api('GET', `/v1/workspaces/${workspace}/changes`);
+    assert.deepEqual(changes.filter((c) => c.path.includes('big.txt')), [], 'reset dropped big.txt');
+    // Snapshot: the page names the snapshot taken, which holds the
+    // workspace as it was.
+    await putFile(workspace, 'r0/kept.txt', 'kept\n');
+    await button('Snapshot').click();
+    const taken = status.filter({ hasText: /^Snapshot \S+ taken$/ });
+    await taken.waitFor();
+    const snapshot = (await taken.textContent()).split(' ')[1];
+    const kept = () => fetch(`${base}/v1/workspaces/${workspace}/files/content?path=r0/kept.txt`, {
+      headers: { Authorization: `Bearer ${token}` },
+    }).then((r) => r.status);
+    await api('POST', `/v1/workspaces/${workspace}/reset`, {});
+    assert.equal(await kept(), 404, 'reset to the provisioned state');
+    await api('POST', `/v1/workspaces/${workspace}/reset`, { to: snapshot });
+    assert.equal(await kept(), 200, `reset to snapshot ${snapshot}`);
+    // Stop and start, the state following.
+    await button('Stop').click();
+    await page.locator('#workspace-state', { hasText: 'stopped' }).waitFor();
+    await button('Start').click();
+    await page.locator('#workspace-state', { hasText: 'running' }).waitFor();
+    // Fork opens the fork's page; removing it (once confirmed) leads back
+    // to the list, without it.
+    await button('Fork').click();
+    await page.waitForURL((url) => url.hash.startsWith('#/workspaces/') && !url.hash.endsWith(workspace));
+    const fork = decodeURIComponent(new URL(page.url()).hash.split('/').pop());
+    await page.locator('#workspace-state', { hasText: 'running' }).waitFor();
+    try {
+      page.once('dialog', (dialog) => dialog.accept());
+      await button('Remove').click();
+      await page.waitForURL(/#\/workspaces$/);
+      await page.locator(`tr[data-id="${workspace}"]`).waitFor();
+      await page.locator(`tr[data-id="${fork}"]`).waitFor({ state: 'detached' });
+    } finally {
+      await berth('rm', fork).catch(() => {});
+    }
   },
 
   async a_cross_site_request_with_the_cookie_is_refused(page) {
@@ -202,7 +378,20 @@ const tests = {
     // then running with a log that grows, then ended.
     const running = page.locator('tbody tr[data-state="running"]').first();
     await running.waitFor({ timeout: TIMEOUT });
-    await running.getByRole('link').click();
+    // A click held while the table is redrawn (the task's duration moves
+    // on every second) still opens the task.
+    const id = await running.getAttribute('data-task');
+    const link = page.locator(`tr[data-task="${id}"] a`);
+    const box = await link.boundingBox();
+    const held = await page.locator(`tr[data-task="${id}"] td:nth-child(5)`).textContent();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await page.mouse.down();
+    await page.waitForFunction(([id, held]) => {
+      const cell = document.querySelector(`tr[data-task="${id}"] td:nth-child(5)`);
+      return cell && cell.textContent !== held;
+    }, [id, held]);
+    await page.mouse.up();
+    await page.waitForURL(/\/tasks\//);
     const log = page.locator('#task-log');
     await log.filter({ hasText: 'working 2' }).waitFor({ timeout: TIMEOUT });
     const early = (await log.textContent()).length;
@@ -245,6 +434,12 @@ const tests = {
     await page.locator('.d2h-file-list .d2h-lines-added', { hasText: '+1' }).first().waitFor();
     const download = page.getByRole('link', { name: 'Download patch' });
     assert.match(await download.getAttribute('download'), /\.patch$/);
+    // The file downloaded is the task's patch.
+    const [saved] = await Promise.all([page.waitForEvent('download'), download.click()]);
+    assert.match(saved.suggestedFilename(), /^r0\.patch$/);
+    const patch = await readFile(await saved.path(), 'utf8');
+    assert.match(patch, /^\+\+\+ b\/version\.txt$/m);
+    assert.match(patch, /^\+bumped$/m);
     await page.locator('.d2h-ins', { hasText: 'bumped' }).first().scrollIntoViewIfNeeded();
   },
 
@@ -306,6 +501,33 @@ const tests = {
     await page.locator('#cluster-state', { hasText: '1 node(s) up.' }).waitFor();
   },
 
+  async a_nodes_state_follows_its_load(page) {
+    await logIn(page);
+    await page.getByRole('link', { name: 'Cluster' }).click();
+    await page.locator('body[data-live="on"]').waitFor();
+    // The node's state and load as the page shows them, without a reload.
+    const shows = (state, load) => page.waitForFunction(([state, load]) => {
+      const row = document.querySelector('tr[data-node="worker"]');
+      const cells = row ? [...row.cells].map((cell) => cell.textContent) : [];
+      return cells[1] === state && cells[4] === load;
+    }, [state, load]);
+    await shows('idle', '0 of 2');
+    // Jobs that hold one of its slots each until they are cancelled.
+    const repos = env('BERTH_REPOS');
+    const hold = (name, repository) => api('POST', '/v1/jobs', {
+      name,
+      runtime: 'local',
+      repositories: [{ url: `${repos}/${repository}` }],
+      steps: [{ name: 'hold', run: 'sleep 600' }],
+    });
+    await hold('hold-one', 'r0');
+    await shows('busy', '1 of 2');
+    const second = await hold('hold-two', 'r1');
+    await shows('full', '2 of 2');
+    await api('POST', `/v1/runs/${second.id}/cancel`);
+    await shows('busy', '1 of 2');
+  },
+
   async a_run_of_a_thousand_tasks_renders_quickly(page) {
     await logIn(page);
     const { jobs } = await api('GET', '/v1/jobs');
@@ -319,6 +541,10 @@ const tests = {
     assert.ok(elapsed < 2000, `the first page of tasks took ${elapsed} ms`);
     console.log(`the first page of a thousand tasks drawn in ${elapsed} ms`);
     assert.equal(await overflowing(page), 0, 'the page is no wider than the window');
+    // While it runs, how long it has taken and how long it will take yet,
+    // from the tasks that ended.
+    await page.locator('#run-remaining', { hasText: /^about \d+(s|m \d+s|h \d+m)$/ }).waitFor();
+    assert.match(await page.locator('#run-elapsed').textContent(), /^\d+(s|m \d+s)$/);
     // Paged: the next page holds the next fifty.
     await page.getByRole('button', { name: 'Next' }).click();
     await page.getByText('1000 task(s), page 2 of 20').waitFor();
@@ -332,30 +558,88 @@ const tests = {
 
   async every_page_fits_a_narrow_window(page) {
     await page.setViewportSize({ width: 375, height: 740 });
-    await logIn(page);
+    // Names, labels and repositories too long for the window, with no
+    // place to break them (the job's second repository's too).
+    const made = await berth('up', env('BERTH_SPEC'),
+      '--name', 'aworkspacewhosenamegoesonandonwithoutabreak',
+      '--label', 'alabelwhosekeygoesonandon=andwhosevaluegoesonandontoo');
+    const workspace = made.trim().split(/\s+/).pop();
+    try {
+      await fitsANarrowWindow(page, workspace);
+    } finally {
+      await berth('rm', workspace).catch(() => {});
+    }
+  },
+
+  async every_control_is_labelled_and_reached_by_the_keyboard(page) {
+    // Every control shown says what it is to a screen reader: a label, an
+    // aria-label or its text.
+    const unlabelled = () => page.evaluate(() => [...document.querySelectorAll('button, input, select, textarea, a[href], [role="tab"]')]
+      .filter((el) => el.getClientRects().length > 0)
+      .filter((el) => {
+        if (el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')) return false;
+        if (['INPUT', 'SELECT', 'TEXTAREA'].includes(el.tagName)) return el.labels.length === 0;
+        return el.textContent.trim() === '';
+      })
+      .map((el) => el.outerHTML.slice(0, 100)));
+    /** Presses Tab until `target` has the focus; fails after `limit`. */
+    const tabTo = async (target, limit = 40) => {
+      for (let i = 0; i < limit; i += 1) {
+        await page.keyboard.press('Tab');
+        if (await target.evaluate((el) => el === document.activeElement)) return;
+      }
+      assert.fail(`Tab never reached ${target}`);
+    };
+    await page.goto(`${base}/`);
+    await page.getByRole('heading', { name: 'Log in to berth' }).waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the login form');
+    // Logged in with the keyboard alone: the token field has the focus.
+    await page.keyboard.type(token);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Workspaces' }).waitFor();
     const workspace = env('BERTH_WORKSPACE');
-    const { jobs } = await api('GET', '/v1/jobs');
-    const run = await api('GET', `/v1/runs/${jobs.find((job) => job.name === 'edit').last_run.id}`);
-    const pages = [
-      ['#/workspaces', () => page.locator(`tr[data-id="${workspace}"]`).waitFor()],
-      [`#/workspaces/${workspace}`, () => page.locator('.term-box .xterm-rows').waitFor()],
-      ['#/jobs', () => page.locator('tr[data-job="edit"]').waitFor()],
-      [`#/runs/${run.id}`, () => page.locator('tbody tr[data-task]').first().waitFor()],
-      [`#/runs/${run.id}/tasks/${run.tasks[0].id}`, () => page.locator('#task-log').waitFor()],
-      ['#/cluster', () => page.locator('#cluster-state', { hasText: 'Not in a cluster' }).waitFor()],
-    ];
-    for (const [hash, shown] of pages) {
-      await page.goto(`${base}/${hash}`);
-      await shown();
-      assert.equal(await overflowing(page), 0, `${hash} is no wider than 375 px`);
-    }
-    // A workspace's files and spec too.
+    await page.locator(`tr[data-id="${workspace}"]`).waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the workspaces');
+
+    // To the jobs, the run and a task, by Tab and Enter.
+    await tabTo(page.getByRole('link', { name: 'Jobs' }));
+    await page.keyboard.press('Enter');
+    const lastRun = page.locator('tr[data-job="edit"] td:nth-child(2) a');
+    await lastRun.waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the jobs');
+    await tabTo(lastRun);
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/#\/runs\/[^/]+$/);
+    await page.locator('tbody tr[data-task]').first().waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the run');
+    // Its filter, set from the keyboard.
+    await tabTo(page.getByLabel('Repository', { exact: true }));
+    await page.keyboard.type('r1');
+    await page.getByText('1 task(s), page 1 of 1').waitFor();
+    const task = page.locator('tbody tr[data-task] a');
+    await tabTo(task);
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/\/tasks\//);
+    await page.locator('#task-log').waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the task');
+
+    // A workspace's views, by the arrow keys once a tab has the focus.
     await page.goto(`${base}/#/workspaces/${workspace}`);
-    for (const tab of ['Changes', 'Files', 'Spec']) {
-      await page.getByRole('tab', { name: tab }).click();
-      await page.locator('#panel > *').first().waitFor();
-      assert.equal(await overflowing(page), 0, `the ${tab} tab is no wider than 375 px`);
-    }
+    await page.getByRole('tab', { name: 'Spec' }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByRole('tab', { name: 'Spec', selected: true }).waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the workspace');
+    await page.keyboard.press('ArrowRight');
+    await page.getByRole('tab', { name: 'Terminal', selected: true }).waitFor();
+    await page.keyboard.press('ArrowLeft');
+    await page.getByRole('tab', { name: 'Spec', selected: true }).waitFor();
+    await page.keyboard.press('ArrowLeft');
+    await page.getByRole('tab', { name: 'Files', selected: true }).waitFor();
+    await page.locator('ul.files button', { hasText: 'r0/' }).waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the files');
+    await page.goto(`${base}/#/cluster`);
+    await page.locator('#cluster-state').filter({ hasText: /./ }).waitFor();
+    assert.deepEqual(await unlabelled(), [], 'the cluster');
   },
 
   async cancel_a_run_and_its_tasks_end(page) {
@@ -396,6 +680,24 @@ context.setDefaultTimeout(TIMEOUT);
 const page = await context.newPage();
 const problems = [];
 page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+// Every byte comes from the server: the page asks no other host for
+// anything (no CDN, no font), and nothing it loads breaks its own
+// Content-Security-Policy (which would leave it half drawn).
+const served = new URL(base).hostname;
+page.on('request', (request) => {
+  const url = new URL(request.url());
+  if (['http:', 'https:', 'ws:', 'wss:'].includes(url.protocol) && url.hostname !== served) {
+    problems.push(`the page asked another host: ${request.url()}`);
+  }
+});
+await context.addInitScript(() => {
+  document.addEventListener('securitypolicyviolation', (event) => {
+    console.error(`content security policy violated: ${event.violatedDirective} by ${event.blockedURI}`);
+  });
+});
+page.on('console', (message) => {
+  if (message.text().startsWith('content security policy violated')) problems.push(message.text());
+});
 try {
   await test(page);
   assert.deepEqual(problems, [], 'the page raised no error');

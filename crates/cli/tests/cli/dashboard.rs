@@ -7,6 +7,7 @@
 
 use super::{Env, stderr, workspace_id};
 use berth_testkit::{GitHttpServer, NatsServer, free_port, make_repo, write_credentials};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +31,15 @@ echo bumped >> version.txt
 if grep -q 'repo 1' version.txt; then echo 'no luck' >&2; exit 7; fi
 '''
 "#;
+
+/// A repository name with no place to break it (no hyphen), wider than a
+/// phone.
+const LONG_REPO: &str = "arepositorywhosenamegoesonandonwithoutasinglebreak";
+
+/// Job `edit` of [`EDIT`], over `r0` and [`LONG_REPO`].
+fn edit_long() -> String {
+    EDIT.replace("FORGEr1", &format!("FORGE{LONG_REPO}"))
+}
 
 /// Job `slow`: one task that runs until it is cancelled.
 const SLOW: &str = r#"name = "slow"
@@ -77,6 +87,7 @@ impl Served {
                 &[("version.txt", &format!("repo {i}\n"))],
             );
         }
+        make_repo(&upstream.join(LONG_REPO), &[("version.txt", "repo long\n")]);
         let forge = GitHttpServer::start(&upstream, FORGE_TOKEN);
         write_credentials(&env.home, "forge", FORGE_TOKEN, &[&forge.url()]);
         let spec = env.file(
@@ -204,6 +215,11 @@ fn the_dashboard_shows_a_workspace_diff_with_its_changed_lines() {
 }
 
 #[test]
+fn the_dashboard_filters_workspaces_by_label_browses_files_and_acts() {
+    Served::start().browse("a_workspaces_labels_files_and_actions");
+}
+
+#[test]
 fn a_cross_site_page_cannot_use_the_dashboards_session_cookie() {
     Served::start().browse("a_cross_site_request_with_the_cookie_is_refused");
 }
@@ -233,10 +249,10 @@ fn the_dashboard_shows_a_workspace_made_from_the_cli_without_a_reload() {
     Served::start().browse("a_workspace_made_from_the_cli_appears_live");
 }
 
-/// A `berth node` process, killed when dropped.
-struct Node(Child);
+/// A child process (`berth node`, `berth serve`), killed when dropped.
+struct Process(Child);
 
-impl Drop for Node {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -263,39 +279,44 @@ fn the_dashboard_renders_a_run_of_a_thousand_tasks_quickly() {
 }
 
 #[test]
-fn the_dashboard_fits_a_narrow_window() {
-    Served::start_with(&[EDIT]).browse("every_page_fits_a_narrow_window");
+fn the_dashboard_labels_its_controls_and_works_from_the_keyboard() {
+    Served::start_with(&[EDIT]).browse("every_control_is_labelled_and_reached_by_the_keyboard");
 }
 
 #[test]
-fn the_dashboard_lists_the_cluster_nodes_and_drops_a_killed_one_after_its_ttl() {
-    let nats = NatsServer::start();
-    let served = Served::start_serving(&[], &["--nats", &nats.url()]);
-    let node = |name: &str| {
+fn the_dashboard_fits_a_narrow_window() {
+    Served::start_with(&[&edit_long()]).browse("every_page_fits_a_narrow_window");
+}
+
+impl Served {
+    /// A `berth node` of this server's cluster at `nats`, with its own
+    /// home, running `slots` tasks at once.
+    fn node(&self, nats: &NatsServer, name: &str, slots: usize) -> Process {
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .env(
                 "BERTH_HOME",
-                served.env.dir.path().join(format!("node-{name}")),
+                self.env.dir.path().join(format!("node-{name}")),
             )
             .env_remove("BERTH_RUNTIME")
-            .args([
-                "node",
-                "--nats",
-                &nats.url(),
-                "--name",
-                name,
-                "--slots",
-                "3",
-            ])
-            // The shortest TTL: a killed node's record goes a second later.
+            .args(["node", "--nats", &nats.url(), "--name", name])
+            .args(["--slots", &slots.to_string()])
+            // The shortest TTL: a killed node's record goes a second later,
+            // and a node writes its load every third of it.
             .args(["--ttl", "1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        Node(child)
-    };
+        Process(child)
+    }
+}
+
+#[test]
+fn the_dashboard_lists_the_cluster_nodes_and_drops_a_killed_one_after_its_ttl() {
+    let nats = NatsServer::start();
+    let served = Served::start_serving(&[], &["--nats", &nats.url()]);
+    let node = |name: &str| served.node(&nats, name, 3);
     let (kept, killed) = (node("node-kept"), node("node-killed"));
     served.browse_with(
         "the_cluster_page_lists_the_nodes_and_drops_a_killed_one",
@@ -323,6 +344,18 @@ fn the_dashboard_lists_the_cluster_nodes_and_drops_a_killed_one_after_its_ttl() 
 }
 
 #[test]
+fn the_dashboard_shows_a_nodes_state_from_its_load() {
+    let nats = NatsServer::start();
+    let served = Served::start_serving(&[], &["--nats", &nats.url()]);
+    let _worker = served.node(&nats, "worker", 2);
+    let repos = served.env.dir.path().join("repos");
+    served.browse_with(
+        "a_nodes_state_follows_its_load",
+        &[("BERTH_REPOS", repos.to_str().unwrap())],
+    );
+}
+
+#[test]
 fn berth_nodes_through_a_server_without_a_cluster_says_so() {
     let served = Served::start();
     let token = served.env.home.join("server-token");
@@ -339,4 +372,42 @@ fn berth_nodes_through_a_server_without_a_cluster_says_so() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn berth_serve_prints_the_dashboards_address_and_where_its_token_is() {
+    let env = Env::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = env
+        .berth()
+        .args(["serve", "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _served = Process(child);
+    let (lines, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let token = env.home.join("server-token");
+    let wanted = format!(
+        "berth serve: the dashboard is at http://{addr}/; log in with the token in {}",
+        token.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        match said.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line == wanted => break,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("berth serve never said {wanted:?}; it said {seen:?}"),
+        }
+    }
+    // The token is there to be read once it is said.
+    let token = std::fs::read_to_string(&token).unwrap();
+    assert!(token.trim().len() >= 32, "{token:?}");
 }
