@@ -411,6 +411,8 @@ const tests = {
     await page.getByLabel('State', { exact: true }).selectOption('failed');
     const failed = page.locator('tbody tr[data-state="failed"]');
     await failed.waitFor({ timeout: TIMEOUT });
+    // Once the table is drawn again with the filter.
+    await page.getByText('1 task(s), page 1 of 1').waitFor();
     assert.equal(await page.locator('tbody tr').count(), 1, 'only the failed task is listed');
     await failed.getByRole('link').click();
     await page.locator('#task-exit').filter({ hasText: '7' }).waitFor({ timeout: TIMEOUT });
