@@ -90,6 +90,7 @@ on_each_runtime!(
     a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat,
     multi_byte_characters_split_across_writes_are_logged_whole,
     changes_are_published_as_branches_updated_by_later_runs_and_a_refused_push_is_reported_alone,
+    a_symlink_swapped_in_and_a_huge_sparse_file_cannot_make_the_patch_read_host_files_or_exhaust_memory,
 );
 
 struct World {
@@ -172,6 +173,10 @@ impl World {
         let mut config = RunnerConfig::new("test-runner");
         config.slots = slots;
         config.heartbeat = heartbeat;
+        self.start_runner_with(config);
+    }
+
+    fn start_runner_with(&self, mut config: RunnerConfig) {
         config.poll = Duration::from_millis(20);
         let runner = Runner::new(self.provider.clone(), self.jobs.clone(), config);
         let shutdown = self.shutdown.clone();
@@ -312,6 +317,96 @@ async fn twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone(on: 
     // Every workspace was removed.
     let live = world.provider.list(false).unwrap();
     assert!(live.is_empty(), "{live:#?}");
+}
+
+/// A step swaps a symlink to a host file in for a changed file, edits
+/// another keeping its size and putting its times back, and names files
+/// with git's pathspec magic and a newline; in a second repository it
+/// leaves a huge sparse file and more than a patch may hold. The first
+/// patch has the link itself and every edit, no host file's content; the
+/// second task fails for its patch's size, read no further than the bound.
+async fn a_symlink_swapped_in_and_a_huge_sparse_file_cannot_make_the_patch_read_host_files_or_exhaust_memory(
+    on: On,
+) {
+    let world = World::new(on, 2).await;
+    let mut config = RunnerConfig::new("test-runner");
+    config.slots = 2;
+    config.patch_limit = 256 << 10;
+    world.start_runner_with(config);
+    let steps = r#"
+[[steps]]
+name = "hostile"
+run = '''
+repo=$(head -1 version.txt)
+rm version.txt && ln -s /etc/passwd version.txt
+cp -p old.txt ../old.ref && printf 'TO BE DELETED\n' > old.txt && touch -r ../old.ref old.txt
+printf magic > ':(exclude)*' && printf newline > 'new
+line'
+if [ "$repo" = "repo 1" ]; then
+  truncate -s 256M huge.bin && head -c 1048576 /dev/urandom > noise.bin
+fi
+'''
+"#;
+    let run = world
+        .jobs
+        .start(&world.job(2, steps, "[run]\nconcurrency = 2"))
+        .await
+        .unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    let details = world.jobs.run(&run.id).unwrap();
+    let [linked, huge] = &details.tasks[..] else {
+        panic!("{details:#?}")
+    };
+    assert_eq!(linked.state, TaskState::Completed, "{linked:#?}");
+    let patch = String::from_utf8(world.jobs.patch(&linked.id).unwrap()).unwrap();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let first = passwd.lines().next().unwrap();
+    assert!(!patch.contains(first), "a host file's content: {patch}");
+    assert!(patch.contains("new file mode 120000"), "{patch}");
+    assert!(patch.contains("+/etc/passwd"), "{patch}");
+    assert!(
+        patch.contains("-to be deleted\n+TO BE DELETED\n"),
+        "{patch}"
+    );
+    assert!(patch.contains("+magic"), "{patch}");
+    assert!(patch.contains("+newline"), "{patch}");
+    // It applies to a fresh clone.
+    let clone = world.dir.path().join("check");
+    let upstream = world.dir.path().join("repos").join("r0");
+    git(
+        world.dir.path(),
+        &[
+            "clone",
+            "--quiet",
+            upstream.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(world.dir.path().join("r0.patch"), &patch).unwrap();
+    git(&clone, &["apply", "--binary", "../r0.patch"]);
+    assert_eq!(
+        std::fs::read_link(clone.join("version.txt")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone.join("old.txt")).unwrap(),
+        "TO BE DELETED\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone.join(":(exclude)*")).unwrap(),
+        "magic"
+    );
+
+    assert_eq!(huge.state, TaskState::Failed, "{huge:#?}");
+    assert!(
+        huge.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot collect the patch"),
+        "{huge:#?}"
+    );
 }
 
 async fn some_repositories_fail_or_time_out_and_the_run_is_partial(on: On) {

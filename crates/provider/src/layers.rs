@@ -55,28 +55,52 @@ pub struct Gc {
 /// read through it as alternates, so `changes` lists the same before and
 /// after. Paths are prefixed with `$2`, the repository's path, so the
 /// patch applies from the workspace root. A failed run leaves no file.
+///
+/// The repository's own index, when it can be read, lends its stat data to
+/// the files unchanged since, so that `add` reads only the changed ones.
+/// When the runtime's layers tell what changed since provisioning, the
+/// files they name (`$4` is `listed`, the paths on stdin, NUL-separated;
+/// `layers` when they name none) lose their stat data and are always read,
+/// and the rest are judged without their ctime: moving a clone into a
+/// workspace changes every file's ctime, which would make `add` read them
+/// all. Without the layers' word (`$4` is `stat`) every stat field counts,
+/// as in git.
 const DIFF_SCRIPT: &str = r#"set -e
 cd "$1"
-base=$(git rev-parse -q --verify refs/berth/base^{commit} || git rev-parse --verify HEAD^{commit})
-objects=$(cd "$(git rev-parse --git-common-dir)/objects" && pwd -P)
+where=$(git rev-parse --absolute-git-dir --git-common-dir --verify -q 'refs/berth/base^{commit}') ||
+  where=$(git rev-parse --absolute-git-dir --git-common-dir --verify 'HEAD^{commit}')
+{ read -r gitdir; read -r common; read -r base; } <<EOF
+$where
+EOF
+objects=$(cd "$common/objects" && pwd -P)
 # What a diff killed before its patch was read left behind: a patch is
 # read at once once written, so one an hour old is no other diff's.
-gitdir=$(git rev-parse --git-dir)
-find "$gitdir" -maxdepth 1 -name 'berth-diff-*.patch' -mmin +60 -exec rm -f {} + 2>/dev/null || true
+for old in "$gitdir"/berth-diff-*.patch; do
+  if [ -e "$old" ]; then
+    find "$gitdir" -maxdepth 1 -name 'berth-diff-*.patch' -mmin +60 -exec rm -f {} + 2>/dev/null || true
+  fi
+  break
+done
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"; [ "$written" = 1 ] || rm -f "$3"' EXIT
 trap 'exit 1' HUP INT TERM
-mkdir "$scratch/objects"
-export GIT_INDEX_FILE="$scratch/index" GIT_OBJECT_DIRECTORY="$scratch/objects"
+export GIT_INDEX_FILE="$scratch/index" GIT_OBJECT_DIRECTORY="$scratch"
 export GIT_ALTERNATE_OBJECT_DIRECTORIES="$objects"
-# The repository's own index, when it can be read, lends its stat data to
-# the files unchanged since, so that `add` reads only the changed ones; any
-# index that does not do (missing, corrupt, mid-merge) gives way to none.
-if ! { cp -p "$gitdir/index" "$scratch/index" 2>/dev/null && git read-tree -m "$base" 2>/dev/null; }; then
+trustctime=true
+forget() { :; }
+case $4 in
+  listed)
+    trustctime=false
+    forget() { GIT_LITERAL_PATHSPECS=1 git rm -q -f --cached --ignore-unmatch --pathspec-from-file=- --pathspec-file-nul; } ;;
+  layers) trustctime=false ;;
+esac
+# Any index that does not do (missing, corrupt, mid-merge) gives way to
+# none, and every file is read.
+if ! { cp -p "$gitdir/index" "$scratch/index" 2>/dev/null && forget && git read-tree -m "$base" 2>/dev/null; }; then
   rm -f "$scratch/index"
   git read-tree "$base"
 fi
-git add -A .
+git -c core.trustctime=$trustctime add -A .
 git -c core.quotepath=off diff --cached --no-color --binary --src-prefix="a/$2" --dst-prefix="b/$2" "$base" >"$3"
 written=1
 "#;
@@ -213,6 +237,15 @@ impl Provider {
             ".git/berth-diff-{}.patch",
             ulid::Ulid::generate().to_string().to_lowercase()
         );
+        // What the layers say changed, from a runtime whose list names
+        // every changed file (an overlay's upper layer does; the docker
+        // Engine's can miss an edit that puts its file's times back); the
+        // diff judges every file by its stat data otherwise.
+        let changes = if runtime.name() == "docker" {
+            None
+        } else {
+            runtime.changes(&ws).await.ok()
+        };
         let mut patches = Vec::new();
         for repo in &ws.spec.repositories {
             let prefix = if repo.path.is_root() {
@@ -220,7 +253,15 @@ impl Provider {
             } else {
                 format!("{}/", repo.path)
             };
-            let request = ExecRequest::argv([
+            let listed = changes
+                .as_deref()
+                .and_then(|c| changed_files(&repo.path, c));
+            let mode = match &listed {
+                None => "stat",
+                Some(list) if list.is_empty() => "layers",
+                Some(_) => "listed",
+            };
+            let mut request = ExecRequest::argv([
                 "/bin/sh",
                 "-c",
                 DIFF_SCRIPT,
@@ -228,7 +269,9 @@ impl Provider {
                 repo.path.to_string().as_str(),
                 prefix.as_str(),
                 name.as_str(),
+                mode,
             ]);
+            request.stdin = listed.filter(|list| !list.is_empty());
             if let Err(e) = self.run_diff(&ws, &repo.path, request).await {
                 remove_all(runtime.as_ref(), &ws, &patches).await;
                 return Err(e);
@@ -443,6 +486,43 @@ async fn send_file(mut file: ReadStream, sender: &ReadSender) -> std::io::Result
             return Err(std::io::Error::other("the reader of the patch went away"));
         }
     }
+}
+
+/// The most changed files a diff names to git one by one; beyond, it
+/// judges every file by its stat data.
+const MAX_LISTED: usize = 4096;
+
+/// The files (not directories) the layers' `changes` name inside the
+/// repository at `repo`, outside its git directory: their paths relative
+/// to the repository, NUL-separated. `None` when there are more than
+/// [`MAX_LISTED`].
+fn changed_files(repo: &WorkspacePath, changes: &[Change]) -> Option<Vec<u8>> {
+    let prefix = if repo.is_root() {
+        Vec::new()
+    } else {
+        format!("{repo}/").into_bytes()
+    };
+    let mut listed = Vec::new();
+    let mut count = 0;
+    for change in changes {
+        if change.file_kind == berth_core::FileKind::Dir {
+            continue;
+        }
+        let raw = change.raw_path();
+        let Some(path) = raw.strip_prefix(prefix.as_slice()) else {
+            continue;
+        };
+        if path.is_empty() || path == b".git" || path.starts_with(b".git/") {
+            continue;
+        }
+        count += 1;
+        if count > MAX_LISTED {
+            return None;
+        }
+        listed.extend_from_slice(path);
+        listed.push(0);
+    }
+    Some(listed)
 }
 
 /// Whether `path` is a patch file a diff writes in a repository's git
