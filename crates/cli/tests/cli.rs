@@ -799,7 +799,7 @@ fn a_sandbox_workspace_comes_up_in_a_home_under_a_0700_directory_and_umask_077()
 }
 
 #[test]
-fn show_prints_the_memory_limit_and_shm_size_a_workspace_got_by_default() {
+fn show_prints_the_memory_limit_and_shm_and_tmp_sizes_a_workspace_got_by_default() {
     let env = Env::new();
     let spec = env.file("plain.toml", "runtime = \"sandbox\"\nimage = \"host\"\n");
     let out = env
@@ -807,6 +807,7 @@ fn show_prints_the_memory_limit_and_shm_size_a_workspace_got_by_default() {
         .args(["up", spec.to_str().unwrap()])
         .env("BERTH_DEFAULT_MEMORY", "512m")
         .env("BERTH_SHM_SIZE", "16m")
+        .env("BERTH_TMP_SIZE", "32m")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -823,11 +824,15 @@ fn show_prints_the_memory_limit_and_shm_size_a_workspace_got_by_default() {
         "shm=16777216",
         "note:       memory limit 512MiB (the default, BERTH_DEFAULT_MEMORY)",
         "note:       /dev/shm is a tmpfs of 16MiB (BERTH_SHM_SIZE, at most the memory limit)",
+        "tmp=33554432",
+        "note:       /tmp is a tmpfs of 32MiB (BERTH_TMP_SIZE, at most the memory limit)",
     ] {
         assert!(shown.contains(expected), "{expected}: {shown}");
     }
     let size = env.ok(&["exec", &id, "--", "sh", "-c", "df -k /dev/shm | tail -1"]);
     assert_eq!(size.split_whitespace().nth(1), Some("16384"), "{size}");
+    let size = env.ok(&["exec", &id, "--", "sh", "-c", "df -k /tmp | tail -1"]);
+    assert_eq!(size.split_whitespace().nth(1), Some("32768"), "{size}");
 
     let out = env
         .berth()

@@ -36,8 +36,9 @@ pub struct Isolation {
 
 /// What isolated runtimes give a workspace where its spec leaves a limit
 /// open: without them one workspace could take half the host's memory,
-/// through its shared memory (`/dev/shm`) alone. A spec's `limits.memory`
-/// overrides [`ResourceDefaults::memory`].
+/// through its shared memory (`/dev/shm`) alone, or fill the host's disk
+/// through `/tmp`. A spec's `limits.memory` and `limits.tmp` override
+/// [`ResourceDefaults::memory`] and [`ResourceDefaults::tmp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResourceDefaults {
     /// The memory limit of a workspace whose spec sets none.
@@ -45,6 +46,9 @@ pub struct ResourceDefaults {
     /// The size of the tmpfs at `/dev/shm`, at most the workspace's
     /// memory limit.
     pub shm: u64,
+    /// The size of the tmpfs at `/tmp`, at most the workspace's memory
+    /// limit: its pages are charged to the workspace's memory.
+    pub tmp: u64,
 }
 
 impl ResourceDefaults {
@@ -52,13 +56,17 @@ impl ResourceDefaults {
     pub const MEMORY_CAP: u64 = 4 << 30;
     /// The default size of `/dev/shm`, as Docker gives containers.
     pub const SHM: u64 = 64 << 20;
+    /// The default size of `/tmp`.
+    pub const TMP: u64 = 1 << 30;
 
     /// The defaults on a host with `ram` bytes of memory: half of it, at
-    /// most [`Self::MEMORY_CAP`]; `/dev/shm` of [`Self::SHM`].
+    /// most [`Self::MEMORY_CAP`]; `/dev/shm` of [`Self::SHM`], `/tmp` of
+    /// [`Self::TMP`].
     pub fn for_ram(ram: u64) -> Self {
         ResourceDefaults {
             memory: (ram / 2).clamp(1, Self::MEMORY_CAP),
             shm: Self::SHM,
+            tmp: Self::TMP,
         }
     }
 
@@ -94,13 +102,36 @@ impl ResourceDefaults {
         self.shm.min(self.memory(spec))
     }
 
+    /// The size of the `/tmp` of a workspace of `spec`: its `limits.tmp`
+    /// or the default, at most its memory limit.
+    pub fn tmp(&self, spec: &crate::Spec) -> u64 {
+        spec.limits.tmp.unwrap_or(self.tmp).min(self.memory(spec))
+    }
+
     /// What [`Isolation::notes`] says of a workspace of `spec` with a
-    /// `memory` limit and a `/dev/shm` of `shm` bytes: the sizes, and
-    /// where they come from.
-    pub fn notes(spec: &crate::Spec, memory: u64, shm: u64) -> [String; 2] {
+    /// `memory` limit, a `/dev/shm` of `shm` bytes and a `/tmp` tmpfs of
+    /// `tmp` bytes (`None`: on disk, as workspaces made before `/tmp` was
+    /// bounded have it): the sizes, and where they come from.
+    pub fn notes(spec: &crate::Spec, memory: u64, shm: u64, tmp: Option<u64>) -> [String; 3] {
         let source = match spec.limits.memory {
             Some(_) => "limits.memory",
             None => "the default, BERTH_DEFAULT_MEMORY",
+        };
+        let tmp = match tmp {
+            Some(size) => format!(
+                "/tmp is a tmpfs of {} ({}, at most the memory limit), starting with \
+                 what the setup script left there: its files count against the memory \
+                 limit; what is written there later is in no changes, export, snapshot, \
+                 fork or cache, and a reset or restart brings back the provisioned /tmp",
+                crate::spec::format_bytes(size),
+                match spec.limits.tmp {
+                    Some(_) => "limits.tmp",
+                    None => "BERTH_TMP_SIZE",
+                }
+            ),
+            None => "/tmp is on disk with the workspace's other files, unbounded: \
+                     the workspace was made before /tmp was a tmpfs"
+                .into(),
         };
         [
             format!(
@@ -111,6 +142,7 @@ impl ResourceDefaults {
                 "/dev/shm is a tmpfs of {} (BERTH_SHM_SIZE, at most the memory limit)",
                 crate::spec::format_bytes(shm)
             ),
+            tmp,
         ]
     }
 }
@@ -417,5 +449,30 @@ mod tests {
             16 << 20,
             "/dev/shm fits in the memory limit"
         );
+    }
+
+    #[test]
+    fn tmp_has_the_default_size_or_the_specs_at_most_the_memory_limit() {
+        let defaults = ResourceDefaults::for_ram(16 << 30);
+        let mut spec = crate::Spec::default();
+        assert_eq!(defaults.tmp(&spec), ResourceDefaults::TMP);
+        spec.limits.tmp = Some(256 << 20);
+        assert_eq!(defaults.tmp(&spec), 256 << 20, "the spec's size wins");
+        spec.limits.memory = Some(64 << 20);
+        assert_eq!(
+            defaults.tmp(&spec),
+            64 << 20,
+            "/tmp fits in the memory limit"
+        );
+        spec.limits.tmp = None;
+        assert_eq!(defaults.tmp(&spec), 64 << 20);
+
+        let [_, _, tmpfs] = ResourceDefaults::notes(&spec, 64 << 20, 64 << 20, Some(64 << 20));
+        assert!(
+            tmpfs.starts_with("/tmp is a tmpfs of 64MiB (BERTH_TMP_SIZE"),
+            "{tmpfs}"
+        );
+        let [_, _, disk] = ResourceDefaults::notes(&spec, 64 << 20, 64 << 20, None);
+        assert!(disk.starts_with("/tmp is on disk"), "{disk}");
     }
 }

@@ -22,7 +22,7 @@ pub const DEFAULT_ROOT: &str = "/workspace";
 
 /// Top-level directories of an isolated workspace's filesystem that its
 /// runtime mounts over, so a root cannot be in them.
-const RUNTIME_DIRS: &[&str] = &["proc", "dev", "sys", ".berth"];
+const RUNTIME_DIRS: &[&str] = &["proc", "dev", "sys", "tmp", ".berth"];
 
 /// A workspace spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -139,6 +139,15 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0)]
     pub cpus: Option<f64>,
+    /// The size of the tmpfs at `/tmp` of an isolated workspace, at most
+    /// its memory limit; also accepts strings like `256m`.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(schema_with = tmp_schema)]
+    pub tmp: Option<u64>,
 }
 
 impl Limits {
@@ -147,16 +156,27 @@ impl Limits {
     }
 }
 
-/// Memory as [`deserialize_bytes`] reads it: a positive number of bytes,
-/// or a number with a unit (`512m`, `1.5GiB`).
+/// Memory as [`deserialize_bytes`] reads it.
 fn memory_schema() -> utoipa::openapi::schema::Schema {
+    bytes_schema("Memory in bytes; also accepts strings like `512m` or `2g`.")
+}
+
+/// `/tmp`'s size as [`deserialize_bytes`] reads it.
+fn tmp_schema() -> utoipa::openapi::schema::Schema {
+    bytes_schema(
+        "The size of `/tmp` (a tmpfs) in bytes, at most the memory limit; \
+         also accepts strings like `256m`.",
+    )
+}
+
+/// A size as [`deserialize_bytes`] reads it: a positive number of bytes,
+/// or a number with a unit (`512m`, `1.5GiB`).
+fn bytes_schema(description: &str) -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{
         KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
     };
     let one_of = OneOfBuilder::new()
-        .description(Some(
-            "Memory in bytes; also accepts strings like `512m` or `2g`.",
-        ))
+        .description(Some(description))
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
@@ -398,6 +418,21 @@ impl Spec {
                      give it a directory",
                 ));
             }
+            if self.root() == "/"
+                && repo
+                    .path
+                    .components()
+                    .next()
+                    .is_some_and(|top| RUNTIME_DIRS.contains(&top))
+            {
+                return Err(SpecError::field(
+                    format!("repositories[{i}].path"),
+                    format!(
+                        "`/{}` is where the runtime mounts its own files; choose another directory",
+                        repo.path
+                    ),
+                ));
+            }
             if repo.url.trim().is_empty() {
                 return Err(SpecError::field(
                     format!("repositories[{i}].url"),
@@ -453,11 +488,13 @@ impl Spec {
                 ));
             }
         }
-        if self.limits.memory == Some(0) {
-            return Err(SpecError::field(
-                "limits.memory",
-                "expected more than 0 bytes",
-            ));
+        for (field, value) in [
+            ("limits.memory", self.limits.memory),
+            ("limits.tmp", self.limits.tmp),
+        ] {
+            if value == Some(0) {
+                return Err(SpecError::field(field, "expected more than 0 bytes"));
+            }
         }
         if self.limits.pids == Some(0) {
             return Err(SpecError::field(
@@ -688,6 +725,14 @@ mod tests {
 
         let err = Spec::parse("[limits]\nmemory = \"lots\"\n", Format::Toml).unwrap_err();
         assert_eq!(err.field, "limits.memory", "{err}");
+
+        assert_eq!(
+            json(r#"{"limits":{"tmp":"256m"}}"#).unwrap().limits.tmp,
+            Some(256 << 20)
+        );
+        let err = json(r#"{"limits":{"tmp":0}}"#).unwrap_err();
+        assert_eq!(err.field, "limits.tmp", "{err}");
+        assert!(err.message.contains("more than 0 bytes"), "{err}");
     }
 
     #[test]
@@ -738,11 +783,19 @@ mod tests {
             ("/a/../b", ".."),
             ("/proc/self", "mounts its own files"),
             ("/.berth", "mounts its own files"),
+            ("/tmp", "mounts its own files"),
+            ("/tmp/app", "mounts its own files"),
         ] {
             let err = json(&format!(r#"{{"root":"{root}"}}"#)).unwrap_err();
             assert_eq!(err.field, "root", "{err}");
             assert!(err.message.contains(expected), "{root}: {err}");
         }
+        // Under `/`, a clone cannot go where the runtime mounts over it.
+        let err =
+            json(r#"{"root":"/","repositories":[{"url":"u","path":"tmp/app"}]}"#).unwrap_err();
+        assert_eq!(err.field, "repositories[0].path", "{err}");
+        assert!(err.message.contains("`/tmp/app`"), "{err}");
+        json(r#"{"root":"/","repositories":[{"url":"u","path":"code/tmp"}]}"#).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! output_limit = "16MiB"       # BERTH_OUTPUT_LIMIT: kept per output stream
 //! default_memory = "4GiB"      # BERTH_DEFAULT_MEMORY: half the host's, at most 4 GiB
 //! shm_size = "64MiB"           # BERTH_SHM_SIZE: each workspace's /dev/shm
+//! tmp_size = "1GiB"            # BERTH_TMP_SIZE: each workspace's /tmp, a tmpfs
 //! cache_budget = "20GiB"       # BERTH_CACHE_BUDGET: the provisioning cache's size; no limit when unset
 //!
 //! [docker]
@@ -76,8 +77,8 @@ pub struct Config {
     pub runtime: Option<String>,
     /// Bytes kept per output stream of a command that sets no limit.
     pub output_limit: u64,
-    /// The memory limit and `/dev/shm` size of isolated workspaces whose
-    /// spec sets none.
+    /// The memory limit and `/dev/shm` and `/tmp` sizes of isolated
+    /// workspaces whose spec sets none.
     pub defaults: ResourceDefaults,
     /// The Docker (or Podman) Engine's address; `DOCKER_HOST`'s default
     /// when unset.
@@ -113,6 +114,8 @@ struct File {
     default_memory: Option<u64>,
     #[serde(default, deserialize_with = "deserialize_bytes")]
     shm_size: Option<u64>,
+    #[serde(default, deserialize_with = "deserialize_bytes")]
+    tmp_size: Option<u64>,
     #[serde(default, deserialize_with = "deserialize_bytes")]
     cache_budget: Option<u64>,
     #[serde(default)]
@@ -212,6 +215,12 @@ impl Config {
                 "shm_size",
                 file.shm_size,
                 &mut defaults.shm,
+            ),
+            (
+                "BERTH_TMP_SIZE",
+                "tmp_size",
+                file.tmp_size,
+                &mut defaults.tmp,
             ),
         ] {
             match (size(var)?, from_file) {

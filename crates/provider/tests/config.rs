@@ -45,6 +45,7 @@ runtime = "local"
 output_limit = "1m"
 default_memory = "512MiB"
 shm_size = 8388608
+tmp_size = "256m"
 cache_budget = "20GiB"
 
 [docker]
@@ -66,7 +67,8 @@ fn the_file_sets_every_setting() {
         config.defaults,
         ResourceDefaults {
             memory: 512 << 20,
-            shm: 8 << 20
+            shm: 8 << 20,
+            tmp: 256 << 20,
         }
     );
     assert_eq!(
@@ -92,6 +94,7 @@ fn environment_variables_override_the_file() {
             ("BERTH_OUTPUT_LIMIT", "2k"),
             ("BERTH_DEFAULT_MEMORY", "1g"),
             ("BERTH_SHM_SIZE", "16m"),
+            ("BERTH_TMP_SIZE", "100m"),
             ("DOCKER_HOST", "tcp://127.0.0.1:2375"),
             ("BERTH_SANDBOX_STANDBY", "1"),
             ("BERTH_SANDBOX_ACCEPT_WEAKER", "0"),
@@ -107,7 +110,8 @@ fn environment_variables_override_the_file() {
         config.defaults,
         ResourceDefaults {
             memory: 1 << 30,
-            shm: 16 << 20
+            shm: 16 << 20,
+            tmp: 100 << 20,
         }
     );
     assert_eq!(config.docker_host.as_deref(), Some("tcp://127.0.0.1:2375"));
@@ -145,6 +149,7 @@ fn a_bad_setting_in_the_file_is_named_with_the_file() {
             "more than 0 bytes",
         ),
         ("shm_size = true\n", "shm_size", "expected a size"),
+        ("tmp_size = 0\n", "tmp_size", "more than 0 bytes"),
         (
             "[sandbox]\nstandby = \"yes\"\n",
             "sandbox.standby",
@@ -179,6 +184,7 @@ fn a_bad_variable_is_named() {
     for (name, value, says) in [
         ("BERTH_SHM_SIZE", "lots", "`lots` is not a size"),
         ("BERTH_DEFAULT_MEMORY", "0", "more than 0 bytes"),
+        ("BERTH_TMP_SIZE", "big", "`big` is not a size"),
         ("BERTH_OUTPUT_LIMIT", "12 parsecs", "is not a size"),
         ("BERTH_SANDBOX_STANDBY", "maybe", "expected 1 or 0"),
         ("BERTH_RUNTIME", "nope", "no runtime `nope`"),

@@ -205,6 +205,25 @@ where
     .map_err(io::Error::other)?
 }
 
+/// Whether a downloaded archive of a directory holds anything besides the
+/// directory itself; reads no further than the second entry's header.
+pub async fn has_children<S, E>(stream: S) -> io::Result<bool>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let stream = Box::pin(stream.map_err(|e| io::Error::other(e.to_string())));
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    tokio::task::spawn_blocking(move || {
+        let mut archive = tar::Archive::new(reader);
+        let mut entries = archive.entries()?;
+        entries.next().transpose()?;
+        Ok(entries.next().transpose()?.is_some())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// What the link `path` of a downloaded archive points to, contents
 /// skipped; `None` when the archive holds no link there.
 pub async fn link_target<S, E>(stream: S, path: PathBuf) -> io::Result<Option<PathBuf>>
@@ -238,6 +257,17 @@ mod tests {
         let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
         handle.await.unwrap().unwrap();
         chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn an_archive_of_a_directory_has_children_unless_it_holds_only_itself() {
+        let src = tempfile::tempdir().unwrap();
+        let of = |tar: Vec<u8>| futures::stream::iter([Ok::<_, io::Error>(Bytes::from(tar))]);
+        let empty = packed(src.path(), "tmp").await;
+        assert!(!has_children(of(empty)).await.unwrap());
+        fs::write(src.path().join("hello.txt"), b"hi").unwrap();
+        let full = packed(src.path(), "tmp").await;
+        assert!(has_children(of(full)).await.unwrap());
     }
 
     #[tokio::test]

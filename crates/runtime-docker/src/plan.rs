@@ -20,6 +20,38 @@ pub const AGENT_PATH: &str = "/.berth/agent";
 pub const RUN_DIR: &str = "/.berth/run";
 /// The socket's file name, in [`RUN_DIR`] and in its host directory.
 pub const SOCKET_NAME: &str = "agent.sock";
+/// A tmpfs of a bounded size in every container but one being
+/// provisioned: on the container's writable layer it could fill the
+/// host's disk. Its pages are charged to the container's memory cgroup,
+/// so it pins no more than the memory limit; the Engine leaves mounts out
+/// of diffs and commits, so what a workspace writes there is in no
+/// changes, cache entry, snapshot or fork.
+///
+/// What a setup script leaves in `/tmp` is part of the provisioned state,
+/// though. A container made from a user's image runs its setup with
+/// `/tmp` on its writable layer; before the commit to the cache,
+/// [`STASH_TMP`] moves that `/tmp` to [`TMP_SEED`], and every container
+/// made from the cache image (the first workspace, cache hits, resets,
+/// forks, which carry the image's seed and not the origin's `/tmp`) gets
+/// it copied into its tmpfs by [`SEED_TMP`] once its agent answers and
+/// before it is handed out. The Engine cannot do the copy itself: dockerd
+/// refuses runc's `tmpcopyup` option ("invalid tmpfs option"), though
+/// Podman applies it to every tmpfs; with the image's `/tmp` moved aside
+/// Podman's copy is empty, and both engines take the one path here. An
+/// empty `/tmp` leaves no seed, and a start then costs no copy.
+pub const TMP: &str = "/tmp";
+/// Where a cache image keeps the `/tmp` its setup script left.
+pub const TMP_SEED: &str = "/.berth/tmp";
+/// Run in a container being provisioned, before its commit: moves a
+/// non-empty `/tmp` to [`TMP_SEED`], in the container, where its links
+/// lead nowhere but the container's own files.
+pub const STASH_TMP: &str = "rm -rf /.berth/tmp && if [ -n \"$(ls -A /tmp)\" ]; then \
+     mkdir -p /.berth && mv /tmp /.berth/tmp && mkdir -m 1777 /tmp; fi";
+/// Run in a new container whose image has a [`TMP_SEED`]: copies it,
+/// owners, modes, times and links as they are, into the `/tmp` tmpfs.
+pub const SEED_TMP: &str = "cp -a /.berth/tmp/. /tmp/";
+/// How long [`STASH_TMP`] or [`SEED_TMP`] may take.
+pub const TMP_COPY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Marks a container or image as berth's.
 pub const LABEL_MANAGED: &str = "dev.berth.managed";
@@ -158,8 +190,12 @@ pub struct ContainerPlan<'a> {
     pub agent: &'a str,
     /// The host directory mounted at [`RUN_DIR`].
     pub run_dir: &'a str,
-    /// The memory limit and `/dev/shm` size where the spec sets none.
+    /// The memory limit and `/dev/shm` and `/tmp` sizes where the spec
+    /// sets none.
     pub defaults: ResourceDefaults,
+    /// Whether `/tmp` is the bounded tmpfs of [`TMP`]: all but a container
+    /// being provisioned from a user's image.
+    pub bounded_tmp: bool,
 }
 
 /// The Engine's create request for a workspace's container: the agent as
@@ -183,6 +219,9 @@ pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
         pids_limit: Some(i64::from(spec.limits.pids.unwrap_or(DEFAULT_PIDS))),
         nano_cpus: spec.limits.cpus.map(|c| (c * 1e9) as i64),
         shm_size: shm,
+        tmpfs: plan
+            .bounded_tmp
+            .then(|| HashMap::from([(TMP.to_string(), tmp_options(plan.defaults.tmp(spec)))])),
         // The agent is PID 1 and reaps; Docker's own init would hide it.
         init: Some(false),
         ..HostConfig::default()
@@ -205,6 +244,23 @@ pub fn container_body(plan: &ContainerPlan<'_>) -> ContainerCreateBody {
     }
 }
 
+/// The mount options of [`TMP`]: `exec`, as on disk, where the Engine's
+/// default is `noexec`; sticky and writable by all, as `/tmp` is.
+fn tmp_options(size: u64) -> String {
+    format!("rw,exec,nosuid,nodev,size={size},mode=1777")
+}
+
+/// The size of the tmpfs at [`TMP`] of a container the Engine describes
+/// with `host_config`; `None` when it has none (one made before `/tmp`
+/// was a tmpfs) or none of a known size.
+pub fn tmp_size(host_config: &HostConfig) -> Option<u64> {
+    let options = host_config.tmpfs.as_ref()?.get(TMP)?;
+    options
+        .split(',')
+        .find_map(|option| option.strip_prefix("size="))
+        .and_then(berth_core::spec::parse_bytes)
+}
+
 fn network_mode(spec: &Spec) -> &'static str {
     match spec.network {
         Some(Network::Host) => "host",
@@ -212,8 +268,9 @@ fn network_mode(spec: &Spec) -> &'static str {
     }
 }
 
-/// The isolation a workspace's container has, made with `defaults`.
-pub fn isolation(spec: &Spec, defaults: ResourceDefaults) -> Isolation {
+/// The isolation a workspace's container has, made with `defaults` and a
+/// `/tmp` tmpfs of `tmp` bytes (`None`: on its writable layer).
+pub fn isolation(spec: &Spec, defaults: ResourceDefaults, tmp: Option<u64>) -> Isolation {
     let mut namespaces: Vec<String> = ["mount", "pid", "uts", "ipc"]
         .into_iter()
         .map(String::from)
@@ -231,12 +288,15 @@ pub fn isolation(spec: &Spec, defaults: ResourceDefaults) -> Isolation {
         limits.push(format!("cpus={cpus}"));
     }
     limits.push(format!("shm={shm}"));
+    if let Some(tmp) = tmp {
+        limits.push(format!("tmp={tmp}"));
+    }
     let mut notes = vec![
         "a Docker container: the Engine's default seccomp profile and capabilities, \
          no user namespace unless the daemon remaps users"
             .to_string(),
     ];
-    notes.extend(ResourceDefaults::notes(spec, memory, shm));
+    notes.extend(ResourceDefaults::notes(spec, memory, shm, tmp));
     notes.push(
         "no cgroup for commands inside a container: each command runs under a shepherd, \
          its child subreaper, and a timeout or a cancel ends every process beneath it, \
@@ -376,6 +436,10 @@ mod tests {
     }
 
     fn body(spec: &Spec) -> ContainerCreateBody {
+        body_with(spec, true)
+    }
+
+    fn body_with(spec: &Spec, bounded_tmp: bool) -> ContainerCreateBody {
         container_body(&ContainerPlan {
             id: &WorkspaceId::from_string("01abc"),
             names: &names(),
@@ -384,6 +448,7 @@ mod tests {
             agent: "/home/b/docker/agent/berth-agent-1234",
             run_dir: "/home/b/docker/run/01abc",
             defaults: DEFAULTS,
+            bounded_tmp,
         })
     }
 
@@ -448,6 +513,7 @@ mod tests {
     const DEFAULTS: ResourceDefaults = ResourceDefaults {
         memory: 1 << 30,
         shm: 32 << 20,
+        tmp: 256 << 20,
     };
 
     #[test]
@@ -474,12 +540,12 @@ mod tests {
         let host = body(&spec(r#"{"network":"host"}"#)).host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("host"));
         assert!(
-            isolation(&spec("{}"), DEFAULTS)
+            isolation(&spec("{}"), DEFAULTS, None)
                 .namespaces
                 .contains(&"net".into())
         );
         assert_eq!(
-            isolation(&spec(r#"{"network":"host"}"#), DEFAULTS).network,
+            isolation(&spec(r#"{"network":"host"}"#), DEFAULTS, None).network,
             "host"
         );
     }
@@ -506,7 +572,7 @@ mod tests {
         let shm = |json: &str| body(&spec(json)).host_config.unwrap().shm_size;
         assert_eq!(shm("{}"), Some(32 << 20));
         assert_eq!(shm(r#"{"limits":{"memory":"16m"}}"#), Some(16 << 20));
-        let shown = isolation(&spec("{}"), DEFAULTS);
+        let shown = isolation(&spec("{}"), DEFAULTS, None);
         for limit in [format!("memory={}", 1 << 30), format!("shm={}", 32 << 20)] {
             assert!(shown.limits.contains(&limit), "{limit}: {shown:?}");
         }
@@ -515,6 +581,52 @@ mod tests {
                 .notes
                 .contains(&"memory limit 1GiB (the default, BERTH_DEFAULT_MEMORY)".to_string()),
             "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn tmp_is_an_executable_tmpfs_of_the_default_size_within_the_memory_limit() {
+        let tmp = |json: &str| tmp_size(&body(&spec(json)).host_config.unwrap());
+        assert_eq!(tmp("{}"), Some(256 << 20));
+        assert_eq!(tmp(r#"{"limits":{"tmp":"64m"}}"#), Some(64 << 20));
+        assert_eq!(tmp(r#"{"limits":{"memory":"16m"}}"#), Some(16 << 20));
+        let options = &body(&spec("{}")).host_config.unwrap().tmpfs.unwrap()[TMP];
+        for option in ["exec", "nosuid", "nodev", "mode=1777"] {
+            assert!(options.split(',').any(|o| o == option), "{options}");
+        }
+        // As an engine may describe it, and as older containers have none.
+        let described = |options: &str| HostConfig {
+            tmpfs: Some(HashMap::from([(TMP.to_string(), options.to_string())])),
+            ..HostConfig::default()
+        };
+        assert_eq!(
+            tmp_size(&described("rw,size=262144k,mode=1777")),
+            Some(256 << 20)
+        );
+        assert_eq!(tmp_size(&described("rw")), None);
+        assert_eq!(tmp_size(&HostConfig::default()), None);
+        // Provisioned from a user's image, `/tmp` is on the layer, for
+        // the commit to hold what the setup script leaves there.
+        let provisioning = body_with(&spec("{}"), false).host_config.unwrap();
+        assert_eq!(provisioning.tmpfs, None);
+
+        let shown = isolation(&spec("{}"), DEFAULTS, Some(256 << 20));
+        assert!(
+            shown.limits.contains(&format!("tmp={}", 256 << 20)),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .notes
+                .iter()
+                .any(|n| n.starts_with("/tmp is a tmpfs of 256MiB")),
+            "{shown:?}"
+        );
+        let old = isolation(&spec("{}"), DEFAULTS, None);
+        assert!(!old.limits.iter().any(|l| l.starts_with("tmp=")), "{old:?}");
+        assert!(
+            old.notes.iter().any(|n| n.starts_with("/tmp is on disk")),
+            "{old:?}"
         );
     }
 

@@ -20,9 +20,9 @@ use crate::plan::{self, ContainerPlan, EngineChange, LABEL_WORKSPACE, Names};
 use async_trait::async_trait;
 use berth_agent_client::{AgentClient, AgentPool};
 use berth_core::{
-    Change, ChangeKind, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry, FileKind,
-    GcReport, HomeId, Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError, Snapshot,
-    Workspace, WorkspaceId, WorkspacePath,
+    Change, ChangeKind, Command, ExecRequest, ExecStream, ExportSummary, ExportTarget, FileEntry,
+    FileKind, GcReport, HomeId, Isolation, ReadStream, ResourceDefaults, Runtime, RuntimeError,
+    Snapshot, Workspace, WorkspaceId, WorkspacePath,
 };
 use bollard::Docker;
 use bollard::container::PathStatResponse;
@@ -313,7 +313,12 @@ impl DockerRuntime {
     /// wall clock is past the second of the commit: see
     /// [`plan::first_write_at`]. The wait overlaps the removal and the
     /// creation.
-    async fn make_container(&self, ws: &Workspace, image: &str) -> Result<String, RuntimeError> {
+    async fn make_container(
+        &self,
+        ws: &Workspace,
+        image: &str,
+        bounded_tmp: bool,
+    ) -> Result<String, RuntimeError> {
         let docker = self.engine().await?;
         let first_write = self.first_write_at(image).await?;
         let agent = self.agent_binary().await?.display().to_string();
@@ -335,6 +340,7 @@ impl DockerRuntime {
             agent: &agent,
             run_dir: &run_dir.display().to_string(),
             defaults: self.defaults,
+            bounded_tmp,
         });
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = docker
@@ -479,12 +485,63 @@ impl DockerRuntime {
             self.stop_container(ws).await?;
         }
         self.agents.forget(ws.id.as_str());
-        self.make_container(ws, image).await?;
+        self.make_container(ws, image, true).await?;
         if running {
             self.start_container(ws).await?;
             self.wait_for_agent(ws).await?;
+            self.seed_tmp(ws).await?;
         }
         Ok(())
+    }
+
+    /// Copies the image's [`plan::TMP_SEED`], if it has one, into the
+    /// `/tmp` tmpfs of a just-started container.
+    async fn seed_tmp(&self, ws: &Workspace) -> Result<(), RuntimeError> {
+        let name = self.names()?.container(&ws.id);
+        if self.stat(&name, plan::TMP_SEED).await?.is_none() {
+            return Ok(());
+        }
+        self.run_inside(ws, plan::SEED_TMP).await
+    }
+
+    /// Whether the `/tmp` on the container's layer holds anything (a
+    /// container without one holds nothing there).
+    async fn tmp_holds_files(&self, ws: &Workspace) -> Result<bool, RuntimeError> {
+        let name = self.names()?.container(&ws.id);
+        if self.stat(&name, plan::TMP).await?.is_none() {
+            return Ok(false);
+        }
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(plan::TMP)
+            .build();
+        let stream = self
+            .engine()
+            .await?
+            .download_from_container(&name, Some(options));
+        archive::has_children(stream)
+            .await
+            .map_err(|e| RuntimeError::io(format!("cannot list `/tmp` of `{name}`"), e))
+    }
+
+    /// Runs `script` as root in the workspace's running container, through
+    /// its agent; an error unless it exits 0, with what it wrote to stderr.
+    async fn run_inside(&self, ws: &Workspace, script: &str) -> Result<(), RuntimeError> {
+        let mut request = ExecRequest::new(Command::Shell(script.into()));
+        request.timeout_ms = u64::try_from(plan::TMP_COPY_TIMEOUT.as_millis()).ok();
+        let mut events = self
+            .agent(ws)
+            .await?
+            .exec(request, CancellationToken::new())
+            .await?;
+        let (_, stderr, exit) = berth_agent_client::collect(&mut events).await;
+        if exit.code == Some(0) {
+            return Ok(());
+        }
+        Err(RuntimeError::Other(format!(
+            "`{script}` in container `{}` failed ({exit:?}): {}",
+            self.names()?.container(&ws.id),
+            String::from_utf8_lossy(&stderr).trim_end()
+        )))
     }
 
     /// What the provider stores with the workspace.
@@ -499,6 +556,7 @@ impl DockerRuntime {
             "container": found.id,
             "memory": host_config.and_then(|h| h.memory),
             "shm_size": host_config.and_then(|h| h.shm_size),
+            "tmp_size": host_config.and_then(plan::tmp_size),
             "name": self.names()?.container(&ws.id),
             "image": found.config.and_then(|c| c.image),
             "state": state.to_string(),
@@ -848,7 +906,10 @@ impl Runtime for DockerRuntime {
                 ),
             }));
         }
-        self.make_container(ws, &image).await?;
+        // From a user's image, the container is being provisioned: its
+        // `/tmp` stays on its layer until the commit (see [`plan::TMP`]).
+        self.make_container(ws, &image, from_cache.is_some())
+            .await?;
         // Until a cache entry is saved, the image is the provisioned state.
         self.tag(
             &image,
@@ -902,6 +963,7 @@ impl Runtime for DockerRuntime {
         let _lifecycle = self.lifecycle(ws).await;
         self.start_container(ws).await?;
         self.wait_for_agent(ws).await?;
+        self.seed_tmp(ws).await?;
         self.info(ws).await
     }
 
@@ -950,8 +1012,18 @@ impl Runtime for DockerRuntime {
         let made_with = ResourceDefaults {
             memory: recorded("memory").unwrap_or(self.defaults.memory),
             shm: recorded("shm_size").unwrap_or(self.defaults.shm),
+            tmp: self.defaults.tmp,
         };
-        plan::isolation(&ws.spec, made_with)
+        // A container recorded without a `tmp_size` was made before `/tmp`
+        // was a tmpfs: its `/tmp` is on its writable layer. One recorded
+        // with none was being provisioned; every container after that has
+        // the tmpfs.
+        let tmp = match ws.runtime_info.get("tmp_size") {
+            Some(_) => Some(recorded("tmp_size").unwrap_or(made_with.tmp(&ws.spec))),
+            None if ws.runtime_info.get("container").is_some() => None,
+            None => Some(made_with.tmp(&ws.spec)),
+        };
+        plan::isolation(&ws.spec, made_with, tmp)
     }
 
     async fn exec(
@@ -998,6 +1070,16 @@ impl Runtime for DockerRuntime {
             return Err(RuntimeError::Other(format!(
                 "`{key}` cannot be a cache key: it is not a valid image tag"
             )));
+        }
+        let found = self.inspect(ws).await?;
+        let on_layer = found
+            .host_config
+            .as_ref()
+            .and_then(plan::tmp_size)
+            .is_none();
+        let running = found.state.and_then(|s| s.running).unwrap_or(false);
+        if on_layer && running && self.tmp_holds_files(ws).await? {
+            self.run_inside(ws, plan::STASH_TMP).await?;
         }
         let image = self
             .commit(ws, Some((&self.names()?.repo(plan::CACHE), key)))
@@ -1242,7 +1324,7 @@ impl Runtime for DockerRuntime {
         ws: &Workspace,
     ) -> Result<serde_json::Value, RuntimeError> {
         let image = self.commit(origin, None).await?;
-        self.make_container(ws, &image).await?;
+        self.make_container(ws, &image, true).await?;
         // The fork resets to the origin's provisioned state, as the origin
         // does; if that is gone, to the fork point.
         let provisioned = self.names()?.provisioned_image(&origin.id);

@@ -71,6 +71,10 @@ pub enum Mount {
         /// memory) when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
+        /// Whether it starts with a copy of what the rootfs holds at
+        /// `target` (see [`crate::seed`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        seed: bool,
     },
     /// A directory (a mount point the workspace's init fills).
     Dir {

@@ -17,6 +17,8 @@ pub mod plan;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
 #[cfg(target_os = "linux")]
+pub mod seed;
+#[cfg(target_os = "linux")]
 pub mod stage1;
 #[cfg(target_os = "linux")]
 mod sys;

@@ -76,6 +76,11 @@ pub struct PlanInput<'a> {
     pub cgroups: Option<&'a Cgroups>,
     /// The size of the tmpfs at `/dev/shm`.
     pub shm_size: u64,
+    /// The size of the tmpfs at `/tmp`; `None` leaves `/tmp` the
+    /// overlay's, as it is while a workspace is provisioned (so that the
+    /// cache layer holds what the setup script left there) and in
+    /// workspaces made before it was bounded.
+    pub tmp_size: Option<u64>,
     pub seccomp: bool,
     /// See [`InitConfig::delegate_cgroup`].
     pub delegate_cgroup: Option<String>,
@@ -125,6 +130,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
         target: "dev".into(),
         mode: 0o755,
         size: None,
+        seed: false,
     });
     mounts.push(Mount::Dir {
         target: "dev/pts".into(),
@@ -134,6 +140,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
         target: "dev/shm".into(),
         mode: 0o1777,
         size: Some(input.shm_size),
+        seed: false,
     });
     for device in DEVICES {
         mounts.push(Mount::Bind {
@@ -154,8 +161,23 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
             target: target.into(),
         });
     }
-    // `/tmp` is the overlay's, as in a container: what a setup script
-    // leaves there is part of the provisioned state.
+    // `/tmp` is a tmpfs of a bounded size: on the overlay it could fill
+    // the host's disk (a bound on the overlay's own disk use would need
+    // project quotas, which few hosts' filesystems have). The pages the
+    // workspace writes are charged to its memory cgroup, so it pins no
+    // more than the memory limit. It starts as a copy of the overlay's
+    // `/tmp`, the provisioned one (see `crate::seed`); what the
+    // workspace writes there is in no layer, so changes, snapshots, forks
+    // and the cache leave it out, and each start (a reset, a restart)
+    // brings back the provisioned `/tmp`.
+    if let Some(size) = input.tmp_size {
+        mounts.push(Mount::Tmpfs {
+            target: "tmp".into(),
+            mode: 0o1777,
+            size: Some(size),
+            seed: true,
+        });
+    }
     mounts.push(Mount::Bind {
         source: dirs.run.clone(),
         target: Path::new(BERTH_DIR).join("run"),
@@ -234,6 +256,7 @@ mod tests {
             hostname: "ws1".into(),
             cgroups,
             shm_size: 64 << 20,
+            tmp_size: Some(1 << 30),
             seccomp: true,
             delegate_cgroup: None,
             programs: vec!["/opt/berth/berth-agent".into()],
@@ -303,8 +326,35 @@ mod tests {
             target: "dev".into(),
             mode: 0o755,
             size: None,
+            seed: false,
         }));
-        // `/tmp` is the overlay's, so it is saved with the rest.
+        // `/tmp` is a bounded tmpfs, never a bind of anything.
+        let tmp: Vec<_> = config
+            .mounts
+            .iter()
+            .filter(|m| matches!(
+                m,
+                Mount::Tmpfs { target, .. } | Mount::Bind { target, .. } | Mount::Dir { target, .. }
+                    if target.as_path() == Path::new("tmp")
+            ))
+            .collect();
+        assert_eq!(
+            tmp,
+            [&Mount::Tmpfs {
+                target: "tmp".into(),
+                mode: 0o1777,
+                size: Some(1 << 30),
+                seed: true,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_workspace_made_before_tmp_was_bounded_keeps_it_on_the_overlay() {
+        let dirs = dirs();
+        let mut input = input(&dirs, None, None);
+        input.tmp_size = None;
+        let config = plan(&input);
         assert!(!config.mounts.iter().any(|m| matches!(
             m,
             Mount::Tmpfs { target, .. } | Mount::Bind { target, .. } if target.as_path() == Path::new("tmp")
@@ -321,6 +371,7 @@ mod tests {
             target: "dev/shm".into(),
             mode: 0o1777,
             size: Some(16 << 20),
+            seed: false,
         }));
     }
 

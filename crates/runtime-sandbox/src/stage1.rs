@@ -19,11 +19,12 @@
 //! - `reap`: a minimal PID 1 that reaps orphans until killed.
 
 use crate::config::{InitConfig, Mount};
-use crate::{seccomp, sys};
+use crate::{seccomp, seed, sys};
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
@@ -51,6 +52,8 @@ pub enum InitError {
     Child(String),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Seed(#[from] seed::SeedError),
 }
 
 fn step<T>(what: impl FnOnce() -> String, result: io::Result<T>) -> Result<T, InitError> {
@@ -352,12 +355,25 @@ fn host_mount(rootfs: &Path, mount: &Mount) -> Result<(), InitError> {
             }
             Ok(())
         }
-        Mount::Tmpfs { target, mode, size } => {
+        Mount::Tmpfs {
+            target,
+            mode,
+            size,
+            seed,
+        } => {
             let target = inside(rootfs, target)?;
             step(
                 || format!("cannot create `{}`", target.display()),
                 fs::create_dir_all(&target),
             )?;
+            // What the rootfs holds there, opened before the mount hides it.
+            let below = match seed {
+                true => Some(step(
+                    || format!("cannot open `{}`", target.display()),
+                    seed::open_source(&target),
+                )?),
+                false => None,
+            };
             errno(
                 || format!("cannot mount tmpfs at `{}`", target.display()),
                 rustix::mount::mount(
@@ -372,7 +388,15 @@ fn host_mount(rootfs: &Path, mount: &Mount) -> Result<(), InitError> {
                     .unwrap_or_default()
                     .as_c_str(),
                 ),
-            )
+            )?;
+            let Some(below) = below else {
+                return Ok(());
+            };
+            let tmpfs = step(
+                || format!("cannot open `{}`", target.display()),
+                seed::open_source(&target),
+            )?;
+            Ok(seed::copy(below.as_fd(), tmpfs.as_fd())?)
         }
         Mount::Dir { target, mode } => {
             let target = inside(rootfs, target)?;

@@ -64,6 +64,17 @@ async fn started(rt: &SandboxRuntime, spec: Spec) -> Workspace {
     ws
 }
 
+/// A workspace on the host base provisioned as the provider does it:
+/// made, started, `setup` run, its state frozen into the cache under
+/// `key` and started again; from then on its `/tmp` is the bounded tmpfs.
+async fn set_up(rt: &SandboxRuntime, spec: Spec, setup: &str, key: &str) -> Workspace {
+    let ws = started(rt, spec).await;
+    let ran = sh(rt, &ws, setup).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    rt.save_cache(&ws, key).await.unwrap();
+    ws
+}
+
 #[tokio::test]
 async fn host_processes_are_invisible_and_isolation_is_reported() {
     let _cleanup = Cleanup;
@@ -301,16 +312,23 @@ async fn the_memory_limit_is_enforced() {
     rt.remove(&ws).await.unwrap();
 }
 
-/// The memory limit in force in a workspace's cgroup, read from the host.
-fn memory_limit(ws: &Workspace) -> u64 {
+/// A file of a workspace's memory cgroup, read from the host.
+fn memory_file(ws: &Workspace, files: &[&str]) -> String {
     let layout = berth_runtime_sandbox::cgroup::detect().unwrap();
     let cgroups = support::instances(&layout, ws.id.as_str()).pop().unwrap();
     let memory = &cgroups.dirs[0];
-    let limit = ["memory.max", "memory.limit_in_bytes"]
+    files
         .iter()
         .find_map(|file| fs::read_to_string(memory.join(file)).ok())
-        .unwrap();
-    limit.trim().parse().unwrap()
+        .unwrap()
+}
+
+/// The memory limit in force in a workspace's cgroup, read from the host.
+fn memory_limit(ws: &Workspace) -> u64 {
+    memory_file(ws, &["memory.max", "memory.limit_in_bytes"])
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -321,10 +339,13 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     config.defaults = berth_core::ResourceDefaults {
         memory: 256 << 20,
         shm: 8 << 20,
+        tmp: 32 << 20,
     };
     let rt = support::runtime(config).await;
-    let ws = started(&rt, Spec::default()).await;
+    let ws = set_up(&rt, Spec::default(), "true", "plain").await;
     assert_eq!(memory_limit(&ws), 256 << 20);
+    let ran = sh(&rt, &ws, "df -k /tmp | tail -1 | awk '{print $2}'").await;
+    assert_eq!(ran.stdout, "32768\n", "{}", ran.stderr);
     let ran = sh(
         &rt,
         &ws,
@@ -340,7 +361,11 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
         ran.stderr
     );
     let isolation = rt.isolation(&ws);
-    for limit in [format!("memory={}", 256 << 20), format!("shm={}", 8 << 20)] {
+    for limit in [
+        format!("memory={}", 256 << 20),
+        format!("shm={}", 8 << 20),
+        format!("tmp={}", 32 << 20),
+    ] {
         assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
     }
     assert!(
@@ -350,30 +375,283 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
         "{isolation:?}"
     );
 
-    // A spec's limit overrides the default; /dev/shm stays within it.
-    let own = started(&rt, limited(Some(4 << 20), None)).await;
+    // A spec's limit overrides the default; /dev/shm and /tmp stay
+    // within it, as their pages count against it.
+    let own = set_up(&rt, limited(Some(4 << 20), None), "true", "own").await;
     assert_eq!(memory_limit(&own), 4 << 20);
-    // /tmp is on disk: it holds more than the memory limit.
-    let ran = sh(
+    let ran = sh(&rt, &own, "df -k /tmp | tail -1 | awk '{print $2}'").await;
+    assert_eq!(ran.stdout, "4096\n", "{}", ran.stderr);
+    let isolation = rt.isolation(&own);
+    assert!(
+        isolation
+            .notes
+            .iter()
+            .any(|n| n.starts_with("/tmp is a tmpfs of 4MiB (BERTH_TMP_SIZE")),
+        "{isolation:?}"
+    );
+    for limit in [format!("shm={}", 4 << 20), format!("tmp={}", 4 << 20)] {
+        assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
+    }
+    rt.remove(&ws).await.unwrap();
+    rt.remove(&own).await.unwrap();
+}
+
+/// A workspace writes more into `/tmp` than its bound, as a build or an
+/// agent's scratch files can: the write fails with ENOSPC inside, nothing
+/// lands on the host's disk, the pages are charged to the workspace's
+/// memory, and the workspace keeps working. Before `/tmp` was a tmpfs, it
+/// was the overlay's upper directory on the host's disk, without a bound.
+#[tokio::test]
+async fn tmp_is_bounded_and_a_workspace_cannot_fill_the_host_through_it() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(home.path());
+    config.defaults = berth_core::ResourceDefaults {
+        memory: 256 << 20,
+        shm: 8 << 20,
+        tmp: 16 << 20,
+    };
+    let rt = support::runtime(config).await;
+    let ws = set_up(
         &rt,
-        &own,
-        "dd if=/dev/zero of=/tmp/big bs=1M count=12 2>/dev/null; wc -c < /tmp/big",
+        Spec {
+            root: Some("/".into()),
+            ..Spec::default()
+        },
+        "echo kept > /tmp/left",
+        "bounded",
     )
     .await;
-    assert_eq!(ran.stdout, format!("{}\n", 12 << 20), "{}", ran.stderr);
+    let upper = home
+        .path()
+        .join("sandbox")
+        .join(ws.id.as_str())
+        .join("upper");
+    let disk_before = berth_core::usage::disk_usage(&upper).unwrap();
+
+    let ran = sh(
+        &rt,
+        &ws,
+        "head -c 100000000 /dev/zero > /tmp/fill || echo refused; wc -c < /tmp/fill",
+    )
+    .await;
+    let mut lines = ran.stdout.lines();
+    assert_eq!(lines.next(), Some("refused"), "{}", ran.stderr);
     assert!(
-        rt.isolation(&own)
+        ran.stderr.contains("No space left on device"),
+        "{}",
+        ran.stderr
+    );
+    let kept: u64 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(
+        kept <= 16 << 20 && kept > 15 << 20,
+        "/tmp holds {kept} bytes"
+    );
+    let disk_after = berth_core::usage::disk_usage(&upper).unwrap();
+    assert!(
+        disk_after < disk_before + (1 << 20),
+        "the host's disk took {} bytes",
+        disk_after - disk_before
+    );
+    let shmem: u64 = memory_file(&ws, &["memory.stat"])
+        .lines()
+        .find_map(|line| line.strip_prefix("shmem "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        shmem >= 15 << 20,
+        "/tmp's pages count against the memory limit: shmem {shmem}"
+    );
+
+    let ran = sh(
+        &rt,
+        &ws,
+        "rm /tmp/fill && echo scratch > /tmp/note && cat /tmp/note",
+    )
+    .await;
+    assert_eq!(ran.stdout, "scratch\n", "{}", ran.stderr);
+    let changes = rt.changes(&ws).await.unwrap();
+    assert!(
+        !changes.iter().any(|c| c.path.starts_with("tmp")),
+        "/tmp's files are not the workspace's changes: {changes:?}"
+    );
+    rt.reset(&ws, None).await.unwrap();
+    let ran = sh(&rt, &ws, "ls -A /tmp; stat -c %a /tmp").await;
+    assert_eq!(
+        ran.stdout, "left\n1777\n",
+        "a reset brings back the provisioned /tmp: {}",
+        ran.stderr
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
+/// What a setup script leaves in `/tmp` (a file, a directory, a link,
+/// modes and owners) is in the first workspace, in one made from the
+/// cache, after a reset and in a fork; what a workspace writes there later
+/// is scratch: in none of them, and in no snapshot.
+#[tokio::test]
+async fn a_setup_scripts_tmp_files_are_in_every_workspace_of_its_provisioned_state() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let setup = "echo 'Hello World' > /tmp/hello.txt && mkdir -p /tmp/dir/sub \
+                 && echo deep > /tmp/dir/sub/file && chmod 640 /tmp/dir/sub/file \
+                 && chown 1000:1000 /tmp/dir && ln -s hello.txt /tmp/link";
+    let seen = "cat /tmp/hello.txt /tmp/dir/sub/file /tmp/link; \
+                stat -c '%a %u' /tmp/dir/sub/file /tmp/dir; readlink /tmp/link; \
+                ls -A /tmp; df -k /tmp | tail -1 | awk '{print $1}'";
+    let expected = "Hello World\ndeep\nHello World\n640 0\n755 1000\nhello.txt\n\
+                    dir\nhello.txt\nlink\ntmpfs\n";
+    let first = set_up(&rt, Spec::default(), setup, "seeded").await;
+    let ran = sh(&rt, &first, seen).await;
+    assert_eq!(ran.stdout, expected, "the first workspace: {}", ran.stderr);
+
+    let hit = workspace(Spec::default());
+    rt.create(&hit, Some("seeded")).await.unwrap();
+    rt.start(&hit).await.unwrap();
+    let ran = sh(&rt, &hit, seen).await;
+    assert_eq!(ran.stdout, expected, "a cache hit: {}", ran.stderr);
+
+    let ran = sh(&rt, &hit, "echo scratch > /tmp/later && rm /tmp/hello.txt").await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let snapshot = rt.snapshot(&hit).await.unwrap();
+    let fork = workspace(Spec::default());
+    rt.fork(&hit, &fork).await.unwrap();
+    rt.start(&fork).await.unwrap();
+    let ran = sh(&rt, &fork, seen).await;
+    assert_eq!(ran.stdout, expected, "a fork: {}", ran.stderr);
+    rt.reset(&hit, Some(&snapshot.id)).await.unwrap();
+    let ran = sh(&rt, &hit, seen).await;
+    assert_eq!(ran.stdout, expected, "a snapshot: {}", ran.stderr);
+    sh(&rt, &hit, "echo scratch > /tmp/later").await;
+    rt.reset(&hit, None).await.unwrap();
+    let ran = sh(&rt, &hit, seen).await;
+    assert_eq!(ran.stdout, expected, "a reset: {}", ran.stderr);
+    for ws in [first, hit, fork] {
+        rt.remove(&ws).await.unwrap();
+    }
+}
+
+/// A setup script leaves links to host paths in `/tmp`: to a root-only
+/// host file, to a host directory, and a directory whose entries are
+/// such links. The copy into the workspace's tmpfs runs as host root
+/// outside the workspace's root directory, where following one would
+/// copy the host's files in; it copies links as links, so inside they
+/// lead to the workspace's own (missing) paths and the host's bytes are
+/// nowhere in the workspace.
+#[tokio::test]
+async fn a_setup_scripts_links_in_tmp_to_host_files_are_copied_as_links_not_followed() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let secret_dir = home.path().join("host-secrets");
+    fs::create_dir(&secret_dir).unwrap();
+    fs::write(secret_dir.join("token"), "host-secret-bytes\n").unwrap();
+    fs::set_permissions(
+        secret_dir.join("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let secret = secret_dir.join("token").display().to_string();
+    let rt = runtime(home.path()).await;
+    let setup = format!(
+        "ln -s {secret} /tmp/file-link && ln -s {dir} /tmp/dir-link \
+         && mkdir /tmp/nest && ln -s {secret} /tmp/nest/inner \
+         && ln -s /proc/1/root{secret} /tmp/magic",
+        dir = secret_dir.display()
+    );
+    let ws = set_up(&rt, Spec::default(), &setup, "links").await;
+    let ran = sh(
+        &rt,
+        &ws,
+        "for l in file-link dir-link nest/inner magic; do readlink /tmp/$l; done; \
+         cat /tmp/file-link /tmp/dir-link/token /tmp/nest/inner 2>/dev/null; \
+         grep -rs host-secret-bytes /tmp || echo absent",
+    )
+    .await;
+    assert_eq!(
+        ran.stdout,
+        format!(
+            "{secret}\n{}\n{secret}\n/proc/1/root{secret}\nabsent\n",
+            secret_dir.display()
+        ),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        fs::read_to_string(&secret).unwrap(),
+        "host-secret-bytes\n",
+        "the host file is untouched"
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
+/// A setup script leaves more in `/tmp` than a workspace's `/tmp` holds:
+/// the start fails, saying which file did not fit and why, rather than
+/// handing out a workspace with part of its provisioned state.
+#[tokio::test]
+async fn a_provisioned_tmp_larger_than_its_bound_fails_the_start_naming_the_file() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = config(home.path());
+    config.defaults = berth_core::ResourceDefaults {
+        memory: 256 << 20,
+        shm: 8 << 20,
+        tmp: 4 << 20,
+    };
+    let rt = support::runtime(config).await;
+    let ws = started(&rt, Spec::default()).await;
+    let ran = sh(&rt, &ws, "head -c 6000000 /dev/zero > /tmp/big").await;
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "on disk while provisioned: {}",
+        ran.stderr
+    );
+    let err = rt.save_cache(&ws, "too-big").await.unwrap_err().to_string();
+    assert!(
+        err.contains("/tmp/big") && err.contains("No space left on device"),
+        "{err}"
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
+/// A workspace whose state was written before `/tmp` was a tmpfs keeps
+/// `/tmp` on disk, as its cached layers may hold files there, and `show`
+/// says so.
+#[tokio::test]
+async fn a_workspace_made_before_tmp_was_a_tmpfs_keeps_it_on_disk_and_says_so() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime(home.path()).await;
+    let ws = set_up(&rt, Spec::default(), "true", "old").await;
+    rt.stop(&ws).await.unwrap();
+    let path = home
+        .path()
+        .join("sandbox")
+        .join(ws.id.as_str())
+        .join("state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let fields = state.as_object_mut().unwrap();
+    assert!(fields.remove("tmp_size").is_some());
+    assert!(fields.remove("provisioning").is_some());
+    fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    rt.start(&ws).await.unwrap();
+    let ran = sh(&rt, &ws, "grep -c ' /tmp ' /proc/mounts").await;
+    assert_eq!(ran.stdout, "0\n", "{}", ran.stderr);
+    let isolation = rt.isolation(&ws);
+    assert!(
+        isolation
             .notes
             .iter()
             .any(|n| n.starts_with("/tmp is on disk")),
+        "{isolation:?}"
     );
     assert!(
-        rt.isolation(&own)
-            .limits
-            .contains(&format!("shm={}", 4 << 20))
+        !isolation.limits.iter().any(|l| l.starts_with("tmp=")),
+        "{isolation:?}"
     );
     rt.remove(&ws).await.unwrap();
-    rt.remove(&own).await.unwrap();
 }
 
 #[tokio::test]
@@ -546,8 +824,10 @@ async fn changes_are_exact_and_reset_restores_files_deletions_and_permissions() 
 
 /// A workspace whose root is `/`, as Derrick's configs make them: the
 /// clone at its absolute path, commands at `/`, the setup script's files
-/// anywhere (`/tmp` too) saved with the cache, and changes, export and
-/// reset covering the whole filesystem but berth's own directory.
+/// anywhere saved with the cache (`/tmp` too: its tmpfs starts with the
+/// provisioned `/tmp`), and changes, export and reset covering the whole
+/// filesystem but berth's own directory and `/tmp`, whose later files are
+/// scratch that a reset drops.
 #[tokio::test]
 async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths() {
     let _cleanup = Cleanup;
@@ -564,7 +844,13 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     let dest = WorkspacePath::parse("code/app").unwrap();
     rt.import(&ws, &repo(home.path()), &dest).await.unwrap();
     rt.start(&ws).await.unwrap();
-    let setup = sh(&rt, &ws, "echo 'Hello World' > /tmp/hello.txt").await;
+    let setup = sh(
+        &rt,
+        &ws,
+        "mkdir -p /var/tmp && echo 'Hello World' > /var/tmp/hello.txt \
+         && echo 'Hello World' > /tmp/hello.txt",
+    )
+    .await;
     assert_eq!(setup.code, Some(0), "{}", setup.stderr);
     rt.save_cache(&ws, "key-slash").await.unwrap();
     rt.remove(&ws).await.unwrap();
@@ -576,12 +862,13 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
         &rt,
         &ws,
         ExecRequest::shell(
-            "pwd; cat /tmp/hello.txt; ls code/app; touch /code/made-inside && echo writable",
+            "pwd; cat /var/tmp/hello.txt /tmp/hello.txt; ls -A /tmp; ls code/app; \
+             touch /code/made-inside && echo writable",
         ),
     )
     .await;
     assert_eq!(
-        ran.stdout, "/\nHello World\nREADME\nrun.sh\nsrc\nwritable\n",
+        ran.stdout, "/\nHello World\nHello World\nhello.txt\nREADME\nrun.sh\nsrc\nwritable\n",
         "{}",
         ran.stderr
     );
@@ -614,9 +901,8 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
         vec![
             change("code/app/README", Modified, File),
             change("code/made-inside", Added, File),
-            change("tmp/test.patch", Added, File),
         ],
-        "everything but berth's own directory"
+        "everything but berth's own directory and /tmp"
     );
     let out = home.path().join("exported");
     rt.export_changes(&ws, &ExportTarget::Directory { path: out.clone() })
@@ -628,8 +914,17 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     );
     rt.reset(&ws, None).await.unwrap();
     assert_eq!(rt.changes(&ws).await.unwrap(), vec![]);
-    let after = sh(&rt, &ws, "cat /code/app/README /tmp/hello.txt").await;
-    assert_eq!(after.stdout, "readme\nHello World\n", "{}", after.stderr);
+    let after = sh(
+        &rt,
+        &ws,
+        "cat /code/app/README /var/tmp/hello.txt /tmp/hello.txt; ls -A /tmp",
+    )
+    .await;
+    assert_eq!(
+        after.stdout, "readme\nHello World\nHello World\nhello.txt\n",
+        "{}",
+        after.stderr
+    );
     rt.remove(&ws).await.unwrap();
 }
 

@@ -612,8 +612,10 @@ async fn workflow(mode: Mode) {
             changes.lines().any(|l| l == "M todolist/todo.txt"),
             "{changes}"
         );
+        // The patch the client wrote to /tmp is scratch in a bounded
+        // tmpfs: left out of changes, as every later file in /tmp is.
         assert!(
-            changes.lines().any(|l| l == "A tmp/test.patch"),
+            !changes.lines().any(|l| l.ends_with(" tmp/test.patch")),
             "{changes}"
         );
         assert!(!changes.contains(".berth"), "{changes}");

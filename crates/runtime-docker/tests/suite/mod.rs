@@ -28,6 +28,20 @@ async fn running(world: &World, spec: Spec) -> Workspace {
     ws
 }
 
+/// A workspace of `spec` provisioned as the provider does it: made,
+/// started, `setup` run, its container committed to the cache and remade
+/// from it; from then on its `/tmp` is the bounded tmpfs. Returns it and
+/// its cache key.
+async fn provisioned(world: &World, spec: Spec, setup: &str) -> (Workspace, String) {
+    let ws = running(world, spec).await;
+    let (out, status) = sh(&world.runtime, &ws, setup).await;
+    assert_eq!(status.code, Some(0), "{out}");
+    let key = format!("test{}", ws.id);
+    world.track_image(world.names().cache_image(&key));
+    world.runtime.save_cache(&ws, &key).await.unwrap();
+    (ws, key)
+}
+
 async fn run(
     runtime: &DockerRuntime,
     ws: &Workspace,
@@ -695,8 +709,9 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     let world = World::with_defaults(ResourceDefaults {
         memory: 256 << 20,
         shm: 8 << 20,
+        tmp: 32 << 20,
     });
-    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let (ws, _) = provisioned(&world, spec_for(image(TestImage::Busybox)), "true").await;
     let runtime = &world.runtime;
     let name = world.names().container(&ws.id);
     let memory = cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &name]);
@@ -723,11 +738,144 @@ async fn a_workspace_without_limits_gets_the_default_memory_limit_and_a_bounded_
     let now = World::with_defaults(ResourceDefaults {
         memory: 512 << 20,
         shm: 16 << 20,
+        tmp: 64 << 20,
     });
     let isolation = now.runtime.isolation(&recorded);
-    for limit in [format!("memory={}", 256 << 20), format!("shm={}", 8 << 20)] {
+    for limit in [
+        format!("memory={}", 256 << 20),
+        format!("shm={}", 8 << 20),
+        format!("tmp={}", 32 << 20),
+    ] {
         assert!(isolation.limits.contains(&limit), "{limit}: {isolation:?}");
     }
+    // Recorded before /tmp was a tmpfs: it is on the container's disk.
+    let mut before = recorded.clone();
+    before
+        .runtime_info
+        .as_object_mut()
+        .unwrap()
+        .remove("tmp_size");
+    let isolation = now.runtime.isolation(&before);
+    assert!(
+        isolation
+            .notes
+            .iter()
+            .any(|n| n.starts_with("/tmp is on disk")),
+        "{isolation:?}"
+    );
+}
+
+/// A workspace writes more into `/tmp` than its bound, as a build or an
+/// agent's scratch files can: the write fails with ENOSPC inside, nothing
+/// lands on the container's writable layer (the host's disk), and the
+/// workspace keeps working. `/tmp` was on that layer, without a bound.
+#[tokio::test]
+async fn tmp_is_bounded_and_a_workspace_cannot_fill_the_host_through_it() {
+    let world = World::with_defaults(ResourceDefaults {
+        memory: 256 << 20,
+        shm: 8 << 20,
+        tmp: 16 << 20,
+    });
+    let (ws, _) = provisioned(
+        &world,
+        Spec {
+            root: Some("/".into()),
+            ..spec_for(image(TestImage::Busybox))
+        },
+        "echo kept > /tmp/left",
+    )
+    .await;
+    let runtime = &world.runtime;
+    let (out, err, _) = run(
+        runtime,
+        &ws,
+        ExecRequest::shell(
+            "df -k /tmp | tail -1 | awk '{print $2}';
+             dd if=/dev/zero of=/tmp/fill bs=1000 count=100000 || echo refused;
+             wc -c < /tmp/fill",
+        ),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["16384", "refused"], "{out}{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let kept: u64 = lines[2].trim().parse().unwrap();
+    assert!(kept <= 16 << 20 && kept > 15 << 20, "/tmp holds {kept}");
+    // The writable layer (what the Engine keeps on the host's disk) did
+    // not take it.
+    let name = world.names().container(&ws.id);
+    let layer: u64 = cli(&["inspect", "--size", "-f", "{{.SizeRw}}", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(layer < 1 << 20, "the writable layer holds {layer} bytes");
+    let changes = runtime.changes(&ws).await.unwrap();
+    assert!(
+        !changes.iter().any(|c| c.path.starts_with("tmp")),
+        "/tmp's files are not the workspace's changes: {changes:?}"
+    );
+
+    let (out, err, _) = run(
+        runtime,
+        &ws,
+        ExecRequest::shell("rm /tmp/fill && echo scratch > /tmp/note && cat /tmp/note"),
+    )
+    .await;
+    assert_eq!(out, "scratch\n", "the workspace keeps working: {err}");
+    runtime.reset(&ws, None).await.unwrap();
+    let (out, err, _) = run(runtime, &ws, ExecRequest::shell("ls -A /tmp; echo listed")).await;
+    assert_eq!(
+        out, "left\nlisted\n",
+        "a reset brings back the provisioned /tmp: {err}"
+    );
+}
+
+/// What a setup script leaves in `/tmp` (a file, a directory, a link,
+/// modes and owners) is in the first workspace, in one made from the
+/// cache, after a reset and in a fork; what a workspace writes there later
+/// is scratch, in none of them. The Engine cannot copy an image's `/tmp`
+/// into a tmpfs (dockerd refuses `tmpcopyup`), so berth does it.
+#[tokio::test]
+async fn a_setup_scripts_tmp_files_are_in_every_workspace_of_its_provisioned_state() {
+    let world = World::new();
+    let runtime = &world.runtime;
+    let spec = spec_for(image(TestImage::Busybox));
+    let setup = "echo 'Hello World' > /tmp/hello.txt && mkdir -p /tmp/dir/sub \
+                 && echo deep > /tmp/dir/sub/file && chmod 640 /tmp/dir/sub/file \
+                 && chown 1000:1000 /tmp/dir && ln -s hello.txt /tmp/link";
+    let seen = "cat /tmp/hello.txt /tmp/dir/sub/file /tmp/link; \
+                stat -c '%a %u' /tmp/dir/sub/file /tmp/dir; readlink /tmp/link; \
+                ls -A /tmp; df -k /tmp | tail -1 | awk '{print $1}'";
+    let expected = "Hello World\ndeep\nHello World\n640 0\n755 1000\nhello.txt\n\
+                    dir\nhello.txt\nlink\ntmpfs\n";
+    let (first, key) = provisioned(&world, spec.clone(), setup).await;
+    let (out, status) = sh(runtime, &first, seen).await;
+    assert_eq!(out, expected, "the first workspace: {status:?}");
+    assert_eq!(runtime.changes(&first).await.unwrap(), []);
+
+    let hit = workspace(spec.clone());
+    world.track(&hit);
+    runtime.create(&hit, Some(&key)).await.unwrap();
+    runtime.start(&hit).await.unwrap();
+    let (out, status) = sh(runtime, &hit, seen).await;
+    assert_eq!(out, expected, "a cache hit: {status:?}");
+
+    let (_, status) = sh(
+        runtime,
+        &hit,
+        "echo scratch > /tmp/later && rm /tmp/hello.txt",
+    )
+    .await;
+    assert_eq!(status.code, Some(0));
+    let fork = workspace(spec);
+    world.track(&fork);
+    runtime.fork(&hit, &fork).await.unwrap();
+    runtime.start(&fork).await.unwrap();
+    let (out, status) = sh(runtime, &fork, seen).await;
+    assert_eq!(out, expected, "a fork: {status:?}");
+    runtime.reset(&hit, None).await.unwrap();
+    let (out, status) = sh(runtime, &hit, seen).await;
+    assert_eq!(out, expected, "a reset: {status:?}");
 }
 
 #[tokio::test]
@@ -1025,7 +1173,8 @@ async fn gc_frees_this_homes_images_left_without_a_name_and_no_other_homes() {
 /// A workspace whose root is `/`, as Derrick's configs make them: the
 /// clone at its absolute path, commands at `/`, and changes, export,
 /// copies and reset covering the whole filesystem but berth's own
-/// directory.
+/// directory and `/tmp`, a tmpfs that starts with the provisioned `/tmp`
+/// and whose later files are scratch that a reset drops.
 #[tokio::test]
 async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths() {
     let world = World::new();
@@ -1042,14 +1191,25 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     std::fs::write(repo.join("README"), "readme\n").unwrap();
     runtime.import(&ws, &repo, &path("code/app")).await.unwrap();
     runtime.start(&ws).await.unwrap();
-    sh(runtime, &ws, "echo 'Hello World' > /tmp/hello.txt").await;
+    sh(
+        runtime,
+        &ws,
+        "mkdir -p /var/tmp && echo 'Hello World' > /var/tmp/hello.txt \
+         && echo 'Hello World' > /tmp/hello.txt",
+    )
+    .await;
     let key = format!("test{}", ws.id);
     world.track_image(world.names().cache_image(&key));
     runtime.save_cache(&ws, &key).await.unwrap();
     assert_eq!(runtime.changes(&ws).await.unwrap(), []);
 
-    let (seen, status) = sh(runtime, &ws, "pwd; cat /tmp/hello.txt; ls code/app").await;
-    assert_eq!(seen, "/\nHello World\nREADME\n", "{status:?}");
+    let (seen, status) = sh(
+        runtime,
+        &ws,
+        "pwd; cat /var/tmp/hello.txt /tmp/hello.txt; ls code/app",
+    )
+    .await;
+    assert_eq!(seen, "/\nHello World\nHello World\nREADME\n", "{status:?}");
     runtime
         .write_file(&ws, &path("tmp/test.patch"), b"patch\n".to_vec())
         .await
@@ -1063,11 +1223,8 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     assert_eq!(seen, "patch\n");
     assert_eq!(
         changed(runtime, &ws).await,
-        [
-            ("code/app/README".to_string(), ChangeKind::Modified),
-            ("tmp/test.patch".to_string(), ChangeKind::Added),
-        ],
-        "everything but berth's own directory"
+        [("code/app/README".to_string(), ChangeKind::Modified)],
+        "everything but berth's own directory and /tmp"
     );
     let out = host.path().join("export");
     runtime
@@ -1089,8 +1246,16 @@ async fn a_workspace_rooted_at_slash_keeps_repositories_at_their_absolute_paths(
     );
     runtime.reset(&ws, None).await.unwrap();
     assert_eq!(runtime.changes(&ws).await.unwrap(), []);
-    let (seen, _) = sh(runtime, &ws, "cat /code/app/README /tmp/hello.txt").await;
-    assert_eq!(seen, "readme\nHello World\n");
+    let (seen, _) = sh(
+        runtime,
+        &ws,
+        "cat /code/app/README /var/tmp/hello.txt /tmp/hello.txt; ls -A /tmp",
+    )
+    .await;
+    assert_eq!(
+        seen, "readme\nHello World\nHello World\nhello.txt\n",
+        "a reset brings back the provisioned /tmp"
+    );
     runtime.remove(&ws).await.unwrap();
 }
 

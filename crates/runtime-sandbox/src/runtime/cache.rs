@@ -53,6 +53,7 @@ impl Inner {
         let mut state = self.stop_locked(id, true)?;
         let layer = self.freeze_upper(&mut state, LayerKind::Cache, root)?;
         let old_provisioned = std::mem::replace(&mut state.provisioned, state.stack.clone());
+        state.provisioning = false;
         let keep: Vec<LayerId> = state.stack.clone();
         self.set_refs(id, &old_provisioned, &keep)?;
         self.save(&state)?;

@@ -269,6 +269,7 @@ impl Inner {
             hostname: format!("ws-{}", &id[id.len().saturating_sub(8)..]),
             cgroups: cgroups.as_ref(),
             shm_size: self.shm_size(state),
+            tmp_size: self.tmp_tmpfs(state),
             seccomp: true,
             delegate_cgroup,
             programs,

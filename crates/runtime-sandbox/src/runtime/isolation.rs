@@ -43,8 +43,20 @@ impl Inner {
         }
         let shm = self.shm_size(state);
         limits.push(format!("shm={shm}"));
-        if let (Ok(_), Some(memory)) = (&self.cgroups, state.limits.memory) {
-            notes.extend(ResourceDefaults::notes(spec, memory, shm));
+        if let Some(tmp) = state.tmp_size {
+            limits.push(format!("tmp={tmp}"));
+        }
+        match (&self.cgroups, state.limits.memory) {
+            (Ok(_), Some(memory)) => {
+                notes.extend(ResourceDefaults::notes(spec, memory, shm, state.tmp_size));
+            }
+            _ => notes.push(match state.tmp_size {
+                Some(tmp) => format!(
+                    "/tmp is a tmpfs of {}, charged to no memory limit here",
+                    berth_core::spec::format_bytes(tmp)
+                ),
+                None => "/tmp is on disk with the workspace's other files, unbounded".into(),
+            }),
         }
         match self.config.id_map {
             Some(map) => notes.push(format!("root inside is host uid {}", map.host)),
@@ -52,7 +64,6 @@ impl Inner {
                 "no user namespace: root inside is host root with reduced capabilities".into(),
             ),
         }
-        notes.push("/tmp is on disk with the workspace's other files: it takes no memory".into());
         notes.push("Docker's default capabilities and seccomp allow list; no_new_privs".into());
         notes.push(if self.commands_have_cgroups() {
             "each command, session and terminal runs in a cgroup of its own (cgroup v2): \

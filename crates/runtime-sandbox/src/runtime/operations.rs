@@ -48,6 +48,7 @@ impl Runtime for SandboxRuntime {
         ws: &Workspace,
         from_cache: Option<&str>,
     ) -> Result<serde_json::Value, RuntimeError> {
+        let provisioning = from_cache.is_none();
         let (stack, _) = match from_cache {
             Some(key) => {
                 let layer = self
@@ -60,7 +61,7 @@ impl Runtime for SandboxRuntime {
                 self.blocking(move |this| this.base_stack(&base)).await?
             }
         };
-        self.make_workspace(ws, stack.clone(), stack)
+        self.make_workspace(ws, stack.clone(), stack, provisioning)
     }
 
     fn agent_socket(&self, ws: &Workspace) -> Option<PathBuf> {
@@ -308,7 +309,7 @@ impl Runtime for SandboxRuntime {
         let layer = self
             .blocking(move |this| this.copy_upper(&state, LayerKind::Snapshot))
             .await?;
-        self.make_workspace(ws, layer.stack(), provisioned)
+        self.make_workspace(ws, layer.stack(), provisioned, false)
     }
 
     async fn remove_snapshot(&self, id: &str) -> Result<(), RuntimeError> {

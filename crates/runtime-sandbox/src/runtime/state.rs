@@ -63,6 +63,17 @@ pub(super) struct State {
     /// before it was recorded, which get the runtime's default.
     #[serde(default)]
     pub(super) shm_size: Option<u64>,
+    /// The size of the tmpfs at `/tmp`; `None` in states written before
+    /// `/tmp` was a tmpfs, whose `/tmp` stays on disk in the overlay as
+    /// it was made (their cached layers may hold files there).
+    #[serde(default)]
+    pub(super) tmp_size: Option<u64>,
+    /// Set while a workspace made from a base has not been frozen into
+    /// the cache: its `/tmp` is then the overlay's, so the cache layer
+    /// holds what the setup script left there; from then on it is the
+    /// tmpfs of [`State::tmp_size`], seeded with that.
+    #[serde(default)]
+    pub(super) provisioning: bool,
     #[serde(default)]
     pub(super) init: Option<Init>,
     /// Counts instances: each start gets its own cgroups, overlay work
@@ -140,6 +151,12 @@ impl Inner {
         }
     }
 
+    /// The size of a workspace's `/tmp` tmpfs for its next start; `None`
+    /// while it is provisioned or when it was made before `/tmp` was one.
+    pub(super) fn tmp_tmpfs(&self, state: &State) -> Option<u64> {
+        state.tmp_size.filter(|_| !state.provisioning)
+    }
+
     /// The size of a workspace's `/dev/shm`: as recorded, else the
     /// default within its memory limit.
     pub(super) fn shm_size(&self, state: &State) -> u64 {
@@ -155,6 +172,7 @@ impl Inner {
         stack: Vec<LayerId>,
         provisioned: Vec<LayerId>,
         host_base: bool,
+        provisioning: bool,
     ) -> State {
         State {
             version: STATE_VERSION,
@@ -165,6 +183,8 @@ impl Inner {
             private_network: ws.spec.network.unwrap_or(Network::None) != Network::Host,
             limits: self.limits_of(ws),
             shm_size: Some(self.config.defaults.shm(&ws.spec)),
+            tmp_size: Some(self.config.defaults.tmp(&ws.spec)),
+            provisioning,
             init: None,
             instance: 0,
             standby: None,
@@ -176,6 +196,7 @@ impl Inner {
         ws: &Workspace,
         stack: Vec<LayerId>,
         provisioned: Vec<LayerId>,
+        provisioning: bool,
     ) -> Result<serde_json::Value, RuntimeError> {
         let id = ws.id.to_string();
         let host_base = stack
@@ -193,7 +214,7 @@ impl Inner {
         self.fresh_upper(&dirs, ws.spec.root())?;
         self.set_refs(&id, &[], &stack)?;
         self.set_refs(&id, &[], &provisioned)?;
-        let state = self.new_state(ws, stack, provisioned, host_base);
+        let state = self.new_state(ws, stack, provisioned, host_base, provisioning);
         self.save(&state)?;
         Ok(self.info(&state))
     }
