@@ -24,7 +24,7 @@ pub use workspaces::MIN_PREFIX;
 
 use rusqlite::{Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The registry file's name inside berth's home directory.
@@ -35,7 +35,8 @@ pub const DB_FILE: &str = "berth.db";
 /// only reached when something is badly stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The write-ahead log's pages (4 KiB each) past which a commit
-/// checkpoints it; the next writer then starts it over.
+/// checkpoints it (the next writer then starts it over) and a closing
+/// handle empties it.
 const WAL_PAGES: i64 = 128;
 
 /// A handle on the registry. Cheap calls, one connection behind a mutex:
@@ -168,6 +169,30 @@ impl Store {
             path: self.path.clone(),
             source,
         }
+    }
+}
+
+impl Drop for Store {
+    /// Empties a WAL grown past [`WAL_PAGES`]. A checkpoint alone does not
+    /// shorten the WAL: a later write in the same process starts it over,
+    /// and a CLI call writes once at most (the activity of the workspace
+    /// it used). Without this the WAL would grow by a page a call, and
+    /// every call's first connection reads all of it to rebuild the
+    /// index. A reader in another process holds the truncation off; the
+    /// next handle to close then does it, so nobody waits here.
+    fn drop(&mut self) {
+        const FRAME: u64 = 4096 + 24;
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let long = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_PAGES as u64 * FRAME);
+        if !long {
+            return;
+        }
+        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // Nothing to report to: the registry is intact either way, and the
+        // truncation is only tried again.
+        let _ = conn.busy_timeout(Duration::ZERO);
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
 }
 

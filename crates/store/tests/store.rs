@@ -104,6 +104,32 @@ fn many_processes_writing_keep_the_wal_each_open_reads_short() {
 }
 
 #[test]
+fn many_processes_writing_once_each_keep_the_wal_each_open_reads_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace("busy");
+    Store::open(tmp.path())
+        .unwrap()
+        .insert_workspace(&ws)
+        .unwrap();
+    // `berth exec` after `berth exec`: each opens the registry, records
+    // that the workspace was used, and ends. No process writes twice, so
+    // none gets to start the WAL over after a checkpoint.
+    let mut last = 0;
+    for i in 0..400 {
+        let store = Store::open(tmp.path()).unwrap();
+        last = ws.created_at + 1_000 * i;
+        store.record_activity(&ws.id, last).unwrap();
+        drop(store);
+    }
+    let wal = std::fs::metadata(tmp.path().join("berth.db-wal"))
+        .unwrap()
+        .len();
+    assert!(wal < 1 << 20, "the WAL holds {wal} bytes");
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.get(&ws.id).unwrap().last_active_at, last);
+}
+
+#[test]
 fn a_workspace_reads_back_as_it_was_written() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
