@@ -69,7 +69,7 @@ impl Backend {
 
     pub async fn list(&self, all: bool, selector: &Labels) -> Result<Vec<Workspace>> {
         Ok(match self {
-            Backend::Local(p) => p.list_labelled(all, selector)?,
+            Backend::Local(p) => p.list_labelled(all, selector).await?,
             Backend::Remote(c) => c.list(all, selector).await?,
             Backend::Nats(c) => c.list(all, selector).await?,
         })
@@ -77,7 +77,7 @@ impl Backend {
 
     pub async fn describe(&self, id: &str) -> Result<WorkspaceDetails> {
         Ok(match self {
-            Backend::Local(p) => p.describe(id)?,
+            Backend::Local(p) => p.describe(id).await?,
             Backend::Remote(c) => c.describe(id).await?,
             Backend::Nats(c) => c.describe(id).await?,
         })

@@ -209,12 +209,12 @@ fn answer(op: Op, provider: &Provider, message: &async_nats::Message) -> BoxStre
         Op::List => with_args(op, &payload, |args: ListArgs| {
             done(async move {
                 Ok(WorkspaceList {
-                    workspaces: provider.list_labelled(args.all, &args.labels)?,
+                    workspaces: provider.list_labelled(args.all, &args.labels).await?,
                 })
             })
         }),
         Op::Show => with_args(op, &payload, |args: Target| {
-            done(async move { provider.describe(&args.id) })
+            done(async move { provider.describe(&args.id).await })
         }),
         Op::Start => with_args(op, &payload, |args: Target| {
             done(async move { provider.start(&args.id).await })

@@ -282,7 +282,7 @@ async fn errors_carry_the_service_layers_codes_and_messages() {
     };
     assert_eq!(
         api_error(api.client.describe("nope").await),
-        expected(api.provider.describe("nope").unwrap_err())
+        expected(api.provider.describe("nope").await.unwrap_err())
     );
     assert_eq!(
         api_error(

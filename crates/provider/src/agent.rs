@@ -103,7 +103,7 @@ impl Provider {
     /// A connection to a running workspace's agent, from the one pool of
     /// agent connections.
     async fn agent(&self, id: &str) -> Result<(Workspace, AgentClient), ServiceError> {
-        let (ws, runtime) = self.running(id)?;
+        let (ws, runtime) = self.running(id).await?;
         let socket = runtime
             .agent_socket(&ws)
             .ok_or_else(|| ServiceError::Runtime {

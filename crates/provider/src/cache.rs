@@ -117,7 +117,7 @@ impl Provider {
         let mut entries = self.store().cache_entries()?;
         // Entries written before sizes were kept are measured once.
         for entry in entries.iter_mut().filter(|e| e.size.is_none()) {
-            let Some(runtime) = self.inner.runtimes.get(entry.runtime.as_str()) else {
+            let Ok(runtime) = self.runtime_named(&entry.runtime) else {
                 continue;
             };
             if let Ok(Some(size)) = runtime.cache_size(&entry.key).await {
@@ -137,7 +137,7 @@ impl Provider {
             if in_use.contains(&entry.key) {
                 continue;
             }
-            let Some(runtime) = self.inner.runtimes.get(entry.runtime.as_str()).cloned() else {
+            let Ok(runtime) = self.runtime_named(&entry.runtime) else {
                 continue;
             };
             let Some(_lock) = self.try_lock_cache_key(&entry.key)? else {

@@ -20,7 +20,7 @@
 //! host_binds = []              # BERTH_SANDBOX_HOST_BINDS (colon-separated)
 //! ```
 
-use crate::{DEFAULT_OUTPUT_LIMIT, Provider, ProviderConfig, ServiceError};
+use crate::{DEFAULT_OUTPUT_LIMIT, OpenRuntime, Provider, ProviderConfig, ServiceError};
 use berth_core::spec::{deserialize_bytes, parse_bytes};
 use berth_core::{ResourceDefaults, Runtime};
 use serde::Deserialize;
@@ -273,37 +273,48 @@ impl Config {
     /// still work, and asking for it says why not.
     pub async fn open(self) -> Result<Provider, ConfigError> {
         let home = self.home.clone();
-        let docker = match &self.docker_host {
-            Some(host) => berth_runtime_docker::DockerRuntime::with_host(&home, host),
-            None => berth_runtime_docker::DockerRuntime::new(&home),
-        }
-        .with_defaults(self.defaults);
-        let offered = |name: &str| {
-            self.offer
-                .as_ref()
-                .is_none_or(|offer| offer.iter().any(|o| o == name))
-        };
-        let mut runtimes: Vec<Arc<dyn Runtime>> = vec![
-            Arc::new(berth_runtime_local::LocalRuntime::new(&home)),
-            Arc::new(docker),
-        ];
-        if offered("sandbox") {
-            match self.sandbox_runtime() {
-                Ok(sandbox) => runtimes.push(Arc::new(sandbox)),
-                Err(e) => tracing::warn!("the sandbox runtime is unavailable: {e}"),
-            }
-        }
         let mut config = ProviderConfig::new(&home);
-        config.runtimes = runtimes.into_iter().filter(|r| offered(r.name())).collect();
-        config.default_runtime = self.runtime;
+        config.default_runtime = self.runtime.clone();
         config.output_limit = self.output_limit;
         config.cache_budget = self.cache_budget;
+        let this = Arc::new(self);
+        // Each runtime is made when first used: `berth exec` in a sandbox
+        // workspace never sets up the docker runtime, and the other way
+        // round.
+        for name in RUNTIMES {
+            if this
+                .offer
+                .as_ref()
+                .is_some_and(|offer| !offer.iter().any(|o| o == name))
+            {
+                continue;
+            }
+            let this = this.clone();
+            let open: OpenRuntime = Box::new(move || this.runtime(name));
+            config.lazy_runtimes.push((name, open));
+        }
         Provider::open(config)
             .await
             .map_err(|source| ConfigError::Open {
                 home,
                 source: Box::new(source),
             })
+    }
+
+    /// The runtime called `name`, one of [`RUNTIMES`].
+    fn runtime(&self, name: &str) -> Result<Arc<dyn Runtime>, String> {
+        Ok(match name {
+            "docker" => {
+                let docker = match &self.docker_host {
+                    Some(host) => berth_runtime_docker::DockerRuntime::with_host(&self.home, host),
+                    None => berth_runtime_docker::DockerRuntime::new(&self.home),
+                };
+                Arc::new(docker.with_defaults(self.defaults))
+            }
+            "local" => Arc::new(berth_runtime_local::LocalRuntime::new(&self.home)),
+            "sandbox" => Arc::new(self.sandbox_runtime()?),
+            other => return Err(format!("no runtime `{other}`")),
+        })
     }
 
     /// The sandbox runtime, with the static agent (installed from this

@@ -106,8 +106,8 @@ written=1
 "#;
 
 impl Provider {
-    fn settled(&self, id: &str) -> Result<Workspace, ServiceError> {
-        let ws = self.get(id)?;
+    async fn settled(&self, id: &str) -> Result<Workspace, ServiceError> {
+        let ws = self.touched(id).await?;
         match ws.state {
             WorkspaceState::Running | WorkspaceState::Stopped => {
                 self.used(&ws);
@@ -123,7 +123,7 @@ impl Provider {
 
     /// Freezes the workspace's current files into a snapshot.
     pub async fn snapshot(&self, id: &str) -> Result<Snapshot, ServiceError> {
-        let ws = self.settled(id)?;
+        let ws = self.settled(id).await?;
         self.runtime_of(&ws)?
             .snapshot(&ws)
             .await
@@ -135,7 +135,7 @@ impl Provider {
         if let Some(snapshot) = to {
             check_snapshot_id(snapshot)?;
         }
-        let ws = self.settled(id)?;
+        let ws = self.settled(id).await?;
         self.runtime_of(&ws)?
             .reset(&ws, to)
             .await
@@ -150,7 +150,7 @@ impl Provider {
     /// origin at the fork, or the snapshot `reset` was given. A patch file
     /// a killed diff left in a repository's git directory is none of them.
     pub async fn changes(&self, id: &str) -> Result<Vec<Change>, ServiceError> {
-        let ws = self.settled(id)?;
+        let ws = self.settled(id).await?;
         let mut changes = self
             .runtime_of(&ws)?
             .changes(&ws)
@@ -166,7 +166,7 @@ impl Provider {
         id: &str,
         target: &ExportTarget,
     ) -> Result<ExportSummary, ServiceError> {
-        let ws = self.settled(id)?;
+        let ws = self.settled(id).await?;
         self.runtime_of(&ws)?
             .export_changes(&ws, target)
             .await
@@ -232,7 +232,7 @@ impl Provider {
     /// killed while streaming leaves nothing behind. A failure once
     /// streaming has begun ends the stream with an error.
     pub async fn diff(&self, id: &str) -> Result<ReadStream, ServiceError> {
-        let (ws, runtime) = self.running(id)?;
+        let (ws, runtime) = self.running(id).await?;
         let name = format!(
             ".git/berth-diff-{}.patch",
             ulid::Ulid::generate().to_string().to_lowercase()
@@ -333,7 +333,7 @@ impl Provider {
     /// Makes `count` new running workspaces from a workspace's current
     /// state; each is independent of the origin and of the others.
     pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<Workspace>, ServiceError> {
-        let origin = self.settled(id)?;
+        let origin = self.settled(id).await?;
         let runtime = self.runtime_of(&origin)?;
         if count == 0 || count > MAX_FORKS {
             return Err(ServiceError::InvalidRequest {
@@ -429,7 +429,9 @@ impl Provider {
             .gc()
             .await
             .map_err(ServiceError::Mirrors)?;
-        let live = self.store().list(false)?;
+        let live = self
+            .list_labelled(false, &berth_core::Labels::new())
+            .await?;
         let mut reports = Vec::new();
         for runtime in self.runtime_list() {
             let theirs: Vec<Workspace> = live

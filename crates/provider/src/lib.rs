@@ -30,12 +30,16 @@ use berth_store::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 /// Bytes kept per output stream of a command when the request sets no limit.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
+
+/// Makes a runtime ([`ProviderConfig::lazy_runtimes`]), or says why it
+/// cannot be used here.
+pub type OpenRuntime = Box<dyn Fn() -> Result<Arc<dyn Runtime>, String> + Send + Sync>;
 
 /// How a provider is set up.
 pub struct ProviderConfig {
@@ -47,6 +51,9 @@ pub struct ProviderConfig {
     /// Bytes kept per output stream when a request sets no limit.
     pub output_limit: u64,
     pub runtimes: Vec<Arc<dyn Runtime>>,
+    /// Runtimes made when first needed, by name: a command on one
+    /// workspace sets up the runtime that workspace uses and no other.
+    pub lazy_runtimes: Vec<(&'static str, OpenRuntime)>,
     /// The time deadlines are measured by.
     pub clock: Arc<dyn Clock>,
     /// Bytes the provisioning cache may hold before its least recently used
@@ -61,6 +68,7 @@ impl ProviderConfig {
             default_runtime: None,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             runtimes: Vec::new(),
+            lazy_runtimes: Vec::new(),
             clock: Arc::new(SystemClock),
             cache_budget: None,
         }
@@ -143,7 +151,7 @@ struct Inner {
     home: PathBuf,
     store: Store,
     git: Git,
-    runtimes: BTreeMap<&'static str, Arc<dyn Runtime>>,
+    runtimes: BTreeMap<&'static str, RuntimeSlot>,
     default_runtime: Option<String>,
     output_limit: u64,
     /// The process's agent connections, shared with the runtimes.
@@ -157,6 +165,39 @@ struct Inner {
     instances: Mutex<HashMap<String, CancellationToken>>,
 }
 
+/// A runtime, made on first use when it was configured lazily.
+struct RuntimeSlot {
+    made: OnceLock<Result<Arc<dyn Runtime>, String>>,
+    open: Option<OpenRuntime>,
+}
+
+impl RuntimeSlot {
+    fn made(runtime: Arc<dyn Runtime>) -> RuntimeSlot {
+        RuntimeSlot {
+            made: OnceLock::from(Ok(runtime)),
+            open: None,
+        }
+    }
+
+    fn lazy(open: OpenRuntime) -> RuntimeSlot {
+        RuntimeSlot {
+            made: OnceLock::new(),
+            open: Some(open),
+        }
+    }
+
+    /// The runtime, made now if it was not yet; why it cannot be used.
+    fn get(&self) -> Result<&Arc<dyn Runtime>, &str> {
+        self.made
+            .get_or_init(|| match &self.open {
+                Some(open) => open(),
+                None => Err("it was never set up".into()),
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
 /// The bounds a command runs within, once the exec rules are applied.
 pub(crate) struct Bounds {
     pub timeout_ms: Option<u64>,
@@ -167,8 +208,9 @@ impl Provider {
     /// Opens the registry in `config.home` and settles what a previous
     /// process left behind: interrupted provisions are cleaned and marked
     /// failed, what their git processes left in the mirrors is removed,
-    /// workspaces whose runtime state vanished are marked failed, and the
-    /// deadlines that passed are applied (see [`Provider::reap`]).
+    /// and the deadlines that passed are applied (see [`Provider::reap`]).
+    /// Whether each workspace's runtime state is still there is asked
+    /// when a command touches it, not here ([`Provider::reconcile`]).
     pub async fn open(config: ProviderConfig) -> Result<Provider, ServiceError> {
         std::fs::create_dir_all(&config.home).map_err(|e| ServiceError::InvalidRequest {
             field: "BERTH_HOME".into(),
@@ -181,7 +223,17 @@ impl Provider {
                 home: config.home,
                 store,
                 git: Git::new(credentials),
-                runtimes: config.runtimes.into_iter().map(|r| (r.name(), r)).collect(),
+                runtimes: config
+                    .runtimes
+                    .into_iter()
+                    .map(|r| (r.name(), RuntimeSlot::made(r)))
+                    .chain(
+                        config
+                            .lazy_runtimes
+                            .into_iter()
+                            .map(|(name, open)| (name, RuntimeSlot::lazy(open))),
+                    )
+                    .collect(),
                 default_runtime: config.default_runtime,
                 output_limit: config.output_limit,
                 agents: berth_agent_client::AgentPool::shared(),
@@ -287,20 +339,50 @@ impl Provider {
         env
     }
 
+    /// Every runtime that can be set up here, each made now if it was not
+    /// yet.
     pub(crate) fn runtime_list(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
-        self.inner.runtimes.values()
+        self.inner
+            .runtimes
+            .values()
+            .filter_map(|slot| slot.get().ok())
+    }
+
+    /// The runtime called `name`; why it cannot be used here.
+    pub(crate) fn runtime_named(&self, name: &str) -> Result<Arc<dyn Runtime>, ServiceError> {
+        match self.inner.runtimes.get(name).map(RuntimeSlot::get) {
+            Some(Ok(runtime)) => Ok(runtime.clone()),
+            Some(Err(reason)) => Err(ServiceError::RuntimeUnavailable {
+                name: name.into(),
+                reason: reason.into(),
+            }),
+            None => Err(ServiceError::RuntimeUnavailable {
+                name: name.into(),
+                reason: "this provider was started without it".into(),
+            }),
+        }
     }
 
     /// The runtimes this provider knows, and whether each works here.
     pub async fn runtimes(&self) -> Vec<RuntimeStatus> {
         let mut statuses = Vec::new();
-        for runtime in self.inner.runtimes.values() {
-            let reason = runtime.available().await.err();
-            statuses.push(RuntimeStatus {
-                name: runtime.name().into(),
-                description: runtime.description().into(),
-                available: reason.is_none(),
-                reason,
+        for (name, slot) in &self.inner.runtimes {
+            statuses.push(match slot.get() {
+                Ok(runtime) => {
+                    let reason = runtime.available().await.err();
+                    RuntimeStatus {
+                        name: runtime.name().into(),
+                        description: runtime.description().into(),
+                        available: reason.is_none(),
+                        reason,
+                    }
+                }
+                Err(reason) => RuntimeStatus {
+                    name: (*name).into(),
+                    description: String::new(),
+                    available: false,
+                    reason: Some(reason.into()),
+                },
             });
         }
         statuses
@@ -338,23 +420,13 @@ impl Provider {
                 available: self.available_runtimes().await,
             });
         };
-        let runtime =
-            self.inner
-                .runtimes
-                .get(name.as_str())
-                .ok_or_else(|| ServiceError::UnknownRuntime {
-                    name: name.clone(),
-                    available: String::new(),
-                });
-        let runtime = match runtime {
-            Ok(runtime) => runtime.clone(),
-            Err(_) => {
-                return Err(ServiceError::UnknownRuntime {
-                    name: name.clone(),
-                    available: self.available_runtimes().await,
-                });
-            }
-        };
+        if !self.inner.runtimes.contains_key(name.as_str()) {
+            return Err(ServiceError::UnknownRuntime {
+                name: name.clone(),
+                available: self.available_runtimes().await,
+            });
+        }
+        let runtime = self.runtime_named(name)?;
         runtime
             .available()
             .await
@@ -366,38 +438,40 @@ impl Provider {
     }
 
     /// Waits for the work the runtimes go on with after answering; call
-    /// it before the process ends.
+    /// it before the process ends. A runtime never made has none.
     pub async fn settle(&self) {
-        for runtime in self.runtime_list() {
-            runtime.settle().await;
+        for slot in self.inner.runtimes.values() {
+            if let Some(Ok(runtime)) = slot.made.get() {
+                runtime.settle().await;
+            }
         }
     }
 
     pub(crate) fn runtime_of(&self, ws: &Workspace) -> Result<Arc<dyn Runtime>, ServiceError> {
-        self.inner
-            .runtimes
-            .get(ws.runtime.as_str())
-            .cloned()
-            .ok_or_else(|| ServiceError::RuntimeUnavailable {
-                name: ws.runtime.clone(),
-                reason: "this provider was started without it".into(),
-            })
+        self.runtime_named(&ws.runtime)
     }
 
-    /// Every workspace, oldest first; removed ones only when asked.
+    /// Every workspace as the registry has it, oldest first; removed ones
+    /// only when asked.
     pub fn list(&self, include_removed: bool) -> Result<Vec<Workspace>, ServiceError> {
-        self.list_labelled(include_removed, &Labels::new())
+        Ok(self.store().list(include_removed)?)
     }
 
-    /// The workspaces that carry every label of `selector`, oldest first.
-    pub fn list_labelled(
+    /// The workspaces that carry every label of `selector`, oldest first,
+    /// each checked with its runtime ([`Provider::reconcile`]): what `ls`
+    /// shows.
+    pub async fn list_labelled(
         &self,
         include_removed: bool,
         selector: &Labels,
     ) -> Result<Vec<Workspace>, ServiceError> {
-        let mut workspaces = self.store().list(include_removed)?;
+        let mut workspaces = self.list(include_removed)?;
         workspaces.retain(|ws| berth_core::label::matches(&ws.labels, selector));
-        Ok(workspaces)
+        let mut checked = Vec::with_capacity(workspaces.len());
+        for ws in workspaces {
+            checked.push(self.reconcile(ws).await?);
+        }
+        Ok(checked)
     }
 
     /// A workspace by id, unique id prefix, or name.
@@ -413,9 +487,39 @@ impl Provider {
         Ok(self.store().resolve(id)?)
     }
 
+    /// A workspace by id ([`Provider::get`]), checked with its runtime
+    /// ([`Provider::reconcile`]). Every operation on one workspace looks
+    /// it up here, so a command checks the workspace it touches and no
+    /// other.
+    pub(crate) async fn touched(&self, id: &str) -> Result<Workspace, ServiceError> {
+        let ws = self.get(id)?;
+        self.reconcile(ws).await
+    }
+
+    /// `ws`, marked failed first when it is running or stopped but its
+    /// runtime has no state for it any more (it was removed outside
+    /// berth). A runtime that cannot answer (an engine out of reach)
+    /// changes nothing: the operation itself then says what is wrong.
+    async fn reconcile(&self, ws: Workspace) -> Result<Workspace, ServiceError> {
+        if !matches!(ws.state, WorkspaceState::Running | WorkspaceState::Stopped) {
+            return Ok(ws);
+        }
+        let Ok(runtime) = self.runtime_of(&ws) else {
+            return Ok(ws);
+        };
+        if let Ok(false) = runtime.exists(&ws).await {
+            return Ok(self.store().set_state(
+                &ws.id,
+                WorkspaceState::Failed,
+                Some("its runtime state is gone: it was removed outside berth"),
+            )?);
+        }
+        Ok(ws)
+    }
+
     /// A workspace with the isolation in force.
-    pub fn describe(&self, id: &str) -> Result<WorkspaceDetails, ServiceError> {
-        let workspace = self.get(id)?;
+    pub async fn describe(&self, id: &str) -> Result<WorkspaceDetails, ServiceError> {
+        let workspace = self.touched(id).await?;
         let isolation = self.runtime_of(&workspace)?.isolation(&workspace);
         Ok(WorkspaceDetails {
             idle_deadline: workspace.idle_deadline(),
@@ -427,7 +531,7 @@ impl Provider {
 
     /// Starts a stopped workspace; starting a running one does nothing.
     pub async fn start(&self, id: &str) -> Result<Workspace, ServiceError> {
-        let ws = self.get(id)?;
+        let ws = self.touched(id).await?;
         match ws.state {
             WorkspaceState::Running => return Ok(ws),
             WorkspaceState::Stopped => {}
@@ -454,7 +558,7 @@ impl Provider {
 
     /// Stops a running workspace, keeping its files.
     pub async fn stop(&self, id: &str) -> Result<Workspace, ServiceError> {
-        let ws = self.get(id)?;
+        let ws = self.touched(id).await?;
         match ws.state {
             WorkspaceState::Stopped => return Ok(ws),
             WorkspaceState::Running => {}
@@ -510,8 +614,8 @@ impl Provider {
             .set_state(&ws.id, WorkspaceState::Removed, None)?)
     }
 
-    fn running(&self, id: &str) -> Result<(Workspace, Arc<dyn Runtime>), ServiceError> {
-        let ws = self.get(id)?;
+    async fn running(&self, id: &str) -> Result<(Workspace, Arc<dyn Runtime>), ServiceError> {
+        let ws = self.touched(id).await?;
         if ws.state != WorkspaceState::Running {
             return Err(ServiceError::WrongState {
                 id: ws.id.to_string(),
@@ -532,7 +636,7 @@ impl Provider {
         mut request: ExecRequest,
         cancel: CancellationToken,
     ) -> Result<(WorkspaceId, ExecStream), ServiceError> {
-        let (ws, runtime) = self.running(id)?;
+        let (ws, runtime) = self.running(id).await?;
         if let Some(cwd) = &request.cwd {
             WorkspacePath::parse(cwd)?;
         }
@@ -562,7 +666,7 @@ impl Provider {
     /// Opens a file of a running workspace; its bytes are read as the
     /// stream is consumed.
     pub async fn read_file(&self, id: &str, path: &str) -> Result<ReadStream, ServiceError> {
-        let (ws, runtime) = self.running(id)?;
+        let (ws, runtime) = self.running(id).await?;
         let path = WorkspacePath::parse(path)?;
         runtime
             .read_file(&ws, &path)
@@ -576,7 +680,7 @@ impl Provider {
         path: &str,
         data: Vec<u8>,
     ) -> Result<(), ServiceError> {
-        let (ws, runtime) = self.running(id)?;
+        let (ws, runtime) = self.running(id).await?;
         let path = WorkspacePath::parse(path)?;
         if path.is_root() {
             return Err(ServiceError::InvalidRequest {
@@ -591,7 +695,7 @@ impl Provider {
     }
 
     pub async fn list_files(&self, id: &str, dir: &str) -> Result<Vec<FileEntry>, ServiceError> {
-        let (ws, runtime) = self.running(id)?;
+        let (ws, runtime) = self.running(id).await?;
         let dir = WorkspacePath::parse(dir)?;
         runtime
             .list_files(&ws, &dir)
@@ -600,7 +704,7 @@ impl Provider {
     }
 
     pub async fn remove_file(&self, id: &str, path: &str) -> Result<(), ServiceError> {
-        let (ws, runtime) = self.running(id)?;
+        let (ws, runtime) = self.running(id).await?;
         let path = WorkspacePath::parse(path)?;
         if path.is_root() {
             return Err(ServiceError::InvalidRequest {
@@ -647,21 +751,6 @@ impl Provider {
                     "provisioning was interrupted: the process provisioning it{pid} ended"
                 )),
             )?;
-        }
-        for ws in self.store().list(false)? {
-            if !matches!(ws.state, WorkspaceState::Running | WorkspaceState::Stopped) {
-                continue;
-            }
-            let Ok(runtime) = self.runtime_of(&ws) else {
-                continue;
-            };
-            if let Ok(false) = runtime.exists(&ws).await {
-                self.store().set_state(
-                    &ws.id,
-                    WorkspaceState::Failed,
-                    Some("its runtime state is gone: it was removed outside berth"),
-                )?;
-            }
         }
         Ok(())
     }

@@ -230,3 +230,43 @@ async fn open_builds_every_runtime_with_the_configured_default() {
     assert_eq!(ws.runtime, "local", "the configured default is used");
     provider.remove(ws.id.as_str()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_command_sets_up_only_the_runtime_its_workspace_uses() {
+    let home = home_with(Some("runtime = \"local\"\n"));
+    let provider = load(&home, &[]).unwrap().open().await.unwrap();
+    let spec = berth_core::Spec::parse("{}", berth_core::spec::Format::Json).unwrap();
+    let ws = provider
+        .create(
+            spec,
+            berth_provider::CreateOptions::default(),
+            berth_provider::Progress::none(),
+        )
+        .await
+        .unwrap();
+    drop(provider);
+
+    let provider = load(&home, &[]).unwrap().open().await.unwrap();
+    let (_, mut events) = provider
+        .exec(
+            ws.id.as_str(),
+            berth_core::ExecRequest::shell("true"),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    while events.recv().await.is_some() {}
+    // The sandbox installs its agent and makes its directories when it is
+    // set up: a local workspace's command did neither.
+    let made = |name: &str| home.path().join(name).exists();
+    assert!(!made("sandbox") && !made("bin"), "the sandbox was set up");
+    // Listing the runtimes sets up each one.
+    let names: Vec<String> = provider
+        .runtimes()
+        .await
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["docker", "local", "sandbox"]);
+    assert!(made("bin"), "the sandbox's agent is installed");
+}

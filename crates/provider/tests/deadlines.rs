@@ -80,7 +80,7 @@ async fn an_idle_workspace_is_stopped_with_its_files_kept_and_each_use_moves_the
         "the request's idle is kept"
     );
     assert_eq!(
-        provider.describe(id).unwrap().idle_deadline,
+        provider.describe(id).await.unwrap().idle_deadline,
         Some(clock.now_ms() + 600_000)
     );
 
@@ -101,7 +101,7 @@ async fn an_idle_workspace_is_stopped_with_its_files_kept_and_each_use_moves_the
         "a command, a write and a listing each moved the deadline"
     );
     assert_eq!(
-        provider.describe(id).unwrap().idle_deadline,
+        provider.describe(id).await.unwrap().idle_deadline,
         Some(clock.now_ms() + 1_000)
     );
 
@@ -111,7 +111,7 @@ async fn an_idle_workspace_is_stopped_with_its_files_kept_and_each_use_moves_the
         [Reaped::Stopped(ws.id.clone())]
     );
     assert_eq!(state(&provider, id), WorkspaceState::Stopped);
-    assert_eq!(provider.describe(id).unwrap().idle_deadline, None);
+    assert_eq!(provider.describe(id).await.unwrap().idle_deadline, None);
 
     // Its files are kept; started again, it has a new idle time.
     provider.start(id).await.unwrap();
@@ -219,7 +219,7 @@ async fn a_workspace_outliving_its_lifetime_is_removed_by_the_next_process_that_
     .await;
     let id = ws.id.to_string();
     let created = ws.created_at;
-    let details = provider.describe(&id).unwrap();
+    let details = provider.describe(&id).await.unwrap();
     assert_eq!(details.removal_deadline, Some(created + 3_600_000));
     assert_eq!(
         details.idle_deadline, None,
@@ -232,7 +232,7 @@ async fn a_workspace_outliving_its_lifetime_is_removed_by_the_next_process_that_
     provider.stop(&id).await.unwrap();
     assert_eq!(provider.reap().await.unwrap(), []);
     assert_eq!(
-        provider.describe(&id).unwrap().removal_deadline,
+        provider.describe(&id).await.unwrap().removal_deadline,
         Some(created + 3_600_000)
     );
     drop(provider);

@@ -567,14 +567,53 @@ async fn an_interrupted_provision_is_cleaned_and_marked_failed_on_restart() {
 async fn a_workspace_removed_behind_berths_back_is_reported_failed() {
     let world = World::new();
     let provider = world.provider().await;
-    let (ws, _) = create(&provider, spec("runtime = \"local\"\n")).await;
-    let ws = ws.unwrap();
-    std::fs::remove_dir_all(root_of(&ws)).unwrap();
+    let mut roots = Vec::new();
+    for name in ["first", "second", "third"] {
+        let (ws, _) = create(
+            &provider,
+            spec(&format!("runtime = \"local\"\nname = \"{name}\"\n")),
+        )
+        .await;
+        roots.push(root_of(&ws.unwrap()));
+    }
+    for root in &roots {
+        std::fs::remove_dir_all(root).unwrap();
+    }
     drop(provider);
     let provider = world.provider().await;
-    let after = provider.get(ws.id.as_str()).unwrap();
-    assert_eq!(after.state, WorkspaceState::Failed);
-    assert!(after.error.unwrap().contains("removed outside berth"));
+    let gone = |ws: &berth_core::Workspace| {
+        ws.state == WorkspaceState::Failed
+            && ws
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("removed outside berth"))
+    };
+
+    // A command notices that its workspace is gone, and opening the
+    // provider looked at no other.
+    let err = provider
+        .exec(
+            "first",
+            ExecRequest::shell("true"),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "wrong_state", "{err}");
+    assert!(gone(&provider.get("first").unwrap()));
+    assert_eq!(
+        provider.get("second").unwrap().state,
+        WorkspaceState::Running,
+        "as the registry had it: nothing touched it yet"
+    );
+    // `show` and `ls` check what they show.
+    assert!(gone(&provider.describe("second").await.unwrap().workspace));
+    let listed = provider
+        .list_labelled(false, &berth_core::Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(gone), "{listed:?}");
 }
 
 #[tokio::test]

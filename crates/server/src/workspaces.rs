@@ -78,11 +78,11 @@ impl Workspaces for Provider {
     }
 
     async fn list(&self, all: bool, labels: &Labels) -> Result<Vec<Workspace>, ApiError> {
-        Ok(self.list_labelled(all, labels)?)
+        Ok(self.list_labelled(all, labels).await?)
     }
 
     async fn describe(&self, id: &str) -> Result<WorkspaceDetails, ApiError> {
-        Ok(Provider::describe(self, id)?)
+        Ok(Provider::describe(self, id).await?)
     }
 
     async fn get(&self, id: &str) -> Result<Workspace, ApiError> {

@@ -1598,7 +1598,7 @@ async fn a_second_workspace_starts_from_the_cache_and_fetches_what_moved() {
 }
 
 #[tokio::test]
-async fn a_container_deleted_behind_berths_back_is_reconciled_on_open() {
+async fn a_container_deleted_behind_berths_back_is_reported_failed() {
     let world = World::new();
     let provider = provider(&world).await;
     let (ws, _) = provision(&world, &provider, spec_for(image(TestImage::Busybox))).await;
@@ -1607,7 +1607,7 @@ async fn a_container_deleted_behind_berths_back_is_reconciled_on_open() {
     drop(provider);
 
     let provider = self::provider(&world).await;
-    let found = provider.get(ws.id.as_str()).unwrap();
+    let found = provider.describe(ws.id.as_str()).await.unwrap().workspace;
     assert_eq!(found.state, WorkspaceState::Failed);
     let error = found.error.unwrap_or_default();
     assert!(error.contains("removed outside berth"), "{error}");
