@@ -70,6 +70,7 @@ mod session;
 mod spawn;
 mod stop_signals;
 mod terminal;
+mod tree;
 mod watch;
 
 pub use berth_exec::procfs;

@@ -4,10 +4,10 @@
 //! Each command is sent to the shell's stdin as
 //!
 //! ```text
-//! command eval 'CMD' 3>&- </dev/null; printf '%s %d\n' MARKER "$?" >&3
+//! command eval 'CMD' 4>&- </dev/null; printf '%s %d\n' MARKER "$?" >&4
 //! ```
 //!
-//! so its exit status arrives on a pipe of its own (fd 3 of the shell),
+//! so its exit status arrives on a pipe of its own (fd 4 of the shell),
 //! tagged with a random per-command marker. Output is never parsed for a
 //! prompt: once the status has arrived, every byte the command wrote is
 //! already in the stdout and stderr pipes, and draining them without
@@ -25,10 +25,16 @@
 //! it has. A command made only of built-ins (`while :; do
 //! :; done`) runs in the shell itself and cannot be interrupted without
 //! ending it: past the grace period the session is ended, and says so.
+//!
+//! Where the agent has no cgroups, the shell runs under a shepherd held
+//! for the session's life (see [`crate::tree`]): the shepherd leads the
+//! group and survives its signals, and when the session ends, however it
+//! does, every process its commands started ends with it.
 
 use crate::Agent;
 use crate::fdio::{read_now, read_some, sleep_until};
 use crate::server::{Control, Controls, Outbox, SessionRun};
+use crate::tree::Tree;
 use berth_proto::{AgentMessage, ErrorCode, ExitStatus, SessionParams, Stream};
 use rustix::process::{Pid, Signal};
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -40,14 +46,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
 use tokio::io::unix::AsyncFd;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
 const READ_CHUNK: usize = 64 * 1024;
+/// The shell's descriptor for its status pipe (3 is a shepherd's).
+const STATUS_FD: i32 = 4;
 
 struct Shell {
-    child: Child,
+    /// The shell, and its shepherd when it has one.
+    tree: Tree,
+    /// The shell's own pid.
     pid: u32,
+    /// Its process group (the shepherd's, when it has one).
+    group: u32,
     stdin: ChildStdin,
     stdout: AsyncFd<OwnedFd>,
     stderr: AsyncFd<OwnedFd>,
@@ -82,14 +94,14 @@ pub async fn run(
     mut runs: mpsc::UnboundedReceiver<SessionRun>,
     out: Outbox,
 ) {
-    let mut shell = match start(agent, &params) {
+    let mut shell = match start(agent, &params).await {
         Ok(shell) => shell,
         Err((code, message)) => {
             out.error(code, message).await;
             return;
         }
     };
-    let _owned = agent.reaper.own(shell.pid);
+    let _owned = agent.reaper.own(shell.group);
     out.message(AgentMessage::Started { pid: shell.pid }).await;
     let started = Instant::now();
     let mut discard_out = vec![0u8; READ_CHUNK];
@@ -99,7 +111,7 @@ pub async fn run(
     while !closing && gone.is_none() {
         tokio::select! {
             control = controls.recv() => match control {
-                Some(Control::Signal(signal)) => crate::signal_group(shell.pid, signal),
+                Some(Control::Signal(signal)) => crate::signal_group(shell.group, signal),
                 Some(Control::Cancel) | None => closing = true,
                 Some(_) => {}
             },
@@ -112,9 +124,7 @@ pub async fn run(
                 },
                 None => closing = true,
             },
-            status = shell.child.wait() => {
-                gone = Some(status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(0)));
-            }
+            () = shell.tree.exited() => gone = Some(shell.tree.finish(agent.grace).await),
             // Output of background jobs between commands belongs to no
             // command; reading it keeps their writes from blocking.
             read = read_some(&shell.stdout, &mut discard_out), if shell.stdout_open => {
@@ -156,7 +166,7 @@ fn exit_status(status: std::process::ExitStatus, started: Instant, natural: bool
 }
 
 /// Starts the shell with its three pipes.
-fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, String)> {
+async fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, String)> {
     let cwd = agent.workdir(params.cwd.as_deref())?;
     let shell = match &params.shell {
         Some(shell) => shell.clone(),
@@ -173,7 +183,10 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
     let (out_r, out_w) = crate::fdio::pipe().map_err(|e| io_err("stdout pipe", e))?;
     let (err_r, err_w) = crate::fdio::pipe().map_err(|e| io_err("stderr pipe", e))?;
     let (status_r, status_w) = crate::fdio::pipe().map_err(|e| io_err("status pipe", e))?;
-    let mut command = Command::new(&shell);
+    let cgroup = agent.command_cgroup();
+    let (mut command, holding) =
+        crate::tree::command(agent, std::slice::from_ref(&shell), cgroup.is_some())
+            .map_err(|e| io_err("shepherd", e))?;
     command
         .current_dir(cwd)
         .env_clear()
@@ -182,27 +195,23 @@ fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCode, Str
         .stdin(Stdio::piped())
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
-    berth_exec::pass_as_fd3(&mut command, status_w);
+    berth_exec::pass_as_fd(&mut command, status_w, STATUS_FD);
     berth_exec::nice_on_spawn(&mut command, agent.command_nice);
-    let cgroup = agent.command_cgroup();
     if let Some(cgroup) = &cgroup {
         cgroup.enter_on_spawn(&mut command);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| (ErrorCode::Spawn, format!("cannot run `{shell}`: {e}")))?;
-    // The write ends now live in the shell only, so they report end of
-    // file when it is gone.
-    drop(command);
-    let pid = child.id().unwrap_or_default();
-    let stdin = child.stdin.take().ok_or((
+    // The write ends then live in the shell (and its shepherd) only, so
+    // they report end of file when it is gone.
+    let mut tree = Tree::spawn(command, holding, &shell).await?;
+    let stdin = tree.child.stdin.take().ok_or((
         ErrorCode::Spawn,
         format!("`{shell}` started without a stdin"),
     ))?;
     let watch = |fd: OwnedFd, what: &str| crate::fdio::register(fd).map_err(|e| io_err(what, e));
     Ok(Shell {
-        child,
-        pid,
+        pid: tree.pid,
+        group: tree.group,
+        tree,
         stdin,
         stdout: watch(out_r, "stdout")?,
         stderr: watch(err_r, "stderr")?,
@@ -276,7 +285,7 @@ async fn execute(
     let started = Instant::now();
     let marker = marker();
     let script = format!(
-        "command eval {} 3>&- </dev/null; printf '%s %d\\n' {marker} \"$?\" >&3\n",
+        "command eval {} {STATUS_FD}>&- </dev/null; printf '%s %d\\n' {marker} \"$?\" >&{STATUS_FD}\n",
         single_quoted(&run.command)
     );
     let mut stdout = Bounded::new(Stream::Stdout, run.output_limit);
@@ -302,8 +311,7 @@ async fn execute(
     // the command runs (and forks it there), and leaves it once it is done.
     let cgroup = command_cgroup(agent, shell);
     if shell.stdin.write_all(script.as_bytes()).await.is_err() {
-        let status = shell.child.wait().await;
-        let status = status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(0));
+        let status = shell.tree.finish(agent.grace).await;
         run.out
             .error(ErrorCode::Io, "the session's shell has exited")
             .await;
@@ -329,32 +337,34 @@ async fn execute(
                 // The shell is gone.
                 _ => break None,
             },
+            // Under a shepherd, which holds the status pipe too.
+            () = shell.tree.exited(), if shell.tree.is_held() => break None,
             control = run.controls.recv(), if controls_open => match control {
                 Some(Control::Signal(signal)) => {
-                    if !signal_command(shell.pid, signal) {
+                    if !signal_command(shell, signal) {
                         pending = Some((signal, tokio::time::Instant::now() + RETRY, RETRIES));
                     }
                 }
                 Some(Control::Cancel) => {
                     cancelled = true;
-                    interrupt(agent, shell.pid, &mut kill_at, &mut pending);
+                    interrupt(agent, shell, &mut kill_at, &mut pending);
                 }
                 Some(_) => {}
                 None => {
                     controls_open = false;
                     cancelled = true;
-                    interrupt(agent, shell.pid, &mut kill_at, &mut pending);
+                    interrupt(agent, shell, &mut kill_at, &mut pending);
                 }
             },
             control = session_controls.recv(), if !closing => match control {
-                Some(Control::Signal(signal)) => crate::signal_group(shell.pid, signal),
+                Some(Control::Signal(signal)) => crate::signal_group(shell.group, signal),
                 Some(Control::Cancel) | None => {
                     closing = true;
                     cancelled = true;
                     // Ending the shell ends the command; the status pipe
                     // then reports end of file.
-                    crate::signal_group(shell.pid, Signal::TERM.as_raw());
-                    crate::signal_group(shell.pid, Signal::HUP.as_raw());
+                    crate::signal_group(shell.group, Signal::TERM.as_raw());
+                    crate::signal_group(shell.group, Signal::HUP.as_raw());
                     kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
                 }
                 Some(_) => {}
@@ -362,19 +372,19 @@ async fn execute(
             () = agent.shutdown.cancelled(), if !closing => {
                 closing = true;
                 cancelled = true;
-                crate::signal_group(shell.pid, Signal::TERM.as_raw());
+                crate::signal_group(shell.group, Signal::TERM.as_raw());
                 kill_at.get_or_insert(tokio::time::Instant::now() + agent.grace);
             }
             () = sleep_until(deadline), if !timed_out && kill_at.is_none() => {
                 timed_out = true;
-                interrupt(agent, shell.pid, &mut kill_at, &mut pending);
+                interrupt(agent, shell, &mut kill_at, &mut pending);
             }
             () = sleep_until(pending.map(|(_, at, _)| at)) => {
                 // Sent before the command had a process of its own (the
                 // shell had not forked it yet): send it again once it has,
                 // for a while (a built-in never gets one).
                 if let Some((signal, _, tries)) = pending.take()
-                    && !signal_command(shell.pid, signal)
+                    && !signal_command(shell, signal)
                     && tries > 0
                 {
                     pending = Some((signal, tokio::time::Instant::now() + RETRY, tries - 1));
@@ -382,14 +392,13 @@ async fn execute(
             }
             () = sleep_until(kill_at) => {
                 pending = None;
-                let command_processes = crate::procfs::group_members(shell.pid as i32, shell.pid as i32);
-                if closing || command_processes.is_empty() {
+                if closing || shell.command_processes().is_empty() {
                     // Only the shell is left to end: the command is a
                     // built-in (a `while :; do :; done`), which no signal
                     // the shell survives can stop, so the session ends.
-                    crate::signal_group(shell.pid, Signal::KILL.as_raw());
+                    shell.kill();
                 } else {
-                    signal_command(shell.pid, Signal::KILL.as_raw());
+                    signal_command(shell, Signal::KILL.as_raw());
                 }
                 kill_at = None;
             }
@@ -418,11 +427,7 @@ async fn execute(
         Some(_) if closing => RunEnd::Closed,
         Some(_) => RunEnd::Finished,
         None => {
-            let shell_status = shell
-                .child
-                .wait()
-                .await
-                .unwrap_or_else(|_| std::process::ExitStatus::from_raw(0));
+            let shell_status = shell.tree.finish(agent.grace).await;
             status.code = shell_status.code();
             status.signal = shell_status.signal();
             if closing {
@@ -474,7 +479,7 @@ const RETRIES: u32 = 100;
 /// SIGINT to the group (the shell survives it), SIGKILL after the grace.
 fn interrupt(
     agent: &Agent,
-    shell: u32,
+    shell: &Shell,
     kill_at: &mut Option<tokio::time::Instant>,
     pending: &mut Option<(i32, tokio::time::Instant, u32)>,
 ) {
@@ -492,14 +497,14 @@ fn interrupt(
 /// shell ignores it through its trap); any other signal goes to every
 /// member of the group but the shell. Returns whether the command had a
 /// process of its own to receive it.
-fn signal_command(shell: u32, signal: i32) -> bool {
-    let members = crate::procfs::group_members(shell as i32, shell as i32);
+fn signal_command(shell: &Shell, signal: i32) -> bool {
+    let members = shell.command_processes();
     if signal == Signal::INT.as_raw() {
-        crate::signal_group(shell, signal);
+        crate::signal_group(shell.group, signal);
         // A member that is still a copy of the shell (forked, not yet
         // running the command) swallows SIGINT through the shell's trap;
         // only one running something else has surely been interrupted.
-        let shell_cmdline = crate::procfs::cmdline(shell as i32);
+        let shell_cmdline = crate::procfs::cmdline(shell.pid as i32);
         return members
             .iter()
             .any(|&pid| crate::procfs::cmdline(pid).is_some_and(|c| Some(c) != shell_cmdline));
@@ -535,20 +540,47 @@ fn take_status(buf: &mut Vec<u8>, marker: &str) -> Option<i32> {
 }
 
 /// Closes the session: SIGTERM and SIGHUP to its group, SIGKILL after the
-/// grace period.
+/// grace period; under a shepherd, to every process beneath it too.
 async fn end(agent: &Agent, shell: &mut Shell) -> std::process::ExitStatus {
-    crate::signal_group(shell.pid, Signal::TERM.as_raw());
-    crate::signal_group(shell.pid, Signal::HUP.as_raw());
-    if let Ok(Ok(status)) = tokio::time::timeout(agent.grace, shell.child.wait()).await {
-        crate::signal_group(shell.pid, Signal::KILL.as_raw());
-        return status;
+    crate::signal_group(shell.group, Signal::HUP.as_raw());
+    if shell.tree.is_held() {
+        return shell.tree.finish(agent.grace).await;
     }
-    crate::signal_group(shell.pid, Signal::KILL.as_raw());
-    shell
-        .child
-        .wait()
+    crate::signal_group(shell.group, Signal::TERM.as_raw());
+    if tokio::time::timeout(agent.grace, shell.tree.exited())
         .await
-        .unwrap_or_else(|_| std::process::ExitStatus::from_raw(Signal::KILL.as_raw()))
+        .is_err()
+    {
+        crate::signal_group(shell.group, Signal::KILL.as_raw());
+    }
+    let status = shell.tree.finish(agent.grace).await;
+    crate::signal_group(shell.group, Signal::KILL.as_raw());
+    status
+}
+
+impl Shell {
+    /// The running command's processes: the shell's group but the shell
+    /// and its shepherd.
+    fn command_processes(&self) -> Vec<i32> {
+        crate::procfs::group_members(self.group as i32, self.pid as i32)
+            .into_iter()
+            .filter(|&pid| pid != self.group as i32)
+            .collect()
+    }
+
+    /// SIGKILL to the shell's group, but its shepherd, which then ends
+    /// what is left.
+    fn kill(&self) {
+        if !self.tree.is_held() {
+            crate::signal_group(self.group, Signal::KILL.as_raw());
+            return;
+        }
+        for pid in crate::procfs::group_members(self.group as i32, self.group as i32) {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

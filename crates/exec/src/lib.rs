@@ -133,13 +133,13 @@ pub fn nice_on_spawn(command: &mut Command, nice: i32) {
     }
 }
 
-/// Makes `fd` the descriptor 3 of `command`'s process, open across exec;
-/// `command` keeps `fd` open until it is dropped.
+/// Makes `fd` the descriptor `target` of `command`'s process, open across
+/// exec; `command` keeps `fd` open until it is dropped.
 #[expect(
     unsafe_code,
     reason = "a pre_exec hook makes two system calls between fork and exec"
 )]
-pub fn pass_as_fd3(command: &mut Command, fd: std::os::fd::OwnedFd) {
+pub fn pass_as_fd(command: &mut Command, fd: std::os::fd::OwnedFd, target: i32) {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     use std::os::unix::process::CommandExt as _;
     // SAFETY: the hook only calls dup2/fcntl on descriptors that are open
@@ -147,12 +147,12 @@ pub fn pass_as_fd3(command: &mut Command, fd: std::os::fd::OwnedFd) {
     unsafe {
         command.as_std_mut().pre_exec(move || {
             let raw = fd.as_raw_fd();
-            if raw == 3 {
+            if raw == target {
                 // dup2 onto itself keeps close-on-exec; clear it instead.
                 rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())?;
             } else {
-                let mut three = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(3));
-                rustix::io::dup2(&fd, &mut three)?;
+                let mut slot = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(target));
+                rustix::io::dup2(&fd, &mut slot)?;
             }
             Ok(())
         });

@@ -32,6 +32,11 @@
 //! among those. The shepherd holds nothing the command does not have:
 //! its environment is the command's, and its socket only ever carries the
 //! caller's word.
+//!
+//! A long-lived command (a session's shell) runs under a
+//! shepherd [`Held`] from the start: when the command's own process exits
+//! the shepherd says so and stays, with everything the command left
+//! beneath it, until the caller has ended all of it.
 
 use crate::procfs;
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -58,6 +63,8 @@ const HOLD: u8 = b'h';
 const FINAL: u8 = b'.';
 /// The length of the shepherd's report on starting the command.
 const REPORT: usize = 4;
+/// Said by a held shepherd once its command's own process has exited.
+const EXITED: u8 = b'x';
 /// How often the ending looks at what is left of the command.
 const POLL: Duration = Duration::from_millis(5);
 /// How long killed processes (and then the shepherd) may take to go.
@@ -120,12 +127,84 @@ impl Shepherd {
         let (ours, theirs) = UnixStream::pair()?;
         let mut command = Command::new(&self.program);
         command.args(&self.args).args(argv);
-        crate::pass_as_fd3(&mut command, OwnedFd::from(theirs));
+        crate::pass_as_fd(&mut command, OwnedFd::from(theirs), LINK_FD);
         let starting = Starting {
             socket: ours,
             adopter: self.adopter.clone(),
         };
         Ok((command, starting))
+    }
+}
+
+impl Shepherd {
+    /// A command that runs `argv` under a shepherd held from the start.
+    pub fn held(&self, argv: &[String]) -> std::io::Result<(Command, Holding)> {
+        let (command, starting) = self.command(argv)?;
+        (&starting.socket).write_all(&[HOLD])?;
+        Ok((command, Holding(starting)))
+    }
+}
+
+/// The caller's end of a held shepherd's socket, before it is spawned.
+#[derive(Debug)]
+pub struct Holding(Starting);
+
+impl Holding {
+    /// The held shepherd, once it has been spawned as `pid` to run
+    /// `program`.
+    pub fn spawned(self, pid: u32, program: &str) -> std::io::Result<Held> {
+        let (report, link) = self.0.split(program)?;
+        Ok(Held {
+            pid,
+            report: Some(report),
+            link,
+        })
+    }
+}
+
+/// A shepherd held from the start: it outlives its command's own process
+/// until [`Held::end`].
+#[derive(Debug)]
+pub struct Held {
+    pid: u32,
+    report: Option<Report>,
+    link: Link,
+}
+
+impl Held {
+    /// Waits until the shepherd has started its command: an error when
+    /// the program could not be run.
+    pub async fn started(&mut self) -> Result<(), crate::SpawnError> {
+        while self.link.report.is_some() && !self.link.closed {
+            self.link.read().await;
+        }
+        match self.report.take() {
+            Some(report) => report.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Returns once the command's own process has exited (or the shepherd
+    /// is gone). Safe to cancel.
+    pub async fn exited(&mut self) {
+        while !self.link.closed
+            && !self
+                .link
+                .heard
+                .get(REPORT..)
+                .is_some_and(|said| said.contains(&EXITED))
+        {
+            self.link.read().await;
+        }
+    }
+
+    /// Ends every process beneath the shepherd, however it detached (as a
+    /// timeout ends a command's), then lets the shepherd go; `child` is the
+    /// shepherd. Returns how the command's own process ended.
+    pub async fn end(mut self, child: &mut Child, grace: Duration) -> std::process::ExitStatus {
+        let status = end(child, self.pid, grace, &mut self.link).await;
+        self.link.settle().await;
+        status
     }
 }
 
@@ -221,7 +300,11 @@ impl Link {
             }
         })
         .await;
-        if self.heard.get(REPORT) != Some(&FINAL) {
+        if !self
+            .heard
+            .get(REPORT..)
+            .is_some_and(|said| said.ends_with(&[FINAL]))
+        {
             kill_strays(self.adopter.as_ref()).await;
         }
     }
@@ -397,6 +480,7 @@ fn shepherd(
     release_stdio();
     let status = wait_for(leader);
     if held(link) {
+        let _ = link.write_all(&[EXITED]);
         // Until the caller is done ending the command's processes.
         let mut rest = [0u8; 64];
         loop {

@@ -605,6 +605,69 @@ async fn a_command_that_kills_its_shepherd_leaves_nothing_behind_its_timeout() {
     assert!(status.cancelled, "{status:?}");
 }
 
+/// A session's command detaches a child that ignores SIGTERM and leaves a
+/// background job: closing the session ends both with the shell, not when
+/// the workspace stops, and the workspace runs the next command.
+#[tokio::test]
+async fn closing_a_session_ends_what_it_detached() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let session = open_session(&world, &ws).await;
+    let marker = attacks::marker();
+    let (out, _, status) = session
+        .run(&format!(
+            "(setsid sh -c 'trap \"\" TERM; sleep {marker}' >/dev/null 2>&1 &); \
+             sleep {marker} >/dev/null 2>&1 & echo started"
+        ))
+        .await
+        .unwrap();
+    assert_eq!((out.as_slice(), status.code), (&b"started\n"[..], Some(0)));
+    sleeping(&marker, 2);
+
+    session.close().await.unwrap();
+    let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "survived the session: {left:?}");
+    let (out, _) = sh(&world.runtime, &ws, "echo next").await;
+    assert_eq!(out, "next\n");
+}
+
+/// The session's shell exits on its own after its command detached a
+/// child, or is SIGKILLed with its shepherd by its command: what it
+/// started ends with the session either way.
+#[tokio::test]
+async fn a_session_whose_shell_exits_ends_what_it_detached() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    for (ending, code) in [("exit 3", Some(3)), ("kill -9 $PPID $$", None)] {
+        let session = open_session(&world, &ws).await;
+        let marker = attacks::marker();
+        let (_, _, status) = session
+            .run(&format!(
+                "(setsid sh -c 'trap \"\" TERM; sleep {marker}' >/dev/null 2>&1 &); {ending}"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(status.code, code, "{ending}: {status:?}");
+        let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+        assert!(left.is_empty(), "{ending}: survived the session: {left:?}");
+        let _ = session.close().await;
+    }
+    let (out, _) = sh(&world.runtime, &ws, "echo next").await;
+    assert_eq!(out, "next\n");
+}
+
+async fn open_session(world: &World, ws: &Workspace) -> berth_agent_client::Session {
+    let agent = world.runtime.agent(ws).await.unwrap();
+    agent
+        .session(SessionParams {
+            shell: None,
+            cwd: None,
+            env: BTreeMap::new(),
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn docker_stop_is_answered_gracefully() {
     let world = World::new();
