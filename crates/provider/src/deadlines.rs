@@ -96,7 +96,11 @@ impl Provider {
         {
             let mut uses = self.inner.activity.uses();
             let u = uses.entry(id.clone()).or_default();
-            if now.saturating_sub(u.written.max(known)) < COALESCE_MS {
+            // What another process wrote counts as written here too: the
+            // end of a short command (its guard dropped) is then not
+            // written again.
+            u.written = u.written.max(known);
+            if now.saturating_sub(u.written) < COALESCE_MS {
                 return;
             }
             u.written = now;

@@ -326,3 +326,22 @@ async fn an_open_terminal_keeps_its_workspace_running_until_it_closes() {
     );
     provider.remove(ws.id.as_str()).await.unwrap();
 }
+
+#[tokio::test]
+async fn commands_of_many_processes_within_a_second_write_the_registry_once() {
+    let (_dir, home) = home();
+    let clock = ManualClock::at(now_ms());
+    let first = open(&home, &clock).await;
+    let ws = create(&first, spec("name = \"burst\""), CreateOptions::default()).await;
+    clock.advance_secs(5);
+    assert_eq!(run(&first, "burst", "true").await, 0);
+    let written = first.get("burst").unwrap().last_active_at;
+    assert_eq!(written, clock.now_ms());
+    drop(first);
+    // A second process's short command, half a second later: the use the
+    // first one recorded stands, neither its start nor its end is written.
+    clock.advance_ms(500);
+    let second = open(&home, &clock).await;
+    assert_eq!(run(&second, ws.id.as_str(), "true").await, 0);
+    assert_eq!(second.get("burst").unwrap().last_active_at, written);
+}
