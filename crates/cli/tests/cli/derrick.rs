@@ -353,7 +353,13 @@ impl Derrick {
 
     /// The ids of the Docker containers made for this berth home.
     fn containers(&self) -> String {
-        let home_id = std::fs::read_to_string(self.home.join("home-id")).unwrap();
+        let home_id = match std::fs::read_to_string(self.home.join("home-id")) {
+            Ok(id) => id,
+            // A home whose runtimes were never set up (a controller's, whose
+            // workspaces live on nodes) made no container.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return String::new(),
+            Err(e) => panic!("cannot read the home id: {e}"),
+        };
         let label = format!("label=dev.berth.home={}", home_id.trim());
         match Command::new("docker")
             .args(["ps", "-aq", "--filter", &label])
