@@ -295,8 +295,11 @@ function terminalPanel(ref) {
   const term = new Terminal({ cursorBlink: true, convertEol: false, fontSize: 14 });
   const fit = new FitAddon();
   term.loadAddon(fit);
-  // Opened once the box is in the page, so that it can be measured.
+  // Opened once the box is in the page, so that it can be measured; not
+  // at all if the panel was left (and the terminal disposed) before then.
+  let left = false;
   requestAnimationFrame(() => {
+    if (left) return;
     term.open(box);
     fit.fit();
     const socket = new WebSocket(socketUrl(`${ref}/terminal?rows=${term.rows}&cols=${term.cols}`));
@@ -329,7 +332,10 @@ function terminalPanel(ref) {
     // from the keyboard keeps it, for the arrow keys.
     if (document.activeElement === document.body) term.focus();
   });
-  wrap.cleanup = () => term.dispose();
+  wrap.cleanup = () => {
+    left = true;
+    term.dispose();
+  };
   return wrap;
 }
 
