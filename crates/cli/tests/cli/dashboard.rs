@@ -179,7 +179,18 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = self.env.berth().args(["rm", &self.workspace]).output();
+        // Every workspace of the home, the ones the page made (forks) too:
+        // a sandbox instance outlives a home removed under it.
+        let listed = self.env.berth().args(["ls", "--json"]).output();
+        let ids: Vec<String> = listed
+            .ok()
+            .and_then(|out| serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).ok())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ws| ws["id"].as_str().map(str::to_owned))
+            .chain([self.workspace.clone()])
+            .collect();
+        let _ = self.env.berth().arg("rm").args(&ids).output();
     }
 }
 

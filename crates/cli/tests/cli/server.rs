@@ -963,4 +963,6 @@ fn a_session_over_nats_keeps_its_shell_state_until_closed() {
             other => panic!("a closed session runs nothing: {other:?}"),
         }
     });
+    let out = target.run(&["rm", "s"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -222,6 +222,7 @@ fn workspaces_placed_on_two_nodes_are_worked_on_through_the_controller() {
     let out = via(&env, &nats, "berth.v1", &["exec", &first, "--", "true"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&first), "{}", stderr(&out));
+    assert_eq!(ok(&env, &nats, "berth.v1", &["rm", &second]).trim(), second);
 }
 
 #[test]
