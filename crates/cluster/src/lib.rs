@@ -59,6 +59,27 @@ impl ClusterError {
     }
 }
 
+/// The key-value bucket `config` names, made with `config` if missing.
+/// Every process of the cluster (nodes, controllers) may be the first, so
+/// losing the race to make it is no error.
+pub(crate) async fn bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+    let name = config.bucket.clone();
+    if let Ok(kv) = js.get_key_value(&name).await {
+        return Ok(kv);
+    }
+    match js.create_key_value(config).await {
+        Ok(kv) => Ok(kv),
+        // Another process made it meanwhile.
+        Err(e) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|_| ClusterError::nats(format!("make the bucket {name}"), e)),
+    }
+}
+
 /// How tasks move through the work queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {

@@ -32,26 +32,17 @@ pub fn valid_name(name: &str) -> bool {
 
 /// The bucket, made if missing.
 pub(crate) async fn bucket(js: &jetstream::Context) -> Result<kv::Store, ClusterError> {
-    if let Ok(kv) = js.get_key_value(NODES_BUCKET).await {
-        return Ok(kv);
-    }
-    let made = js
-        .create_key_value(kv::Config {
+    crate::bucket(
+        js,
+        kv::Config {
             bucket: NODES_BUCKET.into(),
             history: 1,
             // Per-key TTLs, and how long a removal is remembered.
             limit_markers: Some(Duration::from_secs(1)),
             ..Default::default()
-        })
-        .await;
-    match made {
-        Ok(kv) => Ok(kv),
-        // Another node made it meanwhile.
-        Err(e) => js
-            .get_key_value(NODES_BUCKET)
-            .await
-            .map_err(|_| ClusterError::nats(format!("make the bucket {NODES_BUCKET}"), e)),
-    }
+        },
+    )
+    .await
 }
 
 impl Membership {

@@ -202,26 +202,14 @@ impl Placements {
     }
 }
 
-/// A key-value bucket, made if missing.
+/// A key-value bucket keeping the last value of each key, made if missing.
 async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, ClusterError> {
-    if let Ok(kv) = js.get_key_value(name).await {
-        return Ok(kv);
-    }
-    let made = js
-        .create_key_value(kv::Config {
-            bucket: name.into(),
-            history: 1,
-            ..Default::default()
-        })
-        .await;
-    match made {
-        Ok(kv) => Ok(kv),
-        // Another controller made it meanwhile.
-        Err(e) => js
-            .get_key_value(name)
-            .await
-            .map_err(|_| ClusterError::nats(format!("make the bucket {name}"), e)),
-    }
+    let config = kv::Config {
+        bucket: name.into(),
+        history: 1,
+        ..Default::default()
+    };
+    crate::bucket(js, config).await
 }
 
 fn encode(workspace: &Workspace) -> Result<Bytes, ClusterError> {
