@@ -34,6 +34,10 @@ pub struct InitConfig {
     /// descriptor's number after its own arguments (`--cgroup-fd 3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate_cgroup: Option<String>,
+    /// The runtime's home: once it is deleted, the init ends the
+    /// workspace, whose files and records went with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<PathBuf>,
     /// The workspace's PID 1, its environment and working directory.
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,

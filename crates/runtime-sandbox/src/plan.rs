@@ -84,6 +84,8 @@ pub struct PlanInput<'a> {
     pub seccomp: bool,
     /// See [`InitConfig::delegate_cgroup`].
     pub delegate_cgroup: Option<String>,
+    /// See [`InitConfig::home`].
+    pub home: Option<&'a Path>,
     /// Host programs bound into `/.berth` by file name, e.g. the init
     /// binary and the agent.
     pub programs: Vec<PathBuf>,
@@ -201,6 +203,7 @@ pub fn plan(input: &PlanInput<'_>) -> InitConfig {
         cgroups,
         seccomp: input.seccomp,
         delegate_cgroup: input.delegate_cgroup.clone(),
+        home: input.home.map(Path::to_path_buf),
         command: input.command.clone(),
         env: input.env.clone(),
         cwd: input.root.clone(),
@@ -259,6 +262,7 @@ mod tests {
             tmp_size: Some(1 << 30),
             seccomp: true,
             delegate_cgroup: None,
+            home: Some(Path::new("/h")),
             programs: vec!["/opt/berth/berth-agent".into()],
             command: vec!["/.berth/berth-agent".into()],
             env: vec![("PATH".into(), "/usr/bin".into())],

@@ -20,7 +20,11 @@
 
 use crate::config::{InitConfig, Mount};
 use crate::{seccomp, seed, sys};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::process::{PidfdFlags, Signal};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 use std::fs;
 use std::io::{self, Read, Write};
@@ -28,6 +32,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 /// Capabilities the workspace's root keeps (Docker's default set); the
 /// rest, notably CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE and
@@ -229,6 +234,9 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
             source,
         });
     }
+    if let Some(home) = &config.home {
+        end_with_home(pid, home);
+    }
     let code = wait(pid)?;
     // Read by the runtime when a workspace ends as it starts.
     match code {
@@ -239,6 +247,63 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
         ),
     }
     Ok(code)
+}
+
+/// How often a running workspace's init looks whether its home is still
+/// there.
+const HOME_CHECK: Duration = Duration::from_secs(2);
+
+/// Returns once the workspace's init `pid` ended, or once `home` was
+/// deleted (`rm -rf` of a berth home while its workspaces run), when it
+/// kills that init and with it every process of the workspace's PID
+/// namespace: nothing would ever end them otherwise. The home is held
+/// open and its link count read on a slow timer; a deleted directory has
+/// none. An init that cannot watch says so and just waits.
+fn end_with_home(pid: u32, home: &Path) {
+    let watched = rustix::process::pidfd_open(pid_of(pid), PidfdFlags::empty()).and_then(|init| {
+        match rustix::fs::open(
+            home,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(dir) => Ok((init, Some(dir))),
+            Err(Errno::NOENT) => Ok((init, None)),
+            Err(e) => Err(e),
+        }
+    });
+    let (init, dir) = match watched {
+        Ok(watched) => watched,
+        Err(e) => {
+            eprintln!(
+                "berth-sandbox-init: cannot watch the home `{}`: {e}",
+                home.display()
+            );
+            return;
+        }
+    };
+    let every = Timespec::try_from(HOME_CHECK).unwrap_or_default();
+    loop {
+        let deleted = dir
+            .as_ref()
+            .is_none_or(|dir| rustix::fs::fstat(dir).is_ok_and(|stat| stat.st_nlink == 0));
+        if deleted {
+            eprintln!(
+                "berth-sandbox-init: the home `{}` was deleted; ending the workspace",
+                home.display()
+            );
+            let _ = rustix::process::pidfd_send_signal(&init, Signal::KILL);
+            return;
+        }
+        // The descriptor of a process becomes readable when it ends.
+        match rustix::event::poll(&mut [PollFd::new(&init, PollFlags::IN)], Some(&every)) {
+            Ok(0) | Err(Errno::INTR) => {}
+            Ok(_) => return,
+            Err(e) => {
+                eprintln!("berth-sandbox-init: cannot watch the workspace's init: {e}");
+                return;
+            }
+        }
+    }
 }
 
 fn pid_of(pid: u32) -> rustix::process::Pid {

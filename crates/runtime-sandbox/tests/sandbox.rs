@@ -995,6 +995,25 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[tokio::test]
+async fn deleting_the_home_of_a_running_workspace_ends_its_processes() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime_with_agent(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    // A process of the workspace's own, detached from the agent's command.
+    let ran = sh(&rt, &ws, "setsid sleep 600 >/dev/null 2>&1 & echo $!").await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let before = host_pids(&ws);
+    assert!(before.len() >= 2, "the agent and the sleep run: {before:?}");
+
+    fs::remove_dir_all(home.path()).unwrap();
+    eventually(
+        "every process of the workspace ends once its home is deleted",
+        || host_pids(&ws).is_empty(),
+    );
+}
+
+#[tokio::test]
 async fn a_reset_switches_to_the_standby_and_ends_everything_of_the_old_instance() {
     let _cleanup = Cleanup;
     let home = tempfile::tempdir().unwrap();

@@ -272,6 +272,7 @@ impl Inner {
             tmp_size: self.tmp_tmpfs(state),
             seccomp: true,
             delegate_cgroup,
+            home: Some(&self.config.home),
             programs,
             command,
             env: self.base_env(ws),
