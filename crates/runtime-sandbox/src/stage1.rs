@@ -6,7 +6,8 @@
 //! - `start CONFIG`: in a private mount namespace, mounts the workspace's
 //!   overlay and host-side binds, forks a child into new user/mount/PID/
 //!   UTS/IPC (and network) namespaces, maps its ids, moves it into the
-//!   workspace's cgroups, and stays as its parent until it exits. The
+//!   workspace's cgroups, and stays as its parent until it exits (or kills
+//!   it once the config's home is deleted: see `end_with_home`). The
 //!   child mounts `/proc` and `/dev/pts`, pivots into the overlay, enters
 //!   its own cgroup namespace once moved, drops capabilities, sets
 //!   `no_new_privs`, installs the seccomp filter and executes the
