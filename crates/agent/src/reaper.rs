@@ -181,7 +181,7 @@ fn sweep_without_proc(shared: &Shared) {
         if !idle {
             return;
         }
-        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+        match rustix::process::wait(WaitOptions::NOHANG) {
             Ok(Some(_)) => {}
             _ => return,
         }

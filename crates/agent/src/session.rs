@@ -29,12 +29,17 @@
 //! Where the agent has no cgroups, the shell runs under a shepherd held
 //! for the session's life (see [`crate::tree`]): the shepherd leads the
 //! group and survives its signals, and when the session ends, however it
-//! does, every process its commands started ends with it.
+//! does, every process its commands started ends with it. A command's
+//! processes are then those that appear beneath the shepherd while it
+//! runs, but the shell: a timeout or a cancel ends every one of them,
+//! however it detached (and whatever an earlier command left running
+//! forks meanwhile), and nothing that was there before.
 
 use crate::Agent;
 use crate::fdio::{read_now, read_some, sleep_until};
 use crate::server::{Control, Controls, Outbox, SessionRun};
 use crate::tree::Tree;
+use berth_exec::shepherd::Mark;
 use berth_proto::{AgentMessage, ErrorCode, ExitStatus, SessionParams, Stream};
 use rustix::process::{Pid, Signal};
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -75,6 +80,9 @@ struct Shell {
     /// The cgroups of earlier commands that left processes running (their
     /// background jobs), which end with the session.
     jobs: Vec<berth_exec::CommandCgroup>,
+    /// Under a shepherd, what was beneath it when the running command
+    /// started.
+    mark: Option<Mark>,
 }
 
 /// What ended a command.
@@ -221,6 +229,7 @@ async fn start(agent: &Agent, params: &SessionParams) -> Result<Shell, (ErrorCod
         stderr_open: true,
         cgroup,
         jobs: Vec::new(),
+        mark: None,
     })
 }
 
@@ -310,6 +319,9 @@ async fn execute(
     // The command runs in a cgroup of its own: the shell enters it while
     // the command runs (and forks it there), and leaves it once it is done.
     let cgroup = command_cgroup(agent, shell);
+    // Under a shepherd, what appears beneath it from now on is the
+    // command's.
+    shell.mark = shell.tree.mark();
     if shell.stdin.write_all(script.as_bytes()).await.is_err() {
         let status = shell.tree.finish(agent.grace).await;
         run.out
@@ -398,7 +410,7 @@ async fn execute(
                     // the shell survives can stop, so the session ends.
                     shell.kill();
                 } else {
-                    signal_command(shell, Signal::KILL.as_raw());
+                    shell.kill_command().await;
                 }
                 kill_at = None;
             }
@@ -406,6 +418,15 @@ async fn execute(
     };
     if let Some(cgroup) = cgroup {
         leave(agent, shell, cgroup, timed_out || cancelled).await;
+    }
+    // A command that was ended ends with everything it started, however
+    // it detached; one that finished keeps its background jobs until the
+    // session ends.
+    if let Some(mark) = shell.mark.take()
+        && (timed_out || cancelled)
+        && code.is_some()
+    {
+        shell.tree.kill_since(&mark, shell.pid).await;
     }
     // The status came after every write of the command had completed, so
     // what the pipes hold now is the rest of its output.
@@ -559,13 +580,29 @@ async fn end(agent: &Agent, shell: &mut Shell) -> std::process::ExitStatus {
 }
 
 impl Shell {
-    /// The running command's processes: the shell's group but the shell
-    /// and its shepherd.
+    /// The running command's processes: under a shepherd, those beneath
+    /// it since the command started, but the shell; otherwise the shell's
+    /// group but the shell.
     fn command_processes(&self) -> Vec<i32> {
+        if let Some(mark) = &self.mark {
+            return self.tree.since(mark, self.pid);
+        }
         crate::procfs::group_members(self.group as i32, self.pid as i32)
             .into_iter()
             .filter(|&pid| pid != self.group as i32)
             .collect()
+    }
+
+    /// SIGKILL to the running command's processes: under a shepherd, all
+    /// at once (stopped first, so none forks past it), however they
+    /// detached.
+    async fn kill_command(&self) {
+        match &self.mark {
+            Some(mark) => self.tree.kill_since(mark, self.pid).await,
+            None => {
+                signal_command(self, Signal::KILL.as_raw());
+            }
+        }
     }
 
     /// SIGKILL to the shell's group, but its shepherd, which then ends

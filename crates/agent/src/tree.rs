@@ -3,7 +3,7 @@
 //! process it started, however it detached, ends with it.
 
 use crate::Agent;
-use berth_exec::shepherd::{Held, Holding};
+use berth_exec::shepherd::{Held, Holding, Mark};
 use berth_proto::ErrorCode;
 use std::os::unix::process::ExitStatusExt as _;
 use std::time::Duration;
@@ -80,6 +80,28 @@ impl Tree {
     /// Whether it runs under a shepherd.
     pub fn is_held(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// Under a shepherd, the processes beneath it now (see
+    /// [`Held::mark`]).
+    pub fn mark(&self) -> Option<Mark> {
+        self.held.as_ref().map(Held::mark)
+    }
+
+    /// The processes beneath the shepherd since `mark` but `spared`.
+    pub fn since(&self, mark: &Mark, spared: u32) -> Vec<i32> {
+        self.held
+            .as_ref()
+            .map(|held| held.since(mark, spared).into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Ends at once every process beneath the shepherd since `mark` but
+    /// `spared`, however it detached.
+    pub async fn kill_since(&self, mark: &Mark, spared: u32) {
+        if let Some(held) = &self.held {
+            held.kill_since(mark, spared).await;
+        }
     }
 
     /// Returns once the process itself has exited (its shepherd stays,

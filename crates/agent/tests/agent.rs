@@ -230,6 +230,33 @@ async fn a_command_that_kills_its_shepherd_has_its_detached_child_killed() {
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
 }
 
+/// The command's own process leaves the process group its shepherd
+/// leads (`setsid` as the command itself): its exit code is still
+/// reported, not a kill by a signal, and its timeout still ends it, with
+/// what it started, rather than leaving it running.
+#[tokio::test]
+async fn a_command_that_leaves_its_shepherds_group_is_still_waited_for_and_ended() {
+    let agent = Agent::start().await;
+    let (_, _, status) = agent
+        .run(ExecRequest::argv(["setsid", "sh", "-c", "exit 3"]))
+        .await;
+    assert_eq!((status.code, status.signal), (Some(3), None), "{status:?}");
+
+    let mut request = ExecRequest::argv([
+        "setsid",
+        "sh",
+        "-c",
+        "trap '' TERM; sleep 1000 & echo $$ $!; wait",
+    ]);
+    request.timeout_ms = Some(1000);
+    let (out, _, status) = agent.run(request).await;
+    assert!(status.timed_out, "{status:?}");
+    for pid in out.split_whitespace() {
+        let pid: u32 = pid.parse().unwrap();
+        eventually("the command's processes to be ended", || gone(pid));
+    }
+}
+
 #[tokio::test]
 async fn cancel_ends_the_command() {
     let agent = Agent::start().await;
@@ -374,6 +401,56 @@ async fn an_interrupted_session_command_leaves_the_session_working() {
     assert!(matches!(after, ClientError::Agent(_)), "{after}");
 }
 
+/// A session's command detaches a child that ignores SIGTERM (a double
+/// fork and `setsid`) and goes on: its timeout, or its cancel, ends that
+/// child too, not only what stayed in the shell's process group, while
+/// the shell and what an earlier command left running live on.
+#[tokio::test]
+async fn a_session_commands_timeout_ends_what_it_detached() {
+    let agent = Agent::start().await;
+    let session = agent
+        .client
+        .session(SessionParams::default())
+        .await
+        .unwrap();
+    let (out, _, _) = session
+        .run("sleep 1000 >/dev/null 2>&1 & echo $!")
+        .await
+        .unwrap();
+    let earlier: u32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    for cancel in [false, true] {
+        let pidfile = agent.root.join(format!("detached-{cancel}"));
+        let command = format!(
+            "(setsid sh -c 'trap \"\" TERM; echo $$ > {0}.part; mv {0}.part {0}; exec sleep 1000' \
+               >/dev/null 2>&1 &); \
+             until [ -s {0} ]; do :; done; echo started; sleep 1000",
+            pidfile.display()
+        );
+        let timeout = (!cancel).then_some(1000);
+        let mut process = session.start(&command, timeout, None).await.unwrap();
+        match process.events.recv().await.unwrap() {
+            ExecEvent::Stdout { data } => assert_eq!(data.0, b"started\n"),
+            other => panic!("expected output, got {other:?}"),
+        }
+        let detached: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if cancel {
+            process.cancel();
+        }
+        let (_, _, status) = process.output().await;
+        assert_eq!((status.timed_out, status.cancelled), (!cancel, cancel));
+        eventually("the detached child to be ended", || gone(detached));
+        assert!(!gone(earlier), "an earlier command's job lives on");
+        let (out, _, status) = session.run("echo ok").await.unwrap();
+        assert_eq!((out, status.code), (b"ok\n".to_vec(), Some(0)));
+    }
+    session.close().await.unwrap();
+    eventually("the earlier job to end with the session", || gone(earlier));
+}
+
 #[tokio::test]
 async fn a_session_ends_with_the_exit_of_its_shell() {
     let agent = Agent::start().await;
@@ -387,6 +464,92 @@ async fn a_session_ends_with_the_exit_of_its_shell() {
     assert_eq!(status.code, Some(4));
     let after = session.run("true").await.unwrap_err();
     assert!(matches!(after, ClientError::Agent(_)), "{after}");
+}
+
+/// Reads a terminal until its screen shows `wanted`; panics if it ends
+/// first.
+async fn screen_until(terminal: &mut berth_agent_client::Terminal, wanted: &str) -> String {
+    let mut screen = Vec::new();
+    while !String::from_utf8_lossy(&screen).contains(wanted) {
+        match terminal.events.recv().await {
+            Some(ExecEvent::Stdout { data }) => screen.extend_from_slice(&data.0),
+            other => panic!(
+                "{other:?} before {wanted:?}: {}",
+                String::from_utf8_lossy(&screen)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&screen).into_owned()
+}
+
+/// A shell on a terminal detaches a child that ignores SIGTERM, then the
+/// terminal is closed, or the shell exits: the child ends with it, not
+/// when the workspace stops.
+#[tokio::test]
+async fn closing_a_terminal_ends_what_it_detached() {
+    let agent = Agent::start().await;
+    for close in [true, false] {
+        let mut terminal = agent
+            .client
+            .terminal(TerminalParams::default())
+            .await
+            .unwrap();
+        let pidfile = agent.root.join(format!("detached-{close}"));
+        terminal
+            .write(
+                format!(
+                    "(setsid sh -c 'trap \"\" TERM; echo $$ > {0}.part; mv {0}.part {0}; exec sleep 1000' \
+                       >/dev/null 2>&1 &); until [ -s {0} ]; do :; done; echo \"started $((40 + 2))\"\n",
+                    pidfile.display()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        screen_until(&mut terminal, "started 42").await;
+        let detached: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if close {
+            terminal.cancel();
+        } else {
+            terminal.write(b"exit\n").unwrap();
+        }
+        let (_, _, status) = berth_agent_client::collect(&mut terminal.events).await;
+        assert_eq!(status.cancelled, close, "{status:?}");
+        eventually("the detached child to end with the terminal", || {
+            gone(detached)
+        });
+    }
+}
+
+/// An interactive shell on a terminal leads a process group of its own,
+/// away from the one that holds its processes together, and what it runs
+/// orphans processes that come and go: the terminal stays open all the
+/// same, past many times the agent's grace period (300 ms here), while a
+/// command that ignores SIGTERM runs.
+#[tokio::test]
+async fn a_terminal_stays_open_while_its_orphans_come_and_go() {
+    let agent = Agent::start().await;
+    let mut terminal = agent
+        .client
+        .terminal(TerminalParams::default())
+        .await
+        .unwrap();
+    terminal
+        .write(
+            b"(true &); (true &); sh -c 'trap \"\" TERM; sleep 3'; (true &); echo \"alive $((40 + 2))\"\n",
+        )
+        .unwrap();
+    screen_until(&mut terminal, "alive 42").await;
+    terminal.write(b"exit 5\n").unwrap();
+    let (_, _, status) = berth_agent_client::collect(&mut terminal.events).await;
+    assert_eq!(
+        (status.code, status.cancelled),
+        (Some(5), false),
+        "{status:?}"
+    );
 }
 
 #[tokio::test]

@@ -198,6 +198,36 @@ impl Held {
         }
     }
 
+    /// The processes beneath the shepherd now, by pid and start time (a pid
+    /// may be used again): what a command of the session started after
+    /// this is every process beneath the shepherd not among them.
+    pub fn mark(&self) -> Mark {
+        Mark(
+            beneath(&HashSet::from([self.pid as i32]))
+                .into_iter()
+                .map(|p| (p.pid, p.start_time))
+                .collect(),
+        )
+    }
+
+    /// The live processes beneath the shepherd that were not there at
+    /// `mark`, but `spared` (the shell, which the command does not end).
+    pub fn since(&self, mark: &Mark, spared: u32) -> HashSet<i32> {
+        beneath(&HashSet::from([self.pid as i32]))
+            .into_iter()
+            .filter(|p| p.pid != spared as i32 && !mark.0.contains(&(p.pid, p.start_time)))
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Ends at once (SIGSTOP and SIGKILL, in passes until none is left)
+    /// every process beneath the shepherd that was not there at `mark`,
+    /// but `spared`: what one command of a long-lived shell started,
+    /// however it detached, when the command is ended.
+    pub async fn kill_since(&self, mark: &Mark, spared: u32) {
+        stop_and_kill(|| self.since(mark, spared)).await;
+    }
+
     /// Ends every process beneath the shepherd, however it detached (as a
     /// timeout ends a command's), then lets the shepherd go; `child` is the
     /// shepherd. Returns how the command's own process ended.
@@ -207,6 +237,10 @@ impl Held {
         status
     }
 }
+
+/// The processes beneath a held shepherd at one moment.
+#[derive(Debug, Default)]
+pub struct Mark(HashSet<(i32, u64)>);
 
 impl Starting {
     /// The shepherd's report on starting `program`, and the link that
@@ -328,7 +362,12 @@ pub(crate) async fn end(
     // Until it is waited for, `pid` is the shepherd's, so its descendants
     // are the command's processes.
     let root = HashSet::from([pid as i32]);
-    signal_all(&descendants(&root), Signal::TERM);
+    // All of them at once: stopped first, so that none sees another end
+    // (a shell its child killed) and goes on before its own SIGTERM, nor
+    // forks past it; then SIGTERM, pending until they are continued.
+    let frozen = freeze(&root).await;
+    signal_all(&frozen, Signal::TERM);
+    signal_all(&frozen, Signal::CONT);
     let until = tokio::time::Instant::now() + grace;
     while tokio::time::Instant::now() < until && !descendants(&root).is_empty() {
         tokio::time::sleep(POLL).await;
@@ -348,6 +387,29 @@ pub(crate) async fn end(
                 Err(_) => std::process::ExitStatus::from_raw(Signal::KILL.as_raw()),
             }
         }
+    }
+}
+
+/// Stops every descendant of `root` and returns them, once none of them
+/// can fork any more: a pass stops what is new, until a pass finds
+/// nothing new and every one is seen stopped (or gone, or in the kernel,
+/// as a vfork's parent waits for its stopped child), or killed processes'
+/// time to leave has passed.
+async fn freeze(root: &HashSet<i32>) -> HashSet<i32> {
+    let until = tokio::time::Instant::now() + KILLED_LEAVE;
+    let mut frozen = HashSet::new();
+    loop {
+        let found = descendants(root);
+        let new: HashSet<i32> = found.difference(&frozen).copied().collect();
+        signal_all(&new, Signal::STOP);
+        frozen.extend(new.iter().copied());
+        let still = |pid: &i32| {
+            procfs::stat(*pid).is_none_or(|p| matches!(p.state, 'T' | 't' | 'Z' | 'X' | 'D'))
+        };
+        if (new.is_empty() && frozen.iter().all(still)) || tokio::time::Instant::now() >= until {
+            return frozen;
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -381,20 +443,27 @@ async fn kill_strays(adopter: &dyn Adopter) {
 
 /// The live descendants of `roots`, not counting them.
 fn descendants(roots: &HashSet<i32>) -> HashSet<i32> {
+    beneath(roots).into_iter().map(|p| p.pid).collect()
+}
+
+/// The live descendants of `roots`, not counting them, as `/proc` shows
+/// them.
+fn beneath(roots: &HashSet<i32>) -> Vec<procfs::ProcStat> {
     let all = procfs::all().unwrap_or_default();
     let mut tree = roots.clone();
+    let mut found = Vec::new();
     // To a fixed point: a parent may be listed after its children.
     loop {
-        let before = tree.len();
-        tree.extend(
-            all.iter()
-                .filter(|p| p.state != 'Z' && tree.contains(&p.ppid))
-                .map(|p| p.pid)
-                .collect::<Vec<_>>(),
-        );
-        if tree.len() == before {
-            return tree.difference(roots).copied().collect();
+        let new: Vec<procfs::ProcStat> = all
+            .iter()
+            .filter(|p| p.state != 'Z' && !tree.contains(&p.pid) && tree.contains(&p.ppid))
+            .copied()
+            .collect();
+        if new.is_empty() {
+            return found;
         }
+        tree.extend(new.iter().map(|p| p.pid));
+        found.extend(new);
     }
 }
 
@@ -492,7 +561,7 @@ fn shepherd(
             }
         }
     }
-    while let Ok(Some(_)) = rustix::process::waitpid(None, WaitOptions::NOHANG) {}
+    while let Ok(Some(_)) = rustix::process::wait(WaitOptions::NOHANG) {}
     Ok(status)
 }
 
@@ -538,7 +607,7 @@ fn release_stdio() {
 /// while the command's process is unreaped.
 fn wait_for(leader: i32) -> Option<rustix::process::WaitStatus> {
     loop {
-        match rustix::process::waitpid(None, WaitOptions::empty()) {
+        match rustix::process::wait(WaitOptions::empty()) {
             Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == leader => return Some(status),
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => return None,

@@ -301,11 +301,11 @@ pub fn isolation(spec: &Spec, defaults: ResourceDefaults, tmp: Option<u64>) -> I
         "no cgroup for commands inside a container: each command runs under a shepherd, \
          its child subreaper, and a timeout or a cancel ends every process beneath it, \
          however it detached, and no other command's (a command that kills its \
-         shepherd has them killed at once); a session runs under one shepherd for \
-         its life, and closing it, or its shell exiting, ends every process started \
-         in it; a session command's timeout or cancel ends the processes in the \
-         shell's process group, and what it detached from that group ends with the \
-         session; what a terminal leaves runs until the workspace stops"
+         shepherd has them killed at once); a session or terminal runs under one \
+         shepherd for its life, and closing it, or its shell exiting, ends every \
+         process started in it; a session command's timeout or cancel ends every \
+         process that appeared beneath the session's shepherd while it ran, but the \
+         shell, however it detached"
             .into(),
     );
     Isolation {

@@ -5,7 +5,7 @@
 
 use crate::support::{TestImage, World, cli, image, image_exists, spec_for, workspace};
 use berth_agent_client::collect;
-use berth_core::proto::SessionParams;
+use berth_core::proto::{SessionParams, TerminalParams};
 use berth_core::spec::Format;
 use berth_core::{
     ChangeKind, ExecRequest, ExitStatus, ExportTarget, FileKind, ProvisionEvent, ResourceDefaults,
@@ -654,6 +654,137 @@ async fn a_session_whose_shell_exits_ends_what_it_detached() {
     }
     let (out, _) = sh(&world.runtime, &ws, "echo next").await;
     assert_eq!(out, "next\n");
+}
+
+/// A session's command leaves the command every way a shell can (a
+/// double fork, `setsid`, children that ignore SIGTERM): its timeout, or
+/// its cancel, ends every one of them, not only what stayed in the
+/// shell's process group, while the shell and what an earlier command
+/// left running live on.
+#[tokio::test]
+async fn a_session_commands_timeout_ends_what_it_detached() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let session = open_session(&world, &ws).await;
+    let earlier = attacks::marker();
+    let (out, _, _) = session
+        .run(&format!("sleep {earlier} >/dev/null 2>&1 & echo started"))
+        .await
+        .unwrap();
+    assert_eq!(out, b"started\n");
+    let earlier_job = sleeping(&earlier, 1);
+    for cancel in [false, true] {
+        let marker = format!("{}{}", attacks::marker(), u8::from(cancel));
+        let timeout = (!cancel).then_some(1000);
+        let mut process = session
+            .start(&attacks::detaching(&marker), timeout, None)
+            .await
+            .unwrap();
+        match process.events.recv().await {
+            Some(berth_core::ExecEvent::Stdout { data }) => assert_eq!(data.0, b"started\n"),
+            other => panic!("expected `started`, got {other:?}"),
+        }
+        if cancel {
+            sleeping(&marker, 4);
+            process.cancel();
+        }
+        let (_, _, status) = process.output().await;
+        assert_eq!(
+            (status.timed_out, status.cancelled),
+            (!cancel, cancel),
+            "{status:?}"
+        );
+        let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+        assert!(left.is_empty(), "cancelled: {cancel}: survived: {left:?}");
+        assert_eq!(
+            sleeping(&earlier, 1),
+            earlier_job,
+            "an earlier command's job"
+        );
+        let (out, _, status) = session.run("echo next").await.unwrap();
+        assert_eq!((out.as_slice(), status.code), (&b"next\n"[..], Some(0)));
+    }
+    session.close().await.unwrap();
+    let left = attacks::survivors(&format!("sleep {earlier}"), Duration::from_secs(10));
+    assert!(left.is_empty(), "survived the session: {left:?}");
+}
+
+/// A shell on a terminal detaches a child that ignores SIGTERM and leaves
+/// a background job, then the terminal is closed, or the shell exits:
+/// both end with it, not when the workspace stops.
+#[tokio::test]
+async fn closing_a_terminal_ends_what_it_detached() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let agent = world.runtime.agent(&ws).await.unwrap();
+    for close in [true, false] {
+        let mut terminal = agent.terminal(TerminalParams::default()).await.unwrap();
+        let marker = attacks::marker();
+        terminal
+            .write(
+                format!(
+                    "(setsid sh -c 'trap \"\" TERM; sleep {marker}' >/dev/null 2>&1 &); \
+                     sleep {marker} >/dev/null 2>&1 & echo \"started $((40 + 2))\"\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let mut screen = Vec::new();
+        while !String::from_utf8_lossy(&screen).contains("started 42") {
+            match terminal.events.recv().await {
+                Some(berth_core::ExecEvent::Stdout { data }) => screen.extend_from_slice(&data.0),
+                other => panic!("{other:?}: {}", String::from_utf8_lossy(&screen)),
+            }
+        }
+        sleeping(&marker, 2);
+        if close {
+            terminal.cancel();
+        } else {
+            terminal.write(b"exit\n").unwrap();
+        }
+        let (_, _, status) = collect(&mut terminal.events).await;
+        assert_eq!(status.cancelled, close, "{status:?}");
+        let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
+        assert!(
+            left.is_empty(),
+            "closed: {close}: survived the terminal: {left:?}"
+        );
+    }
+    let (out, _) = sh(&world.runtime, &ws, "echo next").await;
+    assert_eq!(out, "next\n");
+}
+
+/// An interactive shell on a terminal leads a process group of its own,
+/// away from the one its shepherd leads, and what it runs orphans
+/// processes that come and go: the terminal stays open all the same, for
+/// longer than twice the agent's grace period, while a command that
+/// ignores SIGTERM runs, and exits with its shell's code.
+#[tokio::test]
+async fn a_terminal_stays_open_while_its_orphans_come_and_go() {
+    let world = World::new();
+    let ws = running(&world, spec_for(image(TestImage::Busybox))).await;
+    let agent = world.runtime.agent(&ws).await.unwrap();
+    let mut terminal = agent.terminal(TerminalParams::default()).await.unwrap();
+    terminal
+        .write(
+            b"(true &); (true &); sh -c 'trap \"\" TERM; sleep 6'; (true &); \
+              echo \"alive $((40 + 2))\"\n",
+        )
+        .unwrap();
+    let mut screen = Vec::new();
+    while !String::from_utf8_lossy(&screen).contains("alive 42") {
+        match terminal.events.recv().await {
+            Some(berth_core::ExecEvent::Stdout { data }) => screen.extend_from_slice(&data.0),
+            other => panic!("{other:?}: {}", String::from_utf8_lossy(&screen)),
+        }
+    }
+    terminal.write(b"exit 5\n").unwrap();
+    let (_, _, status) = collect(&mut terminal.events).await;
+    assert_eq!(
+        (status.code, status.cancelled),
+        (Some(5), false),
+        "{status:?}"
+    );
 }
 
 async fn open_session(world: &World, ws: &Workspace) -> berth_agent_client::Session {
