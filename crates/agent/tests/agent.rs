@@ -198,6 +198,25 @@ async fn timeout_kills_a_tree_that_ignores_sigterm_and_keeps_output() {
     });
 }
 
+/// A timeout ends a shell and the child it waits for together: the shell
+/// never sees its child end and runs on past it before its own SIGTERM,
+/// however many other processes the command has (which make sending the
+/// signals, one process at a time, take a while).
+#[tokio::test]
+async fn a_timeout_never_lets_a_shell_run_on_past_its_killed_child() {
+    let agent = Agent::start().await;
+    for round in 0..10 {
+        let mut request = ExecRequest::shell(
+            "for i in $(seq 100); do (trap '' TERM; exec sleep 1000) & done; \
+             echo started; sleep 1000; echo never",
+        );
+        request.timeout_ms = Some(1000);
+        let (out, _, status) = agent.run(request).await;
+        assert!(status.timed_out, "{status:?}");
+        assert_eq!(out, "started\n", "round {round}");
+    }
+}
+
 /// A command detaches a child that ignores SIGTERM and SIGKILLs the
 /// shepherd it runs under: the child is killed and reaped as the command
 /// ends, while what a finished command left running lives on.
@@ -215,8 +234,9 @@ async fn a_command_that_kills_its_shepherd_has_its_detached_child_killed() {
          kill -9 $PPID; sleep 1000",
     );
     request.timeout_ms = Some(60_000);
-    let (out, _, status) = agent.run(request).await;
+    let (out, err, status) = agent.run(request).await;
     assert_eq!(status.signal, Some(9), "{status:?}");
+    assert_eq!(err, berth_exec::UNSUPERVISED, "says why it was killed");
     assert!(
         !status.timed_out,
         "ended long before its timeout: {status:?}"
@@ -228,6 +248,10 @@ async fn a_command_that_kills_its_shepherd_has_its_detached_child_killed() {
     assert!(!gone(left_running), "a finished command's process lives on");
     let pid = rustix::process::Pid::from_raw(left_running as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+
+    // A command killed by SIGKILL with its shepherd left alone is just that.
+    let (_, err, status) = agent.run(ExecRequest::shell("kill -9 $$")).await;
+    assert_eq!((status.signal, err.as_str()), (Some(9), ""), "{status:?}");
 }
 
 /// The command's own process leaves the process group its shepherd

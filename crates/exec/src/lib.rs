@@ -343,9 +343,10 @@ async fn supervise(
             None => end_tree(&mut child, pid, grace, cgroup.as_ref()).await,
         },
     };
-    if let Some(link) = shepherd {
-        link.settle().await;
-    }
+    let unsupervised = match shepherd {
+        Some(link) => link.settle().await,
+        None => false,
+    };
 
     let mut dropped = [0u64; 2];
     let drain_until = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
@@ -360,6 +361,10 @@ async fn supervise(
         }
     }
 
+    if unsupervised {
+        let note = UNSUPERVISED.as_bytes().to_vec();
+        let _ = events.send(ExecEvent::output(Stream::Stderr, note)).await;
+    }
     let exit = ExitStatus {
         code: status.code(),
         signal: status.signal(),
@@ -371,6 +376,12 @@ async fn supervise(
     };
     let _ = events.send(ExecEvent::Exit(exit)).await;
 }
+
+/// Said on stderr, after the command's own output, when the command
+/// killed the shepherd that held its processes: the command ended as its
+/// shepherd did (SIGKILL), and everything it started was killed at once.
+pub const UNSUPERVISED: &str = "berth: the command killed the process that held it (its shepherd): \
+     it and every process it started were killed at once\n";
 
 /// How long killed processes may take to leave their cgroup.
 const KILLED_LEAVE: Duration = Duration::from_secs(5);

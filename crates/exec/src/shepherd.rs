@@ -233,7 +233,7 @@ impl Held {
     /// shepherd. Returns how the command's own process ended.
     pub async fn end(mut self, child: &mut Child, grace: Duration) -> std::process::ExitStatus {
         let status = end(child, self.pid, grace, &mut self.link).await;
-        self.link.settle().await;
+        let _ = self.link.settle().await;
         status
     }
 }
@@ -325,8 +325,8 @@ impl Link {
 
     /// Once the shepherd has exited: when it did so without its final
     /// word, the command killed it, and what it left to the caller's
-    /// subreaper is ended at once.
-    pub(crate) async fn settle(mut self) {
+    /// subreaper is ended at once. Returns whether it was killed.
+    pub(crate) async fn settle(mut self) -> bool {
         // Its socket closes as the shepherd exits: nothing else holds it.
         let _ = tokio::time::timeout(KILLED_LEAVE, async {
             while !self.closed {
@@ -340,7 +340,9 @@ impl Link {
             .is_some_and(|said| said.ends_with(&[FINAL]))
         {
             kill_strays(self.adopter.as_ref()).await;
+            return true;
         }
+        false
     }
 }
 

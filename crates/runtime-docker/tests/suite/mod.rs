@@ -582,9 +582,13 @@ async fn a_command_that_kills_its_shepherd_leaves_nothing_behind_its_timeout() {
          echo started; kill -9 $PPID; sleep {marker}"
     ));
     request.timeout_ms = Some(1000);
-    let (out, _, status) = run(runtime, &ws, request).await;
+    let (out, err, status) = run(runtime, &ws, request).await;
     assert_eq!(out, "started\n");
     assert_eq!(status.signal, Some(9), "{status:?}");
+    assert!(
+        err.contains("the command killed the process that held it"),
+        "says why it was killed: {err:?}"
+    );
     let left = attacks::survivors(&format!("sleep {marker}"), Duration::from_secs(10));
     assert!(left.is_empty(), "survived the timeout: {left:?}");
     let (out, _) = sh(runtime, &ws, "echo next").await;
