@@ -17,8 +17,8 @@
 //! a socket only the caller holds (the shepherd's descriptor 3, closed
 //! on exec): the caller first asks the shepherd to stay, so no orphan
 //! escapes past it while the command ends, then signals every descendant
-//! (SIGTERM, the grace period, then SIGSTOP and SIGKILL until none is
-//! left), then lets it go. The caller walks the tree itself, so a
+//! (all stopped, then SIGTERM to all at once; the grace period; then
+//! SIGSTOP and SIGKILL until none is left), then lets it go. The caller walks the tree itself, so a
 //! command that stops its shepherd still ends.
 //!
 //! A command may also SIGKILL its own shepherd, which runs as its user
