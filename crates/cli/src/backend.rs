@@ -283,8 +283,14 @@ impl Backend {
             Backend::Remote(c) => Terminal::Remote(Box::new(
                 c.terminal(id, command.as_ref(), rows, cols).await?,
             )),
-            Backend::Nats(_) => {
-                bail!("berth terminal is not offered over NATS; use --server http://HOST:PORT")
+            Backend::Nats(c) => {
+                let params = TerminalParams {
+                    command,
+                    rows,
+                    cols,
+                    ..TerminalParams::default()
+                };
+                Terminal::Nats(c.terminal(id, &params).await?)
             }
         })
     }
@@ -301,6 +307,7 @@ impl Backend {
 pub enum Terminal {
     Local(berth_provider::Terminal),
     Remote(Box<berth_client::Terminal>),
+    Nats(berth_nats_api::NatsTerminal),
 }
 
 impl Terminal {
@@ -310,6 +317,7 @@ impl Terminal {
         match self {
             Terminal::Local(t) => t.next().await,
             Terminal::Remote(t) => t.next().await,
+            Terminal::Nats(t) => t.next().await,
         }
     }
 
@@ -317,6 +325,7 @@ impl Terminal {
         match self {
             Terminal::Local(t) => t.write(bytes)?,
             Terminal::Remote(t) => t.write(bytes).await?,
+            Terminal::Nats(t) => t.write(bytes).await?,
         }
         Ok(())
     }
@@ -325,6 +334,7 @@ impl Terminal {
         match self {
             Terminal::Local(t) => t.resize(rows, cols)?,
             Terminal::Remote(t) => t.resize(rows, cols).await?,
+            Terminal::Nats(t) => t.resize(rows, cols).await?,
         }
         Ok(())
     }
@@ -333,6 +343,7 @@ impl Terminal {
         match self {
             Terminal::Local(t) => t.close_stdin()?,
             Terminal::Remote(t) => t.close_stdin().await?,
+            Terminal::Nats(t) => t.close_stdin().await?,
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use crate::{ClusterError, placement};
 use async_nats::jetstream::{self, kv};
 use berth_core::{Labels, Workspace, WorkspaceState};
 use berth_nats_api::protocol::{ARGS, ListArgs};
-use berth_nats_api::{Frame, Handler, NatsClient, Op};
+use berth_nats_api::{Frame, Handler, Inputs, NatsClient, Op};
 use berth_server::ErrorBody;
 use berth_server::v1::{CreateWorkspaceParams, WorkspaceList};
 use bytes::Bytes;
@@ -89,11 +89,16 @@ impl Router {
 }
 
 impl Handler for Router {
-    fn answer(&self, op: Op, message: &async_nats::Message) -> BoxStream<'static, Frame> {
+    fn answer(
+        &self,
+        op: Op,
+        message: &async_nats::Message,
+        inputs: Inputs,
+    ) -> BoxStream<'static, Frame> {
         let inner = self.inner.clone();
         let message = message.clone();
         stream::once(async move {
-            match inner.route(op, message).await {
+            match inner.route(op, message, inputs).await {
                 Ok(frames) => frames,
                 Err(error) => stream::once(async move { Frame::Failed(error) }).boxed(),
             }
@@ -104,9 +109,14 @@ impl Handler for Router {
 }
 
 impl Inner {
-    async fn route(self: Arc<Self>, op: Op, message: async_nats::Message) -> Answer {
+    async fn route(
+        self: Arc<Self>,
+        op: Op,
+        message: async_nats::Message,
+        inputs: Inputs,
+    ) -> Answer {
         match op {
-            Op::Create => self.create(&message.payload).await,
+            Op::Create => self.create(&message.payload, inputs).await,
             Op::List => {
                 let args: ListArgs = parse(op, &message.payload)?;
                 let workspaces = self.list(args.all, &args.labels).await?;
@@ -120,12 +130,12 @@ impl Inner {
                     node_prefix(&self.prefix, "NAME")
                 ),
             }),
-            _ => self.forward(op, message).await,
+            _ => self.forward(op, message, inputs).await,
         }
     }
 
     /// Places a new workspace and has its node make it.
-    async fn create(self: Arc<Self>, payload: &[u8]) -> Answer {
+    async fn create(self: Arc<Self>, payload: &[u8], inputs: Inputs) -> Answer {
         let mut params: CreateWorkspaceParams = parse(Op::Create, payload)?;
         let runtime = params
             .runtime
@@ -152,7 +162,7 @@ impl Inner {
                 e => internal(e),
             })?;
         }
-        let placed = self.place(params, &runtime).await;
+        let placed = self.place(params, &runtime, inputs).await;
         if placed.is_err()
             && let Some(name) = &name
             && let Err(e) = self.placements.release(name).await
@@ -168,6 +178,7 @@ impl Inner {
         self: &Arc<Self>,
         params: CreateWorkspaceParams,
         runtime: &str,
+        inputs: Inputs,
     ) -> Result<(String, BoxStream<'static, Frame>), ErrorBody> {
         let nodes = nodes::list_in(&self.nodes).await.map_err(internal)?;
         let mut held = BTreeMap::<String, usize>::new();
@@ -186,13 +197,19 @@ impl Inner {
         let payload = serde_json::to_vec(&params).map_err(internal)?;
         let frames = self
             .client(&node)?
-            .forward(Op::Create, Default::default(), payload.into())
+            .forward(Op::Create, Default::default(), payload.into(), inputs)
             .await;
         Ok((node.name, frames))
     }
 
-    /// Forwards a request about one workspace to its node.
-    async fn forward(self: Arc<Self>, op: Op, message: async_nats::Message) -> Answer {
+    /// Forwards a request about one workspace to its node, and what its
+    /// client types.
+    async fn forward(
+        self: Arc<Self>,
+        op: Op,
+        message: async_nats::Message,
+        inputs: Inputs,
+    ) -> Answer {
         let mut headers = message.headers.clone().unwrap_or_default();
         let mut args: Value = if op == Op::FilesWrite {
             let raw = headers.get(ARGS).map(|v| v.as_str().to_owned());
@@ -249,7 +266,10 @@ impl Inner {
         } else {
             Bytes::from(args.to_string())
         };
-        let frames = self.client(&node)?.forward(op, headers, payload).await;
+        let frames = self
+            .client(&node)?
+            .forward(op, headers, payload, inputs)
+            .await;
         Ok(self.recording(op, name, frames, None))
     }
 

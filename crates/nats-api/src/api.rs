@@ -5,7 +5,7 @@
 //! HTTP.
 
 use crate::protocol::{Op, Scope};
-use crate::service::{Frame, Handler, answered};
+use crate::service::{Frame, Handler, Inputs, answered};
 use berth_jobs::Jobs;
 use berth_provider::Provider;
 use berth_server::ErrorBody;
@@ -45,7 +45,12 @@ impl<H: Handler> Api<H> {
 }
 
 impl<H: Handler> Handler for Api<H> {
-    fn answer(&self, op: Op, message: &async_nats::Message) -> BoxStream<'static, Frame> {
+    fn answer(
+        &self,
+        op: Op,
+        message: &async_nats::Message,
+        inputs: Inputs,
+    ) -> BoxStream<'static, Frame> {
         match (op.scope(), &self.jobs, &self.nodes) {
             (Scope::Jobs, Some((jobs, provider)), _) => {
                 crate::jobs::answer(op, jobs, provider, &message.payload)
@@ -63,7 +68,7 @@ impl<H: Handler> Handler for Api<H> {
                     })
                 })
             }
-            _ => self.workspaces.answer(op, message),
+            _ => self.workspaces.answer(op, message, inputs),
         }
     }
 }

@@ -7,16 +7,17 @@ use crate::protocol::{
     ARGS, CONTROL, Control, ERROR_CODE, EVENT, ExecArgs, ForkArgs, InfoArgs, JobArgs, KEEPALIVE,
     LOST_AFTER, ListArgs, LogArgs, Op, PathArgs, PublishArgs, ResetArgs, RunArgs, RunTaskArgs, SEQ,
     ScheduleArgs, SessionArgs, SessionExecArgs, SessionOpenArgs, SnapshotArgs, Target, TaskArgs,
-    WINDOW,
+    TerminalArgs, WINDOW,
 };
+use crate::service::Inputs;
 use async_nats::{HeaderMap, Subject};
 use berth_client::{ClientError, ExportCounts};
 use berth_core::job::{JobRecord, Run};
 use berth_core::node::NodeInfo;
-use berth_core::proto::SessionParams;
+use berth_core::proto::{SessionParams, TerminalParams};
 use berth_core::{
-    Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, ProvisionEvent, ReadStream,
-    Snapshot, Spec, Workspace,
+    Change, ExecEvent, ExecRequest, ExecStream, FileEntry, Labels, Output, ProvisionEvent,
+    ReadStream, Snapshot, Spec, Workspace,
 };
 use berth_jobs::api::{JobList, LogLine, LogPage, PublishResponse, RunEvent, RunList};
 use berth_jobs::{JobSpec, JobSummary, Published, RunDetails, TaskDetails};
@@ -46,6 +47,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// How long to wait for an answer's first frame (the service sends one at
 /// least every heartbeat interval after that).
 const FIRST_FRAME: Duration = Duration::from_secs(30);
+
+/// Bytes typed into a terminal per input message.
+const INPUT_CHUNK: usize = 64 * 1024;
 
 /// A client of one berth NATS service. Cheap to clone.
 #[derive(Clone)]
@@ -352,6 +356,72 @@ impl NatsClient {
             .interrupted)
     }
 
+    /// Opens a terminal (a PTY) in a running workspace, running
+    /// `params.command` (a shell by default). A refusal (no such
+    /// workspace, no agent) is this call's error.
+    pub async fn terminal(
+        &self,
+        id: &str,
+        params: &TerminalParams,
+    ) -> Result<NatsTerminal, ClientError> {
+        let args = TerminalArgs {
+            id: id.to_owned(),
+            params: params.clone(),
+        };
+        let mut call = self.call(Op::Terminal, &args).await?;
+        // The first item says the program started.
+        call.next().await?;
+        let control = call
+            .control
+            .clone()
+            .ok_or_else(|| self.protocol("a terminal's answer named no control subject"))?;
+        let (sender, events) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // Dropping the terminal drops the call, which cancels it.
+                let frame = tokio::select! {
+                    () = sender.closed() => return,
+                    frame = call.next() => frame,
+                };
+                let Ok(Frame::Item(event)) = frame else {
+                    return;
+                };
+                let Ok(event) = this.decode::<ExecEvent>(&event) else {
+                    return;
+                };
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(NatsTerminal {
+            client: self.clone(),
+            control,
+            events,
+        })
+    }
+
+    /// Sends one of a terminal's inputs to `control` and waits until it
+    /// is applied.
+    async fn input(&self, control: &Subject, input: &Control) -> Result<(), ClientError> {
+        let payload = serde_json::to_vec(input).map_err(|e| self.protocol(e))?;
+        let reply = self
+            .nats
+            .request(control.clone(), payload.into())
+            .await
+            .map_err(|e| self.unreachable(format!("a terminal's input: {e}")))?;
+        if reply.payload.is_empty() {
+            return Ok(());
+        }
+        let body: ErrorResponse = self.decode(&reply.payload)?;
+        Err(ClientError::Api {
+            status: berth_server::status_for(&body.error.code).as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+        })
+    }
+
     /// The nodes of the cluster the service serves, by name; `None` when
     /// it serves none.
     pub async fn nodes(&self) -> Result<Option<Vec<NodeInfo>>, ClientError> {
@@ -510,36 +580,60 @@ impl NatsClient {
     /// Sends a request as it came (its headers and payload) and hands back
     /// its answer's frames as they arrive: a controller forwarding to a
     /// node's service. An error the service answered keeps its code; one
-    /// reaching it is `node_unreachable`. Dropping the stream before its
-    /// end cancels the request there.
+    /// reaching it is `node_unreachable`. What the client types (`inputs`)
+    /// is passed on once the service named its control subject, one at a
+    /// time. Dropping the stream before its end cancels the request there.
     pub async fn forward(
         &self,
         op: Op,
         headers: HeaderMap,
         payload: Bytes,
+        inputs: Inputs,
     ) -> BoxStream<'static, crate::Frame> {
-        fn failed(err: ClientError) -> crate::Frame {
-            crate::Frame::Failed(match err {
-                ClientError::Api { code, message, .. } => ErrorBody { code, message },
-                other => ErrorBody {
-                    code: "node_unreachable".into(),
-                    message: other.to_string(),
-                },
-            })
-        }
         let call = match self.send(op, headers, payload).await {
             Ok(call) => call,
-            Err(err) => return stream::once(async move { failed(err) }).boxed(),
+            Err(err) => {
+                return stream::once(async move { crate::Frame::Failed(forwarded(err)) }).boxed();
+            }
         };
-        stream::unfold(Some(call), |call| async move {
-            let mut call = call?;
-            Some(match call.next().await {
-                Ok(Frame::Item(item)) => (crate::Frame::Item(item), Some(call)),
-                Ok(Frame::Done(result)) => (crate::Frame::Done(result), None),
-                Err(err) => (failed(err), None),
-            })
+        let this = self.clone();
+        stream::unfold(Some((call, Some(inputs))), move |state| {
+            let this = this.clone();
+            async move {
+                let (mut call, mut inputs) = state?;
+                let frame = call.next().await;
+                if let Some(control) = &call.control
+                    && let Some(inputs) = inputs.take()
+                {
+                    this.relay(control.clone(), inputs, call.stop.clone());
+                }
+                Some(match frame {
+                    Ok(Frame::Item(item)) => (crate::Frame::Item(item), Some((call, inputs))),
+                    Ok(Frame::Done(result)) => (crate::Frame::Done(result), None),
+                    Err(err) => (crate::Frame::Failed(forwarded(err)), None),
+                })
+            }
         })
         .boxed()
+    }
+
+    /// Passes inputs on to `control`, each answered as the service there
+    /// answered it, until `stop`.
+    fn relay(&self, control: Subject, mut inputs: Inputs, stop: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let input = tokio::select! {
+                    () = stop.cancelled() => return,
+                    input = inputs.recv() => match input {
+                        Some(input) => input,
+                        None => return,
+                    },
+                };
+                let outcome = this.input(&control, &input.control).await;
+                let _ = input.applied.send(outcome.map_err(forwarded));
+            }
+        });
     }
 
     /// An operation answered once.
@@ -701,6 +795,64 @@ impl NatsClient {
             server: self.server.clone(),
             detail: detail.to_string(),
         }
+    }
+}
+
+/// An error of a forwarded request: the service's, with its code, or
+/// `node_unreachable`.
+fn forwarded(err: ClientError) -> ErrorBody {
+    match err {
+        ClientError::Api { code, message, .. } => ErrorBody { code, message },
+        other => ErrorBody {
+            code: "node_unreachable".into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// A program in a workspace's terminal, through the NATS service: its
+/// output, then its `Exit`, as [`NatsTerminal::next`] gives them; what is
+/// typed goes one input at a time, each once the last was applied.
+/// Dropping it ends the program.
+pub struct NatsTerminal {
+    client: NatsClient,
+    control: Subject,
+    events: mpsc::Receiver<ExecEvent>,
+}
+
+impl NatsTerminal {
+    /// The program's next output (as `Stdout`), then its `Exit`; `None`
+    /// once its events ended without one.
+    pub async fn next(&mut self) -> Option<ExecEvent> {
+        self.events.recv().await
+    }
+
+    /// Writes bytes to the terminal's input.
+    pub async fn write(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        for chunk in bytes.chunks(INPUT_CHUNK) {
+            let data = Output(chunk.to_vec());
+            self.client
+                .input(&self.control, &Control::Input { data })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Changes the terminal's size.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let resize = Control::Resize { rows, cols };
+        self.client.input(&self.control, &resize).await
+    }
+
+    /// Sends a signal (such as 2, SIGINT) to the program.
+    pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
+        let signal = Control::Signal { signal };
+        self.client.input(&self.control, &signal).await
+    }
+
+    /// Ends the terminal's input, as Ctrl-D does.
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        self.client.input(&self.control, &Control::Eof).await
     }
 }
 

@@ -12,10 +12,11 @@ pub mod protocol;
 mod service;
 
 pub use api::Api;
-pub use client::NatsClient;
+pub use client::{NatsClient, NatsTerminal};
 pub use protocol::{DEFAULT_PREFIX, Op, SERVICE_NAME};
 pub use service::{
-    Frame, Handler, NatsService, ServeError, ServiceConfig, serve, start, valid_prefix,
+    Frame, Handler, Input, Inputs, NatsService, ServeError, ServiceConfig, serve, start,
+    valid_prefix,
 };
 
 /// Whether `server` names a NATS server (`nats://` or `tls://`) rather

@@ -15,8 +15,17 @@
 //! that hears nothing from a client for [`LOST_AFTER`] heartbeat intervals
 //! takes it for gone: a command it runs is cancelled, as when an HTTP
 //! client disconnects; provisioning and the other operations finish.
+//!
+//! A terminal's answer is its program's output (`stdout` events, the first
+//! one empty: the program started), then its `exit`. What the client types
+//! goes the other way, as requests on the control subject ([`Control`]'s
+//! `input`, `resize`, `signal` and `eof`), each answered once applied
+//! (empty) or refused (an [`berth_server::ErrorResponse`]); a client sends
+//! at most [`INPUT_WINDOW`] before their answers, and a service takes no
+//! more, so input is bounded as output is.
 
-use berth_core::proto::SessionParams;
+use berth_core::Output;
+use berth_core::proto::{SessionParams, TerminalParams};
 use berth_core::{ExecRequest, Labels};
 use berth_provider::SessionCommand;
 use serde::{Deserialize, Serialize};
@@ -47,6 +56,10 @@ pub const WINDOW: u64 = 64;
 /// taken for gone (and, on the client, without a frame from the service).
 pub const LOST_AFTER: u32 = 5;
 
+/// A terminal's inputs a service holds before their answers; a client
+/// sending more has the rest refused.
+pub const INPUT_WINDOW: usize = 8;
+
 /// A message from the client about an answer it is receiving.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -55,6 +68,14 @@ pub enum Control {
     Ack { received: u64 },
     /// The client wants no more: a command is cancelled.
     Cancel,
+    /// Bytes typed into a terminal.
+    Input { data: Output },
+    /// The client's window changed size.
+    Resize { rows: u16, cols: u16 },
+    /// A signal (such as 2, SIGINT) for the terminal's program.
+    Signal { signal: i32 },
+    /// The end of the terminal's input, as Ctrl-D.
+    Eof,
 }
 
 /// The operations, one NATS service endpoint each.
@@ -87,6 +108,7 @@ pub enum Op {
     SessionClose,
     SessionExec,
     SessionInterrupt,
+    Terminal,
     Nodes,
     JobStart,
     JobList,
@@ -105,7 +127,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 42] = [
+    pub const ALL: [Op; 43] = [
         Op::Create,
         Op::List,
         Op::Show,
@@ -133,6 +155,7 @@ impl Op {
         Op::SessionClose,
         Op::SessionExec,
         Op::SessionInterrupt,
+        Op::Terminal,
         Op::Nodes,
         Op::JobStart,
         Op::JobList,
@@ -180,6 +203,7 @@ impl Op {
             Op::SessionClose => "session.close",
             Op::SessionExec => "session.exec",
             Op::SessionInterrupt => "session.interrupt",
+            Op::Terminal => "terminal",
             Op::Nodes => "nodes",
             Op::JobStart => "job.start",
             Op::JobList => "job.list",
@@ -329,6 +353,16 @@ pub struct SessionExecArgs {
     pub id: String,
     pub session: String,
     pub command: SessionCommand,
+}
+
+/// A terminal (a PTY) in a running workspace, running `params.command`
+/// (a shell by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalArgs {
+    pub id: String,
+    #[serde(default)]
+    pub params: TerminalParams,
 }
 
 /// A registered job.

@@ -4,14 +4,15 @@
 //! and message, through `berth_server`'s one mapping.
 
 use crate::protocol::{
-    CONTROL, Control, DEFAULT_PREFIX, ERROR_CODE, EVENT, ExecArgs, ForkArgs, InfoArgs, KEEPALIVE,
-    LOST_AFTER, ListArgs, Op, PathArgs, ResetArgs, SEQ, SERVICE_NAME, SessionArgs, SessionExecArgs,
-    SessionOpenArgs, SnapshotArgs, Target, WINDOW,
+    CONTROL, Control, DEFAULT_PREFIX, ERROR_CODE, EVENT, ExecArgs, ForkArgs, INPUT_WINDOW,
+    InfoArgs, KEEPALIVE, LOST_AFTER, ListArgs, Op, PathArgs, ResetArgs, SEQ, SERVICE_NAME,
+    SessionArgs, SessionExecArgs, SessionOpenArgs, SnapshotArgs, Target, TerminalArgs, WINDOW,
 };
 use async_nats::service::ServiceExt as _;
 use async_nats::{HeaderMap, Subject};
 use berth_client::ExportCounts;
-use berth_provider::{Progress, Provider, ServiceError};
+use berth_core::{ExecEvent, Output};
+use berth_provider::{Progress, Provider, ServiceError, Terminal};
 use berth_server::ErrorBody;
 use berth_server::agent::InterruptResponse;
 use berth_server::cluster::NodeList;
@@ -25,6 +26,7 @@ use futures::{Future, StreamExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Bytes of a file or patch per frame (NATS's default payload limit is
@@ -79,15 +81,37 @@ pub fn valid_prefix(prefix: &str) -> bool {
 /// What answers the service's requests: the provider in this process, or
 /// a cluster's controller forwarding to the node holding a workspace.
 pub trait Handler: Send + Sync + 'static {
-    /// The frames answering a request for `op`.
-    fn answer(&self, op: Op, message: &async_nats::Message) -> BoxStream<'static, Frame>;
+    /// The frames answering a request for `op`; `inputs` are what its
+    /// client types (a terminal's), dropped by an operation taking none.
+    fn answer(
+        &self,
+        op: Op,
+        message: &async_nats::Message,
+        inputs: Inputs,
+    ) -> BoxStream<'static, Frame>;
 }
 
 impl Handler for Provider {
-    fn answer(&self, op: Op, message: &async_nats::Message) -> BoxStream<'static, Frame> {
-        answer(op, self, message)
+    fn answer(
+        &self,
+        op: Op,
+        message: &async_nats::Message,
+        inputs: Inputs,
+    ) -> BoxStream<'static, Frame> {
+        answer(op, self, message, inputs)
     }
 }
+
+/// One of a terminal's inputs ([`Control::Input`], `Resize`, `Signal` or
+/// `Eof`), and where to say it was applied or why not.
+pub struct Input {
+    pub control: Control,
+    pub applied: oneshot::Sender<Result<(), ErrorBody>>,
+}
+
+/// The inputs a client sends while its answer runs, at most
+/// [`INPUT_WINDOW`] held.
+pub type Inputs = mpsc::Receiver<Input>;
 
 /// Serves `handler` on `client` until `shutdown` is cancelled.
 pub async fn serve(
@@ -168,8 +192,10 @@ impl NatsService {
                 // Nowhere to answer: nothing is done.
                 continue;
             };
-            let frames = self.handler.answer(op, &request.message);
+            let (typed, inputs) = mpsc::channel(INPUT_WINDOW);
+            let frames = self.handler.answer(op, &request.message, inputs);
             let answer = Answer {
+                typed,
                 client: self.client.clone(),
                 reply,
                 prefix: self.config.prefix.clone(),
@@ -196,7 +222,12 @@ pub enum Frame {
 }
 
 /// The frames answering one request.
-fn answer(op: Op, provider: &Provider, message: &async_nats::Message) -> BoxStream<'static, Frame> {
+fn answer(
+    op: Op,
+    provider: &Provider,
+    message: &async_nats::Message,
+    inputs: Inputs,
+) -> BoxStream<'static, Frame> {
     let provider = provider.clone();
     let payload = message.payload.clone();
     match op {
@@ -329,6 +360,9 @@ fn answer(op: Op, provider: &Provider, message: &async_nats::Message) -> BoxStre
                 let interrupted = provider.interrupt_session(&args.id, &args.session).await?;
                 Ok::<_, ServiceError>(InterruptResponse { interrupted })
             })
+        }),
+        Op::Terminal => with_args(op, &payload, |args: TerminalArgs| {
+            terminal(provider, args, inputs)
         }),
         // A provider serves no cluster, as an HTTP server without one.
         Op::Nodes => done(async {
@@ -465,6 +499,57 @@ fn events<W: Send + 'static>(
     .boxed()
 }
 
+/// A terminal's output as `stdout` items (the first empty: it started),
+/// then its `exit` and `done`; what the client types is applied as it
+/// comes. Dropping the stream (the client went away or cancelled) ends
+/// the program.
+fn terminal(provider: Provider, args: TerminalArgs, inputs: Inputs) -> BoxStream<'static, Frame> {
+    let started = ExecEvent::Stdout {
+        data: Output(Vec::new()),
+    };
+    stream::once(async move {
+        match provider.terminal(&args.id, args.params).await {
+            Ok(terminal) => stream::once(async move { Frame::Item(json(&started)) })
+                .chain(stream::unfold(
+                    Some((terminal, inputs)),
+                    |state| async move {
+                        let (mut terminal, mut inputs) = state?;
+                        loop {
+                            tokio::select! {
+                                event = terminal.next() => {
+                                    let event = event?;
+                                    let ended = matches!(event, ExecEvent::Exit(_));
+                                    let next = (!ended).then_some((terminal, inputs));
+                                    return Some((Frame::Item(json(&event)), next));
+                                }
+                                Some(input) = inputs.recv() => {
+                                    let applied = apply(&terminal, input.control);
+                                    let _ = input.applied.send(applied);
+                                }
+                            }
+                        }
+                    },
+                ))
+                .chain(stream::once(async { Frame::Done(Bytes::new()) }))
+                .boxed(),
+            Err(err) => stream::once(async move { Frame::Failed(err.into()) }).boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Applies one input to a terminal.
+fn apply(terminal: &Terminal, control: Control) -> Result<(), ErrorBody> {
+    Ok(match control {
+        Control::Input { data } => terminal.write(&data.0),
+        Control::Resize { rows, cols } => terminal.resize(rows, cols),
+        Control::Signal { signal } => terminal.signal(signal),
+        Control::Eof => terminal.close_stdin(),
+        Control::Ack { .. } | Control::Cancel => Ok(()),
+    }?)
+}
+
 /// The changes exported as an archive, in chunks as the client takes
 /// them, then what it holds.
 fn export(provider: Provider, args: Target) -> BoxStream<'static, Frame> {
@@ -542,6 +627,8 @@ pub(crate) fn json<T: Serialize>(value: &T) -> Bytes {
 /// acknowledgements and cancellation.
 struct Answer {
     client: async_nats::Client,
+    /// Where a terminal's inputs go.
+    typed: mpsc::Sender<Input>,
     reply: Subject,
     prefix: String,
     keepalive: Duration,
@@ -576,13 +663,18 @@ impl Answer {
             let frame = tokio::select! {
                 biased;
                 message = control.next() => {
-                    match message.map(|m| serde_json::from_slice::<Control>(&m.payload)) {
-                        Some(Ok(Control::Ack { received })) => {
+                    let Some(message) = message else { return };
+                    match serde_json::from_slice::<Control>(&message.payload) {
+                        Ok(Control::Ack { received }) => {
                             acked = acked.max(received);
                             silent = 0;
                         }
-                        Some(Ok(Control::Cancel)) | None => return,
-                        Some(Err(_)) => {}
+                        Ok(Control::Cancel) => return,
+                        Ok(input) => {
+                            silent = 0;
+                            self.take(input, message.reply).await;
+                        }
+                        Err(_) => {}
                     }
                     continue;
                 }
@@ -643,6 +735,51 @@ impl Answer {
                 return;
             }
         }
+    }
+}
+
+impl Answer {
+    /// Hands a terminal's input on, answering `reply` once it is applied,
+    /// or at once when it is refused: the operation takes no input, or
+    /// the client sent more than [`INPUT_WINDOW`] before their answers.
+    async fn take(&self, control: Control, reply: Option<Subject>) {
+        let (applied, outcome) = oneshot::channel();
+        let refused = match self.typed.try_send(Input { control, applied }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => Some(ErrorBody {
+                code: "invalid_request".into(),
+                message: format!(
+                    "more than {INPUT_WINDOW} inputs were sent before their answers; \
+                     this one is dropped"
+                ),
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(ErrorBody {
+                code: "invalid_request".into(),
+                message: format!("{} takes no input", self.request.message.subject),
+            }),
+        };
+        let Some(reply) = reply else { return };
+        let client = self.client.clone();
+        let answered = async move {
+            let outcome = match refused {
+                Some(error) => Err(error),
+                None => outcome.await.unwrap_or_else(|_| {
+                    Err(ErrorBody {
+                        code: "wrong_state".into(),
+                        message: "the terminal has ended".into(),
+                    })
+                }),
+            };
+            let body = match outcome {
+                Ok(()) => Bytes::new(),
+                Err(error) => json(&berth_server::ErrorResponse { error }),
+            };
+            if let Err(e) = client.publish(reply, body).await {
+                tracing::debug!(error = %e, "cannot answer a terminal's input");
+            }
+        };
+        // Applied on the answer's own task, later: the wait is elsewhere.
+        tokio::spawn(answered);
     }
 }
 

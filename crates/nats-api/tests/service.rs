@@ -320,6 +320,44 @@ async fn errors_carry_the_service_layers_codes_and_messages() {
     );
 }
 
+/// Keys typed at a command that is not a terminal reach nothing: each is
+/// answered with a refusal. A
+/// terminal on a runtime without an agent is refused as over HTTP.
+#[tokio::test]
+async fn input_sent_to_an_operation_that_takes_none_is_refused_and_a_terminal_needs_an_agent() {
+    let api = Api::start().await;
+    let id = api.local().await;
+    let (code, message) = api_error(
+        api.client
+            .terminal(&id, &Default::default())
+            .await
+            .map(drop),
+    );
+    assert_eq!(code, "unsupported", "{message}");
+
+    let nats = async_nats::connect(api.nats.url()).await.unwrap();
+    let inbox = nats.new_inbox();
+    let mut answers = nats.subscribe(inbox.clone()).await.unwrap();
+    let args = json!({ "id": id, "request": { "command": "echo started; exec sleep 30" } });
+    nats.publish_with_reply("berth.v1.exec", inbox, args.to_string().into())
+        .await
+        .unwrap();
+    let first = answers.next().await.unwrap();
+    let control = first.headers.unwrap();
+    let control = control.get(protocol::CONTROL).unwrap().as_str().to_owned();
+    let input = Control::Input {
+        data: berth_core::Output(b"typed\n".to_vec()),
+    };
+    let reply = nats
+        .request(control, serde_json::to_vec(&input).unwrap().into())
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert_eq!(message, "berth.v1.exec takes no input");
+}
+
 #[tokio::test]
 async fn a_malformed_request_is_refused_naming_the_operation() {
     let api = Api::start().await;

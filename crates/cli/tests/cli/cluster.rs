@@ -393,3 +393,5 @@ fn with_no_resets_a_task_whose_node_was_killed_fails_saying_its_runner_died() {
 
 #[path = "cluster/placement.rs"]
 mod placement;
+#[path = "cluster/routing.rs"]
+mod routing;

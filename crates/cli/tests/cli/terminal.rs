@@ -20,15 +20,15 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A `berth` process whose standard input, output and error are a
 /// pseudo-terminal the test types into and reads.
-struct Pty {
-    master: File,
-    child: Child,
+pub(crate) struct Pty {
+    pub(crate) child: Child,
+    pub(crate) master: File,
     output: mpsc::Receiver<Vec<u8>>,
     seen: Vec<u8>,
 }
 
 impl Pty {
-    fn spawn(mut command: std::process::Command) -> Pty {
+    pub(crate) fn spawn(mut command: std::process::Command) -> Pty {
         let master: OwnedFd =
             openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
         grantpt(&master).unwrap();
@@ -67,13 +67,13 @@ impl Pty {
         }
     }
 
-    fn type_text(&mut self, text: &str) {
+    pub(crate) fn type_text(&mut self, text: &str) {
         self.master.write_all(text.as_bytes()).unwrap();
     }
 
     /// Reads until the output since the last call holds `wanted`, and
     /// returns that output.
-    fn wait_for(&mut self, wanted: &str) -> String {
+    pub(crate) fn wait_for(&mut self, wanted: &str) -> String {
         let deadline = Instant::now() + PATIENCE;
         while !String::from_utf8_lossy(&self.seen).contains(wanted) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -92,7 +92,7 @@ impl Pty {
     /// `cols`: a resize reaches the workspace by its own way, not in line
     /// with what is typed. (The shell's echo of each line never holds
     /// what is waited for: `do''ne` prints `done`.)
-    fn wait_for_size(&mut self, rows: u16, cols: u16) {
+    pub(crate) fn wait_for_size(&mut self, rows: u16, cols: u16) {
         let deadline = Instant::now() + PATIENCE;
         let wanted = format!("{rows}x{cols}\r\n");
         loop {
@@ -106,7 +106,7 @@ impl Pty {
     }
 
     /// The exit code of `berth`, once it ended.
-    fn exit_code(mut self) -> Option<i32> {
+    pub(crate) fn exit_code(mut self) -> Option<i32> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -126,7 +126,7 @@ impl Drop for Pty {
     }
 }
 
-fn size(fd: &impl std::os::fd::AsFd, rows: u16, cols: u16) {
+pub(crate) fn size(fd: &impl std::os::fd::AsFd, rows: u16, cols: u16) {
     tcsetwinsize(
         fd,
         Winsize {

@@ -11,7 +11,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// A node offering only `runtimes`, its record living `ttl` seconds.
-fn node_offering(env: &Env, nats: &NatsServer, name: &str, runtimes: &str, ttl: u64) -> Node {
+pub(super) fn node_offering(
+    env: &Env,
+    nats: &NatsServer,
+    name: &str,
+    runtimes: &str,
+    ttl: u64,
+) -> Node {
     let log = std::fs::File::create(env.dir.path().join(format!("node-{name}.log"))).unwrap();
     let child = settings(&mut Command::new(env!("CARGO_BIN_EXE_berth")))
         .env("BERTH_HOME", env.dir.path().join(format!("node-{name}")))
@@ -27,7 +33,7 @@ fn node_offering(env: &Env, nats: &NatsServer, name: &str, runtimes: &str, ttl: 
 }
 
 /// A controller serving the NATS API under `prefix`, with its own home.
-fn controller(env: &Env, nats: &NatsServer, prefix: &str) -> Node {
+pub(super) fn controller(env: &Env, nats: &NatsServer, prefix: &str) -> Node {
     let log = std::fs::File::create(env.dir.path().join(format!("{prefix}.log"))).unwrap();
     let child = settings(&mut Command::new(env!("CARGO_BIN_EXE_berth")))
         .env(
@@ -46,7 +52,7 @@ fn controller(env: &Env, nats: &NatsServer, prefix: &str) -> Node {
 }
 
 /// `berth --server nats://... --nats-prefix PREFIX ARGS`.
-fn via(env: &Env, nats: &NatsServer, prefix: &str, args: &[&str]) -> Output {
+pub(super) fn via(env: &Env, nats: &NatsServer, prefix: &str, args: &[&str]) -> Output {
     env.berth()
         .args(["--server", &nats.url(), "--nats-prefix", prefix])
         .args(args)
@@ -54,7 +60,7 @@ fn via(env: &Env, nats: &NatsServer, prefix: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(env: &Env, nats: &NatsServer, prefix: &str, args: &[&str]) -> String {
+pub(super) fn ok(env: &Env, nats: &NatsServer, prefix: &str, args: &[&str]) -> String {
     let out = via(env, nats, prefix, args);
     assert!(
         out.status.success(),
@@ -65,7 +71,7 @@ fn ok(env: &Env, nats: &NatsServer, prefix: &str, args: &[&str]) -> String {
 }
 
 /// Waits for the nodes `expected` and for the controller under `prefix`.
-fn ready(env: &Env, nats: &NatsServer, prefix: &str, expected: &[&str]) {
+pub(super) fn ready(env: &Env, nats: &NatsServer, prefix: &str, expected: &[&str]) {
     wait_until("the nodes", Duration::from_secs(30), || {
         names(env, nats) == expected
     });
@@ -75,7 +81,7 @@ fn ready(env: &Env, nats: &NatsServer, prefix: &str, expected: &[&str]) {
 }
 
 /// `(id, node, state)` of every workspace `berth ls --json` lists.
-fn placed(env: &Env, nats: &NatsServer, prefix: &str) -> Vec<(String, String, String)> {
+pub(super) fn placed(env: &Env, nats: &NatsServer, prefix: &str) -> Vec<(String, String, String)> {
     let listed: serde_json::Value =
         serde_json::from_str(&ok(env, nats, prefix, &["ls", "--json"])).unwrap();
     listed
@@ -92,7 +98,7 @@ fn placed(env: &Env, nats: &NatsServer, prefix: &str) -> Vec<(String, String, St
         .collect()
 }
 
-fn node_of(env: &Env, nats: &NatsServer, prefix: &str, id: &str) -> String {
+pub(super) fn node_of(env: &Env, nats: &NatsServer, prefix: &str, id: &str) -> String {
     placed(env, nats, prefix)
         .into_iter()
         .find(|(listed, _, _)| listed == id)
@@ -101,12 +107,12 @@ fn node_of(env: &Env, nats: &NatsServer, prefix: &str, id: &str) -> String {
 }
 
 /// A spec on the local runtime cloning `repo`, its setup writing `marker`.
-fn spec(env: &Env, name: &str, repo: &std::path::Path, marker: &str) -> String {
+pub(super) fn spec(env: &Env, name: &str, repo: &std::path::Path, marker: &str) -> String {
     spec_on(env, "runtime = \"local\"", name, repo, marker)
 }
 
 /// The same on the sandbox, which keeps layers (changes, diff, reset).
-fn sandbox_spec(env: &Env, name: &str, repo: &std::path::Path, marker: &str) -> String {
+pub(super) fn sandbox_spec(env: &Env, name: &str, repo: &std::path::Path, marker: &str) -> String {
     spec_on(
         env,
         "runtime = \"sandbox\"\nimage = \"host\"",
@@ -116,7 +122,13 @@ fn sandbox_spec(env: &Env, name: &str, repo: &std::path::Path, marker: &str) -> 
     )
 }
 
-fn spec_on(env: &Env, runtime: &str, name: &str, repo: &std::path::Path, marker: &str) -> String {
+pub(super) fn spec_on(
+    env: &Env,
+    runtime: &str,
+    name: &str,
+    repo: &std::path::Path,
+    marker: &str,
+) -> String {
     env.file(
         name,
         &format!(
@@ -130,7 +142,7 @@ fn spec_on(env: &Env, runtime: &str, name: &str, repo: &std::path::Path, marker:
     .to_owned()
 }
 
-fn up(env: &Env, nats: &NatsServer, prefix: &str, spec: &str) -> String {
+pub(super) fn up(env: &Env, nats: &NatsServer, prefix: &str, spec: &str) -> String {
     workspace_id(&ok(env, nats, prefix, &["up", spec]))
 }
 
@@ -512,7 +524,7 @@ fn two_controllers_placing_one_name_at_once_on_different_nodes_make_one_workspac
 
 /// A controller serving HTTP (without a token, on loopback) and the NATS
 /// API, with its own home; its address.
-fn http_controller(env: &Env, nats: &NatsServer) -> (Node, String) {
+pub(super) fn http_controller(env: &Env, nats: &NatsServer) -> (Node, String) {
     let addr = format!("127.0.0.1:{}", berth_testkit::free_port());
     let log = std::fs::File::create(env.dir.path().join("http-controller.log")).unwrap();
     let child = settings(&mut Command::new(env!("CARGO_BIN_EXE_berth")))
