@@ -518,6 +518,8 @@ page(/^\/runs\/([^/]+)$/, async (runId) => {
   const ref = `/v1/runs/${encodeURIComponent(runId)}`;
   let run = null;
   const tasks = new Map();
+  /** The run's events, followed while it runs. */
+  let source = null;
   const heading = h('h1', {}, 'Run ', h('span', { class: 'mono' }, runId));
   const facts = h('dl', { class: 'facts' });
   const bar = h('div');
@@ -537,8 +539,12 @@ page(/^\/runs\/([^/]+)$/, async (runId) => {
     b.addEventListener('click', () => act(b, what, action));
     actions.append(b);
   };
-  button('Cancel run', 'Cancel', async () => apply(await post(`${ref}/cancel`)));
-  button('Retry failed', 'Retry', async () => apply(await post(`${ref}/retry`)));
+  // An action's answer is the run as it was when the action was done:
+  // the run's events may have told of later changes before it arrives (a
+  // task cancelled by its runner), so the page follows them again from a
+  // fresh snapshot instead of drawing the answer.
+  button('Cancel run', 'Cancel', async () => { await post(`${ref}/cancel`); follow(); });
+  button('Retry failed', 'Retry', async () => { await post(`${ref}/retry`); follow(); });
   button('Publish…', 'Publish', async () => {
     const branch = prompt('Publish the completed tasks\' changes as branch:', `berth/${run ? run.job : 'run'}`);
     if (!branch) return 'Not published';
@@ -618,16 +624,22 @@ page(/^\/runs\/([^/]+)$/, async (runId) => {
     h('div', { class: 'filters' }, prev, next, pageInfo));
 
   apply(await get(ref));
-  // Live: the run's events, until it has ended.
-  const source = new EventSource(`${ref}/events`, { withCredentials: true });
-  const onEvent = (event) => {
-    const data = JSON.parse(event.data);
-    if (data.type === 'snapshot') apply({ ...data.run, tasks: data.tasks });
-    else if (data.type === 'task') { tasks.set(data.task.id, data.task); draw(); }
-    else if (data.type === 'run') { run = data.run; draw(); }
-    if (run && run.state !== 'running') source.close();
-  };
-  for (const type of ['message', 'snapshot', 'task', 'run']) source.addEventListener(type, onEvent);
+  // Live: the run's events, from a snapshot, until it has ended (then
+  // again after an action, which may start it anew).
+  function follow() {
+    if (source) source.close();
+    const events = new EventSource(`${ref}/events`, { withCredentials: true });
+    const onEvent = (event) => {
+      const data = JSON.parse(event.data);
+      if (data.type === 'snapshot') apply({ ...data.run, tasks: data.tasks });
+      else if (data.type === 'task') { tasks.set(data.task.id, data.task); draw(); }
+      else if (data.type === 'run') { run = data.run; draw(); }
+      if (run && run.state !== 'running') events.close();
+    };
+    for (const type of ['message', 'snapshot', 'task', 'run']) events.addEventListener(type, onEvent);
+    source = events;
+  }
+  follow();
   const ticking = setInterval(draw, 1000);
   onLeave(() => {
     source.close();

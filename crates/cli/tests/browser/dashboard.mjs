@@ -654,6 +654,38 @@ const tests = {
     await page.locator('h1 .state', { hasText: 'cancelled' }).waitFor({ timeout: TIMEOUT });
     assert.equal(await page.locator('tbody tr[data-state="running"]').count(), 0);
   },
+
+  // The answer to the cancel is the run as it was just after the
+  // cancellation was recorded, its task still running; the run's events
+  // may tell the page that the task ended before that answer arrives. Here
+  // the answer is held until they have: the page still shows the task
+  // cancelled once the answer is in.
+  async a_cancels_late_answer_does_not_bring_its_ended_task_back(page) {
+    await logIn(page);
+    await page.getByRole('link', { name: 'Jobs' }).click();
+    await page.locator('tr[data-job="slow"] td:nth-child(2) a').click();
+    await page.locator('tbody tr[data-state="running"]').waitFor({ timeout: TIMEOUT });
+    await page.route('**/v1/runs/*/cancel', async (route) => {
+      const answer = await route.fetch();
+      // As the server answers when its runner has not yet stopped the
+      // task (nearly always): the task running, and with it the run.
+      const told = await answer.json();
+      told.state = 'running';
+      told.ended_at = null;
+      told.tasks = told.tasks.map((task) => ({ ...task, state: 'running', ended_at: null }));
+      await page.locator('tbody tr[data-state="cancelled"]').waitFor({ timeout: TIMEOUT });
+      await route.fulfill({ response: answer, json: told });
+    });
+    await page.getByRole('button', { name: 'Cancel run' }).click();
+    await page.locator('#status', { hasText: 'Cancel: done' }).waitFor({ timeout: TIMEOUT });
+    // Whatever the answer made the page draw is drawn by the next frames.
+    for (let i = 0; i < 2; i += 1) {
+      await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => done())));
+    }
+    assert.equal(await page.locator('tbody tr[data-state="running"]').count(), 0);
+    await page.locator('tbody tr[data-state="cancelled"]').waitFor({ timeout: TIMEOUT });
+    await page.locator('h1 .state', { hasText: 'cancelled' }).waitFor({ timeout: TIMEOUT });
+  },
 };
 
 const name = process.argv[2];

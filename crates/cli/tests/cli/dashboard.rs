@@ -256,6 +256,11 @@ fn the_dashboard_cancels_a_run_and_its_tasks_end() {
 }
 
 #[test]
+fn the_dashboard_keeps_a_cancelled_task_cancelled_when_the_cancels_answer_comes_last() {
+    Served::start_with(&[SLOW]).browse("a_cancels_late_answer_does_not_bring_its_ended_task_back");
+}
+
+#[test]
 fn the_dashboard_shows_a_workspace_made_from_the_cli_without_a_reload() {
     Served::start().browse("a_workspace_made_from_the_cli_appears_live");
 }
