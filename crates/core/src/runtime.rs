@@ -391,6 +391,14 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::unsupported(self.name(), "changes"))
     }
 
+    /// Whether [`Runtime::changes`] names every file whose content
+    /// changed, whatever its times say (an overlay's upper layer does; the
+    /// docker Engine's list can miss an edit that puts its file's times
+    /// back), so that a diff may read only the files it names.
+    fn changes_name_every_edit(&self) -> bool {
+        false
+    }
+
     /// Writes the added and modified files to `target`.
     async fn export_changes(
         &self,

@@ -237,14 +237,13 @@ impl Provider {
             ".git/berth-diff-{}.patch",
             ulid::Ulid::generate().to_string().to_lowercase()
         );
-        // What the layers say changed, from a runtime whose list names
-        // every changed file (an overlay's upper layer does; the docker
-        // Engine's can miss an edit that puts its file's times back); the
-        // diff judges every file by its stat data otherwise.
-        let changes = if runtime.name() == "docker" {
-            None
-        } else {
+        // What the layers say changed, where their list names every
+        // changed file; the diff judges every file by its stat data
+        // otherwise.
+        let changes = if runtime.changes_name_every_edit() {
             runtime.changes(&ws).await.ok()
+        } else {
+            None
         };
         let mut patches = Vec::new();
         for repo in &ws.spec.repositories {

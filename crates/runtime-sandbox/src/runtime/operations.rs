@@ -283,6 +283,10 @@ impl Runtime for SandboxRuntime {
         Ok(())
     }
 
+    fn changes_name_every_edit(&self) -> bool {
+        true
+    }
+
     async fn changes(&self, ws: &Workspace) -> Result<Vec<Change>, RuntimeError> {
         let state = self.load(ws.id.as_str())?;
         let root = ws.spec.root().to_string();
