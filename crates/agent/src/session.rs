@@ -312,6 +312,10 @@ async fn execute(
     // When set, the command was interrupted and is killed at this time if
     // it is still running.
     let mut kill_at: Option<tokio::time::Instant> = None;
+    // Whether the command's processes were killed once already: a command
+    // that outlives that (a loop in the shell that starts them anew) runs
+    // in the shell, which is then ended with the session.
+    let mut killed = false;
     // A signal that found no process of the command yet, and when to try
     // again.
     let mut pending: Option<(i32, tokio::time::Instant, u32)> = None;
@@ -404,15 +408,18 @@ async fn execute(
             }
             () = sleep_until(kill_at) => {
                 pending = None;
-                if closing || shell.command_processes().is_empty() {
+                kill_at = None;
+                if closing || killed || shell.command_processes().is_empty() {
                     // Only the shell is left to end: the command is a
-                    // built-in (a `while :; do :; done`), which no signal
-                    // the shell survives can stop, so the session ends.
+                    // built-in (a `while :; do :; done`), or a loop of
+                    // them that starts processes anew, which no signal the
+                    // shell survives can stop, so the session ends.
                     shell.kill();
                 } else {
                     shell.kill_command().await;
+                    killed = true;
+                    kill_at = Some(tokio::time::Instant::now() + agent.grace);
                 }
-                kill_at = None;
             }
         }
     };

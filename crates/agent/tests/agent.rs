@@ -475,6 +475,38 @@ async fn a_session_commands_timeout_ends_what_it_detached() {
     eventually("the earlier job to end with the session", || gone(earlier));
 }
 
+/// A session's command is a loop in the shell that starts a child anew
+/// each time one is killed: its timeout still ends it (with the session,
+/// as for any loop the shell runs itself), rather than letting it run on
+/// past its timeout until the client gives up on the agent.
+#[tokio::test]
+async fn a_session_command_that_restarts_its_killed_children_ends_at_its_timeout() {
+    let agent = Agent::start().await;
+    let session = agent
+        .client
+        .session(SessionParams::default())
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let (_, err, status) = session
+        .start("while :; do sleep 1000; done", Some(300), None)
+        .await
+        .unwrap()
+        .output()
+        .await;
+    assert!(status.timed_out, "{status:?}");
+    assert_eq!(status.signal, Some(9), "the session ends: {status:?}");
+    let err = String::from_utf8_lossy(&err);
+    assert!(!err.contains("berth:"), "the agent reported its end: {err}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    let after = session.run("true").await.unwrap_err();
+    assert!(matches!(after, ClientError::Agent(_)), "{after}");
+}
+
 #[tokio::test]
 async fn a_session_ends_with_the_exit_of_its_shell() {
     let agent = Agent::start().await;
