@@ -5,6 +5,7 @@ use crate::auth::{Auth, load_or_create_token};
 use crate::boundary::Boundary;
 use crate::{RouterConfig, router};
 use axum::Router;
+use axum::serve::ListenerExt;
 use berth_core::{Spec, SystemClock};
 use berth_jobs::Jobs;
 use berth_provider::Provider;
@@ -283,6 +284,15 @@ impl Server {
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(%addr, "serving the berth API");
                 }
+                // A streamed answer is written in small pieces (an output
+                // line, then the exit); with Nagle's algorithm each piece
+                // after the first waits for the client's delayed ack, about
+                // 40 ms on Linux.
+                let listener = listener.tap_io(|stream| {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+                    }
+                });
                 let served = axum::serve(listener, self.router).with_graceful_shutdown(signal);
                 tokio::select! {
                     result = served => result.map_err(ServerError::Serve),
