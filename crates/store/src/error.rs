@@ -39,6 +39,12 @@ pub enum StoreError {
         state: String,
         hint: &'static str,
     },
+    #[error("run `{run}`: {ids} task ids for {repositories} repositories")]
+    TaskIds {
+        run: String,
+        ids: usize,
+        repositories: usize,
+    },
     #[error("no provisioning cache entry `{0}`")]
     CacheEntryNotFound(String),
     #[error("registry `{path}`: {source}")]

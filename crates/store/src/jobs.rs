@@ -119,22 +119,53 @@ impl Store {
 
     /// Makes a run of `new.job` with one queued task per repository.
     pub fn create_run(&self, new: &NewRun, now: i64) -> Result<Run, StoreError> {
-        let id = generate_id();
-        let spec = encode("run", &id, "spec", &new.spec)?;
+        let tasks: Vec<String> = new.tasks.iter().map(|_| generate_id()).collect();
+        self.create_run_as(&generate_id(), &tasks, new, false, now)
+    }
+
+    /// Makes the run `id` of `new.job` with the queued tasks `tasks` (one
+    /// id per repository), unless it exists: a run made elsewhere, as a
+    /// cluster's event stream tells it (`shared`). Answers the run.
+    pub fn create_run_as(
+        &self,
+        id: &str,
+        tasks: &[String],
+        new: &NewRun,
+        shared: bool,
+        now: i64,
+    ) -> Result<Run, StoreError> {
+        if tasks.len() != new.tasks.len() {
+            return Err(StoreError::TaskIds {
+                run: id.into(),
+                ids: tasks.len(),
+                repositories: new.tasks.len(),
+            });
+        }
+        let spec = encode("run", id, "spec", &new.spec)?;
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO job_runs (id, job, spec, state, trigger, concurrency, created_at)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
-                params![id, new.job, spec, new.trigger, new.concurrency, now],
-            )
-            .map_err(|e| self.db(e))?;
-            for (position, task) in new.tasks.iter().enumerate() {
+            let made = tx
+                .execute(
+                    "INSERT INTO job_runs (id, job, spec, state, trigger, concurrency, created_at,
+                         shared)
+                     VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                    params![id, new.job, spec, new.trigger, new.concurrency, now, shared],
+                )
+                .map_err(|e| self.db(e))?;
+            if made == 0 {
+                tx.execute(
+                    "UPDATE job_runs SET shared = 1 WHERE id = ?1 AND ?2",
+                    params![id, shared],
+                )
+                .map_err(|e| self.db(e))?;
+                return Ok(());
+            }
+            for (position, (task, task_id)) in new.tasks.iter().zip(tasks).enumerate() {
                 tx.execute(
                     "INSERT INTO job_tasks (id, run_id, position, url, ref, credential, state,
                          queued_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
                     params![
-                        generate_id(),
+                        task_id,
                         id,
                         position as i64,
                         task.url,
@@ -145,9 +176,48 @@ impl Store {
                 )
                 .map_err(|e| self.db(e))?;
             }
-            settle_run(tx, &id, now).map_err(|e| self.db(e))
+            settle_run(tx, id, now).map_err(|e| self.db(e))
         })?;
-        self.run(&id)
+        self.run(id)
+    }
+
+    /// The last sequence of `stream` this registry applied (0: none).
+    pub fn fold_position(&self, stream: &str) -> Result<u64, StoreError> {
+        let seq: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT seq FROM cluster_folds WHERE stream = ?1",
+                [stream],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        Ok(seq.map_or(0, |seq| seq as u64))
+    }
+
+    /// Records that the registry applied `stream` up to `seq`.
+    pub fn set_fold_position(&self, stream: &str, seq: u64) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO cluster_folds (stream, seq) VALUES (?1, ?2)
+                 ON CONFLICT (stream) DO UPDATE SET seq = max(seq, ?2)",
+                params![stream, seq as i64],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// The runs no cluster's event stream holds yet (made straight in the
+    /// registry), oldest first, each with its spec and tasks.
+    pub fn unshared_runs(&self) -> Result<Vec<(Run, serde_json::Value, Vec<Task>)>, StoreError> {
+        self.runs_where("WHERE shared = 0", &[])?
+            .into_iter()
+            .map(|run| {
+                let spec = self.run_spec(&run.id)?;
+                let tasks = self.tasks_of(&run.id)?;
+                Ok((run, spec, tasks))
+            })
+            .collect()
     }
 
     /// A run by id or unique id prefix.
@@ -318,38 +388,56 @@ impl Store {
     pub fn claim_task(&self, runner: &str, now: i64) -> Result<Option<Claimed>, StoreError> {
         let token = generate_id();
         let claimed = self.write(|tx| {
-            let found: Option<(String, String)> = tx
-                .query_row(
-                    "SELECT t.id, r.spec FROM job_tasks t JOIN job_runs r ON r.id = t.run_id
-                     WHERE t.state = 'queued' AND t.queued_at <= ?1 AND r.cancelled = 0
-                       AND (SELECT count(*) FROM job_tasks x
-                            WHERE x.run_id = t.run_id AND x.state = 'running') < r.concurrency
-                     ORDER BY t.queued_at, t.run_id, t.position LIMIT 1",
-                    [now],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(|e| self.db(e))?;
-            let Some((id, spec)) = found else {
+            let Some((id, _)) = due(tx, now).map_err(|e| self.db(e))? else {
                 return Ok(None);
             };
-            tx.execute(
-                "UPDATE job_tasks SET state = 'running', attempts = attempts + 1, token = ?2,
-                     runner = ?3, heartbeat_at = ?4, started_at = ?4, ended_at = NULL,
-                     exit_code = NULL, failed_step = NULL, error = NULL, patch = NULL,
-                     workspace = NULL, base_commit = NULL, cancel = 0
-                 WHERE id = ?1",
-                params![id, token, runner, now],
-            )
-            .map_err(|e| self.db(e))?;
-            tx.execute(
-                "INSERT INTO job_attempts (task_id, attempt, state, runner, started_at)
-                 SELECT id, attempts, 'running', runner, started_at FROM job_tasks WHERE id = ?1",
-                [&id],
-            )
-            .map_err(|e| self.db(e))?;
-            Ok(Some((id, spec)))
+            take(tx, &id, &token, runner, now).map_err(|e| self.db(e))
         })?;
+        self.claimed(claimed, token)
+    }
+
+    /// The oldest claimable task (as [`Store::claim_task`] would take it)
+    /// and the number its next attempt would have, taking nothing.
+    pub fn due_task(&self, now: i64) -> Result<Option<(String, u32)>, StoreError> {
+        let found = due(&self.conn(), now).map_err(|e| self.db(e))?;
+        Ok(found.map(|(id, attempts)| (id, attempts + 1)))
+    }
+
+    /// Hands `task` to `runner` as its attempt number `attempt` under
+    /// `token`, if it is still claimable and that attempt is its next:
+    /// queued, of a run not cancelled and below its concurrency, whatever
+    /// its due time. Answers `None` otherwise.
+    pub fn claim_named(
+        &self,
+        task: &str,
+        attempt: u32,
+        token: &str,
+        runner: &str,
+        now: i64,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let claimed = self.write(|tx| {
+            let claimable: bool = tx
+                .query_row(
+                    &format!(
+                        "SELECT count(*) > 0 FROM {CLAIMABLE} AND t.id = ?1 AND t.attempts + 1 = ?2"
+                    ),
+                    params![task, attempt],
+                    |row| row.get(0),
+                )
+                .map_err(|e| self.db(e))?;
+            if !claimable {
+                return Ok(None);
+            }
+            take(tx, task, token, runner, now).map_err(|e| self.db(e))
+        })?;
+        self.claimed(claimed, token.to_owned())
+    }
+
+    fn claimed(
+        &self,
+        claimed: Option<(String, String)>,
+        token: String,
+    ) -> Result<Option<Claimed>, StoreError> {
         let Some((id, spec)) = claimed else {
             return Ok(None);
         };
@@ -835,4 +923,54 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
         field,
         detail: e.to_string(),
     })
+}
+
+/// The tasks a claim may take, whatever their due time: queued, of a run
+/// not cancelled and below its concurrency.
+const CLAIMABLE: &str = "job_tasks t JOIN job_runs r ON r.id = t.run_id
+     WHERE t.state = 'queued' AND r.cancelled = 0
+       AND (SELECT count(*) FROM job_tasks x
+            WHERE x.run_id = t.run_id AND x.state = 'running') < r.concurrency";
+
+/// The oldest claimable task due at `now`, with its attempts so far.
+fn due(conn: &rusqlite::Connection, now: i64) -> rusqlite::Result<Option<(String, u32)>> {
+    conn.query_row(
+        &format!(
+            "SELECT t.id, t.attempts FROM {CLAIMABLE} AND t.queued_at <= ?1
+             ORDER BY t.queued_at, t.run_id, t.position LIMIT 1"
+        ),
+        [now],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+}
+
+/// Starts the next attempt of `id` under `token`, held by `runner`;
+/// answers the task's id and its run's spec.
+fn take(
+    tx: &Transaction,
+    id: &str,
+    token: &str,
+    runner: &str,
+    now: i64,
+) -> rusqlite::Result<Option<(String, String)>> {
+    tx.execute(
+        "UPDATE job_tasks SET state = 'running', attempts = attempts + 1, token = ?2,
+             runner = ?3, heartbeat_at = ?4, started_at = ?4, ended_at = NULL,
+             exit_code = NULL, failed_step = NULL, error = NULL, patch = NULL,
+             workspace = NULL, base_commit = NULL, cancel = 0
+         WHERE id = ?1",
+        params![id, token, runner, now],
+    )?;
+    tx.execute(
+        "INSERT INTO job_attempts (task_id, attempt, state, runner, started_at)
+         SELECT id, attempts, 'running', runner, started_at FROM job_tasks WHERE id = ?1",
+        [id],
+    )?;
+    tx.query_row(
+        "SELECT t.id, r.spec FROM job_tasks t JOIN job_runs r ON r.id = t.run_id WHERE t.id = ?1",
+        [id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
 }

@@ -127,6 +127,14 @@ const MIGRATIONS: &[&str] = &[
     // it), and the disk space each cache entry takes (its budget counts it).
     "ALTER TABLE workspaces ADD COLUMN last_active_at INTEGER NOT NULL DEFAULT 0; -- ms
     ALTER TABLE cache_entries ADD COLUMN size INTEGER; -- bytes; NULL when unknown",
+    // 6: a cluster's runs: whether its event stream holds each run's
+    // making (a run made straight in the registry is shared once), and how
+    // far the registry folded that stream.
+    "ALTER TABLE job_runs ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE cluster_folds (
+        stream       TEXT PRIMARY KEY NOT NULL,
+        seq          INTEGER NOT NULL           -- the last stream sequence applied
+    ) STRICT;",
 ];
 
 /// The schema version this build writes.

@@ -561,7 +561,7 @@ fn a_version_1_database_is_migrated() {
     let version: i64 = raw(tmp.path())
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 
     let old = store.resolve("old").unwrap();
     assert_eq!(old.id.as_str(), "01oldworkspace0000000000000");
@@ -610,7 +610,7 @@ fn a_database_from_a_newer_berth_is_refused_untouched() {
         err,
         StoreError::UnknownVersion {
             found: 99,
-            supported: 5,
+            supported: 6,
             ..
         }
     ));
