@@ -223,7 +223,7 @@ pub async fn serve(
     };
     // The workers: tasks of batch jobs run inside the server too, and
     // scheduled jobs start their runs here.
-    let (jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
+    let (local_jobs, runner) = crate::job::open(&provider, JOB_SLOTS)?;
     // With --nats, the job tasks run on the cluster's nodes, which the
     // dashboard lists.
     let cluster = match &args.nats {
@@ -234,6 +234,20 @@ pub async fn serve(
                 .with_context(|| format!("cannot reach the cluster at {url}"))?,
         )),
         None => None,
+    };
+    let controller = match &cluster {
+        Some((_, client)) => Some(controller(&provider, client.clone()).await?),
+        None => None,
+    };
+    // With a cluster, runs are the cluster's: started, cancelled and
+    // retried through its events stream, which every controller folds.
+    let jobs = match &controller {
+        Some(controller) => berth_jobs::Jobs::new(
+            controller.store(),
+            std::sync::Arc::new(berth_cluster::RunQueue::new(controller.clone())),
+            controller.clock(),
+        ),
+        None => local_jobs,
     };
     let directory = match &cluster {
         Some((_, client)) => Some(std::sync::Arc::new(
@@ -274,9 +288,8 @@ pub async fn serve(
         workspaces,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let workers = match cluster {
-        Some((url, client)) => {
-            let controller = controller(&provider, client).await?;
+    let workers = match (controller, &args.nats) {
+        (Some(controller), Some(url)) => {
             eprintln!("berth serve: job tasks run on the nodes of {url}");
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -285,7 +298,7 @@ pub async fn serve(
                 }
             })
         }
-        None => {
+        _ => {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { runner.serve(shutdown).await })
         }

@@ -6,9 +6,11 @@
 //! - [`queue`]: a node's side of the job queue: its runner pulls tasks from
 //!   a work-queue stream, heartbeats them with in-progress acks, and
 //!   reports logs and results as events.
-//! - [`controller`]: the side that keeps runs: it hands due tasks from its
-//!   registry to the work queue and applies the nodes' events to it,
-//!   fencing off attempts that lost their task.
+//! - [`controller`]: the side that keeps runs: every controller folds one
+//!   stream of events (runs made, cancelled, retried, tasks dispatched,
+//!   the nodes' reports) into its registry, hands due tasks to the work
+//!   queue, and fences off attempts that lost their task; [`runs`] is its
+//!   API's queue, which publishes those decisions.
 //! - [`router`]: the controller's API for workspaces: each placed on a
 //!   node ([`placement`]), recorded in a key-value bucket
 //!   ([`workspaces`]), and every request about it forwarded to its node;
@@ -22,6 +24,7 @@ pub mod nodes;
 pub mod placement;
 pub mod queue;
 pub mod router;
+pub mod runs;
 pub mod wire;
 pub mod workspaces;
 
@@ -32,6 +35,7 @@ pub use front::Front;
 pub use nodes::{Directory, Membership, NodeInfo};
 pub use queue::NodeQueue;
 pub use router::{Router, node_prefix};
+pub use runs::RunQueue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

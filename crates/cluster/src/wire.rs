@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  controller ──publish──▶ berth.jobs.tasks ─▶ [BERTH_TASKS work queue] ─pull "runners"─▶ nodes
-//!  nodes ──publish──▶ berth.jobs.events.<task> ─▶ [BERTH_EVENTS] ─pull "controller"─▶ controller
+//!  nodes ──publish──▶ berth.jobs.events.<task> ─▶ [BERTH_EVENTS] ─pull, one consumer each─▶ controllers
+//!  controllers ──publish──▶ berth.jobs.runs.<run|task> ─▶ [BERTH_EVENTS] (runs made, cancelled,
+//!      retried, tasks dispatched: every controller folds the stream into its registry)
 //!  JetStream ──$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.BERTH_TASKS.runners──▶ [BERTH_EVENTS]
 //!  nodes ──request──▶ berth.jobs.heartbeat ─▶ a controller (answers continue, cancel or lost)
 //!  nodes ──put──▶ object store berth-patches (a result's patch) ─▶ controller
@@ -23,8 +25,11 @@ pub const TASKS_SUBJECT: &str = "berth.jobs.tasks";
 pub const RUNNERS: &str = "runners";
 pub const EVENTS_STREAM: &str = "BERTH_EVENTS";
 pub const EVENTS_PREFIX: &str = "berth.jobs.events";
-/// The durable consumer controllers apply events from.
-pub const CONTROLLER: &str = "controller";
+/// Where controllers say what they decided about runs.
+pub const RUNS_PREFIX: &str = "berth.jobs.runs";
+/// How long the streams remember a message's id, so that one published
+/// twice (by two controllers deciding the same) is kept once.
+pub const DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 pub const HEARTBEAT_SUBJECT: &str = "berth.jobs.heartbeat";
 pub const PATCHES_BUCKET: &str = "berth-patches";
 pub const NODES_BUCKET: &str = "berth-nodes";
@@ -143,6 +148,81 @@ impl Event {
     }
 }
 
+/// A task of a run being made: its id and repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewTaskRecord {
+    pub id: String,
+    pub url: String,
+    pub reference: Option<String>,
+    pub credential: Option<String>,
+}
+
+/// What a controller decided about runs, in the events stream beside the
+/// nodes' word, so that every controller's registry folds the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Decision {
+    /// A run was made with these ids.
+    Created {
+        run: String,
+        job: String,
+        spec: serde_json::Value,
+        trigger: String,
+        concurrency: u32,
+        tasks: Vec<NewTaskRecord>,
+    },
+    CancelRun {
+        run: String,
+    },
+    CancelTask {
+        task: String,
+    },
+    /// The run's failed tasks, or the one named, are queued again.
+    Retry {
+        run: String,
+        task: Option<String>,
+    },
+    /// The task's attempt number `attempt` goes to the work queue under
+    /// `token`.
+    Dispatched {
+        task: String,
+        attempt: u32,
+        token: String,
+    },
+    /// The work queue delivered the dispatch `dispatch` as often as
+    /// allowed and no node finished it.
+    Exhausted {
+        task: String,
+        dispatch: String,
+        deliveries: u64,
+    },
+}
+
+impl Decision {
+    /// The subject it is published on, and its message id: the same
+    /// decision made by two controllers is kept once.
+    pub fn subject_and_id(&self) -> (String, String) {
+        let (about, id) = match self {
+            Decision::Created { run, .. } => (run, format!("created.{run}")),
+            Decision::Dispatched { task, token, .. } => (task, format!("dispatched.{token}")),
+            Decision::Exhausted { task, dispatch, .. } => (task, format!("exhausted.{dispatch}")),
+            // Each its own: two cancels are as one, a retry twice is two.
+            Decision::CancelRun { run } | Decision::Retry { run, .. } => {
+                (run, berth_core::job::generate_id())
+            }
+            Decision::CancelTask { task } => (task, berth_core::job::generate_id()),
+        };
+        (format!("{RUNS_PREFIX}.{about}"), id)
+    }
+}
+
+/// The token of a task's attempt number `attempt` dispatched to the work
+/// queue: the same wherever it is decided, so that the work queue takes it
+/// once.
+pub fn dispatch_token(task: &str, attempt: u32) -> String {
+    format!("{task}-{attempt}")
+}
+
 /// A node's heartbeat of a task it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Beat {
@@ -170,7 +250,7 @@ pub async fn ensure_queue(
             name: TASKS_STREAM.into(),
             subjects: vec![TASKS_SUBJECT.into()],
             retention: stream::RetentionPolicy::WorkQueue,
-            duplicate_window: std::time::Duration::from_secs(120),
+            duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         })
         .await
@@ -189,15 +269,32 @@ pub async fn ensure_queue(
         )
         .await
         .map_err(|e| ClusterError::nats(format!("make the consumer {RUNNERS}"), e))?;
-    js.get_or_create_stream(stream::Config {
+    let events = stream::Config {
         name: EVENTS_STREAM.into(),
-        subjects: vec![format!("{EVENTS_PREFIX}.>"), max_deliveries_subject()],
-        // An event leaves once the controllers' consumer took it.
-        retention: stream::RetentionPolicy::Interest,
+        subjects: vec![
+            format!("{EVENTS_PREFIX}.>"),
+            format!("{RUNS_PREFIX}.>"),
+            max_deliveries_subject(),
+        ],
+        // Kept: a controller started afresh folds the whole stream.
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::nats(format!("make the stream {EVENTS_STREAM}"), e))?;
+    };
+    let mut made = js
+        .get_or_create_stream(events.clone())
+        .await
+        .map_err(|e| ClusterError::nats(format!("make the stream {EVENTS_STREAM}"), e))?;
+    let info = made
+        .info()
+        .await
+        .map_err(|e| ClusterError::nats(format!("read the stream {EVENTS_STREAM}"), e))?;
+    // A stream made by an earlier berth (events dropped once applied).
+    if info.config.retention != events.retention || info.config.subjects != events.subjects {
+        js.update_stream(events)
+            .await
+            .map_err(|e| ClusterError::nats(format!("update the stream {EVENTS_STREAM}"), e))?;
+    }
     Ok((tasks, consumer))
 }
 

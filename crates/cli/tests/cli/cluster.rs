@@ -391,6 +391,194 @@ fn with_no_resets_a_task_whose_node_was_killed_fails_saying_its_runner_died() {
     assert_eq!(task.attempts, 1, "the second node never took it: {task:?}");
 }
 
+/// A controller with its own home, serving HTTP on a socket.
+struct Controller {
+    home: PathBuf,
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Controller {
+    fn start(env: &Env, nats: &NatsServer, name: &str) -> Controller {
+        let home = env.dir.path().join(format!("controller-{name}"));
+        let socket = env.dir.path().join(format!("controller-{name}.sock"));
+        let child = settings(&mut env.berth())
+            .env("BERTH_HOME", &home)
+            .args(["serve", "--nats", &nats.url(), "--socket"])
+            .arg(&socket)
+            .spawn()
+            .unwrap();
+        wait_until("the controller to serve", Duration::from_secs(30), || {
+            socket.exists()
+        });
+        Controller {
+            home,
+            socket,
+            child,
+        }
+    }
+
+    /// Runs a command through this controller's API.
+    fn ok(&self, env: &Env, args: &[&str]) -> String {
+        let server = format!("unix://{}", self.socket.display());
+        let mut full = vec!["--server", server.as_str()];
+        full.extend_from_slice(args);
+        env.ok(&full)
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.home).unwrap()
+    }
+}
+
+/// Everything a registry holds about a run's tasks that a user sees:
+/// each task's state, attempts (state, runner), log lines and patch.
+fn tasks_as_seen(store: &Store, run: &str) -> Vec<String> {
+    store
+        .tasks_of(run)
+        .unwrap()
+        .iter()
+        .map(|task| {
+            let attempts: Vec<_> = store
+                .attempts_of(&task.id)
+                .unwrap()
+                .iter()
+                .map(|a| format!("{}@{}", a.state, a.runner.as_deref().unwrap_or("-")))
+                .collect();
+            let log: Vec<_> = store
+                .log_after(&task.id, 0, 10_000)
+                .unwrap()
+                .iter()
+                .map(|e| format!("{}:{}", e.seq, serde_json::to_string(&e.event).unwrap()))
+                .collect();
+            let patch = store.patch(&task.id).unwrap().unwrap_or_default();
+            format!(
+                "{} {} {} attempts {attempts:?} log {log:?} patch {}",
+                task.id,
+                task.state,
+                task.attempts,
+                String::from_utf8_lossy(&patch)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_controller_started_afresh_on_another_home_sees_every_run_its_tasks_logs_and_patches() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let file = job(&env, 6, "echo working; echo done >> version.txt");
+    let first = Controller::start(&env, &nats, "first");
+    let _node = node(&env, &nats, "worker", 5);
+    let run = first
+        .ok(&env, &["job", "run", file.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    let before = first.store();
+    wait_for_end(&before, &run, Duration::from_secs(60));
+    drop(first);
+
+    let fresh = Controller::start(&env, &nats, "fresh");
+    let after = fresh.store();
+    wait_until(
+        "the fresh controller to see the run end",
+        Duration::from_secs(30),
+        || {
+            after
+                .run(&run)
+                .is_ok_and(|r| r.state == berth_core::job::RunState::Completed)
+        },
+    );
+    assert_eq!(tasks_as_seen(&after, &run), tasks_as_seen(&before, &run));
+    let shown = fresh.ok(&env, &["job", "show", &run]);
+    assert!(shown.contains("completed"), "{shown}");
+    for task in after.tasks_of(&run).unwrap() {
+        assert_eq!(task.state, TaskState::Completed);
+        assert_eq!(task.runner.as_deref(), Some("worker"));
+        let log = fresh.ok(&env, &["job", "logs", &run, &task.id]);
+        assert!(log.contains("working"), "{log}");
+        let patch = String::from_utf8(after.patch(&task.id).unwrap().unwrap()).unwrap();
+        assert_eq!(patch.matches("+done").count(), 1, "{patch}");
+    }
+}
+
+#[test]
+fn two_controllers_share_runs_dispatch_each_task_once_and_agree_on_every_state() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let file = job(&env, 20, "sleep 0.1; echo done >> version.txt");
+    let a = Controller::start(&env, &nats, "a");
+    let b = Controller::start(&env, &nats, "b");
+    let _nodes: Vec<Node> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|name| node(&env, &nats, name, 5))
+        .collect();
+    let run = a
+        .ok(&env, &["job", "run", file.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    // Listed and shown through the other controller once its fold took
+    // the run.
+    let (store_a, store_b) = (a.store(), b.store());
+    wait_until(
+        "the other controller to fold the run",
+        Duration::from_secs(10),
+        || store_b.run(&run).is_ok(),
+    );
+    let listed = b.ok(&env, &["job", "runs", "edit"]);
+    assert!(listed.contains(&run), "{listed}");
+    let shown = b.ok(&env, &["job", "show", &run]);
+    assert!(shown.contains(&run), "{shown}");
+    wait_for_end(&store_a, &run, Duration::from_secs(120));
+    wait_for_end(&store_b, &run, Duration::from_secs(30));
+    for store in [&store_a, &store_b] {
+        let counts = counts(store, &run, None);
+        assert_eq!(
+            (counts.completed_once, counts.lost, counts.doubled),
+            (20, 0, 0),
+            "{counts:?}"
+        );
+        for task in store.tasks_of(&run).unwrap() {
+            assert_eq!(task.attempts, 1, "dispatched once: {task:?}");
+        }
+    }
+    assert_eq!(tasks_as_seen(&store_a, &run), tasks_as_seen(&store_b, &run));
+    let task = &store_b.tasks_of(&run).unwrap()[0].id;
+    let log = b.ok(&env, &["job", "logs", &run, task]);
+    assert!(log.contains("==> step 1"), "{log}");
+
+    // A run started through one is cancelled through the other.
+    let slow = job(&env, 2, "echo started; sleep 600");
+    let run = a
+        .ok(&env, &["job", "run", slow.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    wait_until("both tasks to run", Duration::from_secs(30), || {
+        store_b
+            .tasks_of(&run)
+            .unwrap()
+            .iter()
+            .all(|t| t.state == TaskState::Running && t.runner.as_deref() != Some("work queue"))
+    });
+    b.ok(&env, &["job", "cancel", &run]);
+    wait_for_end(&store_a, &run, Duration::from_secs(30));
+    wait_for_end(&store_b, &run, Duration::from_secs(30));
+    for store in [&store_a, &store_b] {
+        assert_eq!(
+            store.run(&run).unwrap().state,
+            berth_core::job::RunState::Cancelled
+        );
+    }
+    assert_eq!(tasks_as_seen(&store_a, &run), tasks_as_seen(&store_b, &run));
+}
+
 #[path = "cluster/placement.rs"]
 mod placement;
 #[path = "cluster/routing.rs"]
