@@ -143,6 +143,54 @@ impl Runner {
         }
     }
 
+    /// Runs `git ARGS` in `dir` with `input` on its stdin, for a command
+    /// whose output is bytes, not text; a non-zero exit is an error. No
+    /// credential is sent.
+    pub async fn run_bytes(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        input: Vec<u8>,
+    ) -> Result<Vec<u8>, GitError> {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .envs(environment(None, |key| std::env::var_os(key)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawn_error = |source| GitError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        };
+        let mut session = Session::start(command, self.hold.as_ref().map(|lock| lock.as_fd()))
+            .map_err(spawn_error)?;
+        if let Some(mut stdin) = session.stdin() {
+            // Written beside the reading of the output, which could
+            // otherwise fill its pipe and wait for a reader forever.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&input).await;
+            });
+        }
+        let output = session.output().await.map_err(spawn_error)?;
+        if output.status.success() {
+            return Ok(output.stdout);
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(GitError::Command {
+            command: self.redactor.redact(&args.join(" ")),
+            dir: (dir != Path::new(".")).then(|| dir.to_path_buf()),
+            status: match output.status.code() {
+                Some(code) => format!("exit code {code}"),
+                None => "killed".to_owned(),
+            },
+            stderr: self.redactor.redact(stderr.trim()),
+        })
+    }
+
     /// Runs `git ARGS` in `dir` and reports how it ended, failure included.
     pub async fn try_run<I, S>(
         &self,

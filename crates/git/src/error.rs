@@ -132,6 +132,10 @@ pub enum GitError {
         source: std::io::Error,
     },
 
+    /// A mirror answered what a read of it cannot use.
+    #[error("reading the mirror of {url}: {what}")]
+    MirrorRead { url: String, what: String },
+
     /// A git command failed for a reason not covered above.
     #[error(
         "`git {command}`{} failed ({status}): {stderr}",

@@ -23,6 +23,7 @@
 //! copy's. [`Git::fetch`], in place, is for checkouts with no isolation to
 //! keep (the `local` runtime).
 
+mod blobs;
 mod command;
 mod copied;
 mod credentials;
@@ -35,6 +36,7 @@ mod scope;
 mod session;
 mod url;
 
+pub use blobs::TreeFile;
 pub use credentials::{
     CREDENTIALS_FILE, Credential, Credentials, ENV_PREFIX, ENV_URLS_SUFFIX, ENV_USERNAME_SUFFIX,
     normalise,

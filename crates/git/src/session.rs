@@ -89,6 +89,11 @@ impl Session {
         })
     }
 
+    /// Git's stdin, when it was piped, for the caller to write and close.
+    pub fn stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
     /// Waits for git to exit, collecting its output; the terminal is hung
     /// up afterwards, ending whatever of the tree is left.
     pub async fn output(self) -> io::Result<Output> {
