@@ -136,6 +136,9 @@ impl Provider {
             check_snapshot_id(snapshot)?;
         }
         let ws = self.settled(id).await?;
+        // Its repositories may be elsewhere now (a snapshot's state, or
+        // their cached state without what provisioning fetched).
+        self.set_provisioned(&ws.id, None);
         self.runtime_of(&ws)?
             .reset(&ws, to)
             .await
@@ -225,12 +228,14 @@ impl Provider {
 
     /// A git-style patch of the changes in each of the workspace's
     /// repositories since they were provisioned, committed or not, streamed.
-    /// git writes each repository's patch into a file in its own git
-    /// directory inside the workspace; the patches are opened, removed, and
-    /// read as the stream is consumed, so a patch of any size passes
-    /// through bounded memory, no output bound can cut it, and a berth
-    /// killed while streaming leaves nothing behind. A failure once
-    /// streaming has begun ends the stream with an error.
+    /// A repository whose changes the host can show exactly is diffed on
+    /// the host, in bounded memory (see [`crate::patch`]). For any other,
+    /// git writes the patch into a file in its own git directory inside
+    /// the workspace; the patches are opened, removed, and read as the
+    /// stream is consumed, so a patch of any size passes through bounded
+    /// memory, no output bound can cut it, and a berth killed while
+    /// streaming leaves nothing behind. A failure once streaming has begun
+    /// ends the stream with an error.
     pub async fn diff(&self, id: &str) -> Result<ReadStream, ServiceError> {
         let (ws, runtime) = self.running(id).await?;
         let name = format!(
@@ -245,13 +250,25 @@ impl Provider {
         } else {
             None
         };
+        // In the spec's order: each repository's patch, made on the host
+        // or written by the script.
+        let mut parts = Vec::new();
         let mut patches = Vec::new();
-        for repo in &ws.spec.repositories {
+        for (index, repo) in ws.spec.repositories.iter().enumerate() {
             let prefix = if repo.path.is_root() {
                 String::new()
             } else {
                 format!("{}/", repo.path)
             };
+            if let Some(changes) = changes.as_deref()
+                && runtime.host_path(&ws).is_none()
+                && let Some(patch) = self
+                    .host_patch(&ws, runtime.as_ref(), (index, repo), &prefix, changes)
+                    .await
+            {
+                parts.push(Part::Made(patch));
+                continue;
+            }
             let listed = changes
                 .as_deref()
                 .and_then(|c| changed_files(&repo.path, c));
@@ -275,16 +292,21 @@ impl Provider {
                 remove_all(runtime.as_ref(), &ws, &patches).await;
                 return Err(e);
             }
-            patches.push(repo.path.join(&WorkspacePath::parse(&name)?));
+            let patch = repo.path.join(&WorkspacePath::parse(&name)?);
+            patches.push(patch.clone());
+            parts.push(Part::Written(patch));
         }
         let mut files = Vec::new();
-        for patch in &patches {
-            match runtime.read_file(&ws, patch).await {
-                Ok(file) => files.push(file),
-                Err(e) => {
-                    remove_all(runtime.as_ref(), &ws, &patches).await;
-                    return Err(ServiceError::runtime(&ws.id, e));
-                }
+        for part in parts {
+            match part {
+                Part::Made(patch) => files.push(ReadStream::new(std::io::Cursor::new(patch))),
+                Part::Written(patch) => match runtime.read_file(&ws, &patch).await {
+                    Ok(file) => files.push(file),
+                    Err(e) => {
+                        remove_all(runtime.as_ref(), &ws, &patches).await;
+                        return Err(ServiceError::runtime(&ws.id, e));
+                    }
+                },
             }
         }
         // Open, their contents stay readable.
@@ -471,6 +493,14 @@ fn check_snapshot_id(id: &str) -> Result<(), ServiceError> {
             expected: "1-128 lowercase letters and digits",
         })
     }
+}
+
+/// One repository's patch.
+enum Part {
+    /// Made on the host.
+    Made(Vec<u8>),
+    /// Written by the diff script into this file of the workspace.
+    Written(WorkspacePath),
 }
 
 /// Copies a workspace file into `sender`, chunk by chunk as the reader

@@ -9,6 +9,7 @@ pub mod config;
 mod deadlines;
 mod error;
 mod layers;
+mod patch;
 mod provision;
 mod publish;
 mod sessions;
@@ -163,6 +164,9 @@ struct Inner {
     /// Per running workspace, the token that ends what was opened in its
     /// current instance (terminals) when it is stopped, reset or removed.
     instances: Mutex<HashMap<String, CancellationToken>>,
+    /// Per workspace provisioned by this process, what its repositories
+    /// were provisioned at.
+    provisioned: Mutex<HashMap<String, patch::Provisioned>>,
 }
 
 /// A runtime, made on first use when it was configured lazily.
@@ -242,6 +246,7 @@ impl Provider {
                 cache_budget: config.cache_budget,
                 sessions: sessions::Sessions::default(),
                 instances: Mutex::new(HashMap::new()),
+                provisioned: Mutex::new(HashMap::new()),
             }),
         };
         provider.recover().await?;
@@ -300,6 +305,37 @@ impl Provider {
         }
         self.inner.sessions.end_workspace(id);
         self.agents().forget(id.as_str());
+    }
+
+    /// The commits workspace `id`'s repositories were provisioned at, in
+    /// the spec's order, when this process provisioned it and nothing
+    /// (a fetch, a reset) has moved them since.
+    pub fn provisioned_commits(&self, id: &str) -> Option<Vec<String>> {
+        self.provisioned_of(id).map(|p| p.commits)
+    }
+
+    pub(crate) fn provisioned_of(&self, id: &str) -> Option<patch::Provisioned> {
+        self.provisioned_map().get(id).cloned()
+    }
+
+    pub(crate) fn set_provisioned(
+        &self,
+        id: &WorkspaceId,
+        provisioned: Option<patch::Provisioned>,
+    ) {
+        let mut map = self.provisioned_map();
+        match provisioned {
+            Some(p) => map.insert(id.to_string(), p),
+            None => map.remove(id.as_str()),
+        };
+    }
+
+    fn provisioned_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, patch::Provisioned>> {
+        // Every change is a single insert or remove.
+        self.inner
+            .provisioned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn instances(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
@@ -604,6 +640,7 @@ impl Provider {
         }
         let runtime = self.runtime_of(&ws)?;
         self.end_instance(&ws.id);
+        self.set_provisioned(&ws.id, None);
         runtime
             .remove(&ws)
             .await

@@ -264,7 +264,7 @@ impl Provider {
             cached = self.cached(&key, runtime).await;
         }
 
-        if let Some(entry) = cached {
+        let commits: Vec<String> = if let Some(entry) = cached {
             progress
                 .send(ProvisionEvent::CacheHit { key: key.clone() })
                 .await;
@@ -289,10 +289,12 @@ impl Provider {
             };
             let (made, unmoved) = tokio::join!(made, self.unmoved(&repositories, &commits));
             made?;
-            self.fetch_into(&ws, runtime, &unmoved, progress)
+            let fetched = self
+                .fetch_into(&ws, runtime, &unmoved, progress)
                 .await
                 .map_err(|e| Failure::new(ProvisionStep::Fetch, e))?;
             let _ = self.store().touch_cache_entry(&key);
+            fetched.into_iter().map(|f| f.commit).collect()
         } else {
             progress
                 .send(ProvisionEvent::CacheMiss { key: key.clone() })
@@ -343,12 +345,20 @@ impl Provider {
             {
                 tracing::warn!(error = %e, "cannot keep the cache within its budget");
             }
-        }
+            commits
+        };
+        let provisioned = crate::patch::Provisioned {
+            commits,
+            exact: ws.spec.setup_script.is_none(),
+        };
         // Leaving `creating` clears the owner in the same update, so no
         // other process ever sees an ownerless provision.
-        self.store()
+        let ws = self
+            .store()
             .set_state(&ws.id, WorkspaceState::Running, None)
-            .map_err(store_err)
+            .map_err(store_err)?;
+        self.set_provisioned(&ws.id, Some(provisioned));
+        Ok(ws)
     }
 
     /// The entry `key`, when the registry and the runtime both have it.
@@ -512,6 +522,7 @@ impl Provider {
             });
         }
         let runtime = self.runtime_of(&ws)?;
+        self.set_provisioned(&ws.id, None);
         self.fetch_into(&ws, &runtime, &[], &progress).await
     }
 
