@@ -315,20 +315,23 @@ impl Runner {
         stop: &CancellationToken,
         deadline: tokio::time::Instant,
     ) -> Outcome {
-        match self
-            .output_of(ws, "git rev-parse --verify HEAD^{commit}")
+        // The commit the checkout was provisioned at, which its patch is
+        // against.
+        let Some(commit) = self
+            .provider
+            .provisioned_commits(ws)
+            .and_then(|commits| commits.into_iter().next())
+        else {
+            return Outcome::errored(format!(
+                "workspace {ws} does not say what commit it was provisioned at"
+            ));
+        };
+        if let Err(e) = self
+            .queue
+            .set_base(&claim.task.id, &claim.token, &commit)
             .await
         {
-            Ok(commit) => {
-                if let Err(e) = self
-                    .queue
-                    .set_base(&claim.task.id, &claim.token, commit.trim())
-                    .await
-                {
-                    return Outcome::errored(e.to_string());
-                }
-            }
-            Err(e) => return Outcome::errored(format!("cannot read the checkout's commit: {e}")),
+            return Outcome::errored(e.to_string());
         }
         let started = Instant::now();
         for (i, step) in spec.steps.iter().enumerate() {
@@ -408,29 +411,6 @@ impl Runner {
                 },
             },
             Err(e) => Outcome::new(TaskState::Failed, &format!("cannot collect the patch: {e}")),
-        }
-    }
-
-    /// The stdout of a short command berth runs in the workspace.
-    async fn output_of(&self, ws: &str, script: &str) -> Result<String, String> {
-        let mut request = ExecRequest::shell(script);
-        request.timeout_ms = Some(60_000);
-        let (_, mut events) = self
-            .provider
-            .exec(ws, request, CancellationToken::new())
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
-        while let Some(event) = events.recv().await {
-            match event {
-                ExecEvent::Stdout { data } => out.extend(data.0),
-                ExecEvent::Stderr { data } => err.extend(data.0),
-                ExecEvent::Exit(status) => code = Some(status.shell_code()),
-            }
-        }
-        match code {
-            Some(0) => Ok(String::from_utf8_lossy(&out).into_owned()),
-            _ => Err(String::from_utf8_lossy(&err).trim().to_owned()),
         }
     }
 }

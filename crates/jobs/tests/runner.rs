@@ -21,6 +21,7 @@ use berth_runtime_sandbox::runtime::DEFAULT_ID_MAP;
 use berth_runtime_sandbox::{SandboxConfig, SandboxRuntime};
 use berth_store::Store;
 use berth_testkit::{GitHttpServer, git, make_repo, temp_dir, write_credentials};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +86,7 @@ macro_rules! on_each_runtime {
 
 on_each_runtime!(
     twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone,
+    edits_deletions_and_a_mode_change_of_tracked_files_committed_or_not_make_a_patch_that_applies,
     some_repositories_fail_or_time_out_and_the_run_is_partial,
     cancel_mid_run_ends_running_tasks_and_queued_ones_never_start,
     a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat,
@@ -319,32 +321,22 @@ async fn twenty_repositories_each_get_a_patch_that_applies_to_a_fresh_clone(on: 
     assert!(live.is_empty(), "{live:#?}");
 }
 
-/// A step swaps a symlink to a host file in for a changed file, edits
-/// another keeping its size and putting its times back, and names files
-/// with git's pathspec magic and a newline; in a second repository it
-/// leaves a huge sparse file and more than a patch may hold. The first
-/// patch has the link itself and every edit, no host file's content; the
-/// second task fails for its patch's size, read no further than the bound.
-async fn a_symlink_swapped_in_and_a_huge_sparse_file_cannot_make_the_patch_read_host_files_or_exhaust_memory(
+/// A step that only edits, deletes and makes executable files the
+/// repository tracks, committing part of it: the patch against the
+/// provisioned commit applies to a fresh clone and reproduces all of it,
+/// a last line without its newline and the mode included.
+async fn edits_deletions_and_a_mode_change_of_tracked_files_committed_or_not_make_a_patch_that_applies(
     on: On,
 ) {
     let world = World::new(on, 2).await;
-    let mut config = RunnerConfig::new("test-runner");
-    config.slots = 2;
-    config.patch_limit = 256 << 10;
-    world.start_runner_with(config);
+    world.start_runner(2);
     let steps = r#"
 [[steps]]
-name = "hostile"
+name = "edit"
 run = '''
-repo=$(head -1 version.txt)
-rm version.txt && ln -s /etc/passwd version.txt
-cp -p old.txt ../old.ref && printf 'TO BE DELETED\n' > old.txt && touch -r ../old.ref old.txt
-printf magic > ':(exclude)*' && printf newline > 'new
-line'
-if [ "$repo" = "repo 1" ]; then
-  truncate -s 256M huge.bin && head -c 1048576 /dev/urandom > noise.bin
-fi
+printf '%s\nversion 2' "$(head -1 version.txt)" > version.txt && rm old.txt
+git -c user.name=step -c user.email=step@berth.invalid commit -qam step
+chmod +x version.txt
 '''
 "#;
     let run = world
@@ -356,7 +348,85 @@ fi
         .wait_run(&run.id, |d| d.run.state != RunState::Running)
         .await;
     let details = world.jobs.run(&run.id).unwrap();
-    let [linked, huge] = &details.tasks[..] else {
+    assert_eq!(details.run.state, RunState::Completed, "{details:#?}");
+    for task in &details.tasks {
+        let patch = String::from_utf8(world.jobs.patch(&task.id).unwrap()).unwrap();
+        assert!(
+            patch.contains("old mode 100644\nnew mode 100755\n"),
+            "{patch}"
+        );
+        assert!(patch.contains("deleted file mode 100644"), "{patch}");
+        let name = berth_jobs::service::repository_name(&task.url);
+        let clone = world.dir.path().join("check").join(name);
+        let upstream = world.dir.path().join("repos").join(name);
+        git(
+            world.dir.path(),
+            &[
+                "clone",
+                "--quiet",
+                upstream.to_str().unwrap(),
+                clone.to_str().unwrap(),
+            ],
+        );
+        let patch_file = clone.with_extension("patch");
+        std::fs::write(&patch_file, &patch).unwrap();
+        git(&clone, &["apply", "--binary", patch_file.to_str().unwrap()]);
+        let i: usize = name[1..].parse().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(clone.join("version.txt")).unwrap(),
+            format!("repo {i}\nversion 2")
+        );
+        let mode = std::fs::metadata(clone.join("version.txt")).unwrap();
+        assert_ne!(mode.permissions().mode() & 0o100, 0, "not executable");
+        assert!(!clone.join("old.txt").exists());
+    }
+}
+
+/// A step swaps a symlink to a host file in for a changed file, edits
+/// another keeping its size and putting its times back, and names files
+/// with git's pathspec magic and a newline; in a second repository it
+/// leaves a huge sparse file and more than a patch may hold. The first
+/// patch has the link itself and every edit, no host file's content; the
+/// second task fails for its patch's size, read no further than the bound.
+/// In a third it only makes a tracked file huge and sparse: the host,
+/// which diffs tracked files itself, does not read it either, and the
+/// task fails for its patch's size too.
+async fn a_symlink_swapped_in_and_a_huge_sparse_file_cannot_make_the_patch_read_host_files_or_exhaust_memory(
+    on: On,
+) {
+    let world = World::new(on, 3).await;
+    let mut config = RunnerConfig::new("test-runner");
+    config.slots = 2;
+    config.patch_limit = 256 << 10;
+    world.start_runner_with(config);
+    let steps = r#"
+[[steps]]
+name = "hostile"
+run = '''
+repo=$(head -1 version.txt)
+if [ "$repo" = "repo 2" ]; then
+  truncate -s 256M old.txt
+  exit 0
+fi
+rm version.txt && ln -s /etc/passwd version.txt
+cp -p old.txt ../old.ref && printf 'TO BE DELETED\n' > old.txt && touch -r ../old.ref old.txt
+printf magic > ':(exclude)*' && printf newline > 'new
+line'
+if [ "$repo" = "repo 1" ]; then
+  truncate -s 256M huge.bin && head -c 1048576 /dev/urandom > noise.bin
+fi
+'''
+"#;
+    let run = world
+        .jobs
+        .start(&world.job(3, steps, "[run]\nconcurrency = 2"))
+        .await
+        .unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    let details = world.jobs.run(&run.id).unwrap();
+    let [linked, huge, sparse] = &details.tasks[..] else {
         panic!("{details:#?}")
     };
     assert_eq!(linked.state, TaskState::Completed, "{linked:#?}");
@@ -399,14 +469,16 @@ fi
         "magic"
     );
 
-    assert_eq!(huge.state, TaskState::Failed, "{huge:#?}");
-    assert!(
-        huge.error
-            .as_deref()
-            .unwrap()
-            .contains("cannot collect the patch"),
-        "{huge:#?}"
-    );
+    for huge in [huge, sparse] {
+        assert_eq!(huge.state, TaskState::Failed, "{huge:#?}");
+        assert!(
+            huge.error
+                .as_deref()
+                .unwrap()
+                .contains("cannot collect the patch"),
+            "{huge:#?}"
+        );
+    }
 }
 
 async fn some_repositories_fail_or_time_out_and_the_run_is_partial(on: On) {
