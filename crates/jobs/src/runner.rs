@@ -10,16 +10,19 @@
 //! idle runners when work comes; the heartbeat and a slow poll carry what
 //! other processes do. A runner that stops mid-task (killed, or its
 //! process restarted) leaves the task to be requeued once its heartbeats
-//! are missed. A task's workspace is removed after its result is recorded.
+//! are missed. A task's workspace is removed after its result is recorded;
+//! one still being provisioned when its task is cancelled or times out is
+//! removed once made.
 
 use crate::queue::{Claim, Heartbeat, QueueError, TaskQueue};
 use crate::service::Jobs;
 use crate::spec::{JobSpec, Keep};
 use crate::utf8::Utf8Stream;
 use berth_core::Clock;
+use berth_core::Workspace;
 use berth_core::job::{Finish, LogEvent, Task, TaskState};
 use berth_core::{ExecEvent, ExecRequest, Labels};
-use berth_provider::{CreateOptions, Progress, Provider};
+use berth_provider::{CreateOptions, Progress, Provider, ServiceError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -275,13 +278,20 @@ impl Runner {
             ..CreateOptions::default()
         };
         let started = Instant::now();
+        let provider = self.provider.clone();
+        let mut create =
+            Box::pin(async move { provider.create(ws_spec, options, Progress::none()).await });
         let created = tokio::select! {
-            created = self.provider.create(ws_spec, options, Progress::none()) => created,
+            created = &mut create => created,
             _ = tokio::time::sleep_until(deadline) => {
+                self.remove_once_made(create);
                 let outcome = Outcome::new(TaskState::TimedOut, "provisioning ran past the run's timeout");
                 return (outcome, None);
             }
-            _ = stop.cancelled() => return (Outcome::new(TaskState::Cancelled, "cancelled"), None),
+            _ = stop.cancelled() => {
+                self.remove_once_made(create);
+                return (Outcome::new(TaskState::Cancelled, "cancelled"), None);
+            }
         };
         let ws = match created {
             Ok(ws) => ws,
@@ -412,6 +422,24 @@ impl Runner {
             },
             Err(e) => Outcome::new(TaskState::Failed, &format!("cannot collect the patch: {e}")),
         }
+    }
+
+    /// Lets a provisioning the attempt stopped waiting for finish, off the
+    /// task's slot, and removes the workspace it made: dropped half-way, it
+    /// would leave that workspace registered, and running, for good.
+    fn remove_once_made(
+        &self,
+        create: impl Future<Output = Result<Workspace, ServiceError>> + Send + 'static,
+    ) {
+        let runner = self.clone();
+        self.removals.spawn(async move {
+            if let Ok(ws) = create.await {
+                drop(Removal {
+                    runner,
+                    id: ws.id.to_string(),
+                });
+            }
+        });
     }
 }
 

@@ -90,6 +90,7 @@ on_each_runtime!(
     some_repositories_fail_or_time_out_and_the_run_is_partial,
     cancel_mid_run_ends_running_tasks_and_queued_ones_never_start,
     a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat,
+    a_cancel_while_the_workspace_is_provisioned_leaves_no_workspace_behind,
     multi_byte_characters_split_across_writes_are_logged_whole,
     changes_are_published_as_branches_updated_by_later_runs_and_a_refused_push_is_reported_alone,
     a_symlink_swapped_in_and_a_huge_sparse_file_cannot_make_the_patch_read_host_files_or_exhaust_memory,
@@ -577,6 +578,40 @@ async fn cancel_mid_run_ends_running_tasks_and_queued_ones_never_start(on: On) {
     assert_eq!(never, 2, "the queued tasks never started: {details:#?}");
     let survivors = berth_testkit::attacks::survivors(&marker, Duration::from_secs(5));
     assert!(survivors.is_empty(), "{survivors:?}");
+}
+
+async fn a_cancel_while_the_workspace_is_provisioned_leaves_no_workspace_behind(on: On) {
+    let world = World::new(on, 1).await;
+    // The task's clone waits mid-fetch: its workspace is being provisioned.
+    world.server.stall();
+    world.start_runner(1);
+    let run = world
+        .jobs
+        .start(&world.job(1, "[[steps]]\nrun = \"true\"\n", ""))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| world.server.wait_for_stalled(1));
+    world.jobs.cancel(&run.id, None).await.unwrap();
+    world
+        .wait_run(&run.id, |d| d.run.state != RunState::Running)
+        .await;
+    let details = world.jobs.run(&run.id).unwrap();
+    assert_eq!(details.tasks[0].state, TaskState::Cancelled, "{details:#?}");
+
+    // What the provisioning made goes once it is done.
+    world.server.resume();
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = world.provider.list(false).unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the cancelled task's workspace was left: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn a_cancel_in_the_runners_process_ends_running_tasks_without_waiting_for_a_heartbeat(
