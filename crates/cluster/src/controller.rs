@@ -291,6 +291,17 @@ impl Controller {
     /// due task to the work queue.
     async fn dispatch(&self, shutdown: &CancellationToken) -> Result<(), ClusterError> {
         for (run, spec, tasks) in self.store.unshared_runs()? {
+            // A run that went on here before the cluster knew it (made
+            // before this registry joined one) is left out: another
+            // registry would take its tasks as never run.
+            if tasks
+                .iter()
+                .any(|t| t.state != TaskState::Queued || t.attempts > 0)
+            {
+                tracing::info!(run = %run.id, "a run older than the cluster is not shared");
+                self.store.mark_shared(&run.id)?;
+                continue;
+            }
             self.decide(&Decision::Created {
                 run: run.id,
                 job: run.job,

@@ -207,6 +207,14 @@ impl Store {
         Ok(())
     }
 
+    /// Records that `run` is not to be shared with a cluster (again).
+    pub fn mark_shared(&self, run: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("UPDATE job_runs SET shared = 1 WHERE id = ?1", [run])
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
     /// The runs no cluster's event stream holds yet (made straight in the
     /// registry), oldest first, each with its spec and tasks.
     pub fn unshared_runs(&self) -> Result<Vec<(Run, serde_json::Value, Vec<Task>)>, StoreError> {
