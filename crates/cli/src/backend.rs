@@ -111,7 +111,11 @@ impl Backend {
         Ok(match self {
             Backend::Local(p) => p.fetch(id, Progress::none()).await?,
             Backend::Remote(c) => c.fetch(id).await?,
-            Backend::Nats(c) => c.fetch(id).await?,
+            Backend::Nats(c) => {
+                // Progress is not shown: no one listens.
+                let (progress, _) = mpsc::channel(1);
+                c.fetch(id, progress).await?
+            }
         })
     }
 

@@ -125,7 +125,8 @@ impl Inner {
             Op::Runtimes | Op::Gc | Op::GcCache | Op::SnapshotRemove => Err(ErrorBody {
                 code: "unsupported".into(),
                 message: format!(
-                    "`{}` is each node's own: ask a node's service, under {}",
+                    "`{}` is each node's own: run berth on the node's host (where \
+                     `berth node` runs), or ask the node's service, under {}",
                     op.subject(),
                     node_prefix(&self.prefix, "NAME")
                 ),

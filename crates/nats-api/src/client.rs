@@ -124,12 +124,22 @@ impl NatsClient {
         self.unary(Op::Remove, &target(id)).await
     }
 
-    pub async fn fetch(&self, id: &str) -> Result<Vec<FetchResult>, ClientError> {
+    /// Fetches a workspace's repositories, passing progress events to
+    /// `progress` as the service streams them.
+    pub async fn fetch(
+        &self,
+        id: &str,
+        progress: mpsc::Sender<ProvisionEvent>,
+    ) -> Result<Vec<FetchResult>, ClientError> {
         let mut call = self.call(Op::Fetch, &target(id)).await?;
         loop {
-            // Progress events are not wanted here.
-            if let Frame::Done(results) = call.next().await? {
-                return Ok(self.decode::<FetchResponse>(&results)?.results);
+            match call.next().await? {
+                Frame::Item(event) => {
+                    let _ = progress.send(self.decode(&event)?).await;
+                }
+                Frame::Done(results) => {
+                    return Ok(self.decode::<FetchResponse>(&results)?.results);
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ use crate::extract::{ApiJson, ApiQuery, JsonOrDefault};
 use crate::openapi::wire;
 use crate::stream::{self, negotiate};
 use crate::v1::{ExecResponse, StreamQuery, WorkspaceRef};
+use crate::workspaces::WorkspaceTerminal;
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -16,9 +17,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use berth_core::proto::{AgentInfo, SessionParams, TerminalParams};
 use berth_core::{Command, ExecEvent};
-use berth_provider::{SessionCommand, SessionInfo, Terminal};
+use berth_provider::{SessionCommand, SessionInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -156,7 +158,7 @@ pub(crate) async fn open_session(
         cwd: params.cwd,
         env: params.env,
     };
-    let session = state.provider.open_session(&id, params).await?;
+    let session = state.workspaces.open_session(&id, params).await?;
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -176,7 +178,7 @@ pub(crate) async fn close_session(
     State(state): State<AppState>,
     Path(SessionRef { id, session }): Path<SessionRef>,
 ) -> Result<StatusCode, ApiError> {
-    state.provider.close_session(&id, &session).await?;
+    state.workspaces.close_session(&id, &session).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -211,8 +213,14 @@ pub(crate) async fn session_exec(
     ApiJson(command): ApiJson<SessionCommand>,
 ) -> Result<Response, ApiError> {
     let format = negotiate(&headers, query.stream);
-    let (workspace, events) = state.provider.session_exec(&id, &session, command).await?;
-    stream::command(format, workspace, events, ()).await
+    let cancel = CancellationToken::new();
+    // Dropping the guard (the client went away) interrupts the command.
+    let guard = cancel.clone().drop_guard();
+    let (workspace, events) = state
+        .workspaces
+        .session_exec(&id, &session, command, cancel)
+        .await?;
+    stream::command(format, workspace, events, guard).await
 }
 
 /// Interrupts the command running in a session (SIGINT, then SIGKILL
@@ -232,7 +240,7 @@ pub(crate) async fn session_interrupt(
     State(state): State<AppState>,
     Path(SessionRef { id, session }): Path<SessionRef>,
 ) -> Result<Json<InterruptResponse>, ApiError> {
-    let interrupted = state.provider.interrupt_session(&id, &session).await?;
+    let interrupted = state.workspaces.interrupt_session(&id, &session).await?;
     Ok(Json(InterruptResponse { interrupted }))
 }
 
@@ -268,7 +276,7 @@ pub(crate) async fn terminal(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // A malformed or unknown id is answered as such, before the upgrade.
-    state.provider.get(&id)?;
+    state.workspaces.get(&id).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::new(
             "websocket_required",
@@ -281,7 +289,7 @@ pub(crate) async fn terminal(
     let defaults = TerminalParams::default();
     // Started before the upgrade, so that a failure is an HTTP error.
     let terminal = state
-        .provider
+        .workspaces
         .terminal(
             &id,
             TerminalParams {
@@ -299,7 +307,7 @@ pub(crate) async fn terminal(
 /// Carries a terminal's bytes to and from its WebSocket until either end
 /// stops, or the workspace's instance ends. Dropping the terminal ends its
 /// program.
-async fn relay(mut socket: WebSocket, mut terminal: Terminal) {
+async fn relay(mut socket: WebSocket, mut terminal: Box<dyn WorkspaceTerminal>) {
     loop {
         tokio::select! {
             event = terminal.next() => match event {
@@ -322,12 +330,12 @@ async fn relay(mut socket: WebSocket, mut terminal: Terminal) {
             },
             message = socket.recv() => match message {
                 Some(Ok(Message::Binary(bytes))) => {
-                    if terminal.write(&bytes).is_err() {
+                    if terminal.write(&bytes).await.is_err() {
                         return;
                     }
                 }
                 Some(Ok(Message::Text(text))) => {
-                    if let Err(err) = control(&terminal, text.as_str()) {
+                    if let Err(err) = control(terminal.as_mut(), text.as_str()).await {
                         let line = crate::stream::ErrorLine::new(err);
                         if let Ok(text) = serde_json::to_string(&line) {
                             let _ = socket.send(Message::Text(text.into())).await;
@@ -342,7 +350,7 @@ async fn relay(mut socket: WebSocket, mut terminal: Terminal) {
 }
 
 /// Applies one control message to a terminal.
-fn control(terminal: &Terminal, text: &str) -> Result<(), ApiError> {
+async fn control(terminal: &mut dyn WorkspaceTerminal, text: &str) -> Result<(), ApiError> {
     let message: TerminalControl = crate::extract::parse_json(text.as_bytes()).map_err(|e| {
         ApiError::new(
             "invalid_body",
@@ -350,10 +358,9 @@ fn control(terminal: &Terminal, text: &str) -> Result<(), ApiError> {
                 .replacen("request body", "terminal control message", 1),
         )
     })?;
-    let sent = match message {
-        TerminalControl::Resize { rows, cols } => terminal.resize(rows, cols),
-        TerminalControl::Signal { signal } => terminal.signal(signal),
-        TerminalControl::Eof => terminal.close_stdin(),
-    };
-    Ok(sent?)
+    match message {
+        TerminalControl::Resize { rows, cols } => terminal.resize(rows, cols).await,
+        TerminalControl::Signal { signal } => terminal.signal(signal).await,
+        TerminalControl::Eof => terminal.close_stdin().await,
+    }
 }

@@ -11,13 +11,14 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{ApiQuery, JsonOrDefault};
 use crate::v1::{WorkspaceList, WorkspaceRef};
+use crate::workspaces::Export;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::{Change, Snapshot, Workspace};
-use berth_provider::{CacheGc, ExportedArchive, RuntimeGc};
+use berth_provider::{CacheGc, RuntimeGc};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
@@ -137,7 +138,7 @@ pub(crate) async fn remove_snapshot(
     State(state): State<AppState>,
     Path(snapshot): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.provider.remove_snapshot(&snapshot).await?;
+    state.workspaces.remove_snapshot(&snapshot).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -269,12 +270,14 @@ pub(crate) async fn export(
     Path(WorkspaceRef { id }): Path<WorkspaceRef>,
     ApiQuery(_query): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
-    let ExportedArchive {
+    let Export {
         workspace,
-        summary,
+        entries,
+        bytes,
+        deleted,
         file,
         length,
-    } = state.provider.export_archive(&id).await?;
+    } = state.workspaces.export(&id).await?;
     let mut response = Body::from_stream(ReaderStream::new(file)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(TAR_ZST));
@@ -285,9 +288,9 @@ pub(crate) async fn export(
         headers.insert(header::CONTENT_DISPOSITION, disposition);
     }
     for (name, value) in [
-        (EXPORT_ENTRIES, summary.entries),
-        (EXPORT_BYTES, summary.bytes),
-        (EXPORT_DELETED, summary.deleted.len() as u64),
+        (EXPORT_ENTRIES, entries),
+        (EXPORT_BYTES, bytes),
+        (EXPORT_DELETED, deleted),
     ] {
         headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
@@ -304,7 +307,7 @@ pub(crate) async fn export(
 )]
 pub(crate) async fn gc(State(state): State<AppState>) -> Result<Json<GcResponse>, ApiError> {
     Ok(Json(GcResponse {
-        runtimes: state.provider.gc().await?.runtimes,
+        runtimes: state.workspaces.gc().await?,
     }))
 }
 
@@ -324,5 +327,5 @@ pub(crate) async fn gc_cache(
     State(state): State<AppState>,
     JsonOrDefault(params): JsonOrDefault<CacheGcParams>,
 ) -> Result<Json<CacheGc>, ApiError> {
-    Ok(Json(state.provider.gc_cache(params.budget).await?))
+    Ok(Json(state.workspaces.gc_cache(params.budget).await?))
 }

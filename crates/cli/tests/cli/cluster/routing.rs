@@ -4,7 +4,7 @@
 //! exports and fetches. Each runs on the node: what it shows is only that
 //! node's workspace's.
 
-use super::placement::{node_of, node_offering, ok, ready, sandbox_spec, up, via};
+use super::placement::{http_controller, node_of, node_offering, ok, ready, sandbox_spec, up, via};
 use super::wait_until;
 use crate::terminal::{Pty, size};
 use crate::{Env, stderr};
@@ -224,4 +224,154 @@ fn a_terminal_flooded_with_input_refuses_what_is_beyond_the_window_and_goes_on()
         client.flush().await.unwrap();
     });
     assert_eq!(ok(&env, &nats, "berth.v1", &["rm", &id]).trim(), id);
+}
+
+/// Over a controller's HTTP API, sessions, terminals, exports and fetches
+/// act on the node holding the workspace: each sees only what that
+/// node's workspace has (its setup's marker, a file written there).
+/// Garbage collection is each node's own, and refused saying where to
+/// run it.
+#[test]
+fn sessions_terminals_exports_and_fetches_over_a_controllers_http_api_run_on_the_node() {
+    let nats = NatsServer::start();
+    let env = Env::new();
+    let _a = node_offering(&env, &nats, "a", "sandbox", 15);
+    let _b = node_offering(&env, &nats, "b", "sandbox", 15);
+    let (_controller, url) = http_controller(&env, &nats);
+    ready(&env, &nats, "berth.v1", &["a", "b"]);
+    let http = |args: &[&str]| {
+        env.berth()
+            .args(["--server", &url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    wait_until("the HTTP front end", Duration::from_secs(30), || {
+        http(&["ls"]).status.success()
+    });
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("hello.txt", "hi\n")]);
+    let first = up(
+        &env,
+        &nats,
+        "berth.v1",
+        &sandbox_spec(&env, "one.toml", &repo, "one"),
+    );
+    let second = up(
+        &env,
+        &nats,
+        "berth.v1",
+        &sandbox_spec(&env, "two.toml", &repo, "two"),
+    );
+    assert_eq!(node_of(&env, &nats, "berth.v1", &first), "a");
+    assert_eq!(node_of(&env, &nats, "berth.v1", &second), "b");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let session: serde_json::Value = client
+            .post(format!("{url}/v1/workspaces/{second}/sessions"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = session["id"].as_str().expect("a session").to_owned();
+        let run = |command: &str| {
+            let client = client.clone();
+            let at = format!("{url}/v1/workspaces/{second}/sessions/{session}/exec");
+            let body = serde_json::json!({ "command": command });
+            async move {
+                let answer: serde_json::Value = client
+                    .post(at)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                answer
+            }
+        };
+        run("cd code; export MARK=$(cat ../ready)").await;
+        let answer = run("echo $MARK; cat hello.txt").await;
+        assert_eq!(answer["stdout"], "two\nhi\n", "{answer}");
+        let interrupted: serde_json::Value = client
+            .post(format!(
+                "{url}/v1/workspaces/{second}/sessions/{session}/interrupt"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(interrupted["interrupted"], false, "{interrupted}");
+        let closed = client
+            .delete(format!("{url}/v1/workspaces/{second}/sessions/{session}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(closed.status(), 204);
+
+        // A fetch's progress streams through the controller.
+        let fetched = client
+            .post(format!("{url}/v1/workspaces/{first}/fetch?stream=true"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fetched.status(), 200);
+        let lines = fetched.text().await.unwrap();
+        assert!(lines.contains("\"fetching\""), "{lines}");
+        assert!(lines.contains("\"fetched\""), "{lines}");
+    });
+
+    // A terminal on the first workspace's node.
+    let mut command = env.berth();
+    command.args([
+        "--server",
+        &url,
+        "terminal",
+        &first,
+        "--",
+        "sh",
+        "-c",
+        "cat ready; exit 6",
+    ]);
+    let mut pty = Pty::spawn(command);
+    pty.wait_for("one\r\n");
+    assert_eq!(pty.exit_code(), Some(6));
+
+    // The export is the second workspace's, from its node.
+    let mut write = env
+        .berth()
+        .args(["--server", &url, "write", &second, "code/notes.md"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(write.stdin.as_mut().unwrap(), b"- only on b\n").unwrap();
+    drop(write.stdin.take());
+    assert!(write.wait().unwrap().success());
+    let out_dir = env.dir.path().join("exported");
+    let out = http(&["export", &second, "-o", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("code/notes.md")).unwrap(),
+        "- only on b\n"
+    );
+
+    let out = http(&["gc"]);
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(
+        said.contains("each node's own") && said.contains("berth node"),
+        "{said}"
+    );
+
+    for id in [&first, &second] {
+        let out = http(&["rm", id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
 }
