@@ -416,7 +416,7 @@ async fn execute(
                     // shell survives can stop, so the session ends.
                     shell.kill();
                 } else {
-                    shell.kill_command().await;
+                    shell.kill_command(agent.grace).await;
                     killed = true;
                     kill_at = Some(tokio::time::Instant::now() + agent.grace);
                 }
@@ -433,7 +433,7 @@ async fn execute(
         && (timed_out || cancelled)
         && code.is_some()
     {
-        shell.tree.kill_since(&mark, shell.pid).await;
+        shell.tree.kill_since(&mark, shell.pid, agent.grace).await;
     }
     // The status came after every write of the command had completed, so
     // what the pipes hold now is the rest of its output.
@@ -603,9 +603,9 @@ impl Shell {
     /// SIGKILL to the running command's processes: under a shepherd, all
     /// at once (stopped first, so none forks past it), however they
     /// detached.
-    async fn kill_command(&self) {
+    async fn kill_command(&self, within: Duration) {
         match &self.mark {
-            Some(mark) => self.tree.kill_since(mark, self.pid).await,
+            Some(mark) => self.tree.kill_since(mark, self.pid, within).await,
             None => {
                 signal_command(self, Signal::KILL.as_raw());
             }

@@ -97,10 +97,10 @@ impl Tree {
     }
 
     /// Ends at once every process beneath the shepherd since `mark` but
-    /// `spared`, however it detached.
-    pub async fn kill_since(&self, mark: &Mark, spared: u32) {
+    /// `spared`, however it detached, trying for at most `within`.
+    pub async fn kill_since(&self, mark: &Mark, spared: u32, within: Duration) {
         if let Some(held) = &self.held {
-            held.kill_since(mark, spared).await;
+            held.kill_since(mark, spared, within).await;
         }
     }
 

@@ -220,12 +220,14 @@ impl Held {
             .collect()
     }
 
-    /// Ends at once (SIGSTOP and SIGKILL, in passes until none is left)
-    /// every process beneath the shepherd that was not there at `mark`,
-    /// but `spared`: what one command of a long-lived shell started,
-    /// however it detached, when the command is ended.
-    pub async fn kill_since(&self, mark: &Mark, spared: u32) {
-        stop_and_kill(|| self.since(mark, spared)).await;
+    /// Ends at once (SIGSTOP and SIGKILL, in passes until none is left,
+    /// for at most `within`) every process beneath the shepherd that was
+    /// not there at `mark`, but `spared`: what one command of a long-lived
+    /// shell started, however it detached, when the command is ended. The
+    /// bound is for a shell that starts the command's processes anew as
+    /// fast as they are killed.
+    pub async fn kill_since(&self, mark: &Mark, spared: u32, within: Duration) {
+        stop_and_kill(|| self.since(mark, spared), within).await;
     }
 
     /// Ends every process beneath the shepherd, however it detached (as a
@@ -376,7 +378,7 @@ pub(crate) async fn end(
     }
     // Stopped processes cannot fork; each pass finds what forked before it
     // was stopped, among the descendants of the shepherd.
-    stop_and_kill(|| descendants(&root)).await;
+    stop_and_kill(|| descendants(&root), KILLED_LEAVE).await;
     link.release();
     // The command may have stopped its shepherd.
     signal_all(&root, Signal::CONT);
@@ -417,8 +419,8 @@ async fn freeze(root: &HashSet<i32>) -> HashSet<i32> {
 
 /// SIGSTOP and SIGKILL to what `left` finds, in passes, until it finds
 /// nothing (or killed processes take too long to go).
-async fn stop_and_kill(left: impl Fn() -> HashSet<i32>) {
-    let until = tokio::time::Instant::now() + KILLED_LEAVE;
+async fn stop_and_kill(left: impl Fn() -> HashSet<i32>, within: Duration) {
+    let until = tokio::time::Instant::now() + within;
     loop {
         let left = left();
         if left.is_empty() || tokio::time::Instant::now() >= until {
@@ -434,12 +436,15 @@ async fn stop_and_kill(left: impl Fn() -> HashSet<i32>) {
 /// everything beneath them. Asking the adopter again each pass finds
 /// those a killed one left in turn.
 async fn kill_strays(adopter: &dyn Adopter) {
-    stop_and_kill(|| {
-        let strays: HashSet<i32> = adopter.strays().into_iter().collect();
-        let mut all = descendants(&strays);
-        all.extend(strays);
-        all
-    })
+    stop_and_kill(
+        || {
+            let strays: HashSet<i32> = adopter.strays().into_iter().collect();
+            let mut all = descendants(&strays);
+            all.extend(strays);
+            all
+        },
+        KILLED_LEAVE,
+    )
     .await;
 }
 
