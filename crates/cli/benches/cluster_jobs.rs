@@ -1,9 +1,10 @@
 //! Jobs on a NATS cluster of `berth` processes over loopback (a real
 //! nats-server, a controller, nodes with their own homes, the local
 //! runtime):
-//! - dispatch latency: single-task runs one after the other; for each, the
-//!   time from the run being enqueued to a node taking its task (its first
-//!   log entry) and to its first step starting there (median; goal 20 ms);
+//! - dispatch latency: single-task runs one after the other, each started
+//!   through the controller's API; for each, the time from the run being
+//!   enqueued to a node taking its task (its first log entry) and to its
+//!   first step starting there (median; goal 20 ms);
 //! - a 200-task job on three nodes against the same on one node (wall
 //!   time from enqueue to the run's end, 4 slots a node).
 //!
@@ -47,12 +48,15 @@ impl Drop for Killed {
     }
 }
 
-fn cluster(dir: &Path, nats: &NatsServer, nodes: usize, tag: &str) -> (PathBuf, Killed) {
+/// A controller serving a unix socket, and `nodes` nodes; answers the
+/// controller's home and its API's address.
+fn cluster(dir: &Path, nats: &NatsServer, nodes: usize, tag: &str) -> (PathBuf, String, Killed) {
     let home = dir.join(format!("controller-{tag}"));
+    let socket = dir.join(format!("{tag}.sock"));
     let mut children = vec![
         berth(&home)
             .args(["serve", "--nats", &nats.url(), "--socket"])
-            .arg(dir.join(format!("{tag}.sock")))
+            .arg(&socket)
             .spawn()
             .unwrap(),
     ];
@@ -85,13 +89,14 @@ fn cluster(dir: &Path, nats: &NatsServer, nodes: usize, tag: &str) -> (PathBuf, 
             .iter()
             .filter(|n| n["name"].as_str().unwrap().starts_with(&format!("{tag}-")))
             .count();
-        if mine == nodes {
+        if mine == nodes && socket.exists() {
             break;
         }
         assert!(Instant::now() < until, "the nodes did not join");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (home, Killed(children))
+    let server = format!("unix://{}", socket.display());
+    (home, server, Killed(children))
 }
 
 fn job(dir: &Path, name: &str, repos: &[PathBuf], step: &str) -> PathBuf {
@@ -108,9 +113,10 @@ fn job(dir: &Path, name: &str, repos: &[PathBuf], step: &str) -> PathBuf {
     file
 }
 
-fn run(home: &Path, file: &Path) -> String {
+/// Starts a run through the controller's API, as a client would.
+fn run(home: &Path, server: &str, file: &Path) -> String {
     ok(berth(home)
-        .args(["job", "run", file.to_str().unwrap()])
+        .args(["--server", server, "job", "run", file.to_str().unwrap()])
         .stdout(Stdio::piped()))
     .trim()
     .to_owned()
@@ -144,12 +150,12 @@ fn main() {
         .collect();
 
     // Dispatch latency, on three nodes.
-    let (home, _three) = cluster(dir.path(), &nats, 3, "three");
+    let (home, server, _three) = cluster(dir.path(), &nats, 3, "three");
     let store = Store::open(&home).unwrap();
     let single = job(dir.path(), "single", &repos[..1], "true");
     let (mut taken, mut stepped) = (Vec::new(), Vec::new());
     for i in 0..iterations + 3 {
-        let id = run(&home, &single);
+        let id = run(&home, &server, &single);
         wait_end(&store, &id);
         let created = store.run(&id).unwrap().created_at;
         let task = &store.tasks_of(&id).unwrap()[0];
@@ -171,18 +177,18 @@ fn main() {
 
     // 200 tasks on three nodes, then on one.
     let wide = job(dir.path(), "wide", &repos, "echo done >> version.txt");
-    let timed = |home: &Path| {
+    let timed = |home: &Path, server: &str| {
         let store = Store::open(home).unwrap();
-        let id = run(home, &wide);
+        let id = run(home, server, &wide);
         wait_end(&store, &id);
         let run = store.run(&id).unwrap();
         assert_eq!(run.state, RunState::Completed, "{run:?}");
         ms(run.ended_at.unwrap() - run.created_at)
     };
-    let on_three = timed(&home);
+    let on_three = timed(&home, &server);
     drop(_three);
-    let (home_one, _one) = cluster(dir.path(), &nats, 1, "one");
-    let on_one = timed(&home_one);
+    let (home_one, server_one, _one) = cluster(dir.path(), &nats, 1, "one");
+    let on_one = timed(&home_one, &server_one);
     println!(
         "200 tasks: three nodes {:.2} s, one node {:.2} s: {:.2}x",
         on_three.as_secs_f64(),

@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How the registry names the holder of a task handed to the work queue
@@ -60,6 +60,10 @@ pub struct Controller {
     poll: Duration,
     /// The stream sequence the fold has passed.
     applied: Arc<watch::Sender<u64>>,
+    /// Told when the fold applied what may make a task due (a run
+    /// started or retried, a task finished, freeing its run's slot), so
+    /// that it is dispatched at once rather than at the next poll.
+    due: Arc<Notify>,
     /// The decisions the fold refused lately, by stream sequence.
     refused: Arc<Mutex<VecDeque<(u64, StoreError)>>>,
 }
@@ -85,6 +89,7 @@ impl Controller {
             clock,
             poll,
             applied: Arc::new(watch::Sender::new(0)),
+            due: Arc::new(Notify::new()),
             refused: Arc::new(Mutex::new(VecDeque::new())),
         };
         // Tasks dispatched but perhaps never handed over (the controller
@@ -262,8 +267,10 @@ impl Controller {
         }
     }
 
-    /// Dispatches due tasks every `poll`, once the fold passed `from`,
-    /// until `shutdown`.
+    /// Dispatches due tasks as soon as the fold applied what may make one
+    /// due, and every `poll` (for runs made straight in the registry and
+    /// retries whose time came), once the fold passed `from`, until
+    /// `shutdown`.
     async fn dispatching(&self, from: u64, shutdown: &CancellationToken) {
         let mut applied = self.applied.subscribe();
         let caught_up = self.store.fold_position(wire::EVENTS_STREAM).unwrap_or(0) >= from;
@@ -278,11 +285,11 @@ impl Controller {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Err(e) = self.dispatch(shutdown).await {
-                        tracing::warn!(error = %e, "cannot dispatch");
-                    }
-                }
+                _ = tick.tick() => {}
+                () = self.due.notified() => {}
+            }
+            if let Err(e) = self.dispatch(shutdown).await {
+                tracing::warn!(error = %e, "cannot dispatch");
             }
         }
     }
@@ -472,6 +479,7 @@ impl Controller {
                         .collect(),
                 };
                 self.store.create_run_as(&run, &ids, &new, true, at)?;
+                self.due.notify_one();
             }
             Decision::CancelRun { run } => {
                 self.store.cancel_run(&run, at)?;
@@ -485,6 +493,7 @@ impl Controller {
                     None => RetryScope::Failed,
                 };
                 self.store.retry_tasks(&run, &scope, at)?;
+                self.due.notify_one();
             }
             Decision::Dispatched {
                 task,
@@ -571,6 +580,7 @@ impl Controller {
                 };
                 self.store
                     .finish_task(&task, &token, &outcome.into_finish(patch), at)?;
+                self.due.notify_one();
             }
         }
         Ok(())
