@@ -30,6 +30,29 @@ fn processes(env: &Env, nats: &NatsServer, id: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Two workspaces of one upstream repository, placed on nodes `a` and
+/// `b` in turn (the least loaded first); each setup leaves its name in
+/// `ready`, so what a command shows tells which node ran it.
+fn one_on_each_node(env: &Env, nats: &NatsServer) -> (String, String) {
+    let repo = env.dir.path().join("upstream");
+    make_repo(&repo, &[("hello.txt", "hi\n")]);
+    let first = up(
+        env,
+        nats,
+        "berth.v1",
+        &sandbox_spec(env, "one.toml", &repo, "one"),
+    );
+    let second = up(
+        env,
+        nats,
+        "berth.v1",
+        &sandbox_spec(env, "two.toml", &repo, "two"),
+    );
+    assert_eq!(node_of(env, nats, "berth.v1", &first), "a");
+    assert_eq!(node_of(env, nats, "berth.v1", &second), "b");
+    (first, second)
+}
+
 #[test]
 fn a_terminal_over_nats_runs_on_the_workspaces_node_and_a_client_that_goes_away_ends_it() {
     let nats = NatsServer::start();
@@ -38,21 +61,7 @@ fn a_terminal_over_nats_runs_on_the_workspaces_node_and_a_client_that_goes_away_
     let _b = node_offering(&env, &nats, "b", "sandbox", 15);
     let _controller = super::placement::controller(&env, &nats, "berth.v1");
     ready(&env, &nats, "berth.v1", &["a", "b"]);
-    let repo = env.dir.path().join("upstream");
-    make_repo(&repo, &[("hello.txt", "hi\n")]);
-    let first = up(
-        &env,
-        &nats,
-        "berth.v1",
-        &sandbox_spec(&env, "one.toml", &repo, "one"),
-    );
-    let second = up(
-        &env,
-        &nats,
-        "berth.v1",
-        &sandbox_spec(&env, "two.toml", &repo, "two"),
-    );
-    assert_eq!(node_of(&env, &nats, "berth.v1", &second), "b");
+    let (first, second) = one_on_each_node(&env, &nats);
 
     // Typed into a shell on the second workspace's node, its window
     // resized, left with `exit 3`.
@@ -249,22 +258,7 @@ fn sessions_terminals_exports_and_fetches_over_a_controllers_http_api_run_on_the
     wait_until("the HTTP front end", Duration::from_secs(30), || {
         http(&["ls"]).status.success()
     });
-    let repo = env.dir.path().join("upstream");
-    make_repo(&repo, &[("hello.txt", "hi\n")]);
-    let first = up(
-        &env,
-        &nats,
-        "berth.v1",
-        &sandbox_spec(&env, "one.toml", &repo, "one"),
-    );
-    let second = up(
-        &env,
-        &nats,
-        "berth.v1",
-        &sandbox_spec(&env, "two.toml", &repo, "two"),
-    );
-    assert_eq!(node_of(&env, &nats, "berth.v1", &first), "a");
-    assert_eq!(node_of(&env, &nats, "berth.v1", &second), "b");
+    let (first, second) = one_on_each_node(&env, &nats);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
