@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -210,24 +210,25 @@ pub fn spawn(spawn: Spawn, cancel: CancellationToken) -> Result<Running, SpawnEr
     if let Some(stdin) = child.stdin.take() {
         tokio::spawn(feed_stdin(stdin, spawn.stdin));
     }
-    let limit = spawn.output_limit.unwrap_or(u64::MAX);
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|out| tokio::spawn(pump(out, Stream::Stdout, limit, events.clone()))),
-        child
-            .stderr
-            .take()
-            .map(|err| tokio::spawn(pump(err, Stream::Stderr, limit, events.clone()))),
-    ];
+    let stop_reading = CancellationToken::new();
+    let output = Output {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        limit: spawn.output_limit.unwrap_or(u64::MAX),
+        events: events.clone(),
+        stop: stop_reading.clone(),
+    };
+    let reader = Reader {
+        task: tokio::spawn(output.forward()),
+        stop: stop_reading,
+    };
     let ending = Ends {
         timeout: spawn.timeout,
         grace: spawn.grace,
         cgroup: spawn.cgroup,
         shepherd: link,
     };
-    tokio::spawn(supervise(child, pid, readers, events, ending, cancel));
+    tokio::spawn(supervise(child, pid, reader, events, ending, cancel));
     Ok(Running {
         pid,
         events: receiver,
@@ -253,36 +254,86 @@ async fn feed_stdin(mut pipe: tokio::process::ChildStdin, stdin: Stdin) {
     }
 }
 
-/// Forwards one stream's output, delivering at most `limit` bytes; returns
-/// how many bytes were dropped beyond it.
-async fn pump(
-    mut pipe: impl AsyncRead + Unpin,
-    stream: Stream,
+/// The command's stdout and stderr, forwarded from one task that reads
+/// stdout first whenever both pipes have output, so that a line printed and
+/// then an error arrive in that order. (Two reading tasks race, and a log
+/// showed the error first.) Two pipes keep no order between them; this
+/// keeps the common one.
+struct Output {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    /// Bytes delivered per stream; the rest is counted and dropped.
     limit: u64,
     events: mpsc::Sender<ExecEvent>,
-) -> u64 {
-    let mut delivered = 0u64;
-    let mut dropped = 0u64;
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let room = limit.saturating_sub(delivered).min(n as u64) as usize;
-        dropped += (n - room) as u64;
-        if room > 0 {
-            delivered += room as u64;
-            if events
-                .send(ExecEvent::output(stream, buf[..room].to_vec()))
-                .await
-                .is_err()
-            {
-                break;
+    /// Ends the forwarding while background processes still hold a pipe.
+    stop: CancellationToken,
+}
+
+/// The task forwarding a command's output, and how to end it early.
+struct Reader {
+    task: JoinHandle<[u64; 2]>,
+    stop: CancellationToken,
+}
+
+impl Output {
+    /// Forwards until both pipes are closed or reading is stopped; returns
+    /// how many bytes of each stream were dropped beyond the limit.
+    async fn forward(mut self) -> [u64; 2] {
+        let mut delivered = [0u64; 2];
+        let mut dropped = [0u64; 2];
+        let mut out_buf = vec![0u8; READ_CHUNK];
+        let mut err_buf = vec![0u8; READ_CHUNK];
+        while self.stdout.is_some() || self.stderr.is_some() {
+            let (stream, read) = tokio::select! {
+                biased;
+                read = read_open(&mut self.stdout, &mut out_buf), if self.stdout.is_some() => {
+                    (Stream::Stdout, read)
+                }
+                read = read_open(&mut self.stderr, &mut err_buf), if self.stderr.is_some() => {
+                    (Stream::Stderr, read)
+                }
+                () = self.stop.cancelled() => break,
+            };
+            let (slot, buf) = match stream {
+                Stream::Stdout => (0, &out_buf),
+                Stream::Stderr => (1, &err_buf),
+            };
+            let n = match read {
+                Ok(0) | Err(_) => {
+                    match stream {
+                        Stream::Stdout => self.stdout = None,
+                        Stream::Stderr => self.stderr = None,
+                    }
+                    continue;
+                }
+                Ok(n) => n,
+            };
+            let room = self.limit.saturating_sub(delivered[slot]).min(n as u64) as usize;
+            dropped[slot] += (n - room) as u64;
+            if room > 0 {
+                delivered[slot] += room as u64;
+                let event = ExecEvent::output(stream, buf[..room].to_vec());
+                tokio::select! {
+                    sent = self.events.send(event) => if sent.is_err() {
+                        break;
+                    },
+                    () = self.stop.cancelled() => break,
+                }
             }
         }
+        dropped
     }
-    dropped
+}
+
+/// Reads from a pipe that is still open (the caller checks).
+async fn read_open(
+    pipe: &mut Option<impl AsyncRead + Unpin>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match pipe {
+        Some(pipe) => pipe.read(buf).await,
+        None => Ok(0),
+    }
 }
 
 /// How a command is ended: past its timeout, with this grace between
@@ -304,7 +355,7 @@ enum Ending {
 async fn supervise(
     mut child: Child,
     pid: u32,
-    readers: [Option<JoinHandle<u64>>; 2],
+    reader: Reader,
     events: mpsc::Sender<ExecEvent>,
     ends: Ends,
     cancel: CancellationToken,
@@ -348,18 +399,18 @@ async fn supervise(
         None => false,
     };
 
-    let mut dropped = [0u64; 2];
     let drain_until = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
-    for (slot, reader) in readers.into_iter().enumerate() {
-        let Some(mut reader) = reader else { continue };
-        match tokio::time::timeout_at(drain_until, &mut reader).await {
-            Ok(Ok(count)) => dropped[slot] = count,
-            Ok(Err(_)) => {}
-            // Background processes still hold the pipe: stop reading, and
-            // leave them running, as a shell would.
-            Err(_) => reader.abort(),
+    let Reader { mut task, stop } = reader;
+    let dropped = match tokio::time::timeout_at(drain_until, &mut task).await {
+        Ok(forwarded) => forwarded,
+        // Background processes still hold a pipe: stop reading, and leave
+        // them running, as a shell would.
+        Err(_) => {
+            stop.cancel();
+            task.await
         }
-    }
+    };
+    let dropped = dropped.unwrap_or_default();
 
     if unsupervised {
         let note = UNSUPERVISED.as_bytes().to_vec();

@@ -79,6 +79,33 @@ async fn streams_both_outputs_in_order_and_reports_the_exit_code() {
     assert!(!out.exit.timed_out && !out.exit.cancelled);
 }
 
+/// What a command printed on stdout and then on stderr arrives in that
+/// order, as a log that shows both must show it. Many runs, on a runtime
+/// with several threads, where two reading tasks would race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_on_stdout_then_one_on_stderr_arrive_in_that_order() {
+    for run in 0..200 {
+        let mut running = spawn(
+            sh("echo edited; echo 'no luck' >&2; exit 7"),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        while let Some(event) = running.events.recv().await {
+            match event {
+                ExecEvent::Stdout { data } => seen.push(("stdout", data.0)),
+                ExecEvent::Stderr { data } => seen.push(("stderr", data.0)),
+                ExecEvent::Exit(_) => {}
+            }
+        }
+        let expected = vec![
+            ("stdout", b"edited\n".to_vec()),
+            ("stderr", b"no luck\n".to_vec()),
+        ];
+        assert_eq!(seen, expected, "run {run}");
+    }
+}
+
 #[tokio::test]
 async fn large_output_arrives_whole() {
     let out = run(sh("head -c 3000000 /dev/zero"), CancellationToken::new()).await;
