@@ -228,7 +228,8 @@ impl Runner {
         let every = self.config.heartbeat;
         let cancelled = claim.cancelled.clone();
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(every);
+            // The claim is fresh: the first heartbeat is due one period on.
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

@@ -1036,7 +1036,10 @@ impl Call {
         let state = self.state.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(keepalive);
+            // The first acknowledgement one period from now: the service
+            // needs none sooner.
+            let mut ticks =
+                tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,

@@ -656,9 +656,11 @@ impl Answer {
         let mut sent: u64 = 0;
         let mut acked: u64 = 0;
         let mut silent: u32 = 0;
-        let mut heartbeat = tokio::time::interval(self.keepalive);
+        // The first beat one period from now: an interval's immediate first
+        // tick still waits for the timer's next millisecond.
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.keepalive, self.keepalive);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
         loop {
             let frame = tokio::select! {
                 biased;
