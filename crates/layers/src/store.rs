@@ -418,6 +418,23 @@ impl LayerStore {
                 Err(e) => return Err(e),
             }
         }
+        // A candidate still referenced stays, and so does every layer it
+        // stands on. When that keeps them all (a cached provisioning let
+        // go of by a workspace), no other layer needs to be read: the whole
+        // store's references are read only when something may go.
+        let mut kept = BTreeSet::new();
+        for id in &candidates {
+            if !kept.contains(id) && !self.refs(id)?.is_empty() {
+                match self.get(id) {
+                    Ok(layer) => kept.extend(layer.stack()),
+                    Err(StoreError::Missing(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if candidates.is_subset(&kept) {
+            return Ok(Vec::new());
+        }
         self.collect(|layer| candidates.contains(&layer.meta.id))
     }
 

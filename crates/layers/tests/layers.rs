@@ -258,6 +258,41 @@ fn collecting_what_was_released_leaves_unrelated_unreferenced_layers() {
 }
 
 #[test]
+fn what_was_released_stays_while_it_or_a_layer_on_it_is_referenced() {
+    let home = tempfile::tempdir().unwrap();
+    let store = LayerStore::open(home.path().join("layers")).unwrap();
+    let (base, top) = cached_on_base(&store, home.path());
+    let released = std::slice::from_ref(&top.meta.id);
+
+    // A workspace lets go of a layer the cache still holds.
+    store.add_ref(&top.meta.id, "cache:key1").unwrap();
+    store.add_ref(&top.meta.id, "workspace:a").unwrap();
+    store.remove_ref(&top.meta.id, "workspace:a").unwrap();
+    assert_eq!(store.gc_released(released).unwrap(), Vec::new());
+
+    // Nothing holds the released layer itself, but a snapshot made on it
+    // is held: neither it nor its base may go.
+    store.remove_ref(&top.meta.id, "cache:key1").unwrap();
+    let upper = home.path().join("snapshot");
+    write(&upper, "ws/other", "y");
+    let snapshot = store
+        .freeze(&upper, &top.stack(), LayerKind::Cache, "ws2")
+        .unwrap();
+    store.add_ref(&snapshot.meta.id, "snapshot:s").unwrap();
+    assert_eq!(store.gc_released(released).unwrap(), Vec::new());
+    assert!(store.contains(&base.meta.id) && store.contains(&top.meta.id));
+
+    store.remove_ref(&snapshot.meta.id, "snapshot:s").unwrap();
+    let mut removed = store
+        .gc_released(std::slice::from_ref(&snapshot.meta.id))
+        .unwrap();
+    removed.sort();
+    let mut expected = vec![base.meta.id, top.meta.id, snapshot.meta.id];
+    expected.sort();
+    assert_eq!(removed, expected, "the snapshot and the layers below it");
+}
+
+#[test]
 fn holders_unknown_to_the_registry_are_dropped() {
     let home = tempfile::tempdir().unwrap();
     let store = LayerStore::open(home.path().join("layers")).unwrap();
