@@ -1,6 +1,7 @@
 //! Provisioning cache entries: a provisioned state (repositories cloned,
 //! setup run) kept by a runtime under the spec's cache key.
 
+use crate::Cached as _;
 use crate::{Store, StoreError};
 use berth_core::now_ms;
 use rusqlite::{OptionalExtension, params};
@@ -35,7 +36,7 @@ impl Store {
             source,
         })?;
         self.conn()
-            .execute(
+            .run(
                 "INSERT INTO cache_entries (key, runtime, created_at, last_used_at, info, size)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (key) DO UPDATE SET runtime = excluded.runtime,
@@ -59,7 +60,7 @@ impl Store {
     pub fn cache_entry(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
         let raw = self
             .conn()
-            .query_row(
+            .row(
                 &format!("SELECT {COLUMNS} FROM cache_entries WHERE key = ?1"),
                 [key],
                 RawEntry::read,
@@ -73,7 +74,7 @@ impl Store {
     pub fn touch_cache_entry(&self, key: &str) -> Result<(), StoreError> {
         let changed = self
             .conn()
-            .execute(
+            .run(
                 "UPDATE cache_entries SET last_used_at = ?2 WHERE key = ?1",
                 params![key, now_ms()],
             )
@@ -87,7 +88,7 @@ impl Store {
     /// Forgets the entry; forgetting a missing entry succeeds.
     pub fn remove_cache_entry(&self, key: &str) -> Result<(), StoreError> {
         self.conn()
-            .execute("DELETE FROM cache_entries WHERE key = ?1", [key])
+            .run("DELETE FROM cache_entries WHERE key = ?1", [key])
             .map_err(|e| self.db(e))?;
         Ok(())
     }
@@ -96,7 +97,7 @@ impl Store {
     pub fn cache_entries(&self) -> Result<Vec<CacheEntry>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM cache_entries ORDER BY last_used_at, key"
             ))
             .map_err(|e| self.db(e))?;

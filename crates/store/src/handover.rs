@@ -3,6 +3,7 @@
 //! holder stopped answering), so the attempt that held it ends and the new
 //! delivery's attempt holds it from now on. The old token is refused after.
 
+use crate::Cached as _;
 use crate::{Store, StoreError};
 use berth_core::job::{Claimed, Task};
 use rusqlite::{OptionalExtension, params};
@@ -13,7 +14,7 @@ impl Store {
     pub fn held_token(&self, task: &str) -> Result<Option<String>, StoreError> {
         let token: Option<Option<String>> = self
             .conn()
-            .query_row(
+            .row(
                 "SELECT token FROM job_tasks WHERE id = ?1 AND state = 'running'",
                 [task],
                 |row| row.get(0),
@@ -28,13 +29,13 @@ impl Store {
         let changed = self
             .write(|tx| {
                 let changed = tx
-                    .execute(
+                    .run(
                         "UPDATE job_tasks SET runner = ?3
                          WHERE id = ?1 AND token = ?2 AND state = 'running'",
                         params![task, token, runner],
                     )
                     .map_err(|e| self.db(e))?;
-                tx.execute(
+                tx.run(
                     "UPDATE job_attempts SET runner = ?2
                      WHERE task_id = ?1 AND attempt = (SELECT attempts FROM job_tasks WHERE id = ?1)",
                     params![task, runner],
@@ -62,7 +63,7 @@ impl Store {
     ) -> Result<Task, StoreError> {
         self.write(|tx| {
             let changed = tx
-                .execute(
+                .run(
                     "UPDATE job_attempts SET state = 'errored', error = ?3, ended_at = ?4
                      WHERE task_id = ?1
                        AND attempt = (SELECT attempts FROM job_tasks
@@ -73,14 +74,14 @@ impl Store {
             if changed == 0 {
                 return Err(StoreError::AttemptLost { task: task.into() });
             }
-            tx.execute(
+            tx.run(
                 "UPDATE job_tasks SET attempts = attempts + 1, resets = resets + 1, token = ?2,
                      runner = ?3, heartbeat_at = ?4, started_at = ?4, base_commit = NULL
                  WHERE id = ?1",
                 params![task, token, runner, now],
             )
             .map_err(|e| self.db(e))?;
-            tx.execute(
+            tx.run(
                 "INSERT INTO job_attempts (task_id, attempt, state, runner, started_at)
                  SELECT id, attempts, 'running', runner, started_at FROM job_tasks WHERE id = ?1",
                 [task],
@@ -99,7 +100,7 @@ impl Store {
         let rows: Vec<(String, String, String)> = {
             let conn = self.conn();
             let mut stmt = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT t.id, t.token, r.spec FROM job_tasks t JOIN job_runs r ON r.id = t.run_id
                      WHERE t.state = 'running' AND t.runner = ?1 AND t.token IS NOT NULL
                      ORDER BY t.queued_at, t.run_id, t.position",

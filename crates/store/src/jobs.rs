@@ -7,6 +7,7 @@
 //! task; every later word from a runner (heartbeat, result) names that
 //! token and is refused once the task moved on without it.
 
+use crate::Cached as _;
 use crate::{Store, StoreError};
 use berth_core::job::{
     Attempt, Claimed, Finish, JobRecord, LogEntry, LogEvent, NewRun, RetryScope, Run, RunState,
@@ -32,7 +33,7 @@ impl Store {
     ) -> Result<JobRecord, StoreError> {
         let spec_text = encode("job", name, "spec", spec)?;
         self.write(|tx| {
-            tx.execute(
+            tx.run(
                 "INSERT INTO jobs (name, spec, schedule, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?4)
                  ON CONFLICT (name) DO UPDATE SET spec = ?2, updated_at = ?4",
@@ -40,7 +41,7 @@ impl Store {
             )
             .map_err(|e| self.db(e))?;
             if let Some(schedule) = schedule {
-                tx.execute(
+                tx.run(
                     "UPDATE jobs SET schedule = ?2 WHERE name = ?1",
                     params![name, schedule],
                 )
@@ -58,7 +59,7 @@ impl Store {
     ) -> Result<JobRecord, StoreError> {
         let changed = self
             .conn()
-            .execute(
+            .run(
                 "UPDATE jobs SET schedule = ?2 WHERE name = ?1",
                 params![name, schedule],
             )
@@ -87,7 +88,7 @@ impl Store {
     ) -> Result<Vec<JobRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT name, spec, schedule, created_at, updated_at FROM jobs {filter} ORDER BY name"
             ))
             .map_err(|e| self.db(e))?;
@@ -144,7 +145,7 @@ impl Store {
         let spec = encode("run", id, "spec", &new.spec)?;
         self.write(|tx| {
             let made = tx
-                .execute(
+                .run(
                     "INSERT INTO job_runs (id, job, spec, state, trigger, concurrency, created_at,
                          shared)
                      VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
@@ -152,7 +153,7 @@ impl Store {
                 )
                 .map_err(|e| self.db(e))?;
             if made == 0 {
-                tx.execute(
+                tx.run(
                     "UPDATE job_runs SET shared = 1 WHERE id = ?1 AND ?2",
                     params![id, shared],
                 )
@@ -160,7 +161,7 @@ impl Store {
                 return Ok(());
             }
             for (position, (task, task_id)) in new.tasks.iter().zip(tasks).enumerate() {
-                tx.execute(
+                tx.run(
                     "INSERT INTO job_tasks (id, run_id, position, url, ref, credential, state,
                          queued_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
@@ -185,7 +186,7 @@ impl Store {
     pub fn fold_position(&self, stream: &str) -> Result<u64, StoreError> {
         let seq: Option<i64> = self
             .conn()
-            .query_row(
+            .row(
                 "SELECT seq FROM cluster_folds WHERE stream = ?1",
                 [stream],
                 |row| row.get(0),
@@ -198,7 +199,7 @@ impl Store {
     /// Records that the registry applied `stream` up to `seq`.
     pub fn set_fold_position(&self, stream: &str, seq: u64) -> Result<(), StoreError> {
         self.conn()
-            .execute(
+            .run(
                 "INSERT INTO cluster_folds (stream, seq) VALUES (?1, ?2)
                  ON CONFLICT (stream) DO UPDATE SET seq = max(seq, ?2)",
                 params![stream, seq as i64],
@@ -210,7 +211,7 @@ impl Store {
     /// Records that `run` is not to be shared with a cluster (again).
     pub fn mark_shared(&self, run: &str) -> Result<(), StoreError> {
         self.conn()
-            .execute("UPDATE job_runs SET shared = 1 WHERE id = ?1", [run])
+            .run("UPDATE job_runs SET shared = 1 WHERE id = ?1", [run])
             .map_err(|e| self.db(e))?;
         Ok(())
     }
@@ -265,7 +266,7 @@ impl Store {
     pub fn run_spec(&self, run: &str) -> Result<serde_json::Value, StoreError> {
         let text: Option<String> = self
             .conn()
-            .query_row("SELECT spec FROM job_runs WHERE id = ?1", [run], |row| {
+            .row("SELECT spec FROM job_runs WHERE id = ?1", [run], |row| {
                 row.get(0)
             })
             .optional()
@@ -281,7 +282,7 @@ impl Store {
     ) -> Result<Vec<Run>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM job_runs {filter} ORDER BY created_at, id"
             ))
             .map_err(|e| self.db(e))?;
@@ -334,7 +335,7 @@ impl Store {
     ) -> Result<Vec<Task>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("SELECT {TASK_COLUMNS} FROM job_tasks {filter}"))
+            .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM job_tasks {filter}"))
             .map_err(|e| self.db(e))?;
         let rows = stmt
             .query_map(args, read_task)
@@ -349,7 +350,7 @@ impl Store {
     pub fn attempts_of(&self, task: &str) -> Result<Vec<Attempt>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT attempt, state, runner, exit_code, failed_step, error, started_at, ended_at
                  FROM job_attempts WHERE task_id = ?1 ORDER BY attempt",
             )
@@ -383,7 +384,7 @@ impl Store {
     /// The patch of a task's last attempt, if it made one.
     pub fn patch(&self, task: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn()
-            .query_row("SELECT patch FROM job_tasks WHERE id = ?1", [task], |row| {
+            .row("SELECT patch FROM job_tasks WHERE id = ?1", [task], |row| {
                 row.get(0)
             })
             .optional()
@@ -425,7 +426,7 @@ impl Store {
     ) -> Result<Option<Claimed>, StoreError> {
         let claimed = self.write(|tx| {
             let claimable: bool = tx
-                .query_row(
+                .row(
                     &format!(
                         "SELECT count(*) > 0 FROM {CLAIMABLE} AND t.id = ?1 AND t.attempts + 1 = ?2"
                     ),
@@ -461,7 +462,7 @@ impl Store {
     pub fn heartbeat_task(&self, task: &str, token: &str, now: i64) -> Result<bool, StoreError> {
         let cancel: Option<bool> = self
             .conn()
-            .query_row(
+            .row(
                 "UPDATE job_tasks SET heartbeat_at = ?3
                  WHERE id = ?1 AND token = ?2 AND state = 'running' RETURNING cancel",
                 params![task, token, now],
@@ -476,7 +477,7 @@ impl Store {
     pub fn set_base_commit(&self, task: &str, token: &str, commit: &str) -> Result<(), StoreError> {
         let changed = self
             .conn()
-            .execute(
+            .run(
                 "UPDATE job_tasks SET base_commit = ?3
                  WHERE id = ?1 AND token = ?2 AND state = 'running'",
                 params![task, token, commit],
@@ -501,7 +502,7 @@ impl Store {
         let state = finish.state.unwrap_or(TaskState::Errored);
         self.write(|tx| {
             let held: Option<String> = tx
-                .query_row(
+                .row(
                     "SELECT run_id FROM job_tasks WHERE id = ?1 AND token = ?2 AND state = 'running'",
                     params![task, token],
                     |row| row.get(0),
@@ -511,7 +512,7 @@ impl Store {
             let Some(run) = held else {
                 return Err(StoreError::AttemptLost { task: task.into() });
             };
-            tx.execute(
+            tx.run(
                 "UPDATE job_attempts SET state = ?3, exit_code = ?4, failed_step = ?5, error = ?6,
                      ended_at = ?7
                  WHERE task_id = ?1 AND attempt = (SELECT attempts FROM job_tasks WHERE id = ?1)",
@@ -530,7 +531,7 @@ impl Store {
                 (TaskState::Errored, Some(at)) => (TaskState::Queued, Some(at)),
                 _ => (state, None),
             };
-            tx.execute(
+            tx.run(
                 "UPDATE job_tasks SET state = ?2, token = NULL, exit_code = ?3, failed_step = ?4,
                      error = ?5, patch = ?6, workspace = ?7, ended_at = ?8,
                      queued_at = coalesce(?9, queued_at)
@@ -564,7 +565,7 @@ impl Store {
     ) -> Result<Vec<Stalled>, StoreError> {
         self.write(|tx| {
             let mut stmt = tx
-                .prepare(
+                .prepare_cached(
                     "SELECT id, run_id, resets, runner, heartbeat_at FROM job_tasks
                      WHERE state = 'running' AND heartbeat_at < ?1",
                 )
@@ -605,13 +606,13 @@ impl Store {
                         Stalled::Failed { task: id.clone() },
                     )
                 };
-                tx.execute(
+                tx.run(
                     "UPDATE job_attempts SET state = 'errored', error = ?2, ended_at = ?3
                      WHERE task_id = ?1 AND attempt = (SELECT attempts FROM job_tasks WHERE id = ?1)",
                     params![id, error, now],
                 )
                 .map_err(|e| self.db(e))?;
-                tx.execute(
+                tx.run(
                     "UPDATE job_tasks SET state = ?2, token = NULL, error = ?3,
                          resets = resets + (?2 = 'queued'), queued_at = ?4,
                          ended_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?4 END
@@ -631,15 +632,15 @@ impl Store {
     pub fn cancel_run(&self, run: &str, now: i64) -> Result<Run, StoreError> {
         let run = self.run(run)?;
         self.write(|tx| {
-            tx.execute("UPDATE job_runs SET cancelled = 1 WHERE id = ?1", [&run.id])
+            tx.run("UPDATE job_runs SET cancelled = 1 WHERE id = ?1", [&run.id])
                 .map_err(|e| self.db(e))?;
-            tx.execute(
+            tx.run(
                 "UPDATE job_tasks SET state = 'cancelled', ended_at = ?2
                  WHERE run_id = ?1 AND state = 'queued'",
                 params![run.id, now],
             )
             .map_err(|e| self.db(e))?;
-            tx.execute(
+            tx.run(
                 "UPDATE job_tasks SET cancel = 1 WHERE run_id = ?1 AND state = 'running'",
                 [&run.id],
             )
@@ -654,7 +655,7 @@ impl Store {
     pub fn cancel_task(&self, task: &str, now: i64) -> Result<Task, StoreError> {
         let found = self.task(task)?;
         self.write(|tx| {
-            tx.execute(
+            tx.run(
                 "UPDATE job_tasks SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
                      ended_at = CASE WHEN state = 'queued' THEN ?2 ELSE ended_at END,
                      cancel = (state = 'running')
@@ -698,14 +699,14 @@ impl Store {
             }
         };
         self.write(|tx| {
-            tx.execute(
+            tx.run(
                 "UPDATE job_runs SET cancelled = 0, state = 'running', ended_at = NULL
                  WHERE id = ?1",
                 [&run.id],
             )
             .map_err(|e| self.db(e))?;
             for task in &targets {
-                tx.execute(
+                tx.run(
                     "UPDATE job_tasks SET state = 'queued', queued_at = ?2, resets = 0, cancel = 0
                      WHERE id = ?1",
                     params![task.id, now],
@@ -727,7 +728,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let text = encode("task", task, "log", event)?;
         self.conn()
-            .query_row(
+            .row(
                 "INSERT INTO job_logs (task_id, seq, attempt, at, event)
                  VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM job_logs WHERE task_id = ?1),
                          ?2, ?3, ?4)
@@ -748,7 +749,7 @@ impl Store {
     ) -> Result<Vec<LogEntry>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT seq, attempt, at, event FROM job_logs WHERE task_id = ?1 AND seq > ?2
                  ORDER BY seq LIMIT ?3",
             )
@@ -779,7 +780,7 @@ impl Store {
     /// Records where a task's change was pushed.
     pub fn set_published(&self, task: &str, branch: &str, commit: &str) -> Result<(), StoreError> {
         self.conn()
-            .execute(
+            .run(
                 "UPDATE job_tasks SET published_branch = ?2, published_commit = ?3 WHERE id = ?1",
                 params![task, branch, commit],
             )
@@ -791,7 +792,7 @@ impl Store {
     /// by any run.
     pub fn last_published(&self, url: &str, branch: &str) -> Result<Option<String>, StoreError> {
         self.conn()
-            .query_row(
+            .row(
                 "SELECT t.published_commit FROM job_tasks t JOIN job_runs r ON r.id = t.run_id
                  WHERE t.url = ?1 AND t.published_branch = ?2
                  ORDER BY r.created_at DESC, t.id DESC LIMIT 1",
@@ -805,7 +806,7 @@ impl Store {
     /// Records a scheduled time at which no run started.
     pub fn record_skipped_time(&self, job: &str, at: i64, reason: &str) -> Result<(), StoreError> {
         self.conn()
-            .execute(
+            .run(
                 "INSERT INTO job_skipped_times (job, at, reason) VALUES (?1, ?2, ?3)",
                 params![job, at, reason],
             )
@@ -816,7 +817,9 @@ impl Store {
     pub fn skipped_times(&self, job: &str) -> Result<Vec<SkippedTime>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT job, at, reason FROM job_skipped_times WHERE job = ?1 ORDER BY at")
+            .prepare_cached(
+                "SELECT job, at, reason FROM job_skipped_times WHERE job = ?1 ORDER BY at",
+            )
             .map_err(|e| self.db(e))?;
         stmt.query_map([job], |row| {
             Ok(SkippedTime {
@@ -833,12 +836,12 @@ impl Store {
 /// Brings a run's state in line with its tasks: running while any task
 /// is queued or running, then what they came to.
 fn settle_run(tx: &Transaction<'_>, run: &str, now: i64) -> rusqlite::Result<()> {
-    let cancelled: bool = tx.query_row(
+    let cancelled: bool = tx.row(
         "SELECT cancelled FROM job_runs WHERE id = ?1",
         [run],
         |row| row.get(0),
     )?;
-    let mut stmt = tx.prepare("SELECT state FROM job_tasks WHERE run_id = ?1")?;
+    let mut stmt = tx.prepare_cached("SELECT state FROM job_tasks WHERE run_id = ?1")?;
     let states = stmt
         .query_map([run], |row| row.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
@@ -848,7 +851,7 @@ fn settle_run(tx: &Transaction<'_>, run: &str, now: i64) -> rusqlite::Result<()>
     } else {
         RunState::of_final(&states, cancelled)
     };
-    tx.execute(
+    tx.run(
         "UPDATE job_runs SET state = ?2,
              ended_at = CASE WHEN ?2 = 'running' THEN NULL ELSE coalesce(ended_at, ?3) END
          WHERE id = ?1",
@@ -942,7 +945,7 @@ const CLAIMABLE: &str = "job_tasks t JOIN job_runs r ON r.id = t.run_id
 
 /// The oldest claimable task due at `now`, with its attempts so far.
 fn due(conn: &rusqlite::Connection, now: i64) -> rusqlite::Result<Option<(String, u32)>> {
-    conn.query_row(
+    conn.row(
         &format!(
             "SELECT t.id, t.attempts FROM {CLAIMABLE} AND t.queued_at <= ?1
              ORDER BY t.queued_at, t.run_id, t.position LIMIT 1"
@@ -962,7 +965,7 @@ fn take(
     runner: &str,
     now: i64,
 ) -> rusqlite::Result<Option<(String, String)>> {
-    tx.execute(
+    tx.run(
         "UPDATE job_tasks SET state = 'running', attempts = attempts + 1, token = ?2,
              runner = ?3, heartbeat_at = ?4, started_at = ?4, ended_at = NULL,
              exit_code = NULL, failed_step = NULL, error = NULL, patch = NULL,
@@ -970,12 +973,12 @@ fn take(
          WHERE id = ?1",
         params![id, token, runner, now],
     )?;
-    tx.execute(
+    tx.run(
         "INSERT INTO job_attempts (task_id, attempt, state, runner, started_at)
          SELECT id, attempts, 'running', runner, started_at FROM job_tasks WHERE id = ?1",
         [id],
     )?;
-    tx.query_row(
+    tx.row(
         "SELECT t.id, r.spec FROM job_tasks t JOIN job_runs r ON r.id = t.run_id WHERE t.id = ?1",
         [id],
         |row| Ok((row.get(0)?, row.get(1)?)),

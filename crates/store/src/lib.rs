@@ -38,6 +38,36 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// checkpoints it (the next writer then starts it over) and a closing
 /// handle empties it.
 const WAL_PAGES: i64 = 128;
+/// Prepared statements kept per connection: more than the registry has.
+const CACHED_STATEMENTS: usize = 64;
+
+/// Statements run through the connection's cache of prepared statements,
+/// so that the frequent ones (a task's log line, a claim, a run's tasks)
+/// are parsed once per connection rather than on every call.
+pub(crate) trait Cached {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
 
 /// A handle on the registry. Cheap calls, one connection behind a mutex:
 /// calls from many threads are serialised here, calls from other handles
@@ -118,6 +148,7 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)
             .map_err(db)?;
         schema::migrate(&mut conn, path)?;
+        conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
         Ok(conn)
     }
 

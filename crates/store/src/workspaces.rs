@@ -1,6 +1,7 @@
 //! Workspace records: insert, look up (by id, id prefix or name), list, and
 //! the single-field updates the provider makes as a workspace lives.
 
+use crate::Cached as _;
 use crate::{Store, StoreError, owner};
 use berth_core::{Spec, Workspace, WorkspaceId, WorkspaceState, now_ms};
 use rusqlite::{ErrorCode, OptionalExtension, ToSql, params};
@@ -20,7 +21,7 @@ impl Store {
         let info = encode(ws, "runtime_info", &ws.runtime_info)?;
         let labels = encode(ws, "labels", &ws.labels)?;
         let owner_start = ws.owner_pid.and_then(owner::start_time);
-        let result = self.conn().execute(
+        let result = self.conn().run(
             "INSERT INTO workspaces (id, name, runtime, spec, state, runtime_info, cache_key,
                  error, owner_pid, owner_start, created_at, updated_at, labels, last_active_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -193,7 +194,7 @@ impl Store {
     /// `updated_at` stays: being used is not a change of the record.
     pub fn record_activity(&self, id: &WorkspaceId, at: i64) -> Result<(), StoreError> {
         self.conn()
-            .execute(
+            .run(
                 "UPDATE workspaces SET last_active_at = max(last_active_at, ?2) WHERE id = ?1",
                 params![id.as_str(), at],
             )
@@ -212,7 +213,7 @@ impl Store {
     pub fn orphaned_provisions(&self) -> Result<Vec<Workspace>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {COLUMNS}, owner_start FROM workspaces WHERE state = 'creating'
                  ORDER BY created_at, id"
             ))
@@ -236,7 +237,7 @@ impl Store {
     fn find_by_id(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
         let raw = self
             .conn()
-            .query_row(
+            .row(
                 &format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"),
                 [id],
                 RawWorkspace::read,
@@ -248,7 +249,7 @@ impl Store {
 
     fn select(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Workspace>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(sql).map_err(|e| self.db(e))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.db(e))?;
         let raws = stmt
             .query_map(params, RawWorkspace::read)
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)
@@ -272,14 +273,14 @@ impl Store {
         );
         let raw = self.write(|tx| {
             match tx
-                .query_row(&sql, params.as_slice(), RawWorkspace::read)
+                .row(&sql, params.as_slice(), RawWorkspace::read)
                 .optional()
             {
                 Ok(raw) => Ok(raw),
                 // Bringing a removed workspace back while its name is taken.
                 Err(e) if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) => {
                     let name: String = tx
-                        .query_row(
+                        .row(
                             "SELECT name FROM workspaces WHERE id = ?1",
                             [id.as_str()],
                             |r| r.get(0),
