@@ -18,7 +18,7 @@ use berth_jobs::{
 };
 use berth_nats_api::NatsClient;
 use berth_provider::Provider;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use futures::stream::{BoxStream, FusedStream as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -618,6 +618,9 @@ async fn wait_for(service: Service, run: &str) -> Result<ExitCode> {
         }
         if changes.is_terminated() || changes.next().await.is_none() {
             tokio::time::sleep(POLL).await;
+        } else {
+            // What else came with the same change is in the next read.
+            while let Some(Some(_)) = changes.next().now_or_never() {}
         }
     };
     shutdown.cancel();
