@@ -18,8 +18,8 @@ use berth_jobs::{
 };
 use berth_nats_api::NatsClient;
 use berth_provider::Provider;
-use futures::{FutureExt as _, StreamExt as _};
 use futures::stream::{BoxStream, FusedStream as _};
+use futures::{FutureExt as _, StreamExt as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};

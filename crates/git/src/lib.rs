@@ -258,19 +258,29 @@ impl Git {
                 }
             }
         };
-        let mut args = vec!["ls-remote", "--", &repo.url];
-        args.extend(wanted.iter().map(String::as_str));
-        let listed = self
-            .runner
-            .try_run(Path::new("."), args, auth.as_ref())
-            .await?;
-        if !listed.success {
-            return Err(remote_failure(listed, &repo.url, auth.as_ref()));
-        }
+        let listed = match self.advertised_refs(&repo.url).await {
+            Some(listed) => listed,
+            None => {
+                let mut args = vec!["ls-remote", "--", &repo.url];
+                args.extend(wanted.iter().map(String::as_str));
+                let listed = self
+                    .runner
+                    .try_run(Path::new("."), args, auth.as_ref())
+                    .await?;
+                if !listed.success {
+                    return Err(remote_failure(listed, &repo.url, auth.as_ref()));
+                }
+                listed
+                    .stdout
+                    .lines()
+                    .filter_map(|line| line.split_once('\t'))
+                    .map(|(commit, name)| (commit.to_owned(), name.to_owned()))
+                    .collect()
+            }
+        };
         let refs: Vec<(&str, &str)> = listed
-            .stdout
-            .lines()
-            .filter_map(|line| line.split_once('\t'))
+            .iter()
+            .map(|(commit, name)| (commit.as_str(), name.as_str()))
             .collect();
         // In order of preference: a branch, a tag's commit, the tag itself.
         let found = wanted.iter().find_map(|name| {
@@ -286,6 +296,23 @@ impl Git {
                 url: repo.url.clone(),
             }),
         }
+    }
+
+    /// The refs of a repository on this host (a plain path), as its
+    /// `git upload-pack` advertises them: what `ls-remote` reads too, without
+    /// the client git and the shell it starts upload-pack through. `None`
+    /// for any other URL, or when upload-pack fails, for `ls-remote` to
+    /// ask and to say why.
+    async fn advertised_refs(&self, url: &str) -> Option<Vec<(String, String)>> {
+        if !url::is_local_path(url) {
+            return None;
+        }
+        let args = ["upload-pack", "--advertise-refs", "--", url];
+        let listed = self.runner.try_run(Path::new("."), args, None).await.ok()?;
+        if !listed.success {
+            return None;
+        }
+        parse_advertisement(&listed.stdout)
     }
 
     /// The ref recording the commit a workspace's checkout was provisioned
@@ -638,6 +665,27 @@ fn remote_failure(finished: Finished, url: &str, auth: Option<&Auth>) -> GitErro
     finished.error()
 }
 
+/// The refs in an upload-pack advertisement (protocol version 0): pkt-lines
+/// of `ID NAME`, the first with the capabilities after a NUL, up to a flush.
+/// A repository without refs advertises `capabilities^{}` alone.
+fn parse_advertisement(text: &str) -> Option<Vec<(String, String)>> {
+    let mut refs = Vec::new();
+    let mut rest = text;
+    loop {
+        let length = usize::from_str_radix(rest.get(..4)?, 16).ok()?;
+        if length == 0 {
+            return Some(refs);
+        }
+        let line = rest.get(4..length)?;
+        rest = &rest[length..];
+        let line = line.split('\0').next()?.trim_end_matches('\n');
+        let (id, name) = line.split_once(' ')?;
+        if name != "capabilities^{}" {
+            refs.push((id.to_owned(), name.to_owned()));
+        }
+    }
+}
+
 /// Refuses refs git could take for an option or that cannot name anything.
 fn check_ref(reference: &str, url: &str) -> Result<(), GitError> {
     let reason = if reference.is_empty() {
@@ -703,4 +751,55 @@ async fn empty_directory(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_advertisement;
+
+    fn pkt(line: &str) -> String {
+        format!("{:04x}{line}", line.len() + 4)
+    }
+
+    #[test]
+    fn an_advertisement_gives_its_refs_without_the_capabilities() {
+        let a = "1".repeat(40);
+        let b = "2".repeat(40);
+        let text = [
+            pkt(&format!(
+                "{a} HEAD\0multi_ack symref=HEAD:refs/heads/main\n"
+            )),
+            pkt(&format!("{a} refs/heads/main\n")),
+            pkt(&format!("{b} refs/tags/v1\n")),
+            pkt(&format!("{a} refs/tags/v1^{{}}\n")),
+            "0000".to_owned(),
+        ]
+        .concat();
+        let refs = parse_advertisement(&text).unwrap();
+        let names: Vec<(&str, &str)> = refs.iter().map(|(i, n)| (i.as_str(), n.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                (a.as_str(), "HEAD"),
+                (a.as_str(), "refs/heads/main"),
+                (b.as_str(), "refs/tags/v1"),
+                (a.as_str(), "refs/tags/v1^{}"),
+            ]
+        );
+        let empty = [
+            pkt(&format!(
+                "{} capabilities^{{}}\0agent=git\n",
+                "0".repeat(40)
+            )),
+            "0000".to_owned(),
+        ]
+        .concat();
+        assert_eq!(parse_advertisement(&empty).unwrap(), Vec::new());
+        assert_eq!(parse_advertisement("00zz"), None, "not pkt-lines");
+        assert_eq!(
+            parse_advertisement(&pkt("x refs/heads/main\n")),
+            None,
+            "no flush"
+        );
+    }
 }

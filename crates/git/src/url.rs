@@ -36,6 +36,19 @@ pub(crate) fn is_http(url: &str) -> bool {
     })
 }
 
+/// Whether git takes this URL for a path on this host, as its own rule
+/// does: no `scheme://`, and no `host:` before the first slash.
+pub(crate) fn is_local_path(url: &str) -> bool {
+    if url.contains("://") {
+        return false;
+    }
+    match (url.find(':'), url.find('/')) {
+        (None, _) => true,
+        (Some(colon), Some(slash)) => slash < colon,
+        (Some(_), None) => false,
+    }
+}
+
 /// Refuses URLs that carry credentials or could be taken for an option.
 ///
 /// Any user information in an http(s) URL is refused (git would send it and
@@ -62,6 +75,21 @@ pub(crate) fn check(url: &str) -> Result<(), GitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_local_and_hosts_are_not() {
+        for url in ["/srv/repo", "../web", "repo", "./a:b", "/x/y:z"] {
+            assert!(is_local_path(url), "{url}");
+        }
+        for url in [
+            "https://h/r",
+            "file:///srv/repo",
+            "git@host:r.git",
+            "host:r",
+        ] {
+            assert!(!is_local_path(url), "{url}");
+        }
+    }
 
     #[test]
     fn user_information_in_http_urls_is_refused_without_echoing_it() {

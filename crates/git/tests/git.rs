@@ -669,6 +669,56 @@ async fn upstream_commit_tells_whether_a_fetch_is_needed() {
     assert!(matches!(err, GitError::Authentication { .. }), "{err}");
 }
 
+/// A repository on this host is asked through its upload-pack alone: the
+/// same answers as over a transport, and a path that is no repository
+/// still gets git's own words.
+#[tokio::test]
+async fn upstream_commit_of_a_repository_on_this_host_reads_its_refs() {
+    let upstream = Upstream::new();
+    kit::tag(&upstream.repo(), "v1");
+    kit::git(&upstream.repo(), &["tag", "light"]);
+    kit::create_branch(&upstream.repo(), "dev");
+    let url = upstream.repo().to_str().unwrap().to_owned();
+    let git = Git::new(Credentials::new());
+    let ask = |reference: Option<&str>| {
+        let repo = spec(&url, reference, None);
+        let git = &git;
+        async move { git.upstream_commit(&repo).await }
+    };
+    let first = Some(upstream.first.clone());
+    for reference in [
+        None,
+        Some("main"),
+        Some("v1"),
+        Some("refs/tags/v1"),
+        Some("light"),
+    ] {
+        assert_eq!(ask(reference).await.unwrap(), first, "{reference:?}");
+    }
+    let second = Some(upstream.commit(&[("README", "moved\n")]));
+    assert_eq!(ask(None).await.unwrap(), second);
+    assert_eq!(ask(Some("main")).await.unwrap(), second);
+    assert_eq!(ask(Some("v1")).await.unwrap(), first, "tags stay");
+    assert_eq!(
+        ask(Some("dev")).await.unwrap(),
+        first,
+        "other branches stay"
+    );
+
+    let err = ask(Some("no-such-branch")).await.unwrap_err();
+    assert!(matches!(err, GitError::MissingRef { .. }), "{err}");
+    let nowhere = upstream.base().join("no-such-repository");
+    let err = git
+        .upstream_commit(&spec(nowhere.to_str().unwrap(), None, None))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("does not appear to be a git repository"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_ref_is_named_with_its_url() {
     let upstream = Upstream::new();
