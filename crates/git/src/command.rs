@@ -144,14 +144,16 @@ impl Runner {
     }
 
     /// Runs `git ARGS` in `dir` with `input` on its stdin, for a command
-    /// whose output is bytes, not text; a non-zero exit is an error. No
+    /// whose output is bytes, not text, reading at most `limit` bytes of
+    /// it: `None` past them (git is ended). A non-zero exit is an error. No
     /// credential is sent.
-    pub async fn run_bytes(
+    pub async fn run_bytes_within(
         &self,
         dir: &Path,
         args: &[&str],
         input: Vec<u8>,
-    ) -> Result<Vec<u8>, GitError> {
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, GitError> {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(args)
@@ -175,9 +177,11 @@ impl Runner {
                 let _ = stdin.write_all(&input).await;
             });
         }
-        let output = session.output().await.map_err(spawn_error)?;
+        let Some(output) = session.output_within(limit).await.map_err(spawn_error)? else {
+            return Ok(None);
+        };
         if output.status.success() {
-            return Ok(output.stdout);
+            return Ok(Some(output.stdout));
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         Err(GitError::Command {

@@ -36,7 +36,7 @@ mod scope;
 mod session;
 mod url;
 
-pub use blobs::TreeFile;
+pub use blobs::{CommitFile, CommitFiles};
 pub use credentials::{
     CREDENTIALS_FILE, Credential, Credentials, ENV_PREFIX, ENV_URLS_SUFFIX, ENV_USERNAME_SUFFIX,
     normalise,

@@ -100,4 +100,34 @@ impl Session {
         let Session { child, _master } = self;
         child.wait_with_output().await
     }
+
+    /// [`Session::output`], reading at most `limit` bytes of stdout: past
+    /// them, `None`, and git is hung up.
+    pub async fn output_within(mut self, limit: u64) -> io::Result<Option<Output>> {
+        use tokio::io::AsyncReadExt as _;
+        // Read beside stdout, so that git never waits on a full stderr pipe.
+        let stderr = self.child.stderr.take().map(|mut pipe| {
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                pipe.read_to_end(&mut bytes).await.map(|_| bytes)
+            })
+        });
+        let mut stdout = Vec::new();
+        if let Some(pipe) = self.child.stdout.take() {
+            pipe.take(limit + 1).read_to_end(&mut stdout).await?;
+        }
+        if stdout.len() as u64 > limit {
+            return Ok(None);
+        }
+        let stderr = match stderr {
+            Some(reading) => reading.await.map_err(io::Error::other)??,
+            None => Vec::new(),
+        };
+        let status = self.child.wait().await?;
+        Ok(Some(Output {
+            status,
+            stdout,
+            stderr,
+        }))
+    }
 }

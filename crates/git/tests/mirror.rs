@@ -587,3 +587,103 @@ async fn recovery_and_gc_clear_what_interrupted_clones_left_and_spare_mirrors_in
     drop(held);
     assert!(world.mirrors.recover().await.unwrap().is_empty());
 }
+
+/// What a patch made on the host compares with: a commit's files through
+/// the mirror, with their modes, the attributes on their way, and a bound.
+#[tokio::test]
+async fn a_commits_files_come_from_the_mirror_with_modes_attributes_and_a_bound() {
+    let world = World::new();
+    let upstream = world.upstream();
+    std::fs::create_dir_all(upstream.join("bin")).unwrap();
+    std::fs::write(upstream.join("bin/run"), "#!/bin/sh\n").unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(upstream.join("bin/run"), executable).unwrap();
+    std::os::unix::fs::symlink("README", upstream.join("link")).unwrap();
+    kit::git(&upstream, &["add", "link"]);
+    let commit = kit::commit_files(&upstream, &[("src/big.txt", &"x".repeat(4000))], "more");
+    world.clone("first").await;
+
+    let paths: Vec<String> = [
+        "src/lib.txt",
+        "bin/run",
+        "link",
+        "src",
+        "nope",
+        "src/nope/deeper",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let url = world.repo(None).url;
+    let read = |paths: Vec<String>, limit: u64| {
+        let (world, url, commit) = (&world, &url, &commit);
+        async move {
+            world
+                .git
+                .commit_files(&world.mirrors, url, commit, &paths, limit)
+                .await
+                .unwrap()
+        }
+    };
+    let base = read(paths, 1 << 20).await.unwrap();
+    assert!(!base.attributes);
+    let seen: Vec<Option<(u32, Vec<u8>)>> = base
+        .files
+        .iter()
+        .map(|f| f.as_ref().map(|f| (f.mode, f.data.clone())))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            Some((0o100644, b"one\n".to_vec())),
+            Some((0o100755, b"#!/bin/sh\n".to_vec())),
+            Some((0o120000, b"README".to_vec())),
+            Some((0o40000, Vec::new())),
+            None,
+            None,
+        ]
+    );
+    let lib = base.files[0].as_ref().unwrap();
+    assert_eq!(
+        lib.id,
+        kit::git(&upstream, &["rev-parse", &format!("{commit}:src/lib.txt")])
+    );
+
+    assert_eq!(
+        read(vec!["src/big.txt".into()], 1000).await,
+        None,
+        "past the bound"
+    );
+
+    std::fs::write(upstream.join("src/.gitattributes"), "*.txt text\n").unwrap();
+    let attributed = kit::commit_files(&upstream, &[("README", "again\n")], "attributes");
+    let base = world
+        .git
+        .commit_files(
+            &world.mirrors,
+            &url,
+            &attributed,
+            &["README".into()],
+            1 << 20,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!base.attributes, "none on the way to README");
+    world.clone("second").await;
+    let base = world
+        .git
+        .commit_files(
+            &world.mirrors,
+            &url,
+            &attributed,
+            &["src/lib.txt".into()],
+            1 << 20,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        base.attributes,
+        "src/.gitattributes is on the way to src/lib.txt"
+    );
+}

@@ -18,7 +18,7 @@ use crate::Provider;
 use berth_core::spec::Repository;
 use berth_core::{Change, ChangeKind, FileKind, Runtime, Workspace, WorkspacePath};
 use sha1::{Digest, Sha1};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -41,6 +41,10 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 /// The most bytes of files, before and after, a patch made on the host
 /// holds at once.
 const MAX_TOTAL_BYTES: u64 = 8 << 20;
+
+/// The most bytes read from the mirror for one patch: the files before,
+/// and the trees of their directories.
+const MAX_READ_BYTES: u64 = 2 * MAX_TOTAL_BYTES;
 
 /// How long the hunks of one file may take to find; past it they are
 /// still correct, only not minimal.
@@ -95,50 +99,33 @@ impl Provider {
         changed: &[Changed],
     ) -> Option<Vec<u8>> {
         let mirrors = crate::provision::mirrors(self.home());
-        // The files, and every `.gitattributes` that could apply to them:
-        // with any, git could convert or filter what it compares.
-        let mut asked: Vec<String> = changed.iter().map(|c| c.path.clone()).collect();
-        let attributes: BTreeSet<String> = changed
-            .iter()
-            .flat_map(|c| {
-                let dirs: Vec<&str> = c
-                    .path
-                    .match_indices('/')
-                    .map(|(i, _)| &c.path[..i])
-                    .collect();
-                std::iter::once(".gitattributes".to_owned())
-                    .chain(dirs.into_iter().map(|d| format!("{d}/.gitattributes")))
-            })
-            .collect();
-        asked.extend(attributes.iter().cloned());
-        let found = self
+        let paths: Vec<String> = changed.iter().map(|c| c.path.clone()).collect();
+        let base = self
             .git()
-            .tree_files(&mirrors, &repo.url, commit, &asked)
+            .commit_files(&mirrors, &repo.url, commit, &paths, MAX_READ_BYTES)
             .await
-            .ok()?;
-        if found[changed.len()..].iter().any(Option::is_some) {
+            .ok()??;
+        // With attributes, git could convert or filter what it compares.
+        if base.attributes {
             return None;
         }
         let mut bases = Vec::with_capacity(changed.len());
-        for entry in &found[..changed.len()] {
-            let entry = entry.as_ref()?;
-            if !matches!(entry.mode, 0o100644 | 0o100755)
-                || entry.size.is_none_or(|size| size > MAX_FILE_BYTES)
+        for file in &base.files {
+            let file = file.as_ref()?;
+            if !matches!(file.mode, 0o100644 | 0o100755) || file.data.len() as u64 > MAX_FILE_BYTES
             {
                 return None;
             }
-            bases.push(entry);
+            bases.push(file);
         }
         let modes = self.modes(ws, runtime, &repo.path, changed).await?;
-        let total: u64 = bases.iter().filter_map(|b| b.size).sum::<u64>()
+        let total: u64 = bases.iter().map(|b| b.data.len() as u64).sum::<u64>()
             + modes.iter().flatten().map(|(_, size)| size).sum::<u64>();
         if total > MAX_TOTAL_BYTES {
             return None;
         }
-        let ids: Vec<&str> = bases.iter().map(|b| b.id.as_str()).collect();
-        let old = self.git().blobs(&mirrors, &repo.url, &ids).await.ok()?;
         let mut patch = String::new();
-        for (((file, base), old), mode) in changed.iter().zip(&bases).zip(&old).zip(&modes) {
+        for ((file, base), mode) in changed.iter().zip(&bases).zip(&modes) {
             let new = match mode {
                 None => None,
                 Some((mode, size)) => {
@@ -153,7 +140,7 @@ impl Provider {
                     Some((*mode, data))
                 }
             };
-            let old = text(old)?;
+            let old = text(&base.data)?;
             let new = match &new {
                 Some((mode, data)) => Some((*mode, text(data)?)),
                 None => None,
