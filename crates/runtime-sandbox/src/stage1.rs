@@ -221,6 +221,7 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
         let _ = wait(pid);
         return Err(InitError::Child(failure));
     }
+    release_the_tree(&config.rootfs);
     let reported = {
         let mut out = io::stdout().lock();
         writeln!(out, "started {pid}").and_then(|()| out.flush())
@@ -248,6 +249,18 @@ pub fn start(config: &InitConfig) -> Result<i32, InitError> {
         ),
     }
     Ok(code)
+}
+
+/// Lets go of this namespace's copy of the workspace's tree once the
+/// workspace runs in its own: the workspace's mount namespace holds every
+/// mount it needs, and the copy here (a few dozen mounts) would only cost
+/// kernel memory for as long as the workspace lives. Nothing here uses it
+/// again. A failure leaves the copy where it was, which costs memory and
+/// nothing else.
+fn release_the_tree(rootfs: &Path) {
+    if std::env::set_current_dir("/").is_ok() {
+        let _ = rustix::mount::unmount(rootfs, UnmountFlags::DETACH);
+    }
 }
 
 /// How often a running workspace's init looks whether its home is still

@@ -994,6 +994,53 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The mount points under `dir` in the mount namespace of any process on
+/// the host, as `PID: PATH`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(mountinfo) = fs::read_to_string(entry.path().join("mountinfo")) else {
+            continue;
+        };
+        found.extend(
+            mountinfo
+                .lines()
+                .filter_map(|line| line.split(' ').nth(4))
+                .filter(|point| point.starts_with(&*dir))
+                .map(|point| format!("{pid}: {point}")),
+        );
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_running_workspaces_tree_is_mounted_in_its_own_namespace_alone() {
+    let _cleanup = Cleanup;
+    let home = tempfile::tempdir().unwrap();
+    let rt = runtime_with_agent(home.path()).await;
+    let ws = started(&rt, Spec::default()).await;
+    let ran = sh(
+        &rt,
+        &ws,
+        "test -x /bin/sh && echo kept > /tmp/t && cat /tmp/t",
+    )
+    .await;
+    assert_eq!((ran.code, ran.stdout.as_str()), (Some(0), "kept\n"));
+    // Every copy of the tree kept elsewhere costs kernel memory for as
+    // long as the workspace lives.
+    assert_eq!(
+        mounts_under(home.path()),
+        Vec::<String>::new(),
+        "no host-side namespace keeps a copy of the workspace's mounts"
+    );
+    rt.remove(&ws).await.unwrap();
+}
+
 #[tokio::test]
 async fn deleting_the_home_of_a_running_workspace_ends_its_processes() {
     let _cleanup = Cleanup;
