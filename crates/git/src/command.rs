@@ -124,6 +124,24 @@ impl Runner {
         }
     }
 
+    /// The program by path: named bare, it is looked up in the `PATH` git
+    /// gets, as exec would, since the standard library starts a command
+    /// whose environment sets `PATH` with a fork unless its program is a
+    /// path. Not found, it is left bare for the spawn to say so.
+    fn program_path(&self) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt as _;
+        if self.program.as_os_str().as_bytes().contains(&b'/') {
+            return self.program.clone();
+        }
+        std::env::var_os("PATH")
+            .and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(&self.program))
+                    .find(|candidate| is_executable(candidate))
+            })
+            .unwrap_or_else(|| self.program.clone())
+    }
+
     /// Runs `git ARGS` in `dir`; a non-zero exit is an error.
     pub async fn run<I, S>(
         &self,
@@ -144,9 +162,10 @@ impl Runner {
     }
 
     /// Runs `git ARGS` in `dir` with `input` on its stdin, for a command
-    /// whose output is bytes, not text, reading at most `limit` bytes of
-    /// it: `None` past them (git is ended). A non-zero exit is an error. No
-    /// credential is sent.
+    /// that only reads the repository and whose output is bytes, not text,
+    /// reading at most `limit` bytes of it: `None` past them (git is
+    /// ended). A non-zero exit is an error. No credential is sent; git
+    /// runs as a [`Session::reader`].
     pub async fn run_bytes_within(
         &self,
         dir: &Path,
@@ -154,7 +173,7 @@ impl Runner {
         input: Vec<u8>,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, GitError> {
-        let mut command = tokio::process::Command::new(&self.program);
+        let mut command = tokio::process::Command::new(self.program_path());
         command
             .args(args)
             .current_dir(dir)
@@ -167,8 +186,7 @@ impl Runner {
             program: self.program.display().to_string(),
             source,
         };
-        let mut session = Session::start(command, self.hold.as_ref().map(|lock| lock.as_fd()))
-            .map_err(spawn_error)?;
+        let mut session = Session::reader(command).map_err(spawn_error)?;
         if let Some(mut stdin) = session.stdin() {
             // Written beside the reading of the output, which could
             // otherwise fill its pipe and wait for a reader forever.
@@ -206,8 +224,33 @@ impl Runner {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.try_run_as(dir, args, auth, false).await
+    }
+
+    /// [`Runner::try_run`] for a command that only reads a repository on
+    /// this host and starts no other program, with no credential: git runs
+    /// as a [`Session::reader`].
+    pub async fn try_read<I, S>(&self, dir: &Path, args: I) -> Result<Finished, GitError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.try_run_as(dir, args, None, true).await
+    }
+
+    async fn try_run_as<I, S>(
+        &self,
+        dir: &Path,
+        args: I,
+        auth: Option<&Auth>,
+        reader: bool,
+    ) -> Result<Finished, GitError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let mut command = tokio::process::Command::new(&self.program);
+        let mut command = tokio::process::Command::new(self.program_path());
         command
             .args(&args)
             .current_dir(dir)
@@ -222,8 +265,12 @@ impl Runner {
         };
         // Dropping this future (a cancelled provision) drops the session,
         // which ends the whole tree.
-        let session = Session::start(command, self.hold.as_ref().map(|lock| lock.as_fd()))
-            .map_err(spawn_error)?;
+        let session = if reader {
+            Session::reader(command)
+        } else {
+            Session::start(command, self.hold.as_ref().map(|lock| lock.as_fd()))
+        }
+        .map_err(spawn_error)?;
         let output = session.output().await.map_err(spawn_error)?;
         let code = output.status.code();
         let status = match (code, output.status.signal()) {
@@ -251,6 +298,12 @@ impl Runner {
             dir: (dir != Path::new(".")).then(|| dir.to_path_buf()),
         })
     }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// The complete environment of a git process. `inherited` looks up the
@@ -365,6 +418,26 @@ mod tests {
         env.into_iter()
             .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
             .collect()
+    }
+
+    fn runner(program: &str) -> Runner {
+        Runner {
+            program: PathBuf::from(program),
+            redactor: Redactor::default(),
+            hold: None,
+        }
+    }
+
+    #[test]
+    fn a_bare_program_is_found_on_the_path_and_a_path_is_kept() {
+        let found = runner("git").program_path();
+        assert!(found.is_absolute() && found.ends_with("git"), "{found:?}");
+        assert!(is_executable(&found));
+        assert_eq!(runner("./bin/git").program_path(), Path::new("./bin/git"));
+        assert_eq!(
+            runner("berth-no-such-git").program_path(),
+            Path::new("berth-no-such-git")
+        );
     }
 
     #[test]

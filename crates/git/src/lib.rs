@@ -308,7 +308,7 @@ impl Git {
             return None;
         }
         let args = ["upload-pack", "--advertise-refs", "--", url];
-        let listed = self.runner.try_run(Path::new("."), args, None).await.ok()?;
+        let listed = self.runner.try_read(Path::new("."), args).await.ok()?;
         if !listed.success {
             return None;
         }
