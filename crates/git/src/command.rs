@@ -124,24 +124,6 @@ impl Runner {
         }
     }
 
-    /// The program by path: named bare, it is looked up in the `PATH` git
-    /// gets, as exec would, since the standard library starts a command
-    /// whose environment sets `PATH` with a fork unless its program is a
-    /// path. Not found, it is left bare for the spawn to say so.
-    fn program_path(&self) -> PathBuf {
-        use std::os::unix::ffi::OsStrExt as _;
-        if self.program.as_os_str().as_bytes().contains(&b'/') {
-            return self.program.clone();
-        }
-        std::env::var_os("PATH")
-            .and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|dir| dir.join(&self.program))
-                    .find(|candidate| is_executable(candidate))
-            })
-            .unwrap_or_else(|| self.program.clone())
-    }
-
     /// Runs `git ARGS` in `dir`; a non-zero exit is an error.
     pub async fn run<I, S>(
         &self,
@@ -173,7 +155,7 @@ impl Runner {
         input: Vec<u8>,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, GitError> {
-        let mut command = tokio::process::Command::new(self.program_path());
+        let mut command = tokio::process::Command::new(&self.program);
         command
             .args(args)
             .current_dir(dir)
@@ -250,7 +232,7 @@ impl Runner {
         S: AsRef<OsStr>,
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let mut command = tokio::process::Command::new(self.program_path());
+        let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&args)
             .current_dir(dir)
@@ -298,6 +280,25 @@ impl Runner {
             dir: (dir != Path::new(".")).then(|| dir.to_path_buf()),
         })
     }
+}
+
+/// `program` by path: named bare, it is looked up on `PATH` (which git
+/// inherits), as exec would. The standard library starts a command whose
+/// environment sets `PATH` with a fork unless its program is a path, and a
+/// fork copies berth's address space; a path lets it use `posix_spawn`.
+/// Not found, it is left bare for the spawn to say so.
+pub(crate) fn on_path(program: PathBuf) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        return program;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(&program))
+                .find(|candidate| is_executable(candidate))
+        })
+        .unwrap_or(program)
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -420,22 +421,14 @@ mod tests {
             .collect()
     }
 
-    fn runner(program: &str) -> Runner {
-        Runner {
-            program: PathBuf::from(program),
-            redactor: Redactor::default(),
-            hold: None,
-        }
-    }
-
     #[test]
     fn a_bare_program_is_found_on_the_path_and_a_path_is_kept() {
-        let found = runner("git").program_path();
+        let found = on_path("git".into());
         assert!(found.is_absolute() && found.ends_with("git"), "{found:?}");
         assert!(is_executable(&found));
-        assert_eq!(runner("./bin/git").program_path(), Path::new("./bin/git"));
+        assert_eq!(on_path("./bin/git".into()), Path::new("./bin/git"));
         assert_eq!(
-            runner("berth-no-such-git").program_path(),
+            on_path("berth-no-such-git".into()),
             Path::new("berth-no-such-git")
         );
     }

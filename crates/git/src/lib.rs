@@ -75,7 +75,7 @@ impl Git {
         Git {
             credentials,
             runner: Runner {
-                program: PathBuf::from("git"),
+                program: command::on_path(PathBuf::from("git")),
                 redactor,
                 hold: None,
             },
@@ -84,7 +84,7 @@ impl Git {
 
     /// Runs this git executable instead.
     pub fn with_program(mut self, program: impl Into<PathBuf>) -> Git {
-        self.runner.program = program.into();
+        self.runner.program = command::on_path(program.into());
         self
     }
 
@@ -278,15 +278,12 @@ impl Git {
                     .collect()
             }
         };
-        let refs: Vec<(&str, &str)> = listed
-            .iter()
-            .map(|(commit, name)| (commit.as_str(), name.as_str()))
-            .collect();
         // In order of preference: a branch, a tag's commit, the tag itself.
         let found = wanted.iter().find_map(|name| {
-            refs.iter()
+            listed
+                .iter()
                 .find(|(_, listed)| listed == name)
-                .map(|(commit, _)| commit.to_string())
+                .map(|(commit, _)| commit.clone())
         });
         match (found, &repo.reference) {
             (Some(commit), _) => Ok(Some(commit)),

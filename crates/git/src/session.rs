@@ -98,7 +98,8 @@ impl Session {
     /// and exec, the standard library starts it with `posix_spawn`, which
     /// does not copy berth's address space as a fork does (about a
     /// millisecond for a large threaded process, plus the copy-on-write
-    /// faults after it), provided `command` names its program by path.
+    /// faults after it), provided `command` names its program by path
+    /// (see `command::on_path`).
     pub fn reader(mut command: tokio::process::Command) -> io::Result<Session> {
         command.kill_on_drop(true);
         Ok(Session {
@@ -120,7 +121,7 @@ impl Session {
     }
 
     /// [`Session::output`], reading at most `limit` bytes of stdout: past
-    /// them, `None`, and git is hung up.
+    /// them, `None`, and git is ended as on a drop.
     pub async fn output_within(mut self, limit: u64) -> io::Result<Option<Output>> {
         use tokio::io::AsyncReadExt as _;
         // Read beside stdout, so that git never waits on a full stderr pipe.

@@ -623,12 +623,19 @@ async fn a_branch_ref_follows_that_branch() {
     assert_eq!(read(&dest.join("dev.txt")), "more dev work\n");
 }
 
-#[tokio::test]
-async fn upstream_commit_tells_whether_a_fetch_is_needed() {
+/// An upstream whose first commit is also the annotated tag `v1`, the
+/// lightweight tag `light` and the branch `dev`.
+fn upstream_with_refs() -> Upstream {
     let upstream = Upstream::new();
     kit::tag(&upstream.repo(), "v1");
     kit::git(&upstream.repo(), &["tag", "light"]);
     kit::create_branch(&upstream.repo(), "dev");
+    upstream
+}
+
+#[tokio::test]
+async fn upstream_commit_tells_whether_a_fetch_is_needed() {
+    let upstream = upstream_with_refs();
     let server = GitHttpServer::start(upstream.base(), TOKEN);
     let url = format!("{}project", server.url());
     let git = with_token(&server);
@@ -674,10 +681,7 @@ async fn upstream_commit_tells_whether_a_fetch_is_needed() {
 /// still gets git's own words.
 #[tokio::test]
 async fn upstream_commit_of_a_repository_on_this_host_reads_its_refs() {
-    let upstream = Upstream::new();
-    kit::tag(&upstream.repo(), "v1");
-    kit::git(&upstream.repo(), &["tag", "light"]);
-    kit::create_branch(&upstream.repo(), "dev");
+    let upstream = upstream_with_refs();
     let url = upstream.repo().to_str().unwrap().to_owned();
     let git = Git::new(Credentials::new());
     let ask = |reference: Option<&str>| {

@@ -614,17 +614,17 @@ async fn a_commits_files_come_from_the_mirror_with_modes_attributes_and_a_bound(
     .map(str::to_owned)
     .to_vec();
     let url = world.repo(None).url;
-    let read = |paths: Vec<String>, limit: u64| {
-        let (world, url, commit) = (&world, &url, &commit);
+    let read = |commit: String, paths: Vec<String>, limit: u64| {
+        let (world, url) = (&world, &url);
         async move {
             world
                 .git
-                .commit_files(&world.mirrors, url, commit, &paths, limit)
+                .commit_files(&world.mirrors, url, &commit, &paths, limit)
                 .await
                 .unwrap()
         }
     };
-    let base = read(paths, 1 << 20).await.unwrap();
+    let base = read(commit.clone(), paths, 1 << 20).await.unwrap();
     assert!(!base.attributes);
     let seen: Vec<Option<(u32, Vec<u8>)>> = base
         .files
@@ -649,38 +649,21 @@ async fn a_commits_files_come_from_the_mirror_with_modes_attributes_and_a_bound(
     );
 
     assert_eq!(
-        read(vec!["src/big.txt".into()], 1000).await,
+        read(commit.clone(), vec!["src/big.txt".into()], 1000).await,
         None,
         "past the bound"
     );
 
     std::fs::write(upstream.join("src/.gitattributes"), "*.txt text\n").unwrap();
     let attributed = kit::commit_files(&upstream, &[("README", "again\n")], "attributes");
-    let base = world
-        .git
-        .commit_files(
-            &world.mirrors,
-            &url,
-            &attributed,
-            &["README".into()],
-            1 << 20,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!base.attributes, "none on the way to README");
     world.clone("second").await;
-    let base = world
-        .git
-        .commit_files(
-            &world.mirrors,
-            &url,
-            &attributed,
-            &["src/lib.txt".into()],
-            1 << 20,
-        )
+    let base = read(attributed.clone(), vec!["README".into()], 1 << 20)
         .await
-        .unwrap()
+        .unwrap();
+    assert_eq!(base.files[0].as_ref().unwrap().data, b"again\n");
+    assert!(!base.attributes, "none on the way to README");
+    let base = read(attributed, vec!["src/lib.txt".into()], 1 << 20)
+        .await
         .unwrap();
     assert!(
         base.attributes,
